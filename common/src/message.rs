@@ -1,0 +1,141 @@
+//! The wire format of the invocation queue.
+//!
+//! Messages are MessagePack (rmp-serde, named fields) and carry a protocol version `v`.
+//! A worker refuses a message whose `v` is newer than [`PROTOCOL_VERSION`] instead of guessing.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The protocol version this build writes and the newest it reads.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// One invocation of one function version, as published to a pool's queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationMessage {
+    /// Protocol version; see [`PROTOCOL_VERSION`].
+    pub v: u16,
+    /// The invocation id (a UUIDv7: time-ordered).
+    pub id: Uuid,
+    pub function: String,
+    pub version: i64,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The function's input, as bytes end to end.
+    #[serde(with = "serde_bytes_compat")]
+    pub payload: Bytes,
+    /// Where to send a completion notice (a management instance's notice queue), if anyone waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+    /// Publish time, ms since epoch.
+    pub created_ms: i64,
+}
+
+/// A notice sent to the waiting management instance once an outcome is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionNotice {
+    pub v: u16,
+    pub id: Uuid,
+}
+
+/// Why a queue message could not be taken as an invocation.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is not a valid Warren invocation (MessagePack): {0}")]
+    Malformed(String),
+    #[error("message has protocol version {found}, newer than this worker's {supported}: upgrade the worker")]
+    NewerVersion { found: u16, supported: u16 },
+    #[error("message has protocol version 0, which no Warren writes")]
+    ZeroVersion,
+}
+
+/// Only the version field, read first so that a newer layout is reported as such.
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: u16,
+}
+
+impl InvocationMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising a struct of plain fields into a Vec cannot fail.
+        rmp_serde::to_vec_named(self).expect("invocation message serialises")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let probe: VersionProbe =
+            rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if probe.v > PROTOCOL_VERSION {
+            return Err(DecodeError::NewerVersion { found: probe.v, supported: PROTOCOL_VERSION });
+        }
+        if probe.v == 0 {
+            return Err(DecodeError::ZeroVersion);
+        }
+        rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+}
+
+impl CompletionNotice {
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("notice serialises")
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+}
+
+/// `Bytes` as a MessagePack bin field (not an array of integers).
+mod serde_bytes_compat {
+    use bytes::Bytes;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::serialize(b.as_ref(), s)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let v: serde_bytes::ByteBuf = serde_bytes::deserialize(d)?;
+        Ok(Bytes::from(v.into_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> InvocationMessage {
+        InvocationMessage {
+            v: PROTOCOL_VERSION,
+            id: Uuid::now_v7(),
+            function: "echo".into(),
+            version: 3,
+            attempt: 1,
+            payload: Bytes::from_static(b"\x00\xffhello"),
+            notify: Some("warren.notice.abc".into()),
+            created_ms: 1,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = sample();
+        assert_eq!(InvocationMessage::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_newer_version_by_name() {
+        let mut m = sample();
+        m.v = PROTOCOL_VERSION + 1;
+        match InvocationMessage::decode(&m.encode()) {
+            Err(DecodeError::NewerVersion { found, .. }) => assert_eq!(found, PROTOCOL_VERSION + 1),
+            other => panic!("expected NewerVersion, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_garbage_and_truncation_without_panicking() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            assert!(InvocationMessage::decode(&bytes[..cut]).is_err(), "prefix {cut} decoded");
+        }
+        assert!(InvocationMessage::decode(b"\xc1\xc1garbage").is_err());
+    }
+}

@@ -1,0 +1,307 @@
+//! Function packages: a gzip'd tar of a folder with `function.toml` at its root.
+//!
+//! Every entry is checked before anything is written or stored: relative paths that stay inside
+//! the package folder, regular files and folders only (no links, no devices), and bounded sizes.
+//! Management checks at publish ([`inspect`]); workers check again when unpacking ([`unpack`]),
+//! after verifying the sha256 the store recorded.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{Manifest, MANIFEST_FILE};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Size of the package as uploaded (compressed).
+    pub max_package_bytes: u64,
+    /// Sum of the sizes of all files once unpacked.
+    pub max_unpacked_bytes: u64,
+    pub max_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_package_bytes: 64 << 20,
+            max_unpacked_bytes: 512 << 20,
+            max_entries: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("package is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("package unpacks to more than {limit} bytes")]
+    UnpackedTooLarge { limit: u64 },
+    #[error("package has more than {limit} entries")]
+    TooManyEntries { limit: usize },
+    #[error("package entry {path:?} would land outside the package folder: entries must be relative paths without '..'")]
+    EscapingPath { path: String },
+    #[error("package entry {path:?} is a {kind}; only regular files and folders are allowed")]
+    ForbiddenEntry { path: String, kind: &'static str },
+    #[error("package has no {MANIFEST_FILE} at its root")]
+    MissingManifest,
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    #[error("package is not a readable .tar.gz archive: {0}")]
+    Unreadable(String),
+    #[error("package sha256 is {actual}, but the store recorded {expected}: refusing to run it")]
+    HashMismatch { expected: String, actual: String },
+    #[error("could not write the unpacked package: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Turns an entry's raw path into a safe relative path, or refuses it.
+fn safe_relative(raw: &[u8]) -> Result<PathBuf, PackageError> {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let escaping = || PackageError::EscapingPath { path: text.clone() };
+    if text.contains('\\') || text.contains(':') {
+        // Windows separators or drive letters could escape once unpacked on a Windows worker.
+        return Err(escaping());
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(&text).components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return Err(escaping()),
+        }
+    }
+    Ok(out)
+}
+
+/// Walks a package, checking every entry; calls `visit` with each file's path and content.
+fn walk(
+    bytes: &[u8],
+    limits: &Limits,
+    mut visit: impl FnMut(&Path, bool, u32, &mut dyn Read) -> Result<(), PackageError>,
+) -> Result<(), PackageError> {
+    if bytes.len() as u64 > limits.max_package_bytes {
+        return Err(PackageError::TooLarge { size: bytes.len() as u64, limit: limits.max_package_bytes });
+    }
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let entries = archive.entries().map_err(|e| PackageError::Unreadable(e.to_string()))?;
+    let mut total: u64 = 0;
+    for (n, entry) in entries.enumerate() {
+        if n >= limits.max_entries {
+            return Err(PackageError::TooManyEntries { limit: limits.max_entries });
+        }
+        let mut entry = entry.map_err(|e| PackageError::Unreadable(e.to_string()))?;
+        let raw = entry.path_bytes().into_owned();
+        let path = safe_relative(&raw)?;
+        let shown = || String::from_utf8_lossy(&raw).into_owned();
+        let kind = entry.header().entry_type();
+        let is_dir = match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => false,
+            tar::EntryType::Directory => true,
+            // Metadata entries some tar writers add; they carry no file.
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                return Err(PackageError::ForbiddenEntry { path: shown(), kind: "link" })
+            }
+            _ => return Err(PackageError::ForbiddenEntry { path: shown(), kind: "special file" }),
+        };
+        total = total.saturating_add(entry.size());
+        if total > limits.max_unpacked_bytes {
+            return Err(PackageError::UnpackedTooLarge { limit: limits.max_unpacked_bytes });
+        }
+        let mode = entry.header().mode().unwrap_or(0o644);
+        // Bound the read too: a header may lie about its size.
+        let mut limited = (&mut entry).take(limits.max_unpacked_bytes);
+        visit(&path, is_dir, mode, &mut limited)?;
+    }
+    Ok(())
+}
+
+/// Checks a package completely and returns its manifest and sha256. Nothing is written.
+pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<(Manifest, String), PackageError> {
+    let mut manifest_text: Option<String> = None;
+    walk(bytes, limits, |path, is_dir, _, content| {
+        if !is_dir && path == Path::new(MANIFEST_FILE) {
+            let mut s = String::new();
+            content
+                .take(1 << 20)
+                .read_to_string(&mut s)
+                .map_err(|e| PackageError::Unreadable(format!("{MANIFEST_FILE}: {e}")))?;
+            manifest_text = Some(s);
+        } else {
+            std::io::copy(content, &mut std::io::sink())
+                .map_err(|e| PackageError::Unreadable(e.to_string()))?;
+        }
+        Ok(())
+    })?;
+    let manifest = Manifest::parse(&manifest_text.ok_or(PackageError::MissingManifest)?)?;
+    Ok((manifest, sha256_hex(bytes)))
+}
+
+/// Verifies `expected_sha256`, then unpacks into `dest` (which must not exist yet): into a
+/// sibling temporary folder first, renamed into place at the end, so a half-written package is
+/// never visible.
+pub fn unpack(bytes: &[u8], expected_sha256: &str, dest: &Path, limits: &Limits) -> Result<(), PackageError> {
+    let actual = sha256_hex(bytes);
+    if actual != expected_sha256 {
+        return Err(PackageError::HashMismatch { expected: expected_sha256.to_string(), actual });
+    }
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(
+        ".tmp-{}-{}",
+        dest.file_name().and_then(|s| s.to_str()).unwrap_or("pkg"),
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&tmp)?;
+    let result = walk(bytes, limits, |path, is_dir, mode, content| {
+        let target = tmp.join(path);
+        if is_dir {
+            std::fs::create_dir_all(&target)?;
+            return Ok(());
+        }
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        let mut f = std::fs::File::create(&target)?;
+        std::io::copy(content, &mut f)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let m = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(m))?;
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        Ok(())
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    match std::fs::rename(&tmp, dest) {
+        Ok(()) => Ok(()),
+        // Another task unpacked the same version first: theirs is identical.
+        Err(_) if dest.join(MANIFEST_FILE).exists() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e.into())
+        }
+    }
+}
+
+/// Packs a folder into a package (what `warren publish DIR` sends). Links are followed as the
+/// files they point to; hidden folders such as `.git` are left out.
+pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
+    if !dir.join(MANIFEST_FILE).is_file() {
+        return Err(PackageError::MissingManifest);
+    }
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(gz);
+    builder.follow_symlinks(true);
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut children: Vec<_> = std::fs::read_dir(dir.join(&rel))?.collect::<Result<_, _>>()?;
+        children.sort_by_key(|e| e.file_name());
+        for child in children {
+            let name = child.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let rel_child = rel.join(&name);
+            let full = dir.join(&rel_child);
+            if full.is_dir() {
+                builder.append_dir(&rel_child, &full)?;
+                stack.push(rel_child);
+            } else {
+                builder.append_path_with_name(&full, &rel_child)?;
+            }
+        }
+    }
+    Ok(builder.into_inner()?.finish()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_gz(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+        // Raw headers, so that paths the tar crate's own builder would refuse can be written.
+        let mut raw = Vec::new();
+        for (name, body) in entries {
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            raw.extend_from_slice(h.as_bytes());
+            raw.extend_from_slice(body);
+            raw.resize(raw.len().div_ceil(512) * 512, 0);
+        }
+        raw.resize(raw.len() + 1024, 0);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw).unwrap();
+        gz.finish().unwrap()
+    }
+
+    const MANIFEST: &[u8] = b"name = \"t\"\nruntime = \"echo\"\n";
+
+    #[test]
+    fn accepts_a_good_package_and_unpacks_it() {
+        let pkg = tar_gz(&[(b"function.toml", MANIFEST), (b"./lib/a.txt", b"hi")]);
+        let (m, sha) = inspect(&pkg, &Limits::default()).unwrap();
+        assert_eq!(m.name, "t");
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("v1");
+        unpack(&pkg, &sha, &dest, &Limits::default()).unwrap();
+        assert_eq!(std::fs::read(dest.join("lib/a.txt")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn refuses_escaping_and_absolute_entries() {
+        for bad in [&b"../x"[..], b"a/../../x", b"/etc/x", b"a\\..\\x"] {
+            let pkg = tar_gz(&[(b"function.toml", MANIFEST), (bad, b"boom")]);
+            let err = inspect(&pkg, &Limits::default()).unwrap_err();
+            assert!(matches!(err, PackageError::EscapingPath { .. }), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unpack_refuses_wrong_hash_and_writes_nothing() {
+        let pkg = tar_gz(&[(b"function.toml", MANIFEST)]);
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("v1");
+        let err = unpack(&pkg, "00", &dest, &Limits::default()).unwrap_err();
+        assert!(matches!(err, PackageError::HashMismatch { .. }));
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn refuses_missing_manifest_and_oversize() {
+        let pkg = tar_gz(&[(b"main.py", b"print(1)")]);
+        assert!(matches!(inspect(&pkg, &Limits::default()), Err(PackageError::MissingManifest)));
+        let big = tar_gz(&[(b"function.toml", MANIFEST), (b"big", &vec![0u8; 10_000])]);
+        let limits = Limits { max_unpacked_bytes: 5_000, ..Limits::default() };
+        assert!(matches!(inspect(&big, &limits), Err(PackageError::UnpackedTooLarge { .. })));
+        assert!(matches!(inspect(b"not a tarball", &Limits::default()), Err(PackageError::Unreadable(_))));
+    }
+
+    #[test]
+    fn pack_dir_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("function.toml"), MANIFEST).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/x"), b"1").unwrap();
+        let pkg = pack_dir(dir.path()).unwrap();
+        let (m, _) = inspect(&pkg, &Limits::default()).unwrap();
+        assert_eq!(m.name, "t");
+    }
+}

@@ -1,0 +1,225 @@
+//! The store: one interface ([`Store`]), three backends.
+//!
+//! - [`sql::SqlxStore`]: PostgreSQL and SQLite, through sqlx.
+//! - [`mssql::MssqlStore`]: SQL Server, through tiberius with a bb8 connection pool.
+//!
+//! Every backend creates and migrates its own schema when opened, and passes the same
+//! conformance suite (`tests/store_conformance.rs`). Times are milliseconds since the epoch
+//! (`i64`) and ids are UUIDv7 text, so every backend stores the same values.
+//!
+//! The one rule that makes "one final record per invocation" hold: an invocation's status moves
+//! out of `queued`/`running` exactly once, by a conditional update ([`Store::complete`]).
+
+pub mod mssql;
+pub mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::manifest::Manifest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is unreachable or failed: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("unsupported store URL {0:?}: use sqlite://PATH, postgres://USER@HOST/DB or mssql://USER:PASSWORD@HOST:PORT/DB")]
+    BadUrl(String),
+    #[error("the database holds a value Warren cannot read: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Dead,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] =
+        [Status::Queued, Status::Running, Status::Succeeded, Status::Failed, Status::TimedOut, Status::Dead];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+            Status::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// A final status never changes again.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An immutable published version of a function.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionVersion {
+    pub name: String,
+    pub version: i64,
+    pub sha256: String,
+    /// The `function.toml` text as published.
+    pub manifest: String,
+    pub size: i64,
+    pub created_ms: i64,
+}
+
+impl FunctionVersion {
+    pub fn parsed_manifest(&self) -> Result<Manifest> {
+        Manifest::parse(&self.manifest).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub active_version: i64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// What management records before publishing an invocation.
+#[derive(Debug, Clone)]
+pub struct NewInvocation {
+    pub id: Uuid,
+    pub function: String,
+    pub version: i64,
+    pub payload: Vec<u8>,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Invocation {
+    pub id: Uuid,
+    pub function: String,
+    pub version: i64,
+    pub status: Status,
+    pub attempts: i32,
+    pub payload: Vec<u8>,
+    pub result: Option<Vec<u8>>,
+    pub error: Option<String>,
+    pub worker: Option<String>,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogLine {
+    pub attempt: i32,
+    pub seq: i32,
+    pub ts_ms: i64,
+    pub line: String,
+}
+
+/// The final outcome of one attempt, stored with its log lines in one transaction.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    pub attempt: i32,
+    pub result: Option<Vec<u8>>,
+    pub error: Option<String>,
+    pub worker: String,
+    pub finished_ms: i64,
+    pub logs: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    /// Comma-separated pool names.
+    pub pools: String,
+    pub concurrency: i32,
+    pub in_flight: i32,
+    pub version: String,
+    pub started_ms: i64,
+    pub last_seen_ms: i64,
+    /// `running`, `draining` or `gone`.
+    pub state: String,
+}
+
+/// What a worker learns when it claims an invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Not final yet: run it.
+    Run,
+    /// Already has its final record (a redelivery): ack without running.
+    AlreadyFinal(Status),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite`, `postgres` or `mssql`.
+    fn backend(&self) -> &'static str;
+
+    /// Stores a new immutable version and makes it the function's active version, atomically.
+    async fn publish_version(&self, manifest: &Manifest, manifest_text: &str, package: &[u8], sha256: &str)
+        -> Result<FunctionVersion>;
+    async fn list_functions(&self) -> Result<Vec<FunctionInfo>>;
+    async fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>>;
+    /// Newest first.
+    async fn list_versions(&self, name: &str) -> Result<Vec<FunctionVersion>>;
+    async fn get_version(&self, name: &str, version: i64) -> Result<Option<FunctionVersion>>;
+    async fn get_package(&self, name: &str, version: i64) -> Result<Option<Vec<u8>>>;
+
+    /// Records an invocation as `queued` (before its message is published).
+    async fn create_invocation(&self, inv: &NewInvocation) -> Result<()>;
+    /// Marks an invocation `running` on `worker` for `attempt`, unless it is final already.
+    /// Creates the record if it does not exist (a message published by another path).
+    async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim>;
+    /// Stores an outcome and its log lines if the invocation is not final yet. Returns `false`
+    /// (and stores nothing) when it already was: the first final record wins.
+    async fn complete(&self, id: Uuid, outcome: &Outcome) -> Result<bool>;
+    async fn get_invocation(&self, id: Uuid) -> Result<Option<Invocation>>;
+    /// In attempt, then line order.
+    async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>>;
+
+    async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()>;
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
+}
+
+/// Opens the store a URL names and migrates its schema:
+/// `sqlite://PATH` (created if missing), `postgres://…`, `mssql://USER:PASSWORD@HOST:PORT/DB`.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(sql::SqlxStore::open(url).await?))
+    } else if url.starts_with("mssql:") || url.starts_with("sqlserver:") {
+        Ok(Arc::new(mssql::MssqlStore::open(url).await?))
+    } else {
+        Err(StoreError::BadUrl(url.to_string()))
+    }
+}
+
+pub(crate) fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("invocation id {s:?}: {e}")))
+}
+
+pub(crate) fn parse_status(s: &str) -> Result<Status> {
+    Status::parse(s).ok_or_else(|| StoreError::Corrupt(format!("status {s:?}")))
+}

@@ -1,0 +1,589 @@
+//! SQL Server backend, through tiberius with a bb8 connection pool.
+//!
+//! Every statement is a constant in this file and listed in [`STATEMENTS`], so that a test can
+//! parse each one with a SQL Server dialect on machines where no SQL Server runs. The full
+//! conformance suite runs against a real server wherever `WARREN_TEST_MSSQL_URL` points to one.
+//!
+//! URL form: `mssql://USER:PASSWORD@HOST:PORT/DATABASE?encrypt=false|true&trust_cert=true`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tiberius::{AuthMethod, Client, Config, EncryptionLevel, Row, ToSql};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+use uuid::Uuid;
+
+use super::*;
+use crate::manifest::Manifest;
+use crate::now_ms;
+
+type Conn = Client<Compat<TcpStream>>;
+
+/// Schema steps, applied once each in order (recorded in `warren_schema`).
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE warren_functions (
+        name NVARCHAR(64) NOT NULL PRIMARY KEY,
+        active_version BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL)",
+    "CREATE TABLE warren_versions (
+        name NVARCHAR(64) NOT NULL,
+        version BIGINT NOT NULL,
+        sha256 NVARCHAR(64) NOT NULL,
+        manifest NVARCHAR(MAX) NOT NULL,
+        package VARBINARY(MAX) NOT NULL,
+        size BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        CONSTRAINT pk_warren_versions PRIMARY KEY (name, version))",
+    "CREATE TABLE warren_invocations (
+        id NVARCHAR(36) NOT NULL PRIMARY KEY,
+        function_name NVARCHAR(64) NOT NULL,
+        version BIGINT NOT NULL,
+        status NVARCHAR(16) NOT NULL,
+        attempts INT NOT NULL,
+        payload VARBINARY(MAX) NOT NULL,
+        result VARBINARY(MAX) NULL,
+        error NVARCHAR(MAX) NULL,
+        worker NVARCHAR(200) NULL,
+        created_ms BIGINT NOT NULL,
+        started_ms BIGINT NULL,
+        finished_ms BIGINT NULL)",
+    "CREATE INDEX warren_invocations_function ON warren_invocations (function_name, created_ms)",
+    "CREATE INDEX warren_invocations_status ON warren_invocations (status, created_ms)",
+    "CREATE TABLE warren_logs (
+        invocation NVARCHAR(36) NOT NULL,
+        attempt INT NOT NULL,
+        seq INT NOT NULL,
+        ts_ms BIGINT NOT NULL,
+        line NVARCHAR(MAX) NOT NULL,
+        CONSTRAINT pk_warren_logs PRIMARY KEY (invocation, attempt, seq))",
+    "CREATE TABLE warren_workers (
+        id NVARCHAR(200) NOT NULL PRIMARY KEY,
+        host NVARCHAR(200) NOT NULL,
+        pools NVARCHAR(1000) NOT NULL,
+        concurrency INT NOT NULL,
+        in_flight INT NOT NULL,
+        version NVARCHAR(64) NOT NULL,
+        started_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL,
+        state NVARCHAR(16) NOT NULL)",
+];
+
+const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
+const SCHEMA_CREATE: &str = "CREATE TABLE warren_schema (step INT NOT NULL PRIMARY KEY, applied_ms BIGINT NOT NULL)";
+const SCHEMA_COUNT: &str = "SELECT COUNT(*) FROM warren_schema";
+const SCHEMA_RECORD: &str = "INSERT INTO warren_schema (step, applied_ms) VALUES (@P1, @P2)";
+const MIGRATE_LOCK: &str =
+    "EXEC sp_getapplock @Resource = 'warren_migrate', @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 60000";
+const MIGRATE_UNLOCK: &str = "EXEC sp_releaseapplock @Resource = 'warren_migrate', @LockOwner = 'Session'";
+
+const NEXT_VERSION: &str =
+    "SELECT COALESCE(MAX(version), 0) + 1 FROM warren_versions WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1";
+const INSERT_VERSION: &str = "INSERT INTO warren_versions (name, version, sha256, manifest, package, size, created_ms)
+     VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)";
+const ACTIVATE_VERSION: &str =
+    "UPDATE warren_functions SET active_version = @P2, updated_ms = @P3 WHERE name = @P1";
+const INSERT_FUNCTION: &str =
+    "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES (@P1, @P2, @P3, @P3)";
+const LIST_FUNCTIONS: &str = "SELECT name, active_version, created_ms, updated_ms FROM warren_functions ORDER BY name";
+const GET_FUNCTION: &str =
+    "SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = @P1";
+const LIST_VERSIONS: &str = "SELECT name, version, sha256, manifest, size, created_ms FROM warren_versions
+     WHERE name = @P1 ORDER BY version DESC";
+const GET_VERSION: &str = "SELECT name, version, sha256, manifest, size, created_ms FROM warren_versions
+     WHERE name = @P1 AND version = @P2";
+const GET_PACKAGE: &str = "SELECT package FROM warren_versions WHERE name = @P1 AND version = @P2";
+const CREATE_INVOCATION: &str =
+    "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms)
+     VALUES (@P1, @P2, @P3, 'queued', 0, @P4, @P5)";
+const CLAIM_UPDATE: &str = "UPDATE warren_invocations SET status = 'running', attempts = @P1, worker = @P2, started_ms = @P3
+     WHERE id = @P4 AND status IN ('queued', 'running')";
+const CLAIM_INSERT: &str = "INSERT INTO warren_invocations
+     (id, function_name, version, status, attempts, payload, worker, created_ms, started_ms)
+     SELECT @P1, @P2, @P3, 'running', @P4, @P5, @P6, @P7, @P8
+     WHERE NOT EXISTS (SELECT 1 FROM warren_invocations WHERE id = @P1)";
+const GET_STATUS: &str = "SELECT status FROM warren_invocations WHERE id = @P1";
+const COMPLETE: &str = "UPDATE warren_invocations
+     SET status = @P1, attempts = @P2, result = @P3, error = @P4, worker = @P5, finished_ms = @P6
+     WHERE id = @P7 AND status IN ('queued', 'running')";
+const INSERT_LOGS_PREFIX: &str = "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ";
+const GET_INVOCATION: &str = "SELECT id, function_name, version, status, attempts, payload, result, error, worker,
+     created_ms, started_ms, finished_ms FROM warren_invocations WHERE id = @P1";
+const GET_LOGS: &str =
+    "SELECT attempt, seq, ts_ms, line FROM warren_logs WHERE invocation = @P1 ORDER BY attempt, seq";
+const HEARTBEAT_UPDATE: &str = "UPDATE warren_workers SET host = @P2, pools = @P3, concurrency = @P4, in_flight = @P5,
+     version = @P6, last_seen_ms = @P8, state = @P9 WHERE id = @P1";
+const HEARTBEAT_INSERT: &str = "INSERT INTO warren_workers
+     (id, host, pools, concurrency, in_flight, version, started_ms, last_seen_ms, state)
+     VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9)";
+const LIST_WORKERS: &str = "SELECT id, host, pools, concurrency, in_flight, version, started_ms, last_seen_ms, state
+     FROM warren_workers ORDER BY id";
+const BEGIN: &str = "BEGIN TRANSACTION";
+const COMMIT: &str = "COMMIT TRANSACTION";
+const ROLLBACK: &str = "ROLLBACK TRANSACTION";
+
+/// Rows per multi-row log insert: 5 parameters each, under SQL Server's 2,100 per statement.
+const LOG_ROWS_PER_INSERT: usize = 400;
+
+/// Every statement this backend sends (the log insert with two rows as its example).
+pub fn statements() -> Vec<String> {
+    let mut all: Vec<String> = SCHEMA.iter().map(|s| s.to_string()).collect();
+    all.extend(
+        [
+            SCHEMA_EXISTS, SCHEMA_CREATE, SCHEMA_COUNT, SCHEMA_RECORD, MIGRATE_LOCK, MIGRATE_UNLOCK, NEXT_VERSION,
+            INSERT_VERSION, ACTIVATE_VERSION, INSERT_FUNCTION, LIST_FUNCTIONS, GET_FUNCTION, LIST_VERSIONS,
+            GET_VERSION, GET_PACKAGE, CREATE_INVOCATION, CLAIM_UPDATE, CLAIM_INSERT, GET_STATUS, COMPLETE,
+            GET_INVOCATION, GET_LOGS, HEARTBEAT_UPDATE, HEARTBEAT_INSERT, LIST_WORKERS, BEGIN, COMMIT, ROLLBACK,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    all.push(insert_logs_sql(2));
+    all
+}
+
+fn insert_logs_sql(rows: usize) -> String {
+    let mut sql = String::from(INSERT_LOGS_PREFIX);
+    for i in 0..rows {
+        let b = i * 5;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(@P{}, @P{}, @P{}, @P{}, @P{})", b + 1, b + 2, b + 3, b + 4, b + 5));
+    }
+    sql
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// SQL Server's error numbers for a duplicate key.
+fn is_duplicate(e: &tiberius::error::Error) -> bool {
+    matches!(e.code(), Some(2627) | Some(2601))
+}
+
+pub struct Manager {
+    config: Config,
+}
+
+impl bb8::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = tiberius::error::Error;
+
+    async fn connect(&self) -> Result<Conn, Self::Error> {
+        let tcp = TcpStream::connect(self.config.get_addr()).await?;
+        tcp.set_nodelay(true)?;
+        Client::connect(self.config.clone(), tcp.compat_write()).await
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), Self::Error> {
+        conn.simple_query("SELECT 1").await?.into_row().await?;
+        Ok(())
+    }
+
+    fn has_broken(&self, _: &mut Conn) -> bool {
+        false
+    }
+}
+
+pub struct MssqlStore {
+    pool: bb8::Pool<Manager>,
+}
+
+/// Turns `mssql://user:pass@host:port/db?encrypt=…&trust_cert=…` into a tiberius config.
+pub fn config_from_url(url: &str) -> Result<Config> {
+    let u = url::Url::parse(url).map_err(|_| StoreError::BadUrl(url.to_string()))?;
+    let mut c = Config::new();
+    c.host(u.host_str().unwrap_or("localhost"));
+    c.port(u.port().unwrap_or(1433));
+    let db = u.path().trim_start_matches('/');
+    if !db.is_empty() {
+        c.database(db);
+    }
+    let user = percent_decode(u.username());
+    let pass = percent_decode(u.password().unwrap_or(""));
+    c.authentication(AuthMethod::sql_server(user, pass));
+    // This build carries no TLS stack for SQL Server: the connection is unencrypted unless a
+    // TLS-enabled build is used (see README, "Stores").
+    c.encryption(EncryptionLevel::NotSupported);
+    for (k, v) in u.query_pairs() {
+        if k == "trust_cert" && v == "true" {
+            c.trust_cert();
+        }
+    }
+    Ok(c)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Ends a transaction. A failed rollback is only logged: the server may have rolled back
+/// already (error 3903), and the caller reports the error that led here.
+async fn finish(c: &mut Conn, commit: bool) -> Result<()> {
+    if commit {
+        c.simple_query(COMMIT).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+    } else if let Err(e) = async { c.simple_query(ROLLBACK).await?.into_results().await }.await {
+        tracing::debug!(error = %e, "rollback failed");
+    }
+    Ok(())
+}
+
+fn col<'a, T: tiberius::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
+    row.try_get::<T, usize>(i)
+        .map_err(unavailable)?
+        .ok_or_else(|| StoreError::Corrupt(format!("column {i} is NULL")))
+}
+
+fn opt<'a, T: tiberius::FromSql<'a>>(row: &'a Row, i: usize) -> Result<Option<T>> {
+    row.try_get::<T, usize>(i).map_err(unavailable)
+}
+
+fn version_from(r: &Row) -> Result<FunctionVersion> {
+    Ok(FunctionVersion {
+        name: col::<&str>(r, 0)?.to_string(),
+        version: col(r, 1)?,
+        sha256: col::<&str>(r, 2)?.to_string(),
+        manifest: col::<&str>(r, 3)?.to_string(),
+        size: col(r, 4)?,
+        created_ms: col(r, 5)?,
+    })
+}
+
+fn function_from(r: &Row) -> Result<FunctionInfo> {
+    Ok(FunctionInfo {
+        name: col::<&str>(r, 0)?.to_string(),
+        active_version: col(r, 1)?,
+        created_ms: col(r, 2)?,
+        updated_ms: col(r, 3)?,
+    })
+}
+
+fn worker_from(r: &Row) -> Result<WorkerInfo> {
+    Ok(WorkerInfo {
+        id: col::<&str>(r, 0)?.to_string(),
+        host: col::<&str>(r, 1)?.to_string(),
+        pools: col::<&str>(r, 2)?.to_string(),
+        concurrency: col(r, 3)?,
+        in_flight: col(r, 4)?,
+        version: col::<&str>(r, 5)?.to_string(),
+        started_ms: col(r, 6)?,
+        last_seen_ms: col(r, 7)?,
+        state: col::<&str>(r, 8)?.to_string(),
+    })
+}
+
+impl MssqlStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let config = config_from_url(url)?;
+        let pool = bb8::Pool::builder()
+            .max_size(8)
+            .connection_timeout(Duration::from_secs(10))
+            .build(Manager { config })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot open the SQL Server store: {e}")))?;
+        let store = MssqlStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn conn(&self) -> Result<bb8::PooledConnection<'_, Manager>> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut c = self.conn().await?;
+        c.simple_query(MIGRATE_LOCK).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            let exists: i32 = match c.simple_query(SCHEMA_EXISTS).await.map_err(unavailable)?.into_row().await {
+                Ok(Some(r)) => col(&r, 0)?,
+                Ok(None) => 0,
+                Err(e) => return Err(unavailable(e)),
+            };
+            if exists == 0 {
+                c.execute(SCHEMA_CREATE, &[]).await.map_err(unavailable)?;
+            }
+            let done: i32 = match c.simple_query(SCHEMA_COUNT).await.map_err(unavailable)?.into_row().await {
+                Ok(Some(r)) => col(&r, 0)?,
+                Ok(None) => 0,
+                Err(e) => return Err(unavailable(e)),
+            };
+            for (i, step) in SCHEMA.iter().enumerate().skip(done as usize) {
+                c.execute(*step, &[]).await.map_err(unavailable)?;
+                c.execute(SCHEMA_RECORD, &[&(i as i32), &now_ms()]).await.map_err(unavailable)?;
+            }
+            Ok(())
+        }
+        .await;
+        c.simple_query(MIGRATE_UNLOCK).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        result
+    }
+
+    async fn rows(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Row>> {
+        let mut c = self.conn().await?;
+        let stream = c.query(sql, params).await.map_err(unavailable)?;
+        stream.into_first_result().await.map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Store for MssqlStore {
+    fn backend(&self) -> &'static str {
+        "mssql"
+    }
+
+    async fn publish_version(
+        &self,
+        manifest: &Manifest,
+        manifest_text: &str,
+        package: &[u8],
+        sha256: &str,
+    ) -> Result<FunctionVersion> {
+        let mut c = self.conn().await?;
+        let now = now_ms();
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            // UPDLOCK + HOLDLOCK serialise publishers of one function until commit.
+            let next: i64 = match c.query(NEXT_VERSION, &[&manifest.name.as_str()]).await.map_err(unavailable)?.into_row().await {
+                Ok(Some(r)) => col(&r, 0)?,
+                Ok(None) => 1,
+                Err(e) => return Err(unavailable(e)),
+            };
+            c.execute(
+                INSERT_VERSION,
+                &[&manifest.name.as_str(), &next, &sha256, &manifest_text, &package, &(package.len() as i64), &now],
+            )
+            .await
+            .map_err(unavailable)?;
+            let updated = c.execute(ACTIVATE_VERSION, &[&manifest.name.as_str(), &next, &now]).await.map_err(unavailable)?;
+            if updated.total() == 0 {
+                c.execute(INSERT_FUNCTION, &[&manifest.name.as_str(), &next, &now]).await.map_err(unavailable)?;
+            }
+            Ok(next)
+        }
+        .await;
+        finish(&mut c, result.is_ok()).await?;
+        let next = result?;
+        Ok(FunctionVersion {
+            name: manifest.name.clone(),
+            version: next,
+            sha256: sha256.to_string(),
+            manifest: manifest_text.to_string(),
+            size: package.len() as i64,
+            created_ms: now,
+        })
+    }
+
+    async fn list_functions(&self) -> Result<Vec<FunctionInfo>> {
+        self.rows(LIST_FUNCTIONS, &[]).await?.iter().map(function_from).collect()
+    }
+
+    async fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>> {
+        self.rows(GET_FUNCTION, &[&name]).await?.first().map(function_from).transpose()
+    }
+
+    async fn list_versions(&self, name: &str) -> Result<Vec<FunctionVersion>> {
+        self.rows(LIST_VERSIONS, &[&name]).await?.iter().map(version_from).collect()
+    }
+
+    async fn get_version(&self, name: &str, version: i64) -> Result<Option<FunctionVersion>> {
+        self.rows(GET_VERSION, &[&name, &version]).await?.first().map(version_from).transpose()
+    }
+
+    async fn get_package(&self, name: &str, version: i64) -> Result<Option<Vec<u8>>> {
+        let rows = self.rows(GET_PACKAGE, &[&name, &version]).await?;
+        rows.first().map(|r| col::<&[u8]>(r, 0).map(|b| b.to_vec())).transpose()
+    }
+
+    async fn create_invocation(&self, inv: &NewInvocation) -> Result<()> {
+        let mut c = self.conn().await?;
+        let id = inv.id.to_string();
+        c.execute(
+            CREATE_INVOCATION,
+            &[&id.as_str(), &inv.function.as_str(), &inv.version, &inv.payload.as_slice(), &inv.created_ms],
+        )
+        .await
+        .map_err(|e| {
+            if is_duplicate(&e) {
+                StoreError::Conflict(format!("invocation {} exists already", inv.id))
+            } else {
+                unavailable(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim> {
+        let mut c = self.conn().await?;
+        let id = inv.id.to_string();
+        let updated = c
+            .execute(CLAIM_UPDATE, &[&attempt, &worker, &started_ms, &id.as_str()])
+            .await
+            .map_err(unavailable)?;
+        if updated.total() == 1 {
+            return Ok(Claim::Run);
+        }
+        let inserted = c
+            .execute(
+                CLAIM_INSERT,
+                &[
+                    &id.as_str(),
+                    &inv.function.as_str(),
+                    &inv.version,
+                    &attempt,
+                    &inv.payload.as_slice(),
+                    &worker,
+                    &inv.created_ms,
+                    &started_ms,
+                ],
+            )
+            .await;
+        match inserted {
+            Ok(r) if r.rows_affected().iter().sum::<u64>() == 1 => return Ok(Claim::Run),
+            Ok(_) => {}
+            Err(e) if is_duplicate(&e) => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        let row = c.query(GET_STATUS, &[&id.as_str()]).await.map_err(unavailable)?.into_row().await.map_err(unavailable)?;
+        let row = row.ok_or_else(|| StoreError::Corrupt(format!("invocation {id} vanished while claimed")))?;
+        let status = parse_status(col::<&str>(&row, 0)?)?;
+        Ok(if status.is_final() { Claim::AlreadyFinal(status) } else { Claim::Run })
+    }
+
+    async fn complete(&self, id: Uuid, o: &Outcome) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let id = id.to_string();
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            let updated = c
+                .execute(
+                    COMPLETE,
+                    &[
+                        &o.status.as_str(),
+                        &o.attempt,
+                        &o.result.as_deref(),
+                        &o.error.as_deref(),
+                        &o.worker.as_str(),
+                        &o.finished_ms,
+                        &id.as_str(),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            if updated.total() == 0 {
+                return Ok(false);
+            }
+            for chunk in o.logs.chunks(LOG_ROWS_PER_INSERT) {
+                let sql = insert_logs_sql(chunk.len());
+                let mut params: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 5);
+                for l in chunk {
+                    params.push(&id);
+                    params.push(&l.attempt);
+                    params.push(&l.seq);
+                    params.push(&l.ts_ms);
+                    params.push(&l.line);
+                }
+                c.execute(sql, &params).await.map_err(unavailable)?;
+            }
+            Ok(true)
+        }
+        .await;
+        finish(&mut c, matches!(result, Ok(true))).await?;
+        result
+    }
+
+    async fn get_invocation(&self, id: Uuid) -> Result<Option<Invocation>> {
+        let id = id.to_string();
+        let rows = self.rows(GET_INVOCATION, &[&id.as_str()]).await?;
+        rows.first()
+            .map(|r| {
+                Ok(Invocation {
+                    id: parse_uuid(col::<&str>(r, 0)?)?,
+                    function: col::<&str>(r, 1)?.to_string(),
+                    version: col(r, 2)?,
+                    status: parse_status(col::<&str>(r, 3)?)?,
+                    attempts: col(r, 4)?,
+                    payload: col::<&[u8]>(r, 5)?.to_vec(),
+                    result: opt::<&[u8]>(r, 6)?.map(|b| b.to_vec()),
+                    error: opt::<&str>(r, 7)?.map(str::to_string),
+                    worker: opt::<&str>(r, 8)?.map(str::to_string),
+                    created_ms: col(r, 9)?,
+                    started_ms: opt(r, 10)?,
+                    finished_ms: opt(r, 11)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>> {
+        let id = id.to_string();
+        self.rows(GET_LOGS, &[&id.as_str()])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(LogLine { attempt: col(r, 0)?, seq: col(r, 1)?, ts_ms: col(r, 2)?, line: col::<&str>(r, 3)?.to_string() })
+            })
+            .collect()
+    }
+
+    async fn heartbeat(&self, w: &WorkerInfo) -> Result<()> {
+        let mut c = self.conn().await?;
+        let params: [&dyn ToSql; 9] = [
+            &w.id, &w.host, &w.pools, &w.concurrency, &w.in_flight, &w.version, &w.started_ms, &w.last_seen_ms, &w.state,
+        ];
+        let updated = c.execute(HEARTBEAT_UPDATE, &params).await.map_err(unavailable)?;
+        if updated.total() == 0 {
+            match c.execute(HEARTBEAT_INSERT, &params).await {
+                Ok(_) => {}
+                // Raced with our own previous beat: the row exists now, which is what we wanted.
+                Err(e) if is_duplicate(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
+        self.rows(LIST_WORKERS, &[]).await?.iter().map(worker_from).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_statement_parses_as_tsql() {
+        let dialect = sqlparser::dialect::MsSqlDialect {};
+        let mut refused = Vec::new();
+        for sql in statements() {
+            if let Err(e) = sqlparser::parser::Parser::parse_sql(&dialect, &sql) {
+                refused.push(format!("{sql}\n  -> {e}"));
+            }
+        }
+        assert!(refused.is_empty(), "T-SQL the parser refused:\n{}", refused.join("\n"));
+    }
+
+    #[test]
+    fn url_becomes_config() {
+        let c = config_from_url("mssql://sa:p%40ss@db.local:1444/warren").unwrap();
+        assert_eq!(c.get_addr(), "db.local:1444");
+        assert_eq!(percent_decode("p%40ss"), "p@ss");
+    }
+}

@@ -1,0 +1,526 @@
+//! PostgreSQL and SQLite backends, through sqlx's `Any` driver.
+//!
+//! The two share every statement: both accept `$N` placeholders (numbered in order of first
+//! use), `ON CONFLICT` upserts and the same column types once spelled per backend in
+//! [`schema`]. What differs is the connection setup and how migrations are serialised
+//! (an advisory lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use uuid::Uuid;
+
+use super::*;
+use crate::manifest::Manifest;
+use crate::now_ms;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Postgres,
+    Sqlite,
+}
+
+pub struct SqlxStore {
+    pool: AnyPool,
+    kind: Kind,
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// The schema, in order; each step runs once (recorded in `warren_schema`).
+fn schema(kind: Kind) -> Vec<String> {
+    let blob = if kind == Kind::Postgres { "BYTEA" } else { "BLOB" };
+    vec![format!(
+        "CREATE TABLE IF NOT EXISTS warren_functions (
+            name TEXT PRIMARY KEY,
+            active_version BIGINT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            updated_ms BIGINT NOT NULL);
+        CREATE TABLE IF NOT EXISTS warren_versions (
+            name TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            sha256 TEXT NOT NULL,
+            manifest TEXT NOT NULL,
+            package {blob} NOT NULL,
+            size BIGINT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            PRIMARY KEY (name, version));
+        CREATE TABLE IF NOT EXISTS warren_invocations (
+            id TEXT PRIMARY KEY,
+            function TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            payload {blob} NOT NULL,
+            result {blob},
+            error TEXT,
+            worker TEXT,
+            created_ms BIGINT NOT NULL,
+            started_ms BIGINT,
+            finished_ms BIGINT);
+        CREATE INDEX IF NOT EXISTS warren_invocations_function ON warren_invocations (function, created_ms);
+        CREATE INDEX IF NOT EXISTS warren_invocations_status ON warren_invocations (status, created_ms);
+        CREATE TABLE IF NOT EXISTS warren_logs (
+            invocation TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            ts_ms BIGINT NOT NULL,
+            line TEXT NOT NULL,
+            PRIMARY KEY (invocation, attempt, seq));
+        CREATE TABLE IF NOT EXISTS warren_workers (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pools TEXT NOT NULL,
+            concurrency INTEGER NOT NULL,
+            in_flight INTEGER NOT NULL,
+            version TEXT NOT NULL,
+            started_ms BIGINT NOT NULL,
+            last_seen_ms BIGINT NOT NULL,
+            state TEXT NOT NULL);"
+    )]
+}
+
+const VERSION_COLUMNS: &str = "name, version, sha256, manifest, size, created_ms";
+const INVOCATION_COLUMNS: &str =
+    "id, function, version, status, attempts, payload, result, error, worker, created_ms, started_ms, finished_ms";
+const WORKER_COLUMNS: &str = "id, host, pools, concurrency, in_flight, version, started_ms, last_seen_ms, state";
+
+fn version_from(r: &AnyRow) -> Result<FunctionVersion> {
+    Ok(FunctionVersion {
+        name: r.try_get(0).map_err(unavailable)?,
+        version: r.try_get(1).map_err(unavailable)?,
+        sha256: r.try_get(2).map_err(unavailable)?,
+        manifest: r.try_get(3).map_err(unavailable)?,
+        size: r.try_get(4).map_err(unavailable)?,
+        created_ms: r.try_get(5).map_err(unavailable)?,
+    })
+}
+
+fn function_from(r: &AnyRow) -> Result<FunctionInfo> {
+    Ok(FunctionInfo {
+        name: r.try_get(0).map_err(unavailable)?,
+        active_version: r.try_get(1).map_err(unavailable)?,
+        created_ms: r.try_get(2).map_err(unavailable)?,
+        updated_ms: r.try_get(3).map_err(unavailable)?,
+    })
+}
+
+fn invocation_from(r: &AnyRow) -> Result<Invocation> {
+    let id: String = r.try_get(0).map_err(unavailable)?;
+    let status: String = r.try_get(3).map_err(unavailable)?;
+    Ok(Invocation {
+        id: parse_uuid(&id)?,
+        function: r.try_get(1).map_err(unavailable)?,
+        version: r.try_get(2).map_err(unavailable)?,
+        status: parse_status(&status)?,
+        attempts: r.try_get(4).map_err(unavailable)?,
+        payload: r.try_get(5).map_err(unavailable)?,
+        result: r.try_get(6).map_err(unavailable)?,
+        error: r.try_get(7).map_err(unavailable)?,
+        worker: r.try_get(8).map_err(unavailable)?,
+        created_ms: r.try_get(9).map_err(unavailable)?,
+        started_ms: r.try_get(10).map_err(unavailable)?,
+        finished_ms: r.try_get(11).map_err(unavailable)?,
+    })
+}
+
+fn worker_from(r: &AnyRow) -> Result<WorkerInfo> {
+    Ok(WorkerInfo {
+        id: r.try_get(0).map_err(unavailable)?,
+        host: r.try_get(1).map_err(unavailable)?,
+        pools: r.try_get(2).map_err(unavailable)?,
+        concurrency: r.try_get(3).map_err(unavailable)?,
+        in_flight: r.try_get(4).map_err(unavailable)?,
+        version: r.try_get(5).map_err(unavailable)?,
+        started_ms: r.try_get(6).map_err(unavailable)?,
+        last_seen_ms: r.try_get(7).map_err(unavailable)?,
+        state: r.try_get(8).map_err(unavailable)?,
+    })
+}
+
+impl SqlxStore {
+    /// Opens (creating a SQLite file if needed) and migrates.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let kind = if url.starts_with("sqlite:") { Kind::Sqlite } else { Kind::Postgres };
+        let (url, max) = match kind {
+            Kind::Sqlite => {
+                let mut u = url.to_string();
+                if !u.contains("mode=") {
+                    u.push_str(if u.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+                }
+                // SQLite takes one writer at a time; a few connections serve readers.
+                (u, 4)
+            }
+            Kind::Postgres => (url.to_string(), 8),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if kind == Kind::Sqlite {
+                        // WAL lets readers run beside the writer; FULL makes each commit durable
+                        // before a worker acks its message.
+                        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot open the {} store at {}: {e}",
+                    if kind == Kind::Sqlite { "SQLite" } else { "PostgreSQL" },
+                    crate::transport::amqp::redact(&url)
+                ))
+            })?;
+        let store = SqlxStore { pool, kind };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        // Serialise concurrent starts (several workers booting at once).
+        match self.kind {
+            Kind::Postgres => {
+                conn.execute("SELECT pg_advisory_lock(7460113)").await.map_err(unavailable)?;
+            }
+            Kind::Sqlite => {
+                conn.execute("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+            }
+        }
+        let result = async {
+            conn.execute("CREATE TABLE IF NOT EXISTS warren_schema (step INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)")
+                .await
+                .map_err(unavailable)?;
+            let done: i64 = sqlx::query("SELECT COUNT(*) FROM warren_schema")
+                .fetch_one(&mut *conn)
+                .await
+                .and_then(|r| r.try_get::<i64, _>(0))
+                .map_err(unavailable)?;
+            for (i, step) in schema(self.kind).iter().enumerate().skip(done as usize) {
+                conn.execute(step.as_str()).await.map_err(unavailable)?;
+                sqlx::query("INSERT INTO warren_schema (step, applied_ms) VALUES ($1, $2)")
+                    .bind(i as i32)
+                    .bind(now_ms())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        let end = match (self.kind, result.is_ok()) {
+            (Kind::Postgres, _) => "SELECT pg_advisory_unlock(7460113)",
+            (Kind::Sqlite, true) => "COMMIT",
+            (Kind::Sqlite, false) => "ROLLBACK",
+        };
+        conn.execute(end).await.map_err(unavailable)?;
+        result
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqlxStore {
+    fn backend(&self) -> &'static str {
+        match self.kind {
+            Kind::Postgres => "postgres",
+            Kind::Sqlite => "sqlite",
+        }
+    }
+
+    async fn publish_version(
+        &self,
+        manifest: &Manifest,
+        manifest_text: &str,
+        package: &[u8],
+        sha256: &str,
+    ) -> Result<FunctionVersion> {
+        // Two publishers of one function may pick the same number; the primary key refuses
+        // the second, which then tries again with the next number.
+        for _ in 0..5 {
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
+            let next: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM warren_versions WHERE name = $1")
+                .bind(&manifest.name)
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|r| r.try_get::<i64, _>(0))
+                .map_err(unavailable)?;
+            let now = now_ms();
+            let inserted = sqlx::query(
+                "INSERT INTO warren_versions (name, version, sha256, manifest, package, size, created_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&manifest.name)
+            .bind(next)
+            .bind(sha256)
+            .bind(manifest_text)
+            .bind(package.to_vec())
+            .bind(package.len() as i64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(unavailable(e)),
+                Ok(_) => {}
+            }
+            sqlx::query(
+                "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES ($1, $2, $3, $3)
+                 ON CONFLICT (name) DO UPDATE SET active_version = excluded.active_version, updated_ms = excluded.updated_ms",
+            )
+            .bind(&manifest.name)
+            .bind(next)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            match tx.commit().await {
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(unavailable(e)),
+                Ok(()) => {}
+            }
+            return Ok(FunctionVersion {
+                name: manifest.name.clone(),
+                version: next,
+                sha256: sha256.to_string(),
+                manifest: manifest_text.to_string(),
+                size: package.len() as i64,
+                created_ms: now,
+            });
+        }
+        Err(StoreError::Conflict(format!(
+            "function {} is being published concurrently by others; try again",
+            manifest.name
+        )))
+    }
+
+    async fn list_functions(&self) -> Result<Vec<FunctionInfo>> {
+        let rows = sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(function_from).collect()
+    }
+
+    async fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>> {
+        let row = sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(function_from).transpose()
+    }
+
+    async fn list_versions(&self, name: &str) -> Result<Vec<FunctionVersion>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM warren_versions WHERE name = $1 ORDER BY version DESC"
+        ))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(version_from).collect()
+    }
+
+    async fn get_version(&self, name: &str, version: i64) -> Result<Option<FunctionVersion>> {
+        let row = sqlx::query(&format!("SELECT {VERSION_COLUMNS} FROM warren_versions WHERE name = $1 AND version = $2"))
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(version_from).transpose()
+    }
+
+    async fn get_package(&self, name: &str, version: i64) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT package FROM warren_versions WHERE name = $1 AND version = $2")
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| r.try_get(0).map_err(unavailable)).transpose()
+    }
+
+    async fn create_invocation(&self, inv: &NewInvocation) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
+             VALUES ($1, $2, $3, 'queued', 0, $4, $5)",
+        )
+        .bind(inv.id.to_string())
+        .bind(&inv.function)
+        .bind(inv.version)
+        .bind(inv.payload.clone())
+        .bind(inv.created_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("invocation {} exists already", inv.id))
+            } else {
+                unavailable(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim> {
+        let id = inv.id.to_string();
+        let updated = sqlx::query(
+            "UPDATE warren_invocations SET status = 'running', attempts = $1, worker = $2, started_ms = $3
+             WHERE id = $4 AND status IN ('queued', 'running')",
+        )
+        .bind(attempt)
+        .bind(worker)
+        .bind(started_ms)
+        .bind(&id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if updated.rows_affected() == 1 {
+            return Ok(Claim::Run);
+        }
+        // Either final already, or never recorded: insert unless present.
+        let inserted = sqlx::query(
+            "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, worker, created_ms, started_ms)
+             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&inv.function)
+        .bind(inv.version)
+        .bind(attempt)
+        .bind(inv.payload.clone())
+        .bind(worker)
+        .bind(inv.created_ms)
+        .bind(started_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Claim::Run);
+        }
+        let status: String = sqlx::query("SELECT status FROM warren_invocations WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(unavailable)?;
+        let status = parse_status(&status)?;
+        Ok(if status.is_final() { Claim::AlreadyFinal(status) } else { Claim::Run })
+    }
+
+    async fn complete(&self, id: Uuid, o: &Outcome) -> Result<bool> {
+        let id = id.to_string();
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let updated = sqlx::query(
+            "UPDATE warren_invocations SET status = $1, attempts = $2, result = $3, error = $4, worker = $5, finished_ms = $6
+             WHERE id = $7 AND status IN ('queued', 'running')",
+        )
+        .bind(o.status.as_str())
+        .bind(o.attempt)
+        .bind(o.result.clone())
+        .bind(o.error.clone())
+        .bind(&o.worker)
+        .bind(o.finished_ms)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(false);
+        }
+        // Multi-row inserts, in chunks that stay under SQLite's parameter limit.
+        for chunk in o.logs.chunks(200) {
+            let mut sql = String::from("INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ");
+            for i in 0..chunk.len() {
+                let b = i * 5;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
+            }
+            // A retried attempt may have stored some lines already.
+            sql.push_str(" ON CONFLICT DO NOTHING");
+            let mut q = sqlx::query(&sql);
+            for l in chunk {
+                q = q.bind(&id).bind(l.attempt).bind(l.seq).bind(l.ts_ms).bind(&l.line);
+            }
+            q.execute(&mut *tx).await.map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
+    }
+
+    async fn get_invocation(&self, id: Uuid) -> Result<Option<Invocation>> {
+        let row = sqlx::query(&format!("SELECT {INVOCATION_COLUMNS} FROM warren_invocations WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(invocation_from).transpose()
+    }
+
+    async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>> {
+        let rows = sqlx::query(
+            "SELECT attempt, seq, ts_ms, line FROM warren_logs WHERE invocation = $1 ORDER BY attempt, seq",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogLine {
+                    attempt: r.try_get(0).map_err(unavailable)?,
+                    seq: r.try_get(1).map_err(unavailable)?,
+                    ts_ms: r.try_get(2).map_err(unavailable)?,
+                    line: r.try_get(3).map_err(unavailable)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn heartbeat(&self, w: &WorkerInfo) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO warren_workers ({WORKER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET host = excluded.host, pools = excluded.pools,
+               concurrency = excluded.concurrency, in_flight = excluded.in_flight, version = excluded.version,
+               last_seen_ms = excluded.last_seen_ms, state = excluded.state"
+        ))
+        .bind(&w.id)
+        .bind(&w.host)
+        .bind(&w.pools)
+        .bind(w.concurrency)
+        .bind(w.in_flight)
+        .bind(&w.version)
+        .bind(w.started_ms)
+        .bind(w.last_seen_ms)
+        .bind(&w.state)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
+        let rows = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM warren_workers ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(worker_from).collect()
+    }
+}

@@ -1,0 +1,108 @@
+//! The queue interface both roles use, and its two implementations:
+//! [`amqp::AmqpTransport`] (RabbitMQ through lapin; the distributed mode) and
+//! [`memory::MemoryTransport`] (in process; only the embedded mode).
+//!
+//! Both give the same guarantees: `publish` returns only once the message is safely queued
+//! (a publisher confirm on AMQP), a delivery stays owned by its consumer until it is acked or
+//! returned, a delivery dropped without either goes back to the queue marked `redelivered`, and
+//! a consumer never holds more than `prefetch` unacked deliveries.
+
+pub mod amqp;
+pub mod memory;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("the message broker is unreachable or refused the operation: {0}")]
+    Unavailable(String),
+    #[error("the broker did not confirm the message (nack); it may not be queued")]
+    NotConfirmed,
+    #[error("queue {0} is full; try again later")]
+    Full(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = TransportError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    pub messages: u64,
+    pub consumers: u32,
+}
+
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Declares a pool's queue and the shared exchanges (idempotent).
+    async fn declare_pool(&self, pool: &str) -> Result<()>;
+    /// Queues one invocation for a pool; returns once the broker confirmed it.
+    async fn publish(&self, pool: &str, body: Bytes) -> Result<()>;
+    /// Moves a message no worker can take to the dead-letter queue, with the reason.
+    /// Returns once confirmed.
+    async fn dead_letter(&self, body: Bytes, reason: &str) -> Result<()>;
+    /// Consumes a pool's queue with at most `prefetch` unacked deliveries.
+    async fn consume(&self, pool: &str, prefetch: u16) -> Result<Box<dyn Consumer>>;
+    /// Opens the completion-notice queue of one management instance.
+    async fn open_notices(&self, instance: &str) -> Result<Box<dyn Consumer>>;
+    /// Sends a completion notice (best effort: a lost notice only delays a waiter until its
+    /// deadline, when it reads the store).
+    async fn notify(&self, notice_queue: &str, body: Bytes) -> Result<()>;
+    /// Depth and consumer count of a pool's queue.
+    async fn queue_stats(&self, pool: &str) -> Result<QueueStats>;
+}
+
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next delivery; `None` once the consumer is closed (connection lost, shut down).
+    async fn next(&mut self) -> Option<Result<Delivery>>;
+}
+
+/// One message handed to a consumer. Ack it once its outcome is stored, or requeue it.
+/// Dropping it without either returns it to the queue.
+pub struct Delivery {
+    pub body: Bytes,
+    pub redelivered: bool,
+    pub(crate) acker: Acker,
+}
+
+pub(crate) enum Acker {
+    Amqp(lapin::Acker),
+    Memory(memory::MemAcker),
+    /// Notices are consumed without acknowledgement.
+    None,
+}
+
+impl Delivery {
+    pub async fn ack(self) -> Result<()> {
+        match self.acker {
+            Acker::Amqp(a) => a
+                .ack(lapin::options::BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| TransportError::Unavailable(e.to_string())),
+            Acker::Memory(a) => {
+                a.ack();
+                Ok(())
+            }
+            Acker::None => Ok(()),
+        }
+    }
+
+    /// Returns the message to its queue for another attempt (marked redelivered).
+    pub async fn requeue(self) -> Result<()> {
+        match self.acker {
+            Acker::Amqp(a) => a
+                .nack(lapin::options::BasicNackOptions { requeue: true, multiple: false })
+                .await
+                .map(|_| ())
+                .map_err(|e| TransportError::Unavailable(e.to_string())),
+            Acker::Memory(a) => {
+                a.requeue();
+                Ok(())
+            }
+            Acker::None => Ok(()),
+        }
+    }
+}
