@@ -121,8 +121,17 @@ fn walk(
     Ok(())
 }
 
+/// What [`inspect`] learns of a good package.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    pub manifest: Manifest,
+    /// `function.toml` as packaged, stored beside the version.
+    pub manifest_text: String,
+    pub sha256: String,
+}
+
 /// Checks a package completely and returns its manifest and sha256. Nothing is written.
-pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<(Manifest, String), PackageError> {
+pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Inspected, PackageError> {
     let mut manifest_text: Option<String> = None;
     walk(bytes, limits, |path, is_dir, _, content| {
         if !is_dir && path == Path::new(MANIFEST_FILE) {
@@ -138,8 +147,9 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<(Manifest, String), Pack
         }
         Ok(())
     })?;
-    let manifest = Manifest::parse(&manifest_text.ok_or(PackageError::MissingManifest)?)?;
-    Ok((manifest, sha256_hex(bytes)))
+    let manifest_text = manifest_text.ok_or(PackageError::MissingManifest)?;
+    let manifest = Manifest::parse(&manifest_text)?;
+    Ok(Inspected { manifest, manifest_text, sha256: sha256_hex(bytes) })
 }
 
 /// Verifies `expected_sha256`, then unpacks into `dest` (which must not exist yet): into a
@@ -257,8 +267,9 @@ mod tests {
     #[test]
     fn accepts_a_good_package_and_unpacks_it() {
         let pkg = tar_gz(&[(b"function.toml", MANIFEST), (b"./lib/a.txt", b"hi")]);
-        let (m, sha) = inspect(&pkg, &Limits::default()).unwrap();
-        assert_eq!(m.name, "t");
+        let i = inspect(&pkg, &Limits::default()).unwrap();
+        assert_eq!(i.manifest.name, "t");
+        let sha = i.sha256;
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("v1");
         unpack(&pkg, &sha, &dest, &Limits::default()).unwrap();
@@ -301,7 +312,6 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/x"), b"1").unwrap();
         let pkg = pack_dir(dir.path()).unwrap();
-        let (m, _) = inspect(&pkg, &Limits::default()).unwrap();
-        assert_eq!(m.name, "t");
+        assert_eq!(inspect(&pkg, &Limits::default()).unwrap().manifest.name, "t");
     }
 }

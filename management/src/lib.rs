@@ -1,1 +1,248 @@
+//! Warren's management role: the HTTP API ([`api`]), publishing, invoking, and the waiters of
+//! synchronous invocations (woken by completion notices from workers, not by polling).
+//!
+//! The same code runs distributed (`warren-management`, AMQP + a networked store) and embedded
+//! (`warren up`, see [`embedded`]: in-process queue, SQLite, workers in the same process).
 
+pub mod api;
+pub mod embedded;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
+use warren_common::store::{FunctionVersion, Invocation, NewInvocation, Outcome, Status, Store, StoreError};
+use warren_common::transport::{Transport, TransportError};
+use warren_common::{now_ms, package};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest invocation input accepted, in bytes.
+    pub max_payload_bytes: usize,
+    pub package_limits: package::Limits,
+    /// How long a synchronous invoke waits when the caller does not say.
+    pub default_sync_timeout: Duration,
+    pub max_sync_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_payload_bytes: 1 << 20,
+            package_limits: package::Limits::default(),
+            default_sync_timeout: Duration::from_secs(30),
+            max_sync_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why an operation failed, in terms the API turns into a status code and a message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the store is unavailable: {0}")]
+    Store(#[from] StoreError),
+    #[error("the message broker is unavailable: {0}")]
+    Transport(#[from] TransportError),
+}
+
+pub struct Management {
+    pub store: Arc<dyn Store>,
+    pub transport: Arc<dyn Transport>,
+    pub config: Config,
+    /// This instance's name; its notice queue is `warren.notice.<instance>`.
+    instance: String,
+    waiters: DashMap<Uuid, oneshot::Sender<()>>,
+    declared_pools: DashMap<String, ()>,
+}
+
+/// Removes a waiter when the waiting request ends, however it ends.
+struct WaiterGuard<'a> {
+    map: &'a DashMap<Uuid, oneshot::Sender<()>>,
+    id: Uuid,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.map.remove(&self.id);
+    }
+}
+
+/// An invocation just accepted: its id, and whether its outcome is already known.
+pub struct Accepted {
+    pub id: Uuid,
+    pub invocation: Option<Invocation>,
+}
+
+impl Management {
+    /// Creates the management state and starts listening for completion notices.
+    pub async fn start(store: Arc<dyn Store>, transport: Arc<dyn Transport>, config: Config) -> anyhow::Result<Arc<Self>> {
+        let instance = Uuid::now_v7().simple().to_string();
+        let mut notices = transport.open_notices(&instance).await?;
+        let m = Arc::new(Management {
+            store,
+            transport,
+            config,
+            instance,
+            waiters: DashMap::new(),
+            declared_pools: DashMap::new(),
+        });
+        let weak = Arc::downgrade(&m);
+        tokio::spawn(async move {
+            while let Some(n) = notices.next().await {
+                let Some(m) = weak.upgrade() else { break };
+                match n {
+                    Ok(d) => match CompletionNotice::decode(&d.body) {
+                        Ok(notice) => {
+                            if let Some((_, tx)) = m.waiters.remove(&notice.id) {
+                                let _ = tx.send(());
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "ignoring an undecodable completion notice"),
+                    },
+                    Err(e) => {
+                        tracing::error!(error = %e, "completion notices stopped; sync invokes will wait for their deadline");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(m)
+    }
+
+    /// Checks a package completely, then stores it as the function's new active version.
+    pub async fn publish(&self, package_bytes: &[u8]) -> Result<FunctionVersion, Error> {
+        let limits = self.config.package_limits;
+        if package_bytes.len() as u64 > limits.max_package_bytes {
+            return Err(Error::TooLarge(format!(
+                "the package is {} bytes, over the limit of {} bytes",
+                package_bytes.len(),
+                limits.max_package_bytes
+            )));
+        }
+        // Decompressing and checking every entry is CPU work: keep it off the async threads.
+        let bytes = Bytes::copy_from_slice(package_bytes);
+        let checked = bytes.clone();
+        let p = tokio::task::spawn_blocking(move || package::inspect(&checked, &limits))
+            .await
+            .map_err(|e| Error::BadRequest(format!("package check failed: {e}")))?
+            .map_err(|e| Error::BadRequest(format!("package refused: {e}")))?;
+        let v = self.store.publish_version(&p.manifest, &p.manifest_text, &bytes, &p.sha256).await?;
+        tracing::info!(function = %v.name, version = v.version, sha256 = %v.sha256, "published");
+        Ok(v)
+    }
+
+    async fn ensure_pool(&self, pool: &str) -> Result<(), Error> {
+        if !self.declared_pools.contains_key(pool) {
+            self.transport.declare_pool(pool).await?;
+            self.declared_pools.insert(pool.to_string(), ());
+        }
+        Ok(())
+    }
+
+    /// Records and publishes one invocation of a function's active version. With `wait`, waits
+    /// for its outcome up to that long (woken by the worker's completion notice).
+    pub async fn invoke(&self, function: &str, payload: Bytes, wait: Option<Duration>) -> Result<Accepted, Error> {
+        if payload.len() > self.config.max_payload_bytes {
+            return Err(Error::TooLarge(format!(
+                "the input is {} bytes, over the limit of {} bytes",
+                payload.len(),
+                self.config.max_payload_bytes
+            )));
+        }
+        let f = self
+            .store
+            .get_function(function)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("function {function:?} does not exist; publish it first (warren publish DIR)")))?;
+        let v = self
+            .store
+            .get_version(function, f.active_version)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("function {function:?} has no version {}", f.active_version)))?;
+        let manifest = v.parsed_manifest()?;
+        self.ensure_pool(&manifest.pool).await?;
+
+        let id = Uuid::now_v7();
+        let created_ms = now_ms();
+        self.store
+            .create_invocation(&NewInvocation {
+                id,
+                function: function.to_string(),
+                version: v.version,
+                payload: payload.to_vec(),
+                created_ms,
+            })
+            .await?;
+        let msg = InvocationMessage {
+            v: PROTOCOL_VERSION,
+            id,
+            function: function.to_string(),
+            version: v.version,
+            attempt: 1,
+            payload,
+            notify: wait.map(|_| warren_common::topology::notice_queue(&self.instance)),
+            created_ms,
+        };
+        // Register before publishing: the notice may come back before publish returns.
+        let (guard, rx) = match wait {
+            Some(_) => {
+                let (tx, rx) = oneshot::channel();
+                self.waiters.insert(id, tx);
+                (Some(WaiterGuard { map: &self.waiters, id }), Some(rx))
+            }
+            None => (None, None),
+        };
+        if let Err(e) = self.transport.publish(&manifest.pool, msg.encode().into()).await {
+            // Never report success for an unconfirmed message; record why it did not run.
+            let _ = self
+                .store
+                .complete(
+                    id,
+                    &Outcome {
+                        status: Status::Failed,
+                        attempt: 0,
+                        result: None,
+                        error: Some(format!("not queued: {e}")),
+                        worker: String::new(),
+                        finished_ms: now_ms(),
+                        logs: Vec::new(),
+                    },
+                )
+                .await;
+            return Err(e.into());
+        }
+        let (Some(wait), Some(rx)) = (wait, rx) else {
+            return Ok(Accepted { id, invocation: None });
+        };
+        let _ = tokio::time::timeout(wait, rx).await;
+        drop(guard);
+        // Read once: after the notice, or at the deadline in case a notice was lost.
+        let inv = self.store.get_invocation(id).await?;
+        Ok(Accepted { id, invocation: inv })
+    }
+
+    pub fn clamp_wait(&self, ms: Option<u64>) -> Duration {
+        ms.map(Duration::from_millis).unwrap_or(self.config.default_sync_timeout).min(self.config.max_sync_timeout)
+    }
+}
+
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    m: Arc<Management>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, api::router(m)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}

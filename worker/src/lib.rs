@@ -1,1 +1,442 @@
+//! The Warren worker: consumes its pools' queues, runs each invocation, stores the outcome and
+//! its log lines, then (and only then) acks the message.
+//!
+//! Per delivery ([`Worker::handle`]):
+//! 1. decode; a message that cannot be decoded is dead-lettered with the reason and acked;
+//! 2. claim the invocation in the store; one that is final already (a redelivery) is acked
+//!    without running again;
+//! 3. load the function version (manifest from a cache, package unpacked on disk by sha256);
+//! 4. run it (built-in `echo`, or one process per invocation);
+//! 5. store the outcome, retrying with backoff while the store is down; past a bound, return
+//!    the message to the queue instead of acking it;
+//! 6. send a completion notice if someone waits, and ack.
 
+pub mod process;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dashmap::DashMap;
+use tracing::Instrument;
+use warren_common::manifest::{Manifest, Runtime};
+use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
+use warren_common::store::{Claim, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
+use warren_common::transport::{Delivery, Transport};
+use warren_common::{now_ms, package};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Unique per worker process; shows in the store as the invocation's `worker`.
+    pub id: String,
+    /// Pools served, each with its concurrency (= prefetch).
+    pub pools: Vec<(String, u16)>,
+    /// Where unpacked packages are cached, one folder per sha256.
+    pub cache_dir: PathBuf,
+    pub heartbeat_every: Duration,
+    /// How long a worker keeps trying to store an outcome before returning the message.
+    pub store_retry_for: Duration,
+    pub limits: process::Limits,
+    pub package_limits: package::Limits,
+}
+
+impl WorkerConfig {
+    pub fn new(pools: Vec<(String, u16)>) -> Self {
+        let host = warren_common::hostname();
+        WorkerConfig {
+            id: format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[24..]),
+            pools,
+            cache_dir: std::env::temp_dir().join("warren-cache"),
+            heartbeat_every: Duration::from_secs(5),
+            store_retry_for: Duration::from_secs(30),
+            limits: process::Limits::default(),
+            package_limits: package::Limits::default(),
+        }
+    }
+}
+
+/// A loaded function version: its manifest and, for process functions, its unpacked folder.
+struct Loaded {
+    manifest: Manifest,
+    dir: Option<PathBuf>,
+}
+
+pub struct Worker {
+    store: Arc<dyn Store>,
+    transport: Arc<dyn Transport>,
+    cfg: WorkerConfig,
+    versions: DashMap<(String, i64), Arc<Loaded>>,
+    in_flight: AtomicI32,
+    started_ms: i64,
+}
+
+/// Why a version could not be loaded: missing (poison for this message) or a passing fault.
+enum LoadError {
+    Missing(String),
+    Broken(String),
+    Unavailable(StoreError),
+}
+
+impl Worker {
+    pub fn new(store: Arc<dyn Store>, transport: Arc<dyn Transport>, cfg: WorkerConfig) -> Arc<Self> {
+        Arc::new(Worker {
+            store,
+            transport,
+            cfg,
+            versions: DashMap::new(),
+            in_flight: AtomicI32::new(0),
+            started_ms: now_ms(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    fn info(&self, state: &str) -> WorkerInfo {
+        WorkerInfo {
+            id: self.cfg.id.clone(),
+            host: warren_common::hostname(),
+            pools: self.cfg.pools.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(","),
+            concurrency: self.cfg.pools.iter().map(|(_, c)| *c as i32).sum(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            version: VERSION.to_string(),
+            started_ms: self.started_ms,
+            last_seen_ms: now_ms(),
+            state: state.to_string(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true, then stops taking work, lets what it holds finish
+    /// (up to `grace`), marks itself gone and returns.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>, grace: Duration) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.cfg.cache_dir)
+            .with_context(|| format!("cannot create the package cache {}", self.cfg.cache_dir.display()))?;
+        self.store.heartbeat(&self.info("running")).await.context("cannot register in the store")?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (pool, concurrency) in self.cfg.pools.clone() {
+            self.transport.declare_pool(&pool).await.with_context(|| format!("cannot declare pool {pool}"))?;
+            let consumer = self
+                .transport
+                .consume(&pool, concurrency)
+                .await
+                .with_context(|| format!("cannot consume pool {pool}"))?;
+            tasks.spawn(self.clone().consume_loop(pool, consumer, shutdown.clone()));
+        }
+        tracing::info!(worker = %self.cfg.id, pools = ?self.cfg.pools, "worker started");
+        let beat = {
+            let me = self.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(me.cfg.heartbeat_every) => {}
+                        _ = stop.changed() => break,
+                    }
+                    if let Err(e) = me.store.heartbeat(&me.info("running")).await {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                }
+            })
+        };
+        let mut failure = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break; }
+                }
+                done = tasks.join_next() => match done {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => { failure = Some(e); break; }
+                    Some(Err(e)) => { failure = Some(anyhow::anyhow!("consumer task failed: {e}")); break; }
+                }
+            }
+        }
+        // Consumers stop at the shutdown signal and wait for their in-flight invocations.
+        let _ = self.store.heartbeat(&self.info("draining")).await;
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!(in_flight = self.in_flight.load(Ordering::Relaxed), "grace period over; unfinished invocations go back to the queue");
+            tasks.abort_all();
+        }
+        beat.abort();
+        let _ = self.store.heartbeat(&self.info("gone")).await;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn consume_loop(
+        self: Arc<Self>,
+        pool: String,
+        mut consumer: Box<dyn warren_common::transport::Consumer>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        // Prefetch bounds what the broker hands over, so this set never exceeds the concurrency.
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break; }
+                }
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                next = consumer.next() => match next {
+                    Some(Ok(d)) => { running.spawn(self.clone().handle(d)); }
+                    Some(Err(e)) => {
+                        return Err(anyhow::anyhow!("consumer of pool {pool} failed: {e}"));
+                    }
+                    None => return Err(anyhow::anyhow!("the queue of pool {pool} was closed (broker connection lost?)")),
+                }
+            }
+        }
+        drop(consumer);
+        while running.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Takes one delivery to its end: acked after its outcome is stored, or returned.
+    pub async fn handle(self: Arc<Self>, d: Delivery) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.handle_inner(d).await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn handle_inner(&self, d: Delivery) {
+        let msg = match InvocationMessage::decode(&d.body) {
+            Ok(m) => m,
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::warn!(%reason, "undecodable message");
+                return self.dead_letter(d, &reason).await;
+            }
+        };
+        let span = tracing::info_span!("invocation", id = %msg.id, function = %msg.function, version = msg.version, attempt = msg.attempt);
+        self.run_message(msg, d).instrument(span).await
+    }
+
+    async fn run_message(&self, msg: InvocationMessage, d: Delivery) {
+        let inv = NewInvocation {
+            id: msg.id,
+            function: msg.function.clone(),
+            version: msg.version,
+            payload: msg.payload.to_vec(),
+            created_ms: msg.created_ms,
+        };
+        let attempt = msg.attempt.max(1) as i32;
+        match self.store.claim(&inv, attempt, &self.cfg.id, now_ms()).await {
+            Ok(Claim::Run) => {}
+            Ok(Claim::AlreadyFinal(status)) => {
+                tracing::info!(%status, "redelivered invocation already has its outcome; not running it again");
+                self.notify(&msg).await;
+                let _ = d.ack().await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim the invocation; returning it to the queue");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = d.requeue().await;
+                return;
+            }
+        }
+
+        let run = match self.load(&msg.function, msg.version).await {
+            Ok(loaded) => self.execute(&loaded, &msg, attempt).await,
+            Err(LoadError::Missing(reason)) => {
+                // No worker could ever run it: keep the message for inspection, record why.
+                if self.transport.dead_letter(d.body.clone(), &reason).await.is_err() {
+                    let _ = d.requeue().await;
+                    return;
+                }
+                process::RunOutput { status: Status::Dead, result: None, error: Some(reason), logs: Vec::new() }
+            }
+            Err(LoadError::Broken(reason)) => {
+                process::RunOutput { status: Status::Failed, result: None, error: Some(reason), logs: Vec::new() }
+            }
+            Err(LoadError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "cannot load the function version; returning the message");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = d.requeue().await;
+                return;
+            }
+        };
+        let outcome = Outcome {
+            status: run.status,
+            attempt,
+            result: run.result,
+            error: run.error,
+            worker: self.cfg.id.clone(),
+            finished_ms: now_ms(),
+            logs: run.logs,
+        };
+        if !self.store_outcome(msg.id, &outcome).await {
+            let _ = d.requeue().await;
+            return;
+        }
+        self.notify(&msg).await;
+        if let Err(e) = d.ack().await {
+            // The outcome is stored: a redelivery will be recognised and acked then.
+            tracing::warn!(error = %e, "ack failed after the outcome was stored");
+        }
+    }
+
+    async fn dead_letter(&self, d: Delivery, reason: &str) {
+        match self.transport.dead_letter(d.body.clone(), reason).await {
+            Ok(()) => {
+                let _ = d.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot dead-letter; returning the message");
+                let _ = d.requeue().await;
+            }
+        }
+    }
+
+    /// Stores the outcome, retrying with exponential backoff while the store is unavailable.
+    /// `false` when it could not within `store_retry_for`.
+    async fn store_outcome(&self, id: uuid::Uuid, outcome: &Outcome) -> bool {
+        let deadline = tokio::time::Instant::now() + self.cfg.store_retry_for;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.store.complete(id, outcome).await {
+                Ok(true) => return true,
+                Ok(false) => {
+                    tracing::info!("another attempt stored this invocation's outcome first; keeping that one");
+                    return true;
+                }
+                Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot store the outcome");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store the outcome; returning the message to the queue");
+                    return false;
+                }
+            }
+        }
+    }
+
+    async fn notify(&self, msg: &InvocationMessage) {
+        if let Some(q) = &msg.notify {
+            let notice = CompletionNotice { v: PROTOCOL_VERSION, id: msg.id };
+            if let Err(e) = self.transport.notify(q, notice.encode().into()).await {
+                tracing::debug!(error = %e, "completion notice not sent");
+            }
+        }
+    }
+
+    async fn execute(&self, loaded: &Loaded, msg: &InvocationMessage, attempt: i32) -> process::RunOutput {
+        match loaded.manifest.runtime {
+            Runtime::Echo => process::RunOutput {
+                status: Status::Succeeded,
+                result: Some(msg.payload.to_vec()),
+                error: None,
+                logs: Vec::new(),
+            },
+            Runtime::Process => {
+                let dir = loaded.dir.as_deref().expect("process functions are unpacked");
+                let id = msg.id.to_string();
+                let env = process::InvocationEnv { id: &id, function: &msg.function, version: msg.version, attempt: msg.attempt };
+                process::run(
+                    &loaded.manifest.command,
+                    dir,
+                    &msg.payload,
+                    Duration::from_secs(loaded.manifest.timeout_secs),
+                    &env,
+                    attempt,
+                    &self.cfg.limits,
+                )
+                .await
+            }
+        }
+    }
+
+    /// A version's manifest from memory, or from the store on first use; its package unpacked
+    /// into the cache (by sha256, verified) unless it is there already.
+    async fn load(&self, function: &str, version: i64) -> Result<Arc<Loaded>, LoadError> {
+        let key = (function.to_string(), version);
+        if let Some(l) = self.versions.get(&key) {
+            return Ok(l.clone());
+        }
+        let v = self
+            .store
+            .get_version(function, version)
+            .await
+            .map_err(LoadError::Unavailable)?
+            .ok_or_else(|| LoadError::Missing(format!("function {function} version {version} does not exist")))?;
+        let manifest = v.parsed_manifest().map_err(|e| LoadError::Broken(e.to_string()))?;
+        let dir = if manifest.runtime == Runtime::Process {
+            let dir = self.cfg.cache_dir.join(&v.sha256);
+            if !dir.join(warren_common::manifest::MANIFEST_FILE).exists() {
+                let bytes = self
+                    .store
+                    .get_package(function, version)
+                    .await
+                    .map_err(LoadError::Unavailable)?
+                    .ok_or_else(|| LoadError::Missing(format!("package of {function} version {version} is gone")))?;
+                let (sha, dest, limits) = (v.sha256.clone(), dir.clone(), self.cfg.package_limits);
+                tokio::task::spawn_blocking(move || package::unpack(&bytes, &sha, &dest, &limits))
+                    .await
+                    .map_err(|e| LoadError::Broken(format!("unpacking failed: {e}")))?
+                    .map_err(|e| LoadError::Broken(format!("package of {function} version {version}: {e}")))?;
+            }
+            Some(dir)
+        } else {
+            None
+        };
+        let loaded = Arc::new(Loaded { manifest, dir });
+        self.versions.insert(key, loaded.clone());
+        Ok(loaded)
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); `WARREN_LOG_FORMAT=json` is not
+/// built in yet, so the format is the readable one.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C, SIGTERM on Unix, Ctrl-Break on Windows.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(windows)]
+    {
+        match tokio::signal::windows::ctrl_break() {
+            Ok(mut brk) => {
+                tokio::select! {
+                    _ = brk.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

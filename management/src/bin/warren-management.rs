@@ -1,1 +1,55 @@
-fn main(){}
+//! `warren-management`: the management role of the distributed mode.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::Parser;
+use warren_common::transport::amqp::AmqpTransport;
+use warren_management::{Config, Management};
+
+/// Warren management: the HTTP API that publishes functions and invocations to RabbitMQ and
+/// reads outcomes from the store. Run one or several behind a load balancer; they share nothing
+/// but the broker and the store.
+///
+/// Example:
+///   warren-management --amqp amqp://guest:guest@127.0.0.1:5672/%2f \
+///                     --store postgres://postgres@127.0.0.1/warren --listen 0.0.0.0:7070
+#[derive(Parser, Debug)]
+#[command(name = "warren-management", version, verbatim_doc_comment)]
+struct Args {
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost; the default vhost is %2f).
+    #[arg(long, env = "WARREN_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// Store URL: postgres://…, mssql://USER:PASSWORD@HOST:PORT/DB, or sqlite://PATH.
+    #[arg(long, env = "WARREN_STORE_URL")]
+    store: String,
+    /// Address to serve the API on.
+    #[arg(long, env = "WARREN_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Largest invocation input accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "WARREN_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
+    max_payload_bytes: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    warren_worker::init_tracing();
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("warren-management: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let store = warren_common::store::open(&args.store).await?;
+    let name = format!("warren-management@{}", warren_common::hostname());
+    let transport = Arc::new(AmqpTransport::connect(&args.amqp, &name).await?);
+    let config = Config { max_payload_bytes: args.max_payload_bytes, ..Config::default() };
+    let m = Management::start(store, transport, config).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "management listening");
+    warren_management::serve(m, listener, warren_worker::shutdown_signal()).await
+}

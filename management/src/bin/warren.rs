@@ -1,1 +1,321 @@
-fn main(){}
+//! `warren`: the command line of Warren.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+/// Warren: an on-premises functions runtime over RabbitMQ.
+///
+/// Start everything on this machine (embedded: SQLite, in-process queue, two workers):
+///   warren up
+/// Then, from another terminal:
+///   warren invoke hello --data '{"name": "Ada"}'     wait for the result
+///   warren invoke hello --async --data '{}'          print the invocation id at once
+///   warren get ID                                    status, result, logs of one invocation
+///   warren publish ./my-function                     pack a folder and publish it
+///   warren functions                                 what is published
+///   warren workers                                   who is serving
+///
+/// Every command but `up` talks to a management API: --url or WARREN_URL (default
+/// http://127.0.0.1:7070), so it works the same against a distributed Warren.
+#[derive(Parser, Debug)]
+#[command(name = "warren", version, verbatim_doc_comment)]
+struct Cli {
+    /// Management API base URL.
+    #[arg(long, global = true, env = "WARREN_URL", default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// Print the API's JSON answer instead of the readable form.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run management and workers in this process (SQLite + in-process queue) and publish the
+    /// sample functions. Ctrl-C stops it.
+    Up {
+        /// Where the SQLite file and the package cache live.
+        #[arg(long, default_value = ".warren")]
+        data_dir: PathBuf,
+        /// Address of the API.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Workers to run in the process.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Invocations each worker runs at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u16,
+        /// Pools the workers serve (comma-separated).
+        #[arg(long, default_value = "default", value_delimiter = ',')]
+        pools: Vec<String>,
+        /// Folder of function folders to publish at start (default: ./examples if present,
+        /// else the built-in samples).
+        #[arg(long)]
+        examples: Option<PathBuf>,
+    },
+    /// Pack a function folder (function.toml at its root) and publish it as a new version.
+    Publish {
+        /// The function's folder.
+        dir: PathBuf,
+    },
+    /// Invoke a function's active version; waits for the result unless --async.
+    Invoke {
+        /// Function name.
+        name: String,
+        /// The input, as text (JSON or anything else).
+        #[arg(long, short = 'd', conflicts_with = "data_file")]
+        data: Option<String>,
+        /// Read the input from a file ('-' for stdin).
+        #[arg(long)]
+        data_file: Option<PathBuf>,
+        /// Do not wait: print the invocation id once the broker has it.
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// Seconds to wait for the result (sync only).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Show one invocation: status, result, error, timings, worker and log lines.
+    Get {
+        /// The invocation id.
+        id: String,
+    },
+    /// List published functions, or show one with its versions.
+    Functions {
+        /// A function name, to show its versions.
+        name: Option<String>,
+    },
+    /// List workers and their last heartbeat.
+    Workers,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    warren_worker::init_tracing();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("warren: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow::anyhow!("cannot reach Warren at {}: is it running? (`warren up` starts one here)", self.base)
+            } else {
+                anyhow::anyhow!("request to {} failed: {e}", self.base)
+            }
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status >= 400 {
+            let msg = body
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string());
+            anyhow::bail!("{msg} (HTTP {status})");
+        }
+        Ok((status, body))
+    }
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base.trim_end_matches('/'), path)
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let api = Api { base: cli.url.clone(), http: reqwest::Client::builder().build()? };
+    match cli.command {
+        Command::Up { data_dir, listen, workers, concurrency, pools, examples } => {
+            let examples = examples.or_else(|| {
+                let local = PathBuf::from("examples");
+                local.is_dir().then_some(local)
+            });
+            warren_management::embedded::up(
+                warren_management::embedded::Options { data_dir, listen, workers, concurrency, pools, examples },
+                warren_worker::shutdown_signal(),
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish { dir } => {
+            let pkg = warren_common::package::pack_dir(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot pack {}: {e}", dir.display()))?;
+            let (_, v) = api.send(api.http.post(api.url("/api/functions")).body(pkg)).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "published {} version {} (sha256 {}), now active",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["version"],
+                    v["sha256"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invoke { name, data, data_file, asynchronous, timeout } => {
+            let input = match (data, data_file) {
+                (Some(d), _) => d.into_bytes(),
+                (None, Some(p)) if p.as_os_str() == "-" => {
+                    let mut b = Vec::new();
+                    std::io::stdin().read_to_end(&mut b)?;
+                    b
+                }
+                (None, Some(p)) => std::fs::read(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
+                (None, None) => Vec::new(),
+            };
+            let mode = if asynchronous { "async" } else { "sync" };
+            let url = api.url(&format!("/api/functions/{name}/invoke?mode={mode}&timeout_ms={}", timeout * 1000));
+            let req = api.http.post(url).body(input).timeout(Duration::from_secs(timeout + 10));
+            let (status, v) = api.send(req).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if status == 202 {
+                println!("{}", v["id"].as_str().unwrap_or("?"));
+                if !asynchronous {
+                    eprintln!("still running after {timeout} s; follow it with: warren get {}", v["id"].as_str().unwrap_or("?"));
+                }
+            } else {
+                print_result(&v);
+            }
+            Ok(exit_for(&v))
+        }
+        Command::Get { id } => {
+            let (_, v) = api.send(api.http.get(api.url(&format!("/api/invocations/{id}")))).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_invocation(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Functions { name } => {
+            let path = match &name {
+                Some(n) => format!("/api/functions/{n}"),
+                None => "/api/functions".to_string(),
+            };
+            let (_, v) = api.send(api.http.get(api.url(&path))).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if name.is_some() {
+                println!("{} (active version {})", v["function"]["name"].as_str().unwrap_or("?"), v["function"]["active_version"]);
+                for ver in v["versions"].as_array().into_iter().flatten() {
+                    println!("  v{:<4} sha256 {}  {} bytes", ver["version"], ver["sha256"].as_str().unwrap_or("?"), ver["size"]);
+                }
+            } else {
+                let list = v.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("no functions yet: warren publish DIR");
+                }
+                for f in list {
+                    println!("{:<32} v{}", f["name"].as_str().unwrap_or("?"), f["active_version"]);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workers => {
+            let (_, v) = api.send(api.http.get(api.url("/api/workers"))).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let now = warren_common::now_ms();
+                println!("{:<40} {:<10} {:<16} {:>6} {:>9} {:>10}", "WORKER", "STATE", "POOLS", "CONC", "IN-FLIGHT", "SEEN");
+                for w in v.as_array().into_iter().flatten() {
+                    let seen = (now - w["last_seen_ms"].as_i64().unwrap_or(0)) / 1000;
+                    println!(
+                        "{:<40} {:<10} {:<16} {:>6} {:>9} {:>9}s",
+                        w["id"].as_str().unwrap_or("?"),
+                        w["state"].as_str().unwrap_or("?"),
+                        w["pools"].as_str().unwrap_or("?"),
+                        w["concurrency"].as_i64().unwrap_or(0),
+                        w["in_flight"].as_i64().unwrap_or(0),
+                        seen
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit_for(v: &Value) -> ExitCode {
+    match v["status"].as_str() {
+        Some("failed") | Some("timed_out") | Some("dead") => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => serde_json::to_string_pretty(other).unwrap_or_default(),
+    }
+}
+
+/// A finished sync invoke: the result on stdout; a failure's error and logs on stderr.
+fn print_result(v: &Value) {
+    match v["status"].as_str() {
+        Some("succeeded") => {
+            if let Some(b) = v["result_base64"].as_str() {
+                println!("{b}");
+            } else {
+                println!("{}", show(&v["result"]));
+            }
+        }
+        _ => {
+            eprintln!("{}: {}", v["status"].as_str().unwrap_or("?"), v["error"].as_str().unwrap_or(""));
+            for l in v["logs"].as_array().into_iter().flatten() {
+                eprintln!("  | {}", l["line"].as_str().unwrap_or(""));
+            }
+            eprintln!("invocation {}", v["id"].as_str().unwrap_or("?"));
+        }
+    }
+}
+
+fn print_invocation(v: &Value) {
+    println!("id        {}", v["id"].as_str().unwrap_or("?"));
+    println!("function  {} v{}", v["function"].as_str().unwrap_or("?"), v["version"]);
+    println!("status    {}", v["status"].as_str().unwrap_or("?"));
+    println!("attempts  {}", v["attempts"]);
+    if let Some(w) = v["worker"].as_str() {
+        println!("worker    {w}");
+    }
+    if let Some(d) = v["duration_ms"].as_i64() {
+        println!("duration  {d} ms");
+    }
+    if let Some(e) = v["error"].as_str() {
+        println!("error     {e}");
+    }
+    if !v["result"].is_null() || v["result_base64"].is_string() {
+        let r = v["result_base64"].as_str().map(|s| format!("(base64) {s}")).unwrap_or_else(|| show(&v["result"]));
+        println!("result    {r}");
+    }
+    let logs = v["logs"].as_array().cloned().unwrap_or_default();
+    if !logs.is_empty() {
+        println!("logs");
+        for l in logs {
+            println!("  [{}] {}", l["attempt"], l["line"].as_str().unwrap_or(""));
+        }
+    }
+}

@@ -1,1 +1,81 @@
-fn main(){}
+//! `warren-worker`: a stateless worker of the distributed mode.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use warren_common::transport::amqp::AmqpTransport;
+use warren_worker::{Worker, WorkerConfig};
+
+/// A Warren worker: consumes invocations from RabbitMQ, runs the functions, stores results
+/// and logs in the store, and acks each message only once its outcome is stored.
+///
+/// Start as many as you like, on as many machines as you like: they share the work of a pool
+/// as competing consumers. Stop one with SIGTERM or Ctrl-C: it finishes what it holds (up to
+/// --grace-secs), returns the rest to the queue, and exits 0.
+///
+/// Example:
+///   warren-worker --amqp amqp://guest:guest@127.0.0.1:5672/%2f \
+///                 --store postgres://postgres@127.0.0.1/warren --pool default --concurrency 8
+#[derive(Parser, Debug)]
+#[command(name = "warren-worker", version, verbatim_doc_comment)]
+struct Args {
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost; the default vhost is %2f).
+    #[arg(long, env = "WARREN_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// Store URL: postgres://…, mssql://USER:PASSWORD@HOST:PORT/DB, or sqlite://PATH.
+    #[arg(long, env = "WARREN_STORE_URL")]
+    store: String,
+    /// Pool (queue) to serve; repeat to serve several, each with --concurrency.
+    #[arg(long = "pool", env = "WARREN_POOL", default_value = "default", value_delimiter = ',')]
+    pools: Vec<String>,
+    /// Invocations run at once per pool (also the broker prefetch).
+    #[arg(long, env = "WARREN_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    concurrency: u16,
+    /// Folder where function packages are unpacked and cached by hash.
+    #[arg(long, env = "WARREN_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Seconds to finish in-flight invocations after a stop signal.
+    #[arg(long, env = "WARREN_GRACE_SECS", default_value_t = 30)]
+    grace_secs: u64,
+    /// Worker id shown in the store (default: host-pid-random).
+    #[arg(long, env = "WARREN_WORKER_ID")]
+    id: Option<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    warren_worker::init_tracing();
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("warren-worker: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    for p in &args.pools {
+        anyhow::ensure!(
+            warren_common::manifest::valid_name(p),
+            "pool name {p:?} must be 1-64 letters, digits, '-' or '_'"
+        );
+    }
+    let store = warren_common::store::open(&args.store).await?;
+    let mut cfg = WorkerConfig::new(args.pools.iter().map(|p| (p.clone(), args.concurrency)).collect());
+    if let Some(id) = args.id {
+        cfg.id = id;
+    }
+    if let Some(dir) = args.cache_dir {
+        cfg.cache_dir = dir;
+    }
+    let transport = Arc::new(AmqpTransport::connect(&args.amqp, &cfg.id).await?);
+    let worker = Worker::new(store, transport, cfg);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        warren_worker::shutdown_signal().await;
+        tracing::info!("stop requested: finishing in-flight invocations");
+        let _ = tx.send(true);
+    });
+    worker.run(rx, Duration::from_secs(args.grace_secs)).await
+}

@@ -1,0 +1,287 @@
+//! The HTTP API. Every error is JSON: `{"error": {"code": "...", "message": "..."}}`, with a
+//! message that says what to do.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET  | /healthz | liveness, backends |
+//! | POST | /api/functions | publish a package (.tar.gz body) → 201 + the new version |
+//! | GET  | /api/functions | functions with their active version |
+//! | GET  | /api/functions/{name} | one function and all its versions |
+//! | POST | /api/functions/{name}/invoke[?mode=async][&timeout_ms=N] | body = input bytes |
+//! | GET  | /api/invocations/{id} | status, result, error, attempts, worker, timings, logs |
+//! | GET  | /api/invocations/{id}/logs | log lines only |
+//! | GET  | /api/workers | registered workers and their heartbeats |
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+use warren_common::store::{Invocation, LogLine};
+
+use crate::{Error, Management};
+
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let (status, code) = match &e {
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::Store(warren_common::store::StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
+            Error::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Error::Transport(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+        };
+        let mut message = e.to_string();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            message.push_str("; nothing was accepted, retry later");
+        }
+        ApiError::new(status, code, message)
+    }
+}
+
+impl From<warren_common::store::StoreError> for ApiError {
+    fn from(e: warren_common::store::StoreError) -> Self {
+        Error::Store(e).into()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(m: Arc<Management>) -> Router {
+    let body_limit = (m.config.package_limits.max_package_bytes as usize).max(m.config.max_payload_bytes) + 1024;
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/api/functions", post(publish).get(list_functions))
+        .route("/api/functions/{name}", get(get_function))
+        .route("/api/functions/{name}/invoke", post(invoke))
+        .route("/api/invocations/{id}", get(get_invocation))
+        .route("/api/invocations/{id}/logs", get(get_logs))
+        .route("/api/workers", get(list_workers))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api (see README)")
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(m)
+}
+
+async fn health(State(m): State<Arc<Management>>) -> Json<Value> {
+    Json(json!({"status": "ok", "store": m.store.backend(), "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn publish(State(m): State<Arc<Management>>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "send the function package (.tar.gz with function.toml at its root) as the request body; `warren publish DIR` packs a folder",
+        ));
+    }
+    let v = m.publish(&body).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(v).unwrap_or_default())))
+}
+
+async fn list_functions(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(m.store.list_functions().await?).unwrap_or_default()))
+}
+
+fn name_from(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    p.map(|Path(n)| n).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+}
+
+async fn get_function(State(m): State<Arc<Management>>, name: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let name = name_from(name)?;
+    let f = m
+        .store
+        .get_function(&name)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("function {name:?} does not exist")))?;
+    let versions = m.store.list_versions(&name).await?;
+    Ok(Json(json!({"function": f, "versions": versions})))
+}
+
+#[derive(Deserialize, Default)]
+struct InvokeQuery {
+    /// `sync` (default) or `async`.
+    mode: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+async fn invoke(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+    q: Result<Query<InvokeQuery>, QueryRejection>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let name = name_from(name)?;
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let wait = match q.mode.as_deref() {
+        None | Some("sync") => Some(m.clamp_wait(q.timeout_ms)),
+        Some("async") => None,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("mode={other:?} is not known: use mode=sync (wait for the result) or mode=async (202 and an id)"),
+            ))
+        }
+    };
+    let accepted = m.invoke(&name, body, wait).await?;
+    match accepted.invocation {
+        Some(inv) if inv.status.is_final() => {
+            let logs = m.store.get_logs(inv.id).await?;
+            Ok((StatusCode::OK, Json(view(&inv, Some(&logs)))).into_response())
+        }
+        Some(inv) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "id": inv.id,
+                "status": inv.status,
+                "message": format!("still {} after the wait; read it later at /api/invocations/{}", inv.status, inv.id),
+            })),
+        )
+            .into_response()),
+        None => Ok((StatusCode::ACCEPTED, Json(json!({"id": accepted.id, "status": "queued"}))).into_response()),
+    }
+}
+
+fn id_from(p: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
+    let s = name_from(p)?;
+    Uuid::parse_str(&s).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{s:?} is not an invocation id (a UUID)"))
+    })
+}
+
+async fn get_invocation(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let id = id_from(id)?;
+    let inv = m
+        .store
+        .get_invocation(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")))?;
+    let logs = m.store.get_logs(id).await?;
+    Ok(Json(view(&inv, Some(&logs))))
+}
+
+async fn get_logs(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let id = id_from(id)?;
+    if m.store.get_invocation(id).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")));
+    }
+    Ok(Json(serde_json::to_value(m.store.get_logs(id).await?).unwrap_or_default()))
+}
+
+async fn list_workers(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(m.store.list_workers().await?).unwrap_or_default()))
+}
+
+/// Bytes as JSON: the JSON value itself when they are JSON, a string when UTF-8, else base64
+/// under a separate key.
+fn bytes_value(b: &[u8]) -> (Value, Option<String>) {
+    if let Ok(v) = serde_json::from_slice::<Value>(b) {
+        return (v, None);
+    }
+    match std::str::from_utf8(b) {
+        Ok(s) => (Value::String(s.to_string()), None),
+        Err(_) => (Value::Null, Some(base64(b))),
+    }
+}
+
+fn base64(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct InvocationView<'a> {
+    id: Uuid,
+    function: &'a str,
+    version: i64,
+    status: warren_common::store::Status,
+    attempts: i32,
+    input: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_base64: Option<String>,
+    result: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result_base64: Option<String>,
+    error: Option<&'a str>,
+    worker: Option<&'a str>,
+    created_ms: i64,
+    started_ms: Option<i64>,
+    finished_ms: Option<i64>,
+    duration_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logs: Option<&'a [LogLine]>,
+}
+
+pub fn view(inv: &Invocation, logs: Option<&[LogLine]>) -> Value {
+    let (input, input_base64) = bytes_value(&inv.payload);
+    let (result, result_base64) = inv.result.as_deref().map(bytes_value).unwrap_or((Value::Null, None));
+    serde_json::to_value(InvocationView {
+        id: inv.id,
+        function: &inv.function,
+        version: inv.version,
+        status: inv.status,
+        attempts: inv.attempts,
+        input,
+        input_base64,
+        result,
+        result_base64,
+        error: inv.error.as_deref(),
+        worker: inv.worker.as_deref().filter(|w| !w.is_empty()),
+        created_ms: inv.created_ms,
+        started_ms: inv.started_ms,
+        finished_ms: inv.finished_ms,
+        duration_ms: inv.started_ms.zip(inv.finished_ms).map(|(s, f)| f - s),
+        logs,
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_known_vectors() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"\xff\xfe\x00\x01"), "//4AAQ==");
+    }
+}

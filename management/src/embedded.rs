@@ -1,0 +1,125 @@
+//! `warren up`: management and workers in one process, on a SQLite file and the in-process
+//! transport, with the sample functions published. Nothing to install beyond the binary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use warren_common::package;
+use warren_common::transport::memory::MemoryTransport;
+use warren_worker::{Worker, WorkerConfig};
+
+use crate::{Config, Management};
+
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub concurrency: u16,
+    pub pools: Vec<String>,
+    /// A folder of function folders to publish at start; the built-in samples when `None`.
+    pub examples: Option<PathBuf>,
+}
+
+/// The built-in samples, the same files as the repository's `examples/`.
+const SAMPLES: &[(&str, &[(&str, &str)])] = &[
+    ("echo", &[("function.toml", include_str!("../../examples/echo/function.toml"))]),
+    (
+        "hello",
+        &[
+            ("function.toml", include_str!("../../examples/hello/function.toml")),
+            ("main.py", include_str!("../../examples/hello/main.py")),
+        ],
+    ),
+    (
+        "fail",
+        &[
+            ("function.toml", include_str!("../../examples/fail/function.toml")),
+            ("main.py", include_str!("../../examples/fail/main.py")),
+        ],
+    ),
+];
+
+fn sample_packages(dir: Option<&Path>) -> anyhow::Result<Vec<Vec<u8>>> {
+    if let Some(dir) = dir {
+        let mut out = Vec::new();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read the examples folder {}", dir.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            if e.path().join(warren_common::manifest::MANIFEST_FILE).is_file() {
+                out.push(package::pack_dir(&e.path()).with_context(|| format!("cannot pack {}", e.path().display()))?);
+            }
+        }
+        return Ok(out);
+    }
+    let tmp = std::env::temp_dir().join(format!("warren-samples-{}", std::process::id()));
+    let mut out = Vec::new();
+    for (name, files) in SAMPLES {
+        let d = tmp.join(name);
+        std::fs::create_dir_all(&d)?;
+        for (f, text) in *files {
+            std::fs::write(d.join(f), text)?;
+        }
+        out.push(package::pack_dir(&d)?);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(out)
+}
+
+/// Whether this exact package is its function's active version already (a restart).
+async fn already_active(store: &dyn warren_common::store::Store, pkg: &[u8]) -> bool {
+    let Ok(p) = package::inspect(pkg, &package::Limits::default()) else { return false };
+    let Ok(Some(f)) = store.get_function(&p.manifest.name).await else { return false };
+    matches!(store.get_version(&f.name, f.active_version).await, Ok(Some(v)) if v.sha256 == p.sha256)
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create the data folder {}", opts.data_dir.display()))?;
+    let db = opts.data_dir.join("warren.db");
+    let store = warren_common::store::open(&format!("sqlite://{}", db.display())).await?;
+    let transport = Arc::new(MemoryTransport::new(100_000));
+    let m = Management::start(store.clone(), transport.clone(), Config::default()).await?;
+
+    for pkg in sample_packages(opts.examples.as_deref())? {
+        if already_active(&*store, &pkg).await {
+            continue;
+        }
+        let v = m.publish(&pkg).await.map_err(|e| anyhow::anyhow!("cannot publish a sample: {e}"))?;
+        tracing::info!(function = %v.name, version = v.version, "sample published");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    for i in 0..opts.workers {
+        let mut cfg = WorkerConfig::new(opts.pools.iter().map(|p| (p.clone(), opts.concurrency)).collect());
+        cfg.id = format!("embedded-{}-{}", std::process::id(), i + 1);
+        cfg.cache_dir = opts.data_dir.join("cache");
+        let w = Worker::new(store.clone(), transport.clone(), cfg);
+        workers.spawn(w.run(stop_rx.clone(), Duration::from_secs(10)));
+    }
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another Warren running? pick another with --listen", opts.listen))?;
+    let addr = listener.local_addr()?;
+    println!("Warren is up (embedded: management + {} workers, store {}).", opts.workers, db.display());
+    println!("  API:      http://{addr}/api/functions");
+    println!("  invoke:   curl -s -X POST http://{addr}/api/functions/hello/invoke -d '{{\"name\": \"Ada\"}}'");
+    println!("  or:       warren --url http://{addr} invoke hello --data '{{\"name\": \"Ada\"}}'");
+    println!("  publish:  warren --url http://{addr} publish ./my-function");
+    println!("Stop with Ctrl-C.");
+    crate::serve(m, listener, shutdown).await?;
+    let _ = stop_tx.send(true);
+    while let Some(r) = workers.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "worker ended with an error");
+        }
+    }
+    Ok(())
+}

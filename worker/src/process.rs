@@ -1,0 +1,229 @@
+//! The `process` runtime: one OS process per invocation.
+//!
+//! The input goes to the process's stdin, its stdout is the result, and each stderr line is a
+//! log line. A non-zero exit is a failure carrying those logs. Past the timeout the whole
+//! process tree is killed (a process group on Unix, `taskkill /T` on Windows) and the invocation
+//! is `timed_out`. Output and log volume are capped so a chatty function cannot exhaust memory.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use warren_common::now_ms;
+use warren_common::store::{LogLine, Status};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_output_bytes: usize,
+    pub max_log_lines: usize,
+    pub max_log_line_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_output_bytes: 16 << 20, max_log_lines: 10_000, max_log_line_bytes: 8 << 10 }
+    }
+}
+
+/// What one run produced.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub status: Status,
+    pub result: Option<Vec<u8>>,
+    pub error: Option<String>,
+    pub logs: Vec<LogLine>,
+}
+
+/// Facts about the invocation given to the process as environment variables.
+pub struct InvocationEnv<'a> {
+    pub id: &'a str,
+    pub function: &'a str,
+    pub version: i64,
+    pub attempt: u32,
+}
+
+/// Variables kept from the worker's environment so that ordinary programs can start; nothing
+/// else of the worker's environment (its credentials included) reaches the function.
+const INHERITED: &[&str] = &[
+    "PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "HOME",
+    // Windows needs these for most programs to start at all.
+    "SYSTEMROOT", "SystemRoot", "WINDIR", "TEMP", "TMP", "PATHEXT", "COMSPEC",
+];
+
+fn resolve_program(dir: &Path, program: &str) -> PathBuf {
+    let p = Path::new(program);
+    // "./run.sh" or "bin/tool" are relative to the package folder; bare names go through PATH.
+    if p.is_relative() && p.components().count() > 1 {
+        dir.join(p)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+pub async fn run(
+    command: &[String],
+    dir: &Path,
+    input: &[u8],
+    timeout: Duration,
+    env: &InvocationEnv<'_>,
+    attempt: i32,
+    limits: &Limits,
+) -> RunOutput {
+    let mut cmd = Command::new(resolve_program(dir, &command[0]));
+    cmd.args(&command[1..])
+        .current_dir(dir)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for k in INHERITED {
+        if let Ok(v) = std::env::var(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd.env("WARREN_INVOCATION_ID", env.id)
+        .env("WARREN_FUNCTION", env.function)
+        .env("WARREN_VERSION", env.version.to_string())
+        .env("WARREN_ATTEMPT", env.attempt.to_string());
+    #[cfg(unix)]
+    cmd.process_group(0);
+    #[cfg(windows)]
+    {
+        // CREATE_NEW_PROCESS_GROUP: the tree can be signalled and killed apart from the worker.
+        cmd.creation_flags(0x0000_0200);
+    }
+
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return RunOutput {
+                status: Status::Failed,
+                result: None,
+                error: Some(format!("could not start {:?} in {}: {e}", command[0], dir.display())),
+                logs: Vec::new(),
+            }
+        }
+    };
+
+    let mut stdin = child.stdin.take();
+    let input = input.to_vec();
+    let writer = tokio::spawn(async move {
+        if let Some(s) = stdin.as_mut() {
+            // A function that does not read its input closes the pipe early: not an error.
+            let _ = s.write_all(&input).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    let stdout = child.stdout.take().expect("stdout piped");
+    let max_out = limits.max_output_bytes;
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        // One byte over the cap tells "exactly at the cap" from "over it".
+        let n = stdout.take(max_out as u64 + 1).read_to_end(&mut buf).await;
+        (n, buf)
+    });
+    let stderr = child.stderr.take().expect("stderr piped");
+    let lim = *limits;
+    let logger = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr);
+        let mut logs = Vec::new();
+        let mut dropped = 0usize;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match lines.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if logs.len() >= lim.max_log_lines {
+                dropped += 1;
+                continue;
+            }
+            let mut line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+            if line.len() > lim.max_log_line_bytes {
+                let mut cut = lim.max_log_line_bytes;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+                line.push_str(" [line truncated]");
+            }
+            logs.push(LogLine { attempt, seq: logs.len() as i32, ts_ms: now_ms(), line });
+        }
+        if dropped > 0 {
+            logs.push(LogLine {
+                attempt,
+                seq: logs.len() as i32,
+                ts_ms: now_ms(),
+                line: format!("[warren: {dropped} more log lines dropped; the limit is {}]", lim.max_log_lines),
+            });
+        }
+        logs
+    });
+
+    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    let exit = match waited {
+        Ok(r) => Some(r),
+        Err(_) => {
+            kill_tree(&mut child).await;
+            None
+        }
+    };
+    // The readers end when every holder of the pipes is gone. A grandchild that left the
+    // process group could keep them open: do not wait on it forever.
+    let grace = Duration::from_secs(2);
+    writer.abort();
+    let out = tokio::time::timeout(grace, reader).await;
+    let logs = tokio::time::timeout(grace, logger).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+
+    let fail = |status, error: String, logs| RunOutput { status, result: None, error: Some(error), logs };
+    match exit {
+        None => fail(
+            Status::TimedOut,
+            format!("timed out after {} s; the process tree was killed", timeout.as_secs_f64()),
+            logs,
+        ),
+        Some(Err(e)) => fail(Status::Failed, format!("could not wait for the process: {e}"), logs),
+        Some(Ok(code)) if !code.success() => {
+            let what = match code.code() {
+                Some(c) => format!("exited with code {c}"),
+                None => "was killed by a signal".to_string(),
+            };
+            let last = logs.iter().rev().find(|l| !l.line.trim().is_empty()).map(|l| l.line.clone());
+            let error = match last {
+                Some(l) => format!("the function {what}: {l}"),
+                None => format!("the function {what}"),
+            };
+            fail(Status::Failed, error, logs)
+        }
+        Some(Ok(_)) => match out {
+            Ok(Ok((Ok(_), buf))) if buf.len() > max_out => {
+                fail(Status::Failed, format!("the function's output is over the limit of {max_out} bytes"), logs)
+            }
+            Ok(Ok((Ok(_), buf))) => RunOutput { status: Status::Succeeded, result: Some(buf), error: None, logs },
+            _ => fail(Status::Failed, "could not read the function's output".to_string(), logs),
+        },
+    }
+}
+
+/// Kills the process and everything it started.
+async fn kill_tree(child: &mut Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id() {
+        // The child leads its own process group (process_group(0) above); -pid is the group.
+        // SAFETY: kill(2) with a group id and a signal number has no memory effects.
+        unsafe {
+            libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+        }
+    }
+    #[cfg(windows)]
+    if let Some(pid) = child.id() {
+        // taskkill /T walks the tree of children. (A job object would also catch orphans.)
+        let _ = Command::new("taskkill").args(["/F", "/T", "/PID", &pid.to_string()]).output().await;
+    }
+    let _ = child.kill().await;
+    let _ = child.wait().await;
+}
