@@ -1,1 +1,249 @@
+//! Helpers for Warren's end-to-end tests: real RabbitMQ, real PostgreSQL, real OS processes.
+//!
+//! Services are reached at the addresses the test command (`scripts/test`) makes sure are up;
+//! override with `WARREN_TEST_AMQP_URL` and `WARREN_TEST_PG_URL`. A test that cannot reach them
+//! fails with a message naming what is missing; nothing is skipped silently.
 
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn amqp_url() -> String {
+    std::env::var("WARREN_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn pg_url() -> String {
+    std::env::var("WARREN_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn reachable(url: &str, default_port: u16) -> bool {
+    let u = url::Url::parse(url).expect("test service URL");
+    let addr = format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port().unwrap_or(default_port));
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+        .unwrap_or(false)
+}
+
+/// Panics with a clear message unless RabbitMQ and PostgreSQL answer.
+pub fn require_services() {
+    let mut missing = Vec::new();
+    if !reachable(&amqp_url(), 5672) {
+        missing.push(format!("RabbitMQ at {}", amqp_url()));
+    }
+    if !reachable(&pg_url(), 5432) {
+        missing.push(format!("PostgreSQL at {}", pg_url()));
+    }
+    assert!(
+        missing.is_empty(),
+        "cannot reach {}: run the tests through scripts/test, which starts them, or set WARREN_TEST_AMQP_URL / WARREN_TEST_PG_URL",
+        missing.join(" and ")
+    );
+}
+
+/// A short random name, so concurrent tests never share a function or a pool.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// The path of one of the workspace's binaries (built by `scripts/test` before the tests).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test does it)",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .stdin(Stdio::null())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child, name: name.to_string() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `check` returns `Some`, polling every 20 ms, or panics with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes a function folder: `function.toml` from `manifest`, plus `files`.
+pub fn function_dir(root: &Path, manifest: &str, files: &[(&str, &str)]) -> PathBuf {
+    let name = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("name = "))
+        .map(|s| s.trim_matches('"').to_string())
+        .unwrap_or_else(|| unique("f"));
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("function.toml"), manifest).unwrap();
+    for (f, text) in files {
+        std::fs::write(dir.join(f), text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    dir
+}
+
+/// A management process on a free port, on the real broker and `store_url`.
+pub struct Management {
+    pub proc: Proc,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Management {
+    pub async fn start(store_url: &str) -> Management {
+        let port = free_port();
+        let proc = Proc::spawn(
+            "warren-management",
+            Command::new(bin("warren-management")).args([
+                "--amqp",
+                &amqp_url(),
+                "--store",
+                store_url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ]),
+        );
+        let m = Management { proc, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+        m.wait_ready().await;
+        m
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/healthz", self.base);
+        let http = self.http.clone();
+        eventually(Duration::from_secs(30), "management to answer /healthz", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+    }
+
+    pub async fn publish_dir(&self, dir: &Path) -> serde_json::Value {
+        let pkg = warren_common::package::pack_dir(dir).expect("pack");
+        self.publish_bytes(pkg).await.1
+    }
+
+    pub async fn publish_bytes(&self, pkg: Vec<u8>) -> (u16, serde_json::Value) {
+        let r = self.http.post(format!("{}/api/functions", self.base)).body(pkg).send().await.expect("publish");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("publish answer is JSON"))
+    }
+
+    /// POST invoke; returns the HTTP status and the JSON answer.
+    pub async fn invoke(&self, name: &str, mode: &str, input: &[u8]) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/functions/{name}/invoke?mode={mode}&timeout_ms=60000", self.base))
+            .body(input.to_vec())
+            .send()
+            .await
+            .expect("invoke");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("invoke answer is JSON"))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await.expect("get");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON answer"))
+    }
+}
+
+/// A worker process on the real broker.
+pub fn start_worker(store_url: &str, pool: &str, concurrency: u16, cache: &Path) -> Proc {
+    Proc::spawn(
+        "warren-worker",
+        Command::new(bin("warren-worker")).args([
+            "--amqp",
+            &amqp_url(),
+            "--store",
+            store_url,
+            "--pool",
+            pool,
+            "--concurrency",
+            &concurrency.to_string(),
+            "--cache-dir",
+            &cache.display().to_string(),
+        ]),
+    )
+}
+
+/// Waits until `n` consumers are attached to a pool's queue.
+pub async fn wait_consumers(pool: &str, n: u32) {
+    use warren_common::transport::Transport;
+    let t = warren_common::transport::amqp::AmqpTransport::connect(&amqp_url(), "warren-tests").await.expect("amqp");
+    eventually(Duration::from_secs(30), &format!("{n} consumers on pool {pool}"), || {
+        let t = &t;
+        async move { t.queue_stats(pool).await.ok().filter(|s| s.consumers >= n).map(|_| ()) }
+    })
+    .await;
+}

@@ -16,10 +16,7 @@ pub mod transport;
 
 /// Milliseconds since the Unix epoch: the one time format of the store and the wire.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A short name for this machine, for worker ids and logs.

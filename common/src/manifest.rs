@@ -53,9 +53,7 @@ pub enum ManifestError {
 
 /// Names of functions and pools: what can go in a URL path and a queue name unescaped.
 pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl Manifest {
@@ -68,10 +66,7 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), ManifestError> {
         let bad = |msg: String| Err(ManifestError::Invalid(msg));
         if !valid_name(&self.name) {
-            return bad(format!(
-                "name {:?} must be 1-64 letters, digits, '-' or '_'",
-                self.name
-            ));
+            return bad(format!("name {:?} must be 1-64 letters, digits, '-' or '_'", self.name));
         }
         if !valid_name(&self.pool) {
             return bad(format!("pool {:?} must be 1-64 letters, digits, '-' or '_'", self.pool));

@@ -62,8 +62,7 @@ impl InvocationMessage {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let probe: VersionProbe =
-            rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let probe: VersionProbe = rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if probe.v > PROTOCOL_VERSION {
             return Err(DecodeError::NewerVersion { found: probe.v, supported: PROTOCOL_VERSION });
         }

@@ -23,11 +23,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_package_bytes: 64 << 20,
-            max_unpacked_bytes: 512 << 20,
-            max_entries: 20_000,
-        }
+        Limits { max_package_bytes: 64 << 20, max_unpacked_bytes: 512 << 20, max_entries: 20_000 }
     }
 }
 
@@ -39,7 +35,9 @@ pub enum PackageError {
     UnpackedTooLarge { limit: u64 },
     #[error("package has more than {limit} entries")]
     TooManyEntries { limit: usize },
-    #[error("package entry {path:?} would land outside the package folder: entries must be relative paths without '..'")]
+    #[error(
+        "package entry {path:?} would land outside the package folder: entries must be relative paths without '..'"
+    )]
     EscapingPath { path: String },
     #[error("package entry {path:?} is a {kind}; only regular files and folders are allowed")]
     ForbiddenEntry { path: String, kind: &'static str },
@@ -142,8 +140,7 @@ pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Inspected, PackageError>
                 .map_err(|e| PackageError::Unreadable(format!("{MANIFEST_FILE}: {e}")))?;
             manifest_text = Some(s);
         } else {
-            std::io::copy(content, &mut std::io::sink())
-                .map_err(|e| PackageError::Unreadable(e.to_string()))?;
+            std::io::copy(content, &mut std::io::sink()).map_err(|e| PackageError::Unreadable(e.to_string()))?;
         }
         Ok(())
     })?;

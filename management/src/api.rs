@@ -113,13 +113,14 @@ fn name_from(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
     p.map(|Path(n)| n).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
 }
 
-async fn get_function(State(m): State<Arc<Management>>, name: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+async fn get_function(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
     let name = name_from(name)?;
-    let f = m
-        .store
-        .get_function(&name)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("function {name:?} does not exist")))?;
+    let f = m.store.get_function(&name).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("function {name:?} does not exist"))
+    })?;
     let versions = m.store.list_versions(&name).await?;
     Ok(Json(json!({"function": f, "versions": versions})))
 }
@@ -139,17 +140,18 @@ async fn invoke(
 ) -> ApiResult<Response> {
     let name = name_from(name)?;
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    let wait = match q.mode.as_deref() {
-        None | Some("sync") => Some(m.clamp_wait(q.timeout_ms)),
-        Some("async") => None,
-        Some(other) => {
-            return Err(ApiError::new(
+    let wait =
+        match q.mode.as_deref() {
+            None | Some("sync") => Some(m.clamp_wait(q.timeout_ms)),
+            Some("async") => None,
+            Some(other) => return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                format!("mode={other:?} is not known: use mode=sync (wait for the result) or mode=async (202 and an id)"),
-            ))
-        }
-    };
+                format!(
+                    "mode={other:?} is not known: use mode=sync (wait for the result) or mode=async (202 and an id)"
+                ),
+            )),
+        };
     let accepted = m.invoke(&name, body, wait).await?;
     match accepted.invocation {
         Some(inv) if inv.status.is_final() => {
@@ -176,7 +178,10 @@ fn id_from(p: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
     })
 }
 
-async fn get_invocation(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+async fn get_invocation(
+    State(m): State<Arc<Management>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
     let id = id_from(id)?;
     let inv = m
         .store

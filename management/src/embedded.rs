@@ -104,9 +104,9 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
         workers.spawn(w.run(stop_rx.clone(), Duration::from_secs(10)));
     }
 
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}; is another Warren running? pick another with --listen", opts.listen))?;
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another Warren running? pick another with --listen", opts.listen)
+    })?;
     let addr = listener.local_addr()?;
     println!("Warren is up (embedded: management + {} workers, store {}).", opts.workers, db.display());
     println!("  API:      http://{addr}/api/functions");

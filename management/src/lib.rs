@@ -85,7 +85,11 @@ pub struct Accepted {
 
 impl Management {
     /// Creates the management state and starts listening for completion notices.
-    pub async fn start(store: Arc<dyn Store>, transport: Arc<dyn Transport>, config: Config) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        transport: Arc<dyn Transport>,
+        config: Config,
+    ) -> anyhow::Result<Arc<Self>> {
         let instance = Uuid::now_v7().simple().to_string();
         let mut notices = transport.open_notices(&instance).await?;
         let m = Arc::new(Management {
@@ -159,11 +163,9 @@ impl Management {
                 self.config.max_payload_bytes
             )));
         }
-        let f = self
-            .store
-            .get_function(function)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("function {function:?} does not exist; publish it first (warren publish DIR)")))?;
+        let f = self.store.get_function(function).await?.ok_or_else(|| {
+            Error::NotFound(format!("function {function:?} does not exist; publish it first (warren publish DIR)"))
+        })?;
         let v = self
             .store
             .get_version(function, f.active_version)
@@ -235,7 +237,6 @@ impl Management {
         ms.map(Duration::from_millis).unwrap_or(self.config.default_sync_timeout).min(self.config.max_sync_timeout)
     }
 }
-
 
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(

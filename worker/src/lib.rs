@@ -113,7 +113,11 @@ impl Worker {
 
     /// Runs until `shutdown` turns true, then stops taking work, lets what it holds finish
     /// (up to `grace`), marks itself gone and returns.
-    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>, grace: Duration) -> anyhow::Result<()> {
+    pub async fn run(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.cfg.cache_dir)
             .with_context(|| format!("cannot create the package cache {}", self.cfg.cache_dir.display()))?;
         self.store.heartbeat(&self.info("running")).await.context("cannot register in the store")?;
@@ -160,7 +164,10 @@ impl Worker {
         // Consumers stop at the shutdown signal and wait for their in-flight invocations.
         let _ = self.store.heartbeat(&self.info("draining")).await;
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
-            tracing::warn!(in_flight = self.in_flight.load(Ordering::Relaxed), "grace period over; unfinished invocations go back to the queue");
+            tracing::warn!(
+                in_flight = self.in_flight.load(Ordering::Relaxed),
+                "grace period over; unfinished invocations go back to the queue"
+            );
             tasks.abort_all();
         }
         beat.abort();
@@ -342,7 +349,12 @@ impl Worker {
             Runtime::Process => {
                 let dir = loaded.dir.as_deref().expect("process functions are unpacked");
                 let id = msg.id.to_string();
-                let env = process::InvocationEnv { id: &id, function: &msg.function, version: msg.version, attempt: msg.attempt };
+                let env = process::InvocationEnv {
+                    id: &id,
+                    function: &msg.function,
+                    version: msg.version,
+                    attempt: msg.attempt,
+                };
                 process::run(
                     &loaded.manifest.command,
                     dir,
@@ -374,12 +386,10 @@ impl Worker {
         let dir = if manifest.runtime == Runtime::Process {
             let dir = self.cfg.cache_dir.join(&v.sha256);
             if !dir.join(warren_common::manifest::MANIFEST_FILE).exists() {
-                let bytes = self
-                    .store
-                    .get_package(function, version)
-                    .await
-                    .map_err(LoadError::Unavailable)?
-                    .ok_or_else(|| LoadError::Missing(format!("package of {function} version {version} is gone")))?;
+                let bytes =
+                    self.store.get_package(function, version).await.map_err(LoadError::Unavailable)?.ok_or_else(
+                        || LoadError::Missing(format!("package of {function} version {version} is gone")),
+                    )?;
                 let (sha, dest, limits) = (v.sha256.clone(), dir.clone(), self.cfg.package_limits);
                 tokio::task::spawn_blocking(move || package::unpack(&bytes, &sha, &dest, &limits))
                     .await

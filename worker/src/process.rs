@@ -47,9 +47,20 @@ pub struct InvocationEnv<'a> {
 /// Variables kept from the worker's environment so that ordinary programs can start; nothing
 /// else of the worker's environment (its credentials included) reaches the function.
 const INHERITED: &[&str] = &[
-    "PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "HOME",
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "HOME",
     // Windows needs these for most programs to start at all.
-    "SYSTEMROOT", "SystemRoot", "WINDIR", "TEMP", "TMP", "PATHEXT", "COMSPEC",
+    "SYSTEMROOT",
+    "SystemRoot",
+    "WINDIR",
+    "TEMP",
+    "TMP",
+    "PATHEXT",
+    "COMSPEC",
 ];
 
 fn resolve_program(dir: &Path, program: &str) -> PathBuf {

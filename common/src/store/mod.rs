@@ -27,7 +27,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("unsupported store URL {0:?}: use sqlite://PATH, postgres://USER@HOST/DB or mssql://USER:PASSWORD@HOST:PORT/DB")]
+    #[error(
+        "unsupported store URL {0:?}: use sqlite://PATH, postgres://USER@HOST/DB or mssql://USER:PASSWORD@HOST:PORT/DB"
+    )]
     BadUrl(String),
     #[error("the database holds a value Warren cannot read: {0}")]
     Corrupt(String),
@@ -179,8 +181,13 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     /// Stores a new immutable version and makes it the function's active version, atomically.
-    async fn publish_version(&self, manifest: &Manifest, manifest_text: &str, package: &[u8], sha256: &str)
-        -> Result<FunctionVersion>;
+    async fn publish_version(
+        &self,
+        manifest: &Manifest,
+        manifest_text: &str,
+        package: &[u8],
+        sha256: &str,
+    ) -> Result<FunctionVersion>;
     async fn list_functions(&self) -> Result<Vec<FunctionInfo>>;
     async fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>>;
     /// Newest first.

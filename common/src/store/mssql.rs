@@ -82,13 +82,11 @@ const NEXT_VERSION: &str =
     "SELECT COALESCE(MAX(version), 0) + 1 FROM warren_versions WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1";
 const INSERT_VERSION: &str = "INSERT INTO warren_versions (name, version, sha256, manifest, package, size, created_ms)
      VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)";
-const ACTIVATE_VERSION: &str =
-    "UPDATE warren_functions SET active_version = @P2, updated_ms = @P3 WHERE name = @P1";
+const ACTIVATE_VERSION: &str = "UPDATE warren_functions SET active_version = @P2, updated_ms = @P3 WHERE name = @P1";
 const INSERT_FUNCTION: &str =
     "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES (@P1, @P2, @P3, @P3)";
 const LIST_FUNCTIONS: &str = "SELECT name, active_version, created_ms, updated_ms FROM warren_functions ORDER BY name";
-const GET_FUNCTION: &str =
-    "SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = @P1";
+const GET_FUNCTION: &str = "SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = @P1";
 const LIST_VERSIONS: &str = "SELECT name, version, sha256, manifest, size, created_ms FROM warren_versions
      WHERE name = @P1 ORDER BY version DESC";
 const GET_VERSION: &str = "SELECT name, version, sha256, manifest, size, created_ms FROM warren_versions
@@ -97,7 +95,8 @@ const GET_PACKAGE: &str = "SELECT package FROM warren_versions WHERE name = @P1 
 const CREATE_INVOCATION: &str =
     "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms)
      VALUES (@P1, @P2, @P3, 'queued', 0, @P4, @P5)";
-const CLAIM_UPDATE: &str = "UPDATE warren_invocations SET status = 'running', attempts = @P1, worker = @P2, started_ms = @P3
+const CLAIM_UPDATE: &str =
+    "UPDATE warren_invocations SET status = 'running', attempts = @P1, worker = @P2, started_ms = @P3
      WHERE id = @P4 AND status IN ('queued', 'running')";
 const CLAIM_INSERT: &str = "INSERT INTO warren_invocations
      (id, function_name, version, status, attempts, payload, worker, created_ms, started_ms)
@@ -110,8 +109,7 @@ const COMPLETE: &str = "UPDATE warren_invocations
 const INSERT_LOGS_PREFIX: &str = "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ";
 const GET_INVOCATION: &str = "SELECT id, function_name, version, status, attempts, payload, result, error, worker,
      created_ms, started_ms, finished_ms FROM warren_invocations WHERE id = @P1";
-const GET_LOGS: &str =
-    "SELECT attempt, seq, ts_ms, line FROM warren_logs WHERE invocation = @P1 ORDER BY attempt, seq";
+const GET_LOGS: &str = "SELECT attempt, seq, ts_ms, line FROM warren_logs WHERE invocation = @P1 ORDER BY attempt, seq";
 const HEARTBEAT_UPDATE: &str = "UPDATE warren_workers SET host = @P2, pools = @P3, concurrency = @P4, in_flight = @P5,
      version = @P6, last_seen_ms = @P8, state = @P9 WHERE id = @P1";
 const HEARTBEAT_INSERT: &str = "INSERT INTO warren_workers
@@ -131,10 +129,34 @@ pub fn statements() -> Vec<String> {
     let mut all: Vec<String> = SCHEMA.iter().map(|s| s.to_string()).collect();
     all.extend(
         [
-            SCHEMA_EXISTS, SCHEMA_CREATE, SCHEMA_COUNT, SCHEMA_RECORD, MIGRATE_LOCK, MIGRATE_UNLOCK, NEXT_VERSION,
-            INSERT_VERSION, ACTIVATE_VERSION, INSERT_FUNCTION, LIST_FUNCTIONS, GET_FUNCTION, LIST_VERSIONS,
-            GET_VERSION, GET_PACKAGE, CREATE_INVOCATION, CLAIM_UPDATE, CLAIM_INSERT, GET_STATUS, COMPLETE,
-            GET_INVOCATION, GET_LOGS, HEARTBEAT_UPDATE, HEARTBEAT_INSERT, LIST_WORKERS, BEGIN, COMMIT, ROLLBACK,
+            SCHEMA_EXISTS,
+            SCHEMA_CREATE,
+            SCHEMA_COUNT,
+            SCHEMA_RECORD,
+            MIGRATE_LOCK,
+            MIGRATE_UNLOCK,
+            NEXT_VERSION,
+            INSERT_VERSION,
+            ACTIVATE_VERSION,
+            INSERT_FUNCTION,
+            LIST_FUNCTIONS,
+            GET_FUNCTION,
+            LIST_VERSIONS,
+            GET_VERSION,
+            GET_PACKAGE,
+            CREATE_INVOCATION,
+            CLAIM_UPDATE,
+            CLAIM_INSERT,
+            GET_STATUS,
+            COMPLETE,
+            GET_INVOCATION,
+            GET_LOGS,
+            HEARTBEAT_UPDATE,
+            HEARTBEAT_INSERT,
+            LIST_WORKERS,
+            BEGIN,
+            COMMIT,
+            ROLLBACK,
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -246,9 +268,7 @@ async fn finish(c: &mut Conn, commit: bool) -> Result<()> {
 }
 
 fn col<'a, T: tiberius::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
-    row.try_get::<T, usize>(i)
-        .map_err(unavailable)?
-        .ok_or_else(|| StoreError::Corrupt(format!("column {i} is NULL")))
+    row.try_get::<T, usize>(i).map_err(unavailable)?.ok_or_else(|| StoreError::Corrupt(format!("column {i} is NULL")))
 }
 
 fn opt<'a, T: tiberius::FromSql<'a>>(row: &'a Row, i: usize) -> Result<Option<T>> {
@@ -360,18 +380,20 @@ impl Store for MssqlStore {
         c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
         let result = async {
             // UPDLOCK + HOLDLOCK serialise publishers of one function until commit.
-            let next: i64 = match c.query(NEXT_VERSION, &[&manifest.name.as_str()]).await.map_err(unavailable)?.into_row().await {
-                Ok(Some(r)) => col(&r, 0)?,
-                Ok(None) => 1,
-                Err(e) => return Err(unavailable(e)),
-            };
+            let next: i64 =
+                match c.query(NEXT_VERSION, &[&manifest.name.as_str()]).await.map_err(unavailable)?.into_row().await {
+                    Ok(Some(r)) => col(&r, 0)?,
+                    Ok(None) => 1,
+                    Err(e) => return Err(unavailable(e)),
+                };
             c.execute(
                 INSERT_VERSION,
                 &[&manifest.name.as_str(), &next, &sha256, &manifest_text, &package, &(package.len() as i64), &now],
             )
             .await
             .map_err(unavailable)?;
-            let updated = c.execute(ACTIVATE_VERSION, &[&manifest.name.as_str(), &next, &now]).await.map_err(unavailable)?;
+            let updated =
+                c.execute(ACTIVATE_VERSION, &[&manifest.name.as_str(), &next, &now]).await.map_err(unavailable)?;
             if updated.total() == 0 {
                 c.execute(INSERT_FUNCTION, &[&manifest.name.as_str(), &next, &now]).await.map_err(unavailable)?;
             }
@@ -432,10 +454,8 @@ impl Store for MssqlStore {
     async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim> {
         let mut c = self.conn().await?;
         let id = inv.id.to_string();
-        let updated = c
-            .execute(CLAIM_UPDATE, &[&attempt, &worker, &started_ms, &id.as_str()])
-            .await
-            .map_err(unavailable)?;
+        let updated =
+            c.execute(CLAIM_UPDATE, &[&attempt, &worker, &started_ms, &id.as_str()]).await.map_err(unavailable)?;
         if updated.total() == 1 {
             return Ok(Claim::Run);
         }
@@ -460,7 +480,8 @@ impl Store for MssqlStore {
             Err(e) if is_duplicate(&e) => {}
             Err(e) => return Err(unavailable(e)),
         }
-        let row = c.query(GET_STATUS, &[&id.as_str()]).await.map_err(unavailable)?.into_row().await.map_err(unavailable)?;
+        let row =
+            c.query(GET_STATUS, &[&id.as_str()]).await.map_err(unavailable)?.into_row().await.map_err(unavailable)?;
         let row = row.ok_or_else(|| StoreError::Corrupt(format!("invocation {id} vanished while claimed")))?;
         let status = parse_status(col::<&str>(&row, 0)?)?;
         Ok(if status.is_final() { Claim::AlreadyFinal(status) } else { Claim::Run })
@@ -537,7 +558,12 @@ impl Store for MssqlStore {
             .await?
             .iter()
             .map(|r| {
-                Ok(LogLine { attempt: col(r, 0)?, seq: col(r, 1)?, ts_ms: col(r, 2)?, line: col::<&str>(r, 3)?.to_string() })
+                Ok(LogLine {
+                    attempt: col(r, 0)?,
+                    seq: col(r, 1)?,
+                    ts_ms: col(r, 2)?,
+                    line: col::<&str>(r, 3)?.to_string(),
+                })
             })
             .collect()
     }
@@ -545,7 +571,15 @@ impl Store for MssqlStore {
     async fn heartbeat(&self, w: &WorkerInfo) -> Result<()> {
         let mut c = self.conn().await?;
         let params: [&dyn ToSql; 9] = [
-            &w.id, &w.host, &w.pools, &w.concurrency, &w.in_flight, &w.version, &w.started_ms, &w.last_seen_ms, &w.state,
+            &w.id,
+            &w.host,
+            &w.pools,
+            &w.concurrency,
+            &w.in_flight,
+            &w.version,
+            &w.started_ms,
+            &w.last_seen_ms,
+            &w.state,
         ];
         let updated = c.execute(HEARTBEAT_UPDATE, &params).await.map_err(unavailable)?;
         if updated.total() == 0 {

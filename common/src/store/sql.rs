@@ -186,6 +186,16 @@ impl SqlxStore {
         Ok(store)
     }
 
+    /// A write transaction. SQLite's must take the write lock at once (`BEGIN IMMEDIATE`):
+    /// a deferred one that reads first and writes later fails with "database is locked"
+    /// instead of waiting when another writer got there in between.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.kind {
+            Kind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable),
+            Kind::Postgres => self.pool.begin().await.map_err(unavailable),
+        }
+    }
+
     async fn migrate(&self) -> Result<()> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         // Serialise concurrent starts (several workers booting at once).
@@ -198,9 +208,11 @@ impl SqlxStore {
             }
         }
         let result = async {
-            conn.execute("CREATE TABLE IF NOT EXISTS warren_schema (step INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)")
-                .await
-                .map_err(unavailable)?;
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS warren_schema (step INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)",
+            )
+            .await
+            .map_err(unavailable)?;
             let done: i64 = sqlx::query("SELECT COUNT(*) FROM warren_schema")
                 .fetch_one(&mut *conn)
                 .await
@@ -251,7 +263,7 @@ impl Store for SqlxStore {
         // Two publishers of one function may pick the same number; the primary key refuses
         // the second, which then tries again with the next number.
         for _ in 0..5 {
-            let mut tx = self.pool.begin().await.map_err(unavailable)?;
+            let mut tx = self.begin().await?;
             let next: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM warren_versions WHERE name = $1")
                 .bind(&manifest.name)
                 .fetch_one(&mut *tx)
@@ -308,19 +320,21 @@ impl Store for SqlxStore {
     }
 
     async fn list_functions(&self) -> Result<Vec<FunctionInfo>> {
-        let rows = sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let rows =
+            sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
         rows.iter().map(function_from).collect()
     }
 
     async fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>> {
-        let row = sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let row =
+            sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
         row.as_ref().map(function_from).transpose()
     }
 
@@ -336,12 +350,13 @@ impl Store for SqlxStore {
     }
 
     async fn get_version(&self, name: &str, version: i64) -> Result<Option<FunctionVersion>> {
-        let row = sqlx::query(&format!("SELECT {VERSION_COLUMNS} FROM warren_versions WHERE name = $1 AND version = $2"))
-            .bind(name)
-            .bind(version)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let row =
+            sqlx::query(&format!("SELECT {VERSION_COLUMNS} FROM warren_versions WHERE name = $1 AND version = $2"))
+                .bind(name)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
         row.as_ref().map(version_from).transpose()
     }
 
@@ -424,7 +439,7 @@ impl Store for SqlxStore {
 
     async fn complete(&self, id: Uuid, o: &Outcome) -> Result<bool> {
         let id = id.to_string();
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE warren_invocations SET status = $1, attempts = $2, result = $3, error = $4, worker = $5, finished_ms = $6
              WHERE id = $7 AND status IN ('queued', 'running')",

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -68,7 +68,13 @@ impl AmqpTransport {
     async fn publish_confirmed(&self, exchange: &str, key: &str, body: &[u8], props: BasicProperties) -> Result<()> {
         let confirm = self
             .publisher
-            .basic_publish(exchange.into(), key.into(), BasicPublishOptions { mandatory: true, immediate: false }, body, props)
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions { mandatory: true, immediate: false },
+                body,
+                props,
+            )
             .await
             .map_err(unavailable)?
             .await
@@ -102,9 +108,7 @@ pub fn redact(url: &str) -> String {
 }
 
 fn persistent() -> BasicProperties {
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/msgpack".into())
+    BasicProperties::default().with_delivery_mode(2).with_content_type("application/msgpack".into())
 }
 
 struct AmqpConsumer {
@@ -204,7 +208,13 @@ impl Transport for AmqpTransport {
         // Not mandatory and not awaited: the waiter may be gone, and a lost notice only
         // delays it until its deadline.
         self.publisher
-            .basic_publish("".into(), notice_queue.into(), BasicPublishOptions::default(), &body, BasicProperties::default())
+            .basic_publish(
+                "".into(),
+                notice_queue.into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
             .await
             .map(|_| ())
             .map_err(unavailable)

@@ -181,7 +181,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     std::io::stdin().read_to_end(&mut b)?;
                     b
                 }
-                (None, Some(p)) => std::fs::read(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
+                (None, Some(p)) => {
+                    std::fs::read(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?
+                }
                 (None, None) => Vec::new(),
             };
             let mode = if asynchronous { "async" } else { "sync" };
@@ -193,7 +195,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else if status == 202 {
                 println!("{}", v["id"].as_str().unwrap_or("?"));
                 if !asynchronous {
-                    eprintln!("still running after {timeout} s; follow it with: warren get {}", v["id"].as_str().unwrap_or("?"));
+                    eprintln!(
+                        "still running after {timeout} s; follow it with: warren get {}",
+                        v["id"].as_str().unwrap_or("?")
+                    );
                 }
             } else {
                 print_result(&v);
@@ -218,9 +223,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if name.is_some() {
-                println!("{} (active version {})", v["function"]["name"].as_str().unwrap_or("?"), v["function"]["active_version"]);
+                println!(
+                    "{} (active version {})",
+                    v["function"]["name"].as_str().unwrap_or("?"),
+                    v["function"]["active_version"]
+                );
                 for ver in v["versions"].as_array().into_iter().flatten() {
-                    println!("  v{:<4} sha256 {}  {} bytes", ver["version"], ver["sha256"].as_str().unwrap_or("?"), ver["size"]);
+                    println!(
+                        "  v{:<4} sha256 {}  {} bytes",
+                        ver["version"],
+                        ver["sha256"].as_str().unwrap_or("?"),
+                        ver["size"]
+                    );
                 }
             } else {
                 let list = v.as_array().cloned().unwrap_or_default();
@@ -239,7 +253,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let now = warren_common::now_ms();
-                println!("{:<40} {:<10} {:<16} {:>6} {:>9} {:>10}", "WORKER", "STATE", "POOLS", "CONC", "IN-FLIGHT", "SEEN");
+                println!(
+                    "{:<40} {:<10} {:<16} {:>6} {:>9} {:>10}",
+                    "WORKER", "STATE", "POOLS", "CONC", "IN-FLIGHT", "SEEN"
+                );
                 for w in v.as_array().into_iter().flatten() {
                     let seen = (now - w["last_seen_ms"].as_i64().unwrap_or(0)) / 1000;
                     println!(

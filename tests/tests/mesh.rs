@@ -1,0 +1,234 @@
+//! The spine end to end: `warren-management` and `warren-worker` processes on the real
+//! RabbitMQ and PostgreSQL.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
+use warren_common::store::Status;
+use warren_common::transport::amqp::AmqpTransport;
+use warren_common::transport::Transport;
+use warren_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_invocations_spread_over_three_workers_each_stored_once() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = unique("p");
+    let name = unique("echo");
+    let m = Management::start(&pg_url()).await;
+    let dir = function_dir(tmp.path(), &format!("name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"), &[]);
+    assert_eq!(m.publish_dir(&dir).await["version"], 1);
+    let workers: Vec<Proc> =
+        (0..3).map(|i| start_worker(&pg_url(), &pool, 4, &tmp.path().join(format!("c{i}")))).collect();
+    wait_consumers(&pool, 3).await;
+
+    // 1,000 async invokes, 16 in flight at a time.
+    let n = 1000;
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut pending = tokio::task::JoinSet::new();
+    let mut next = 0;
+    while next < n || !pending.is_empty() {
+        while next < n && pending.len() < 16 {
+            let (http, base, name) = (m.http.clone(), m.base.clone(), name.clone());
+            let input = format!("{{\"n\": {next}}}");
+            next += 1;
+            pending.spawn(async move {
+                let r = http
+                    .post(format!("{base}/api/functions/{name}/invoke?mode=async"))
+                    .body(input.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+                let v: serde_json::Value = r.json().await.unwrap();
+                (v["id"].as_str().unwrap().to_string(), input)
+            });
+        }
+        if let Some(r) = pending.join_next().await {
+            let (id, input) = r.unwrap();
+            assert!(ids.insert(id, input).is_none(), "ids are unique");
+        }
+    }
+
+    let store = warren_common::store::open(&pg_url()).await.unwrap();
+    let mut by_worker: HashMap<String, usize> = HashMap::new();
+    let mut not_final = ids.len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut finished = HashMap::new();
+    while not_final > 0 {
+        assert!(std::time::Instant::now() < deadline, "{not_final} invocations still not final after 120 s");
+        for id in ids.keys() {
+            if finished.contains_key(id) {
+                continue;
+            }
+            let inv = store.get_invocation(id.parse().unwrap()).await.unwrap().expect("invocation recorded");
+            if inv.status.is_final() {
+                finished.insert(id.clone(), inv);
+            }
+        }
+        not_final = ids.len() - finished.len();
+        if not_final > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for (id, inv) in &finished {
+        assert_eq!(inv.status, Status::Succeeded, "{id}");
+        assert_eq!(inv.result.as_deref(), Some(ids[id].as_bytes()), "{id}: echo returns its input");
+        assert_eq!(inv.attempts, 1);
+        *by_worker.entry(inv.worker.clone().unwrap()).or_default() += 1;
+    }
+    println!("published {n}, completed {}, per worker {by_worker:?}", finished.len());
+    assert_eq!(by_worker.len(), 3, "all three workers took part: {by_worker:?}");
+    for (w, count) in &by_worker {
+        assert!(*count >= n / 10, "worker {w} ran only {count} of {n}");
+    }
+    drop(workers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_and_hanging_functions_are_recorded_and_the_worker_carries_on() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = unique("p");
+    let (fail, hang, echo) = (unique("fail"), unique("hang"), unique("echo"));
+    let m = Management::start(&pg_url()).await;
+    let fail_dir = function_dir(
+        tmp.path(),
+        &format!("name = \"{fail}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n"),
+        &[("run.sh", "echo 'first complaint' >&2\necho 'second complaint' >&2\necho partial\nexit 2\n")],
+    );
+    // The script starts a child (sleep) and waits: the kill must take the whole tree.
+    let hang_dir = function_dir(
+        tmp.path(),
+        &format!("name = \"{hang}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\ntimeout_secs = 1\npool = \"{pool}\"\n"),
+        &[("run.sh", "read pidfile\nsleep 300 &\necho $! > \"$pidfile\"\necho 'waiting forever' >&2\nwait\n")],
+    );
+    let echo_dir =
+        function_dir(tmp.path(), &format!("name = \"{echo}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"), &[]);
+    for d in [&fail_dir, &hang_dir, &echo_dir] {
+        m.publish_dir(d).await;
+    }
+    let mut worker = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let (status, v) = m.invoke(&fail, "sync", b"").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "failed");
+    assert!(v["error"].as_str().unwrap().contains("exited with code 2"), "{v}");
+    let lines: Vec<&str> = v["logs"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert_eq!(lines, vec!["first complaint", "second complaint"]);
+
+    let pidfile = tmp.path().join("sleep.pid");
+    let started = std::time::Instant::now();
+    let (status, v) = m.invoke(&hang, "sync", pidfile.display().to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "timed_out", "{v}");
+    assert!(started.elapsed() < Duration::from_secs(20), "the timeout of 1 s was not enforced");
+    assert_eq!(v["logs"][0]["line"], "waiting forever");
+    let sleep_pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // The grandchild was killed with its group: kill(pid, 0) finds no such process (or a
+    // zombie already reparented and reaped).
+    eventually(Duration::from_secs(5), "the function's child process to be gone", || async move {
+        let gone = unsafe { libc::kill(sleep_pid, 0) } != 0
+            || std::fs::read_to_string(format!("/proc/{sleep_pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true);
+        gone.then_some(())
+    })
+    .await;
+
+    assert!(worker.is_running(), "the worker survived both");
+    let (status, v) = m.invoke(&echo, "sync", b"still here").await;
+    assert_eq!((status, v["status"].as_str(), v["result"].as_str()), (200, Some("succeeded"), Some("still here")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_whose_outcome_is_stored_does_not_run_again() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = unique("p");
+    let name = unique("count");
+    let m = Management::start(&pg_url()).await;
+    let dir = function_dir(
+        tmp.path(),
+        &format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n"),
+        &[("run.sh", "read counter\necho run >> \"$counter\"\necho done\n")],
+    );
+    m.publish_dir(&dir).await;
+    let _worker = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let counter = tmp.path().join("runs.txt");
+    let input = format!("{}\n", counter.display());
+    let (status, v) = m.invoke(&name, "sync", input.as_bytes()).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("succeeded")), "{v}");
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().lines().count(), 1);
+
+    // The same invocation's message arrives again (as after a lost ack), asking for a notice
+    // so we know when the worker has dealt with it.
+    let t = AmqpTransport::connect(&amqp_url(), "redelivery-test").await.unwrap();
+    let me = unique("t");
+    let mut notices = t.open_notices(&me).await.unwrap();
+    let again = InvocationMessage {
+        v: PROTOCOL_VERSION,
+        id: v["id"].as_str().unwrap().parse().unwrap(),
+        function: name.clone(),
+        version: 1,
+        attempt: 1,
+        payload: Bytes::from(input.clone()),
+        notify: Some(warren_common::topology::notice_queue(&me)),
+        created_ms: warren_common::now_ms(),
+    };
+    t.publish(&pool, again.encode().into()).await.unwrap();
+    let notice =
+        tokio::time::timeout(Duration::from_secs(30), notices.next()).await.expect("a notice").unwrap().unwrap();
+    assert_eq!(CompletionNotice::decode(&notice.body).unwrap().id, again.id);
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().lines().count(), 1, "the function ran again");
+    let (_, after) = m.get(&format!("/api/invocations/{}", again.id)).await;
+    assert_eq!((after["status"].as_str(), after["attempts"].as_i64()), (Some("succeeded"), Some(1)));
+    assert_eq!(t.queue_stats(&pool).await.unwrap().messages, 0, "the duplicate was acked");
+}
+
+/// A tar.gz with an entry named `name`, written with raw headers (the tar crate's own builder
+/// refuses such names, which is exactly why an attacker would not use it).
+fn package_with_entry(name: &str, manifest: &str) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for (n, body) in [("function.toml", manifest.as_bytes()), (name, &b"pwned"[..])] {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..n.len()].copy_from_slice(n.as_bytes());
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        raw.extend_from_slice(h.as_bytes());
+        raw.extend_from_slice(body);
+        raw.resize(raw.len().div_ceil(512) * 512, 0);
+    }
+    raw.resize(raw.len() + 1024, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    gz.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_package_escaping_its_folder_is_refused_at_publish() {
+    require_services();
+    let m = Management::start(&pg_url()).await;
+    let name = unique("evil");
+    let pkg = package_with_entry("../x", &format!("name = \"{name}\"\nruntime = \"echo\"\n"));
+    let (status, v) = m.publish_bytes(pkg).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "bad_request");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("\"../x\"") && msg.contains("outside the package folder"), "{msg}");
+    let (status, _) = m.get(&format!("/api/functions/{name}")).await;
+    assert_eq!(status, 404, "nothing was stored");
+
+    // And the other ways a body can be wrong get clear errors too.
+    let (status, v) = m.publish_bytes(b"definitely not a tarball".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(v["error"]["message"].as_str().unwrap().contains("tar.gz"), "{v}");
+    let (status, v) = m.invoke(&unique("missing"), "sync", b"").await;
+    assert_eq!(status, 404);
+    assert!(v["error"]["message"].as_str().unwrap().contains("publish it first"), "{v}");
+}

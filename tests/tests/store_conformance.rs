@@ -1,0 +1,199 @@
+//! The store conformance suite: the same checks against every backend.
+//! SQLite and PostgreSQL always; SQL Server when `WARREN_TEST_MSSQL_URL` is set (the test is
+//! marked ignored otherwise, and reported as such, never as passed).
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+use warren_common::manifest::Manifest;
+use warren_common::now_ms;
+use warren_common::store::{Claim, LogLine, NewInvocation, Outcome, Status, Store, WorkerInfo};
+use warren_tests::{pg_url, require_services, unique};
+
+fn manifest(name: &str) -> (Manifest, String) {
+    let text = format!("name = \"{name}\"\nruntime = \"echo\"\n");
+    (Manifest::parse(&text).unwrap(), text)
+}
+
+fn new_inv(function: &str, version: i64) -> NewInvocation {
+    NewInvocation {
+        id: Uuid::now_v7(),
+        function: function.into(),
+        version,
+        payload: b"\x00in\xff".to_vec(),
+        created_ms: now_ms(),
+    }
+}
+
+fn outcome(status: Status, worker: &str, logs: usize) -> Outcome {
+    Outcome {
+        status,
+        attempt: 1,
+        result: Some(format!("result-of-{worker}").into_bytes()),
+        error: (status != Status::Succeeded).then(|| "it broke".to_string()),
+        worker: worker.into(),
+        finished_ms: now_ms(),
+        logs: (0..logs)
+            .map(|i| LogLine { attempt: 1, seq: i as i32, ts_ms: now_ms(), line: format!("line {i} é") })
+            .collect(),
+    }
+}
+
+async fn conformance(store: Arc<dyn Store>) {
+    // Versions: immutable, numbered from 1, the newest active, atomically.
+    let name = unique("fn");
+    let (m, text) = manifest(&name);
+    let v1 = store.publish_version(&m, &text, b"package-one", "sha-one").await.unwrap();
+    let v2 = store.publish_version(&m, &text, b"package-two", "sha-two").await.unwrap();
+    assert_eq!((v1.version, v2.version), (1, 2));
+    let f = store.get_function(&name).await.unwrap().expect("function exists");
+    assert_eq!(f.active_version, 2);
+    assert_eq!(store.get_package(&name, 1).await.unwrap().as_deref(), Some(&b"package-one"[..]));
+    assert_eq!(store.get_version(&name, 2).await.unwrap().unwrap().sha256, "sha-two");
+    assert_eq!(store.get_version(&name, 2).await.unwrap().unwrap().manifest, text);
+    assert!(store.get_version(&name, 3).await.unwrap().is_none());
+    assert!(store.get_function(&unique("nope")).await.unwrap().is_none());
+    let versions: Vec<i64> = store.list_versions(&name).await.unwrap().iter().map(|v| v.version).collect();
+    assert_eq!(versions, vec![2, 1]);
+    assert!(store.list_functions().await.unwrap().iter().any(|f| f.name == name));
+
+    // Concurrent publishers of one function get distinct versions.
+    let racer = unique("race");
+    let (rm, rtext) = manifest(&racer);
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (s, rm, rtext) = (store.clone(), rm.clone(), rtext.clone());
+        tasks.push(tokio::spawn(async move {
+            s.publish_version(&rm, &rtext, b"p", &format!("sha{i}")).await.unwrap().version
+        }));
+    }
+    let mut got: Vec<i64> = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, vec![1, 2, 3, 4]);
+    assert_eq!(store.get_function(&racer).await.unwrap().unwrap().active_version, 4);
+
+    // An invocation: queued, claimed, completed once with its logs.
+    let inv = new_inv(&name, 2);
+    store.create_invocation(&inv).await.unwrap();
+    assert!(store.create_invocation(&inv).await.is_err(), "the same id twice must be refused");
+    let got = store.get_invocation(inv.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.attempts, got.payload.clone()), (Status::Queued, 0, inv.payload.clone()));
+    assert_eq!(store.claim(&inv, 1, "w1", now_ms()).await.unwrap(), Claim::Run);
+    let got = store.get_invocation(inv.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.worker.as_deref(), got.attempts), (Status::Running, Some("w1"), 1));
+    assert!(got.started_ms.is_some());
+
+    // 450 lines: more than one multi-row insert on every backend.
+    assert!(store.complete(inv.id, &outcome(Status::Succeeded, "w1", 450)).await.unwrap());
+    assert!(!store.complete(inv.id, &outcome(Status::Failed, "w2", 3)).await.unwrap(), "second outcome must lose");
+    let got = store.get_invocation(inv.id).await.unwrap().unwrap();
+    assert_eq!(got.status, Status::Succeeded);
+    assert_eq!(got.result.as_deref(), Some(&b"result-of-w1"[..]));
+    assert_eq!(got.worker.as_deref(), Some("w1"));
+    assert!(got.error.is_none());
+    assert!(got.finished_ms.is_some());
+    let logs = store.get_logs(inv.id).await.unwrap();
+    assert_eq!(logs.len(), 450, "only the winner's lines are stored");
+    assert!(logs.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(logs[7].line, "line 7 é");
+
+    // A redelivery of a final invocation is recognised.
+    assert_eq!(store.claim(&inv, 2, "w3", now_ms()).await.unwrap(), Claim::AlreadyFinal(Status::Succeeded));
+    assert_eq!(store.get_invocation(inv.id).await.unwrap().unwrap().attempts, 1);
+
+    // A message whose record was never created gets one when claimed.
+    let stray = new_inv(&name, 1);
+    assert_eq!(store.claim(&stray, 1, "w1", now_ms()).await.unwrap(), Claim::Run);
+    assert_eq!(store.get_invocation(stray.id).await.unwrap().unwrap().status, Status::Running);
+
+    // Racing completions: exactly one wins.
+    let raced = new_inv(&name, 1);
+    store.create_invocation(&raced).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = store.clone();
+        let id = raced.id;
+        tasks.push(tokio::spawn(async move {
+            s.complete(id, &outcome(if i % 2 == 0 { Status::Succeeded } else { Status::TimedOut }, &format!("w{i}"), 2))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += t.await.unwrap() as usize;
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(store.get_logs(raced.id).await.unwrap().len(), 2);
+    let final_status = store.get_invocation(raced.id).await.unwrap().unwrap().status;
+    assert!(matches!(final_status, Status::Succeeded | Status::TimedOut));
+
+    // Binary-safe payloads and missing results.
+    let failed = new_inv(&name, 1);
+    store.create_invocation(&failed).await.unwrap();
+    let mut o = outcome(Status::Failed, "w1", 0);
+    o.result = None;
+    assert!(store.complete(failed.id, &o).await.unwrap());
+    let got = store.get_invocation(failed.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.result, got.error.as_deref()), (Status::Failed, None, Some("it broke")));
+    assert!(store.get_invocation(Uuid::now_v7()).await.unwrap().is_none());
+
+    // Workers: heartbeats upsert.
+    let wid = unique("worker");
+    let mut w = WorkerInfo {
+        id: wid.clone(),
+        host: "h".into(),
+        pools: "default,batch".into(),
+        concurrency: 8,
+        in_flight: 0,
+        version: "0.1.0".into(),
+        started_ms: now_ms(),
+        last_seen_ms: now_ms(),
+        state: "running".into(),
+    };
+    store.heartbeat(&w).await.unwrap();
+    w.in_flight = 5;
+    w.state = "draining".into();
+    store.heartbeat(&w).await.unwrap();
+    let listed: Vec<WorkerInfo> = store.list_workers().await.unwrap().into_iter().filter(|x| x.id == wid).collect();
+    assert_eq!(listed, vec![w]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.db").display());
+    conformance(warren_common::store::open(&url).await.unwrap()).await;
+    // Reopening migrates nothing twice and keeps the data.
+    let again = warren_common::store::open(&url).await.unwrap();
+    assert!(!again.list_functions().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_conforms() {
+    require_services();
+    conformance(warren_common::store::open(&pg_url()).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_opens_migrate_once() {
+    require_services();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(async { warren_common::store::open(&pg_url()).await.map(|_| ()) }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("concurrent open must succeed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a SQL Server: set WARREN_TEST_MSSQL_URL=mssql://sa:PASSWORD@HOST:1433/DB (scripts/test then runs it)"]
+async fn mssql_conforms() {
+    let url =
+        std::env::var("WARREN_TEST_MSSQL_URL").expect("WARREN_TEST_MSSQL_URL must name a SQL Server for this test");
+    conformance(warren_common::store::open(&url).await.unwrap()).await;
+}
