@@ -1,1 +1,398 @@
-fn main() {}
+//! `warren-bench`: Warren's benchmark. See `benches/README.md` for what each row means.
+//!
+//! ```sh
+//! cargo run --release -p warren-benches -- [--quick]
+//! ```
+
+mod broker;
+mod mesh;
+mod procs;
+mod report;
+mod sysinfo;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use crate::mesh::{LatencyResult, LoadResult, Mesh, Settings};
+
+/// Warren's benchmark: the raw broker ceiling, the mesh end to end (management + 1, 2 and 4
+/// workers on PostgreSQL and SQLite), sync-invoke latency at a fixed offered rate, and the
+/// memory of the workers. Prints tables and writes the figures as JSON.
+///
+/// Needs RabbitMQ and PostgreSQL (the same ones `scripts/test` uses). Run through
+/// `cargo run --release -p warren-benches -- [--quick]`: it first builds `warren-management`
+/// and `warren-worker` in the same profile (skip with --no-build).
+#[derive(Parser, Debug)]
+#[command(name = "warren-bench", version, verbatim_doc_comment)]
+struct Args {
+    /// Short run (N = 3,000, 3 s of latency): under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Messages / invocations per throughput row (default 20,000; 3,000 with --quick).
+    #[arg(short = 'n', long)]
+    messages: Option<u64>,
+    /// RabbitMQ URL.
+    #[arg(long, env = "WARREN_BENCH_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// PostgreSQL URL (a database `warren_bench` is created next to it and dropped afterwards,
+    /// unless --no-fresh-db).
+    #[arg(long, env = "WARREN_BENCH_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pg: String,
+    /// Use the --pg database itself instead of a fresh `warren_bench` database.
+    #[arg(long)]
+    no_fresh_db: bool,
+    /// Stores to run the mesh rows on.
+    #[arg(long, value_delimiter = ',', default_value = "postgres,sqlite")]
+    stores: Vec<String>,
+    /// Worker counts of the end-to-end rows.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    workers: Vec<usize>,
+    /// Each worker's --concurrency (also its prefetch).
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// HTTP invoke requests in flight in the end-to-end rows.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Size of each invocation input and of each raw broker message, in bytes.
+    #[arg(long, default_value_t = 64)]
+    payload_bytes: usize,
+    /// Raw broker row: publisher confirms outstanding at once.
+    #[arg(long, default_value_t = 256)]
+    confirm_window: usize,
+    /// Raw broker row: consumer prefetch.
+    #[arg(long, default_value_t = 64)]
+    prefetch: u16,
+    /// Latency row: seconds of load (default 10; 3 with --quick).
+    #[arg(long)]
+    latency_secs: Option<f64>,
+    /// Latency row: offered rate in invocations/s (default: half the 1-worker PostgreSQL rate).
+    #[arg(long)]
+    latency_rate: Option<f64>,
+    /// Give up on an end-to-end row after this many seconds (default 180; 60 with --quick).
+    #[arg(long)]
+    run_timeout: Option<u64>,
+    /// Where to write the JSON figures (default: <target>/bench/latest.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Folder of warren-management and warren-worker (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Do not build warren-management and warren-worker first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run(args) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted: the child processes were stopped")),
+        }
+    });
+    // The guards of the run have dropped by now (killing their processes); this catches any
+    // left behind by a task.
+    procs::kill_all();
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("warren-bench: some rows failed (see above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("warren-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The folder holding this binary: target/<profile>.
+fn exe_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the benchmark binary")?;
+    Ok(exe.parent().context("benchmark binary has no folder")?.to_path_buf())
+}
+
+fn build_binaries(release: bool) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    let mut cmd = std::process::Command::new(&cargo);
+    cmd.current_dir(root).args(["build", "-p", "warren-management", "-p", "warren-worker", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    eprintln!("warren-bench: building warren-management and warren-worker ({})", if release { "release" } else { "debug" });
+    let status = cmd.status().with_context(|| format!("cannot run {cargo}"))?;
+    if !status.success() {
+        bail!("building warren-management and warren-worker failed ({status}); fix the build or pass --no-build");
+    }
+    Ok(())
+}
+
+async fn preflight_amqp(url: &str) -> Result<()> {
+    let conn = broker::connect(url, "warren-bench-preflight").await.context(
+        "RabbitMQ is unreachable: start it (`rabbitmq-server -detached`, or scripts/test starts it) or pass --amqp",
+    )?;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+async fn pg_admin(url: &str) -> Result<sqlx::AnyPool> {
+    tokio::time::timeout(Duration::from_secs(15), mesh::open_db(url))
+        .await
+        .map_err(|_| anyhow::anyhow!("PostgreSQL at {url} did not answer within 15 s"))?
+        .with_context(|| {
+            format!("PostgreSQL is unreachable at {url}: start it (`pg_ctlcluster 15 main start`, or scripts/test) or pass --pg")
+        })
+}
+
+const FRESH_DB: &str = "warren_bench";
+
+async fn drop_fresh_db(admin: &sqlx::AnyPool) {
+    let force = format!("DROP DATABASE IF EXISTS {FRESH_DB} WITH (FORCE)");
+    if sqlx::raw_sql(&force).execute(admin).await.is_err() {
+        let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {FRESH_DB}")).execute(admin).await;
+    }
+}
+
+/// A fresh database next to `url`, or `url` itself when that is not possible.
+async fn fresh_pg(admin: &sqlx::AnyPool, url: &str) -> (String, Option<String>) {
+    drop_fresh_db(admin).await;
+    match sqlx::raw_sql(&format!("CREATE DATABASE {FRESH_DB}")).execute(admin).await {
+        Ok(_) => {
+            let mut u = url::Url::parse(url).expect("checked URL");
+            u.set_path(&format!("/{FRESH_DB}"));
+            (u.to_string(), None)
+        }
+        Err(e) => (url.to_string(), Some(format!("cannot create database {FRESH_DB} ({e}); using {url} itself"))),
+    }
+}
+
+async fn scalar_text(pool: &sqlx::AnyPool, sql: &str) -> Option<String> {
+    sqlx::query_scalar::<_, String>(sql).fetch_one(pool).await.ok()
+}
+
+/// Everything measured, for the tables and the JSON.
+pub struct Figures {
+    pub raw: Option<broker::RawResult>,
+    pub raw_error: Option<String>,
+    pub runs: Vec<Result<LoadResult, (String, usize, String)>>,
+    pub latency: Option<Result<LatencyResult, String>>,
+    pub notes: Vec<String>,
+}
+
+async fn run(args: Args) -> Result<bool> {
+    let n = args.messages.unwrap_or(if args.quick { 3_000 } else { 20_000 });
+    let latency_secs = args.latency_secs.unwrap_or(if args.quick { 3.0 } else { 10.0 });
+    let run_timeout = Duration::from_secs(args.run_timeout.unwrap_or(if args.quick { 60 } else { 180 }));
+    let began = Instant::now();
+    for s in &args.stores {
+        if !matches!(s.as_str(), "postgres" | "sqlite") {
+            bail!("--stores takes postgres and/or sqlite, not {s:?}");
+        }
+    }
+    if args.workers.is_empty() || args.workers.contains(&0) {
+        bail!("--workers takes worker counts of 1 or more, e.g. 1,2,4");
+    }
+
+    // Binaries.
+    let exe_dir = exe_dir()?;
+    let release = exe_dir.file_name().is_some_and(|f| f == "release");
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| exe_dir.clone());
+    let built = if !args.no_build && args.bin_dir.is_none() && std::env::var_os("CARGO").is_some() {
+        build_binaries(release)?;
+        true
+    } else {
+        false
+    };
+    for b in ["warren-management", "warren-worker"] {
+        let p = bin_dir.join(format!("{b}{}", std::env::consts::EXE_SUFFIX));
+        if !p.exists() {
+            bail!(
+                "{} is missing: run `cargo build --release --workspace --bins` first, or run the benchmark as \
+                 `cargo run --release -p warren-benches`, which builds them",
+                p.display()
+            );
+        }
+    }
+    if !release {
+        eprintln!("warren-bench: WARNING: this is not a release build; the figures say little (use cargo run --release)");
+    }
+
+    // Services.
+    preflight_amqp(&args.amqp).await?;
+    let want_pg = args.stores.iter().any(|s| s == "postgres");
+    let admin = if want_pg || !args.no_fresh_db { Some(pg_admin(&args.pg).await?) } else { None };
+    let pg_version = match &admin {
+        Some(a) => scalar_text(a, "SHOW server_version").await,
+        None => None,
+    };
+    let sqlite_version = match mesh::open_db("sqlite::memory:").await {
+        Ok(p) => scalar_text(&p, "SELECT sqlite_version()").await,
+        Err(_) => None,
+    };
+    let machine = sysinfo::collect(pg_version, sqlite_version).await;
+
+    let target_dir = exe_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("target"));
+    let out = args.out.clone().unwrap_or_else(|| target_dir.join("bench").join("latest.json"));
+    let work_dir = target_dir.join("bench").join("work");
+    let _ = std::fs::remove_dir_all(&work_dir);
+    std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
+
+    let settings = Arc::new(Settings {
+        amqp_url: args.amqp.clone(),
+        bin_dir: bin_dir.clone(),
+        work_dir: work_dir.clone(),
+        concurrency: args.concurrency,
+        in_flight: args.in_flight,
+        input_bytes: args.payload_bytes,
+        run_timeout,
+    });
+    let ctx = report::Context {
+        quick: args.quick,
+        n,
+        machine,
+        settings: report::SettingsView {
+            amqp: broker::redact(&args.amqp),
+            pg: args.pg.clone(),
+            fresh_db: !args.no_fresh_db,
+            stores: args.stores.clone(),
+            workers: args.workers.clone(),
+            concurrency: args.concurrency,
+            in_flight: args.in_flight,
+            payload_bytes: args.payload_bytes,
+            confirm_window: args.confirm_window,
+            prefetch: args.prefetch,
+            latency_secs,
+            run_timeout_secs: run_timeout.as_secs(),
+            bin_dir: bin_dir.display().to_string(),
+            built_by_bench: built,
+            release,
+            work_dir: work_dir.display().to_string(),
+        },
+    };
+    report::print_header(&ctx);
+
+    let mut fig = Figures { raw: None, raw_error: None, runs: Vec::new(), latency: None, notes: Vec::new() };
+
+    // Row 1.
+    eprintln!("[1] raw broker: {n} persistent messages, {} confirms in flight, prefetch {}", args.confirm_window, args.prefetch);
+    match broker::run(&args.amqp, n, args.payload_bytes, args.confirm_window, args.prefetch).await {
+        Ok(r) => {
+            eprintln!("    {:.0} msg/s end to end", r.end_to_end_rate());
+            fig.raw = Some(r);
+        }
+        Err(e) => {
+            eprintln!("    FAILED: {e:#}");
+            fig.raw_error = Some(format!("{e:#}"));
+        }
+    }
+
+    // Rows 2-4, per store.
+    for store in &args.stores {
+        let (label, url) = if store == "postgres" {
+            let admin = admin.as_ref().expect("admin pool");
+            if args.no_fresh_db {
+                ("PostgreSQL", args.pg.clone())
+            } else {
+                let (url, note) = fresh_pg(admin, &args.pg).await;
+                if let Some(note) = note {
+                    eprintln!("warren-bench: {note}");
+                    fig.notes.push(note);
+                }
+                ("PostgreSQL", url)
+            }
+        } else {
+            let path = work_dir.join("warren-bench.sqlite");
+            ("SQLite", format!("sqlite://{}", path.display()))
+        };
+        eprintln!("[2] {label}: starting warren-management");
+        let mut m = match Mesh::start(label, url, settings.clone()).await {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("    FAILED: {e:#}");
+                for &w in &args.workers {
+                    fig.runs.push(Err((label.to_string(), w, format!("{e:#}"))));
+                }
+                continue;
+            }
+        };
+        for &w in &args.workers {
+            eprintln!("[2] {label}, {w} worker(s) x --concurrency {}: {n} async invokes, {} in flight", args.concurrency, args.in_flight);
+            match m.throughput(w, n).await {
+                Ok(r) => {
+                    eprintln!(
+                        "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",
+                        r.rate(),
+                        r.completed,
+                        if r.incomplete { ", INCOMPLETE" } else { "" },
+                        r.publish_rate()
+                    );
+                    fig.runs.push(Ok(r));
+                }
+                Err(e) => {
+                    eprintln!("    FAILED: {e:#}");
+                    fig.runs.push(Err((label.to_string(), w, format!("{e:#}"))));
+                }
+            }
+        }
+        if store == "postgres" {
+            let base = fig
+                .runs
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .find(|r| r.store == "PostgreSQL" && !r.incomplete)
+                .map(|r| r.rate() / r.workers as f64);
+            let rate = args.latency_rate.or(base.map(|b| (b / 2.0).max(1.0)));
+            match rate {
+                Some(rate) => {
+                    eprintln!("[3] latency: sync invokes at {rate:.0}/s for {latency_secs} s, 1 worker, {label}");
+                    let r = m.latency(rate, latency_secs).await.map_err(|e| format!("{e:#}"));
+                    match &r {
+                        Ok(l) => eprintln!("    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms),
+                        Err(e) => eprintln!("    FAILED: {e}"),
+                    }
+                    fig.latency = Some(r);
+                }
+                None => {
+                    fig.latency =
+                        Some(Err("no PostgreSQL throughput figure to derive the offered rate from".into()))
+                }
+            }
+        }
+        let Mesh { mut mgmt, db, amqp, .. } = m;
+        db.close().await;
+        let _ = amqp.close(200, "done".into()).await;
+        mgmt.stop(Duration::from_secs(5));
+    }
+    if let (Some(admin), false) = (&admin, args.no_fresh_db) {
+        if want_pg {
+            drop_fresh_db(admin).await;
+        }
+    }
+
+    let ok = fig.raw_error.is_none()
+        && fig.runs.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
+        && fig.latency.as_ref().is_none_or(|l| l.is_ok());
+    report::print_tables(&ctx, &fig);
+    let json = report::to_json(&ctx, &fig, began.elapsed());
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("\nfigures written to {} (total time {:.0} s)", out.display(), began.elapsed().as_secs_f64());
+    Ok(ok)
+}

@@ -6,6 +6,12 @@
 //! command = ["python3", "main.py"]   # process only; run in the unpacked package folder
 //! timeout_secs = 30          # past this the whole process tree is killed: timed_out
 //! pool = "default"           # the queue (worker pool) it runs on
+//!
+//! [retry]                    # optional; without it a failure is final at once
+//! max_attempts = 5           # attempts in all, the first included
+//! initial_delay_ms = 1000    # delay before the second attempt
+//! max_delay_ms = 60000       # the delay doubles per attempt up to this
+//! jitter = 0.2               # each delay is shortened by a random 0..20 %
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +40,40 @@ pub struct Manifest {
     pub pool: String,
     #[serde(default)]
     pub description: String,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// How failed attempts are retried. The delay is held by the broker (a TTL queue that
+/// dead-letters back into the pool's queue), never by a sleeping consumer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub multiplier: f64,
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 1, initial_delay_ms: 1000, max_delay_ms: 60_000, multiplier: 2.0, jitter: 0.2 }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether a retry policy is in force (more than one attempt).
+    pub fn retries(&self) -> bool {
+        self.max_attempts > 1
+    }
+
+    /// The delay before attempt `failed + 1`, given a uniform random `r` in [0, 1).
+    pub fn delay_ms(&self, failed: u32, r: f64) -> u64 {
+        let exp = self.multiplier.powi(failed.saturating_sub(1).min(60) as i32);
+        let base = (self.initial_delay_ms as f64 * exp).min(self.max_delay_ms as f64);
+        (base * (1.0 - self.jitter * r)).max(1.0) as u64
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -74,6 +114,16 @@ impl Manifest {
         if self.timeout_secs == 0 || self.timeout_secs > 24 * 3600 {
             return bad(format!("timeout_secs = {} must be between 1 and 86400", self.timeout_secs));
         }
+        let r = &self.retry;
+        if r.max_attempts == 0 || r.max_attempts > 100 {
+            return bad(format!("retry.max_attempts = {} must be between 1 and 100", r.max_attempts));
+        }
+        if r.initial_delay_ms == 0 || r.max_delay_ms < r.initial_delay_ms || r.max_delay_ms > 24 * 3600 * 1000 {
+            return bad("retry delays must satisfy 0 < initial_delay_ms <= max_delay_ms <= 86400000".into());
+        }
+        if !(1.0..=10.0).contains(&r.multiplier) || !(0.0..=1.0).contains(&r.jitter) {
+            return bad("retry.multiplier must be in [1, 10] and retry.jitter in [0, 1]".into());
+        }
         match self.runtime {
             Runtime::Process if self.command.is_empty() || self.command[0].is_empty() => {
                 bad("runtime \"process\" needs command = [\"program\", \"arg\", ...]".into())
@@ -95,6 +145,21 @@ mod tests {
         let m = Manifest::parse("name = \"a\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\n").unwrap();
         assert_eq!(m.pool, "default");
         assert_eq!(m.timeout_secs, 300);
+    }
+
+    #[test]
+    fn retry_delays_grow_cap_and_jitter() {
+        let m = Manifest::parse(
+            "name = \"a\"\nruntime = \"echo\"\n[retry]\nmax_attempts = 6\ninitial_delay_ms = 100\nmax_delay_ms = 500\n",
+        )
+        .unwrap();
+        let r = &m.retry;
+        assert!(r.retries());
+        assert_eq!([1, 2, 3, 4].map(|n| r.delay_ms(n, 0.0)), [100, 200, 400, 500]);
+        assert_eq!(r.delay_ms(1, 0.999_999), 80, "20 % jitter at most");
+        assert!(!Manifest::parse("name = \"a\"\nruntime = \"echo\"\n").unwrap().retry.retries());
+        let e = Manifest::parse("name = \"a\"\nruntime = \"echo\"\n[retry]\nmax_attempts = 0\n").unwrap_err();
+        assert!(e.to_string().contains("max_attempts"), "{e}");
     }
 
     #[test]

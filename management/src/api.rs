@@ -10,7 +10,10 @@
 //! | POST | /api/functions/{name}/invoke[?mode=async][&timeout_ms=N] | body = input bytes |
 //! | GET  | /api/invocations/{id} | status, result, error, attempts, worker, timings, logs |
 //! | GET  | /api/invocations/{id}/logs | log lines only |
-//! | GET  | /api/workers | registered workers and their heartbeats |
+//! | GET  | /api/invocations[?function=F][&status=S][&limit=N] | newest first |
+//! | GET  | /api/workers | registered workers, their heartbeats, `lost` when silent too long |
+//! | GET  | /api/dead-letters[?pool=P][&limit=N] | messages kept in the dead-letter queues |
+//! | POST | /api/dead-letters/replay | `{"ids": [...]}` or `{"all": true}` (optional `"pool"`) |
 
 use std::sync::Arc;
 
@@ -24,7 +27,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
-use warren_common::store::{Invocation, LogLine};
+use warren_common::store::{AttemptRecord, Invocation, LogLine};
 
 use crate::{Error, Management};
 
@@ -81,7 +84,10 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/functions/{name}/invoke", post(invoke))
         .route("/api/invocations/{id}", get(get_invocation))
         .route("/api/invocations/{id}/logs", get(get_logs))
+        .route("/api/invocations", get(list_invocations))
         .route("/api/workers", get(list_workers))
+        .route("/api/dead-letters", get(list_dead))
+        .route("/api/dead-letters/replay", post(replay_dead))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api (see README)")
         })
@@ -156,7 +162,8 @@ async fn invoke(
     match accepted.invocation {
         Some(inv) if inv.status.is_final() => {
             let logs = m.store.get_logs(inv.id).await?;
-            Ok((StatusCode::OK, Json(view(&inv, Some(&logs)))).into_response())
+            let attempts = m.store.list_attempts(inv.id).await?;
+            Ok((StatusCode::OK, Json(view(&inv, Some(&logs), Some(&attempts)))).into_response())
         }
         Some(inv) => Ok((
             StatusCode::ACCEPTED,
@@ -189,7 +196,8 @@ async fn get_invocation(
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")))?;
     let logs = m.store.get_logs(id).await?;
-    Ok(Json(view(&inv, Some(&logs))))
+    let attempts = m.store.list_attempts(id).await?;
+    Ok(Json(view(&inv, Some(&logs), Some(&attempts))))
 }
 
 async fn get_logs(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
@@ -200,8 +208,114 @@ async fn get_logs(State(m): State<Arc<Management>>, id: Result<Path<String>, Pat
     Ok(Json(serde_json::to_value(m.store.get_logs(id).await?).unwrap_or_default()))
 }
 
+/// A worker silent for this long is reported `lost` (three missed heartbeats).
+const LOST_AFTER_MS: i64 = 15_000;
+
 async fn list_workers(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
-    Ok(Json(serde_json::to_value(m.store.list_workers().await?).unwrap_or_default()))
+    let now = warren_common::now_ms();
+    let workers: Vec<Value> = m
+        .store
+        .list_workers()
+        .await?
+        .into_iter()
+        .map(|w| {
+            let silent = now - w.last_seen_ms;
+            let mut v = serde_json::to_value(&w).unwrap_or_default();
+            if w.state != "gone" && silent > LOST_AFTER_MS {
+                v["state"] = json!("lost");
+            }
+            v["silent_ms"] = json!(silent);
+            v
+        })
+        .collect();
+    Ok(Json(Value::Array(workers)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    function: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_invocations(
+    State(m): State<Arc<Management>>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(warren_common::store::Status::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("status {s:?} is not one of queued, running, succeeded, failed, timed_out, dead"),
+            )
+        })?),
+    };
+    let filter =
+        warren_common::store::InvocationFilter { function: q.function, status, limit: q.limit.unwrap_or(50).min(1000) };
+    let list = m.store.list_invocations(&filter).await?;
+    Ok(Json(Value::Array(list.iter().map(|i| view(i, None, None)).collect())))
+}
+
+#[derive(Deserialize)]
+struct DeadQuery {
+    pool: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn pools_for(m: &Management, pool: Option<String>) -> ApiResult<Vec<String>> {
+    match pool {
+        Some(p) if warren_common::manifest::valid_name(&p) => Ok(vec![p]),
+        Some(p) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{p:?} is not a pool name"))),
+        None => Ok(m.pools().await?),
+    }
+}
+
+async fn list_dead(State(m): State<Arc<Management>>, q: Result<Query<DeadQuery>, QueryRejection>) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let pools = pools_for(&m, q.pool).await?;
+    let mut counts = serde_json::Map::new();
+    for p in &pools {
+        counts.insert(p.clone(), json!(m.transport.dead_count(p).await.map_err(Error::from)?));
+    }
+    let items = m.dead_letters(&pools, q.limit.unwrap_or(100).min(1000)).await?;
+    Ok(Json(json!({"counts": counts, "items": items})))
+}
+
+#[derive(Deserialize)]
+struct ReplayBody {
+    #[serde(default)]
+    ids: Vec<Uuid>,
+    #[serde(default)]
+    all: bool,
+    pool: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn replay_dead(
+    State(m): State<Arc<Management>>,
+    body: Result<Json<ReplayBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(b) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{}; send {{\"ids\": [\"<invocation id>\", ...]}} or {{\"all\": true}}", e.body_text()),
+        )
+    })?;
+    if b.ids.is_empty() && !b.all {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}",
+        ));
+    }
+    let pools = pools_for(&m, b.pool).await?;
+    let ids = (!b.all).then_some(b.ids.as_slice());
+    let report = m.replay(&pools, ids, b.limit.unwrap_or(10_000).min(100_000)).await?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }
 
 /// Bytes as JSON: the JSON value itself when they are JSON, a string when UTF-8, else base64
@@ -253,9 +367,11 @@ struct InvocationView<'a> {
     duration_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     logs: Option<&'a [LogLine]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt_history: Option<&'a [AttemptRecord]>,
 }
 
-pub fn view(inv: &Invocation, logs: Option<&[LogLine]>) -> Value {
+pub fn view(inv: &Invocation, logs: Option<&[LogLine]>, attempts: Option<&[AttemptRecord]>) -> Value {
     let (input, input_base64) = bytes_value(&inv.payload);
     let (result, result_base64) = inv.result.as_deref().map(bytes_value).unwrap_or((Value::Null, None));
     serde_json::to_value(InvocationView {
@@ -273,8 +389,9 @@ pub fn view(inv: &Invocation, logs: Option<&[LogLine]>) -> Value {
         created_ms: inv.created_ms,
         started_ms: inv.started_ms,
         finished_ms: inv.finished_ms,
-        duration_ms: inv.started_ms.zip(inv.finished_ms).map(|(s, f)| f - s),
+        duration_ms: inv.started_ms.zip(inv.finished_ms).map(|(s, f)| f - s).filter(|_| inv.status.is_final()),
         logs,
+        attempt_history: attempts,
     })
     .unwrap_or_default()
 }

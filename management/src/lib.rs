@@ -65,6 +65,44 @@ pub struct Management {
     declared_pools: DashMap<String, ()>,
 }
 
+/// Wakes sync waiters from completion notices; reopens the notice queue after a broker outage
+/// (notices sent meanwhile are lost, and those waiters read the store at their deadline).
+async fn listen_notices(weak: std::sync::Weak<Management>, mut notices: Box<dyn warren_common::transport::Consumer>) {
+    loop {
+        while let Some(n) = notices.next().await {
+            let Some(m) = weak.upgrade() else { return };
+            match n {
+                Ok(d) => match CompletionNotice::decode(&d.body) {
+                    Ok(notice) => {
+                        if let Some((_, tx)) = m.waiters.remove(&notice.id) {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring an undecodable completion notice"),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "completion notices interrupted; reopening");
+                    break;
+                }
+            }
+        }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let Some(m) = weak.upgrade() else { return };
+            match m.transport.open_notices(&m.instance).await {
+                Ok(c) => {
+                    notices = c;
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot reopen the notice queue yet"),
+            }
+            drop(m);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
 /// Removes a waiter when the waiting request ends, however it ends.
 struct WaiterGuard<'a> {
     map: &'a DashMap<Uuid, oneshot::Sender<()>>,
@@ -75,6 +113,42 @@ impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.map.remove(&self.id);
     }
+}
+
+/// A dead letter as listed: what it was, and why it is there.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub pool: String,
+    pub id: Option<Uuid>,
+    pub function: Option<String>,
+    pub version: Option<i64>,
+    pub attempt: Option<u32>,
+    pub reason: Option<String>,
+    pub bytes: usize,
+}
+
+impl DeadLetter {
+    fn describe(pool: &str, d: &warren_common::transport::Delivery) -> Self {
+        let m = InvocationMessage::decode(&d.body).ok();
+        DeadLetter {
+            pool: pool.to_string(),
+            id: m.as_ref().map(|m| m.id),
+            function: m.as_ref().map(|m| m.function.clone()),
+            version: m.as_ref().map(|m| m.version),
+            attempt: m.as_ref().map(|m| m.attempt),
+            reason: d.reason.clone(),
+            bytes: d.body.len(),
+        }
+    }
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReplayReport {
+    pub replayed: Vec<Uuid>,
+    /// Selected, but their invocation is not dead (any more).
+    pub skipped: Vec<Uuid>,
+    /// Not selected, or not decodable: left in the dead-letter queue.
+    pub kept: usize,
 }
 
 /// An invocation just accepted: its id, and whether its outcome is already known.
@@ -91,7 +165,7 @@ impl Management {
         config: Config,
     ) -> anyhow::Result<Arc<Self>> {
         let instance = Uuid::now_v7().simple().to_string();
-        let mut notices = transport.open_notices(&instance).await?;
+        let notices = transport.open_notices(&instance).await?;
         let m = Arc::new(Management {
             store,
             transport,
@@ -100,26 +174,7 @@ impl Management {
             waiters: DashMap::new(),
             declared_pools: DashMap::new(),
         });
-        let weak = Arc::downgrade(&m);
-        tokio::spawn(async move {
-            while let Some(n) = notices.next().await {
-                let Some(m) = weak.upgrade() else { break };
-                match n {
-                    Ok(d) => match CompletionNotice::decode(&d.body) {
-                        Ok(notice) => {
-                            if let Some((_, tx)) = m.waiters.remove(&notice.id) {
-                                let _ = tx.send(());
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "ignoring an undecodable completion notice"),
-                    },
-                    Err(e) => {
-                        tracing::error!(error = %e, "completion notices stopped; sync invokes will wait for their deadline");
-                        break;
-                    }
-                }
-            }
-        });
+        tokio::spawn(listen_notices(Arc::downgrade(&m), notices));
         Ok(m)
     }
 
@@ -231,6 +286,86 @@ impl Management {
         // Read once: after the notice, or at the deadline in case a notice was lost.
         let inv = self.store.get_invocation(id).await?;
         Ok(Accepted { id, invocation: inv })
+    }
+
+    /// The pools in use: those of every function's active version, and any declared here.
+    pub async fn pools(&self) -> Result<Vec<String>, Error> {
+        let mut pools: std::collections::BTreeSet<String> = self.declared_pools.iter().map(|e| e.key().clone()).collect();
+        pools.insert(warren_common::manifest::default_pool());
+        for f in self.store.list_functions().await? {
+            if let Some(v) = self.store.get_version(&f.name, f.active_version).await? {
+                if let Ok(m) = v.parsed_manifest() {
+                    pools.insert(m.pool);
+                }
+            }
+        }
+        Ok(pools.into_iter().collect())
+    }
+
+    /// Lists up to `limit` dead letters of each pool (they stay in their queues).
+    pub async fn dead_letters(&self, pools: &[String], limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        let mut out = Vec::new();
+        for pool in pools {
+            let taken = self.transport.take_dead(pool, limit).await?;
+            for d in taken {
+                out.push(DeadLetter::describe(pool, &d));
+                d.requeue().await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replays dead letters: each selected one becomes a new attempt of its invocation (not a
+    /// new invocation). `ids = None` selects all. Undecodable messages stay where they are.
+    pub async fn replay(&self, pools: &[String], ids: Option<&[Uuid]>, limit: usize) -> Result<ReplayReport, Error> {
+        let mut report = ReplayReport::default();
+        for pool in pools {
+            for d in self.transport.take_dead(pool, limit).await? {
+                let msg = match InvocationMessage::decode(&d.body) {
+                    Ok(m) if ids.map(|ids| ids.contains(&m.id)).unwrap_or(true) => m,
+                    _ => {
+                        report.kept += 1;
+                        d.requeue().await?;
+                        continue;
+                    }
+                };
+                let Some(attempt) = self.store.replay(msg.id).await? else {
+                    // Not dead in the store (replayed already, or stale): leave it be.
+                    report.skipped.push(msg.id);
+                    d.requeue().await?;
+                    continue;
+                };
+                let again = InvocationMessage { attempt: attempt as u32, notify: None, ..msg };
+                match self.transport.publish(pool, again.encode().into()).await {
+                    Ok(()) => {
+                        d.ack().await?;
+                        report.replayed.push(again.id);
+                    }
+                    Err(e) => {
+                        // Put things back as they were: the message stays dead, and so does
+                        // the invocation.
+                        d.requeue().await?;
+                        let _ = self
+                            .store
+                            .complete(
+                                again.id,
+                                &Outcome {
+                                    status: Status::Dead,
+                                    attempt,
+                                    result: None,
+                                    error: Some(format!("replay failed: {e}")),
+                                    worker: String::new(),
+                                    finished_ms: now_ms(),
+                                    logs: Vec::new(),
+                                },
+                            )
+                            .await;
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        Ok(report)
     }
 
     pub fn clamp_wait(&self, ms: Option<u64>) -> Duration {

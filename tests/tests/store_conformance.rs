@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 use warren_common::manifest::Manifest;
 use warren_common::now_ms;
-use warren_common::store::{Claim, LogLine, NewInvocation, Outcome, Status, Store, WorkerInfo};
+use warren_common::store::{Claim, InvocationFilter, LogLine, NewInvocation, Outcome, Status, Store, WorkerInfo};
 use warren_tests::{pg_url, require_services, unique};
 
 fn manifest(name: &str) -> (Manifest, String) {
@@ -140,6 +140,53 @@ async fn conformance(store: Arc<dyn Store>) {
     let got = store.get_invocation(failed.id).await.unwrap().unwrap();
     assert_eq!((got.status, got.result, got.error.as_deref()), (Status::Failed, None, Some("it broke")));
     assert!(store.get_invocation(Uuid::now_v7()).await.unwrap().is_none());
+
+    // Retries: a failed attempt is recorded and the next one scheduled; a stale copy of the
+    // failed attempt is then superseded; the last attempt ends it dead; a replay revives it.
+    let retried = new_inv(&name, 1);
+    store.create_invocation(&retried).await.unwrap();
+    assert_eq!(store.claim(&retried, 1, "w1", now_ms()).await.unwrap(), Claim::Run);
+    let mut first = outcome(Status::Failed, "w1", 2);
+    first.error = Some("first failure".into());
+    assert!(store.retry_later(retried.id, &first).await.unwrap());
+    let got = store.get_invocation(retried.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.attempts, got.result.clone()), (Status::Queued, 2, None));
+    assert_eq!(store.claim(&retried, 1, "w9", now_ms()).await.unwrap(), Claim::Superseded);
+    assert!(!store.retry_later(retried.id, &first).await.unwrap(), "the same attempt cannot fail twice");
+    assert_eq!(store.claim(&retried, 2, "w2", now_ms()).await.unwrap(), Claim::Run);
+    let mut second = outcome(Status::Dead, "w2", 1);
+    second.attempt = 2;
+    second.logs[0].attempt = 2;
+    second.error = Some("gave up".into());
+    assert!(!store.complete(retried.id, &Outcome { attempt: 1, ..second.clone() }).await.unwrap(), "stale attempt");
+    assert!(store.complete(retried.id, &second).await.unwrap());
+    let attempts = store.list_attempts(retried.id).await.unwrap();
+    let summary: Vec<(i32, Status, Option<&str>)> =
+        attempts.iter().map(|a| (a.attempt, a.status, a.error.as_deref())).collect();
+    assert_eq!(summary, vec![(1, Status::Failed, Some("first failure")), (2, Status::Dead, Some("gave up"))]);
+    let logs = store.get_logs(retried.id).await.unwrap();
+    assert_eq!(logs.iter().map(|l| l.attempt).collect::<Vec<_>>(), vec![1, 1, 2]);
+    assert_eq!(store.replay(retried.id).await.unwrap(), Some(3));
+    assert_eq!(store.replay(retried.id).await.unwrap(), None, "not dead any more");
+    let got = store.get_invocation(retried.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.attempts), (Status::Queued, 3));
+    assert_eq!(store.claim(&retried, 3, "w3", now_ms()).await.unwrap(), Claim::Run);
+    assert_eq!(store.replay(Uuid::now_v7()).await.unwrap(), None);
+
+    // Listing, newest first, filtered.
+    let all = store
+        .list_invocations(&InvocationFilter { function: Some(name.clone()), status: None, limit: 100 })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| (w[0].created_ms, w[0].id) >= (w[1].created_ms, w[1].id)));
+    let failed_only = store
+        .list_invocations(&InvocationFilter { function: Some(name.clone()), status: Some(Status::Failed), limit: 100 })
+        .await
+        .unwrap();
+    assert_eq!(failed_only.iter().map(|i| i.id).collect::<Vec<_>>(), vec![failed.id]);
+    let limited = store.list_invocations(&InvocationFilter { function: None, status: None, limit: 2 }).await.unwrap();
+    assert_eq!(limited.len(), 2);
 
     // Workers: heartbeats upsert.
     let wid = unique("worker");

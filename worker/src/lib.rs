@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dashmap::DashMap;
 use tracing::Instrument;
-use warren_common::manifest::{Manifest, Runtime};
+use warren_common::manifest::{Manifest, RetryPolicy, Runtime};
 use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
 use warren_common::store::{Claim, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
 use warren_common::transport::{Delivery, Transport};
@@ -112,24 +112,17 @@ impl Worker {
     }
 
     /// Runs until `shutdown` turns true, then stops taking work, lets what it holds finish
-    /// (up to `grace`), marks itself gone and returns.
-    pub async fn run(
-        self: Arc<Self>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-        grace: Duration,
-    ) -> anyhow::Result<()> {
+    /// (up to `grace`), marks itself gone and returns. Broker and store outages are ridden
+    /// out: consumers are reopened and store writes retried.
+    pub async fn run(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>, grace: Duration) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.cfg.cache_dir)
             .with_context(|| format!("cannot create the package cache {}", self.cfg.cache_dir.display()))?;
-        self.store.heartbeat(&self.info("running")).await.context("cannot register in the store")?;
+        if let Err(e) = self.store.heartbeat(&self.info("running")).await {
+            tracing::warn!(error = %e, "cannot register in the store yet; will keep trying");
+        }
         let mut tasks = tokio::task::JoinSet::new();
         for (pool, concurrency) in self.cfg.pools.clone() {
-            self.transport.declare_pool(&pool).await.with_context(|| format!("cannot declare pool {pool}"))?;
-            let consumer = self
-                .transport
-                .consume(&pool, concurrency)
-                .await
-                .with_context(|| format!("cannot consume pool {pool}"))?;
-            tasks.spawn(self.clone().consume_loop(pool, consumer, shutdown.clone()));
+            tasks.spawn(self.clone().consume_loop(pool, concurrency, shutdown.clone()));
         }
         tracing::info!(worker = %self.cfg.id, pools = ?self.cfg.pools, "worker started");
         let beat = {
@@ -147,87 +140,100 @@ impl Worker {
                 }
             })
         };
-        let mut failure = None;
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { break; }
-                }
-                done = tasks.join_next() => match done {
-                    None => break,
-                    Some(Ok(Ok(()))) => {}
-                    Some(Ok(Err(e))) => { failure = Some(e); break; }
-                    Some(Err(e)) => { failure = Some(anyhow::anyhow!("consumer task failed: {e}")); break; }
-                }
+        let mut stop = shutdown.clone();
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
             }
         }
-        // Consumers stop at the shutdown signal and wait for their in-flight invocations.
+        tracing::info!(in_flight = self.in_flight.load(Ordering::Relaxed), "draining");
         let _ = self.store.heartbeat(&self.info("draining")).await;
+        // Consumers stop at the signal and wait for their in-flight invocations.
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
             tracing::warn!(
                 in_flight = self.in_flight.load(Ordering::Relaxed),
                 "grace period over; unfinished invocations go back to the queue"
             );
             tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
         beat.abort();
         let _ = self.store.heartbeat(&self.info("gone")).await;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    async fn consume_loop(
-        self: Arc<Self>,
-        pool: String,
-        mut consumer: Box<dyn warren_common::transport::Consumer>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
-        // Prefetch bounds what the broker hands over, so this set never exceeds the concurrency.
-        let mut running = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { break; }
-                }
-                Some(_) = running.join_next(), if !running.is_empty() => {}
-                next = consumer.next() => match next {
-                    Some(Ok(d)) => { running.spawn(self.clone().handle(d)); }
-                    Some(Err(e)) => {
-                        return Err(anyhow::anyhow!("consumer of pool {pool} failed: {e}"));
-                    }
-                    None => return Err(anyhow::anyhow!("the queue of pool {pool} was closed (broker connection lost?)")),
-                }
-            }
-        }
-        drop(consumer);
-        while running.join_next().await.is_some() {}
         Ok(())
     }
 
+    /// Consumes one pool until shutdown, reopening the consumer whenever it ends (broker
+    /// restart, connection loss) with backoff.
+    async fn consume_loop(self: Arc<Self>, pool: String, prefetch: u16, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        // Prefetch bounds what the broker hands over, so this set never exceeds the concurrency.
+        let mut running = tokio::task::JoinSet::new();
+        let mut backoff = Duration::from_millis(100);
+        'outer: while !*shutdown.borrow() {
+            let opened = async {
+                self.transport.declare_pool(&pool).await?;
+                self.transport.consume(&pool, prefetch).await
+            };
+            let mut consumer = tokio::select! {
+                c = opened => match c {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(%pool, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot consume; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => continue,
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => {
+                        if *shutdown.borrow() { break 'outer; }
+                    }
+                    Some(_) = running.join_next(), if !running.is_empty() => {}
+                    next = consumer.next() => match next {
+                        Some(Ok(d)) => { running.spawn(self.clone().handle(pool.clone(), d)); }
+                        Some(Err(e)) => {
+                            tracing::warn!(%pool, error = %e, "consumer failed; reopening");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!(%pool, "consumer closed (broker connection lost?); reopening");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+
     /// Takes one delivery to its end: acked after its outcome is stored, or returned.
-    pub async fn handle(self: Arc<Self>, d: Delivery) {
+    pub async fn handle(self: Arc<Self>, pool: String, d: Delivery) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.handle_inner(d).await;
+        self.handle_inner(&pool, d).await;
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn handle_inner(&self, d: Delivery) {
+    async fn handle_inner(&self, pool: &str, d: Delivery) {
         let msg = match InvocationMessage::decode(&d.body) {
             Ok(m) => m,
             Err(e) => {
                 let reason = e.to_string();
-                tracing::warn!(%reason, "undecodable message");
-                return self.dead_letter(d, &reason).await;
+                tracing::warn!(%pool, %reason, bytes = d.body.len(), "undecodable message; dead-lettering it");
+                return self.dead_letter(pool, d, &reason).await;
             }
         };
         let span = tracing::info_span!("invocation", id = %msg.id, function = %msg.function, version = msg.version, attempt = msg.attempt);
-        self.run_message(msg, d).instrument(span).await
+        self.run_message(pool, msg, d).instrument(span).await
     }
 
-    async fn run_message(&self, msg: InvocationMessage, d: Delivery) {
+    async fn run_message(&self, pool: &str, msg: InvocationMessage, d: Delivery) {
         let inv = NewInvocation {
             id: msg.id,
             function: msg.function.clone(),
@@ -236,43 +242,48 @@ impl Worker {
             created_ms: msg.created_ms,
         };
         let attempt = msg.attempt.max(1) as i32;
-        match self.store.claim(&inv, attempt, &self.cfg.id, now_ms()).await {
-            Ok(Claim::Run) => {}
-            Ok(Claim::AlreadyFinal(status)) => {
+        let claim = self.with_store_retry("claim the invocation", || self.store.claim(&inv, attempt, &self.cfg.id, now_ms())).await;
+        match claim {
+            Some(Claim::Run) => {}
+            Some(Claim::AlreadyFinal(status)) => {
                 tracing::info!(%status, "redelivered invocation already has its outcome; not running it again");
                 self.notify(&msg).await;
                 let _ = d.ack().await;
                 return;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot claim the invocation; returning it to the queue");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(Claim::Superseded) => {
+                tracing::info!("a later attempt of this invocation is scheduled; dropping this stale copy");
+                let _ = d.ack().await;
+                return;
+            }
+            None => {
                 let _ = d.requeue().await;
                 return;
             }
         }
 
-        let run = match self.load(&msg.function, msg.version).await {
-            Ok(loaded) => self.execute(&loaded, &msg, attempt).await,
+        let (run, retry) = match self.load(&msg.function, msg.version).await {
+            Ok(loaded) => (self.execute(&loaded, &msg, attempt).await, loaded.manifest.retry.clone()),
             Err(LoadError::Missing(reason)) => {
                 // No worker could ever run it: keep the message for inspection, record why.
-                if self.transport.dead_letter(d.body.clone(), &reason).await.is_err() {
+                if self.transport.dead_letter(pool, d.body.clone(), &reason).await.is_err() {
                     let _ = d.requeue().await;
                     return;
                 }
-                process::RunOutput { status: Status::Dead, result: None, error: Some(reason), logs: Vec::new() }
+                let dead = process::RunOutput { status: Status::Dead, result: None, error: Some(reason), logs: Vec::new() };
+                (dead, RetryPolicy::default())
             }
             Err(LoadError::Broken(reason)) => {
-                process::RunOutput { status: Status::Failed, result: None, error: Some(reason), logs: Vec::new() }
+                let failed = process::RunOutput { status: Status::Failed, result: None, error: Some(reason), logs: Vec::new() };
+                (failed, RetryPolicy::default())
             }
             Err(LoadError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "cannot load the function version; returning the message");
-                tokio::time::sleep(Duration::from_millis(500)).await;
                 let _ = d.requeue().await;
                 return;
             }
         };
-        let outcome = Outcome {
+        let mut outcome = Outcome {
             status: run.status,
             attempt,
             result: run.result,
@@ -281,7 +292,25 @@ impl Worker {
             finished_ms: now_ms(),
             logs: run.logs,
         };
-        if !self.store_outcome(msg.id, &outcome).await {
+        let failed = matches!(outcome.status, Status::Failed | Status::TimedOut);
+        if failed && retry.retries() {
+            if (attempt as u32) < retry.max_attempts {
+                return self.retry_later(pool, &msg, d, &outcome, &retry).await;
+            }
+            // Out of attempts: the message is kept in the dead-letter queue, the invocation dead.
+            let reason = format!(
+                "gave up after {attempt} attempts: {}",
+                outcome.error.as_deref().unwrap_or("the function failed")
+            );
+            if let Err(e) = self.transport.dead_letter(pool, d.body.clone(), &reason).await {
+                tracing::warn!(error = %e, "cannot dead-letter; returning the message");
+                let _ = d.requeue().await;
+                return;
+            }
+            outcome.status = Status::Dead;
+            outcome.error = Some(reason);
+        }
+        if self.with_store_retry("store the outcome", || self.store.complete(msg.id, &outcome)).await.is_none() {
             let _ = d.requeue().await;
             return;
         }
@@ -292,8 +321,34 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(&self, d: Delivery, reason: &str) {
-        match self.transport.dead_letter(d.body.clone(), reason).await {
+    /// Schedules the next attempt through the broker, records this one, then acks. The retry
+    /// message is published first: if the worker dies after that, the original comes back and
+    /// is recognised as superseded (or, if the record was not written, runs again) — nothing
+    /// is lost either way.
+    async fn retry_later(&self, pool: &str, msg: &InvocationMessage, d: Delivery, outcome: &Outcome, policy: &RetryPolicy) {
+        let delay = Duration::from_millis(policy.delay_ms(outcome.attempt as u32, rand::random::<f64>()));
+        let mut next = msg.clone();
+        next.attempt = outcome.attempt as u32 + 1;
+        if let Err(e) = self.transport.publish_delayed(pool, next.encode().into(), delay).await {
+            tracing::warn!(error = %e, "cannot schedule the retry; returning the message");
+            let _ = d.requeue().await;
+            return;
+        }
+        tracing::info!(
+            status = %outcome.status,
+            next_attempt = next.attempt,
+            delay_ms = delay.as_millis() as u64,
+            "attempt failed; retry scheduled"
+        );
+        if self.with_store_retry("record the failed attempt", || self.store.retry_later(msg.id, outcome)).await.is_none() {
+            let _ = d.requeue().await;
+            return;
+        }
+        let _ = d.ack().await;
+    }
+
+    async fn dead_letter(&self, pool: &str, d: Delivery, reason: &str) {
+        match self.transport.dead_letter(pool, d.body.clone(), reason).await {
             Ok(()) => {
                 let _ = d.ack().await;
             }
@@ -304,26 +359,27 @@ impl Worker {
         }
     }
 
-    /// Stores the outcome, retrying with exponential backoff while the store is unavailable.
-    /// `false` when it could not within `store_retry_for`.
-    async fn store_outcome(&self, id: uuid::Uuid, outcome: &Outcome) -> bool {
+    /// Runs a store operation, retrying with exponential backoff while the store is
+    /// unavailable, for up to `store_retry_for`. `None` when it never succeeded: the caller
+    /// returns the message to the queue instead of acking it.
+    async fn with_store_retry<T, F, Fut>(&self, what: &str, op: F) -> Option<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let deadline = tokio::time::Instant::now() + self.cfg.store_retry_for;
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.store.complete(id, outcome).await {
-                Ok(true) => return true,
-                Ok(false) => {
-                    tracing::info!("another attempt stored this invocation's outcome first; keeping that one");
-                    return true;
-                }
+            match op().await {
+                Ok(v) => return Some(v),
                 Err(e) if tokio::time::Instant::now() + delay < deadline => {
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot store the outcome");
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot {what}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot store the outcome; returning the message to the queue");
-                    return false;
+                    tracing::error!(error = %e, "cannot {what}; returning the message to the queue");
+                    return None;
                 }
             }
         }

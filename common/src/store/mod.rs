@@ -173,6 +173,26 @@ pub enum Claim {
     Run,
     /// Already has its final record (a redelivery): ack without running.
     AlreadyFinal(Status),
+    /// A later attempt is scheduled already (this message is a stale copy): ack without running.
+    Superseded,
+}
+
+/// One attempt of an invocation, as recorded when it ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub status: Status,
+    pub error: Option<String>,
+    pub worker: String,
+    pub finished_ms: i64,
+}
+
+/// Which invocations to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct InvocationFilter {
+    pub function: Option<String>,
+    pub status: Option<Status>,
+    pub limit: u32,
 }
 
 #[async_trait]
@@ -197,15 +217,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records an invocation as `queued` (before its message is published).
     async fn create_invocation(&self, inv: &NewInvocation) -> Result<()>;
-    /// Marks an invocation `running` on `worker` for `attempt`, unless it is final already.
-    /// Creates the record if it does not exist (a message published by another path).
+    /// Marks an invocation `running` on `worker` for `attempt`, unless it is final already or
+    /// a later attempt is scheduled. Creates the record if it does not exist (a message
+    /// published by another path).
     async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim>;
-    /// Stores an outcome and its log lines if the invocation is not final yet. Returns `false`
-    /// (and stores nothing) when it already was: the first final record wins.
+    /// Stores the final outcome of `outcome.attempt`, its attempt record and its log lines, if
+    /// the invocation is not final yet and no later attempt is scheduled. Returns `false` (and
+    /// stores nothing) otherwise: the first final record wins.
     async fn complete(&self, id: Uuid, outcome: &Outcome) -> Result<bool>;
+    /// Records a failed attempt (its record and log lines) and schedules attempt
+    /// `outcome.attempt + 1`: the invocation goes back to `queued`. `false` when the invocation
+    /// is final or moved past this attempt already.
+    async fn retry_later(&self, id: Uuid, outcome: &Outcome) -> Result<bool>;
+    /// Turns a `dead` invocation back to `queued` for one more attempt; returns that attempt's
+    /// number, or `None` when the invocation is not dead (any more).
+    async fn replay(&self, id: Uuid) -> Result<Option<i32>>;
     async fn get_invocation(&self, id: Uuid) -> Result<Option<Invocation>>;
+    /// Newest first.
+    async fn list_invocations(&self, filter: &InvocationFilter) -> Result<Vec<Invocation>>;
     /// In attempt, then line order.
     async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>>;
+    /// The attempts that ended, in order.
+    async fn list_attempts(&self, id: Uuid) -> Result<Vec<AttemptRecord>>;
 
     async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()>;
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
@@ -220,6 +253,19 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         Ok(Arc::new(mssql::MssqlStore::open(url).await?))
     } else {
         Err(StoreError::BadUrl(url.to_string()))
+    }
+}
+
+/// What a claim that changed nothing means, from the invocation's current state.
+pub(crate) fn claim_verdict(status: Status, recorded_attempts: i32, attempt: i32) -> Claim {
+    if status.is_final() {
+        Claim::AlreadyFinal(status)
+    } else if recorded_attempts > attempt {
+        Claim::Superseded
+    } else {
+        // Lost a race with another claim of the same attempt: running it again is the
+        // at-least-once side of the contract, and only one outcome will be kept.
+        Claim::Run
     }
 }
 

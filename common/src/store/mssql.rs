@@ -68,6 +68,14 @@ pub const SCHEMA: &[&str] = &[
         started_ms BIGINT NOT NULL,
         last_seen_ms BIGINT NOT NULL,
         state NVARCHAR(16) NOT NULL)",
+    "CREATE TABLE warren_attempts (
+        invocation NVARCHAR(36) NOT NULL,
+        attempt INT NOT NULL,
+        status NVARCHAR(16) NOT NULL,
+        error NVARCHAR(MAX) NULL,
+        worker NVARCHAR(200) NOT NULL,
+        finished_ms BIGINT NOT NULL,
+        CONSTRAINT pk_warren_attempts PRIMARY KEY (invocation, attempt))",
 ];
 
 const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -97,15 +105,26 @@ const CREATE_INVOCATION: &str =
      VALUES (@P1, @P2, @P3, 'queued', 0, @P4, @P5)";
 const CLAIM_UPDATE: &str =
     "UPDATE warren_invocations SET status = 'running', attempts = @P1, worker = @P2, started_ms = @P3
-     WHERE id = @P4 AND status IN ('queued', 'running')";
+     WHERE id = @P4 AND status IN ('queued', 'running') AND attempts <= @P1";
 const CLAIM_INSERT: &str = "INSERT INTO warren_invocations
      (id, function_name, version, status, attempts, payload, worker, created_ms, started_ms)
      SELECT @P1, @P2, @P3, 'running', @P4, @P5, @P6, @P7, @P8
      WHERE NOT EXISTS (SELECT 1 FROM warren_invocations WHERE id = @P1)";
-const GET_STATUS: &str = "SELECT status FROM warren_invocations WHERE id = @P1";
+const GET_STATUS: &str = "SELECT status, attempts FROM warren_invocations WHERE id = @P1";
 const COMPLETE: &str = "UPDATE warren_invocations
      SET status = @P1, attempts = @P2, result = @P3, error = @P4, worker = @P5, finished_ms = @P6
-     WHERE id = @P7 AND status IN ('queued', 'running')";
+     WHERE id = @P7 AND status IN ('queued', 'running') AND attempts <= @P2";
+const RETRY_LATER: &str = "UPDATE warren_invocations
+     SET status = @P1, attempts = @P2 + 1, result = @P3, error = @P4, worker = @P5, finished_ms = @P6
+     WHERE id = @P7 AND status IN ('queued', 'running') AND attempts <= @P2";
+const INSERT_ATTEMPT: &str = "INSERT INTO warren_attempts (invocation, attempt, status, error, worker, finished_ms)
+     VALUES (@P1, @P2, @P3, @P4, @P5, @P6)";
+const REPLAY: &str = "UPDATE warren_invocations SET status = 'queued', attempts = @P1, finished_ms = NULL
+     WHERE id = @P2 AND status = 'dead' AND attempts = @P3";
+const LIST_ATTEMPTS: &str =
+    "SELECT attempt, status, error, worker, finished_ms FROM warren_attempts WHERE invocation = @P1 ORDER BY attempt";
+const INVOCATION_SELECT: &str = "SELECT TOP (@P1) id, function_name, version, status, attempts, payload, result,
+     error, worker, created_ms, started_ms, finished_ms FROM warren_invocations WHERE 1 = 1";
 const INSERT_LOGS_PREFIX: &str = "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ";
 const GET_INVOCATION: &str = "SELECT id, function_name, version, status, attempts, payload, result, error, worker,
      created_ms, started_ms, finished_ms FROM warren_invocations WHERE id = @P1";
@@ -157,12 +176,34 @@ pub fn statements() -> Vec<String> {
             BEGIN,
             COMMIT,
             ROLLBACK,
+            RETRY_LATER,
+            INSERT_ATTEMPT,
+            REPLAY,
+            LIST_ATTEMPTS,
         ]
         .iter()
         .map(|s| s.to_string()),
     );
     all.push(insert_logs_sql(2));
+    for (f, st) in [(false, false), (true, false), (false, true), (true, true)] {
+        all.push(list_invocations_sql(f, st));
+    }
     all
+}
+
+fn list_invocations_sql(function: bool, status: bool) -> String {
+    let mut sql = String::from(INVOCATION_SELECT);
+    let mut n = 1;
+    if function {
+        n += 1;
+        sql.push_str(&format!(" AND function_name = @P{n}"));
+    }
+    if status {
+        n += 1;
+        sql.push_str(&format!(" AND status = @P{n}"));
+    }
+    sql.push_str(" ORDER BY created_ms DESC, id DESC");
+    sql
 }
 
 fn insert_logs_sql(rows: usize) -> String {
@@ -295,6 +336,23 @@ fn function_from(r: &Row) -> Result<FunctionInfo> {
     })
 }
 
+fn invocation_from(r: &Row) -> Result<Invocation> {
+    Ok(Invocation {
+        id: parse_uuid(col::<&str>(r, 0)?)?,
+        function: col::<&str>(r, 1)?.to_string(),
+        version: col(r, 2)?,
+        status: parse_status(col::<&str>(r, 3)?)?,
+        attempts: col(r, 4)?,
+        payload: col::<&[u8]>(r, 5)?.to_vec(),
+        result: opt::<&[u8]>(r, 6)?.map(|b| b.to_vec()),
+        error: opt::<&str>(r, 7)?.map(str::to_string),
+        worker: opt::<&str>(r, 8)?.map(str::to_string),
+        created_ms: col(r, 9)?,
+        started_ms: opt(r, 10)?,
+        finished_ms: opt(r, 11)?,
+    })
+}
+
 fn worker_from(r: &Row) -> Result<WorkerInfo> {
     Ok(WorkerInfo {
         id: col::<&str>(r, 0)?.to_string(),
@@ -352,6 +410,49 @@ impl MssqlStore {
         }
         .await;
         c.simple_query(MIGRATE_UNLOCK).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        result
+    }
+
+    /// See `SqlxStore::end_attempt`: the update, then the attempt record and log lines, in one
+    /// transaction, only if the update touched the invocation.
+    async fn end_attempt(&self, id: Uuid, o: &Outcome, update: &str, status: Status) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let id = id.to_string();
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            let result = if status.is_final() { o.result.as_deref() } else { None };
+            let updated = c
+                .execute(
+                    update,
+                    &[&status.as_str(), &o.attempt, &result, &o.error.as_deref(), &o.worker.as_str(), &o.finished_ms, &id.as_str()],
+                )
+                .await
+                .map_err(unavailable)?;
+            if updated.total() == 0 {
+                return Ok(false);
+            }
+            c.execute(
+                INSERT_ATTEMPT,
+                &[&id.as_str(), &o.attempt, &o.status.as_str(), &o.error.as_deref(), &o.worker.as_str(), &o.finished_ms],
+            )
+            .await
+            .map_err(unavailable)?;
+            for chunk in o.logs.chunks(LOG_ROWS_PER_INSERT) {
+                let sql = insert_logs_sql(chunk.len());
+                let mut params: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 5);
+                for l in chunk {
+                    params.push(&id);
+                    params.push(&l.attempt);
+                    params.push(&l.seq);
+                    params.push(&l.ts_ms);
+                    params.push(&l.line);
+                }
+                c.execute(sql, &params).await.map_err(unavailable)?;
+            }
+            Ok(true)
+        }
+        .await;
+        finish(&mut c, matches!(result, Ok(true))).await?;
         result
     }
 
@@ -483,73 +584,63 @@ impl Store for MssqlStore {
         let row =
             c.query(GET_STATUS, &[&id.as_str()]).await.map_err(unavailable)?.into_row().await.map_err(unavailable)?;
         let row = row.ok_or_else(|| StoreError::Corrupt(format!("invocation {id} vanished while claimed")))?;
-        let status = parse_status(col::<&str>(&row, 0)?)?;
-        Ok(if status.is_final() { Claim::AlreadyFinal(status) } else { Claim::Run })
+        Ok(claim_verdict(parse_status(col::<&str>(&row, 0)?)?, col(&row, 1)?, attempt))
     }
 
     async fn complete(&self, id: Uuid, o: &Outcome) -> Result<bool> {
+        self.end_attempt(id, o, COMPLETE, o.status).await
+    }
+
+    async fn retry_later(&self, id: Uuid, o: &Outcome) -> Result<bool> {
+        self.end_attempt(id, o, RETRY_LATER, Status::Queued).await
+    }
+
+    async fn replay(&self, id: Uuid) -> Result<Option<i32>> {
+        let Some(inv) = self.get_invocation(id).await? else { return Ok(None) };
+        if inv.status != Status::Dead {
+            return Ok(None);
+        }
+        let next = inv.attempts + 1;
         let mut c = self.conn().await?;
         let id = id.to_string();
-        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
-        let result = async {
-            let updated = c
-                .execute(
-                    COMPLETE,
-                    &[
-                        &o.status.as_str(),
-                        &o.attempt,
-                        &o.result.as_deref(),
-                        &o.error.as_deref(),
-                        &o.worker.as_str(),
-                        &o.finished_ms,
-                        &id.as_str(),
-                    ],
-                )
-                .await
-                .map_err(unavailable)?;
-            if updated.total() == 0 {
-                return Ok(false);
-            }
-            for chunk in o.logs.chunks(LOG_ROWS_PER_INSERT) {
-                let sql = insert_logs_sql(chunk.len());
-                let mut params: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 5);
-                for l in chunk {
-                    params.push(&id);
-                    params.push(&l.attempt);
-                    params.push(&l.seq);
-                    params.push(&l.ts_ms);
-                    params.push(&l.line);
-                }
-                c.execute(sql, &params).await.map_err(unavailable)?;
-            }
-            Ok(true)
-        }
-        .await;
-        finish(&mut c, matches!(result, Ok(true))).await?;
-        result
+        let r = c.execute(REPLAY, &[&next, &id.as_str(), &inv.attempts]).await.map_err(unavailable)?;
+        Ok((r.total() == 1).then_some(next))
     }
 
     async fn get_invocation(&self, id: Uuid) -> Result<Option<Invocation>> {
         let id = id.to_string();
-        let rows = self.rows(GET_INVOCATION, &[&id.as_str()]).await?;
-        rows.first()
+        self.rows(GET_INVOCATION, &[&id.as_str()]).await?.first().map(invocation_from).transpose()
+    }
+
+    async fn list_invocations(&self, f: &InvocationFilter) -> Result<Vec<Invocation>> {
+        let sql = list_invocations_sql(f.function.is_some(), f.status.is_some());
+        let limit = f.limit.clamp(1, 10_000) as i64;
+        let mut params: Vec<&dyn ToSql> = vec![&limit];
+        if let Some(func) = &f.function {
+            params.push(func);
+        }
+        let status = f.status.map(|s| s.as_str());
+        if let Some(st) = &status {
+            params.push(st);
+        }
+        self.rows(&sql, &params).await?.iter().map(invocation_from).collect()
+    }
+
+    async fn list_attempts(&self, id: Uuid) -> Result<Vec<AttemptRecord>> {
+        let id = id.to_string();
+        self.rows(LIST_ATTEMPTS, &[&id.as_str()])
+            .await?
+            .iter()
             .map(|r| {
-                Ok(Invocation {
-                    id: parse_uuid(col::<&str>(r, 0)?)?,
-                    function: col::<&str>(r, 1)?.to_string(),
-                    version: col(r, 2)?,
-                    status: parse_status(col::<&str>(r, 3)?)?,
-                    attempts: col(r, 4)?,
-                    payload: col::<&[u8]>(r, 5)?.to_vec(),
-                    result: opt::<&[u8]>(r, 6)?.map(|b| b.to_vec()),
-                    error: opt::<&str>(r, 7)?.map(str::to_string),
-                    worker: opt::<&str>(r, 8)?.map(str::to_string),
-                    created_ms: col(r, 9)?,
-                    started_ms: opt(r, 10)?,
-                    finished_ms: opt(r, 11)?,
+                Ok(AttemptRecord {
+                    attempt: col(r, 0)?,
+                    status: parse_status(col::<&str>(r, 1)?)?,
+                    error: opt::<&str>(r, 2)?.map(str::to_string),
+                    worker: col::<&str>(r, 3)?.to_string(),
+                    finished_ms: col(r, 4)?,
                 })
             })
-            .transpose()
+            .collect()
     }
 
     async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>> {

@@ -34,8 +34,9 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 /// The schema, in order; each step runs once (recorded in `warren_schema`).
 fn schema(kind: Kind) -> Vec<String> {
     let blob = if kind == Kind::Postgres { "BYTEA" } else { "BLOB" };
-    vec![format!(
-        "CREATE TABLE IF NOT EXISTS warren_functions (
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS warren_functions (
             name TEXT PRIMARY KEY,
             active_version BIGINT NOT NULL,
             created_ms BIGINT NOT NULL,
@@ -81,7 +82,18 @@ fn schema(kind: Kind) -> Vec<String> {
             started_ms BIGINT NOT NULL,
             last_seen_ms BIGINT NOT NULL,
             state TEXT NOT NULL);"
-    )]
+        ),
+        // Step 2: one record per ended attempt (retries).
+        "CREATE TABLE IF NOT EXISTS warren_attempts (
+            invocation TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            worker TEXT NOT NULL,
+            finished_ms BIGINT NOT NULL,
+            PRIMARY KEY (invocation, attempt));"
+            .to_string(),
+    ]
 }
 
 const VERSION_COLUMNS: &str = "name, version, sha256, manifest, size, created_ms";
@@ -194,6 +206,61 @@ impl SqlxStore {
             Kind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable),
             Kind::Postgres => self.pool.begin().await.map_err(unavailable),
         }
+    }
+
+    /// Ends one attempt: `update` (which must touch the invocation only if it is not final and
+    /// not past `attempt`; parameters $1..$7 = status, attempt, result, error, worker,
+    /// finished_ms, id) and, if it did, the attempt record and the log lines, in one transaction.
+    async fn end_attempt(&self, id: Uuid, o: &Outcome, update: &str, status: Status, attempt: i32) -> Result<bool> {
+        let id = id.to_string();
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(update)
+            .bind(status.as_str())
+            .bind(attempt)
+            .bind(if status.is_final() { o.result.clone() } else { None })
+            .bind(o.error.clone())
+            .bind(&o.worker)
+            .bind(o.finished_ms)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        if updated.rows_affected() == 0 {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO warren_attempts (invocation, attempt, status, error, worker, finished_ms)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&id)
+        .bind(attempt)
+        .bind(o.status.as_str())
+        .bind(o.error.clone())
+        .bind(&o.worker)
+        .bind(o.finished_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        // Multi-row inserts, in chunks that stay under SQLite's parameter limit.
+        for chunk in o.logs.chunks(200) {
+            let mut sql = String::from("INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ");
+            for i in 0..chunk.len() {
+                let b = i * 5;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING");
+            let mut q = sqlx::query(&sql);
+            for l in chunk {
+                q = q.bind(&id).bind(l.attempt).bind(l.seq).bind(l.ts_ms).bind(&l.line);
+            }
+            q.execute(&mut *tx).await.map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -396,7 +463,7 @@ impl Store for SqlxStore {
         let id = inv.id.to_string();
         let updated = sqlx::query(
             "UPDATE warren_invocations SET status = 'running', attempts = $1, worker = $2, started_ms = $3
-             WHERE id = $4 AND status IN ('queued', 'running')",
+             WHERE id = $4 AND status IN ('queued', 'running') AND attempts <= $1",
         )
         .bind(attempt)
         .bind(worker)
@@ -408,7 +475,7 @@ impl Store for SqlxStore {
         if updated.rows_affected() == 1 {
             return Ok(Claim::Run);
         }
-        // Either final already, or never recorded: insert unless present.
+        // Final, superseded, or never recorded: insert unless present.
         let inserted = sqlx::query(
             "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, worker, created_ms, started_ms)
              VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
@@ -427,57 +494,60 @@ impl Store for SqlxStore {
         if inserted.rows_affected() == 1 {
             return Ok(Claim::Run);
         }
-        let status: String = sqlx::query("SELECT status FROM warren_invocations WHERE id = $1")
+        let row = sqlx::query("SELECT status, attempts FROM warren_invocations WHERE id = $1")
             .bind(&id)
             .fetch_one(&self.pool)
             .await
-            .and_then(|r| r.try_get(0))
             .map_err(unavailable)?;
-        let status = parse_status(&status)?;
-        Ok(if status.is_final() { Claim::AlreadyFinal(status) } else { Claim::Run })
+        let status = parse_status(&row.try_get::<String, _>(0).map_err(unavailable)?)?;
+        let attempts: i32 = row.try_get(1).map_err(unavailable)?;
+        Ok(claim_verdict(status, attempts, attempt))
     }
 
     async fn complete(&self, id: Uuid, o: &Outcome) -> Result<bool> {
-        let id = id.to_string();
-        let mut tx = self.begin().await?;
-        let updated = sqlx::query(
+        self.end_attempt(
+            id,
+            o,
             "UPDATE warren_invocations SET status = $1, attempts = $2, result = $3, error = $4, worker = $5, finished_ms = $6
-             WHERE id = $7 AND status IN ('queued', 'running')",
+             WHERE id = $7 AND status IN ('queued', 'running') AND attempts <= $2",
+            o.status,
+            o.attempt,
         )
-        .bind(o.status.as_str())
-        .bind(o.attempt)
-        .bind(o.result.clone())
-        .bind(o.error.clone())
-        .bind(&o.worker)
-        .bind(o.finished_ms)
-        .bind(&id)
-        .execute(&mut *tx)
+        .await
+    }
+
+    async fn retry_later(&self, id: Uuid, o: &Outcome) -> Result<bool> {
+        // The next attempt's number goes in at once: a stale copy of this attempt's message is
+        // then recognised (Claim::Superseded) instead of running beside the retry.
+        self.end_attempt(
+            id,
+            o,
+            "UPDATE warren_invocations SET status = $1, attempts = $2 + 1, result = $3, error = $4, worker = $5,
+               finished_ms = $6
+             WHERE id = $7 AND status IN ('queued', 'running') AND attempts <= $2",
+            Status::Queued,
+            o.attempt,
+        )
+        .await
+    }
+
+    async fn replay(&self, id: Uuid) -> Result<Option<i32>> {
+        let Some(inv) = self.get_invocation(id).await? else { return Ok(None) };
+        if inv.status != Status::Dead {
+            return Ok(None);
+        }
+        let next = inv.attempts + 1;
+        let updated = sqlx::query(
+            "UPDATE warren_invocations SET status = 'queued', attempts = $1, finished_ms = NULL
+             WHERE id = $2 AND status = 'dead' AND attempts = $3",
+        )
+        .bind(next)
+        .bind(id.to_string())
+        .bind(inv.attempts)
+        .execute(&self.pool)
         .await
         .map_err(unavailable)?;
-        if updated.rows_affected() == 0 {
-            tx.rollback().await.map_err(unavailable)?;
-            return Ok(false);
-        }
-        // Multi-row inserts, in chunks that stay under SQLite's parameter limit.
-        for chunk in o.logs.chunks(200) {
-            let mut sql = String::from("INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ");
-            for i in 0..chunk.len() {
-                let b = i * 5;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
-            }
-            // A retried attempt may have stored some lines already.
-            sql.push_str(" ON CONFLICT DO NOTHING");
-            let mut q = sqlx::query(&sql);
-            for l in chunk {
-                q = q.bind(&id).bind(l.attempt).bind(l.seq).bind(l.ts_ms).bind(&l.line);
-            }
-            q.execute(&mut *tx).await.map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(true)
+        Ok((updated.rows_affected() == 1).then_some(next))
     }
 
     async fn get_invocation(&self, id: Uuid) -> Result<Option<Invocation>> {
@@ -487,6 +557,50 @@ impl Store for SqlxStore {
             .await
             .map_err(unavailable)?;
         row.as_ref().map(invocation_from).transpose()
+    }
+
+    async fn list_invocations(&self, f: &InvocationFilter) -> Result<Vec<Invocation>> {
+        let mut sql = format!("SELECT {INVOCATION_COLUMNS} FROM warren_invocations WHERE 1 = 1");
+        let mut n = 0;
+        if f.function.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND function = ${n}"));
+        }
+        if f.status.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND status = ${n}"));
+        }
+        sql.push_str(&format!(" ORDER BY created_ms DESC, id DESC LIMIT ${}", n + 1));
+        let mut q = sqlx::query(&sql);
+        if let Some(func) = &f.function {
+            q = q.bind(func);
+        }
+        if let Some(st) = f.status {
+            q = q.bind(st.as_str());
+        }
+        let rows = q.bind(f.limit.clamp(1, 10_000) as i64).fetch_all(&self.pool).await.map_err(unavailable)?;
+        rows.iter().map(invocation_from).collect()
+    }
+
+    async fn list_attempts(&self, id: Uuid) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT attempt, status, error, worker, finished_ms FROM warren_attempts WHERE invocation = $1 ORDER BY attempt",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRecord {
+                    attempt: r.try_get(0).map_err(unavailable)?,
+                    status: parse_status(&r.try_get::<String, _>(1).map_err(unavailable)?)?,
+                    error: r.try_get(2).map_err(unavailable)?,
+                    worker: r.try_get(3).map_err(unavailable)?,
+                    finished_ms: r.try_get(4).map_err(unavailable)?,
+                })
+            })
+            .collect()
     }
 
     async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>> {

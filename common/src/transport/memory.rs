@@ -11,6 +11,7 @@ use bytes::Bytes;
 use dashmap_lite::Map;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+
 use super::{Acker, Consumer, Delivery, QueueStats, Result, Transport, TransportError};
 
 /// How long `publish` waits for room in a full queue before answering [`TransportError::Full`].
@@ -19,6 +20,7 @@ const FULL_WAIT: Duration = Duration::from_secs(5);
 struct Message {
     body: Bytes,
     redelivered: bool,
+    reason: Option<String>,
 }
 
 struct Queue {
@@ -49,14 +51,14 @@ impl Queue {
         self.items.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn push(&self, body: Bytes) -> Result<()> {
+    async fn push(&self, body: Bytes, reason: Option<String>) -> Result<()> {
         let deadline = tokio::time::Instant::now() + FULL_WAIT;
         loop {
             let room = self.left.notified();
             {
                 let mut q = self.lock();
                 if q.len() < self.capacity {
-                    q.push_back(Message { body, redelivered: false });
+                    q.push_back(Message { body, redelivered: false, reason });
                     drop(q);
                     self.arrived.notify_one();
                     return Ok(());
@@ -69,8 +71,8 @@ impl Queue {
     }
 
     /// Puts a returned message at the front: it was taken first, so it goes out first.
-    fn give_back(&self, body: Bytes) {
-        self.lock().push_front(Message { body, redelivered: true });
+    fn give_back(&self, body: Bytes, reason: Option<String>) {
+        self.lock().push_front(Message { body, redelivered: true, reason });
         self.arrived.notify_one();
     }
 
@@ -99,7 +101,8 @@ impl Queue {
 pub(crate) struct MemAcker {
     queue: Arc<Queue>,
     body: Option<Bytes>,
-    _permit: OwnedSemaphorePermit,
+    reason: Option<String>,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl MemAcker {
@@ -114,7 +117,7 @@ impl MemAcker {
 impl Drop for MemAcker {
     fn drop(&mut self) {
         if let Some(body) = self.body.take() {
-            self.queue.give_back(body);
+            self.queue.give_back(body, self.reason.take());
         }
     }
 }
@@ -132,7 +135,14 @@ impl Consumer for MemConsumer {
         Some(Ok(Delivery {
             body: m.body.clone(),
             redelivered: m.redelivered,
-            acker: Acker::Memory(MemAcker { queue: self.queue.clone(), body: Some(m.body), _permit: permit }),
+            reason: None,
+            acker: Acker::Memory(MemAcker {
+                queue: self.queue.clone(),
+                body: Some(m.body),
+                reason: m.reason,
+                _permit: Some(permit),
+            }),
+            _keep: None,
         }))
     }
 }
@@ -151,7 +161,7 @@ struct NoticeConsumer {
 impl Consumer for NoticeConsumer {
     async fn next(&mut self) -> Option<Result<Delivery>> {
         let body = self.rx.recv().await?;
-        Some(Ok(Delivery { body, redelivered: false, acker: Acker::None }))
+        Some(Ok(Delivery { body, redelivered: false, reason: None, acker: Acker::None, _keep: None }))
     }
 }
 
@@ -182,12 +192,44 @@ impl Transport for MemoryTransport {
     }
 
     async fn publish(&self, pool: &str, body: Bytes) -> Result<()> {
-        self.queue(&crate::topology::pool_queue(pool)).push(body).await
+        self.queue(&crate::topology::pool_queue(pool)).push(body, None).await
     }
 
-    async fn dead_letter(&self, body: Bytes, reason: &str) -> Result<()> {
-        tracing::warn!(reason, "message dead-lettered");
-        self.queue(crate::topology::DEAD_QUEUE).push(body).await
+    async fn publish_delayed(&self, pool: &str, body: Bytes, delay: Duration) -> Result<()> {
+        // Held by a timer task; like everything in this transport it lives as long as the process.
+        let queue = self.queue(&crate::topology::pool_queue(pool));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(e) = queue.push(body, None).await {
+                tracing::error!(error = %e, "a delayed message could not be queued");
+            }
+        });
+        Ok(())
+    }
+
+    async fn dead_letter(&self, pool: &str, body: Bytes, reason: &str) -> Result<()> {
+        tracing::warn!(pool, reason, "message dead-lettered");
+        self.queue(&crate::topology::dead_queue(pool)).push(body, Some(reason.to_string())).await
+    }
+
+    async fn take_dead(&self, pool: &str, max: usize) -> Result<Vec<Delivery>> {
+        let queue = self.queue(&crate::topology::dead_queue(pool));
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(m) = queue.lock().pop_front() else { break };
+            out.push(Delivery {
+                body: m.body.clone(),
+                redelivered: m.redelivered,
+                reason: m.reason.clone(),
+                acker: Acker::Memory(MemAcker { queue: queue.clone(), body: Some(m.body), reason: m.reason, _permit: None }),
+                _keep: None,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn dead_count(&self, pool: &str) -> Result<u64> {
+        Ok(self.queue(&crate::topology::dead_queue(pool)).lock().len() as u64)
     }
 
     async fn consume(&self, pool: &str, prefetch: u16) -> Result<Box<dyn Consumer>> {

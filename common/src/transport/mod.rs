@@ -35,13 +35,18 @@ pub struct QueueStats {
 
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
-    /// Declares a pool's queue and the shared exchanges (idempotent).
+    /// Declares a pool's queue, its dead-letter queue and the shared exchanges (idempotent).
     async fn declare_pool(&self, pool: &str) -> Result<()>;
     /// Queues one invocation for a pool; returns once the broker confirmed it.
     async fn publish(&self, pool: &str, body: Bytes) -> Result<()>;
-    /// Moves a message no worker can take to the dead-letter queue, with the reason.
-    /// Returns once confirmed.
-    async fn dead_letter(&self, body: Bytes, reason: &str) -> Result<()>;
+    /// Queues a message for a pool after `delay`, the broker holding it meanwhile. Returns once
+    /// confirmed.
+    async fn publish_delayed(&self, pool: &str, body: Bytes, delay: std::time::Duration) -> Result<()>;
+    /// Moves a message to the pool's dead-letter queue, with the reason. Returns once confirmed.
+    async fn dead_letter(&self, pool: &str, body: Bytes, reason: &str) -> Result<()>;
+    /// Takes up to `max` messages from a pool's dead-letter queue. Each must be acked (gone for
+    /// good) or requeued (kept); dropping one keeps it.
+    async fn take_dead(&self, pool: &str, max: usize) -> Result<Vec<Delivery>>;
     /// Consumes a pool's queue with at most `prefetch` unacked deliveries.
     async fn consume(&self, pool: &str, prefetch: u16) -> Result<Box<dyn Consumer>>;
     /// Opens the completion-notice queue of one management instance.
@@ -51,6 +56,8 @@ pub trait Transport: Send + Sync + 'static {
     async fn notify(&self, notice_queue: &str, body: Bytes) -> Result<()>;
     /// Depth and consumer count of a pool's queue.
     async fn queue_stats(&self, pool: &str) -> Result<QueueStats>;
+    /// Depth of a pool's dead-letter queue.
+    async fn dead_count(&self, pool: &str) -> Result<u64>;
 }
 
 #[async_trait]
@@ -64,7 +71,11 @@ pub trait Consumer: Send {
 pub struct Delivery {
     pub body: Bytes,
     pub redelivered: bool,
+    /// Why it was dead-lettered (dead-letter queues only).
+    pub reason: Option<String>,
     pub(crate) acker: Acker,
+    /// Keeps what the acker needs alive (the channel a message was taken on).
+    pub(crate) _keep: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 pub(crate) enum Acker {

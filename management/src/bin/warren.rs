@@ -93,8 +93,35 @@ enum Command {
         /// A function name, to show its versions.
         name: Option<String>,
     },
-    /// List workers and their last heartbeat.
+    /// List workers and their last heartbeat (`lost` when silent for 15 s).
     Workers,
+    /// Dead letters: messages kept after their last attempt, or that no worker could take.
+    #[command(subcommand)]
+    Dead(DeadCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadCommand {
+    /// List dead letters with the reason each one is there.
+    List {
+        /// Only this pool (default: every pool in use).
+        #[arg(long)]
+        pool: Option<String>,
+        /// At most this many per pool.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Replay dead letters: each becomes a new attempt of its invocation (same id).
+    Replay {
+        /// Invocation ids to replay.
+        ids: Vec<String>,
+        /// Replay every dead letter (of --pool, or of all pools).
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Only this pool.
+        #[arg(long)]
+        pool: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -247,6 +274,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dead(DeadCommand::List { pool, limit }) => {
+            let mut url = api.url(&format!("/api/dead-letters?limit={limit}"));
+            if let Some(p) = &pool {
+                url.push_str(&format!("&pool={p}"));
+            }
+            let (_, v) = api.send(api.http.get(url)).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for (p, n) in v["counts"].as_object().into_iter().flatten() {
+                    println!("pool {p}: {n} dead letters");
+                }
+                for d in v["items"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<36} {:<20} attempt {:<3} {}",
+                        d["id"].as_str().unwrap_or("(undecodable)"),
+                        d["function"].as_str().unwrap_or("-"),
+                        d["attempt"].as_u64().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                        d["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dead(DeadCommand::Replay { ids, all, pool }) => {
+            if ids.is_empty() && !all {
+                anyhow::bail!("name the invocation ids to replay, or pass --all");
+            }
+            let body = serde_json::json!({"ids": ids, "all": all, "pool": pool});
+            let (_, v) = api.send(api.http.post(api.url("/api/dead-letters/replay")).json(&body)).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let replayed = v["replayed"].as_array().map(Vec::len).unwrap_or(0);
+                let skipped = v["skipped"].as_array().map(Vec::len).unwrap_or(0);
+                println!("replayed {replayed}; skipped {skipped} (not dead any more); left {} in place", v["kept"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Workers => {
             let (_, v) = api.send(api.http.get(api.url("/api/workers"))).await?;
             if cli.json {
@@ -327,6 +393,19 @@ fn print_invocation(v: &Value) {
     if !v["result"].is_null() || v["result_base64"].is_string() {
         let r = v["result_base64"].as_str().map(|s| format!("(base64) {s}")).unwrap_or_else(|| show(&v["result"]));
         println!("result    {r}");
+    }
+    let attempts = v["attempt_history"].as_array().cloned().unwrap_or_default();
+    if attempts.len() > 1 || attempts.iter().any(|a| a["status"] != "succeeded") {
+        println!("attempt history");
+        for a in attempts {
+            println!(
+                "  #{} {:<10} {:<24} {}",
+                a["attempt"],
+                a["status"].as_str().unwrap_or("?"),
+                a["worker"].as_str().unwrap_or(""),
+                a["error"].as_str().unwrap_or("")
+            );
+        }
     }
     let logs = v["logs"].as_array().cloned().unwrap_or_default();
     if !logs.is_empty() {

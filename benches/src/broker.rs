@@ -1,0 +1,122 @@
+//! Row 1: the raw broker ceiling, with lapin directly and no Warren code.
+//!
+//! N persistent messages (delivery_mode 2) are published with publisher confirms to a fresh
+//! durable queue, keeping up to `confirm_window` confirms outstanding, on one connection; a
+//! consumer on a second connection (prefetch `prefetch`, manual acks, one ack per message)
+//! drains the queue at the same time. End to end = first publish to last ack.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeleteOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+pub struct RawResult {
+    pub messages: u64,
+    pub body_bytes: usize,
+    pub publish_secs: f64,
+    pub end_to_end_secs: f64,
+}
+
+impl RawResult {
+    pub fn end_to_end_rate(&self) -> f64 {
+        self.messages as f64 / self.end_to_end_secs
+    }
+    pub fn publish_rate(&self) -> f64 {
+        self.messages as f64 / self.publish_secs
+    }
+}
+
+pub async fn connect(url: &str, name: &str) -> Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(Duration::from_secs(15), Connection::connect(url, props))
+        .await
+        .map_err(|_| anyhow::anyhow!("RabbitMQ at {} did not answer within 15 s", redact(url)))?
+        .with_context(|| format!("cannot connect to RabbitMQ at {} (is it running? `rabbitmqctl status`)", redact(url)))
+}
+
+pub fn redact(url: &str) -> String {
+    warren_common::transport::amqp::redact(url)
+}
+
+pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, prefetch: u16) -> Result<RawResult> {
+    let queue = format!("warren-bench.raw.{}", uuid::Uuid::now_v7().simple());
+    let pub_conn = connect(url, "warren-bench-raw-publisher").await?;
+    let sub_conn = connect(url, "warren-bench-raw-consumer").await?;
+
+    let pub_ch = pub_conn.create_channel().await?;
+    pub_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    pub_ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+
+    let sub_ch = sub_conn.create_channel().await?;
+    sub_ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = sub_ch
+        .basic_consume(queue.as_str().into(), "warren-bench".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+
+    let acked = Arc::new(AtomicU64::new(0));
+    let acked2 = acked.clone();
+    let consume = tokio::spawn(async move {
+        let mut last = Instant::now();
+        while acked2.load(Ordering::Relaxed) < n {
+            match consumer.next().await {
+                Some(Ok(d)) => {
+                    d.acker.ack(BasicAckOptions::default()).await?;
+                    acked2.fetch_add(1, Ordering::Relaxed);
+                    last = Instant::now();
+                }
+                Some(Err(e)) => return Err(anyhow::Error::from(e).context("consumer failed")),
+                None => bail!("the consumer was closed after {} messages", acked2.load(Ordering::Relaxed)),
+            }
+        }
+        Ok::<Instant, anyhow::Error>(last)
+    });
+
+    let body = vec![b'x'; body_bytes];
+    let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/msgpack".into());
+    let start = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut nacked = 0u64;
+    for _ in 0..n {
+        while inflight.len() >= confirm_window {
+            if let Some(c) = inflight.next().await {
+                let c: lapin::Confirmation = c?;
+                if !c.is_ack() {
+                    nacked += 1;
+                }
+            }
+        }
+        let confirm = pub_ch
+            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props.clone())
+            .await?;
+        inflight.push(confirm);
+    }
+    while let Some(c) = inflight.next().await {
+        if !c?.is_ack() {
+            nacked += 1;
+        }
+    }
+    let publish_secs = start.elapsed().as_secs_f64();
+    if nacked > 0 {
+        bail!("the broker nacked {nacked} of {n} messages");
+    }
+
+    let last_ack = match tokio::time::timeout(Duration::from_secs(120), consume).await {
+        Ok(j) => j.context("consumer task")??,
+        Err(_) => bail!("the consumer took over 120 s to drain the queue ({} of {n} acked)", acked.load(Ordering::Relaxed)),
+    };
+    let end_to_end_secs = last_ack.duration_since(start).as_secs_f64();
+
+    let _ = pub_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = sub_conn.close(200, "done".into()).await;
+    let _ = pub_conn.close(200, "done".into()).await;
+    Ok(RawResult { messages: n, body_bytes, publish_secs, end_to_end_secs })
+}

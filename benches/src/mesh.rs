@@ -1,0 +1,618 @@
+//! Rows 2 to 4: the real `warren-management` and `warren-worker` processes on RabbitMQ and a
+//! store, driven through the HTTP API only.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+
+use crate::procs::{self, Child};
+
+/// What every mesh run shares.
+pub struct Settings {
+    pub amqp_url: String,
+    pub bin_dir: PathBuf,
+    pub work_dir: PathBuf,
+    pub concurrency: u16,
+    pub in_flight: usize,
+    pub input_bytes: usize,
+    pub run_timeout: Duration,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn short_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()[20..].to_string()
+}
+
+/// An invocation input of about `len` bytes (a JSON object, so results show as JSON).
+fn input(i: u64, len: usize) -> Vec<u8> {
+    let head = format!("{{\"i\":{i},\"pad\":\"");
+    let pad = len.saturating_sub(head.len() + 2);
+    let mut v = head.into_bytes();
+    v.extend(std::iter::repeat_n(b'x', pad));
+    v.extend_from_slice(b"\"}");
+    v
+}
+
+/// One management process on one store, plus the connections the benchmark reads with.
+pub struct Mesh {
+    pub label: &'static str,
+    pub store_url: String,
+    pub mgmt: Child,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: AnyPool,
+    pub amqp: lapin::Connection,
+    pub settings: Arc<Settings>,
+}
+
+/// CPU seconds used during a measured interval, by role.
+#[derive(Default, Clone, Debug)]
+pub struct CpuUse {
+    pub management: f64,
+    pub workers: f64,
+    pub rabbitmq: f64,
+    pub postgres: f64,
+    pub bench: f64,
+    /// Busy share of the whole machine (all cores), 0..100.
+    pub machine_busy_pct: f64,
+}
+
+struct CpuSnap {
+    mgmt: f64,
+    workers: Vec<f64>,
+    rabbit: HashMap<u32, f64>,
+    pg: HashMap<u32, f64>,
+    bench: f64,
+    machine: (u64, u64),
+}
+
+fn cpu_snap(mgmt: u32, workers: &[u32]) -> CpuSnap {
+    let me = std::process::id();
+    CpuSnap {
+        mgmt: procs::cpu_secs(mgmt).unwrap_or(0.0),
+        workers: workers.iter().map(|p| procs::cpu_secs(*p).unwrap_or(0.0)).collect(),
+        rabbit: procs::cpu_by_name(&["beam.smp"]),
+        pg: procs::cpu_by_name(&["postgres"]),
+        bench: procs::cpu_secs(me).unwrap_or(0.0),
+        machine: procs::machine_ticks().unwrap_or((0, 0)),
+    }
+}
+
+fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
+    let (busy, total) = (b.machine.0.saturating_sub(a.machine.0), b.machine.1.saturating_sub(a.machine.1));
+    CpuUse {
+        management: b.mgmt - a.mgmt,
+        workers: b.workers.iter().zip(&a.workers).map(|(x, y)| x - y).sum(),
+        rabbitmq: procs::cpu_delta(&a.rabbit, &b.rabbit),
+        postgres: procs::cpu_delta(&a.pg, &b.pg),
+        bench: b.bench - a.bench,
+        machine_busy_pct: if total > 0 { busy as f64 * 100.0 / total as f64 } else { 0.0 },
+    }
+}
+
+/// The figures of one end-to-end throughput run.
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    pub store: &'static str,
+    pub workers: usize,
+    pub requested: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub first_error: Option<String>,
+    /// First request to the last 202.
+    pub publish_secs: f64,
+    /// First request to the last outcome stored.
+    pub end_to_end_secs: f64,
+    pub completed: u64,
+    pub succeeded: u64,
+    pub incomplete: bool,
+    pub peak_queue_depth: u64,
+    pub worker_rss_idle: u64,
+    pub worker_rss_peak: u64,
+    pub worker_rss_after: u64,
+    pub mgmt_rss_idle: u64,
+    pub mgmt_rss_peak: u64,
+    pub cpu: CpuUse,
+}
+
+impl LoadResult {
+    pub fn rate(&self) -> f64 {
+        self.completed as f64 / self.end_to_end_secs.max(1e-9)
+    }
+    pub fn publish_rate(&self) -> f64 {
+        self.accepted as f64 / self.publish_secs.max(1e-9)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LatencyResult {
+    pub offered_rate: f64,
+    pub secs: f64,
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub worker_rss_after: u64,
+}
+
+async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn open_db(url: &str) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot open the store {url}"))
+}
+
+impl Mesh {
+    pub async fn start(label: &'static str, store_url: String, settings: Arc<Settings>) -> Result<Mesh> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let tag = label.to_lowercase();
+        let mut mgmt = Child::spawn(
+            &format!("warren-management ({label})"),
+            &settings.bin_dir.join("warren-management"),
+            &[
+                "--amqp".into(),
+                settings.amqp_url.clone(),
+                "--store".into(),
+                store_url.clone(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+            ],
+            settings.work_dir.join(format!("management-{tag}.log")),
+        )?;
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(4096)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(90))
+            .build()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            mgmt.check_alive()?;
+            if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("warren-management did not answer /healthz within 60 s; its output:\n{}", mgmt.log_tail(20));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let db = open_db(&store_url).await?;
+        let amqp = crate::broker::connect(&settings.amqp_url, "warren-bench-observer").await?;
+        Ok(Mesh { label, store_url, mgmt, base, http, db, amqp, settings })
+    }
+
+    /// Publishes an echo function on `pool`; returns its name.
+    pub async fn deploy_echo(&self, pool: &str) -> Result<String> {
+        let name = format!("bench-echo-{pool}");
+        let dir = self.settings.work_dir.join("functions").join(&name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("function.toml"),
+            format!("name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\ndescription = \"warren-bench\"\n"),
+        )?;
+        let pkg = warren_common::package::pack_dir(&dir).context("cannot pack the echo function")?;
+        let r = self.http.post(format!("{}/api/functions", self.base)).body(pkg).send().await?;
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        if status.as_u16() != 201 {
+            bail!("publishing {name} answered {status}: {text}");
+        }
+        Ok(name)
+    }
+
+    pub fn start_workers(&self, pool: &str, count: usize) -> Result<Vec<Child>> {
+        let s = &self.settings;
+        (0..count)
+            .map(|i| {
+                let id = format!("bench-{pool}-w{i}");
+                Child::spawn(
+                    &format!("warren-worker {id}"),
+                    &s.bin_dir.join("warren-worker"),
+                    &[
+                        "--amqp".into(),
+                        s.amqp_url.clone(),
+                        "--store".into(),
+                        self.store_url.clone(),
+                        "--pool".into(),
+                        pool.into(),
+                        "--concurrency".into(),
+                        s.concurrency.to_string(),
+                        "--cache-dir".into(),
+                        s.work_dir.join("cache").join(&id).display().to_string(),
+                        "--id".into(),
+                        id.clone(),
+                        "--grace-secs".into(),
+                        "5".into(),
+                    ],
+                    s.work_dir.join(format!("{id}.log")),
+                )
+            })
+            .collect()
+    }
+
+    /// (ready messages, consumers) of a pool's queue; (0, 0) while it does not exist.
+    async fn queue_stats(&self, pool: &str) -> Result<(u64, u32)> {
+        let ch = self.amqp.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                warren_common::topology::pool_queue(pool).as_str().into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await;
+        match q {
+            Ok(q) => {
+                let _ = ch.close(200, "done".into()).await;
+                Ok((q.message_count() as u64, q.consumer_count()))
+            }
+            // A passive declare of a missing queue closes the channel (404).
+            Err(_) => Ok((0, 0)),
+        }
+    }
+
+    pub async fn wait_consumers(&self, pool: &str, workers: &mut [Child]) -> Result<()> {
+        let want = workers.len() as u32;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            for w in workers.iter_mut() {
+                w.check_alive()?;
+            }
+            if self.queue_stats(pool).await?.1 >= want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the {want} workers of pool {pool} did not attach to its queue within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn delete_queue(&self, pool: &str) {
+        if let Ok(ch) = self.amqp.create_channel().await {
+            let _ = ch
+                .queue_delete(warren_common::topology::pool_queue(pool).as_str().into(), QueueDeleteOptions::default())
+                .await;
+            let _ = ch.close(200, "done".into()).await;
+        }
+    }
+
+    fn invoke_url(&self, name: &str, mode: &str) -> String {
+        format!("{}/api/functions/{name}/invoke?mode={mode}&timeout_ms=30000", self.base)
+    }
+
+    /// `k` sync invokes, `k` at once: every worker loads the function before measuring.
+    pub async fn warm_up(&self, name: &str, k: usize) -> Result<()> {
+        let url = self.invoke_url(name, "sync");
+        let futs = (0..k).map(|i| {
+            let (http, url) = (self.http.clone(), url.clone());
+            async move {
+                let r = http.post(&url).body(input(i as u64, 32)).send().await?;
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                if status.as_u16() != 200 || !text.contains("succeeded") {
+                    bail!("a warm-up invoke answered {status}: {text}");
+                }
+                Ok(())
+            }
+        });
+        for r in futures_util::future::join_all(futs).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// (final, succeeded, latest finished_ms) invocations of a function.
+    pub async fn finals(&self, name: &str) -> Result<(u64, u64, Option<i64>)> {
+        let row: (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END), MAX(finished_ms)
+             FROM warren_invocations WHERE function = $1 AND status NOT IN ('queued', 'running')",
+        )
+        .bind(name)
+        .fetch_one(&self.db)
+        .await
+        .with_context(|| format!("cannot count the invocations in the {} store", self.label))?;
+        Ok((row.0 as u64, row.1.unwrap_or(0) as u64, row.2))
+    }
+
+    /// Row 2 (and 4): `n` async invokes, `in_flight` at once, on `workers` fresh workers.
+    pub async fn throughput(&mut self, workers: usize, n: u64) -> Result<LoadResult> {
+        let pool = format!("bench-{}", short_id());
+        let name = self.deploy_echo(&pool).await?;
+        let mut procs = self.start_workers(&pool, workers)?;
+        let r = self.throughput_on(&pool, &name, &mut procs, n).await;
+        for p in procs.iter_mut() {
+            p.stop(Duration::from_secs(5));
+        }
+        self.delete_queue(&pool).await;
+        r
+    }
+
+    async fn throughput_on(&mut self, pool: &str, name: &str, procs: &mut [Child], n: u64) -> Result<LoadResult> {
+        self.wait_consumers(pool, procs).await?;
+        let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
+        let worker_rss_idle = pids.iter().filter_map(|p| procs::rss_bytes(*p)).max().unwrap_or(0);
+        self.warm_up(name, procs.len() * 4).await?;
+        let mgmt_rss_idle = procs::rss_bytes(self.mgmt.pid()).unwrap_or(0);
+        let (baseline, base_ok, _) = self.finals(name).await?;
+        let target = baseline + n;
+
+        let cpu_before = cpu_snap(self.mgmt.pid(), &pids);
+        let start = Instant::now();
+        let start_ms = now_ms();
+        let load = tokio::spawn(fire_async(
+            self.http.clone(),
+            self.invoke_url(name, "async"),
+            n,
+            self.settings.in_flight,
+            self.settings.input_bytes,
+        ));
+
+        let deadline = start + self.settings.run_timeout;
+        let (mut worker_rss_peak, mut mgmt_rss_peak, mut peak_queue_depth) = (0u64, mgmt_rss_idle, 0u64);
+        let mut load_out: Option<FireResult> = None;
+        let mut last_count = (baseline, Instant::now());
+        let (mut done, mut ok, mut last_finished);
+        let mut incomplete = false;
+        let mut load = Some(load);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.mgmt.check_alive()?;
+            for p in procs.iter_mut() {
+                p.check_alive()?;
+            }
+            for p in &pids {
+                worker_rss_peak = worker_rss_peak.max(procs::rss_bytes(*p).unwrap_or(0));
+            }
+            mgmt_rss_peak = mgmt_rss_peak.max(procs::rss_bytes(self.mgmt.pid()).unwrap_or(0));
+            peak_queue_depth = peak_queue_depth.max(self.queue_stats(pool).await?.0);
+            if load.as_ref().is_some_and(|l| l.is_finished()) {
+                load_out = Some(load.take().unwrap().await.context("the load task failed")?);
+            }
+            (done, ok, last_finished) = self.finals(name).await?;
+            if done != last_count.0 {
+                last_count = (done, Instant::now());
+            }
+            if done >= target {
+                break;
+            }
+            // Requests refused before being recorded never show up: stop once all requests
+            // are answered and nothing has moved for 10 s.
+            if load_out.is_some() && last_count.1.elapsed() > Duration::from_secs(10) {
+                incomplete = true;
+                break;
+            }
+            if Instant::now() > deadline {
+                incomplete = true;
+                break;
+            }
+        }
+        let observed = start.elapsed().as_secs_f64();
+        let cpu_after = cpu_snap(self.mgmt.pid(), &pids);
+        let worker_rss_after = pids.iter().filter_map(|p| procs::rss_bytes(*p)).max().unwrap_or(0);
+        let load_out = match (load_out, load) {
+            (Some(o), _) => o,
+            (None, Some(l)) => {
+                if incomplete {
+                    l.abort();
+                    FireResult { accepted: 0, rejected: 0, first_error: Some("the load did not finish".into()), last: start }
+                } else {
+                    l.await.context("the load task failed")?
+                }
+            }
+            (None, None) => unreachable!(),
+        };
+        let end_to_end_secs = match last_finished {
+            Some(ms) if ms > start_ms => (ms - start_ms) as f64 / 1000.0,
+            _ => observed,
+        };
+        Ok(LoadResult {
+            store: self.label,
+            workers: procs.len(),
+            requested: n,
+            accepted: load_out.accepted,
+            rejected: load_out.rejected,
+            first_error: load_out.first_error,
+            publish_secs: load_out.last.duration_since(start).as_secs_f64(),
+            end_to_end_secs,
+            completed: done - baseline,
+            succeeded: ok - base_ok,
+            incomplete,
+            peak_queue_depth,
+            worker_rss_idle,
+            worker_rss_peak,
+            worker_rss_after,
+            mgmt_rss_idle,
+            mgmt_rss_peak,
+            cpu: cpu_use(&cpu_before, &cpu_after),
+        })
+    }
+
+    /// Row 3: sync invokes at a fixed offered rate (open loop) on one fresh worker.
+    pub async fn latency(&mut self, rate: f64, secs: f64) -> Result<LatencyResult> {
+        let pool = format!("bench-{}", short_id());
+        let name = self.deploy_echo(&pool).await?;
+        let mut procs = self.start_workers(&pool, 1)?;
+        let r = async {
+            self.wait_consumers(&pool, &mut procs).await?;
+            self.warm_up(&name, 16).await?;
+            let out = open_loop(self.http.clone(), self.invoke_url(&name, "sync"), rate, secs, self.settings.input_bytes)
+                .await;
+            for p in procs.iter_mut() {
+                p.check_alive()?;
+            }
+            self.mgmt.check_alive()?;
+            let mut out = out?;
+            out.worker_rss_after = procs::rss_bytes(procs[0].pid()).unwrap_or(0);
+            Ok::<_, anyhow::Error>(out)
+        }
+        .await;
+        for p in procs.iter_mut() {
+            p.stop(Duration::from_secs(5));
+        }
+        self.delete_queue(&pool).await;
+        r
+    }
+}
+
+struct FireResult {
+    accepted: u64,
+    rejected: u64,
+    first_error: Option<String>,
+    last: Instant,
+}
+
+/// `n` async invokes from `in_flight` tasks, each sending its next one as soon as the previous
+/// is answered.
+async fn fire_async(http: reqwest::Client, url: String, n: u64, in_flight: usize, input_bytes: usize) -> FireResult {
+    let next = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (http, url, next, accepted, rejected, first_error) =
+                (http.clone(), url.clone(), next.clone(), accepted.clone(), rejected.clone(), first_error.clone());
+            tokio::spawn(async move {
+                let mut last = start;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return last;
+                    }
+                    let err = match http.post(&url).body(input(i, input_bytes)).send().await {
+                        Ok(r) if r.status().as_u16() == 202 => {
+                            let _ = r.bytes().await;
+                            None
+                        }
+                        Ok(r) => {
+                            let s = r.status();
+                            Some(format!("{s}: {}", r.text().await.unwrap_or_default()))
+                        }
+                        Err(e) => Some(format!("request failed: {e}")),
+                    };
+                    last = Instant::now();
+                    match err {
+                        None => accepted.fetch_add(1, Ordering::Relaxed),
+                        Some(e) => {
+                            first_error.lock().unwrap().get_or_insert(e);
+                            rejected.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    let mut last = start;
+    for t in tasks {
+        if let Ok(l) = t.await {
+            last = last.max(l);
+        }
+    }
+    let first_error = first_error.lock().unwrap().take();
+    FireResult { accepted: accepted.load(Ordering::Relaxed), rejected: rejected.load(Ordering::Relaxed), first_error, last }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Sends sync invokes on a fixed schedule, never waiting for earlier answers; each latency
+/// runs from the request's scheduled time (so a stalled sender shows up as latency too).
+async fn open_loop(http: reqwest::Client, url: String, rate: f64, secs: f64, input_bytes: usize) -> Result<LatencyResult> {
+    let total = (rate * secs).round().max(1.0) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let at = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(at).await;
+        let (http, url) = (http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http.post(&url).body(input(i, input_bytes)).send().await;
+            let res = match r {
+                Ok(r) => {
+                    let s = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    if s.as_u16() == 200 && text.contains("\"succeeded\"") {
+                        Ok(())
+                    } else {
+                        Err(format!("{s}: {}", text.chars().take(300).collect::<String>()))
+                    }
+                }
+                Err(e) => Err(format!("request failed: {e}")),
+            };
+            (at.elapsed().as_secs_f64() * 1000.0, res)
+        }));
+    }
+    let mut lat = Vec::with_capacity(tasks.len());
+    let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+    for t in tasks {
+        let (ms, res) = t.await.context("a latency request task failed")?;
+        match res {
+            Ok(()) => {
+                ok += 1;
+                lat.push(ms);
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok(LatencyResult {
+        offered_rate: rate,
+        secs,
+        sent: total,
+        ok,
+        errors,
+        first_error,
+        p50_ms: percentile(&lat, 50.0),
+        p90_ms: percentile(&lat, 90.0),
+        p99_ms: percentile(&lat, 99.0),
+        max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        worker_rss_after: 0,
+    })
+}

@@ -1,0 +1,420 @@
+//! The printed tables and the JSON file.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::mesh::LoadResult;
+use crate::sysinfo::Machine;
+use crate::Figures;
+
+pub struct SettingsView {
+    pub amqp: String,
+    pub pg: String,
+    pub fresh_db: bool,
+    pub stores: Vec<String>,
+    pub workers: Vec<usize>,
+    pub concurrency: u16,
+    pub in_flight: usize,
+    pub payload_bytes: usize,
+    pub confirm_window: usize,
+    pub prefetch: u16,
+    pub latency_secs: f64,
+    pub run_timeout_secs: u64,
+    pub bin_dir: String,
+    pub built_by_bench: bool,
+    pub release: bool,
+    pub work_dir: String,
+}
+
+pub struct Context {
+    pub quick: bool,
+    pub n: u64,
+    pub machine: Machine,
+    pub settings: SettingsView,
+}
+
+/// Features the benchmark has rows for once Warren has them.
+pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
+    ("warm persistent handlers", "a process function kept running between invocations"),
+    ("batch submit", "many invocations per HTTP request / broker publish"),
+];
+
+fn thousands(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn rate(v: f64) -> String {
+    if v.is_finite() {
+        thousands(v.round() as u64)
+    } else {
+        "-".into()
+    }
+}
+
+fn mib(b: u64) -> String {
+    if b == 0 {
+        "-".into()
+    } else {
+        format!("{:.1} MiB", b as f64 / 1024.0 / 1024.0)
+    }
+}
+
+fn ms(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.1}")
+    } else {
+        "-".into()
+    }
+}
+
+/// Prints a table: the first column left-aligned, the others right-aligned.
+fn table(title: &str, head: &[&str], rows: &[Vec<String>]) {
+    let cols = head.len();
+    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(cols) {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = w[i].saturating_sub(c.chars().count());
+            if i == 0 {
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad));
+            } else {
+                s.push_str("  ");
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    println!("\n{title}");
+    line(head.iter().map(|h| h.to_string()).collect());
+    println!("{}", w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("  "));
+    for r in rows {
+        let mut r = r.clone();
+        r.resize(cols, String::new());
+        line(r);
+    }
+}
+
+pub fn print_header(c: &Context) {
+    let m = &c.machine;
+    let s = &c.settings;
+    println!("Warren benchmark{} — N = {} per throughput row", if c.quick { " (--quick)" } else { "" }, thousands(c.n));
+    println!("machine   {} cores ({}), {} RAM", m.cores, m.cpu, m.memory);
+    println!("os        {} (kernel {})", m.os, m.kernel);
+    println!("rustc     {}", m.rustc);
+    println!("rabbitmq  {}", m.rabbitmq);
+    println!("postgres  server {}; client {}", m.postgres_server, m.postgres_client);
+    println!("sqlite    {} (sqlx's bundled library in this binary; the workers link the same)", m.sqlite);
+    println!(
+        "settings  worker --concurrency {}, {} HTTP requests in flight, {} B inputs; raw broker: {} confirms in flight, prefetch {}; \
+         latency {} s; row timeout {} s",
+        s.concurrency, s.in_flight, s.payload_bytes, s.confirm_window, s.prefetch, s.latency_secs, s.run_timeout_secs
+    );
+    println!(
+        "          broker {}; PostgreSQL {}{}; binaries {} ({}{})",
+        s.amqp,
+        s.pg,
+        if s.fresh_db { " (fresh database warren_bench next to it)" } else { "" },
+        s.bin_dir,
+        if s.release { "release" } else { "DEBUG" },
+        if s.built_by_bench { ", built by the bench" } else { ", as found" }
+    );
+    println!("          work folder (store file, process logs) {}", s.work_dir);
+}
+
+fn run_label(r: &LoadResult) -> String {
+    format!("warren e2e {}, {} worker{}", r.store, r.workers, if r.workers == 1 { "" } else { "s" })
+}
+
+pub fn print_tables(c: &Context, f: &Figures) {
+    let base = f.raw.as_ref().map(|r| r.end_to_end_rate());
+    let ratio = |v: f64| base.map(|b| format!("{:.2}", v / b)).unwrap_or_else(|| "-".into());
+
+    let mut rows = Vec::new();
+    match (&f.raw, &f.raw_error) {
+        (Some(r), _) => rows.push(vec![
+            "1  raw broker (lapin): publish+consume end to end".into(),
+            rate(r.end_to_end_rate()),
+            "1.00".into(),
+            rate(r.publish_rate()),
+            format!("{}/{}", thousands(r.messages), thousands(r.messages)),
+            format!("{:.2} s", r.end_to_end_secs),
+            String::new(),
+        ]),
+        (None, e) => rows.push(vec![
+            "1  raw broker (lapin)".into(),
+            "FAILED".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            e.clone().unwrap_or_default(),
+        ]),
+    }
+    for r in &f.runs {
+        match r {
+            Ok(r) => {
+                let mut notes = Vec::new();
+                if r.incomplete {
+                    notes.push("INCOMPLETE".to_string());
+                }
+                if r.completed != r.succeeded {
+                    notes.push(format!("{} not succeeded", r.completed - r.succeeded));
+                }
+                if r.rejected > 0 {
+                    notes.push(format!(
+                        "{} rejected: {}",
+                        r.rejected,
+                        r.first_error.as_deref().unwrap_or("").chars().take(80).collect::<String>()
+                    ));
+                }
+                notes.push(format!("queue peak {}", thousands(r.peak_queue_depth)));
+                rows.push(vec![
+                    format!("2  {}", run_label(r)),
+                    rate(r.rate()),
+                    ratio(r.rate()),
+                    rate(r.publish_rate()),
+                    format!("{}/{}", thousands(r.completed), thousands(r.requested)),
+                    format!("{:.2} s", r.end_to_end_secs),
+                    notes.join("; "),
+                ]);
+            }
+            Err((store, w, e)) => rows.push(vec![
+                format!("2  warren e2e {store}, {w} worker{}", if *w == 1 { "" } else { "s" }),
+                "FAILED".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                e.lines().next().unwrap_or("").chars().take(120).collect(),
+            ]),
+        }
+    }
+    for (name, what) in NOT_IMPLEMENTED {
+        rows.push(vec![
+            format!("-  {name}"),
+            "n/a".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            format!("not implemented yet ({what})"),
+        ]);
+    }
+    table(
+        &format!("Throughput (N = {} each; ratio = to row 1; publish-only = until the last 202 / confirm)", thousands(c.n)),
+        &["row", "per s", "ratio", "publish-only /s", "stored", "time", "notes"],
+        &rows,
+    );
+
+    // Latency.
+    let rows = match &f.latency {
+        Some(Ok(l)) => vec![vec![
+            "3  sync invoke, PostgreSQL, 1 worker".into(),
+            format!("{}/s", rate(l.offered_rate)),
+            format!("{:.0} s", l.secs),
+            format!("{}/{}", thousands(l.ok), thousands(l.sent)),
+            ms(l.p50_ms),
+            ms(l.p90_ms),
+            ms(l.p99_ms),
+            ms(l.max_ms),
+            if l.errors > 0 {
+                format!(
+                    "{} errors: {}",
+                    l.errors,
+                    l.first_error.as_deref().unwrap_or("").chars().take(80).collect::<String>()
+                )
+            } else {
+                String::new()
+            },
+        ]],
+        Some(Err(e)) => vec![vec![
+            "3  sync invoke, PostgreSQL, 1 worker".into(),
+            "FAILED".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            e.lines().next().unwrap_or("").chars().take(120).collect(),
+        ]],
+        None => vec![vec!["3  sync invoke".into(), "not run (no PostgreSQL in --stores)".into()]],
+    };
+    table(
+        "Latency (open loop at ~half the 1-worker PostgreSQL rate; ms from each request's scheduled send to its 200)",
+        &["row", "offered", "for", "ok", "p50 ms", "p90 ms", "p99 ms", "max ms", "notes"],
+        &rows,
+    );
+
+    // Memory.
+    let mut rows = Vec::new();
+    for r in f.runs.iter().filter_map(|r| r.as_ref().ok()) {
+        rows.push(vec![
+            format!("4  {}", run_label(r)),
+            mib(r.worker_rss_idle),
+            mib(r.worker_rss_peak),
+            mib(r.worker_rss_after),
+            mib(r.mgmt_rss_idle),
+            mib(r.mgmt_rss_peak),
+        ]);
+    }
+    if let Some(Ok(l)) = &f.latency {
+        rows.push(vec![
+            "4  after the latency row (1 worker)".into(),
+            String::new(),
+            String::new(),
+            mib(l.worker_rss_after),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    table(
+        "Memory (VmRSS; worker columns = the largest worker of the run)",
+        &["row", "worker idle", "worker peak under load", "worker right after", "management idle", "management peak"],
+        &rows,
+    );
+
+    // CPU.
+    let mut rows = Vec::new();
+    for r in f.runs.iter().filter_map(|r| r.as_ref().ok()) {
+        let k = r.completed.max(1) as f64 / 1000.0;
+        let c = &r.cpu;
+        rows.push(vec![
+            run_label(r),
+            format!("{:.2}", c.management / k),
+            format!("{:.2}", c.workers / k),
+            format!("{:.2}", c.rabbitmq / k),
+            format!("{:.2}", c.postgres / k),
+            format!("{:.2}", c.bench / k),
+            format!("{:.0} %", c.machine_busy_pct),
+        ]);
+    }
+    table(
+        "CPU during each end-to-end run (CPU-seconds per 1,000 invocations; machine = all cores busy %)",
+        &["run", "management", "workers", "rabbitmq", "postgres", "bench client", "machine busy"],
+        &rows,
+    );
+    for n in &f.notes {
+        println!("note: {n}");
+    }
+}
+
+pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
+    let s = &c.settings;
+    let base = f.raw.as_ref().map(|r| r.end_to_end_rate());
+    let raw = match (&f.raw, &f.raw_error) {
+        (Some(r), _) => json!({
+            "messages": r.messages,
+            "body_bytes": r.body_bytes,
+            "end_to_end_per_s": r.end_to_end_rate(),
+            "publish_confirmed_per_s": r.publish_rate(),
+            "end_to_end_secs": r.end_to_end_secs,
+            "publish_secs": r.publish_secs,
+        }),
+        (None, e) => json!({"error": e}),
+    };
+    let runs: Vec<Value> = f
+        .runs
+        .iter()
+        .map(|r| match r {
+            Ok(r) => json!({
+                "store": r.store,
+                "workers": r.workers,
+                "requested": r.requested,
+                "accepted": r.accepted,
+                "rejected": r.rejected,
+                "first_error": r.first_error,
+                "completed": r.completed,
+                "succeeded": r.succeeded,
+                "incomplete": r.incomplete,
+                "end_to_end_per_s": r.rate(),
+                "ratio_to_raw": base.map(|b| r.rate() / b),
+                "end_to_end_secs": r.end_to_end_secs,
+                "publish_only_per_s": r.publish_rate(),
+                "publish_secs": r.publish_secs,
+                "peak_queue_depth": r.peak_queue_depth,
+                "memory_bytes": {
+                    "worker_idle": r.worker_rss_idle,
+                    "worker_peak": r.worker_rss_peak,
+                    "worker_after": r.worker_rss_after,
+                    "management_idle": r.mgmt_rss_idle,
+                    "management_peak": r.mgmt_rss_peak,
+                },
+                "cpu_secs": {
+                    "management": r.cpu.management,
+                    "workers": r.cpu.workers,
+                    "rabbitmq": r.cpu.rabbitmq,
+                    "postgres": r.cpu.postgres,
+                    "bench": r.cpu.bench,
+                    "machine_busy_pct": r.cpu.machine_busy_pct,
+                },
+            }),
+            Err((store, w, e)) => json!({"store": store, "workers": w, "error": e}),
+        })
+        .collect();
+    let latency = match &f.latency {
+        Some(Ok(l)) => json!({
+            "store": "PostgreSQL",
+            "workers": 1,
+            "offered_per_s": l.offered_rate,
+            "secs": l.secs,
+            "sent": l.sent,
+            "ok": l.ok,
+            "errors": l.errors,
+            "first_error": l.first_error,
+            "p50_ms": l.p50_ms,
+            "p90_ms": l.p90_ms,
+            "p99_ms": l.p99_ms,
+            "max_ms": l.max_ms,
+            "worker_rss_after_bytes": l.worker_rss_after,
+        }),
+        Some(Err(e)) => json!({"error": e}),
+        None => Value::Null,
+    };
+    json!({
+        "benchmark": "warren-bench",
+        "unix_ms": crate::mesh::now_ms(),
+        "took_secs": took.as_secs_f64(),
+        "quick": c.quick,
+        "machine": c.machine.to_json(),
+        "settings": {
+            "n": c.n,
+            "amqp": s.amqp,
+            "pg": s.pg,
+            "fresh_pg_database": s.fresh_db,
+            "stores": s.stores,
+            "workers": s.workers,
+            "worker_concurrency": s.concurrency,
+            "http_in_flight": s.in_flight,
+            "payload_bytes": s.payload_bytes,
+            "raw_confirm_window": s.confirm_window,
+            "raw_prefetch": s.prefetch,
+            "latency_secs": s.latency_secs,
+            "run_timeout_secs": s.run_timeout_secs,
+            "bin_dir": s.bin_dir,
+            "binaries_built_by_bench": s.built_by_bench,
+            "release": s.release,
+        },
+        "raw_broker": raw,
+        "end_to_end": runs,
+        "latency": latency,
+        "not_implemented": NOT_IMPLEMENTED.iter().map(|(n, w)| json!({"row": n, "what": w, "value": "n/a (not implemented yet)"})).collect::<Vec<_>>(),
+        "notes": f.notes,
+    })
+}
