@@ -14,7 +14,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeleteOptions, QueueDeclareOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -59,7 +59,12 @@ pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, pr
     let sub_ch = sub_conn.create_channel().await?;
     sub_ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let mut consumer = sub_ch
-        .basic_consume(queue.as_str().into(), "warren-bench".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "warren-bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
 
     let acked = Arc::new(AtomicU64::new(0));
@@ -111,7 +116,9 @@ pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, pr
 
     let last_ack = match tokio::time::timeout(Duration::from_secs(120), consume).await {
         Ok(j) => j.context("consumer task")??,
-        Err(_) => bail!("the consumer took over 120 s to drain the queue ({} of {n} acked)", acked.load(Ordering::Relaxed)),
+        Err(_) => {
+            bail!("the consumer took over 120 s to drain the queue ({} of {n} acked)", acked.load(Ordering::Relaxed))
+        }
     };
     let end_to_end_secs = last_ack.duration_since(start).as_secs_f64();
 

@@ -133,7 +133,10 @@ fn build_binaries(release: bool) -> Result<()> {
     if release {
         cmd.arg("--release");
     }
-    eprintln!("warren-bench: building warren-management and warren-worker ({})", if release { "release" } else { "debug" });
+    eprintln!(
+        "warren-bench: building warren-management and warren-worker ({})",
+        if release { "release" } else { "debug" }
+    );
     let status = cmd.status().with_context(|| format!("cannot run {cargo}"))?;
     if !status.success() {
         bail!("building warren-management and warren-worker failed ({status}); fix the build or pass --no-build");
@@ -228,7 +231,9 @@ async fn run(args: Args) -> Result<bool> {
         }
     }
     if !release {
-        eprintln!("warren-bench: WARNING: this is not a release build; the figures say little (use cargo run --release)");
+        eprintln!(
+            "warren-bench: WARNING: this is not a release build; the figures say little (use cargo run --release)"
+        );
     }
 
     // Services.
@@ -288,7 +293,10 @@ async fn run(args: Args) -> Result<bool> {
     let mut fig = Figures { raw: None, raw_error: None, runs: Vec::new(), latency: None, notes: Vec::new() };
 
     // Row 1.
-    eprintln!("[1] raw broker: {n} persistent messages, {} confirms in flight, prefetch {}", args.confirm_window, args.prefetch);
+    eprintln!(
+        "[1] raw broker: {n} persistent messages, {} confirms in flight, prefetch {}",
+        args.confirm_window, args.prefetch
+    );
     match broker::run(&args.amqp, n, args.payload_bytes, args.confirm_window, args.prefetch).await {
         Ok(r) => {
             eprintln!("    {:.0} msg/s end to end", r.end_to_end_rate());
@@ -330,7 +338,10 @@ async fn run(args: Args) -> Result<bool> {
             }
         };
         for &w in &args.workers {
-            eprintln!("[2] {label}, {w} worker(s) x --concurrency {}: {n} async invokes, {} in flight", args.concurrency, args.in_flight);
+            eprintln!(
+                "[2] {label}, {w} worker(s) x --concurrency {}: {n} async invokes, {} in flight",
+                args.concurrency, args.in_flight
+            );
             match m.throughput(w, n).await {
                 Ok(r) => {
                     eprintln!(
@@ -361,14 +372,15 @@ async fn run(args: Args) -> Result<bool> {
                     eprintln!("[3] latency: sync invokes at {rate:.0}/s for {latency_secs} s, 1 worker, {label}");
                     let r = m.latency(rate, latency_secs).await.map_err(|e| format!("{e:#}"));
                     match &r {
-                        Ok(l) => eprintln!("    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms),
+                        Ok(l) => {
+                            eprintln!("    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms)
+                        }
                         Err(e) => eprintln!("    FAILED: {e}"),
                     }
                     fig.latency = Some(r);
                 }
                 None => {
-                    fig.latency =
-                        Some(Err("no PostgreSQL throughput figure to derive the offered rate from".into()))
+                    fig.latency = Some(Err("no PostgreSQL throughput figure to derive the offered rate from".into()))
                 }
             }
         }

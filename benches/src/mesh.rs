@@ -150,23 +150,6 @@ pub struct LatencyResult {
     pub worker_rss_after: u64,
 }
 
-async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 pub async fn open_db(url: &str) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
     AnyPoolOptions::new()
@@ -431,7 +414,12 @@ impl Mesh {
             (None, Some(l)) => {
                 if incomplete {
                     l.abort();
-                    FireResult { accepted: 0, rejected: 0, first_error: Some("the load did not finish".into()), last: start }
+                    FireResult {
+                        accepted: 0,
+                        rejected: 0,
+                        first_error: Some("the load did not finish".into()),
+                        last: start,
+                    }
                 } else {
                     l.await.context("the load task failed")?
                 }
@@ -472,8 +460,9 @@ impl Mesh {
         let r = async {
             self.wait_consumers(&pool, &mut procs).await?;
             self.warm_up(&name, 16).await?;
-            let out = open_loop(self.http.clone(), self.invoke_url(&name, "sync"), rate, secs, self.settings.input_bytes)
-                .await;
+            let out =
+                open_loop(self.http.clone(), self.invoke_url(&name, "sync"), rate, secs, self.settings.input_bytes)
+                    .await;
             for p in procs.iter_mut() {
                 p.check_alive()?;
             }
@@ -547,7 +536,12 @@ async fn fire_async(http: reqwest::Client, url: String, n: u64, in_flight: usize
         }
     }
     let first_error = first_error.lock().unwrap().take();
-    FireResult { accepted: accepted.load(Ordering::Relaxed), rejected: rejected.load(Ordering::Relaxed), first_error, last }
+    FireResult {
+        accepted: accepted.load(Ordering::Relaxed),
+        rejected: rejected.load(Ordering::Relaxed),
+        first_error,
+        last,
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -560,7 +554,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Sends sync invokes on a fixed schedule, never waiting for earlier answers; each latency
 /// runs from the request's scheduled time (so a stalled sender shows up as latency too).
-async fn open_loop(http: reqwest::Client, url: String, rate: f64, secs: f64, input_bytes: usize) -> Result<LatencyResult> {
+async fn open_loop(
+    http: reqwest::Client,
+    url: String,
+    rate: f64,
+    secs: f64,
+    input_bytes: usize,
+) -> Result<LatencyResult> {
     let total = (rate * secs).round().max(1.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = tokio::time::Instant::now();

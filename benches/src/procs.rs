@@ -28,8 +28,12 @@ fn unregister(pid: u32) {
 
 /// Kills every child still registered (used by the Ctrl-C handler).
 pub fn kill_all() {
-    let pids: Vec<u32> =
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.iter().copied().collect()).unwrap_or_default();
+    let pids: Vec<u32> = LIVE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default();
     for pid in pids {
         unsafe {
             libc::kill(pid as i32, libc::SIGKILL);

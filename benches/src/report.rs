@@ -217,7 +217,10 @@ pub fn print_tables(c: &Context, f: &Figures) {
         ]);
     }
     table(
-        &format!("Throughput (N = {} each; ratio = to row 1; publish-only = until the last 202 / confirm)", thousands(c.n)),
+        &format!(
+            "Throughput (N = {} each; ratio = to row 1; publish-only = until the last 202 / confirm)",
+            thousands(c.n)
+        ),
         &["row", "per s", "ratio", "publish-only /s", "stored", "time", "notes"],
         &rows,
     );

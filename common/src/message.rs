@@ -129,6 +129,37 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes never panic the decoder.
+        #[test]
+        fn decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = InvocationMessage::decode(&bytes);
+            let _ = CompletionNotice::decode(&bytes);
+        }
+
+        /// A valid message with bytes flipped, cut or appended either decodes or is refused;
+        /// never a panic, and a clean decode keeps the version rule.
+        #[test]
+        fn decoder_survives_mutations(
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..8),
+            cut in proptest::prelude::any::<usize>(),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
+        ) {
+            let mut bytes = sample().encode();
+            for (at, b) in flips {
+                let n = bytes.len();
+                bytes[at % n] ^= b;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            bytes.extend(tail);
+            if let Ok(m) = InvocationMessage::decode(&bytes) {
+                proptest::prop_assert!(m.v >= 1 && m.v <= PROTOCOL_VERSION);
+            }
+        }
+    }
+
     #[test]
     fn refuses_garbage_and_truncation_without_panicking() {
         let bytes = sample().encode();

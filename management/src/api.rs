@@ -146,18 +146,19 @@ async fn invoke(
 ) -> ApiResult<Response> {
     let name = name_from(name)?;
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    let wait =
-        match q.mode.as_deref() {
-            None | Some("sync") => Some(m.clamp_wait(q.timeout_ms)),
-            Some("async") => None,
-            Some(other) => return Err(ApiError::new(
+    let wait = match q.mode.as_deref() {
+        None | Some("sync") => Some(m.clamp_wait(q.timeout_ms)),
+        Some("async") => None,
+        Some(other) => {
+            return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 format!(
                     "mode={other:?} is not known: use mode=sync (wait for the result) or mode=async (202 and an id)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let accepted = m.invoke(&name, body, wait).await?;
     match accepted.invocation {
         Some(inv) if inv.status.is_final() => {
@@ -273,7 +274,10 @@ async fn pools_for(m: &Management, pool: Option<String>) -> ApiResult<Vec<String
     }
 }
 
-async fn list_dead(State(m): State<Arc<Management>>, q: Result<Query<DeadQuery>, QueryRejection>) -> ApiResult<Json<Value>> {
+async fn list_dead(
+    State(m): State<Arc<Management>>,
+    q: Result<Query<DeadQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let pools = pools_for(&m, q.pool).await?;
     let mut counts = serde_json::Map::new();

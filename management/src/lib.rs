@@ -290,7 +290,8 @@ impl Management {
 
     /// The pools in use: those of every function's active version, and any declared here.
     pub async fn pools(&self) -> Result<Vec<String>, Error> {
-        let mut pools: std::collections::BTreeSet<String> = self.declared_pools.iter().map(|e| e.key().clone()).collect();
+        let mut pools: std::collections::BTreeSet<String> =
+            self.declared_pools.iter().map(|e| e.key().clone()).collect();
         pools.insert(warren_common::manifest::default_pool());
         for f in self.store.list_functions().await? {
             if let Some(v) = self.store.get_version(&f.name, f.active_version).await? {

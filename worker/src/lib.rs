@@ -114,7 +114,11 @@ impl Worker {
     /// Runs until `shutdown` turns true, then stops taking work, lets what it holds finish
     /// (up to `grace`), marks itself gone and returns. Broker and store outages are ridden
     /// out: consumers are reopened and store writes retried.
-    pub async fn run(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>, grace: Duration) -> anyhow::Result<()> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.cfg.cache_dir)
             .with_context(|| format!("cannot create the package cache {}", self.cfg.cache_dir.display()))?;
         if let Err(e) = self.store.heartbeat(&self.info("running")).await {
@@ -164,7 +168,12 @@ impl Worker {
 
     /// Consumes one pool until shutdown, reopening the consumer whenever it ends (broker
     /// restart, connection loss) with backoff.
-    async fn consume_loop(self: Arc<Self>, pool: String, prefetch: u16, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    async fn consume_loop(
+        self: Arc<Self>,
+        pool: String,
+        prefetch: u16,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         // Prefetch bounds what the broker hands over, so this set never exceeds the concurrency.
         let mut running = tokio::task::JoinSet::new();
         let mut backoff = Duration::from_millis(100);
@@ -242,7 +251,9 @@ impl Worker {
             created_ms: msg.created_ms,
         };
         let attempt = msg.attempt.max(1) as i32;
-        let claim = self.with_store_retry("claim the invocation", || self.store.claim(&inv, attempt, &self.cfg.id, now_ms())).await;
+        let claim = self
+            .with_store_retry("claim the invocation", || self.store.claim(&inv, attempt, &self.cfg.id, now_ms()))
+            .await;
         match claim {
             Some(Claim::Run) => {}
             Some(Claim::AlreadyFinal(status)) => {
@@ -270,11 +281,13 @@ impl Worker {
                     let _ = d.requeue().await;
                     return;
                 }
-                let dead = process::RunOutput { status: Status::Dead, result: None, error: Some(reason), logs: Vec::new() };
+                let dead =
+                    process::RunOutput { status: Status::Dead, result: None, error: Some(reason), logs: Vec::new() };
                 (dead, RetryPolicy::default())
             }
             Err(LoadError::Broken(reason)) => {
-                let failed = process::RunOutput { status: Status::Failed, result: None, error: Some(reason), logs: Vec::new() };
+                let failed =
+                    process::RunOutput { status: Status::Failed, result: None, error: Some(reason), logs: Vec::new() };
                 (failed, RetryPolicy::default())
             }
             Err(LoadError::Unavailable(e)) => {
@@ -325,7 +338,14 @@ impl Worker {
     /// message is published first: if the worker dies after that, the original comes back and
     /// is recognised as superseded (or, if the record was not written, runs again) — nothing
     /// is lost either way.
-    async fn retry_later(&self, pool: &str, msg: &InvocationMessage, d: Delivery, outcome: &Outcome, policy: &RetryPolicy) {
+    async fn retry_later(
+        &self,
+        pool: &str,
+        msg: &InvocationMessage,
+        d: Delivery,
+        outcome: &Outcome,
+        policy: &RetryPolicy,
+    ) {
         let delay = Duration::from_millis(policy.delay_ms(outcome.attempt as u32, rand::random::<f64>()));
         let mut next = msg.clone();
         next.attempt = outcome.attempt as u32 + 1;
@@ -340,7 +360,11 @@ impl Worker {
             delay_ms = delay.as_millis() as u64,
             "attempt failed; retry scheduled"
         );
-        if self.with_store_retry("record the failed attempt", || self.store.retry_later(msg.id, outcome)).await.is_none() {
+        if self
+            .with_store_retry("record the failed attempt", || self.store.retry_later(msg.id, outcome))
+            .await
+            .is_none()
+        {
             let _ = d.requeue().await;
             return;
         }

@@ -424,7 +424,15 @@ impl MssqlStore {
             let updated = c
                 .execute(
                     update,
-                    &[&status.as_str(), &o.attempt, &result, &o.error.as_deref(), &o.worker.as_str(), &o.finished_ms, &id.as_str()],
+                    &[
+                        &status.as_str(),
+                        &o.attempt,
+                        &result,
+                        &o.error.as_deref(),
+                        &o.worker.as_str(),
+                        &o.finished_ms,
+                        &id.as_str(),
+                    ],
                 )
                 .await
                 .map_err(unavailable)?;
@@ -433,7 +441,14 @@ impl MssqlStore {
             }
             c.execute(
                 INSERT_ATTEMPT,
-                &[&id.as_str(), &o.attempt, &o.status.as_str(), &o.error.as_deref(), &o.worker.as_str(), &o.finished_ms],
+                &[
+                    &id.as_str(),
+                    &o.attempt,
+                    &o.status.as_str(),
+                    &o.error.as_deref(),
+                    &o.worker.as_str(),
+                    &o.finished_ms,
+                ],
             )
             .await
             .map_err(unavailable)?;

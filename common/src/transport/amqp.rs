@@ -199,8 +199,8 @@ impl Shared {
     /// The current link, waiting up to `hold` for one during an outage.
     async fn current(&self) -> Result<Arc<Link>> {
         let mut rx = self.link.subscribe();
-        let waited = tokio::time::timeout(self.hold, rx.wait_for(|l| l.as_ref().map(|l| l.healthy()).unwrap_or(false)))
-            .await;
+        let waited =
+            tokio::time::timeout(self.hold, rx.wait_for(|l| l.as_ref().map(|l| l.healthy()).unwrap_or(false))).await;
         match waited {
             Ok(Ok(l)) => Ok(l.clone().expect("checked above")),
             _ => Err(TransportError::Unavailable(format!(
@@ -275,15 +275,15 @@ async fn declare_retry_on(ch: &Channel, pool: &str, bucket_ms: u64) -> Result<()
     Ok(())
 }
 
-async fn publish_confirmed(
-    ch: &Channel,
-    exchange: &str,
-    key: &str,
-    body: &[u8],
-    props: BasicProperties,
-) -> Result<()> {
+async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) -> Result<()> {
     let confirm = ch
-        .basic_publish(exchange.into(), key.into(), BasicPublishOptions { mandatory: true, immediate: false }, body, props)
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions { mandatory: true, immediate: false },
+            body,
+            props,
+        )
         .await
         .map_err(unavailable)?
         .await
@@ -426,7 +426,13 @@ impl Transport for AmqpTransport {
             )
             .await
             .map_err(unavailable)?;
-        Ok(Box::new(AmqpConsumer { inner, channel: Arc::new(channel), link, shared: self.shared.clone(), no_ack: false }))
+        Ok(Box::new(AmqpConsumer {
+            inner,
+            channel: Arc::new(channel),
+            link,
+            shared: self.shared.clone(),
+            no_ack: false,
+        }))
     }
 
     async fn open_notices(&self, instance: &str) -> Result<Box<dyn Consumer>> {
@@ -450,7 +456,13 @@ impl Transport for AmqpTransport {
             )
             .await
             .map_err(unavailable)?;
-        Ok(Box::new(AmqpConsumer { inner, channel: Arc::new(channel), link, shared: self.shared.clone(), no_ack: true }))
+        Ok(Box::new(AmqpConsumer {
+            inner,
+            channel: Arc::new(channel),
+            link,
+            shared: self.shared.clone(),
+            no_ack: true,
+        }))
     }
 
     async fn notify(&self, notice_queue: &str, body: Bytes) -> Result<()> {
@@ -459,7 +471,13 @@ impl Transport for AmqpTransport {
         let link = self.shared.link.borrow().clone();
         let Some(link) = link else { return Err(TransportError::Unavailable("reconnecting".into())) };
         link.publisher
-            .basic_publish("".into(), notice_queue.into(), BasicPublishOptions::default(), &body, BasicProperties::default())
+            .basic_publish(
+                "".into(),
+                notice_queue.into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
             .await
             .map(|_| ())
             .map_err(unavailable)

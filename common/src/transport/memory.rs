@@ -11,7 +11,6 @@ use bytes::Bytes;
 use dashmap_lite::Map;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-
 use super::{Acker, Consumer, Delivery, QueueStats, Result, Transport, TransportError};
 
 /// How long `publish` waits for room in a full queue before answering [`TransportError::Full`].
@@ -221,7 +220,12 @@ impl Transport for MemoryTransport {
                 body: m.body.clone(),
                 redelivered: m.redelivered,
                 reason: m.reason.clone(),
-                acker: Acker::Memory(MemAcker { queue: queue.clone(), body: Some(m.body), reason: m.reason, _permit: None }),
+                acker: Acker::Memory(MemAcker {
+                    queue: queue.clone(),
+                    body: Some(m.body),
+                    reason: m.reason,
+                    _permit: None,
+                }),
                 _keep: None,
             });
         }

@@ -1,0 +1,277 @@
+//! The fault suite: batches of 5,000 invocations of a few-millisecond function, with a real
+//! fault injected while they run, then a check of the store: exactly one final record per
+//! invocation, every result right, none missing. Each scenario prints its counts.
+//!
+//! These tests stop RabbitMQ and restart PostgreSQL, so `scripts/test` runs them on their own,
+//! one at a time, after the rest of the suite.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use uuid::Uuid;
+use warren_common::store::{InvocationFilter, Status, Store};
+use warren_common::transport::amqp::AmqpTransport;
+use warren_common::transport::Transport;
+use warren_tests::*;
+
+const N: usize = 5_000;
+
+struct Scenario {
+    tmp: tempfile::TempDir,
+    pool: String,
+    name: String,
+    m: Management,
+    store: Arc<dyn Store>,
+    runs: std::path::PathBuf,
+}
+
+impl Scenario {
+    async fn new() -> Scenario {
+        require_services();
+        let tmp = tempfile::tempdir().unwrap();
+        let (pool, name) = (unique("f"), unique("cat"));
+        let runs = tmp.path().join("runs.log");
+        // Echoes its input; notes each execution (O_APPEND lines are atomic) to count re-runs.
+        let script = format!("cat\necho \"$WARREN_INVOCATION_ID\" >> '{}'\n", runs.display());
+        let manifest = format!(
+            "name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\ntimeout_secs = 60\npool = \"{pool}\"\n"
+        );
+        let m = Management::start(&pg_url()).await;
+        m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", &script)])).await;
+        let store = warren_common::store::open(&pg_url()).await.unwrap();
+        Scenario { tmp, pool, name, m, store, runs }
+    }
+
+    fn worker(&self, i: usize) -> Proc {
+        start_worker(&pg_url(), &self.pool, 8, &self.tmp.path().join(format!("cache{i}")))
+    }
+
+    /// Publishes N async invocations through the API (32 requests in flight).
+    async fn publish(&self) -> HashMap<Uuid, String> {
+        let mut ids = HashMap::new();
+        let mut pending = tokio::task::JoinSet::new();
+        let mut next = 0;
+        while next < N || !pending.is_empty() {
+            while next < N && pending.len() < 32 {
+                let (http, url) =
+                    (self.m.http.clone(), format!("{}/api/functions/{}/invoke?mode=async", self.m.base, self.name));
+                let input = format!("item-{next}");
+                next += 1;
+                pending.spawn(async move {
+                    let r = http.post(url).body(input.clone()).send().await.expect("invoke");
+                    assert_eq!(r.status().as_u16(), 202);
+                    let v: serde_json::Value = r.json().await.unwrap();
+                    (v["id"].as_str().unwrap().parse::<Uuid>().unwrap(), input)
+                });
+            }
+            if let Some(r) = pending.join_next().await {
+                let (id, input) = r.unwrap();
+                ids.insert(id, input);
+            }
+        }
+        assert_eq!(ids.len(), N);
+        ids
+    }
+
+    /// Final invocations of this scenario's function; `None` while the store is unreachable.
+    async fn finals(&self) -> Option<HashMap<Uuid, warren_common::store::Invocation>> {
+        let filter = InvocationFilter { function: Some(self.name.clone()), status: None, limit: 10_000 };
+        let all = self.store.list_invocations(&filter).await.ok()?;
+        Some(all.into_iter().filter(|i| i.status.is_final()).map(|i| (i.id, i)).collect())
+    }
+
+    async fn completed(&self) -> usize {
+        self.finals().await.map(|f| f.len()).unwrap_or(0)
+    }
+
+    /// Waits for every invocation to be final (calling `tick` meanwhile), then checks the
+    /// store and prints the counts.
+    async fn finish(&self, label: &str, ids: &HashMap<Uuid, String>, mut tick: impl FnMut(usize)) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let done = self.completed().await;
+            if done >= ids.len() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{label}: only {done} of {} final after 300 s", ids.len());
+            tick(done);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let filter = InvocationFilter { function: Some(self.name.clone()), status: None, limit: 10_000 };
+        let records = self.store.list_invocations(&filter).await.unwrap();
+        let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
+        let by_id: HashMap<Uuid, &warren_common::store::Invocation> = records.iter().map(|r| (r.id, r)).collect();
+        let missing = ids.keys().filter(|id| !by_id.contains_key(id)).count();
+        let wrong = ids
+            .iter()
+            .filter(|(id, input)| {
+                by_id
+                    .get(id)
+                    .map(|r| r.status != Status::Succeeded || r.result.as_deref() != Some(input.as_bytes()))
+                    .unwrap_or(false)
+            })
+            .count();
+        let retried = records.iter().filter(|r| r.attempts > 1).count();
+        let dead = records.iter().filter(|r| r.status == Status::Dead).count();
+        let runs = std::fs::read_to_string(&self.runs).unwrap_or_default();
+        let executions = runs.lines().count();
+        println!(
+            "{label}: published {}, completed {}, retried {retried}, dead {dead}, duplicates found {} \
+             (records {}, distinct {}), function executions {executions} ({} re-runs after the fault), missing {missing}, wrong {wrong}",
+            ids.len(),
+            records.iter().filter(|r| r.status.is_final()).count(),
+            records.len() - distinct.len(),
+            records.len(),
+            distinct.len(),
+            executions.saturating_sub(distinct.len()),
+        );
+        assert_eq!(records.len(), ids.len(), "{label}: one record per invocation, no more");
+        assert_eq!(distinct.len(), records.len(), "{label}: no duplicate records");
+        assert_eq!(missing, 0, "{label}: invocations missing");
+        assert_eq!(wrong, 0, "{label}: invocations not succeeded with their own input as result");
+        assert_eq!(dead, 0, "{label}: nothing should have died");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_every_two_seconds_lose_nothing() {
+    let s = Scenario::new().await;
+    let mut workers: Vec<Proc> = (0..3).map(|i| s.worker(i)).collect();
+    wait_consumers(&s.pool, 3).await;
+    let ids = s.publish().await;
+    let mut last_kill = Instant::now();
+    let mut kills = 0;
+    let mut victim = 0;
+    s.finish("SIGKILL every 2 s", &ids, |_| {
+        if last_kill.elapsed() >= Duration::from_secs(2) {
+            // SIGKILL (Child::kill), then a fresh worker in its place.
+            let _ = workers[victim].child.kill();
+            let _ = workers[victim].child.wait();
+            workers[victim] = s.worker(victim);
+            victim = (victim + 1) % workers.len();
+            kills += 1;
+            last_kill = Instant::now();
+        }
+    })
+    .await;
+    println!("workers killed: {kills}");
+    assert!(kills >= 2, "the run ended before the fault could be injected twice ({kills} kills)");
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl is needed for this test");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_run_loses_nothing() {
+    let s = Scenario::new().await;
+    let _workers: Vec<Proc> = (0..3).map(|i| s.worker(i)).collect();
+    wait_consumers(&s.pool, 3).await;
+    let ids = s.publish().await;
+    // Let the workers get going, then take the broker away under them.
+    eventually(Duration::from_secs(60), "some progress", || async { (s.completed().await >= 300).then_some(()) }).await;
+    let before = s.completed().await;
+    rabbitmqctl(&["stop_app"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    println!("broker stopped after {before} of {N} completed");
+    assert!(before < N, "the run ended before the broker stopped");
+    s.finish("RabbitMQ stop_app/start_app", &ids, |_| {}).await;
+    // Management is back in business too: a sync invoke goes through.
+    let (status, v) = s.m.invoke(&s.name, "sync", b"after the restart").await;
+    assert_eq!((status, v["result"].as_str()), (200, Some("after the restart")), "{v}");
+}
+
+fn pg_restart() {
+    let versions = std::fs::read_dir("/etc/postgresql").expect("this test restarts the local PostgreSQL cluster");
+    for v in versions {
+        let v = v.unwrap().file_name().to_string_lossy().to_string();
+        let out = Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &v, "main", "restart"])
+            .output()
+            .expect("pg_ctlcluster");
+        assert!(out.status.success(), "pg_ctlcluster restart: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_mid_run_loses_nothing() {
+    let s = Scenario::new().await;
+    let _workers: Vec<Proc> = (0..3).map(|i| s.worker(i)).collect();
+    wait_consumers(&s.pool, 3).await;
+    let ids = s.publish().await;
+    eventually(Duration::from_secs(60), "some progress", || async { (s.completed().await >= 300).then_some(()) }).await;
+    let before = s.completed().await;
+    pg_restart();
+    println!("PostgreSQL restarted after {before} of {N} completed");
+    assert!(before < N, "the run ended before the database restarted");
+    s.finish("PostgreSQL restart", &ids, |_| {}).await;
+    let (status, _) = s.m.get("/api/functions").await;
+    assert_eq!(status, 200, "management reads again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_garbage_messages_are_dead_lettered_and_real_work_completes() {
+    let s = Scenario::new().await;
+    let _workers: Vec<Proc> = (0..3).map(|i| s.worker(i)).collect();
+    wait_consumers(&s.pool, 3).await;
+    let t = Arc::new(AmqpTransport::connect(&amqp_url(), "garbage-test").await.unwrap());
+    let valid = warren_common::message::InvocationMessage {
+        v: warren_common::message::PROTOCOL_VERSION,
+        id: Uuid::now_v7(),
+        function: s.name.clone(),
+        version: 1,
+        attempt: 1,
+        payload: Bytes::from_static(b"payload"),
+        notify: None,
+        created_ms: warren_common::now_ms(),
+    }
+    .encode();
+    // Garbage goes in while the real invocations are published.
+    let garbage = {
+        let (t, pool) = (t.clone(), s.pool.clone());
+        tokio::spawn(async move {
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+            let mut rnd = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            for i in 0..10_000u64 {
+                let body: Vec<u8> = match i % 3 {
+                    0 => (0..(rnd() % 200)).map(|_| rnd() as u8).collect(),
+                    1 => valid[..(rnd() as usize % (valid.len() - 1))].to_vec(),
+                    _ => {
+                        let mut m = warren_common::message::InvocationMessage::decode(&valid).unwrap();
+                        m.v = warren_common::message::PROTOCOL_VERSION + 1 + (rnd() % 100) as u16;
+                        m.encode()
+                    }
+                };
+                t.publish(&pool, Bytes::from(body)).await.unwrap();
+            }
+        })
+    };
+    let ids = s.publish().await;
+    garbage.await.unwrap();
+    s.finish("10,000 garbage messages", &ids, |_| {}).await;
+    eventually(Duration::from_secs(60), "10,000 dead letters", || async {
+        (t.dead_count(&s.pool).await.ok()? >= 10_000).then_some(())
+    })
+    .await;
+    let dead = t.take_dead(&s.pool, 20_000).await.unwrap();
+    let with_reason = dead.iter().filter(|d| d.reason.as_deref().map(|r| !r.is_empty()).unwrap_or(false)).count();
+    let newer = dead.iter().filter(|d| d.reason.as_deref().unwrap_or("").contains("newer than this worker")).count();
+    println!("dead letters: {} ({with_reason} with a reason, {newer} from a newer protocol)", dead.len());
+    assert_eq!(dead.len(), 10_000);
+    assert_eq!(with_reason, 10_000);
+    assert!(newer >= 3_000, "{newer}");
+    for d in dead {
+        d.ack().await.unwrap();
+    }
+}

@@ -1,0 +1,190 @@
+//! Retries, dead letters and replay, poison messages, graceful shutdown: on the real broker,
+//! the real PostgreSQL and real worker processes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use warren_common::message::{InvocationMessage, PROTOCOL_VERSION};
+use warren_common::transport::amqp::AmqpTransport;
+use warren_common::transport::Transport;
+use warren_tests::*;
+
+/// A script that fails until the file named by its input exists... counted in another file.
+const FLAKY: &str = r#"read state
+n=$(cat "$state.count" 2>/dev/null || echo 0)
+n=$((n + 1))
+echo "$n" > "$state.count"
+echo "attempt $n" >&2
+if [ -e "$state.ok" ] || [ "$n" -ge 3 ]; then echo "ok after $n"; exit 0; fi
+echo "not yet" >&2
+exit 1
+"#;
+
+async fn wait_status(m: &Management, id: &str, want: &str) -> serde_json::Value {
+    let path = format!("/api/invocations/{id}");
+    eventually(Duration::from_secs(60), &format!("invocation {id} to be {want}"), || async {
+        let (_, v) = m.get(&path).await;
+        (v["status"] == want).then_some(v)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_retried_by_the_broker_and_each_is_visible() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("flaky"));
+    let m = Management::start(&pg_url()).await;
+    let manifest = format!(
+        "name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n\
+         [retry]\nmax_attempts = 5\ninitial_delay_ms = 200\nmax_delay_ms = 400\n"
+    );
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", FLAKY)])).await;
+    let _w = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let state = tmp.path().join("state");
+    let (status, v) = m.invoke(&name, "async", state.display().to_string().as_bytes()).await;
+    assert_eq!(status, 202, "{v}");
+    let v = wait_status(&m, v["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(v["attempts"], 3);
+    assert_eq!(v["result"], "ok after 3\n");
+    let history: Vec<(i64, &str)> = v["attempt_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["attempt"].as_i64().unwrap(), a["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(history, vec![(1, "failed"), (2, "failed"), (3, "succeeded")]);
+    assert!(v["attempt_history"][0]["error"].as_str().unwrap().contains("not yet"), "{v}");
+    let lines: Vec<(i64, &str)> = v["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["attempt"].as_i64().unwrap(), l["line"].as_str().unwrap()))
+        .collect();
+    assert_eq!(lines[0], (1, "attempt 1"));
+    assert_eq!(lines.last().unwrap(), &(3, "attempt 3"));
+    assert_eq!(std::fs::read_to_string(tmp.path().join("state.count")).unwrap().trim(), "3", "ran exactly three times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_invocations_die_into_the_dead_letter_queue_and_replay_as_a_new_attempt() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("doomed"));
+    let m = Management::start(&pg_url()).await;
+    // Fails until a flag file exists; it never reaches 3 attempts with max_attempts = 2.
+    let script = "read state\nif [ -e \"$state.ok\" ]; then echo fixed; exit 0; fi\necho 'still broken' >&2\nexit 4\n";
+    let manifest = format!(
+        "name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n\
+         [retry]\nmax_attempts = 2\ninitial_delay_ms = 100\nmax_delay_ms = 100\n"
+    );
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", script)])).await;
+    let _w = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let state = tmp.path().join("state");
+    let (_, v) = m.invoke(&name, "async", state.display().to_string().as_bytes()).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let v = wait_status(&m, &id, "dead").await;
+    assert_eq!(v["attempts"], 2);
+    assert!(v["error"].as_str().unwrap().starts_with("gave up after 2 attempts"), "{v}");
+
+    let (_, dead) = m.get(&format!("/api/dead-letters?pool={pool}")).await;
+    assert_eq!(dead["counts"][&pool], 1, "{dead}");
+    assert_eq!(dead["items"][0]["id"], id.as_str());
+    assert!(dead["items"][0]["reason"].as_str().unwrap().contains("still broken"), "{dead}");
+    // Listing leaves it in place.
+    let (_, again) = m.get(&format!("/api/dead-letters?pool={pool}")).await;
+    assert_eq!(again["counts"][&pool], 1);
+
+    // Fix the cause, replay through the CLI: same invocation, third attempt.
+    std::fs::write(tmp.path().join("state.ok"), "").unwrap();
+    let out = std::process::Command::new(bin("warren"))
+        .args(["--url", &m.base, "dead", "replay", &id, "--pool", &pool])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1"), "{}", String::from_utf8_lossy(&out.stdout));
+    let v = wait_status(&m, &id, "succeeded").await;
+    assert_eq!((v["attempts"].as_i64(), v["result"].as_str()), (Some(3), Some("fixed\n")));
+    let t = AmqpTransport::connect(&amqp_url(), "replay-test").await.unwrap();
+    assert_eq!(t.dead_count(&pool).await.unwrap(), 0, "the replayed message left the dead-letter queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_with_a_reason_and_the_worker_carries_on() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("echo"));
+    let m = Management::start(&pg_url()).await;
+    m.publish_dir(&function_dir(
+        tmp.path(),
+        &format!("name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"),
+        &[],
+    ))
+    .await;
+    let _w = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let t = AmqpTransport::connect(&amqp_url(), "poison-test").await.unwrap();
+    let good = InvocationMessage {
+        v: PROTOCOL_VERSION,
+        id: uuid::Uuid::now_v7(),
+        function: name.clone(),
+        version: 1,
+        attempt: 1,
+        payload: Bytes::from_static(b"x"),
+        notify: None,
+        created_ms: warren_common::now_ms(),
+    };
+    let encoded = good.encode();
+    let future = InvocationMessage { v: PROTOCOL_VERSION + 1, id: uuid::Uuid::now_v7(), ..good.clone() }.encode();
+    let missing = InvocationMessage { id: uuid::Uuid::now_v7(), function: unique("ghost"), ..good.clone() };
+    let poison: Vec<Vec<u8>> =
+        vec![b"\x00\x01garbage".to_vec(), encoded[..encoded.len() / 2].to_vec(), future, missing.encode(), Vec::new()];
+    for p in &poison {
+        t.publish(&pool, Bytes::from(p.clone())).await.unwrap();
+    }
+    eventually(Duration::from_secs(30), "5 dead letters", || async {
+        (t.dead_count(&pool).await.ok()? == 5).then_some(())
+    })
+    .await;
+    let (_, dead) = m.get(&format!("/api/dead-letters?pool={pool}")).await;
+    let reasons: Vec<String> =
+        dead["items"].as_array().unwrap().iter().map(|d| d["reason"].as_str().unwrap().to_string()).collect();
+    assert_eq!(reasons.len(), 5);
+    assert!(reasons.iter().filter(|r| r.contains("not a valid Warren invocation")).count() == 3, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("newer than this worker")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("does not exist")), "{reasons:?}");
+    let (_, ghost) = m.get(&format!("/api/invocations/{}", missing.id)).await;
+    assert_eq!(ghost["status"], "dead", "{ghost}");
+
+    let (status, v) = m.invoke(&name, "sync", b"after the poison").await;
+    assert_eq!((status, v["result"].as_str()), (200, Some("after the poison")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_running_invocations_finish_then_the_worker_leaves() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("slow"));
+    let m = Management::start(&pg_url()).await;
+    let manifest =
+        format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n");
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", "sleep 2\necho finished\n")])).await;
+    let mut w = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let (_, v) = m.invoke(&name, "async", b"").await;
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_status(&m, &id, "running").await;
+    let status = w.terminate(Duration::from_secs(20)).expect("the worker exits within its grace period");
+    assert!(status.success(), "exit status {status:?}");
+    let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+    assert_eq!((v["status"].as_str(), v["result"].as_str()), (Some("succeeded"), Some("finished\n")), "{v}");
+    let (_, workers) = m.get("/api/workers").await;
+    let me = workers.as_array().unwrap().iter().find(|x| x["pools"] == pool.as_str()).expect("worker registered");
+    assert_eq!(me["state"], "gone");
+}
