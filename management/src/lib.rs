@@ -317,7 +317,8 @@ impl Management {
     }
 
     /// Replays dead letters: each selected one becomes a new attempt of its invocation (not a
-    /// new invocation). `ids = None` selects all. Undecodable messages stay where they are.
+    /// new invocation), on the function's active version. `ids = None` selects all.
+    /// Undecodable messages stay where they are.
     pub async fn replay(&self, pools: &[String], ids: Option<&[Uuid]>, limit: usize) -> Result<ReplayReport, Error> {
         let mut report = ReplayReport::default();
         for pool in pools {
@@ -336,7 +337,13 @@ impl Management {
                     d.requeue().await?;
                     continue;
                 };
-                let again = InvocationMessage { attempt: attempt as u32, notify: None, ..msg };
+                // The new attempt runs the function's active version: replaying after a fix
+                // means publishing the fix, then replaying.
+                let version = match self.store.get_function(&msg.function).await? {
+                    Some(f) => f.active_version,
+                    None => msg.version,
+                };
+                let again = InvocationMessage { attempt: attempt as u32, version, notify: None, ..msg };
                 match self.transport.publish(pool, again.encode().into()).await {
                     Ok(()) => {
                         d.ack().await?;

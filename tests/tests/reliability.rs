@@ -74,8 +74,8 @@ async fn exhausted_invocations_die_into_the_dead_letter_queue_and_replay_as_a_ne
     let tmp = tempfile::tempdir().unwrap();
     let (pool, name) = (unique("p"), unique("doomed"));
     let m = Management::start(&pg_url()).await;
-    // Fails until a flag file exists; it never reaches 3 attempts with max_attempts = 2.
-    let script = "read state\nif [ -e \"$state.ok\" ]; then echo fixed; exit 0; fi\necho 'still broken' >&2\nexit 4\n";
+    // Version 1 always fails; version 2, published later, is the fix.
+    let script = "echo 'still broken' >&2\nexit 4\n";
     let manifest = format!(
         "name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n\
          [retry]\nmax_attempts = 2\ninitial_delay_ms = 100\nmax_delay_ms = 100\n"
@@ -84,8 +84,7 @@ async fn exhausted_invocations_die_into_the_dead_letter_queue_and_replay_as_a_ne
     let _w = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
     wait_consumers(&pool, 1).await;
 
-    let state = tmp.path().join("state");
-    let (_, v) = m.invoke(&name, "async", state.display().to_string().as_bytes()).await;
+    let (_, v) = m.invoke(&name, "async", b"").await;
     let id = v["id"].as_str().unwrap().to_string();
     let v = wait_status(&m, &id, "dead").await;
     assert_eq!(v["attempts"], 2);
@@ -99,8 +98,10 @@ async fn exhausted_invocations_die_into_the_dead_letter_queue_and_replay_as_a_ne
     let (_, again) = m.get(&format!("/api/dead-letters?pool={pool}")).await;
     assert_eq!(again["counts"][&pool], 1);
 
-    // Fix the cause, replay through the CLI: same invocation, third attempt.
-    std::fs::write(tmp.path().join("state.ok"), "").unwrap();
+    // Publish the fix, replay through the CLI: same invocation, third attempt, new version.
+    let fixed_dir = tmp.path().join("fixed");
+    std::fs::create_dir_all(&fixed_dir).unwrap();
+    assert_eq!(m.publish_dir(&function_dir(&fixed_dir, &manifest, &[("run.sh", "echo fixed\n")])).await["version"], 2);
     let out = std::process::Command::new(bin("warren"))
         .args(["--url", &m.base, "dead", "replay", &id, "--pool", &pool])
         .output()
@@ -108,7 +109,10 @@ async fn exhausted_invocations_die_into_the_dead_letter_queue_and_replay_as_a_ne
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1"), "{}", String::from_utf8_lossy(&out.stdout));
     let v = wait_status(&m, &id, "succeeded").await;
-    assert_eq!((v["attempts"].as_i64(), v["result"].as_str()), (Some(3), Some("fixed\n")));
+    assert_eq!(
+        (v["attempts"].as_i64(), v["version"].as_i64(), v["result"].as_str()),
+        (Some(3), Some(2), Some("fixed\n"))
+    );
     let t = AmqpTransport::connect(&amqp_url(), "replay-test").await.unwrap();
     assert_eq!(t.dead_count(&pool).await.unwrap(), 0, "the replayed message left the dead-letter queue");
 }

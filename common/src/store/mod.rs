@@ -217,8 +217,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records an invocation as `queued` (before its message is published).
     async fn create_invocation(&self, inv: &NewInvocation) -> Result<()>;
-    /// Marks an invocation `running` on `worker` for `attempt`, unless it is final already or
-    /// a later attempt is scheduled. Creates the record if it does not exist (a message
+    /// Marks an invocation `running` on `worker` for `attempt` of function version
+    /// `inv.version` (a replay may run a newer version than the first attempt), unless it is
+    /// final already or a later attempt is scheduled. Creates the record if it does not exist (a message
     /// published by another path).
     async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim>;
     /// Stores the final outcome of `outcome.attempt`, its attempt record and its log lines, if

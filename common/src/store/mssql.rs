@@ -103,9 +103,9 @@ const GET_PACKAGE: &str = "SELECT package FROM warren_versions WHERE name = @P1 
 const CREATE_INVOCATION: &str =
     "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms)
      VALUES (@P1, @P2, @P3, 'queued', 0, @P4, @P5)";
-const CLAIM_UPDATE: &str =
-    "UPDATE warren_invocations SET status = 'running', attempts = @P1, worker = @P2, started_ms = @P3
-     WHERE id = @P4 AND status IN ('queued', 'running') AND attempts <= @P1";
+const CLAIM_UPDATE: &str = "UPDATE warren_invocations
+     SET status = 'running', attempts = @P1, worker = @P2, started_ms = @P3, version = @P4
+     WHERE id = @P5 AND status IN ('queued', 'running') AND attempts <= @P1";
 const CLAIM_INSERT: &str = "INSERT INTO warren_invocations
      (id, function_name, version, status, attempts, payload, worker, created_ms, started_ms)
      SELECT @P1, @P2, @P3, 'running', @P4, @P5, @P6, @P7, @P8
@@ -570,8 +570,10 @@ impl Store for MssqlStore {
     async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim> {
         let mut c = self.conn().await?;
         let id = inv.id.to_string();
-        let updated =
-            c.execute(CLAIM_UPDATE, &[&attempt, &worker, &started_ms, &id.as_str()]).await.map_err(unavailable)?;
+        let updated = c
+            .execute(CLAIM_UPDATE, &[&attempt, &worker, &started_ms, &inv.version, &id.as_str()])
+            .await
+            .map_err(unavailable)?;
         if updated.total() == 1 {
             return Ok(Claim::Run);
         }

@@ -462,12 +462,13 @@ impl Store for SqlxStore {
     async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim> {
         let id = inv.id.to_string();
         let updated = sqlx::query(
-            "UPDATE warren_invocations SET status = 'running', attempts = $1, worker = $2, started_ms = $3
-             WHERE id = $4 AND status IN ('queued', 'running') AND attempts <= $1",
+            "UPDATE warren_invocations SET status = 'running', attempts = $1, worker = $2, started_ms = $3, version = $4
+             WHERE id = $5 AND status IN ('queued', 'running') AND attempts <= $1",
         )
         .bind(attempt)
         .bind(worker)
         .bind(started_ms)
+        .bind(inv.version)
         .bind(&id)
         .execute(&self.pool)
         .await
