@@ -66,6 +66,8 @@ pub struct CpuUse {
     pub bench: f64,
     /// Busy share of the whole machine (all cores), 0..100.
     pub machine_busy_pct: f64,
+    /// CPU-seconds the whole machine spent busy (all processes, kernel included).
+    pub machine: f64,
 }
 
 struct CpuSnap {
@@ -92,12 +94,13 @@ fn cpu_snap(mgmt: u32, workers: &[u32]) -> CpuSnap {
 fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
     let (busy, total) = (b.machine.0.saturating_sub(a.machine.0), b.machine.1.saturating_sub(a.machine.1));
     CpuUse {
-        management: b.mgmt - a.mgmt,
-        workers: b.workers.iter().zip(&a.workers).map(|(x, y)| x - y).sum(),
-        rabbitmq: procs::cpu_delta(&a.rabbit, &b.rabbit),
-        postgres: procs::cpu_delta(&a.pg, &b.pg),
-        bench: b.bench - a.bench,
+        management: (b.mgmt - a.mgmt).max(0.0),
+        workers: b.workers.iter().zip(&a.workers).map(|(x, y)| x - y).sum::<f64>().max(0.0),
+        rabbitmq: procs::cpu_delta(&a.rabbit, &b.rabbit).max(0.0),
+        postgres: procs::cpu_delta(&a.pg, &b.pg).max(0.0),
+        bench: (b.bench - a.bench).max(0.0),
         machine_busy_pct: if total > 0 { busy as f64 * 100.0 / total as f64 } else { 0.0 },
+        machine: busy as f64 / procs::clock_ticks(),
     }
 }
 
@@ -203,7 +206,7 @@ impl Mesh {
 
     /// Publishes an echo function on `pool`; returns its name.
     pub async fn deploy_echo(&self, pool: &str) -> Result<String> {
-        let name = format!("bench-echo-{pool}");
+        let name = pool.replacen("bench-", "bench-echo-", 1);
         let dir = self.settings.work_dir.join("functions").join(&name);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
@@ -224,7 +227,7 @@ impl Mesh {
         let s = &self.settings;
         (0..count)
             .map(|i| {
-                let id = format!("bench-{pool}-w{i}");
+                let id = format!("{pool}-w{i}");
                 Child::spawn(
                     &format!("warren-worker {id}"),
                     &s.bin_dir.join("warren-worker"),
@@ -287,12 +290,17 @@ impl Mesh {
         }
     }
 
-    pub async fn delete_queue(&self, pool: &str) {
-        if let Ok(ch) = self.amqp.create_channel().await {
-            let _ = ch
-                .queue_delete(warren_common::topology::pool_queue(pool).as_str().into(), QueueDeleteOptions::default())
-                .await;
-            let _ = ch.close(200, "done".into()).await;
+    /// Deletes a finished run's queues (its pool and dead-letter queues), so runs leave nothing
+    /// behind on the broker.
+    pub async fn delete_queues(&self, pool: &str) {
+        use warren_common::topology::{dead_queue, pool_queue};
+        for q in [pool_queue(pool), dead_queue(pool)] {
+            // A missing queue closes the channel: one channel per delete.
+            if let Ok(ch) = self.amqp.create_channel().await {
+                if ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.is_ok() {
+                    let _ = ch.close(200, "done".into()).await;
+                }
+            }
         }
     }
 
@@ -343,7 +351,7 @@ impl Mesh {
         for p in procs.iter_mut() {
             p.stop(Duration::from_secs(5));
         }
-        self.delete_queue(&pool).await;
+        self.delete_queues(&pool).await;
         r
     }
 
@@ -475,7 +483,7 @@ impl Mesh {
         for p in procs.iter_mut() {
             p.stop(Duration::from_secs(5));
         }
-        self.delete_queue(&pool).await;
+        self.delete_queues(&pool).await;
         r
     }
 }

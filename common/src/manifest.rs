@@ -7,6 +7,13 @@
 //! timeout_secs = 30          # past this the whole process tree is killed: timed_out
 //! pool = "default"           # the queue (worker pool) it runs on
 //!
+//! mode = "per_invocation"    # or "persistent": warm handlers (framed protocol on stdin/stdout)
+//!
+//! [handler]                  # persistent mode only
+//! processes = 2              # warm handler processes per version on each worker
+//! concurrency = 1            # invocations given to one handler at once
+//! recycle_after = 10000      # invocations before a handler is replaced
+//!
 //! [retry]                    # optional; without it a failure is final at once
 //! max_attempts = 5           # attempts in all, the first included
 //! initial_delay_ms = 1000    # delay before the second attempt
@@ -42,6 +49,40 @@ pub struct Manifest {
     pub description: String,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// `per_invocation` (default): a process per invocation. `persistent`: warm handler
+    /// processes speaking the framed handler protocol (see README, "Warm handlers").
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub handler: HandlerConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    PerInvocation,
+    Persistent,
+}
+
+/// Warm handler settings (`mode = "persistent"` only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlerConfig {
+    /// Warm handler processes per function version on one worker.
+    pub processes: u32,
+    /// Invocations one handler process is given at once.
+    pub concurrency: u32,
+    /// Invocations after which a handler is replaced by a fresh one.
+    pub recycle_after: u64,
+    /// Seconds a new handler has to say it is ready.
+    pub start_timeout_secs: u64,
+}
+
+impl Default for HandlerConfig {
+    fn default() -> Self {
+        HandlerConfig { processes: 2, concurrency: 1, recycle_after: 10_000, start_timeout_secs: 30 }
+    }
 }
 
 /// How failed attempts are retried. The delay is held by the broker (a TTL queue that
@@ -114,6 +155,10 @@ impl Manifest {
         if self.timeout_secs == 0 || self.timeout_secs > 24 * 3600 {
             return bad(format!("timeout_secs = {} must be between 1 and 86400", self.timeout_secs));
         }
+        let h = &self.handler;
+        if !(1..=64).contains(&h.processes) || !(1..=1000).contains(&h.concurrency) || h.recycle_after == 0 {
+            return bad("handler.processes must be 1-64, handler.concurrency 1-1000, handler.recycle_after > 0".into());
+        }
         let r = &self.retry;
         if r.max_attempts == 0 || r.max_attempts > 100 {
             return bad(format!("retry.max_attempts = {} must be between 1 and 100", r.max_attempts));
@@ -130,6 +175,9 @@ impl Manifest {
             }
             Runtime::Echo if !self.command.is_empty() => {
                 bad("runtime \"echo\" is built in and takes no command".into())
+            }
+            Runtime::Echo if self.mode == Mode::Persistent => {
+                bad("mode = \"persistent\" needs runtime = \"process\"".into())
             }
             _ => Ok(()),
         }

@@ -11,6 +11,7 @@
 //!    the message to the queue instead of acking it;
 //! 6. send a completion notice if someone waits, and ack.
 
+pub mod handler;
 pub mod process;
 
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dashmap::DashMap;
 use tracing::Instrument;
-use warren_common::manifest::{Manifest, RetryPolicy, Runtime};
+use warren_common::manifest::{Manifest, Mode, RetryPolicy, Runtime};
 use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
 use warren_common::store::{Claim, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
 use warren_common::transport::{Delivery, Transport};
@@ -72,6 +73,7 @@ pub struct Worker {
     versions: DashMap<(String, i64), Arc<Loaded>>,
     in_flight: AtomicI32,
     started_ms: i64,
+    handlers: handler::Handlers,
 }
 
 /// Why a version could not be loaded: missing (poison for this message) or a passing fault.
@@ -90,6 +92,7 @@ impl Worker {
             versions: DashMap::new(),
             in_flight: AtomicI32::new(0),
             started_ms: now_ms(),
+            handlers: handler::Handlers::default(),
         })
     }
 
@@ -162,6 +165,7 @@ impl Worker {
             while tasks.join_next().await.is_some() {}
         }
         beat.abort();
+        self.handlers.close_all();
         let _ = self.store.heartbeat(&self.info("gone")).await;
         Ok(())
     }
@@ -435,12 +439,20 @@ impl Worker {
                     version: msg.version,
                     attempt: msg.attempt,
                 };
+                let timeout = Duration::from_secs(loaded.manifest.timeout_secs);
+                let settings: Vec<(String, String)> = Vec::new();
+                if loaded.manifest.mode == Mode::Persistent {
+                    let pool =
+                        self.handlers.pool(&loaded.manifest, msg.version, dir.to_path_buf(), settings, self.cfg.limits);
+                    return pool.invoke(&env, &msg.payload, timeout, attempt).await;
+                }
                 process::run(
                     &loaded.manifest.command,
                     dir,
                     &msg.payload,
-                    Duration::from_secs(loaded.manifest.timeout_secs),
+                    timeout,
                     &env,
+                    &settings,
                     attempt,
                     &self.cfg.limits,
                 )

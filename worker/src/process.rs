@@ -73,15 +73,10 @@ fn resolve_program(dir: &Path, program: &str) -> PathBuf {
     }
 }
 
-pub async fn run(
-    command: &[String],
-    dir: &Path,
-    input: &[u8],
-    timeout: Duration,
-    env: &InvocationEnv<'_>,
-    attempt: i32,
-    limits: &Limits,
-) -> RunOutput {
+/// A command for a function's process: run in its package folder, with a clean environment
+/// (only [`INHERITED`] variables of the worker, then `vars`), in its own process group (Unix)
+/// or process group and job (Windows), killed if dropped.
+pub(crate) fn command(command: &[String], dir: &Path, vars: &[(String, String)]) -> Command {
     let mut cmd = Command::new(resolve_program(dir, &command[0]));
     cmd.args(&command[1..])
         .current_dir(dir)
@@ -95,10 +90,9 @@ pub async fn run(
             cmd.env(k, v);
         }
     }
-    cmd.env("WARREN_INVOCATION_ID", env.id)
-        .env("WARREN_FUNCTION", env.function)
-        .env("WARREN_VERSION", env.version.to_string())
-        .env("WARREN_ATTEMPT", env.attempt.to_string());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
     #[cfg(unix)]
     cmd.process_group(0);
     #[cfg(windows)]
@@ -106,6 +100,27 @@ pub async fn run(
         // CREATE_NEW_PROCESS_GROUP: the tree can be signalled and killed apart from the worker.
         cmd.creation_flags(0x0000_0200);
     }
+    cmd
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    command_line: &[String],
+    dir: &Path,
+    input: &[u8],
+    timeout: Duration,
+    env: &InvocationEnv<'_>,
+    settings: &[(String, String)],
+    attempt: i32,
+    limits: &Limits,
+) -> RunOutput {
+    let mut vars: Vec<(String, String)> = settings.to_vec();
+    vars.push(("WARREN_INVOCATION_ID".into(), env.id.to_string()));
+    vars.push(("WARREN_FUNCTION".into(), env.function.to_string()));
+    vars.push(("WARREN_VERSION".into(), env.version.to_string()));
+    vars.push(("WARREN_ATTEMPT".into(), env.attempt.to_string()));
+    let command = command_line;
+    let mut cmd = self::command(command, dir, &vars);
 
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -221,7 +236,7 @@ pub async fn run(
 }
 
 /// Kills the process and everything it started.
-async fn kill_tree(child: &mut Child) {
+pub(crate) async fn kill_tree(child: &mut Child) {
     #[cfg(unix)]
     if let Some(pid) = child.id() {
         // The child leads its own process group (process_group(0) above); -pid is the group.

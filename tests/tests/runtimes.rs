@@ -1,0 +1,149 @@
+//! Warm (persistent) handlers: the reference Python and Node.js handlers of `examples/` under a
+//! real worker, and a handler killed mid-invocation.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use warren_common::store::{InvocationFilter, Status};
+use warren_tests::*;
+
+/// Copies an example function under a fresh name and pool.
+fn example_as(example: &str, root: &Path, name: &str, pool: &str) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(example);
+    let dst = root.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    let manifest = std::fs::read_to_string(dst.join("function.toml")).unwrap();
+    let manifest: String = manifest
+        .lines()
+        .map(|l| {
+            if l.starts_with("name = ") {
+                format!("name = \"{name}\"")
+            } else if l.starts_with("pool = ") {
+                format!("pool = \"{pool}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dst.join("function.toml"), manifest).unwrap();
+    dst
+}
+
+async fn serve_many(example: &str, n: usize, max_processes: usize) {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("warm"));
+    let m = Management::start(&pg_url()).await;
+    m.publish_dir(&example_as(example, tmp.path(), &name, &pool)).await;
+    let _w = start_worker(&pg_url(), &pool, 8, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    let mut pending = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (http, url) = (m.http.clone(), format!("{}/api/functions/{name}/invoke?mode=async", m.base));
+        let words = i % 7;
+        let text = vec!["w"; words].join(" ");
+        pending.spawn(async move {
+            let r = http.post(url).body(format!("{{\"text\": \"{text}\"}}")).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 202);
+            let v: serde_json::Value = r.json().await.unwrap();
+            (v["id"].as_str().unwrap().to_string(), words)
+        });
+        if pending.len() >= 32 {
+            let (id, w) = pending.join_next().await.unwrap().unwrap();
+            expected.insert(id, w);
+        }
+    }
+    while let Some(r) = pending.join_next().await {
+        let (id, w) = r.unwrap();
+        expected.insert(id, w);
+    }
+    let store = warren_common::store::open(&pg_url()).await.unwrap();
+    let filter = InvocationFilter { function: Some(name.clone()), status: None, limit: 10_000 };
+    let all = eventually(Duration::from_secs(180), &format!("{n} invocations of {example} to finish"), || async {
+        let all = store.list_invocations(&filter).await.ok()?;
+        (all.iter().filter(|i| i.status.is_final()).count() == n).then_some(all)
+    })
+    .await;
+    let mut pids = HashSet::new();
+    for inv in &all {
+        assert_eq!(inv.status, Status::Succeeded, "{}: {:?}", inv.id, inv.error);
+        let v: serde_json::Value = serde_json::from_slice(inv.result.as_deref().unwrap()).unwrap();
+        assert_eq!(v["words"].as_u64().unwrap() as usize, expected[&inv.id.to_string()], "{}", inv.id);
+        pids.insert(v["pid"].as_u64().unwrap());
+    }
+    println!("{example}: {n} invocations served by {} handler processes", pids.len());
+    assert!(pids.len() <= max_processes, "warm handlers are reused: {} processes for {n} invocations", pids.len());
+    let logs = store.get_logs(all[0].id).await.unwrap();
+    assert!(logs.iter().any(|l| l.line.starts_with("counting")), "{logs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_handler_serves_two_thousand_invocations_warm() {
+    serve_many("warm-python", 2000, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_handler_serves_two_thousand_invocations_warm() {
+    serve_many("warm-node", 2000, 2).await;
+}
+
+fn children_running(parent: u32, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid: u32 =
+            stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == parent && String::from_utf8_lossy(&cmd).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_killed_mid_invocation_is_replaced_and_its_invocation_recorded_failed() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("warm"));
+    let m = Management::start(&pg_url()).await;
+    m.publish_dir(&example_as("warm-python", tmp.path(), &name, &pool)).await;
+    let w = start_worker(&pg_url(), &pool, 4, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    // Warm it up: one handler answers.
+    let (_, v) = m.invoke(&name, "sync", br#"{"text": "a b"}"#).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let (_, slow) = m.invoke(&name, "async", br#"{"sleep_ms": 30000}"#).await;
+    let id = slow["id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(20), "the slow invocation to run", || async {
+        let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+        (v["status"] == "running").then_some(())
+    })
+    .await;
+    let handlers = children_running(w.pid(), "handler.py");
+    assert!(!handlers.is_empty(), "warm handlers run under the worker");
+    for pid in &handlers {
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let v = eventually(Duration::from_secs(20), "the killed invocation to be recorded", || async {
+        let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+        (v["status"] == "failed").then_some(v)
+    })
+    .await;
+    assert!(v["error"].as_str().unwrap().contains("handler process exited"), "{v}");
+
+    let (_, after) = m.invoke(&name, "sync", br#"{"text": "one two three"}"#).await;
+    assert_eq!((after["status"].as_str(), after["result"]["words"].as_u64()), (Some("succeeded"), Some(3)), "{after}");
+    let new_pid = after["result"]["pid"].as_i64().unwrap() as i32;
+    assert!(!handlers.contains(&new_pid), "a fresh handler took over");
+}

@@ -1,0 +1,498 @@
+//! Warm (persistent) handlers: `mode = "persistent"` functions keep a small pool of handler
+//! processes per version, each serving many invocations over the handler protocol.
+//!
+//! ## The protocol (language-neutral, over the handler's stdin/stdout)
+//!
+//! Every frame is one line of JSON (a header, ending in `\n`; a `\r` before it is tolerated),
+//! followed by exactly `len` raw bytes when the header has a `len`.
+//!
+//! - handler → worker, once at start: `{"type":"ready"}`
+//! - worker → handler: `{"type":"invoke","id":"<uuid>","function":"f","version":3,"attempt":1,"timeout_ms":30000,"len":N}` + N input bytes
+//! - handler → worker, any number, before the answer: `{"type":"log","id":"<uuid>","line":"text"}`
+//! - handler → worker, the answer: `{"type":"result","id":"<uuid>","len":N}` + N result bytes,
+//!   or `{"type":"error","id":"<uuid>","message":"why"}`
+//!
+//! Answers may come in any order when a handler takes several invocations at once
+//! (`handler.concurrency`). Nothing else may be written to stdout; stderr lines are kept as log
+//! lines of the invocation in flight when there is exactly one, else as worker logs. The
+//! handler's stdin closes when it should exit.
+//!
+//! A handler that exits, breaks the protocol, or holds an invocation past its timeout is killed
+//! (with its process tree) and replaced on the next invocation; the invocations it held end
+//! `failed` (or `timed_out` for the one that timed out). Handlers are recycled after
+//! `handler.recycle_after` invocations, and shut down when a newer version of their function
+//! arrives or the worker stops.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, Notify};
+use warren_common::manifest::Manifest;
+use warren_common::now_ms;
+use warren_common::store::{LogLine, Status};
+
+use crate::process::{self, Limits, RunOutput};
+
+/// Longest header line accepted from a handler.
+const MAX_HEADER: usize = 64 << 10;
+
+#[derive(Serialize)]
+struct InvokeFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    function: &'a str,
+    version: i64,
+    attempt: u32,
+    timeout_ms: u64,
+    len: usize,
+}
+
+#[derive(Deserialize)]
+struct HandlerFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    line: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    len: Option<usize>,
+}
+
+enum Reply {
+    Result(Vec<u8>),
+    Error(String),
+    /// The handler died or was killed while holding the invocation.
+    Lost(String),
+}
+
+struct Pending {
+    tx: oneshot::Sender<(Reply, Vec<LogLine>)>,
+    logs: Vec<LogLine>,
+    attempt: i32,
+}
+
+/// One handler process.
+struct Proc {
+    pid: Option<u32>,
+    to_stdin: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    in_flight: AtomicUsize,
+    served: AtomicU64,
+    dead: AtomicBool,
+    retired: AtomicBool,
+    kill: Arc<Notify>,
+}
+
+impl Proc {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends every invocation this handler holds with `why`, and has it killed.
+    fn fail_all(&self, why: &str) {
+        self.dead.store(true, Ordering::SeqCst);
+        let drained: Vec<Pending> = self.lock_pending().drain().map(|(_, p)| p).collect();
+        for p in drained {
+            let _ = p.tx.send((Reply::Lost(why.to_string()), p.logs));
+        }
+        self.kill.notify_one();
+    }
+
+    /// Closes stdin: the handler should exit once it has answered what it holds; if it has
+    /// not after 10 s, it is killed.
+    fn close(&self) {
+        if self.to_stdin.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+            let kill = self.kill.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                kill.notify_one();
+            });
+        }
+    }
+}
+
+/// The warm handlers of one function version.
+pub struct Pool {
+    manifest: Manifest,
+    dir: PathBuf,
+    vars: Vec<(String, String)>,
+    limits: Limits,
+    procs: Mutex<Vec<Arc<Proc>>>,
+    starting: AtomicUsize,
+    slots: Arc<tokio::sync::Semaphore>,
+    changed: Notify,
+    closed: AtomicBool,
+}
+
+impl Pool {
+    pub fn new(manifest: Manifest, dir: PathBuf, vars: Vec<(String, String)>, limits: Limits) -> Arc<Pool> {
+        let slots = (manifest.handler.processes * manifest.handler.concurrency) as usize;
+        Arc::new(Pool {
+            manifest,
+            dir,
+            vars,
+            limits,
+            procs: Mutex::new(Vec::new()),
+            starting: AtomicUsize::new(0),
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            changed: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn lock_procs(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Proc>>> {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shuts every handler down (after what they hold), and refuses new invocations.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for p in self.lock_procs().drain(..) {
+            p.retired.store(true, Ordering::SeqCst);
+            p.close();
+        }
+        self.slots.close();
+    }
+
+    /// Runs one invocation on a warm handler.
+    pub async fn invoke(
+        self: &Arc<Self>,
+        env: &process::InvocationEnv<'_>,
+        input: &[u8],
+        timeout: Duration,
+        log_attempt: i32,
+    ) -> RunOutput {
+        let id = env.id;
+        let failed = |status, error: String, logs| RunOutput { status, result: None, error: Some(error), logs };
+        let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+            return failed(Status::Failed, "the worker is shutting down this function's handlers".into(), Vec::new());
+        };
+        let proc = match self.pick().await {
+            Ok(p) => p,
+            Err(e) => return failed(Status::Failed, e, Vec::new()),
+        };
+        let (tx, rx) = oneshot::channel();
+        proc.lock_pending().insert(id.to_string(), Pending { tx, logs: Vec::new(), attempt: log_attempt });
+        let header = InvokeFrame {
+            kind: "invoke",
+            id,
+            function: env.function,
+            version: env.version,
+            attempt: env.attempt,
+            timeout_ms: timeout.as_millis() as u64,
+            len: input.len(),
+        };
+        let mut frame = serde_json::to_vec(&header).expect("frame serialises");
+        frame.push(b'\n');
+        frame.extend_from_slice(input);
+        let sender = proc.to_stdin.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sent = match sender {
+            Some(s) => s.send(frame).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            proc.lock_pending().remove(id);
+            proc.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.changed.notify_waiters();
+            return failed(Status::Failed, "the handler stopped before it took the invocation".into(), Vec::new());
+        }
+        let out = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok((Reply::Result(bytes), logs))) => {
+                RunOutput { status: Status::Succeeded, result: Some(bytes), error: None, logs }
+            }
+            Ok(Ok((Reply::Error(msg), logs))) => failed(Status::Failed, format!("the handler reported: {msg}"), logs),
+            Ok(Ok((Reply::Lost(why), logs))) => failed(Status::Failed, why, logs),
+            Ok(Err(_)) => failed(Status::Failed, "the handler went away".into(), Vec::new()),
+            Err(_) => {
+                let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
+                proc.fail_all(&format!("the handler was killed: invocation {id} timed out on it"));
+                self.retire(&proc);
+                failed(
+                    Status::TimedOut,
+                    format!(
+                        "timed out after {} s; the handler and its process tree were killed",
+                        timeout.as_secs_f64()
+                    ),
+                    logs,
+                )
+            }
+        };
+        let served = proc.served.fetch_add(1, Ordering::SeqCst) + 1;
+        let left = proc.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        if served >= self.manifest.handler.recycle_after || proc.dead.load(Ordering::SeqCst) {
+            self.retire(&proc);
+        } else if left == 0 && proc.retired.load(Ordering::SeqCst) {
+            proc.close();
+        }
+        self.changed.notify_waiters();
+        out
+    }
+
+    /// Takes a handler out of service: no new invocations; it exits once it has answered.
+    fn retire(&self, proc: &Arc<Proc>) {
+        proc.retired.store(true, Ordering::SeqCst);
+        self.lock_procs().retain(|p| !Arc::ptr_eq(p, proc));
+        if proc.in_flight.load(Ordering::SeqCst) == 0 {
+            proc.close();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// A live handler with room, starting one if the pool is not full. The caller holds a slot,
+    /// so one of the two is always possible, at worst after a start in progress completes.
+    async fn pick(self: &Arc<Self>) -> Result<Arc<Proc>, String> {
+        let conc = self.manifest.handler.concurrency as usize;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let start_one = {
+                let mut procs = self.lock_procs();
+                procs.retain(|p| !p.dead.load(Ordering::SeqCst));
+                if let Some(p) = procs.iter().min_by_key(|p| p.in_flight.load(Ordering::SeqCst)) {
+                    if p.in_flight.load(Ordering::SeqCst) < conc {
+                        p.in_flight.fetch_add(1, Ordering::SeqCst);
+                        return Ok(p.clone());
+                    }
+                }
+                let room =
+                    procs.len() + self.starting.load(Ordering::SeqCst) < self.manifest.handler.processes as usize;
+                if room {
+                    self.starting.fetch_add(1, Ordering::SeqCst);
+                }
+                room
+            };
+            if start_one {
+                let started = self.start().await;
+                self.starting.fetch_sub(1, Ordering::SeqCst);
+                let proc = started?;
+                proc.in_flight.fetch_add(1, Ordering::SeqCst);
+                if self.closed.load(Ordering::SeqCst) {
+                    proc.close();
+                    return Err("the function's handlers are shutting down".into());
+                }
+                self.lock_procs().push(proc.clone());
+                self.changed.notify_waiters();
+                return Ok(proc);
+            }
+            changed.await;
+        }
+    }
+
+    /// Starts one handler and waits for its `ready` frame.
+    async fn start(self: &Arc<Self>) -> Result<Arc<Proc>, String> {
+        let mut vars = self.vars.clone();
+        vars.push(("WARREN_FUNCTION".into(), self.manifest.name.clone()));
+        vars.push(("WARREN_HANDLER".into(), "1".into()));
+        let mut child = process::command(&self.manifest.command, &self.dir, &vars)
+            .spawn()
+            .map_err(|e| format!("could not start the handler {:?}: {e}", self.manifest.command[0]))?;
+        let mut stdin = child.stdin.take().expect("stdin piped");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+        let proc = Arc::new(Proc {
+            pid: child.id(),
+            to_stdin: Mutex::new(Some(tx)),
+            pending: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            dead: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            kill: Arc::new(Notify::new()),
+        });
+        // Writer: frames in order; closing the channel closes stdin.
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if stdin.write_all(&frame).await.is_err() || stdin.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (ready_tx, ready_rx) = oneshot::channel();
+        tokio::spawn(read_frames(proc.clone(), stdout, ready_tx, self.limits));
+        tokio::spawn(read_stderr(proc.clone(), stderr, self.limits));
+        // Owner of the child: kills it when asked, reaps it when it exits, then fails whatever
+        // it still held.
+        {
+            let proc = proc.clone();
+            let pool = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let status = tokio::select! {
+                    s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                    _ = proc.kill.notified() => {
+                        process::kill_tree(&mut child).await;
+                        "killed".to_string()
+                    }
+                };
+                proc.fail_all(&format!("the handler process exited ({status}) while holding the invocation"));
+                if let Some(pool) = pool.upgrade() {
+                    pool.lock_procs().retain(|p| !Arc::ptr_eq(p, &proc));
+                    pool.changed.notify_waiters();
+                }
+            });
+        }
+        let limit = Duration::from_secs(self.manifest.handler.start_timeout_secs);
+        match tokio::time::timeout(limit, ready_rx).await {
+            Ok(Ok(())) => {
+                tracing::info!(function = %self.manifest.name, pid = ?proc.pid, "warm handler ready");
+                Ok(proc)
+            }
+            Ok(Err(_)) => {
+                proc.fail_all("the handler exited before it was ready");
+                Err("the handler exited before saying it was ready (a {\"type\":\"ready\"} line on stdout)".into())
+            }
+            Err(_) => {
+                proc.fail_all("the handler was not ready in time");
+                Err(format!("the handler did not say it was ready within {} s", limit.as_secs()))
+            }
+        }
+    }
+}
+
+fn protocol_error(proc: &Proc, what: String) {
+    tracing::warn!(pid = ?proc.pid, "handler broke the protocol: {what}");
+    proc.fail_all(&format!("the handler broke the protocol: {what}"));
+}
+
+async fn read_frames(proc: Arc<Proc>, stdout: tokio::process::ChildStdout, ready: oneshot::Sender<()>, limits: Limits) {
+    let mut ready = Some(ready);
+    let mut r = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut r).take(MAX_HEADER as u64 + 1).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return, // EOF: the owner task sees the exit and fails what is held.
+            Ok(_) => {}
+        }
+        if line.len() > MAX_HEADER || line.last() != Some(&b'\n') {
+            return protocol_error(&proc, "a header line over 64 KiB, or cut short".into());
+        }
+        let text = String::from_utf8_lossy(&line);
+        let frame: HandlerFrame = match serde_json::from_str(text.trim_end_matches(['\n', '\r'])) {
+            Ok(f) => f,
+            Err(e) => {
+                let shown: String = text.chars().take(120).collect();
+                return protocol_error(&proc, format!("{shown:?} is not a JSON frame ({e})"));
+            }
+        };
+        let mut body = Vec::new();
+        if let Some(len) = frame.len {
+            if len > limits.max_output_bytes {
+                return protocol_error(
+                    &proc,
+                    format!("a {len}-byte frame, over the {}-byte limit", limits.max_output_bytes),
+                );
+            }
+            body.resize(len, 0);
+            if r.read_exact(&mut body).await.is_err() {
+                return;
+            }
+        }
+        let id = frame.id.unwrap_or_default();
+        match frame.kind.as_str() {
+            "ready" => {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+            }
+            "log" => {
+                let mut pending = proc.lock_pending();
+                let Some(p) = pending.get_mut(&id) else { continue };
+                if p.logs.len() < limits.max_log_lines {
+                    let seq = p.logs.len() as i32;
+                    p.logs.push(LogLine {
+                        attempt: p.attempt,
+                        seq,
+                        ts_ms: now_ms(),
+                        line: frame.line.unwrap_or_default(),
+                    });
+                }
+            }
+            "result" | "error" => {
+                let Some(p) = proc.lock_pending().remove(&id) else {
+                    // An answer for nothing held: a late answer after a timeout is possible
+                    // only on a killed handler, so anything else is a bug in the handler.
+                    return protocol_error(&proc, format!("an answer for unknown invocation {id:?}"));
+                };
+                let reply = if frame.kind == "result" {
+                    Reply::Result(body)
+                } else {
+                    Reply::Error(frame.message.unwrap_or_else(|| "(no message)".into()))
+                };
+                let _ = p.tx.send((reply, p.logs));
+            }
+            other => return protocol_error(&proc, format!("unknown frame type {other:?}")),
+        }
+    }
+}
+
+async fn read_stderr(proc: Arc<Proc>, stderr: tokio::process::ChildStderr, limits: Limits) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut pending = proc.lock_pending();
+        if pending.len() == 1 {
+            if let Some(p) = pending.values_mut().next() {
+                if p.logs.len() < limits.max_log_lines {
+                    let seq = p.logs.len() as i32;
+                    p.logs.push(LogLine { attempt: p.attempt, seq, ts_ms: now_ms(), line });
+                }
+                continue;
+            }
+        }
+        drop(pending);
+        tracing::info!(pid = ?proc.pid, "handler: {line}");
+    }
+}
+
+/// The handler pools of one worker, per function version.
+#[derive(Default)]
+pub struct Handlers {
+    pools: Mutex<HashMap<(String, i64), Arc<Pool>>>,
+}
+
+impl Handlers {
+    /// The pool for a version, created on first use. Older versions' pools of the same function
+    /// are shut down: their version is no longer the one being invoked.
+    pub fn pool(
+        &self,
+        manifest: &Manifest,
+        version: i64,
+        dir: PathBuf,
+        vars: Vec<(String, String)>,
+        limits: Limits,
+    ) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (manifest.name.clone(), version);
+        if let Some(p) = pools.get(&key) {
+            return p.clone();
+        }
+        let stale: Vec<(String, i64)> =
+            pools.keys().filter(|(n, v)| *n == manifest.name && *v < version).cloned().collect();
+        for k in stale {
+            if let Some(old) = pools.remove(&k) {
+                tracing::info!(function = %k.0, version = k.1, "newer version in use; shutting down its handlers");
+                old.close();
+            }
+        }
+        let p = Pool::new(manifest.clone(), dir, vars, limits);
+        pools.insert(key, p.clone());
+        p
+    }
+
+    /// Shuts every pool down (the worker is draining).
+    pub fn close_all(&self) {
+        for (_, p) in self.pools.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            p.close();
+        }
+    }
+}
