@@ -160,17 +160,17 @@ pub struct Management {
 
 impl Management {
     pub async fn start(store_url: &str) -> Management {
+        Self::start_with(store_url, &[]).await
+    }
+
+    /// With extra command-line arguments (limits, keys, ...).
+    pub async fn start_with(store_url: &str, extra: &[&str]) -> Management {
         let port = free_port();
         let proc = Proc::spawn(
             "warren-management",
-            Command::new(bin("warren-management")).args([
-                "--amqp",
-                &amqp_url(),
-                "--store",
-                store_url,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ]),
+            Command::new(bin("warren-management"))
+                .args(["--amqp", &amqp_url(), "--store", store_url, "--listen", &format!("127.0.0.1:{port}")])
+                .args(extra),
         );
         let m = Management { proc, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
         m.wait_ready().await;
@@ -246,4 +246,26 @@ pub async fn wait_consumers(pool: &str, n: u32) {
         async move { t.queue_stats(pool).await.ok().filter(|s| s.consumers >= n).map(|_| ()) }
     })
     .await;
+}
+
+/// A .tar.gz written with raw headers, so that entries the tar crate's own builder refuses
+/// (`../x`, absolute paths, links) can be crafted. Each entry: (name, body, type, link target).
+pub fn crafted_tar_gz(entries: &[(&str, &[u8], tar::EntryType, &str)]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for (name, body, kind, link) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(*kind);
+        h.set_cksum();
+        raw.extend_from_slice(h.as_bytes());
+        raw.extend_from_slice(body);
+        raw.resize(raw.len().div_ceil(512) * 512, 0);
+    }
+    raw.resize(raw.len() + 1024, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    gz.finish().unwrap()
 }

@@ -1,4 +1,4 @@
-//! Function packages: a gzip'd tar of a folder with `function.toml` at its root.
+//! Function packages: a gzip'd tar (or a zip) of a folder with `function.toml` at its root.
 //!
 //! Every entry is checked before anything is written or stored: relative paths that stay inside
 //! the package folder, regular files and folders only (no links, no devices), and bounded sizes.
@@ -19,11 +19,13 @@ pub struct Limits {
     /// Sum of the sizes of all files once unpacked.
     pub max_unpacked_bytes: u64,
     pub max_entries: usize,
+    /// Unpacked size over packed size above which a package is taken for a decompression bomb.
+    pub max_ratio: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_package_bytes: 64 << 20, max_unpacked_bytes: 512 << 20, max_entries: 20_000 }
+        Limits { max_package_bytes: 64 << 20, max_unpacked_bytes: 512 << 20, max_entries: 20_000, max_ratio: 200 }
     }
 }
 
@@ -33,6 +35,8 @@ pub enum PackageError {
     TooLarge { size: u64, limit: u64 },
     #[error("package unpacks to more than {limit} bytes")]
     UnpackedTooLarge { limit: u64 },
+    #[error("package unpacks to {ratio} times its packed size, over the limit of {limit}: refusing a likely decompression bomb")]
+    Bomb { ratio: u64, limit: u64 },
     #[error("package has more than {limit} entries")]
     TooManyEntries { limit: usize },
     #[error(
@@ -45,7 +49,7 @@ pub enum PackageError {
     MissingManifest,
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
-    #[error("package is not a readable .tar.gz archive: {0}")]
+    #[error("package is not a readable .tar.gz or .zip archive: {0}")]
     Unreadable(String),
     #[error("package sha256 is {actual}, but the store recorded {expected}: refusing to run it")]
     HashMismatch { expected: String, actual: String },
@@ -76,7 +80,77 @@ fn safe_relative(raw: &[u8]) -> Result<PathBuf, PackageError> {
     Ok(out)
 }
 
-/// Walks a package, checking every entry; calls `visit` with each file's path and content.
+/// Counts what is read through it.
+struct Counting<'a, R: Read + ?Sized> {
+    inner: &'a mut R,
+    n: u64,
+}
+
+impl<R: Read + ?Sized> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// The running checks of one walk: entry count, bytes really unpacked, compression ratio.
+struct Budget<'a> {
+    limits: &'a Limits,
+    packed: u64,
+    entries: usize,
+    total: u64,
+}
+
+impl Budget<'_> {
+    fn entry(&mut self) -> Result<(), PackageError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(PackageError::TooManyEntries { limit: self.limits.max_entries });
+        }
+        Ok(())
+    }
+
+    /// The most the next entry may unpack to before one limit or the other is crossed.
+    fn room(&self) -> u64 {
+        let by_size = self.limits.max_unpacked_bytes.saturating_sub(self.total);
+        let by_ratio = (self.packed.max(1) * self.limits.max_ratio).saturating_sub(self.total);
+        by_size.min(by_ratio)
+    }
+
+    /// Feeds one entry's content to `visit`, counting what it really holds: a header (tar) or
+    /// a central directory (zip) may lie about sizes.
+    fn read(
+        &mut self,
+        path: &Path,
+        is_dir: bool,
+        mode: u32,
+        content: &mut dyn Read,
+        visit: &mut dyn FnMut(&Path, bool, u32, &mut dyn Read) -> Result<(), PackageError>,
+    ) -> Result<(), PackageError> {
+        let mut limited = content.take(self.room() + 1);
+        let mut counting = Counting { inner: &mut limited, n: 0 };
+        visit(path, is_dir, mode, &mut counting)?;
+        // Whatever the visitor left unread counts too.
+        std::io::copy(&mut counting, &mut std::io::sink()).map_err(|e| PackageError::Unreadable(e.to_string()))?;
+        self.total += counting.n;
+        if self.total > self.limits.max_unpacked_bytes {
+            return Err(PackageError::UnpackedTooLarge { limit: self.limits.max_unpacked_bytes });
+        }
+        if self.total > self.packed.max(1) * self.limits.max_ratio {
+            return Err(PackageError::Bomb { ratio: self.total / self.packed.max(1), limit: self.limits.max_ratio });
+        }
+        Ok(())
+    }
+}
+
+/// The archive format, by its first bytes.
+fn is_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06")
+}
+
+/// Walks a package (.tar.gz or .zip), checking every entry; calls `visit` with each entry's
+/// path, kind, mode and content.
 fn walk(
     bytes: &[u8],
     limits: &Limits,
@@ -85,19 +159,19 @@ fn walk(
     if bytes.len() as u64 > limits.max_package_bytes {
         return Err(PackageError::TooLarge { size: bytes.len() as u64, limit: limits.max_package_bytes });
     }
+    let mut budget = Budget { limits, packed: bytes.len() as u64, entries: 0, total: 0 };
+    if is_zip(bytes) {
+        return walk_zip(bytes, &mut budget, &mut visit);
+    }
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
     let entries = archive.entries().map_err(|e| PackageError::Unreadable(e.to_string()))?;
-    let mut total: u64 = 0;
-    for (n, entry) in entries.enumerate() {
-        if n >= limits.max_entries {
-            return Err(PackageError::TooManyEntries { limit: limits.max_entries });
-        }
+    for entry in entries {
         let mut entry = entry.map_err(|e| PackageError::Unreadable(e.to_string()))?;
+        budget.entry()?;
         let raw = entry.path_bytes().into_owned();
         let path = safe_relative(&raw)?;
         let shown = || String::from_utf8_lossy(&raw).into_owned();
-        let kind = entry.header().entry_type();
-        let is_dir = match kind {
+        let is_dir = match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => false,
             tar::EntryType::Directory => true,
             // Metadata entries some tar writers add; they carry no file.
@@ -107,14 +181,34 @@ fn walk(
             }
             _ => return Err(PackageError::ForbiddenEntry { path: shown(), kind: "special file" }),
         };
-        total = total.saturating_add(entry.size());
-        if total > limits.max_unpacked_bytes {
-            return Err(PackageError::UnpackedTooLarge { limit: limits.max_unpacked_bytes });
-        }
         let mode = entry.header().mode().unwrap_or(0o644);
-        // Bound the read too: a header may lie about its size.
-        let mut limited = (&mut entry).take(limits.max_unpacked_bytes);
-        visit(&path, is_dir, mode, &mut limited)?;
+        budget.read(&path, is_dir, mode, &mut entry, &mut visit)?;
+    }
+    Ok(())
+}
+
+fn walk_zip(
+    bytes: &[u8],
+    budget: &mut Budget<'_>,
+    visit: &mut dyn FnMut(&Path, bool, u32, &mut dyn Read) -> Result<(), PackageError>,
+) -> Result<(), PackageError> {
+    let unreadable = |e: zip::result::ZipError| PackageError::Unreadable(format!("zip: {e}"));
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(unreadable)?;
+    for i in 0..archive.len() {
+        budget.entry()?;
+        let mut file = archive.by_index(i).map_err(unreadable)?;
+        let raw = file.name_raw().to_vec();
+        let path = safe_relative(&raw)?;
+        let mode = file.unix_mode().unwrap_or(0o644);
+        // S_IFLNK: a symbolic link stored as a file whose content is its target.
+        if mode & 0o170000 == 0o120000 {
+            return Err(PackageError::ForbiddenEntry {
+                path: String::from_utf8_lossy(&raw).into_owned(),
+                kind: "link",
+            });
+        }
+        let is_dir = file.is_dir();
+        budget.read(&path, is_dir, mode, &mut file, visit)?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -76,12 +76,13 @@ impl From<warren_common::store::StoreError> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(m: Arc<Management>) -> Router {
-    let body_limit = (m.config.package_limits.max_package_bytes as usize).max(m.config.max_payload_bytes) + 1024;
+    let package_limit = m.config.package_limits.max_package_bytes as usize;
+    let payload_limit = m.config.max_payload_bytes;
     Router::new()
         .route("/healthz", get(health))
-        .route("/api/functions", post(publish).get(list_functions))
+        .route("/api/functions", post(publish).layer(DefaultBodyLimit::max(package_limit)).get(list_functions))
         .route("/api/functions/{name}", get(get_function))
-        .route("/api/functions/{name}/invoke", post(invoke))
+        .route("/api/functions/{name}/invoke", post(invoke).layer(DefaultBodyLimit::max(payload_limit)))
         .route("/api/invocations/{id}", get(get_invocation))
         .route("/api/invocations/{id}/logs", get(get_logs))
         .route("/api/invocations", get(list_invocations))
@@ -91,7 +92,8 @@ pub fn router(m: Arc<Management>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api (see README)")
         })
-        .layer(DefaultBodyLimit::max(body_limit))
+        // Everything else takes small JSON bodies at most.
+        .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(m)
 }
 
@@ -99,7 +101,26 @@ async fn health(State(m): State<Arc<Management>>) -> Json<Value> {
     Json(json!({"status": "ok", "store": m.store.backend(), "version": env!("CARGO_PKG_VERSION")}))
 }
 
-async fn publish(State(m): State<Arc<Management>>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+/// The request body, or a JSON 413/400 that says what the limit is.
+fn body_or_error(body: Result<Bytes, BytesRejection>, limit: u64, what: &str) -> ApiResult<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the {what} is over the limit of {limit} bytes; nothing was stored"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("cannot read the {what}: {}", e.body_text()))
+        }
+    })
+}
+
+async fn publish(
+    State(m): State<Arc<Management>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = body_or_error(body, m.config.package_limits.max_package_bytes, "package")?;
     if body.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -142,8 +163,9 @@ async fn invoke(
     State(m): State<Arc<Management>>,
     name: Result<Path<String>, PathRejection>,
     q: Result<Query<InvokeQuery>, QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let body = body_or_error(body, m.config.max_payload_bytes as u64, "input")?;
     let name = name_from(name)?;
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let wait = match q.mode.as_deref() {

@@ -189,33 +189,16 @@ async fn a_redelivered_message_whose_outcome_is_stored_does_not_run_again() {
     assert_eq!(t.queue_stats(&pool).await.unwrap().messages, 0, "the duplicate was acked");
 }
 
-/// A tar.gz with an entry named `name`, written with raw headers (the tar crate's own builder
-/// refuses such names, which is exactly why an attacker would not use it).
-fn package_with_entry(name: &str, manifest: &str) -> Vec<u8> {
-    let mut raw = Vec::new();
-    for (n, body) in [("function.toml", manifest.as_bytes()), (name, &b"pwned"[..])] {
-        let mut h = tar::Header::new_old();
-        h.as_old_mut().name[..n.len()].copy_from_slice(n.as_bytes());
-        h.set_size(body.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
-        raw.extend_from_slice(h.as_bytes());
-        raw.extend_from_slice(body);
-        raw.resize(raw.len().div_ceil(512) * 512, 0);
-    }
-    raw.resize(raw.len() + 1024, 0);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &raw).unwrap();
-    gz.finish().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_package_escaping_its_folder_is_refused_at_publish() {
     require_services();
     let m = Management::start(&pg_url()).await;
     let name = unique("evil");
-    let pkg = package_with_entry("../x", &format!("name = \"{name}\"\nruntime = \"echo\"\n"));
+    let manifest = format!("name = \"{name}\"\nruntime = \"echo\"\n");
+    let pkg = crafted_tar_gz(&[
+        ("function.toml", manifest.as_bytes(), tar::EntryType::Regular, ""),
+        ("../x", b"pwned", tar::EntryType::Regular, ""),
+    ]);
     let (status, v) = m.publish_bytes(pkg).await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["code"], "bad_request");

@@ -43,6 +43,8 @@ pub struct WorkerConfig {
     pub store_retry_for: Duration,
     pub limits: process::Limits,
     pub package_limits: package::Limits,
+    /// Size above which the least recently used unpacked packages are evicted from the cache.
+    pub cache_max_bytes: u64,
 }
 
 impl WorkerConfig {
@@ -56,6 +58,7 @@ impl WorkerConfig {
             store_retry_for: Duration::from_secs(30),
             limits: process::Limits::default(),
             package_limits: package::Limits::default(),
+            cache_max_bytes: 2 << 30,
         }
     }
 }
@@ -64,6 +67,7 @@ impl WorkerConfig {
 struct Loaded {
     manifest: Manifest,
     dir: Option<PathBuf>,
+    sha256: String,
 }
 
 pub struct Worker {
@@ -74,6 +78,8 @@ pub struct Worker {
     in_flight: AtomicI32,
     started_ms: i64,
     handlers: handler::Handlers,
+    /// When each cached package (by sha256) was last used, for eviction.
+    last_used: DashMap<String, std::time::Instant>,
 }
 
 /// Why a version could not be loaded: missing (poison for this message) or a passing fault.
@@ -93,6 +99,7 @@ impl Worker {
             in_flight: AtomicI32::new(0),
             started_ms: now_ms(),
             handlers: handler::Handlers::default(),
+            last_used: DashMap::new(),
         })
     }
 
@@ -461,12 +468,30 @@ impl Worker {
         }
     }
 
+    /// Keeps the package cache under `cache_max_bytes`: removes the least recently used
+    /// unpacked packages, never one used in the last ten minutes (it may be running).
+    async fn evict(&self) {
+        let dir = self.cfg.cache_dir.clone();
+        let max = self.cfg.cache_max_bytes;
+        let recent: std::collections::HashMap<String, std::time::Instant> =
+            self.last_used.iter().map(|e| (e.key().clone(), *e.value())).collect();
+        let removed = tokio::task::spawn_blocking(move || evict_cache(&dir, max, &recent)).await.unwrap_or_default();
+        for sha in removed {
+            self.last_used.remove(&sha);
+            self.versions.retain(|_, l| l.sha256 != sha);
+            tracing::info!(%sha, "evicted an unpacked package from the cache");
+        }
+    }
+
     /// A version's manifest from memory, or from the store on first use; its package unpacked
     /// into the cache (by sha256, verified) unless it is there already.
     async fn load(&self, function: &str, version: i64) -> Result<Arc<Loaded>, LoadError> {
         let key = (function.to_string(), version);
-        if let Some(l) = self.versions.get(&key) {
-            return Ok(l.clone());
+        if let Some(l) = self.versions.get(&key).map(|l| l.clone()) {
+            if l.dir.is_some() {
+                self.last_used.insert(l.sha256.clone(), std::time::Instant::now());
+            }
+            return Ok(l);
         }
         let v = self
             .store
@@ -487,12 +512,15 @@ impl Worker {
                     .await
                     .map_err(|e| LoadError::Broken(format!("unpacking failed: {e}")))?
                     .map_err(|e| LoadError::Broken(format!("package of {function} version {version}: {e}")))?;
+                self.last_used.insert(v.sha256.clone(), std::time::Instant::now());
+                self.evict().await;
             }
+            self.last_used.insert(v.sha256.clone(), std::time::Instant::now());
             Some(dir)
         } else {
             None
         };
-        let loaded = Arc::new(Loaded { manifest, dir });
+        let loaded = Arc::new(Loaded { manifest, dir, sha256: v.sha256.clone() });
         self.versions.insert(key, loaded.clone());
         Ok(loaded)
     }
@@ -540,5 +568,82 @@ pub async fn shutdown_signal() {
     #[cfg(not(any(unix, windows)))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(p) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Removes the least recently used package folders until the cache fits in `max` bytes.
+/// Returns the sha256 of each folder removed.
+fn evict_cache(
+    dir: &std::path::Path,
+    max: u64,
+    recent: &std::collections::HashMap<String, std::time::Instant>,
+) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut folders: Vec<(String, u64, std::time::SystemTime)> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| {
+            let modified = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            (e.file_name().to_string_lossy().into_owned(), dir_size(&e.path()), modified)
+        })
+        .collect();
+    let mut total: u64 = folders.iter().map(|f| f.1).sum();
+    if total <= max {
+        return Vec::new();
+    }
+    // Oldest use first: in-memory use times where known, else the folder's time on disk.
+    let now = std::time::Instant::now();
+    let sys_now = std::time::SystemTime::now();
+    folders.sort_by_key(|(sha, _, modified)| match recent.get(sha) {
+        Some(t) => sys_now - now.duration_since(*t),
+        None => *modified,
+    });
+    let mut removed = Vec::new();
+    for (sha, size, _) in folders {
+        if total <= max {
+            break;
+        }
+        if recent.get(&sha).map(|t| now.duration_since(*t) < Duration::from_secs(600)).unwrap_or(false) {
+            continue;
+        }
+        if std::fs::remove_dir_all(dir.join(&sha)).is_ok() {
+            total = total.saturating_sub(size);
+            removed.push(sha);
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn eviction_removes_the_least_recently_used_but_spares_recent_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (name, size) in [("old", 600), ("mid", 600), ("hot", 600)] {
+            std::fs::create_dir(tmp.path().join(name)).unwrap();
+            std::fs::write(tmp.path().join(name).join("f"), vec![0u8; size]).unwrap();
+        }
+        let now = std::time::Instant::now();
+        let mut recent = std::collections::HashMap::new();
+        recent.insert("old".to_string(), now - std::time::Duration::from_secs(3600));
+        recent.insert("mid".to_string(), now - std::time::Duration::from_secs(1800));
+        recent.insert("hot".to_string(), now);
+        // 1,800 bytes in all; 1,000 allowed: "old" goes, then "mid"; "hot" is in use.
+        let removed = super::evict_cache(tmp.path(), 1000, &recent);
+        assert_eq!(removed, vec!["old".to_string(), "mid".to_string()]);
+        assert!(tmp.path().join("hot").exists());
+        assert!(super::evict_cache(tmp.path(), 1000, &recent).is_empty());
     }
 }

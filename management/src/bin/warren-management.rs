@@ -29,6 +29,15 @@ struct Args {
     /// Largest invocation input accepted, in bytes (larger ones get 413).
     #[arg(long, env = "WARREN_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
     max_payload_bytes: usize,
+    /// Largest function package accepted at publish, in bytes.
+    #[arg(long, env = "WARREN_MAX_PACKAGE_BYTES", default_value_t = 64 << 20)]
+    max_package_bytes: u64,
+    /// Largest unpacked size of a package, in bytes.
+    #[arg(long, env = "WARREN_MAX_UNPACKED_BYTES", default_value_t = 512 << 20)]
+    max_unpacked_bytes: u64,
+    /// Unpacked-to-packed size ratio above which a package is refused as a decompression bomb.
+    #[arg(long, env = "WARREN_MAX_PACKAGE_RATIO", default_value_t = 200)]
+    max_package_ratio: u64,
 }
 
 #[tokio::main]
@@ -45,7 +54,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let store = warren_common::store::open(&args.store).await?;
     let name = format!("warren-management@{}", warren_common::hostname());
     let transport = Arc::new(AmqpTransport::connect(&args.amqp, &name).await?);
-    let config = Config { max_payload_bytes: args.max_payload_bytes, ..Config::default() };
+    let package_limits = warren_common::package::Limits {
+        max_package_bytes: args.max_package_bytes,
+        max_unpacked_bytes: args.max_unpacked_bytes,
+        max_ratio: args.max_package_ratio,
+        ..Default::default()
+    };
+    let config = Config { max_payload_bytes: args.max_payload_bytes, package_limits, ..Config::default() };
     let m = Management::start(store, transport, config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -36,6 +36,9 @@ struct Args {
     /// Folder where function packages are unpacked and cached by hash.
     #[arg(long, env = "WARREN_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Size of the package cache, in MB, past which the least recently used packages are removed.
+    #[arg(long, env = "WARREN_CACHE_MAX_MB", default_value_t = 2048)]
+    cache_max_mb: u64,
     /// Seconds to finish in-flight invocations after a stop signal.
     #[arg(long, env = "WARREN_GRACE_SECS", default_value_t = 30)]
     grace_secs: u64,
@@ -69,6 +72,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = args.cache_dir {
         cfg.cache_dir = dir;
     }
+    cfg.cache_max_bytes = args.cache_max_mb << 20;
     let transport = Arc::new(AmqpTransport::connect(&args.amqp, &cfg.id).await?);
     let worker = Worker::new(store, transport, cfg);
     let (tx, rx) = tokio::sync::watch::channel(false);
