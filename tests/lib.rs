@@ -220,9 +220,21 @@ impl Management {
 
 /// A worker process on the real broker.
 pub fn start_worker(store_url: &str, pool: &str, concurrency: u16, cache: &Path) -> Proc {
+    start_worker_with(store_url, pool, concurrency, cache, &[], &[])
+}
+
+/// A worker process with extra arguments and environment variables.
+pub fn start_worker_with(
+    store_url: &str,
+    pool: &str,
+    concurrency: u16,
+    cache: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     Proc::spawn(
         "warren-worker",
-        Command::new(bin("warren-worker")).args([
+        Command::new(bin("warren-worker")).envs(env.iter().copied()).args(extra).args([
             "--amqp",
             &amqp_url(),
             "--store",

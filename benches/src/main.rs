@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use crate::mesh::{LatencyResult, LoadResult, Mesh, Settings};
+use crate::mesh::{LatencyResult, LoadResult, Mesh, Settings, SplitResult};
 
 /// Warren's benchmark: the raw broker ceiling, the mesh end to end (management + 1, 2 and 4
 /// workers on PostgreSQL and SQLite), sync-invoke latency at a fixed offered rate, and the
@@ -85,6 +85,9 @@ struct Args {
     /// Do not build warren-management and warren-worker first.
     #[arg(long)]
     no_build: bool,
+    /// Workers of the split row (management ingest alone, then workers drain alone); 0 skips it.
+    #[arg(long, default_value_t = 1)]
+    split_workers: usize,
 }
 
 fn main() -> ExitCode {
@@ -192,6 +195,7 @@ pub struct Figures {
     pub raw: Option<broker::RawResult>,
     pub raw_error: Option<String>,
     pub runs: Vec<Result<LoadResult, (String, usize, String)>>,
+    pub splits: Vec<Result<SplitResult, (String, usize, String)>>,
     pub latency: Option<Result<LatencyResult, String>>,
     pub notes: Vec<String>,
 }
@@ -249,7 +253,22 @@ async fn run(args: Args) -> Result<bool> {
         Ok(p) => scalar_text(&p, "SELECT sqlite_version()").await,
         Err(_) => None,
     };
-    let machine = sysinfo::collect(pg_version, sqlite_version).await;
+    let pg_settings = match &admin {
+        Some(a) => {
+            let mut v = Vec::new();
+            for k in ["synchronous_commit", "fsync", "shared_buffers"] {
+                if let Some(x) = scalar_text(a, &format!("SHOW {k}")).await {
+                    v.push(format!("{k}={x}"));
+                }
+            }
+            (!v.is_empty()).then(|| v.join(", "))
+        }
+        None => None,
+    };
+    let mut machine = sysinfo::collect(pg_version, sqlite_version).await;
+    machine.postgres_settings = pg_settings.unwrap_or_default();
+    machine.busy_before_pct = sysinfo::busy_pct(Duration::from_secs(1)).await;
+    machine.loadavg = sysinfo::loadavg();
 
     let target_dir = exe_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("target"));
     let out = args.out.clone().unwrap_or_else(|| target_dir.join("bench").join("latest.json"));
@@ -291,7 +310,8 @@ async fn run(args: Args) -> Result<bool> {
     };
     report::print_header(&ctx);
 
-    let mut fig = Figures { raw: None, raw_error: None, runs: Vec::new(), latency: None, notes: Vec::new() };
+    let mut fig =
+        Figures { raw: None, raw_error: None, runs: Vec::new(), splits: Vec::new(), latency: None, notes: Vec::new() };
 
     // Row 1.
     eprintln!(
@@ -360,6 +380,27 @@ async fn run(args: Args) -> Result<bool> {
                 }
             }
         }
+        if args.split_workers > 0 {
+            let w = args.split_workers;
+            eprintln!("[2] {label}, split: {n} async invokes with no worker attached, then {w} worker(s) drain them");
+            match m.split(w, n).await {
+                Ok(r) => {
+                    eprintln!(
+                        "    ingest alone {:.0}/s ({} queued), drain alone {:.0}/s ({} stored{})",
+                        r.ingest_rate(),
+                        r.queued,
+                        r.drain_rate(),
+                        r.drained,
+                        if r.incomplete { ", INCOMPLETE" } else { "" }
+                    );
+                    fig.splits.push(Ok(r));
+                }
+                Err(e) => {
+                    eprintln!("    FAILED: {e:#}");
+                    fig.splits.push(Err((label.to_string(), w, format!("{e:#}"))));
+                }
+            }
+        }
         if store == "postgres" {
             let base = fig
                 .runs
@@ -398,6 +439,7 @@ async fn run(args: Args) -> Result<bool> {
 
     let ok = fig.raw_error.is_none()
         && fig.runs.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
+        && fig.splits.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
         && fig.latency.as_ref().is_none_or(|l| l.is_ok());
     report::print_tables(&ctx, &fig);
     let json = report::to_json(&ctx, &fig, began.elapsed());

@@ -138,6 +138,36 @@ impl LoadResult {
     }
 }
 
+/// Row 2 split in halves: management alone, then workers alone.
+#[derive(Debug, Clone)]
+pub struct SplitResult {
+    pub store: &'static str,
+    pub workers: usize,
+    pub requested: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub first_error: Option<String>,
+    /// Ready messages in the pool's queue once every request was answered.
+    pub queued: u64,
+    /// First request to the last 202, with no worker attached.
+    pub ingest_secs: f64,
+    pub ingest_cpu: CpuUse,
+    pub drained: u64,
+    /// First claim to the last outcome stored (from the records' timestamps).
+    pub drain_secs: f64,
+    pub drain_cpu: CpuUse,
+    pub incomplete: bool,
+}
+
+impl SplitResult {
+    pub fn ingest_rate(&self) -> f64 {
+        self.accepted as f64 / self.ingest_secs.max(1e-9)
+    }
+    pub fn drain_rate(&self) -> f64 {
+        self.drained as f64 / self.drain_secs
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LatencyResult {
     pub offered_rate: f64,
@@ -340,6 +370,104 @@ impl Mesh {
         .await
         .with_context(|| format!("cannot count the invocations in the {} store", self.label))?;
         Ok((row.0 as u64, row.1.unwrap_or(0) as u64, row.2))
+    }
+
+    /// (min started_ms, max finished_ms) of a function's final invocations.
+    async fn span_ms(&self, name: &str) -> Result<(Option<i64>, Option<i64>)> {
+        let row: (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT MIN(started_ms), MAX(finished_ms)
+             FROM warren_invocations WHERE function = $1 AND status NOT IN ('queued', 'running')",
+        )
+        .bind(name)
+        .fetch_one(&self.db)
+        .await
+        .with_context(|| format!("cannot read the invocations in the {} store", self.label))?;
+        Ok(row)
+    }
+
+    /// Row 2, split in halves: management takes `n` async invokes with no worker attached
+    /// (ingest alone), then `workers` fresh workers drain the backlog (workers alone).
+    pub async fn split(&mut self, workers: usize, n: u64) -> Result<SplitResult> {
+        let pool = format!("bench-{}", short_id());
+        let name = self.deploy_echo(&pool).await?;
+        let mut procs = Vec::new();
+        let r = self.split_on(&pool, &name, &mut procs, workers, n).await;
+        for p in procs.iter_mut() {
+            p.stop(Duration::from_secs(5));
+        }
+        self.delete_queues(&pool).await;
+        r
+    }
+
+    async fn split_on(
+        &mut self,
+        pool: &str,
+        name: &str,
+        procs: &mut Vec<Child>,
+        workers: usize,
+        n: u64,
+    ) -> Result<SplitResult> {
+        // Ingest alone.
+        let cpu_before = cpu_snap(self.mgmt.pid(), &[]);
+        let start = Instant::now();
+        let fired = fire_async(
+            self.http.clone(),
+            self.invoke_url(name, "async"),
+            n,
+            self.settings.in_flight,
+            self.settings.input_bytes,
+        )
+        .await;
+        let ingest_secs = fired.last.duration_since(start).as_secs_f64();
+        let ingest_cpu = cpu_use(&cpu_before, &cpu_snap(self.mgmt.pid(), &[]));
+        self.mgmt.check_alive()?;
+        let queued = self.queue_stats(pool).await?.0;
+
+        // Workers alone.
+        *procs = self.start_workers(pool, workers)?;
+        let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
+        let cpu_before = cpu_snap(self.mgmt.pid(), &pids);
+        let deadline = Instant::now() + self.settings.run_timeout;
+        let mut last = (0u64, Instant::now());
+        let mut incomplete = false;
+        let drained = loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for p in procs.iter_mut() {
+                p.check_alive()?;
+            }
+            let (done, _, _) = self.finals(name).await?;
+            if done != last.0 {
+                last = (done, Instant::now());
+            }
+            if done >= fired.accepted {
+                break done;
+            }
+            if last.1.elapsed() > Duration::from_secs(10) && done > 0 || Instant::now() > deadline {
+                incomplete = true;
+                break done;
+            }
+        };
+        let drain_cpu = cpu_use(&cpu_before, &cpu_snap(self.mgmt.pid(), &pids));
+        let (first_start, last_finish) = self.span_ms(name).await?;
+        let drain_secs = match (first_start, last_finish) {
+            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
+            _ => f64::NAN,
+        };
+        Ok(SplitResult {
+            store: self.label,
+            workers,
+            requested: n,
+            accepted: fired.accepted,
+            rejected: fired.rejected,
+            first_error: fired.first_error,
+            queued,
+            ingest_secs,
+            ingest_cpu,
+            drained,
+            drain_secs,
+            drain_cpu,
+            incomplete,
+        })
     }
 
     /// Row 2 (and 4): `n` async invokes, `in_flight` at once, on `workers` fresh workers.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::mesh::LoadResult;
+use crate::mesh::{CpuUse, LoadResult};
 use crate::sysinfo::Machine;
 use crate::Figures;
 
@@ -122,6 +122,9 @@ pub fn print_header(c: &Context) {
     println!("rustc     {}", m.rustc);
     println!("rabbitmq  {}", m.rabbitmq);
     println!("postgres  server {}; client {}", m.postgres_server, m.postgres_client);
+    if !m.postgres_settings.is_empty() {
+        println!("          {}", m.postgres_settings);
+    }
     println!("sqlite    {} (sqlx's bundled library in this binary; the workers link the same)", m.sqlite);
     println!(
         "settings  worker --concurrency {}, {} HTTP requests in flight, {} B inputs; raw broker: {} confirms in flight, prefetch {}; \
@@ -138,6 +141,15 @@ pub fn print_header(c: &Context) {
         if s.built_by_bench { ", built by the bench" } else { ", as found" }
     );
     println!("          work folder (store file, process logs) {}", s.work_dir);
+    if let Some(b) = m.busy_before_pct {
+        println!("load      machine {b:.0} % busy in the second before the run; load average {}", m.loadavg);
+        if b > 15.0 {
+            println!(
+                "          WARNING: other work is using the machine ({b:.0} % of all cores): the figures below will be \
+                 low and noisy"
+            );
+        }
+    }
 }
 
 fn run_label(r: &LoadResult) -> String {
@@ -199,6 +211,59 @@ pub fn print_tables(c: &Context, f: &Figures) {
             }
             Err((store, w, e)) => rows.push(vec![
                 format!("2  warren e2e {store}, {w} worker{}", if *w == 1 { "" } else { "s" }),
+                "FAILED".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                e.lines().next().unwrap_or("").chars().take(120).collect(),
+            ]),
+        }
+    }
+    for r in &f.splits {
+        match r {
+            Ok(r) => {
+                let mut notes = Vec::new();
+                if r.incomplete {
+                    notes.push("INCOMPLETE".to_string());
+                }
+                if r.rejected > 0 {
+                    notes.push(format!(
+                        "{} rejected: {}",
+                        r.rejected,
+                        r.first_error.as_deref().unwrap_or("").chars().take(80).collect::<String>()
+                    ));
+                }
+                rows.push(vec![
+                    format!("2  {} split: management ingest alone (no worker)", r.store),
+                    rate(r.ingest_rate()),
+                    ratio(r.ingest_rate()),
+                    rate(r.ingest_rate()),
+                    format!("{}/{}", thousands(r.accepted), thousands(r.requested)),
+                    format!("{:.2} s", r.ingest_secs),
+                    {
+                        let mut n = notes.clone();
+                        n.push(format!("{} left queued", thousands(r.queued)));
+                        n.join("; ")
+                    },
+                ]);
+                rows.push(vec![
+                    format!(
+                        "2  {} split: {} worker{} drain the backlog alone",
+                        r.store,
+                        r.workers,
+                        if r.workers == 1 { "" } else { "s" }
+                    ),
+                    rate(r.drain_rate()),
+                    ratio(r.drain_rate()),
+                    String::new(),
+                    format!("{}/{}", thousands(r.drained), thousands(r.accepted)),
+                    format!("{:.2} s", r.drain_secs),
+                    notes.join("; "),
+                ]);
+            }
+            Err((store, w, e)) => rows.push(vec![
+                format!("2  {store} split ({w} worker{})", if *w == 1 { "" } else { "s" }),
                 "FAILED".into(),
                 String::new(),
                 String::new(),
@@ -297,30 +362,54 @@ pub fn print_tables(c: &Context, f: &Figures) {
     );
 
     // CPU.
-    let mut rows = Vec::new();
-    for r in f.runs.iter().filter_map(|r| r.as_ref().ok()) {
-        let k = r.completed.max(1) as f64 / 1000.0;
-        let c = &r.cpu;
-        rows.push(vec![
-            run_label(r),
+    let cpu_row = |label: String, count: u64, c: &CpuUse| {
+        let k = count.max(1) as f64 / 1000.0;
+        let other = (c.machine - c.management - c.workers - c.rabbitmq - c.postgres - c.bench).max(0.0);
+        vec![
+            label,
             format!("{:.2}", c.management / k),
             format!("{:.2}", c.workers / k),
             format!("{:.2}", c.rabbitmq / k),
             format!("{:.2}", c.postgres / k),
             format!("{:.2}", c.bench / k),
+            format!("{:.2}", other / k),
             format!("{:.2}", c.machine / k),
             format!("{:.0} %", c.machine_busy_pct),
-        ]);
+        ]
+    };
+    let mut rows = Vec::new();
+    for r in f.runs.iter().filter_map(|r| r.as_ref().ok()) {
+        rows.push(cpu_row(run_label(r), r.completed, &r.cpu));
+    }
+    for r in f.splits.iter().filter_map(|r| r.as_ref().ok()) {
+        rows.push(cpu_row(format!("{} split: ingest alone", r.store), r.accepted, &r.ingest_cpu));
+        rows.push(cpu_row(
+            format!("{} split: {} worker{} drain alone", r.store, r.workers, if r.workers == 1 { "" } else { "s" }),
+            r.drained,
+            &r.drain_cpu,
+        ));
     }
     table(
-        "CPU during each end-to-end run (CPU-seconds per 1,000 invocations; whole machine includes the kernel and \
-         everything else; busy = share of all cores)",
-        &["run", "management", "workers", "rabbitmq", "postgres", "bench client", "whole machine", "machine busy"],
+        "CPU during each end-to-end run (CPU-seconds per 1,000 invocations; other = kernel threads and any other process; \
+         busy = share of all cores)",
+        &["run", "management", "workers", "rabbitmq", "postgres", "bench client", "other", "whole machine", "machine busy"],
         &rows,
     );
     for n in &f.notes {
         println!("note: {n}");
     }
+}
+
+fn cpu_json(c: &CpuUse) -> Value {
+    json!({
+        "management": c.management,
+        "workers": c.workers,
+        "rabbitmq": c.rabbitmq,
+        "postgres": c.postgres,
+        "bench": c.bench,
+        "machine": c.machine,
+        "machine_busy_pct": c.machine_busy_pct,
+    })
 }
 
 pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
@@ -364,15 +453,33 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
                     "management_idle": r.mgmt_rss_idle,
                     "management_peak": r.mgmt_rss_peak,
                 },
-                "cpu_secs": {
-                    "management": r.cpu.management,
-                    "workers": r.cpu.workers,
-                    "rabbitmq": r.cpu.rabbitmq,
-                    "postgres": r.cpu.postgres,
-                    "bench": r.cpu.bench,
-                    "machine_busy_pct": r.cpu.machine_busy_pct,
-                    "machine": r.cpu.machine,
-                },
+                "cpu_secs": cpu_json(&r.cpu),
+            }),
+            Err((store, w, e)) => json!({"store": store, "workers": w, "error": e}),
+        })
+        .collect();
+    let splits: Vec<Value> = f
+        .splits
+        .iter()
+        .map(|r| match r {
+            Ok(r) => json!({
+                "store": r.store,
+                "workers": r.workers,
+                "requested": r.requested,
+                "accepted": r.accepted,
+                "rejected": r.rejected,
+                "first_error": r.first_error,
+                "queued_after_ingest": r.queued,
+                "ingest_alone_per_s": r.ingest_rate(),
+                "ingest_ratio_to_raw": base.map(|b| r.ingest_rate() / b),
+                "ingest_secs": r.ingest_secs,
+                "ingest_cpu_secs": cpu_json(&r.ingest_cpu),
+                "drained": r.drained,
+                "drain_alone_per_s": r.drain_rate(),
+                "drain_ratio_to_raw": base.map(|b| r.drain_rate() / b),
+                "drain_secs": r.drain_secs,
+                "drain_cpu_secs": cpu_json(&r.drain_cpu),
+                "incomplete": r.incomplete,
             }),
             Err((store, w, e)) => json!({"store": store, "workers": w, "error": e}),
         })
@@ -422,6 +529,7 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
         },
         "raw_broker": raw,
         "end_to_end": runs,
+        "split": splits,
         "latency": latency,
         "not_implemented": NOT_IMPLEMENTED.iter().map(|(n, w)| json!({"row": n, "what": w, "value": "n/a (not implemented yet)"})).collect::<Vec<_>>(),
         "notes": f.notes,

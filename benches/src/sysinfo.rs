@@ -16,6 +16,11 @@ pub struct Machine {
     pub postgres_server: String,
     pub postgres_client: String,
     pub sqlite: String,
+    pub postgres_settings: String,
+    /// How busy the machine was (all cores, %) during the second before the benchmark began:
+    /// anything well above zero means other work shares the machine.
+    pub busy_before_pct: Option<f64>,
+    pub loadavg: String,
 }
 
 impl Machine {
@@ -31,6 +36,9 @@ impl Machine {
             "postgres_server": self.postgres_server,
             "postgres_client": self.postgres_client,
             "sqlite": self.sqlite,
+            "postgres_settings": self.postgres_settings,
+            "busy_before_pct": self.busy_before_pct,
+            "loadavg": self.loadavg,
         })
     }
 }
@@ -124,5 +132,25 @@ pub async fn collect(pg_server: Option<String>, sqlite: Option<String>) -> Machi
         postgres_server: pg_server.unwrap_or_else(|| "unknown".into()),
         postgres_client: output("psql", &["-V"], Duration::from_secs(5)).unwrap_or_else(|| "psql not installed".into()),
         sqlite: sqlite.unwrap_or_else(|| "unknown".into()),
+        postgres_settings: String::new(),
+        busy_before_pct: None,
+        loadavg: String::new(),
     }
+}
+
+/// The machine's busy share (all cores, %) over `window`.
+pub async fn busy_pct(window: Duration) -> Option<f64> {
+    let a = crate::procs::machine_ticks()?;
+    tokio::time::sleep(window).await;
+    let b = crate::procs::machine_ticks()?;
+    let (busy, total) = (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1));
+    (total > 0).then(|| busy as f64 * 100.0 / total as f64)
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }

@@ -10,6 +10,7 @@
 pub mod manifest;
 pub mod message;
 pub mod package;
+pub mod secret;
 pub mod store;
 pub mod topology;
 pub mod transport;

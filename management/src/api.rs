@@ -10,6 +10,9 @@
 //! | POST | /api/functions/{name}/invoke[?mode=async][&timeout_ms=N] | body = input bytes |
 //! | GET  | /api/invocations/{id} | status, result, error, attempts, worker, timings, logs |
 //! | GET  | /api/invocations/{id}/logs | log lines only |
+//! | GET  | /api/functions/{name}/settings | settings; secret values masked |
+//! | PUT  | /api/functions/{name}/settings/{key} | `{"value": "...", "secret": bool}` |
+//! | DELETE | /api/functions/{name}/settings/{key} | |
 //! | GET  | /api/invocations[?function=F][&status=S][&limit=N] | newest first |
 //! | GET  | /api/workers | registered workers, their heartbeats, `lost` when silent too long |
 //! | GET  | /api/dead-letters[?pool=P][&limit=N] | messages kept in the dead-letter queues |
@@ -83,6 +86,8 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/functions", post(publish).layer(DefaultBodyLimit::max(package_limit)).get(list_functions))
         .route("/api/functions/{name}", get(get_function))
         .route("/api/functions/{name}/invoke", post(invoke).layer(DefaultBodyLimit::max(payload_limit)))
+        .route("/api/functions/{name}/settings", get(list_settings))
+        .route("/api/functions/{name}/settings/{key}", axum::routing::put(put_setting).delete(delete_setting))
         .route("/api/invocations/{id}", get(get_invocation))
         .route("/api/invocations/{id}/logs", get(get_logs))
         .route("/api/invocations", get(list_invocations))
@@ -229,6 +234,71 @@ async fn get_logs(State(m): State<Arc<Management>>, id: Result<Path<String>, Pat
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")));
     }
     Ok(Json(serde_json::to_value(m.store.get_logs(id).await?).unwrap_or_default()))
+}
+
+/// Settings, secret values masked: they are never returned, in full or in part.
+async fn list_settings(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let name = name_from(name)?;
+    if m.store.get_function(&name).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("function {name:?} does not exist")));
+    }
+    let list: Vec<Value> = m
+        .store
+        .list_settings(&name)
+        .await?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "value": if s.secret { Value::String("********".into()) } else { Value::String(s.value) },
+                "secret": s.secret,
+                "updated_ms": s.updated_ms,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+#[derive(Deserialize)]
+struct SettingBody {
+    value: String,
+    #[serde(default)]
+    secret: bool,
+}
+
+async fn put_setting(
+    State(m): State<Arc<Management>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<SettingBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path((name, key)) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Json(b) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{}; send {{\"value\": \"...\", \"secret\": true|false}}", e.body_text()),
+        )
+    })?;
+    m.set_setting(&name, &key, &b.value, b.secret).await?;
+    Ok(Json(json!({"name": key, "secret": b.secret, "stored": true})))
+}
+
+async fn delete_setting(
+    State(m): State<Arc<Management>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path((name, key)) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    if !m.store.delete_setting(&name, &key).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("function {name:?} has no setting {key:?}"),
+        ));
+    }
+    Ok(Json(json!({"name": key, "deleted": true})))
 }
 
 /// A worker silent for this long is reported `lost` (three missed heartbeats).

@@ -77,6 +77,26 @@ async fn already_active(store: &dyn warren_common::store::Store, pkg: &[u8]) -> 
     matches!(store.get_version(&f.name, f.active_version).await, Ok(Some(v)) if v.sha256 == p.sha256)
 }
 
+/// The key sealing secret settings: `WARREN_SECRET_KEY` if set, else one kept in the data
+/// folder (created on first start, readable by its owner only).
+fn embedded_key(data_dir: &Path) -> anyhow::Result<warren_common::secret::SecretKey> {
+    if let Some(k) = warren_common::secret::SecretKey::from_env()? {
+        return Ok(k);
+    }
+    let path = data_dir.join("secret.key");
+    if !path.exists() {
+        let bytes: [u8; 32] = rand::random();
+        std::fs::write(&path, hex::encode(bytes))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(warren_common::secret::SecretKey::from_hex(&text)?)
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
@@ -84,7 +104,9 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
     let db = opts.data_dir.join("warren.db");
     let store = warren_common::store::open(&format!("sqlite://{}", db.display())).await?;
     let transport = Arc::new(MemoryTransport::new(100_000));
-    let m = Management::start(store.clone(), transport.clone(), Config::default()).await?;
+    let secret_key = embedded_key(&opts.data_dir)?;
+    let config = Config { secret_key: Some(secret_key.clone()), ..Config::default() };
+    let m = Management::start(store.clone(), transport.clone(), config).await?;
 
     for pkg in sample_packages(opts.examples.as_deref())? {
         if already_active(&*store, &pkg).await {
@@ -100,6 +122,7 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
         let mut cfg = WorkerConfig::new(opts.pools.iter().map(|p| (p.clone(), opts.concurrency)).collect());
         cfg.id = format!("embedded-{}-{}", std::process::id(), i + 1);
         cfg.cache_dir = opts.data_dir.join("cache");
+        cfg.secret_key = Some(secret_key.clone());
         let w = Worker::new(store.clone(), transport.clone(), cfg);
         workers.spawn(w.run(stop_rx.clone(), Duration::from_secs(10)));
     }

@@ -27,6 +27,8 @@ pub struct Config {
     /// How long a synchronous invoke waits when the caller does not say.
     pub default_sync_timeout: Duration,
     pub max_sync_timeout: Duration,
+    /// Seals secret settings; without it, secret settings are refused.
+    pub secret_key: Option<warren_common::secret::SecretKey>,
 }
 
 impl Default for Config {
@@ -36,6 +38,7 @@ impl Default for Config {
             package_limits: package::Limits::default(),
             default_sync_timeout: Duration::from_secs(30),
             max_sync_timeout: Duration::from_secs(300),
+            secret_key: None,
         }
     }
 }
@@ -374,6 +377,35 @@ impl Management {
             }
         }
         Ok(report)
+    }
+
+    /// Sets one of a function's settings; a secret one is sealed before it is stored.
+    pub async fn set_setting(&self, function: &str, name: &str, value: &str, secret: bool) -> Result<(), Error> {
+        if self.store.get_function(function).await?.is_none() {
+            return Err(Error::NotFound(format!("function {function:?} does not exist; publish it first")));
+        }
+        let valid = name.len() <= 128
+            && name.chars().next().map(|c| c.is_ascii_alphabetic() || c == '_').unwrap_or(false)
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid || name.starts_with("WARREN_") {
+            return Err(Error::BadRequest(format!(
+                "setting name {name:?} must be an environment variable name (letters, digits, '_'; not starting with a digit or WARREN_)"
+            )));
+        }
+        let stored = if secret {
+            let key = self.config.secret_key.as_ref().ok_or_else(|| {
+                Error::BadRequest(
+                    "secret settings need an encryption key: start management (and workers) with WARREN_SECRET_KEY=<64 hex chars>".into(),
+                )
+            })?;
+            key.seal(value)
+        } else {
+            value.to_string()
+        };
+        let setting =
+            warren_common::store::Setting { name: name.to_string(), value: stored, secret, updated_ms: now_ms() };
+        self.store.set_setting(function, &setting).await?;
+        Ok(())
     }
 
     pub fn clamp_wait(&self, ms: Option<u64>) -> Duration {

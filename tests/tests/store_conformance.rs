@@ -7,7 +7,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 use warren_common::manifest::Manifest;
 use warren_common::now_ms;
-use warren_common::store::{Claim, InvocationFilter, LogLine, NewInvocation, Outcome, Status, Store, WorkerInfo};
+use warren_common::store::{
+    Claim, InvocationFilter, LogLine, NewInvocation, Outcome, Setting, Status, Store, WorkerInfo,
+};
 use warren_tests::{pg_url, require_services, unique};
 
 fn manifest(name: &str) -> (Manifest, String) {
@@ -187,6 +189,26 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(failed_only.iter().map(|i| i.id).collect::<Vec<_>>(), vec![failed.id]);
     let limited = store.list_invocations(&InvocationFilter { function: None, status: None, limit: 2 }).await.unwrap();
     assert_eq!(limited.len(), 2);
+
+    // Settings: upsert, list by name, delete.
+    let sname = unique("fn");
+    let s = |name: &str, value: &str, secret: bool| Setting {
+        name: name.into(),
+        value: value.into(),
+        secret,
+        updated_ms: now_ms(),
+    };
+    store.set_setting(&sname, &s("B_KEY", "one", false)).await.unwrap();
+    store.set_setting(&sname, &s("A_KEY", "enc:v1:00", true)).await.unwrap();
+    store.set_setting(&sname, &s("B_KEY", "two", false)).await.unwrap();
+    let listed = store.list_settings(&sname).await.unwrap();
+    let summary: Vec<(&str, &str, bool)> =
+        listed.iter().map(|x| (x.name.as_str(), x.value.as_str(), x.secret)).collect();
+    assert_eq!(summary, vec![("A_KEY", "enc:v1:00", true), ("B_KEY", "two", false)]);
+    assert!(store.delete_setting(&sname, "A_KEY").await.unwrap());
+    assert!(!store.delete_setting(&sname, "A_KEY").await.unwrap());
+    assert_eq!(store.list_settings(&sname).await.unwrap().len(), 1);
+    assert!(store.list_settings(&unique("none")).await.unwrap().is_empty());
 
     // Workers: heartbeats upsert.
     let wid = unique("worker");

@@ -45,6 +45,8 @@ pub struct WorkerConfig {
     pub package_limits: package::Limits,
     /// Size above which the least recently used unpacked packages are evicted from the cache.
     pub cache_max_bytes: u64,
+    /// Opens secret settings (the key management sealed them with).
+    pub secret_key: Option<warren_common::secret::SecretKey>,
 }
 
 impl WorkerConfig {
@@ -59,6 +61,7 @@ impl WorkerConfig {
             limits: process::Limits::default(),
             package_limits: package::Limits::default(),
             cache_max_bytes: 2 << 30,
+            secret_key: None,
         }
     }
 }
@@ -80,6 +83,56 @@ pub struct Worker {
     handlers: handler::Handlers,
     /// When each cached package (by sha256) was last used, for eviction.
     last_used: DashMap<String, std::time::Instant>,
+    /// Each function's settings, read at most every [`SETTINGS_TTL`].
+    settings: DashMap<String, (std::time::Instant, Arc<Settings>)>,
+}
+
+/// How long a function's settings are reused before they are read again.
+const SETTINGS_TTL: Duration = Duration::from_secs(5);
+
+/// A function's settings, opened: environment variables, and the secret values to keep out of
+/// log lines and errors.
+#[derive(Default)]
+struct Settings {
+    vars: Vec<(String, String)>,
+    secrets: Vec<String>,
+}
+
+impl Settings {
+    /// The result with each secret value replaced: a function that echoes a secret does not
+    /// publish it through the API.
+    fn redact_bytes(&self, bytes: Vec<u8>) -> Vec<u8> {
+        let mut out = bytes;
+        for s in self.secrets.iter().filter(|s| s.len() >= 3) {
+            let needle = s.as_bytes();
+            if !out.windows(needle.len()).any(|w| w == needle) {
+                continue;
+            }
+            let mut replaced = Vec::with_capacity(out.len());
+            let mut i = 0;
+            while i < out.len() {
+                if out[i..].starts_with(needle) {
+                    replaced.extend_from_slice(b"[secret]");
+                    i += needle.len();
+                } else {
+                    replaced.push(out[i]);
+                    i += 1;
+                }
+            }
+            out = replaced;
+        }
+        out
+    }
+
+    fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            if s.len() >= 3 && out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "[secret]");
+            }
+        }
+        out
+    }
 }
 
 /// Why a version could not be loaded: missing (poison for this message) or a passing fault.
@@ -100,6 +153,7 @@ impl Worker {
             started_ms: now_ms(),
             handlers: handler::Handlers::default(),
             last_used: DashMap::new(),
+            settings: DashMap::new(),
         })
     }
 
@@ -284,8 +338,37 @@ impl Worker {
             }
         }
 
+        let settings = match self.settings_for(&msg.function).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the function's settings; returning the message");
+                let _ = d.requeue().await;
+                return;
+            }
+        };
         let (run, retry) = match self.load(&msg.function, msg.version).await {
-            Ok(loaded) => (self.execute(&loaded, &msg, attempt).await, loaded.manifest.retry.clone()),
+            Ok(loaded) => match &settings {
+                Ok(settings) => {
+                    let mut run = self.execute(&loaded, &msg, attempt, settings).await;
+                    if !settings.secrets.is_empty() {
+                        for l in &mut run.logs {
+                            l.line = settings.redact(&l.line);
+                        }
+                        run.error = run.error.map(|e| settings.redact(&e));
+                        run.result = run.result.map(|r| settings.redact_bytes(r));
+                    }
+                    (run, loaded.manifest.retry.clone())
+                }
+                Err(why) => (
+                    process::RunOutput {
+                        status: Status::Failed,
+                        result: None,
+                        error: Some(why.clone()),
+                        logs: Vec::new(),
+                    },
+                    RetryPolicy::default(),
+                ),
+            },
             Err(LoadError::Missing(reason)) => {
                 // No worker could ever run it: keep the message for inspection, record why.
                 if self.transport.dead_letter(pool, d.body.clone(), &reason).await.is_err() {
@@ -429,7 +512,46 @@ impl Worker {
         }
     }
 
-    async fn execute(&self, loaded: &Loaded, msg: &InvocationMessage, attempt: i32) -> process::RunOutput {
+    /// The function's settings (cached for a few seconds). The outer error is the store being
+    /// unavailable (the message goes back); the inner one, settings that cannot be opened
+    /// (the invocation fails with that reason).
+    async fn settings_for(&self, function: &str) -> Result<Result<Arc<Settings>, String>, StoreError> {
+        if let Some(e) = self.settings.get(function) {
+            if e.0.elapsed() < SETTINGS_TTL {
+                return Ok(Ok(e.1.clone()));
+            }
+        }
+        let stored = self.store.list_settings(function).await?;
+        let mut opened = Settings::default();
+        for s in stored {
+            let value = if s.secret {
+                let Some(key) = &self.cfg.secret_key else {
+                    return Ok(Err(warren_common::secret::SecretError::NoKey.to_string()));
+                };
+                match key.open(&s.value) {
+                    Ok(v) => {
+                        opened.secrets.push(v.clone());
+                        v
+                    }
+                    Err(e) => return Ok(Err(format!("setting {}: {e}", s.name))),
+                }
+            } else {
+                s.value
+            };
+            opened.vars.push((s.name, value));
+        }
+        let opened = Arc::new(opened);
+        self.settings.insert(function.to_string(), (std::time::Instant::now(), opened.clone()));
+        Ok(Ok(opened))
+    }
+
+    async fn execute(
+        &self,
+        loaded: &Loaded,
+        msg: &InvocationMessage,
+        attempt: i32,
+        settings: &Settings,
+    ) -> process::RunOutput {
         match loaded.manifest.runtime {
             Runtime::Echo => process::RunOutput {
                 status: Status::Succeeded,
@@ -447,7 +569,7 @@ impl Worker {
                     attempt: msg.attempt,
                 };
                 let timeout = Duration::from_secs(loaded.manifest.timeout_secs);
-                let settings: Vec<(String, String)> = Vec::new();
+                let settings = settings.vars.clone();
                 if loaded.manifest.mode == Mode::Persistent {
                     let pool =
                         self.handlers.pool(&loaded.manifest, msg.version, dir.to_path_buf(), settings, self.cfg.limits);

@@ -187,6 +187,16 @@ pub struct AttemptRecord {
     pub finished_ms: i64,
 }
 
+/// A function's setting, given to its processes as an environment variable. Secret values are
+/// stored sealed (see [`crate::secret`]); `value` is then the sealed text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Setting {
+    pub name: String,
+    pub value: String,
+    pub secret: bool,
+    pub updated_ms: i64,
+}
+
 /// Which invocations to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct InvocationFilter {
@@ -240,6 +250,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>>;
     /// The attempts that ended, in order.
     async fn list_attempts(&self, id: Uuid) -> Result<Vec<AttemptRecord>>;
+
+    /// Creates or replaces a function's setting.
+    async fn set_setting(&self, function: &str, setting: &Setting) -> Result<()>;
+    /// `false` when there was no such setting.
+    async fn delete_setting(&self, function: &str, name: &str) -> Result<bool>;
+    /// By name.
+    async fn list_settings(&self, function: &str) -> Result<Vec<Setting>>;
 
     async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()>;
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;

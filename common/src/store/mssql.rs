@@ -76,6 +76,13 @@ pub const SCHEMA: &[&str] = &[
         worker NVARCHAR(200) NOT NULL,
         finished_ms BIGINT NOT NULL,
         CONSTRAINT pk_warren_attempts PRIMARY KEY (invocation, attempt))",
+    "CREATE TABLE warren_settings (
+        function_name NVARCHAR(64) NOT NULL,
+        name NVARCHAR(128) NOT NULL,
+        value NVARCHAR(MAX) NOT NULL,
+        secret INT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        CONSTRAINT pk_warren_settings PRIMARY KEY (function_name, name))",
 ];
 
 const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -123,6 +130,13 @@ const REPLAY: &str = "UPDATE warren_invocations SET status = 'queued', attempts 
      WHERE id = @P2 AND status = 'dead' AND attempts = @P3";
 const LIST_ATTEMPTS: &str =
     "SELECT attempt, status, error, worker, finished_ms FROM warren_attempts WHERE invocation = @P1 ORDER BY attempt";
+const SETTING_UPDATE: &str =
+    "UPDATE warren_settings SET value = @P3, secret = @P4, updated_ms = @P5 WHERE function_name = @P1 AND name = @P2";
+const SETTING_INSERT: &str = "INSERT INTO warren_settings (function_name, name, value, secret, updated_ms)
+     VALUES (@P1, @P2, @P3, @P4, @P5)";
+const SETTING_DELETE: &str = "DELETE FROM warren_settings WHERE function_name = @P1 AND name = @P2";
+const SETTING_LIST: &str =
+    "SELECT name, value, secret, updated_ms FROM warren_settings WHERE function_name = @P1 ORDER BY name";
 const INVOCATION_SELECT: &str = "SELECT TOP (@P1) id, function_name, version, status, attempts, payload, result,
      error, worker, created_ms, started_ms, finished_ms FROM warren_invocations WHERE 1 = 1";
 const INSERT_LOGS_PREFIX: &str = "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ";
@@ -180,6 +194,10 @@ pub fn statements() -> Vec<String> {
             INSERT_ATTEMPT,
             REPLAY,
             LIST_ATTEMPTS,
+            SETTING_UPDATE,
+            SETTING_INSERT,
+            SETTING_DELETE,
+            SETTING_LIST,
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -671,6 +689,42 @@ impl Store for MssqlStore {
                     seq: col(r, 1)?,
                     ts_ms: col(r, 2)?,
                     line: col::<&str>(r, 3)?.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    async fn set_setting(&self, function: &str, s: &Setting) -> Result<()> {
+        let mut c = self.conn().await?;
+        let secret = s.secret as i32;
+        let params: [&dyn ToSql; 5] = [&function, &s.name, &s.value, &secret, &s.updated_ms];
+        let updated = c.execute(SETTING_UPDATE, &params).await.map_err(unavailable)?;
+        if updated.total() == 0 {
+            match c.execute(SETTING_INSERT, &params).await {
+                Ok(_) => {}
+                // Set concurrently: the other writer's value stands, as it would with an upsert.
+                Err(e) if is_duplicate(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_setting(&self, function: &str, name: &str) -> Result<bool> {
+        let mut c = self.conn().await?;
+        Ok(c.execute(SETTING_DELETE, &[&function, &name]).await.map_err(unavailable)?.total() == 1)
+    }
+
+    async fn list_settings(&self, function: &str) -> Result<Vec<Setting>> {
+        self.rows(SETTING_LIST, &[&function])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Setting {
+                    name: col::<&str>(r, 0)?.to_string(),
+                    value: col::<&str>(r, 1)?.to_string(),
+                    secret: col::<i32>(r, 2)? != 0,
+                    updated_ms: col(r, 3)?,
                 })
             })
             .collect()

@@ -93,6 +93,15 @@ fn schema(kind: Kind) -> Vec<String> {
             finished_ms BIGINT NOT NULL,
             PRIMARY KEY (invocation, attempt));"
             .to_string(),
+        // Step 3: per-function settings (environment variables; secrets sealed).
+        "CREATE TABLE IF NOT EXISTS warren_settings (
+            function TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            secret INTEGER NOT NULL,
+            updated_ms BIGINT NOT NULL,
+            PRIMARY KEY (function, name));"
+            .to_string(),
     ]
 }
 
@@ -619,6 +628,53 @@ impl Store for SqlxStore {
                     seq: r.try_get(1).map_err(unavailable)?,
                     ts_ms: r.try_get(2).map_err(unavailable)?,
                     line: r.try_get(3).map_err(unavailable)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_setting(&self, function: &str, s: &Setting) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO warren_settings (function, name, value, secret, updated_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (function, name) DO UPDATE SET value = excluded.value, secret = excluded.secret,
+               updated_ms = excluded.updated_ms",
+        )
+        .bind(function)
+        .bind(&s.name)
+        .bind(&s.value)
+        .bind(s.secret as i32)
+        .bind(s.updated_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn delete_setting(&self, function: &str, name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM warren_settings WHERE function = $1 AND name = $2")
+            .bind(function)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn list_settings(&self, function: &str) -> Result<Vec<Setting>> {
+        let rows = sqlx::query(
+            "SELECT name, value, secret, updated_ms FROM warren_settings WHERE function = $1 ORDER BY name",
+        )
+        .bind(function)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Setting {
+                    name: r.try_get(0).map_err(unavailable)?,
+                    value: r.try_get(1).map_err(unavailable)?,
+                    secret: r.try_get::<i32, _>(2).map_err(unavailable)? != 0,
+                    updated_ms: r.try_get(3).map_err(unavailable)?,
                 })
             })
             .collect()

@@ -29,6 +29,10 @@ struct Args {
     /// Largest invocation input accepted, in bytes (larger ones get 413).
     #[arg(long, env = "WARREN_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
     max_payload_bytes: usize,
+    /// Key that seals secret settings (64 hex chars; `openssl rand -hex 32`). Workers need the
+    /// same key to open them.
+    #[arg(long, env = "WARREN_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
     /// Largest function package accepted at publish, in bytes.
     #[arg(long, env = "WARREN_MAX_PACKAGE_BYTES", default_value_t = 64 << 20)]
     max_package_bytes: u64,
@@ -60,7 +64,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_ratio: args.max_package_ratio,
         ..Default::default()
     };
-    let config = Config { max_payload_bytes: args.max_payload_bytes, package_limits, ..Config::default() };
+    let secret_key = match &args.secret_key {
+        Some(k) => Some(warren_common::secret::SecretKey::from_hex(k)?),
+        None => None,
+    };
+    let config = Config { max_payload_bytes: args.max_payload_bytes, package_limits, secret_key, ..Config::default() };
     let m = Management::start(store, transport, config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -95,9 +95,41 @@ enum Command {
     },
     /// List workers and their last heartbeat (`lost` when silent for 15 s).
     Workers,
+    /// A function's settings: environment variables given to its processes. Secret values are
+    /// stored encrypted and never shown again.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
     /// Dead letters: messages kept after their last attempt, or that no worker could take.
     #[command(subcommand)]
     Dead(DeadCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SettingsCommand {
+    /// List a function's settings (secret values masked).
+    List {
+        /// Function name.
+        function: String,
+    },
+    /// Set (or replace) a setting.
+    Set {
+        /// Function name.
+        function: String,
+        /// Variable name, e.g. API_URL.
+        name: String,
+        /// Its value ('-' reads it from stdin, which keeps secrets out of shell history).
+        value: String,
+        /// Store it encrypted; it is then never shown or logged.
+        #[arg(long)]
+        secret: bool,
+    },
+    /// Remove a setting.
+    Rm {
+        /// Function name.
+        function: String,
+        /// Variable name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,6 +342,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let replayed = v["replayed"].as_array().map(Vec::len).unwrap_or(0);
                 let skipped = v["skipped"].as_array().map(Vec::len).unwrap_or(0);
                 println!("replayed {replayed}; skipped {skipped} (not dead any more); left {} in place", v["kept"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Settings(SettingsCommand::List { function }) => {
+            let (_, v) = api.send(api.http.get(api.url(&format!("/api/functions/{function}/settings")))).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let list = v.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("{function} has no settings: warren settings set {function} NAME VALUE [--secret]");
+                }
+                for s in list {
+                    let tag = if s["secret"].as_bool().unwrap_or(false) { " (secret)" } else { "" };
+                    println!("{}={}{tag}", s["name"].as_str().unwrap_or("?"), s["value"].as_str().unwrap_or(""));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Settings(SettingsCommand::Set { function, name, value, secret }) => {
+            let value = if value == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s.trim_end_matches(['\n', '\r']).to_string()
+            } else {
+                value
+            };
+            let url = api.url(&format!("/api/functions/{function}/settings/{name}"));
+            let body = serde_json::json!({"value": value, "secret": secret});
+            let (_, v) = api.send(api.http.put(url).json(&body)).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("set {name} on {function}{}", if secret { " (secret, stored encrypted)" } else { "" });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Settings(SettingsCommand::Rm { function, name }) => {
+            let url = api.url(&format!("/api/functions/{function}/settings/{name}"));
+            let (_, v) = api.send(api.http.delete(url)).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("removed {name} from {function}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -39,6 +39,9 @@ struct Args {
     /// Size of the package cache, in MB, past which the least recently used packages are removed.
     #[arg(long, env = "WARREN_CACHE_MAX_MB", default_value_t = 2048)]
     cache_max_mb: u64,
+    /// Key that opens secret settings: the same one management was given.
+    #[arg(long, env = "WARREN_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
     /// Seconds to finish in-flight invocations after a stop signal.
     #[arg(long, env = "WARREN_GRACE_SECS", default_value_t = 30)]
     grace_secs: u64,
@@ -73,6 +76,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cfg.cache_dir = dir;
     }
     cfg.cache_max_bytes = args.cache_max_mb << 20;
+    if let Some(k) = &args.secret_key {
+        cfg.secret_key = Some(warren_common::secret::SecretKey::from_hex(k)?);
+    }
     let transport = Arc::new(AmqpTransport::connect(&args.amqp, &cfg.id).await?);
     let worker = Worker::new(store, transport, cfg);
     let (tx, rx) = tokio::sync::watch::channel(false);
