@@ -68,40 +68,60 @@ pub struct CpuUse {
     pub machine_busy_pct: f64,
     /// CPU-seconds the whole machine spent busy (all processes, kernel included).
     pub machine: f64,
+    /// The other process families that used the most CPU meanwhile (name, CPU-seconds).
+    pub others: Vec<(String, f64)>,
 }
 
 struct CpuSnap {
-    mgmt: f64,
-    workers: Vec<f64>,
-    rabbit: HashMap<u32, f64>,
-    pg: HashMap<u32, f64>,
-    bench: f64,
+    mgmt: u32,
+    workers: Vec<u32>,
+    all: HashMap<u32, (String, f64)>,
     machine: (u64, u64),
 }
 
 fn cpu_snap(mgmt: u32, workers: &[u32]) -> CpuSnap {
-    let me = std::process::id();
     CpuSnap {
-        mgmt: procs::cpu_secs(mgmt).unwrap_or(0.0),
-        workers: workers.iter().map(|p| procs::cpu_secs(*p).unwrap_or(0.0)).collect(),
-        rabbit: procs::cpu_by_name(&["beam.smp"]),
-        pg: procs::cpu_by_name(&["postgres"]),
-        bench: procs::cpu_secs(me).unwrap_or(0.0),
+        mgmt,
+        workers: workers.to_vec(),
+        all: procs::all_cpu(),
         machine: procs::machine_ticks().unwrap_or((0, 0)),
     }
 }
 
+pub fn is_rabbitmq(comm: &str) -> bool {
+    comm.starts_with("beam.smp")
+}
+
+pub fn is_postgres(comm: &str) -> bool {
+    comm == "postgres"
+}
+
 fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
     let (busy, total) = (b.machine.0.saturating_sub(a.machine.0), b.machine.1.saturating_sub(a.machine.1));
-    CpuUse {
-        management: (b.mgmt - a.mgmt).max(0.0),
-        workers: b.workers.iter().zip(&a.workers).map(|(x, y)| x - y).sum::<f64>().max(0.0),
-        rabbitmq: procs::cpu_delta(&a.rabbit, &b.rabbit).max(0.0),
-        postgres: procs::cpu_delta(&a.pg, &b.pg).max(0.0),
-        bench: (b.bench - a.bench).max(0.0),
+    let me = std::process::id();
+    let mut u = CpuUse {
         machine_busy_pct: if total > 0 { busy as f64 * 100.0 / total as f64 } else { 0.0 },
         machine: busy as f64 / procs::clock_ticks(),
+        ..CpuUse::default()
+    };
+    for (pid, comm, d) in procs::deltas(&a.all, &b.all) {
+        if pid == b.mgmt && pid != 0 {
+            u.management += d;
+        } else if b.workers.contains(&pid) {
+            u.workers += d;
+        } else if pid == me {
+            u.bench += d;
+        } else if is_rabbitmq(comm) {
+            u.rabbitmq += d;
+        } else if is_postgres(comm) {
+            u.postgres += d;
+        }
     }
+    let known = |pid: u32, comm: &str| {
+        (pid == b.mgmt && pid != 0) || b.workers.contains(&pid) || pid == me || is_rabbitmq(comm) || is_postgres(comm)
+    };
+    u.others = procs::top_families(&a.all, &b.all, &known, 3);
+    u
 }
 
 /// The figures of one end-to-end throughput run.

@@ -164,28 +164,54 @@ fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string())
 }
 
-/// Processes whose command name is one of `names`, with their CPU seconds so far.
-pub fn cpu_by_name(names: &[&str]) -> HashMap<u32, f64> {
+/// Every process's command name and CPU seconds so far.
+pub fn all_cpu() -> HashMap<u32, (String, f64)> {
     let mut out = HashMap::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            if let Some(c) = comm(pid) {
-                if names.iter().any(|n| c == *n || c.starts_with(n)) {
-                    if let Some(cpu) = cpu_secs(pid) {
-                        out.insert(pid, cpu);
-                    }
-                }
+            if let (Some(c), Some(cpu)) = (comm(pid), cpu_secs(pid)) {
+                out.insert(pid, (c, cpu));
             }
         }
     }
     out
 }
 
-/// The CPU seconds used between two `cpu_by_name` snapshots (processes born in between count
+/// A process family name: kernel threads lose their `/instance` suffix (kworker/1:1H -> kworker).
+pub fn family(comm: &str) -> String {
+    comm.split('/').next().unwrap_or(comm).to_string()
+}
+
+/// CPU seconds per process between two `all_cpu` snapshots (processes born in between count
 /// from zero; processes that died in between are lost).
-pub fn cpu_delta(before: &HashMap<u32, f64>, after: &HashMap<u32, f64>) -> f64 {
-    after.iter().map(|(pid, a)| a - before.get(pid).copied().unwrap_or(0.0)).filter(|d| *d > 0.0).sum()
+pub fn deltas<'a>(
+    before: &'a HashMap<u32, (String, f64)>,
+    after: &'a HashMap<u32, (String, f64)>,
+) -> impl Iterator<Item = (u32, &'a str, f64)> + 'a {
+    after.iter().filter_map(move |(pid, (c, cpu))| {
+        let d = cpu - before.get(pid).map(|b| b.1).unwrap_or(0.0);
+        (d > 0.0).then_some((*pid, c.as_str(), d))
+    })
+}
+
+/// The `k` process families that used the most CPU between two snapshots, leaving out `skip`.
+pub fn top_families(
+    before: &HashMap<u32, (String, f64)>,
+    after: &HashMap<u32, (String, f64)>,
+    skip: &dyn Fn(u32, &str) -> bool,
+    k: usize,
+) -> Vec<(String, f64)> {
+    let mut by: HashMap<String, f64> = HashMap::new();
+    for (pid, c, d) in deltas(before, after) {
+        if !skip(pid, c) {
+            *by.entry(family(c)).or_default() += d;
+        }
+    }
+    let mut v: Vec<(String, f64)> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.truncate(k);
+    v
 }
 
 /// Machine-wide CPU counters from /proc/stat: (busy, total) in ticks.

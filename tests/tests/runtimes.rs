@@ -147,3 +147,38 @@ async fn a_handler_killed_mid_invocation_is_replaced_and_its_invocation_recorded
     let new_pid = after["result"]["pid"].as_i64().unwrap() as i32;
     assert!(!handlers.contains(&new_pid), "a fresh handler took over");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_and_log_volume_over_the_limits_fail_clearly() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = unique("p");
+    let (big, chatty) = (unique("big"), unique("chatty"));
+    let m = Management::start(&pg_url()).await;
+    let mk = |name: &str, script: &str| {
+        let manifest =
+            format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n");
+        function_dir(tmp.path(), &manifest, &[("run.sh", script)])
+    };
+    m.publish_dir(&mk(&big, "head -c 3000000 /dev/zero\n")).await;
+    m.publish_dir(&mk(&chatty, "for i in $(seq 1 50); do echo \"line $i\" >&2; done\necho done\n")).await;
+    let _w = start_worker_with(
+        &pg_url(),
+        &pool,
+        2,
+        &tmp.path().join("cache"),
+        &["--max-output-bytes", "1000000", "--max-log-lines", "10"],
+        &[],
+    );
+    wait_consumers(&pool, 1).await;
+
+    let (_, v) = m.invoke(&big, "sync", b"").await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("over the limit of 1000000 bytes"), "{v}");
+
+    let (_, v) = m.invoke(&chatty, "sync", b"").await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let logs = v["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 11, "10 lines and a note: {v}");
+    assert!(logs[10]["line"].as_str().unwrap().contains("40 more log lines dropped"), "{v}");
+}

@@ -296,6 +296,7 @@ impl Pool {
         let mut child = process::command(&self.manifest.command, &self.dir, &vars)
             .spawn()
             .map_err(|e| format!("could not start the handler {:?}: {e}", self.manifest.command[0]))?;
+        crate::tree::contain(&child);
         let mut stdin = child.stdin.take().expect("stdin piped");
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
@@ -334,6 +335,9 @@ impl Pool {
                         "killed".to_string()
                     }
                 };
+                if let Some(pid) = proc.pid {
+                    crate::tree::release(pid);
+                }
                 proc.fail_all(&format!("the handler process exited ({status}) while holding the invocation"));
                 if let Some(pool) = pool.upgrade() {
                     pool.lock_procs().retain(|p| !Arc::ptr_eq(p, &proc));

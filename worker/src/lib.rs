@@ -13,6 +13,7 @@
 
 pub mod handler;
 pub mod process;
+mod tree;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};

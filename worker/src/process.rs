@@ -123,7 +123,10 @@ pub async fn run(
     let mut cmd = self::command(command, dir, &vars);
 
     let mut child = match cmd.spawn() {
-        Ok(c) => c,
+        Ok(c) => {
+            crate::tree::contain(&c);
+            c
+        }
         Err(e) => {
             return RunOutput {
                 status: Status::Failed,
@@ -190,6 +193,7 @@ pub async fn run(
         logs
     });
 
+    let pid = child.id();
     let waited = tokio::time::timeout(timeout, child.wait()).await;
     let exit = match waited {
         Ok(r) => Some(r),
@@ -202,10 +206,19 @@ pub async fn run(
     // process group could keep them open: do not wait on it forever.
     let grace = Duration::from_secs(2);
     writer.abort();
+    if let Some(pid) = pid {
+        crate::tree::release(pid);
+    }
     let out = tokio::time::timeout(grace, reader).await;
     let logs = tokio::time::timeout(grace, logger).await.ok().and_then(|r| r.ok()).unwrap_or_default();
 
     let fail = |status, error: String, logs| RunOutput { status, result: None, error: Some(error), logs };
+    let overflow = matches!(&out, Ok(Ok((_, buf))) if buf.len() > max_out);
+    if overflow && exit.is_some() {
+        // Reading stopped at the cap, so the process may also have died of a broken pipe:
+        // the cause to report is the size.
+        return fail(Status::Failed, format!("the function's output is over the limit of {max_out} bytes"), logs);
+    }
     match exit {
         None => fail(
             Status::TimedOut,
@@ -247,8 +260,11 @@ pub(crate) async fn kill_tree(child: &mut Child) {
     }
     #[cfg(windows)]
     if let Some(pid) = child.id() {
-        // taskkill /T walks the tree of children. (A job object would also catch orphans.)
-        let _ = Command::new("taskkill").args(["/F", "/T", "/PID", &pid.to_string()]).output().await;
+        // The job object takes the whole tree; taskkill /T walks the tree for a child that got
+        // no job.
+        if !crate::tree::kill(pid) {
+            let _ = Command::new("taskkill").args(["/F", "/T", "/PID", &pid.to_string()]).output().await;
+        }
     }
     let _ = child.kill().await;
     let _ = child.wait().await;

@@ -39,6 +39,12 @@ struct Args {
     /// Size of the package cache, in MB, past which the least recently used packages are removed.
     #[arg(long, env = "WARREN_CACHE_MAX_MB", default_value_t = 2048)]
     cache_max_mb: u64,
+    /// Largest result an invocation may produce, in bytes; more is a failure.
+    #[arg(long, env = "WARREN_MAX_OUTPUT_BYTES", default_value_t = 16 << 20)]
+    max_output_bytes: usize,
+    /// Log lines kept per invocation; the rest are counted and dropped.
+    #[arg(long, env = "WARREN_MAX_LOG_LINES", default_value_t = 10_000)]
+    max_log_lines: usize,
     /// Key that opens secret settings: the same one management was given.
     #[arg(long, env = "WARREN_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
@@ -76,6 +82,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cfg.cache_dir = dir;
     }
     cfg.cache_max_bytes = args.cache_max_mb << 20;
+    cfg.limits.max_output_bytes = args.max_output_bytes;
+    cfg.limits.max_log_lines = args.max_log_lines;
     if let Some(k) = &args.secret_key {
         cfg.secret_key = Some(warren_common::secret::SecretKey::from_hex(k)?);
     }
