@@ -24,6 +24,7 @@ pub struct RawResult {
     pub body_bytes: usize,
     pub publish_secs: f64,
     pub end_to_end_secs: f64,
+    pub cpu: crate::mesh::CpuUse,
 }
 
 impl RawResult {
@@ -87,6 +88,7 @@ pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, pr
 
     let body = vec![b'x'; body_bytes];
     let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/msgpack".into());
+    let cpu_before = crate::mesh::cpu_snap(0, &[]);
     let start = Instant::now();
     let mut inflight = FuturesUnordered::new();
     let mut nacked = 0u64;
@@ -121,9 +123,10 @@ pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, pr
         }
     };
     let end_to_end_secs = last_ack.duration_since(start).as_secs_f64();
+    let cpu = crate::mesh::cpu_use(&cpu_before, &crate::mesh::cpu_snap(0, &[]));
 
     let _ = pub_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     let _ = sub_conn.close(200, "done".into()).await;
     let _ = pub_conn.close(200, "done".into()).await;
-    Ok(RawResult { messages: n, body_bytes, publish_secs, end_to_end_secs })
+    Ok(RawResult { messages: n, body_bytes, publish_secs, end_to_end_secs, cpu })
 }

@@ -267,7 +267,10 @@ async fn run(args: Args) -> Result<bool> {
     };
     let mut machine = sysinfo::collect(pg_version, sqlite_version).await;
     machine.postgres_settings = pg_settings.unwrap_or_default();
-    machine.busy_before_pct = sysinfo::busy_pct(Duration::from_secs(1)).await;
+    if let Some((pct, top)) = sysinfo::busy_pct(Duration::from_secs(1)).await {
+        machine.busy_before_pct = Some(pct);
+        machine.busy_before_top = top;
+    }
     machine.loadavg = sysinfo::loadavg();
 
     let target_dir = exe_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("target"));

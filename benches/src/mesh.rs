@@ -72,14 +72,14 @@ pub struct CpuUse {
     pub others: Vec<(String, f64)>,
 }
 
-struct CpuSnap {
+pub(crate) struct CpuSnap {
     mgmt: u32,
     workers: Vec<u32>,
     all: HashMap<u32, (String, f64)>,
     machine: (u64, u64),
 }
 
-fn cpu_snap(mgmt: u32, workers: &[u32]) -> CpuSnap {
+pub(crate) fn cpu_snap(mgmt: u32, workers: &[u32]) -> CpuSnap {
     CpuSnap {
         mgmt,
         workers: workers.to_vec(),
@@ -96,7 +96,7 @@ pub fn is_postgres(comm: &str) -> bool {
     comm == "postgres"
 }
 
-fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
+pub(crate) fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
     let (busy, total) = (b.machine.0.saturating_sub(a.machine.0), b.machine.1.saturating_sub(a.machine.1));
     let me = std::process::id();
     let mut u = CpuUse {

@@ -144,9 +144,13 @@ pub fn print_header(c: &Context) {
     if let Some(b) = m.busy_before_pct {
         println!("load      machine {b:.0} % busy in the second before the run; load average {}", m.loadavg);
         if b > 15.0 {
+            let top: Vec<String> =
+                m.busy_before_top.iter().map(|(n, s)| format!("{n} {:.0} %", s * 100.0 / m.cores as f64)).collect();
             println!(
                 "          WARNING: other work is using the machine ({b:.0} % of all cores): the figures below will be \
-                 low and noisy"
+                 low and noisy\
+                 {}",
+                if top.is_empty() { String::new() } else { format!(" (busiest: {})", top.join(", ")) }
             );
         }
     }
@@ -375,9 +379,13 @@ pub fn print_tables(c: &Context, f: &Figures) {
             format!("{:.2}", other / k),
             format!("{:.2}", c.machine / k),
             format!("{:.0} %", c.machine_busy_pct),
+            c.others.iter().map(|(n, s)| format!("{n} {:.2}", s / k)).collect::<Vec<_>>().join(", "),
         ]
     };
     let mut rows = Vec::new();
+    if let Some(r) = &f.raw {
+        rows.push(cpu_row("raw broker (lapin)".into(), r.messages, &r.cpu));
+    }
     for r in f.runs.iter().filter_map(|r| r.as_ref().ok()) {
         rows.push(cpu_row(run_label(r), r.completed, &r.cpu));
     }
@@ -390,9 +398,20 @@ pub fn print_tables(c: &Context, f: &Figures) {
         ));
     }
     table(
-        "CPU during each end-to-end run (CPU-seconds per 1,000 invocations; other = kernel threads and any other process; \
-         busy = share of all cores)",
-        &["run", "management", "workers", "rabbitmq", "postgres", "bench client", "other", "whole machine", "machine busy"],
+        "CPU during each run (CPU-seconds per 1,000 invocations; other = kernel threads and any other process, the \
+         biggest of them in notes; busy = share of all cores)",
+        &[
+            "run",
+            "management",
+            "workers",
+            "rabbitmq",
+            "postgres",
+            "bench client",
+            "other",
+            "whole machine",
+            "machine busy",
+            "notes",
+        ],
         &rows,
     );
     for n in &f.notes {
@@ -409,6 +428,7 @@ fn cpu_json(c: &CpuUse) -> Value {
         "bench": c.bench,
         "machine": c.machine,
         "machine_busy_pct": c.machine_busy_pct,
+        "top_others": c.others.iter().map(|(n, s)| json!({"process": n, "cpu_secs": s})).collect::<Vec<_>>(),
     })
 }
 
@@ -423,6 +443,7 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
             "publish_confirmed_per_s": r.publish_rate(),
             "end_to_end_secs": r.end_to_end_secs,
             "publish_secs": r.publish_secs,
+            "cpu_secs": cpu_json(&r.cpu),
         }),
         (None, e) => json!({"error": e}),
     };

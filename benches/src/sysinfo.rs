@@ -20,6 +20,8 @@ pub struct Machine {
     /// How busy the machine was (all cores, %) during the second before the benchmark began:
     /// anything well above zero means other work shares the machine.
     pub busy_before_pct: Option<f64>,
+    /// Who was busy then (process family, CPU-seconds).
+    pub busy_before_top: Vec<(String, f64)>,
     pub loadavg: String,
 }
 
@@ -38,6 +40,7 @@ impl Machine {
             "sqlite": self.sqlite,
             "postgres_settings": self.postgres_settings,
             "busy_before_pct": self.busy_before_pct,
+            "busy_before_top": self.busy_before_top.iter().map(|(n, s)| json!({"process": n, "cpu_secs": s})).collect::<Vec<_>>(),
             "loadavg": self.loadavg,
         })
     }
@@ -134,17 +137,23 @@ pub async fn collect(pg_server: Option<String>, sqlite: Option<String>) -> Machi
         sqlite: sqlite.unwrap_or_else(|| "unknown".into()),
         postgres_settings: String::new(),
         busy_before_pct: None,
+        busy_before_top: Vec::new(),
         loadavg: String::new(),
     }
 }
 
-/// The machine's busy share (all cores, %) over `window`.
-pub async fn busy_pct(window: Duration) -> Option<f64> {
+/// The machine's busy share (all cores, %) over `window`, and the process families that used
+/// the most CPU meanwhile.
+pub async fn busy_pct(window: Duration) -> Option<(f64, Vec<(String, f64)>)> {
     let a = crate::procs::machine_ticks()?;
+    let pa = crate::procs::all_cpu();
     tokio::time::sleep(window).await;
     let b = crate::procs::machine_ticks()?;
+    let pb = crate::procs::all_cpu();
     let (busy, total) = (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1));
-    (total > 0).then(|| busy as f64 * 100.0 / total as f64)
+    let me = std::process::id();
+    let top = crate::procs::top_families(&pa, &pb, &|pid, _| pid == me, 4);
+    (total > 0).then(|| (busy as f64 * 100.0 / total as f64, top))
 }
 
 /// The 1, 5 and 15 minute load averages.
