@@ -66,7 +66,16 @@ pub struct Management {
     instance: String,
     waiters: DashMap<Uuid, oneshot::Sender<()>>,
     declared_pools: DashMap<String, ()>,
+    /// Active version per function, reused for [`ACTIVE_TTL`]: invoking does not read the
+    /// store for it each time. A publish through this instance updates it at once.
+    active: DashMap<String, (std::time::Instant, i64)>,
+    /// Manifests of versions (immutable, so kept).
+    manifests: DashMap<(String, i64), Arc<warren_common::manifest::Manifest>>,
 }
+
+/// How long an instance trusts the active version it read. Another management instance's
+/// publish is seen within this delay.
+pub const ACTIVE_TTL: Duration = Duration::from_secs(1);
 
 /// Wakes sync waiters from completion notices; reopens the notice queue after a broker outage
 /// (notices sent meanwhile are lost, and those waiters read the store at their deadline).
@@ -176,6 +185,8 @@ impl Management {
             instance,
             waiters: DashMap::new(),
             declared_pools: DashMap::new(),
+            active: DashMap::new(),
+            manifests: DashMap::new(),
         });
         tokio::spawn(listen_notices(Arc::downgrade(&m), notices));
         Ok(m)
@@ -199,6 +210,7 @@ impl Management {
             .map_err(|e| Error::BadRequest(format!("package check failed: {e}")))?
             .map_err(|e| Error::BadRequest(format!("package refused: {e}")))?;
         let v = self.store.publish_version(&p.manifest, &p.manifest_text, &bytes, &p.sha256).await?;
+        self.active.insert(v.name.clone(), (std::time::Instant::now(), v.version));
         tracing::info!(function = %v.name, version = v.version, sha256 = %v.sha256, "published");
         Ok(v)
     }
@@ -221,15 +233,7 @@ impl Management {
                 self.config.max_payload_bytes
             )));
         }
-        let f = self.store.get_function(function).await?.ok_or_else(|| {
-            Error::NotFound(format!("function {function:?} does not exist; publish it first (warren publish DIR)"))
-        })?;
-        let v = self
-            .store
-            .get_version(function, f.active_version)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("function {function:?} has no version {}", f.active_version)))?;
-        let manifest = v.parsed_manifest()?;
+        let (version, manifest) = self.active_manifest(function).await?;
         self.ensure_pool(&manifest.pool).await?;
 
         let id = Uuid::now_v7();
@@ -238,7 +242,7 @@ impl Management {
             .create_invocation(&NewInvocation {
                 id,
                 function: function.to_string(),
-                version: v.version,
+                version,
                 payload: payload.to_vec(),
                 created_ms,
             })
@@ -247,7 +251,7 @@ impl Management {
             v: PROTOCOL_VERSION,
             id,
             function: function.to_string(),
-            version: v.version,
+            version,
             attempt: 1,
             payload,
             notify: wait.map(|_| warren_common::topology::notice_queue(&self.instance)),
@@ -406,6 +410,35 @@ impl Management {
             warren_common::store::Setting { name: name.to_string(), value: stored, secret, updated_ms: now_ms() };
         self.store.set_setting(function, &setting).await?;
         Ok(())
+    }
+
+    /// A function's active version and its manifest, from memory when fresh enough.
+    async fn active_manifest(&self, function: &str) -> Result<(i64, Arc<warren_common::manifest::Manifest>), Error> {
+        let cached = self.active.get(function).filter(|e| e.0.elapsed() < ACTIVE_TTL).map(|e| e.1);
+        let version = match cached {
+            Some(v) => v,
+            None => {
+                let f = self.store.get_function(function).await?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "function {function:?} does not exist; publish it first (warren publish DIR)"
+                    ))
+                })?;
+                self.active.insert(function.to_string(), (std::time::Instant::now(), f.active_version));
+                f.active_version
+            }
+        };
+        let key = (function.to_string(), version);
+        if let Some(m) = self.manifests.get(&key) {
+            return Ok((version, m.clone()));
+        }
+        let v = self
+            .store
+            .get_version(function, version)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("function {function:?} has no version {version}")))?;
+        let manifest = Arc::new(v.parsed_manifest()?);
+        self.manifests.insert(key, manifest.clone());
+        Ok((version, manifest))
     }
 
     pub fn clamp_wait(&self, ms: Option<u64>) -> Duration {

@@ -34,8 +34,9 @@ impl Scenario {
         let tmp = tempfile::tempdir().unwrap();
         let (pool, name) = (unique("f"), unique("cat"));
         let runs = tmp.path().join("runs.log");
-        // Echoes its input; notes each execution (O_APPEND lines are atomic) to count re-runs.
-        let script = format!("cat\necho \"$WARREN_INVOCATION_ID\" >> '{}'\n", runs.display());
+        // Echoes its input after ~10 ms of "work"; notes each execution (O_APPEND lines are
+        // atomic) to count re-runs.
+        let script = format!("cat\nsleep 0.01\necho \"$WARREN_INVOCATION_ID\" >> '{}'\n", runs.display());
         let manifest = format!(
             "name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\ntimeout_secs = 60\npool = \"{pool}\"\n"
         );
@@ -46,7 +47,7 @@ impl Scenario {
     }
 
     fn worker(&self, i: usize) -> Proc {
-        start_worker(&pg_url(), &self.pool, 8, &self.tmp.path().join(format!("cache{i}")))
+        start_worker(&pg_url(), &self.pool, 4, &self.tmp.path().join(format!("cache{i}")))
     }
 
     /// Publishes N async invocations through the API (32 requests in flight).
@@ -139,9 +140,10 @@ impl Scenario {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_killed_every_two_seconds_lose_nothing() {
     let s = Scenario::new().await;
+    // The batch is queued first, so that the faults hit it while it runs.
+    let ids = s.publish().await;
     let mut workers: Vec<Proc> = (0..3).map(|i| s.worker(i)).collect();
     wait_consumers(&s.pool, 3).await;
-    let ids = s.publish().await;
     let mut last_kill = Instant::now();
     let mut kills = 0;
     let mut victim = 0;
@@ -169,9 +171,9 @@ fn rabbitmqctl(args: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_run_loses_nothing() {
     let s = Scenario::new().await;
+    let ids = s.publish().await;
     let _workers: Vec<Proc> = (0..3).map(|i| s.worker(i)).collect();
     wait_consumers(&s.pool, 3).await;
-    let ids = s.publish().await;
     // Let the workers get going, then take the broker away under them.
     eventually(Duration::from_secs(60), "some progress", || async { (s.completed().await >= 300).then_some(()) }).await;
     let before = s.completed().await;
@@ -202,9 +204,9 @@ fn pg_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_mid_run_loses_nothing() {
     let s = Scenario::new().await;
+    let ids = s.publish().await;
     let _workers: Vec<Proc> = (0..3).map(|i| s.worker(i)).collect();
     wait_consumers(&s.pool, 3).await;
-    let ids = s.publish().await;
     eventually(Duration::from_secs(60), "some progress", || async { (s.completed().await >= 300).then_some(()) }).await;
     let before = s.completed().await;
     pg_restart();
