@@ -493,6 +493,20 @@ impl Handlers {
         p
     }
 
+    /// The function versions that have warm handlers.
+    pub fn versions(&self) -> Vec<(String, i64)> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// Shuts one version's handlers down (it is no longer the active version).
+    pub fn close_version(&self, function: &str, version: i64) {
+        let removed = self.pools.lock().unwrap_or_else(|p| p.into_inner()).remove(&(function.to_string(), version));
+        if let Some(p) = removed {
+            tracing::info!(function, version, "version no longer active; shutting down its handlers");
+            p.close();
+        }
+    }
+
     /// Shuts every pool down (the worker is draining).
     pub fn close_all(&self) {
         for (_, p) in self.pools.lock().unwrap_or_else(|p| p.into_inner()).drain() {

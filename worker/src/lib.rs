@@ -206,6 +206,7 @@ impl Worker {
                     if let Err(e) = me.store.heartbeat(&me.info("running")).await {
                         tracing::warn!(error = %e, "heartbeat failed");
                     }
+                    me.retire_inactive_handlers().await;
                 }
             })
         };
@@ -286,6 +287,17 @@ impl Worker {
             }
         }
         while running.join_next().await.is_some() {}
+    }
+
+    /// Shuts down the warm handlers of versions that are no longer their function's active one.
+    async fn retire_inactive_handlers(&self) {
+        for (function, version) in self.handlers.versions() {
+            match self.store.get_function(&function).await {
+                Ok(Some(f)) if f.active_version != version => self.handlers.close_version(&function, version),
+                Ok(None) => self.handlers.close_version(&function, version),
+                _ => {}
+            }
+        }
     }
 
     /// Takes one delivery to its end: acked after its outcome is stored, or returned.
