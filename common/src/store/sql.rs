@@ -222,11 +222,34 @@ impl SqlxStore {
     /// finished_ms, id) and, if it did, the attempt record and the log lines, in one transaction.
     async fn end_attempt(&self, id: Uuid, o: &Outcome, update: &str, status: Status, attempt: i32) -> Result<bool> {
         let id = id.to_string();
+        let result = if status.is_final() { o.result.clone() } else { None };
+        if self.kind == Kind::Postgres && o.logs.is_empty() {
+            // One statement, so no transaction round trips: the attempt record is inserted
+            // only if the update touched the invocation (a data-modifying CTE).
+            let sql = format!(
+                "WITH u AS ({update} RETURNING id)
+                 INSERT INTO warren_attempts (invocation, attempt, status, error, worker, finished_ms)
+                 SELECT id, $2, $8, $4, $5, $6 FROM u"
+            );
+            let done = sqlx::query(&sql)
+                .bind(status.as_str())
+                .bind(attempt)
+                .bind(result)
+                .bind(o.error.clone())
+                .bind(&o.worker)
+                .bind(o.finished_ms)
+                .bind(&id)
+                .bind(o.status.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            return Ok(done.rows_affected() == 1);
+        }
         let mut tx = self.begin().await?;
         let updated = sqlx::query(update)
             .bind(status.as_str())
             .bind(attempt)
-            .bind(if status.is_final() { o.result.clone() } else { None })
+            .bind(result)
             .bind(o.error.clone())
             .bind(&o.worker)
             .bind(o.finished_ms)
