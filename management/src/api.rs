@@ -410,7 +410,7 @@ async fn replay_dead(
     }
     let pools = pools_for(&m, b.pool).await?;
     let ids = (!b.all).then_some(b.ids.as_slice());
-    let report = m.replay(&pools, ids, b.limit.unwrap_or(10_000).min(100_000)).await?;
+    let report = m.replay(&pools, ids, b.limit.unwrap_or(10_000).min(10_000)).await?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }
 
