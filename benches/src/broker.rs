@@ -130,3 +130,49 @@ pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, pr
     let _ = pub_conn.close(200, "done".into()).await;
     Ok(RawResult { messages: n, body_bytes, publish_secs, end_to_end_secs, cpu })
 }
+
+/// Deletes the queues earlier benchmark runs left behind when they were killed (names starting
+/// `warren.pool.bench-`, `warren.dead.bench-` or `warren-bench.raw.`, without consumers). Needs
+/// `rabbitmqctl` to list them, so only for a broker on this machine; returns how many went.
+pub async fn sweep_stale(url: &str) -> usize {
+    let local = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h == "127.0.0.1" || h == "localhost" || h == "::1"))
+        .unwrap_or(false);
+    if !local {
+        return 0;
+    }
+    let listed = tokio::task::spawn_blocking(|| {
+        crate::sysinfo::output("rabbitmqctl", &["-q", "list_queues", "name", "consumers"], Duration::from_secs(20))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(listed) = listed else { return 0 };
+    let stale: Vec<String> = listed
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (name, consumers) = (f.next()?, f.next()?);
+            let ours =
+                ["warren.pool.bench-", "warren.dead.bench-", "warren-bench.raw."].iter().any(|p| name.starts_with(p));
+            (ours && consumers == "0").then(|| name.to_string())
+        })
+        .collect();
+    if stale.is_empty() {
+        return 0;
+    }
+    let Ok(conn) = connect(url, "warren-bench-sweeper").await else { return 0 };
+    let mut n = 0;
+    for q in stale {
+        // A failed delete closes its channel: one channel per queue.
+        if let Ok(ch) = conn.create_channel().await {
+            if ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.is_ok() {
+                n += 1;
+                let _ = ch.close(200, "done".into()).await;
+            }
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    n
+}

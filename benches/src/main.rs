@@ -156,11 +156,21 @@ async fn preflight_amqp(url: &str) -> Result<()> {
 }
 
 async fn pg_admin(url: &str) -> Result<sqlx::AnyPool> {
+    let u = url::Url::parse(url).with_context(|| format!("--pg {url:?} is not a URL"))?;
+    let addr = format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port().unwrap_or(5432));
+    match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => bail!(
+            "PostgreSQL is unreachable at {addr} ({e}): start it (`pg_ctlcluster <version> main start`, or \
+             scripts/test starts it) or pass --pg"
+        ),
+        Err(_) => bail!("PostgreSQL at {addr} did not accept a connection within 3 s: is it running? or pass --pg"),
+    }
     tokio::time::timeout(Duration::from_secs(15), mesh::open_db(url))
         .await
         .map_err(|_| anyhow::anyhow!("PostgreSQL at {url} did not answer within 15 s"))?
         .with_context(|| {
-            format!("PostgreSQL is unreachable at {url}: start it (`pg_ctlcluster 15 main start`, or scripts/test) or pass --pg")
+            format!("PostgreSQL is unreachable at {url}: is the database there and the user allowed in? or pass --pg")
         })
 }
 
@@ -243,6 +253,10 @@ async fn run(args: Args) -> Result<bool> {
 
     // Services.
     preflight_amqp(&args.amqp).await?;
+    let swept = broker::sweep_stale(&args.amqp).await;
+    if swept > 0 {
+        eprintln!("warren-bench: deleted {swept} queues left behind by earlier (killed) benchmark runs");
+    }
     let want_pg = args.stores.iter().any(|s| s == "postgres");
     let admin = if want_pg || !args.no_fresh_db { Some(pg_admin(&args.pg).await?) } else { None };
     let pg_version = match &admin {

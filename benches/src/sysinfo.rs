@@ -47,7 +47,7 @@ impl Machine {
 }
 
 /// Runs a command with a time limit; its trimmed stdout, or `None`.
-fn output(program: &str, args: &[&str], limit: Duration) -> Option<String> {
+pub fn output(program: &str, args: &[&str], limit: Duration) -> Option<String> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
