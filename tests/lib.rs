@@ -212,7 +212,14 @@ impl Management {
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.expect("get");
+        let url = format!("{}{path}", self.base);
+        // A pooled connection may be one the server is closing (after it refused a request
+        // body it did not read): a GET can safely go again on a new one.
+        let r = match self.http.get(&url).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_request() || e.is_connect() => reqwest::Client::new().get(&url).send().await.expect("get"),
+            Err(e) => panic!("get {url}: {e}"),
+        };
         let status = r.status().as_u16();
         (status, r.json().await.expect("JSON answer"))
     }

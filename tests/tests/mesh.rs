@@ -215,3 +215,45 @@ async fn a_package_escaping_its_folder_is_refused_at_publish() {
     assert_eq!(status, 404);
     assert!(v["error"]["message"].as_str().unwrap().contains("publish it first"), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_batch_pool_does_not_hold_up_the_interactive_pool() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (batch, interactive) = (unique("b"), unique("i"));
+    let (slow, quick) = (unique("slow"), unique("quick"));
+    let m = Management::start(&pg_url()).await;
+    let slow_manifest =
+        format!("name = \"{slow}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{batch}\"\n");
+    m.publish_dir(&function_dir(tmp.path(), &slow_manifest, &[("run.sh", "sleep 1\necho done\n")])).await;
+    m.publish_dir(&function_dir(
+        tmp.path(),
+        &format!("name = \"{quick}\"\nruntime = \"echo\"\npool = \"{interactive}\"\n"),
+        &[],
+    ))
+    .await;
+    // One worker, two pools, each with its own slots.
+    let pools = format!("{interactive}:2,{batch}:2");
+    let _w = start_worker_with(&pg_url(), &pools, 1, &tmp.path().join("cache"), &[], &[]);
+    wait_consumers(&batch, 1).await;
+    wait_consumers(&interactive, 1).await;
+
+    // A backlog of 20 one-second jobs: ten seconds of work for the batch pool's two slots.
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let (status, v) = m.invoke(&slow, "async", b"").await;
+        assert_eq!(status, 202);
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let (status, v) = m.invoke(&quick, "sync", b"now").await;
+    assert_eq!((status, v["result"].as_str()), (200, Some("now")), "{v}");
+    // The interactive answer came while most of the batch still waited its turn.
+    let mut waiting = 0;
+    for id in &ids {
+        let (_, b) = m.get(&format!("/api/invocations/{id}")).await;
+        if b["status"] == "queued" {
+            waiting += 1;
+        }
+    }
+    assert!(waiting >= 10, "only {waiting} of 20 batch jobs were still queued: the interactive pool waited for them");
+}

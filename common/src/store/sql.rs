@@ -24,6 +24,11 @@ enum Kind {
 
 pub struct SqlxStore {
     pool: AnyPool,
+    /// Connections whose commits do not wait for the disk (`synchronous_commit = off` on
+    /// PostgreSQL, `synchronous = NORMAL` on SQLite), for writes whose loss in a database crash
+    /// costs nothing: claims (the message is still unacked, so it comes back and is claimed
+    /// again) and heartbeats. A later durable commit flushes them anyway (the log is sequential).
+    relaxed: AnyPool,
     kind: Kind,
 }
 
@@ -202,7 +207,24 @@ impl SqlxStore {
                     crate::transport::amqp::redact(&url)
                 ))
             })?;
-        let store = SqlxStore { pool, kind };
+        let relaxed = AnyPoolOptions::new()
+            .max_connections(if kind == Kind::Sqlite { 2 } else { 4 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let setup = match kind {
+                        Kind::Sqlite => {
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;"
+                        }
+                        Kind::Postgres => "SET synchronous_commit = off",
+                    };
+                    conn.execute(setup).await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy(&url)
+            .map_err(unavailable)?;
+        let store = SqlxStore { pool, relaxed, kind };
         store.migrate().await?;
         Ok(store)
     }
@@ -502,7 +524,7 @@ impl Store for SqlxStore {
         .bind(started_ms)
         .bind(inv.version)
         .bind(&id)
-        .execute(&self.pool)
+        .execute(&self.relaxed)
         .await
         .map_err(unavailable)?;
         if updated.rows_affected() == 1 {
@@ -719,7 +741,7 @@ impl Store for SqlxStore {
         .bind(w.started_ms)
         .bind(w.last_seen_ms)
         .bind(&w.state)
-        .execute(&self.pool)
+        .execute(&self.relaxed)
         .await
         .map_err(unavailable)?;
         Ok(())

@@ -27,7 +27,9 @@ struct Args {
     /// Store URL: postgres://…, mssql://USER:PASSWORD@HOST:PORT/DB, or sqlite://PATH.
     #[arg(long, env = "WARREN_STORE_URL")]
     store: String,
-    /// Pool (queue) to serve; repeat to serve several, each with --concurrency.
+    /// Pool (queue) to serve, as NAME or NAME:CONCURRENCY; repeat or separate with commas to
+    /// serve several, each with its own concurrency (default --concurrency), so that a busy
+    /// batch pool cannot starve an interactive one: --pool default:8,batch:2
     #[arg(long = "pool", env = "WARREN_POOL", default_value = "default", value_delimiter = ',')]
     pools: Vec<String>,
     /// Invocations run at once per pool (also the broker prefetch).
@@ -67,14 +69,25 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let mut pools = Vec::new();
     for p in &args.pools {
+        let (name, conc) = match p.split_once(':') {
+            Some((n, c)) => {
+                let c: u16 = c.parse().ok().filter(|c| (1..=1000).contains(c)).ok_or_else(|| {
+                    anyhow::anyhow!("--pool {p:?}: the concurrency after ':' must be a number from 1 to 1000")
+                })?;
+                (n, c)
+            }
+            None => (p.as_str(), args.concurrency),
+        };
         anyhow::ensure!(
-            warren_common::manifest::valid_name(p),
-            "pool name {p:?} must be 1-64 letters, digits, '-' or '_'"
+            warren_common::manifest::valid_name(name),
+            "pool name {name:?} must be 1-64 letters, digits, '-' or '_'"
         );
+        pools.push((name.to_string(), conc));
     }
     let store = warren_common::store::open(&args.store).await?;
-    let mut cfg = WorkerConfig::new(args.pools.iter().map(|p| (p.clone(), args.concurrency)).collect());
+    let mut cfg = WorkerConfig::new(pools);
     if let Some(id) = args.id {
         cfg.id = id;
     }
