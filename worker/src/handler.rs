@@ -158,7 +158,11 @@ impl Pool {
         self.closed.store(true, Ordering::SeqCst);
         for p in self.lock_procs().drain(..) {
             p.retired.store(true, Ordering::SeqCst);
-            p.close();
+            // A busy handler finishes what it holds (within its timeouts); the last answer
+            // closes it (see `invoke`).
+            if p.in_flight.load(Ordering::SeqCst) == 0 {
+                p.close();
+            }
         }
         self.slots.close();
     }
@@ -182,6 +186,14 @@ impl Pool {
         };
         let (tx, rx) = oneshot::channel();
         proc.lock_pending().insert(id.to_string(), Pending { tx, logs: Vec::new(), attempt: log_attempt });
+        // `fail_all` marks the process dead before it drains `pending`: if it died in between,
+        // this entry may never be answered.
+        if proc.dead.load(Ordering::SeqCst) {
+            proc.lock_pending().remove(id);
+            proc.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.changed.notify_waiters();
+            return failed(Status::Failed, "the handler died as it was given the invocation".into(), Vec::new());
+        }
         let header = InvokeFrame {
             kind: "invoke",
             id,
@@ -274,6 +286,8 @@ impl Pool {
             if start_one {
                 let started = self.start().await;
                 self.starting.fetch_sub(1, Ordering::SeqCst);
+                // Whatever happened, those waiting for this start must look again.
+                self.changed.notify_waiters();
                 let proc = started?;
                 proc.in_flight.fetch_add(1, Ordering::SeqCst);
                 if self.closed.load(Ordering::SeqCst) {
@@ -441,8 +455,17 @@ async fn read_frames(proc: Arc<Proc>, stdout: tokio::process::ChildStdout, ready
 }
 
 async fn read_stderr(proc: Arc<Proc>, stderr: tokio::process::ChildStderr, limits: Limits) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    // Lines are cut at the log line limit and decoded lossily; reading never stops before EOF,
+    // so a handler can never block on a full stderr pipe.
+    let mut r = BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut r).take(limits.max_log_line_bytes as u64).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
         let mut pending = proc.lock_pending();
         if pending.len() == 1 {
             if let Some(p) = pending.values_mut().next() {

@@ -86,6 +86,21 @@ pub struct Worker {
     last_used: DashMap<String, std::time::Instant>,
     /// Each function's settings, read at most every [`SETTINGS_TTL`].
     settings: DashMap<String, (std::time::Instant, Arc<Settings>)>,
+    /// Invocations running here now. After a channel break the broker redelivers what the old
+    /// channel held while it may still be running here: such a copy waits its turn.
+    running: DashMap<uuid::Uuid, ()>,
+}
+
+/// Takes an invocation id out of [`Worker::running`] when its run ends, however it ends.
+struct RunningGuard<'a> {
+    map: &'a DashMap<uuid::Uuid, ()>,
+    id: uuid::Uuid,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.map.remove(&self.id);
+    }
 }
 
 /// How long a function's settings are reused before they are read again.
@@ -155,6 +170,7 @@ impl Worker {
             handlers: handler::Handlers::default(),
             last_used: DashMap::new(),
             settings: DashMap::new(),
+            running: DashMap::new(),
         })
     }
 
@@ -321,6 +337,15 @@ impl Worker {
     }
 
     async fn run_message(&self, pool: &str, msg: InvocationMessage, d: Delivery) {
+        if self.running.insert(msg.id, ()).is_some() {
+            tracing::info!(
+                "this invocation is already running here (a redelivery after a channel break); returning the copy"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = d.requeue().await;
+            return;
+        }
+        let _running = RunningGuard { map: &self.running, id: msg.id };
         let inv = NewInvocation {
             id: msg.id,
             function: msg.function.clone(),
@@ -645,8 +670,16 @@ impl Worker {
                 let (sha, dest, limits) = (v.sha256.clone(), dir.clone(), self.cfg.package_limits);
                 tokio::task::spawn_blocking(move || package::unpack(&bytes, &sha, &dest, &limits))
                     .await
-                    .map_err(|e| LoadError::Broken(format!("unpacking failed: {e}")))?
-                    .map_err(|e| LoadError::Broken(format!("package of {function} version {version}: {e}")))?;
+                    .map_err(|e| {
+                        LoadError::Unavailable(StoreError::Unavailable(format!("unpacking was interrupted: {e}")))
+                    })?
+                    .map_err(|e| match e {
+                        // The disk, not the package: try again later (the message is returned).
+                        package::PackageError::Io(e) => LoadError::Unavailable(StoreError::Unavailable(format!(
+                            "cannot unpack into the cache: {e}"
+                        ))),
+                        e => LoadError::Broken(format!("package of {function} version {version}: {e}")),
+                    })?;
                 self.last_used.insert(v.sha256.clone(), std::time::Instant::now());
                 self.evict().await;
             }

@@ -40,6 +40,9 @@ const FIRST_CONNECT: Duration = Duration::from_secs(20);
 struct Link {
     conn: Connection,
     publisher: Channel,
+    /// Completion notices go on a channel without confirms: on the confirm channel, every
+    /// unawaited confirm would be kept by lapin for the life of the connection.
+    notifier: Channel,
     generation: u64,
 }
 
@@ -182,8 +185,9 @@ impl Shared {
         let conn = Connection::connect(&self.url, props).await.map_err(unavailable)?;
         let publisher = conn.create_channel().await.map_err(unavailable)?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+        let notifier = conn.create_channel().await.map_err(unavailable)?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let link = Link { conn, publisher, generation };
+        let link = Link { conn, publisher, notifier, generation };
         declare_shared(&link.publisher).await?;
         let declared: Vec<(String, Declared)> =
             self.declared.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
@@ -224,11 +228,21 @@ impl Shared {
         F: Fn(Arc<Link>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
+        // The operation itself is bounded too: a broker that blocks publishers (a memory or
+        // disk alarm) must not hold a caller forever.
+        let bounded = |link: Arc<Link>| async {
+            tokio::time::timeout(self.hold, op(link)).await.unwrap_or_else(|_| {
+                Err(TransportError::Unavailable(format!(
+                    "RabbitMQ did not answer within {} s (is it blocking publishers?); retry later",
+                    self.hold.as_secs()
+                )))
+            })
+        };
         let link = self.current().await?;
-        match op(link.clone()).await {
+        match bounded(link.clone()).await {
             Err(TransportError::Unavailable(_)) if !link.healthy() => {
                 self.failed_on(&link);
-                op(self.current().await?).await
+                bounded(self.current().await?).await
             }
             other => other,
         }
@@ -470,7 +484,7 @@ impl Transport for AmqpTransport {
         // delays it until its deadline. Nor is it held during an outage.
         let link = self.shared.link.borrow().clone();
         let Some(link) = link else { return Err(TransportError::Unavailable("reconnecting".into())) };
-        link.publisher
+        link.notifier
             .basic_publish(
                 "".into(),
                 notice_queue.into(),

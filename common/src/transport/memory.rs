@@ -199,9 +199,9 @@ impl Transport for MemoryTransport {
         let queue = self.queue(&crate::topology::pool_queue(pool));
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            if let Err(e) = queue.push(body, None).await {
-                tracing::error!(error = %e, "a delayed message could not be queued");
-            }
+            // Accepted already: it goes in even over capacity, as a returned message does.
+            queue.lock().push_back(Message { body, redelivered: false, reason: None });
+            queue.arrived.notify_one();
         });
         Ok(())
     }
