@@ -2,6 +2,7 @@
 //!
 //! - [`message`]: what travels on the queues (MessagePack, versioned).
 //! - [`manifest`]: a function's `function.toml`.
+//! - [`schedule`]: cron schedules of timer triggers.
 //! - [`package`]: packing, checking and unpacking function packages.
 //! - [`store`]: the store interface and its SQLite, PostgreSQL and SQL Server backends.
 //! - [`transport`]: the queue interface, over AMQP (lapin) or in process.
@@ -10,6 +11,7 @@
 pub mod manifest;
 pub mod message;
 pub mod package;
+pub mod schedule;
 pub mod secret;
 pub mod store;
 pub mod topology;

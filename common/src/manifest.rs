@@ -14,6 +14,29 @@
 //! concurrency = 1            # invocations given to one handler at once
 //! recycle_after = 10000      # invocations before a handler is replaced
 //!
+//! [timer]                    # optional: invoke on a schedule (see crate::schedule)
+//! schedule = "0 */5 * * * *" # six fields with seconds, or the usual five
+//! timezone = "Europe/Paris"  # IANA name; UTC when absent
+//! catch_up = "skip"          # ticks missed while no management ran: "skip" or "once"
+//!
+//! [source]                   # optional: each message of another system's queue is an invocation
+//! url = "amqp://user:pass@host:5672/%2f"   # absent: Warren's own broker
+//! queue = "orders"           # consume this queue, or:
+//! exchange = "events"        # bind Warren's queue warren.source.<name> to this exchange
+//! routing_key = "order.#"
+//! prefetch = 64
+//!
+//! [[outputs]]                # optional, any number: forward results
+//! kind = "http"              # "http" (POST) or "amqp" (publish)
+//! url = "http://crm.local/hook"    # http: endpoint; amqp: broker (absent: Warren's own)
+//! headers = { X-Api-Key = "..." }  # http only
+//! exchange = "results"       # amqp only ("" = default exchange)
+//! routing_key = "done"       # amqp only
+//! when = "success"           # "always", "success", "failure"
+//! pointer = "/status"        # optional predicate on the JSON result: this pointer exists...
+//! equals = "ok"              # ...and (optionally) equals this JSON value
+//! max_attempts = 8           # delivery attempts before it is recorded failed
+//!
 //! [retry]                    # optional; without it a failure is final at once
 //! max_attempts = 5           # attempts in all, the first included
 //! initial_delay_ms = 1000    # delay before the second attempt
@@ -55,6 +78,131 @@ pub struct Manifest {
     pub mode: Mode,
     #[serde(default)]
     pub handler: HandlerConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<TimerTrigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<AmqpSource>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<Output>,
+}
+
+/// `[timer]`: invoke the function on a cron schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerTrigger {
+    pub schedule: String,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub catch_up: CatchUp,
+}
+
+/// What to do with ticks that passed while no management instance ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Forget them.
+    #[default]
+    Skip,
+    /// Run once for the latest missed tick.
+    Once,
+}
+
+/// `[source]`: messages of another system's AMQP queue (or exchange) become invocations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSource {
+    /// The broker; Warren's own when absent.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub exchange: Option<String>,
+    #[serde(default)]
+    pub routing_key: String,
+    #[serde(default = "default_source_prefetch")]
+    pub prefetch: u16,
+}
+
+fn default_source_prefetch() -> u16 {
+    64
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    Http,
+    Amqp,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum When {
+    #[default]
+    Always,
+    Success,
+    Failure,
+}
+
+/// `[[outputs]]`: where a result is forwarded, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    pub kind: OutputKind,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub exchange: Option<String>,
+    #[serde(default)]
+    pub routing_key: String,
+    #[serde(default)]
+    pub when: When,
+    #[serde(default)]
+    pub pointer: Option<String>,
+    #[serde(default)]
+    pub equals: Option<toml::Value>,
+    #[serde(default = "default_delivery_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_delivery_attempts() -> u32 {
+    8
+}
+
+impl Output {
+    /// Whether an outcome with this status and result is forwarded here.
+    pub fn applies(&self, succeeded: bool, result: Option<&[u8]>) -> bool {
+        let when = match self.when {
+            When::Always => true,
+            When::Success => succeeded,
+            When::Failure => !succeeded,
+        };
+        if !when {
+            return false;
+        }
+        let Some(pointer) = &self.pointer else { return true };
+        let Some(value) = result.and_then(|r| serde_json::from_slice::<serde_json::Value>(r).ok()) else {
+            return false;
+        };
+        match (value.pointer(pointer), &self.equals) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(found), Some(expected)) => serde_json::to_value(expected).map(|e| &e == found).unwrap_or(false),
+        }
+    }
+
+    /// A short description for listings: `http http://…` or `amqp exchange/key`.
+    pub fn target(&self) -> String {
+        match self.kind {
+            OutputKind::Http => format!("http {}", self.url.as_deref().unwrap_or("")),
+            OutputKind::Amqp => {
+                format!("amqp {}/{}", self.exchange.as_deref().unwrap_or(""), self.routing_key)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +316,45 @@ impl Manifest {
         }
         if !(1.0..=10.0).contains(&r.multiplier) || !(0.0..=1.0).contains(&r.jitter) {
             return bad("retry.multiplier must be in [1, 10] and retry.jitter in [0, 1]".into());
+        }
+        if let Some(t) = &self.timer {
+            crate::schedule::Schedule::parse(&t.schedule, t.timezone.as_deref())
+                .map_err(|e| ManifestError::Invalid(format!("timer: {e}")))?;
+        }
+        if let Some(src) = &self.source {
+            if src.queue.is_some() == src.exchange.is_some() {
+                return bad("source needs exactly one of queue = \"NAME\" or exchange = \"NAME\"".into());
+            }
+            if src.prefetch == 0 {
+                return bad("source.prefetch must be at least 1".into());
+            }
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            let n = i + 1;
+            match o.kind {
+                OutputKind::Http => match o.url.as_deref().map(url::Url::parse) {
+                    Some(Ok(u)) if u.scheme() == "http" || u.scheme() == "https" => {}
+                    _ => return bad(format!("outputs[{n}]: kind = \"http\" needs url = \"http(s)://...\"")),
+                },
+                OutputKind::Amqp => {
+                    if o.exchange.is_none() {
+                        return bad(format!(
+                            "outputs[{n}]: kind = \"amqp\" needs exchange = \"NAME\" (\"\" for the default exchange)"
+                        ));
+                    }
+                }
+            }
+            if let Some(p) = &o.pointer {
+                if !p.is_empty() && !p.starts_with('/') {
+                    return bad(format!("outputs[{n}]: pointer {p:?} must be a JSON pointer such as \"/status\""));
+                }
+            }
+            if o.equals.is_some() && o.pointer.is_none() {
+                return bad(format!("outputs[{n}]: equals needs a pointer"));
+            }
+            if o.max_attempts == 0 || o.max_attempts > 100 {
+                return bad(format!("outputs[{n}]: max_attempts must be 1-100"));
+            }
         }
         match self.runtime {
             Runtime::Process if self.command.is_empty() || self.command[0].is_empty() => {

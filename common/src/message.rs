@@ -29,6 +29,9 @@ pub struct InvocationMessage {
     pub notify: Option<String>,
     /// Publish time, ms since epoch.
     pub created_ms: i64,
+    /// Headers of the message that triggered it (AMQP source trigger), given to the function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
 }
 
 /// A notice sent to the waiting management instance once an outcome is stored.
@@ -110,6 +113,7 @@ mod tests {
             payload: Bytes::from_static(b"\x00\xffhello"),
             notify: Some("warren.notice.abc".into()),
             created_ms: 1,
+            headers: Vec::new(),
         }
     }
 

@@ -256,6 +256,7 @@ impl Management {
             payload,
             notify: wait.map(|_| warren_common::topology::notice_queue(&self.instance)),
             created_ms,
+            headers: Vec::new(),
         };
         // Register before publishing: the notice may come back before publish returns.
         let (guard, rx) = match wait {
@@ -280,6 +281,7 @@ impl Management {
                         worker: String::new(),
                         finished_ms: now_ms(),
                         logs: Vec::new(),
+                        deliveries: Vec::new(),
                     },
                 )
                 .await;
@@ -372,6 +374,7 @@ impl Management {
                                     worker: String::new(),
                                     finished_ms: now_ms(),
                                     logs: Vec::new(),
+                                    deliveries: Vec::new(),
                                 },
                             )
                             .await;

@@ -232,6 +232,7 @@ async fn ten_thousand_garbage_messages_are_dead_lettered_and_real_work_completes
         payload: Bytes::from_static(b"payload"),
         notify: None,
         created_ms: warren_common::now_ms(),
+        headers: Vec::new(),
     }
     .encode();
     // Garbage goes in while the real invocations are published.

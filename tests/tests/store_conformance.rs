@@ -38,6 +38,7 @@ fn outcome(status: Status, worker: &str, logs: usize) -> Outcome {
         logs: (0..logs)
             .map(|i| LogLine { attempt: 1, seq: i as i32, ts_ms: now_ms(), line: format!("line {i} é") })
             .collect(),
+        deliveries: Vec::new(),
     }
 }
 

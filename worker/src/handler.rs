@@ -51,6 +51,8 @@ struct InvokeFrame<'a> {
     attempt: u32,
     timeout_ms: u64,
     len: usize,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    headers: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +204,7 @@ impl Pool {
             attempt: env.attempt,
             timeout_ms: timeout.as_millis() as u64,
             len: input.len(),
+            headers: if env.headers.is_empty() { serde_json::Value::Null } else { env.headers_json() },
         };
         let mut frame = serde_json::to_vec(&header).expect("frame serialises");
         frame.push(b'\n');

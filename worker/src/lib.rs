@@ -25,7 +25,7 @@ use dashmap::DashMap;
 use tracing::Instrument;
 use warren_common::manifest::{Manifest, Mode, RetryPolicy, Runtime};
 use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
-use warren_common::store::{Claim, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
+use warren_common::store::{Claim, NewDelivery, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
 use warren_common::transport::{Delivery, Transport};
 use warren_common::{now_ms, package};
 
@@ -384,7 +384,7 @@ impl Worker {
                 return;
             }
         };
-        let (run, retry) = match self.load(&msg.function, msg.version).await {
+        let (run, retry, outputs) = match self.load(&msg.function, msg.version).await {
             Ok(loaded) => match &settings {
                 Ok(settings) => {
                     let mut run = self.execute(&loaded, &msg, attempt, settings).await;
@@ -395,7 +395,7 @@ impl Worker {
                         run.error = run.error.map(|e| settings.redact(&e));
                         run.result = run.result.map(|r| settings.redact_bytes(r));
                     }
-                    (run, loaded.manifest.retry.clone())
+                    (run, loaded.manifest.retry.clone(), loaded.manifest.outputs.clone())
                 }
                 Err(why) => (
                     process::RunOutput {
@@ -405,6 +405,7 @@ impl Worker {
                         logs: Vec::new(),
                     },
                     RetryPolicy::default(),
+                    Vec::new(),
                 ),
             },
             Err(LoadError::Missing(reason)) => {
@@ -415,12 +416,12 @@ impl Worker {
                 }
                 let dead =
                     process::RunOutput { status: Status::Dead, result: None, error: Some(reason), logs: Vec::new() };
-                (dead, RetryPolicy::default())
+                (dead, RetryPolicy::default(), Vec::new())
             }
             Err(LoadError::Broken(reason)) => {
                 let failed =
                     process::RunOutput { status: Status::Failed, result: None, error: Some(reason), logs: Vec::new() };
-                (failed, RetryPolicy::default())
+                (failed, RetryPolicy::default(), Vec::new())
             }
             Err(LoadError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "cannot load the function version; returning the message");
@@ -436,6 +437,7 @@ impl Worker {
             worker: self.cfg.id.clone(),
             finished_ms: now_ms(),
             logs: run.logs,
+            deliveries: Vec::new(),
         };
         let failed = matches!(outcome.status, Status::Failed | Status::TimedOut);
         if failed && retry.retries() {
@@ -455,6 +457,14 @@ impl Worker {
             outcome.status = Status::Dead;
             outcome.error = Some(reason);
         }
+        // Forwards to make, decided now and stored with the outcome; management delivers them.
+        let succeeded = outcome.status == Status::Succeeded;
+        outcome.deliveries = outputs
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.applies(succeeded, outcome.result.as_deref()))
+            .map(|(i, o)| NewDelivery { output: i as i32, target: o.target() })
+            .collect();
         if self.with_store_retry("store the outcome", || self.store.complete(msg.id, &outcome)).await.is_none() {
             let _ = d.requeue().await;
             return;
@@ -605,6 +615,7 @@ impl Worker {
                     function: &msg.function,
                     version: msg.version,
                     attempt: msg.attempt,
+                    headers: &msg.headers,
                 };
                 let timeout = Duration::from_secs(loaded.manifest.timeout_secs);
                 let settings = settings.vars.clone();

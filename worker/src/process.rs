@@ -42,6 +42,17 @@ pub struct InvocationEnv<'a> {
     pub function: &'a str,
     pub version: i64,
     pub attempt: u32,
+    /// Headers of the triggering message (source trigger); `WARREN_HEADERS` as a JSON object.
+    pub headers: &'a [(String, String)],
+}
+
+impl InvocationEnv<'_> {
+    /// The headers as a JSON object (`{}` when there are none).
+    pub fn headers_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+        )
+    }
 }
 
 /// Variables kept from the worker's environment so that ordinary programs can start; nothing
@@ -119,6 +130,9 @@ pub async fn run(
     vars.push(("WARREN_FUNCTION".into(), env.function.to_string()));
     vars.push(("WARREN_VERSION".into(), env.version.to_string()));
     vars.push(("WARREN_ATTEMPT".into(), env.attempt.to_string()));
+    if !env.headers.is_empty() {
+        vars.push(("WARREN_HEADERS".into(), env.headers_json().to_string()));
+    }
     let command = command_line;
     let mut cmd = self::command(command, dir, &vars);
 

@@ -46,11 +46,20 @@ pub enum Status {
     Failed,
     TimedOut,
     Dead,
+    /// Never ran: its batch was cancelled while it was queued.
+    Cancelled,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] =
-        [Status::Queued, Status::Running, Status::Succeeded, Status::Failed, Status::TimedOut, Status::Dead];
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::TimedOut,
+        Status::Dead,
+        Status::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,6 +69,7 @@ impl Status {
             Status::Failed => "failed",
             Status::TimedOut => "timed_out",
             Status::Dead => "dead",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -149,6 +159,71 @@ pub struct Outcome {
     pub worker: String,
     pub finished_ms: i64,
     pub logs: Vec<LogLine>,
+    /// Outputs this outcome is to be forwarded to (stored `pending` with a final outcome, in
+    /// the same transaction, so a forward is never lost between the two).
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// A forward of an invocation's result to one of its function's `[[outputs]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    /// Index into the manifest's outputs.
+    pub output: i32,
+    /// What it is, for listings (`http http://…`).
+    pub target: String,
+}
+
+/// A delivery as recorded: `pending` (due at `next_ms`), `delivered` or `failed` (gave up;
+/// can be retried).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryRecord {
+    pub invocation: Uuid,
+    pub output: i32,
+    pub target: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// A batch as submitted.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub id: Uuid,
+    pub function: String,
+    pub version: i64,
+    /// The fan-in function, invoked once when every item is final.
+    pub then: Option<String>,
+    pub created_ms: i64,
+}
+
+/// A batch and where its items are. `state`: `submitting` (items still arriving), `running`,
+/// `finishing` (fan-in being started), `done`, `cancelled`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Batch {
+    pub id: Uuid,
+    pub function: String,
+    pub version: i64,
+    pub then: Option<String>,
+    pub total: i64,
+    pub state: String,
+    pub followup_invocation: Option<Uuid>,
+    /// Why submission stopped early, if it did.
+    pub error: Option<String>,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// Items per status (every status present, zeros included).
+    pub counts: std::collections::BTreeMap<String, i64>,
+}
+
+/// One item's outcome, for a fan-in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemResult {
+    pub id: Uuid,
+    pub status: Status,
+    pub result: Option<Vec<u8>>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -260,6 +335,64 @@ pub trait Store: Send + Sync + 'static {
 
     async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()>;
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
+
+    // Batches (fan-out / fan-in).
+
+    /// Records a batch in state `submitting`.
+    async fn create_batch(&self, batch: &NewBatch) -> Result<()>;
+    /// Records items of a batch as `queued` invocations (before they are published), in one
+    /// multi-row insert.
+    async fn add_batch_items(&self, batch: Uuid, items: &[NewInvocation]) -> Result<()>;
+    /// Ends submission: records the total (and why it stopped early, if it did) and moves
+    /// `submitting` to `running`. A batch cancelled meanwhile stays cancelled.
+    async fn seal_batch(&self, batch: Uuid, total: i64, error: Option<&str>) -> Result<()>;
+    async fn get_batch(&self, batch: Uuid) -> Result<Option<Batch>>;
+    /// Newest first.
+    async fn list_batches(&self, limit: u32) -> Result<Vec<Batch>>;
+    /// Batches whose end is not recorded yet: `running`, `finishing`, and `cancelled` ones with
+    /// items still in flight. Without their counts.
+    async fn open_batches(&self) -> Result<Vec<Batch>>;
+    /// Items not final yet.
+    async fn batch_unfinished(&self, batch: Uuid) -> Result<i64>;
+    /// Cancels a batch that is submitting or running: its queued items become `cancelled`
+    /// (running ones finish). Returns how many were cancelled; `None` if the batch is not
+    /// there; `Conflict` if it ended already.
+    async fn cancel_batch(&self, batch: Uuid, now_ms: i64) -> Result<Option<u64>>;
+    /// Items' outcomes in id order, after `after`, up to `limit`.
+    async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>>;
+    /// Moves a `running` batch to `finishing` and records its fan-in invocation (`queued`), in one
+    /// transaction. `false` when another instance did it first (or the batch is not running).
+    async fn begin_fanin(&self, batch: Uuid, followup: &NewInvocation) -> Result<bool>;
+    /// Records a batch's end (`done`, or the end of a cancelled batch).
+    async fn end_batch(&self, batch: Uuid, state: &str, finished_ms: i64) -> Result<()>;
+
+    // Timer triggers.
+
+    /// Fires one tick: records (function, tick) and its invocation in one transaction, unless
+    /// that tick was fired already (by any instance). `true` when this call fired it.
+    async fn fire_tick(&self, function: &str, tick_ms: i64, inv: &NewInvocation) -> Result<bool>;
+    /// The newest tick fired for a function.
+    async fn last_tick(&self, function: &str) -> Result<Option<i64>>;
+
+    // Output deliveries.
+
+    /// Leases up to `limit` pending deliveries due by `now_ms` for `lease_ms` (no other instance
+    /// takes them meanwhile) and returns them.
+    async fn take_deliveries(&self, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<DeliveryRecord>>;
+    /// Records one delivery attempt: `delivered`, `failed` (for good), or `pending` again at
+    /// `next_ms`.
+    async fn record_delivery(
+        &self,
+        invocation: Uuid,
+        output: i32,
+        status: &str,
+        attempts: i32,
+        error: Option<&str>,
+        next_ms: i64,
+    ) -> Result<()>;
+    async fn list_deliveries(&self, invocation: Uuid) -> Result<Vec<DeliveryRecord>>;
+    /// Makes an invocation's failed deliveries pending again; returns how many.
+    async fn retry_deliveries(&self, invocation: Uuid, now_ms: i64) -> Result<u64>;
 }
 
 /// Opens the store a URL names and migrates its schema:

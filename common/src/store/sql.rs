@@ -107,12 +107,50 @@ fn schema(kind: Kind) -> Vec<String> {
             updated_ms BIGINT NOT NULL,
             PRIMARY KEY (function, name));"
             .to_string(),
+        // Step 4: batches (items are invocations with a batch id), timer ticks, output deliveries.
+        "ALTER TABLE warren_invocations ADD COLUMN batch TEXT;
+        CREATE INDEX IF NOT EXISTS warren_invocations_batch_status ON warren_invocations (batch, status)
+            WHERE batch IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS warren_invocations_batch_id ON warren_invocations (batch, id)
+            WHERE batch IS NOT NULL;
+        CREATE TABLE IF NOT EXISTS warren_batches (
+            id TEXT PRIMARY KEY,
+            function TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            then_function TEXT,
+            total BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            followup TEXT,
+            error TEXT,
+            created_ms BIGINT NOT NULL,
+            finished_ms BIGINT);
+        CREATE INDEX IF NOT EXISTS warren_batches_state ON warren_batches (state);
+        CREATE TABLE IF NOT EXISTS warren_ticks (
+            function TEXT NOT NULL,
+            tick_ms BIGINT NOT NULL,
+            invocation TEXT NOT NULL,
+            PRIMARY KEY (function, tick_ms));
+        CREATE TABLE IF NOT EXISTS warren_deliveries (
+            invocation TEXT NOT NULL,
+            output INTEGER NOT NULL,
+            target TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            last_error TEXT,
+            next_ms BIGINT NOT NULL,
+            updated_ms BIGINT NOT NULL,
+            PRIMARY KEY (invocation, output));
+        CREATE INDEX IF NOT EXISTS warren_deliveries_due ON warren_deliveries (status, next_ms);"
+            .to_string(),
     ]
 }
 
 const VERSION_COLUMNS: &str = "name, version, sha256, manifest, size, created_ms";
 const INVOCATION_COLUMNS: &str =
     "id, function, version, status, attempts, payload, result, error, worker, created_ms, started_ms, finished_ms";
+const BATCH_COLUMNS: &str =
+    "id, function, version, then_function, total, state, followup, error, created_ms, finished_ms";
+const DELIVERY_COLUMNS: &str = "invocation, output, target, status, attempts, last_error, next_ms, updated_ms";
 const WORKER_COLUMNS: &str = "id, host, pools, concurrency, in_flight, version, started_ms, last_seen_ms, state";
 
 fn version_from(r: &AnyRow) -> Result<FunctionVersion> {
@@ -153,6 +191,42 @@ fn invocation_from(r: &AnyRow) -> Result<Invocation> {
         finished_ms: r.try_get(11).map_err(unavailable)?,
     })
 }
+
+fn batch_from(r: &AnyRow) -> Result<Batch> {
+    let id: String = r.try_get(0).map_err(unavailable)?;
+    let followup: Option<String> = r.try_get(6).map_err(unavailable)?;
+    Ok(Batch {
+        id: parse_uuid(&id)?,
+        function: r.try_get(1).map_err(unavailable)?,
+        version: r.try_get(2).map_err(unavailable)?,
+        then: r.try_get(3).map_err(unavailable)?,
+        total: r.try_get(4).map_err(unavailable)?,
+        state: r.try_get(5).map_err(unavailable)?,
+        followup_invocation: followup.as_deref().map(parse_uuid).transpose()?,
+        error: r.try_get(7).map_err(unavailable)?,
+        created_ms: r.try_get(8).map_err(unavailable)?,
+        finished_ms: r.try_get(9).map_err(unavailable)?,
+        counts: Default::default(),
+    })
+}
+
+fn delivery_from(r: &AnyRow) -> Result<DeliveryRecord> {
+    let id: String = r.try_get(0).map_err(unavailable)?;
+    Ok(DeliveryRecord {
+        invocation: parse_uuid(&id)?,
+        output: r.try_get(1).map_err(unavailable)?,
+        target: r.try_get(2).map_err(unavailable)?,
+        status: r.try_get(3).map_err(unavailable)?,
+        attempts: r.try_get(4).map_err(unavailable)?,
+        last_error: r.try_get(5).map_err(unavailable)?,
+        next_ms: r.try_get(6).map_err(unavailable)?,
+        updated_ms: r.try_get(7).map_err(unavailable)?,
+    })
+}
+
+const INSERT_INVOCATION: &str =
+    "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
+     VALUES ($1, $2, $3, 'queued', 0, $4, $5)";
 
 fn worker_from(r: &AnyRow) -> Result<WorkerInfo> {
     Ok(WorkerInfo {
@@ -251,7 +325,7 @@ impl SqlxStore {
     async fn end_attempt(&self, id: Uuid, o: &Outcome, update: &str, status: Status, attempt: i32) -> Result<bool> {
         let id = id.to_string();
         let result = if status.is_final() { o.result.clone() } else { None };
-        if self.kind == Kind::Postgres && o.logs.is_empty() {
+        if self.kind == Kind::Postgres && o.logs.is_empty() && o.deliveries.is_empty() {
             // One statement, so no transaction round trips: the attempt record is inserted
             // only if the update touched the invocation (a data-modifying CTE).
             let sql = format!(
@@ -319,8 +393,37 @@ impl SqlxStore {
             }
             q.execute(&mut *tx).await.map_err(unavailable)?;
         }
+        if status.is_final() {
+            for d in &o.deliveries {
+                sqlx::query(
+                    "INSERT INTO warren_deliveries (invocation, output, target, status, attempts, next_ms, updated_ms)
+                     VALUES ($1, $2, $3, 'pending', 0, $4, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(&id)
+                .bind(d.output)
+                .bind(&d.target)
+                .bind(o.finished_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            }
+        }
         tx.commit().await.map_err(unavailable)?;
         Ok(true)
+    }
+
+    async fn batch_counts(&self, b: &mut Batch) -> Result<()> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM warren_invocations WHERE batch = $1 GROUP BY status")
+            .bind(b.id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        b.counts = Status::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+        for r in rows {
+            let status: String = r.try_get(0).map_err(unavailable)?;
+            b.counts.insert(status, r.try_get(1).map_err(unavailable)?);
+        }
+        Ok(())
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -498,24 +601,21 @@ impl Store for SqlxStore {
     }
 
     async fn create_invocation(&self, inv: &NewInvocation) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
-             VALUES ($1, $2, $3, 'queued', 0, $4, $5)",
-        )
-        .bind(inv.id.to_string())
-        .bind(&inv.function)
-        .bind(inv.version)
-        .bind(inv.payload.clone())
-        .bind(inv.created_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("invocation {} exists already", inv.id))
-            } else {
-                unavailable(e)
-            }
-        })?;
+        sqlx::query(INSERT_INVOCATION)
+            .bind(inv.id.to_string())
+            .bind(&inv.function)
+            .bind(inv.version)
+            .bind(inv.payload.clone())
+            .bind(inv.created_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("invocation {} exists already", inv.id))
+                } else {
+                    unavailable(e)
+                }
+            })?;
         Ok(())
     }
 
@@ -759,5 +859,348 @@ impl Store for SqlxStore {
             .await
             .map_err(unavailable)?;
         rows.iter().map(worker_from).collect()
+    }
+
+    async fn create_batch(&self, b: &NewBatch) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO warren_batches (id, function, version, then_function, total, state, created_ms)
+             VALUES ($1, $2, $3, $4, 0, 'submitting', $5)",
+        )
+        .bind(b.id.to_string())
+        .bind(&b.function)
+        .bind(b.version)
+        .bind(b.then.clone())
+        .bind(b.created_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn add_batch_items(&self, batch: Uuid, items: &[NewInvocation]) -> Result<()> {
+        let batch = batch.to_string();
+        // 6 parameters a row: chunks stay under SQLite's parameter limit.
+        for chunk in items.chunks(150) {
+            let mut sql = String::from(
+                "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, batch) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 6;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, 'queued', 0, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                ));
+            }
+            let mut q = sqlx::query(&sql);
+            for inv in chunk {
+                q = q
+                    .bind(inv.id.to_string())
+                    .bind(&inv.function)
+                    .bind(inv.version)
+                    .bind(inv.payload.clone())
+                    .bind(inv.created_ms)
+                    .bind(&batch);
+            }
+            q.execute(&self.pool).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn seal_batch(&self, batch: Uuid, total: i64, error: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "UPDATE warren_batches SET total = $1, error = $2,
+               state = CASE WHEN state = 'submitting' THEN 'running' ELSE state END
+             WHERE id = $3",
+        )
+        .bind(total)
+        .bind(error.map(str::to_string))
+        .bind(batch.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_batch(&self, batch: Uuid) -> Result<Option<Batch>> {
+        let row = sqlx::query(&format!("SELECT {BATCH_COLUMNS} FROM warren_batches WHERE id = $1"))
+            .bind(batch.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        let mut b = batch_from(&row)?;
+        self.batch_counts(&mut b).await?;
+        Ok(Some(b))
+    }
+
+    async fn list_batches(&self, limit: u32) -> Result<Vec<Batch>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM warren_batches ORDER BY created_ms DESC, id DESC LIMIT $1"
+        ))
+        .bind(limit.clamp(1, 1000) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut b = batch_from(r)?;
+            self.batch_counts(&mut b).await?;
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    async fn open_batches(&self) -> Result<Vec<Batch>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM warren_batches
+             WHERE state IN ('running', 'finishing') OR (state = 'cancelled' AND finished_ms IS NULL)"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(batch_from).collect()
+    }
+
+    async fn batch_unfinished(&self, batch: Uuid) -> Result<i64> {
+        sqlx::query("SELECT COUNT(*) FROM warren_invocations WHERE batch = $1 AND status IN ('queued', 'running')")
+            .bind(batch.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>(0))
+            .map_err(unavailable)
+    }
+
+    async fn cancel_batch(&self, batch: Uuid, now_ms: i64) -> Result<Option<u64>> {
+        let id = batch.to_string();
+        let mut tx = self.begin().await?;
+        let state: Option<String> = sqlx::query("SELECT state FROM warren_batches WHERE id = $1")
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(unavailable)?;
+        match state.as_deref() {
+            None => return Ok(None),
+            Some("done") | Some("finishing") => {
+                return Err(StoreError::Conflict(format!("batch {batch} has finished already; nothing to cancel")))
+            }
+            _ => {}
+        }
+        sqlx::query(
+            "UPDATE warren_batches SET state = 'cancelled' WHERE id = $1 AND state IN ('submitting', 'running')",
+        )
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let n = sqlx::query(
+            "UPDATE warren_invocations SET status = 'cancelled', finished_ms = $1,
+               error = 'not run: its batch was cancelled'
+             WHERE batch = $2 AND status = 'queued'",
+        )
+        .bind(now_ms)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(n))
+    }
+
+    async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>> {
+        let rows = sqlx::query(
+            "SELECT id, status, result, error FROM warren_invocations WHERE batch = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(batch.to_string())
+        .bind(after.map(|a| a.to_string()).unwrap_or_default())
+        .bind(limit.clamp(1, 100_000) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ItemResult {
+                    id: parse_uuid(&r.try_get::<String, _>(0).map_err(unavailable)?)?,
+                    status: parse_status(&r.try_get::<String, _>(1).map_err(unavailable)?)?,
+                    result: r.try_get(2).map_err(unavailable)?,
+                    error: r.try_get(3).map_err(unavailable)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn begin_fanin(&self, batch: Uuid, f: &NewInvocation) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let won = sqlx::query(
+            "UPDATE warren_batches SET state = 'finishing', followup = $1 WHERE id = $2 AND state = 'running'",
+        )
+        .bind(f.id.to_string())
+        .bind(batch.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected()
+            == 1;
+        if !won {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(false);
+        }
+        sqlx::query(INSERT_INVOCATION)
+            .bind(f.id.to_string())
+            .bind(&f.function)
+            .bind(f.version)
+            .bind(f.payload.clone())
+            .bind(f.created_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
+    }
+
+    async fn end_batch(&self, batch: Uuid, state: &str, finished_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE warren_batches SET state = $1, finished_ms = $2 WHERE id = $3")
+            .bind(state)
+            .bind(finished_ms)
+            .bind(batch.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn fire_tick(&self, function: &str, tick_ms: i64, inv: &NewInvocation) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let fired = sqlx::query(
+            "INSERT INTO warren_ticks (function, tick_ms, invocation) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(function)
+        .bind(tick_ms)
+        .bind(inv.id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected()
+            == 1;
+        if !fired {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(false);
+        }
+        sqlx::query(INSERT_INVOCATION)
+            .bind(inv.id.to_string())
+            .bind(&inv.function)
+            .bind(inv.version)
+            .bind(inv.payload.clone())
+            .bind(inv.created_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
+    }
+
+    async fn last_tick(&self, function: &str) -> Result<Option<i64>> {
+        sqlx::query("SELECT MAX(tick_ms) FROM warren_ticks WHERE function = $1")
+            .bind(function)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<Option<i64>, _>(0))
+            .map_err(unavailable)
+    }
+
+    async fn take_deliveries(&self, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<DeliveryRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM warren_deliveries WHERE status = 'pending' AND next_ms <= $1
+             ORDER BY next_ms LIMIT $2"
+        ))
+        .bind(now_ms)
+        .bind(limit.clamp(1, 1000) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let mut d = delivery_from(r)?;
+            // Compare-and-set on next_ms: of several instances, one takes it.
+            let leased = sqlx::query(
+                "UPDATE warren_deliveries SET next_ms = $1
+                 WHERE invocation = $2 AND output = $3 AND status = 'pending' AND next_ms = $4",
+            )
+            .bind(now_ms + lease_ms)
+            .bind(d.invocation.to_string())
+            .bind(d.output)
+            .bind(d.next_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .rows_affected()
+                == 1;
+            if leased {
+                d.next_ms = now_ms + lease_ms;
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn record_delivery(
+        &self,
+        invocation: Uuid,
+        output: i32,
+        status: &str,
+        attempts: i32,
+        error: Option<&str>,
+        next_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE warren_deliveries SET status = $1, attempts = $2, last_error = $3, next_ms = $4, updated_ms = $5
+             WHERE invocation = $6 AND output = $7",
+        )
+        .bind(status)
+        .bind(attempts)
+        .bind(error.map(str::to_string))
+        .bind(next_ms)
+        .bind(now_ms())
+        .bind(invocation.to_string())
+        .bind(output)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, invocation: Uuid) -> Result<Vec<DeliveryRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM warren_deliveries WHERE invocation = $1 ORDER BY output"
+        ))
+        .bind(invocation.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(delivery_from).collect()
+    }
+
+    async fn retry_deliveries(&self, invocation: Uuid, now_ms: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE warren_deliveries SET status = 'pending', attempts = 0, next_ms = $1, updated_ms = $1
+             WHERE invocation = $2 AND status = 'failed'",
+        )
+        .bind(now_ms)
+        .bind(invocation.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(r.rows_affected())
     }
 }
