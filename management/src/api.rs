@@ -17,6 +17,8 @@
 //! | GET  | /api/workers | registered workers, their heartbeats, `lost` when silent too long |
 //! | GET  | /api/dead-letters[?pool=P][&limit=N] | messages kept in the dead-letter queues |
 //! | POST | /api/dead-letters/replay | `{"ids": [...]}` or `{"all": true}` (optional `"pool"`) |
+//!
+//! Batches, timers and deliveries: see [`crate::triggers_api`].
 
 use std::sync::Arc;
 
@@ -41,7 +43,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into() }
     }
 }
@@ -76,7 +78,7 @@ impl From<warren_common::store::StoreError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(m: Arc<Management>) -> Router {
     let package_limit = m.config.package_limits.max_package_bytes as usize;
@@ -94,6 +96,7 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/workers", get(list_workers))
         .route("/api/dead-letters", get(list_dead))
         .route("/api/dead-letters/replay", post(replay_dead))
+        .merge(crate::triggers_api::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api (see README)")
         })
@@ -141,7 +144,7 @@ async fn list_functions(State(m): State<Arc<Management>>) -> ApiResult<Json<Valu
     Ok(Json(serde_json::to_value(m.store.list_functions().await?).unwrap_or_default()))
 }
 
-fn name_from(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+pub(crate) fn name_from(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
     p.map(|Path(n)| n).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
 }
 
@@ -206,7 +209,7 @@ async fn invoke(
     }
 }
 
-fn id_from(p: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
+pub(crate) fn id_from(p: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
     let s = name_from(p)?;
     Uuid::parse_str(&s).map_err(|_| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{s:?} is not an invocation id (a UUID)"))
@@ -225,7 +228,12 @@ async fn get_invocation(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")))?;
     let logs = m.store.get_logs(id).await?;
     let attempts = m.store.list_attempts(id).await?;
-    Ok(Json(view(&inv, Some(&logs), Some(&attempts))))
+    let mut v = view(&inv, Some(&logs), Some(&attempts));
+    let deliveries = m.store.list_deliveries(id).await?;
+    if !deliveries.is_empty() {
+        v["deliveries"] = serde_json::to_value(deliveries).unwrap_or_default();
+    }
+    Ok(Json(v))
 }
 
 async fn get_logs(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
@@ -342,7 +350,7 @@ async fn list_invocations(
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                format!("status {s:?} is not one of queued, running, succeeded, failed, timed_out, dead"),
+                format!("status {s:?} is not one of queued, running, succeeded, failed, timed_out, dead, cancelled"),
             )
         })?),
     };
@@ -416,7 +424,7 @@ async fn replay_dead(
 
 /// Bytes as JSON: the JSON value itself when they are JSON, a string when UTF-8, else base64
 /// under a separate key.
-fn bytes_value(b: &[u8]) -> (Value, Option<String>) {
+pub(crate) fn bytes_value(b: &[u8]) -> (Value, Option<String>) {
     if let Ok(v) = serde_json::from_slice::<Value>(b) {
         return (v, None);
     }

@@ -5,7 +5,13 @@
 //! (`warren up`, see [`embedded`]: in-process queue, SQLite, workers in the same process).
 
 pub mod api;
+pub mod batch;
+pub mod cli_batch;
 pub mod embedded;
+pub mod outputs;
+pub mod sources;
+pub mod timers;
+pub mod triggers_api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +35,13 @@ pub struct Config {
     pub max_sync_timeout: Duration,
     /// Seals secret settings; without it, secret settings are refused.
     pub secret_key: Option<warren_common::secret::SecretKey>,
+    /// The broker that `[source]` triggers and `amqp` outputs use when they name none (Warren's
+    /// own, in the distributed mode).
+    pub amqp_url: Option<String>,
+    /// Largest fan-in input with the results inline; past it the follow-up gets a reference.
+    pub max_fanin_inline_bytes: usize,
+    /// Runs the timer scheduler, source consumers, output deliveries and batch sweeper.
+    pub triggers: bool,
 }
 
 impl Default for Config {
@@ -39,6 +52,9 @@ impl Default for Config {
             default_sync_timeout: Duration::from_secs(30),
             max_sync_timeout: Duration::from_secs(300),
             secret_key: None,
+            amqp_url: None,
+            max_fanin_inline_bytes: 16 << 20,
+            triggers: true,
         }
     }
 }
@@ -71,6 +87,8 @@ pub struct Management {
     active: DashMap<String, (std::time::Instant, i64)>,
     /// Manifests of versions (immutable, so kept).
     manifests: DashMap<(String, i64), Arc<warren_common::manifest::Manifest>>,
+    /// Links to other brokers, for `amqp` outputs.
+    pub(crate) peers: warren_common::transport::peer::Peers,
 }
 
 /// How long an instance trusts the active version it read. Another management instance's
@@ -187,8 +205,15 @@ impl Management {
             declared_pools: DashMap::new(),
             active: DashMap::new(),
             manifests: DashMap::new(),
+            peers: Default::default(),
         });
         tokio::spawn(listen_notices(Arc::downgrade(&m), notices));
+        if m.config.triggers {
+            tokio::spawn(batch::sweep(Arc::downgrade(&m)));
+            tokio::spawn(outputs::deliver(Arc::downgrade(&m)));
+            tokio::spawn(timers::schedule(Arc::downgrade(&m)));
+            tokio::spawn(sources::supervise(Arc::downgrade(&m)));
+        }
         Ok(m)
     }
 
@@ -226,6 +251,17 @@ impl Management {
     /// Records and publishes one invocation of a function's active version. With `wait`, waits
     /// for its outcome up to that long (woken by the worker's completion notice).
     pub async fn invoke(&self, function: &str, payload: Bytes, wait: Option<Duration>) -> Result<Accepted, Error> {
+        self.invoke_with(function, payload, wait, Vec::new()).await
+    }
+
+    /// [`invoke`](Self::invoke), with the headers of a triggering message for the function.
+    pub async fn invoke_with(
+        &self,
+        function: &str,
+        payload: Bytes,
+        wait: Option<Duration>,
+        headers: Vec<(String, String)>,
+    ) -> Result<Accepted, Error> {
         if payload.len() > self.config.max_payload_bytes {
             return Err(Error::TooLarge(format!(
                 "the input is {} bytes, over the limit of {} bytes",
@@ -256,7 +292,7 @@ impl Management {
             payload,
             notify: wait.map(|_| warren_common::topology::notice_queue(&self.instance)),
             created_ms,
-            headers: Vec::new(),
+            headers,
         };
         // Register before publishing: the notice may come back before publish returns.
         let (guard, rx) = match wait {
@@ -267,12 +303,26 @@ impl Management {
             }
             None => (None, None),
         };
-        if let Err(e) = self.transport.publish(&manifest.pool, msg.encode().into()).await {
-            // Never report success for an unconfirmed message; record why it did not run.
+        self.publish_recorded(&manifest.pool, &msg).await?;
+        let (Some(wait), Some(rx)) = (wait, rx) else {
+            return Ok(Accepted { id, invocation: None });
+        };
+        let _ = tokio::time::timeout(wait, rx).await;
+        drop(guard);
+        // Read once: after the notice, or at the deadline in case a notice was lost.
+        let inv = self.store.get_invocation(id).await?;
+        Ok(Accepted { id, invocation: inv })
+    }
+
+    /// Publishes the message of an invocation already recorded `queued`. If the broker does not
+    /// confirm it, the invocation is recorded failed ("not queued": never reported accepted).
+    pub(crate) async fn publish_recorded(&self, pool: &str, msg: &InvocationMessage) -> Result<(), Error> {
+        self.ensure_pool(pool).await?;
+        if let Err(e) = self.transport.publish(pool, msg.encode().into()).await {
             let _ = self
                 .store
                 .complete(
-                    id,
+                    msg.id,
                     &Outcome {
                         status: Status::Failed,
                         attempt: 0,
@@ -287,14 +337,42 @@ impl Management {
                 .await;
             return Err(e.into());
         }
-        let (Some(wait), Some(rx)) = (wait, rx) else {
-            return Ok(Accepted { id, invocation: None });
-        };
-        let _ = tokio::time::timeout(wait, rx).await;
-        drop(guard);
-        // Read once: after the notice, or at the deadline in case a notice was lost.
-        let inv = self.store.get_invocation(id).await?;
-        Ok(Accepted { id, invocation: inv })
+        Ok(())
+    }
+
+    /// The manifest of one version (cached: versions are immutable).
+    pub async fn version_manifest(
+        &self,
+        function: &str,
+        version: i64,
+    ) -> Result<Arc<warren_common::manifest::Manifest>, Error> {
+        let key = (function.to_string(), version);
+        if let Some(m) = self.manifests.get(&key) {
+            return Ok(m.clone());
+        }
+        let v = self
+            .store
+            .get_version(function, version)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("function {function:?} has no version {version}")))?;
+        let manifest = Arc::new(v.parsed_manifest()?);
+        self.manifests.insert(key, manifest.clone());
+        Ok(manifest)
+    }
+
+    /// Every function's active version and its manifest (what the triggers follow).
+    pub async fn active_manifests(&self) -> Result<Vec<(String, i64, Arc<warren_common::manifest::Manifest>)>, Error> {
+        let mut out = Vec::new();
+        for f in self.store.list_functions().await? {
+            match self.version_manifest(&f.name, f.active_version).await {
+                Ok(m) => out.push((f.name, f.active_version, m)),
+                Err(Error::Store(e)) => return Err(Error::Store(e)),
+                Err(e) => {
+                    tracing::warn!(function = %f.name, error = %e, "skipping a function whose manifest is unreadable")
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The pools in use: those of every function's active version, and any declared here.
@@ -416,7 +494,10 @@ impl Management {
     }
 
     /// A function's active version and its manifest, from memory when fresh enough.
-    async fn active_manifest(&self, function: &str) -> Result<(i64, Arc<warren_common::manifest::Manifest>), Error> {
+    pub(crate) async fn active_manifest(
+        &self,
+        function: &str,
+    ) -> Result<(i64, Arc<warren_common::manifest::Manifest>), Error> {
         let cached = self.active.get(function).filter(|e| e.0.elapsed() < ACTIVE_TTL).map(|e| e.1);
         let version = match cached {
             Some(v) => v,
@@ -430,18 +511,7 @@ impl Management {
                 f.active_version
             }
         };
-        let key = (function.to_string(), version);
-        if let Some(m) = self.manifests.get(&key) {
-            return Ok((version, m.clone()));
-        }
-        let v = self
-            .store
-            .get_version(function, version)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("function {function:?} has no version {version}")))?;
-        let manifest = Arc::new(v.parsed_manifest()?);
-        self.manifests.insert(key, manifest.clone());
-        Ok((version, manifest))
+        Ok((version, self.version_manifest(function, version).await?))
     }
 
     pub fn clamp_wait(&self, ms: Option<u64>) -> Duration {

@@ -9,6 +9,7 @@
 
 pub mod amqp;
 pub mod memory;
+pub mod peer;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -68,7 +68,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(k) => Some(warren_common::secret::SecretKey::from_hex(k)?),
         None => None,
     };
-    let config = Config { max_payload_bytes: args.max_payload_bytes, package_limits, secret_key, ..Config::default() };
+    let config = Config {
+        max_payload_bytes: args.max_payload_bytes,
+        package_limits,
+        secret_key,
+        amqp_url: Some(args.amqp.clone()),
+        ..Config::default()
+    };
     let m = Management::start(store, transport, config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

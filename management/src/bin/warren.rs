@@ -102,6 +102,19 @@ enum Command {
     /// Dead letters: messages kept after their last attempt, or that no worker could take.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Batches: one invocation per item, progress, fan-in to a follow-up function.
+    #[command(subcommand)]
+    Batch(warren_management::cli_batch::BatchCommand),
+    /// Functions with a timer trigger: schedule, next and last tick.
+    Timers,
+    /// Forwards of an invocation's result to its function's outputs.
+    Deliveries {
+        /// The invocation id.
+        id: String,
+        /// Try its failed deliveries again.
+        #[arg(long)]
+        retry: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,6 +217,11 @@ impl Api {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let api = Api { base: cli.url.clone(), http: reqwest::Client::builder().build()? };
     match cli.command {
+        Command::Batch(cmd) => warren_management::cli_batch::run(cmd, &api.base, &api.http, cli.json).await,
+        Command::Timers => warren_management::cli_batch::timers(&api.base, &api.http, cli.json).await,
+        Command::Deliveries { id, retry } => {
+            warren_management::cli_batch::deliveries(&api.base, &api.http, &id, retry, cli.json).await
+        }
         Command::Up { data_dir, listen, workers, concurrency, pools, examples } => {
             let examples = examples.or_else(|| {
                 let local = PathBuf::from("examples");

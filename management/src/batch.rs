@@ -1,0 +1,425 @@
+//! Batch fan-out and fan-in.
+//!
+//! **Fan-out** ([`Management::submit_batch`]): items arrive as NDJSON (streamed: a
+//! million-item batch is never held whole) or as a JSON array; every [`CHUNK`] items are
+//! recorded `queued` in one multi-row insert, then published concurrently, each with its
+//! confirm. The batch is `submitting` until the last chunk is confirmed, then `running`.
+//!
+//! **Fan-in** ([`sweep`], every instance): a `running` batch whose items are all final gets
+//! its follow-up function invoked once. The store's conditional `running → finishing` update,
+//! made in the same transaction that records the follow-up invocation, picks one instance;
+//! that one publishes it and marks the batch `done`. An instance that died in between leaves
+//! the batch `finishing` with a `queued` follow-up, which any instance publishes after
+//! [`STALE_FINISHING`] (a rare second copy is deduplicated by the worker's claim).
+//!
+//! **Cancel**: queued items become `cancelled` (never run), running ones finish; the batch is
+//! `cancelled` and gets no fan-in.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+use uuid::Uuid;
+use warren_common::message::{InvocationMessage, PROTOCOL_VERSION};
+use warren_common::now_ms;
+use warren_common::store::{Batch, NewBatch, NewInvocation, Status};
+
+use crate::{Error, Management};
+
+/// Items recorded and published together.
+pub const CHUNK: usize = 500;
+/// Publishes in flight at once during a submission.
+const PUBLISH_CONCURRENCY: usize = 256;
+/// How often each instance looks for batches to finish.
+const SWEEP_EVERY: Duration = Duration::from_millis(300);
+/// A `finishing` batch older than this lost its instance before the follow-up was published.
+const STALE_FINISHING: Duration = Duration::from_secs(15);
+
+/// How a batch body is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON value per line (blank lines skipped).
+    Ndjson,
+    /// One JSON array of values.
+    JsonArray,
+}
+
+/// Why a submission stopped; the items before the failure stay submitted.
+#[derive(Debug)]
+pub struct SubmitError {
+    pub batch: Option<Uuid>,
+    pub accepted: i64,
+    pub error: Error,
+}
+
+impl Management {
+    /// Submits a batch: one invocation of `function` per item; `then` is invoked once with the
+    /// results when every item is final. Returns the batch as recorded.
+    pub async fn submit_batch<S, E>(
+        &self,
+        function: &str,
+        then: Option<&str>,
+        format: Format,
+        body: S,
+    ) -> Result<Batch, SubmitError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let early = |error| SubmitError { batch: None, accepted: 0, error };
+        let (version, manifest) = self.active_manifest(function).await.map_err(early)?;
+        if let Some(then) = then {
+            if self.store.get_function(then).await.map_err(|e| early(e.into()))?.is_none() {
+                return Err(early(Error::NotFound(format!(
+                    "follow-up function {then:?} does not exist; publish it first"
+                ))));
+            }
+        }
+        self.ensure_pool(&manifest.pool).await.map_err(early)?;
+        let id = Uuid::now_v7();
+        let batch = NewBatch {
+            id,
+            function: function.to_string(),
+            version,
+            then: then.map(str::to_string),
+            created_ms: now_ms(),
+        };
+        self.store.create_batch(&batch).await.map_err(|e| early(e.into()))?;
+
+        let mut total: i64 = 0;
+        let outcome = self.feed(&batch, &manifest.pool, format, body, &mut total).await;
+        let stopped = outcome.as_ref().err().map(|e| format!("submission stopped after {total} items: {e}"));
+        self.store.seal_batch(id, total, stopped.as_deref()).await.map_err(|e| SubmitError {
+            batch: Some(id),
+            accepted: total,
+            error: e.into(),
+        })?;
+        if let Err(error) = outcome {
+            return Err(SubmitError { batch: Some(id), accepted: total, error });
+        }
+        tracing::info!(batch = %id, function, total, "batch submitted");
+        match self.store.get_batch(id).await {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err(SubmitError {
+                batch: Some(id),
+                accepted: total,
+                error: Error::NotFound("the batch vanished".into()),
+            }),
+            Err(e) => Err(SubmitError { batch: Some(id), accepted: total, error: e.into() }),
+        }
+    }
+
+    /// Reads items from the body and submits them chunk by chunk; `total` counts those
+    /// recorded and confirmed.
+    async fn feed<S, E>(
+        &self,
+        batch: &NewBatch,
+        pool: &str,
+        format: Format,
+        mut body: S,
+        total: &mut i64,
+    ) -> Result<(), Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let max_item = self.config.max_payload_bytes;
+        let mut chunk: Vec<Bytes> = Vec::with_capacity(CHUNK);
+        match format {
+            Format::JsonArray => {
+                // A JSON array has to be read whole; its size is bounded by the route's limit.
+                let mut all = Vec::new();
+                while let Some(part) = body.next().await {
+                    all.extend_from_slice(&part.map_err(|e| Error::BadRequest(format!("cannot read the body: {e}")))?);
+                }
+                let items: Vec<Box<serde_json::value::RawValue>> = serde_json::from_slice(&all).map_err(|e| {
+                    Error::BadRequest(format!(
+                        "the body is not a JSON array of items ({e}); send a JSON array, or NDJSON (one item per line) with Content-Type: application/x-ndjson"
+                    ))
+                })?;
+                drop(all);
+                for (n, item) in items.iter().enumerate() {
+                    if item.get().len() > max_item {
+                        return Err(Error::TooLarge(format!(
+                            "item {} is {} bytes, over the limit of {max_item} bytes",
+                            n + 1,
+                            item.get().len()
+                        )));
+                    }
+                    chunk.push(Bytes::copy_from_slice(item.get().as_bytes()));
+                    if chunk.len() == CHUNK {
+                        self.submit_chunk(batch, pool, std::mem::take(&mut chunk), total).await?;
+                    }
+                }
+            }
+            Format::Ndjson => {
+                let mut buf: Vec<u8> = Vec::new();
+                let mut line_no: u64 = 0;
+                let mut ended = false;
+                while !ended {
+                    match body.next().await {
+                        Some(part) => buf.extend_from_slice(
+                            &part.map_err(|e| Error::BadRequest(format!("cannot read the body: {e}")))?,
+                        ),
+                        None => {
+                            ended = true;
+                            if !buf.is_empty() && buf.last() != Some(&b'\n') {
+                                buf.push(b'\n');
+                            }
+                        }
+                    }
+                    let mut start = 0;
+                    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+                        let line = &buf[start..start + nl];
+                        start += nl + 1;
+                        line_no += 1;
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        if line.len() > max_item {
+                            return Err(Error::TooLarge(format!(
+                                "line {line_no} is {} bytes, over the item limit of {max_item} bytes",
+                                line.len()
+                            )));
+                        }
+                        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+                            return Err(Error::BadRequest(format!(
+                                "line {line_no} is not a JSON value ({e}); each line must hold one item"
+                            )));
+                        }
+                        chunk.push(Bytes::copy_from_slice(line));
+                        if chunk.len() == CHUNK {
+                            self.submit_chunk(batch, pool, std::mem::take(&mut chunk), total).await?;
+                        }
+                    }
+                    buf.drain(..start);
+                    if buf.len() > max_item + 2 {
+                        return Err(Error::TooLarge(format!(
+                            "line {} is over the item limit of {max_item} bytes",
+                            line_no + 1
+                        )));
+                    }
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            self.submit_chunk(batch, pool, chunk, total).await?;
+        }
+        Ok(())
+    }
+
+    async fn submit_chunk(
+        &self,
+        batch: &NewBatch,
+        pool: &str,
+        items: Vec<Bytes>,
+        total: &mut i64,
+    ) -> Result<(), Error> {
+        let created_ms = now_ms();
+        let records: Vec<NewInvocation> = items
+            .iter()
+            .map(|p| NewInvocation {
+                id: Uuid::now_v7(),
+                function: batch.function.clone(),
+                version: batch.version,
+                payload: p.to_vec(),
+                created_ms,
+            })
+            .collect();
+        self.store.add_batch_items(batch.id, &records).await?;
+        let messages: Vec<InvocationMessage> = records
+            .iter()
+            .zip(items)
+            .map(|(r, payload)| InvocationMessage {
+                v: PROTOCOL_VERSION,
+                id: r.id,
+                function: r.function.clone(),
+                version: r.version,
+                attempt: 1,
+                payload,
+                notify: None,
+                created_ms,
+                headers: Vec::new(),
+            })
+            .collect();
+        let published = futures_util::stream::iter(messages)
+            .map(|msg| async move { self.publish_recorded(pool, &msg).await })
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        // Items whose publish failed are recorded failed ("not queued") by publish_recorded:
+        // they are final, so the batch can still finish.
+        let failed = published.iter().filter(|r| r.is_err()).count();
+        *total += records.len() as i64;
+        if let Some(Err(e)) = published.into_iter().find(|r| r.is_err()) {
+            return Err(Error::Transport(warren_common::transport::TransportError::Unavailable(format!(
+                "{failed} of the last {} items could not be queued (recorded failed): {e}",
+                records.len()
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Cancels a batch: its queued items are not run.
+    pub async fn cancel_batch(&self, id: Uuid) -> Result<Batch, Error> {
+        let n = self
+            .store
+            .cancel_batch(id, now_ms())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("batch {id} does not exist")))?;
+        tracing::info!(batch = %id, cancelled = n, "batch cancelled");
+        self.store.get_batch(id).await?.ok_or_else(|| Error::NotFound(format!("batch {id} does not exist")))
+    }
+
+    /// The fan-in input: the batch's figures and its items' results inline, or a reference to
+    /// them when they would be over `max_fanin_inline_bytes`.
+    async fn fanin_input(&self, b: &Batch) -> Result<Vec<u8>, Error> {
+        let limit = self.config.max_fanin_inline_bytes;
+        let mut results = Vec::new();
+        let mut size = 0usize;
+        let mut after = None;
+        let mut inline = true;
+        let mut counts = std::collections::BTreeMap::<&'static str, i64>::new();
+        loop {
+            let page = self.store.batch_results(b.id, after, 5000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for item in page {
+                *counts.entry(item.status.as_str()).or_default() += 1;
+                if !inline {
+                    continue;
+                }
+                let result = item.result.as_deref().map(|r| {
+                    serde_json::from_slice::<Value>(r)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(r).into_owned()))
+                });
+                let v = json!({"id": item.id, "status": item.status, "result": result, "error": item.error});
+                size += v.to_string().len() + 1;
+                if size > limit {
+                    inline = false;
+                    results = Vec::new();
+                    continue;
+                }
+                results.push(v);
+            }
+        }
+        let mut input = json!({
+            "batch": b.id,
+            "function": b.function,
+            "total": b.total,
+            "counts": counts,
+        });
+        if inline {
+            input["results"] = Value::Array(results);
+        } else {
+            input["results_url"] = Value::String(format!("/api/batches/{}/results", b.id));
+        }
+        Ok(serde_json::to_vec(&input).unwrap_or_default())
+    }
+
+    /// Finishes one open batch if it can; returns whether it changed.
+    async fn finish_batch(&self, b: &Batch) -> Result<bool, Error> {
+        match b.state.as_str() {
+            "running" => {
+                if self.store.batch_unfinished(b.id).await? > 0 {
+                    return Ok(false);
+                }
+                let Some(then) = &b.then else {
+                    self.store.end_batch(b.id, "done", now_ms()).await?;
+                    tracing::info!(batch = %b.id, "batch done");
+                    return Ok(true);
+                };
+                let (version, manifest) = self.active_manifest(then).await?;
+                let payload = self.fanin_input(b).await?;
+                let inv = NewInvocation {
+                    id: Uuid::now_v7(),
+                    function: then.clone(),
+                    version,
+                    payload,
+                    created_ms: now_ms(),
+                };
+                if !self.store.begin_fanin(b.id, &inv).await? {
+                    return Ok(false);
+                }
+                self.publish_fanin(&manifest.pool, inv).await?;
+                self.store.end_batch(b.id, "done", now_ms()).await?;
+                tracing::info!(batch = %b.id, then = %then, "batch done; follow-up invoked");
+                Ok(true)
+            }
+            "finishing" => {
+                let Some(fid) = b.followup_invocation else { return Ok(false) };
+                let Some(f) = self.store.get_invocation(fid).await? else { return Ok(false) };
+                let age = now_ms() - f.created_ms;
+                if f.status == Status::Queued && f.attempts == 0 {
+                    if age < STALE_FINISHING.as_millis() as i64 {
+                        return Ok(false);
+                    }
+                    let manifest = self.version_manifest(&f.function, f.version).await?;
+                    let inv = NewInvocation {
+                        id: f.id,
+                        function: f.function.clone(),
+                        version: f.version,
+                        payload: f.payload,
+                        created_ms: f.created_ms,
+                    };
+                    self.publish_fanin(&manifest.pool, inv).await?;
+                }
+                self.store.end_batch(b.id, "done", now_ms()).await?;
+                Ok(true)
+            }
+            "cancelled" => {
+                // Items recorded after the cancel (a submission still streaming) are cancelled too.
+                self.store.cancel_batch(b.id, now_ms()).await?;
+                if self.store.batch_unfinished(b.id).await? > 0 {
+                    return Ok(false);
+                }
+                self.store.end_batch(b.id, "cancelled", now_ms()).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn publish_fanin(&self, pool: &str, inv: NewInvocation) -> Result<(), Error> {
+        let msg = InvocationMessage {
+            v: PROTOCOL_VERSION,
+            id: inv.id,
+            function: inv.function,
+            version: inv.version,
+            attempt: 1,
+            payload: inv.payload.into(),
+            notify: None,
+            created_ms: inv.created_ms,
+            headers: Vec::new(),
+        };
+        self.publish_recorded(pool, &msg).await
+    }
+}
+
+/// The fan-in loop of one management instance.
+pub async fn sweep(weak: Weak<Management>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(m) = weak.upgrade() else { return };
+        let open = match m.store.open_batches().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list open batches yet");
+                continue;
+            }
+        };
+        for b in open {
+            if let Err(e) = m.finish_batch(&b).await {
+                tracing::warn!(batch = %b.id, error = %e, "cannot finish the batch yet; will try again");
+            }
+        }
+    }
+}
+
+/// A batch as the API shows it.
+pub fn to_json(b: &Batch) -> Value {
+    serde_json::to_value(b).unwrap_or_default()
+}
