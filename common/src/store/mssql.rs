@@ -83,6 +83,41 @@ pub const SCHEMA: &[&str] = &[
         secret INT NOT NULL,
         updated_ms BIGINT NOT NULL,
         CONSTRAINT pk_warren_settings PRIMARY KEY (function_name, name))",
+    // Batches (items are invocations with a batch id), timer ticks, output deliveries. The
+    // column is added in a step of its own (each step is its own batch): T-SQL compiles a
+    // batch before running it, so a statement using a column added in that batch may not resolve.
+    "ALTER TABLE warren_invocations ADD batch NVARCHAR(36) NULL",
+    "CREATE INDEX warren_invocations_batch_status ON warren_invocations (batch, status) WHERE batch IS NOT NULL",
+    "CREATE INDEX warren_invocations_batch_id ON warren_invocations (batch, id) WHERE batch IS NOT NULL",
+    "CREATE TABLE warren_batches (
+        id NVARCHAR(36) NOT NULL PRIMARY KEY,
+        function_name NVARCHAR(64) NOT NULL,
+        version BIGINT NOT NULL,
+        then_function NVARCHAR(64) NULL,
+        total BIGINT NOT NULL,
+        state NVARCHAR(16) NOT NULL,
+        followup NVARCHAR(36) NULL,
+        error NVARCHAR(MAX) NULL,
+        created_ms BIGINT NOT NULL,
+        finished_ms BIGINT NULL)",
+    "CREATE INDEX warren_batches_state ON warren_batches (state)",
+    "CREATE TABLE warren_ticks (
+        function_name NVARCHAR(64) NOT NULL,
+        tick_ms BIGINT NOT NULL,
+        invocation NVARCHAR(36) NOT NULL,
+        CONSTRAINT pk_warren_ticks PRIMARY KEY (function_name, tick_ms))",
+    // `output` is a reserved word in T-SQL, hence `output_index` (as `function` is `function_name`).
+    "CREATE TABLE warren_deliveries (
+        invocation NVARCHAR(36) NOT NULL,
+        output_index INT NOT NULL,
+        target NVARCHAR(MAX) NOT NULL,
+        status NVARCHAR(16) NOT NULL,
+        attempts INT NOT NULL,
+        last_error NVARCHAR(MAX) NULL,
+        next_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        CONSTRAINT pk_warren_deliveries PRIMARY KEY (invocation, output_index))",
+    "CREATE INDEX warren_deliveries_due ON warren_deliveries (status, next_ms)",
 ];
 
 const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -150,12 +185,65 @@ const HEARTBEAT_INSERT: &str = "INSERT INTO warren_workers
      VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9)";
 const LIST_WORKERS: &str = "SELECT id, host, pools, concurrency, in_flight, version, started_ms, last_seen_ms, state
      FROM warren_workers ORDER BY id";
+const CREATE_BATCH: &str =
+    "INSERT INTO warren_batches (id, function_name, version, then_function, total, state, created_ms)
+     VALUES (@P1, @P2, @P3, @P4, 0, 'submitting', @P5)";
+const INSERT_ITEMS_PREFIX: &str =
+    "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms, batch) VALUES ";
+const SEAL_BATCH: &str = "UPDATE warren_batches SET total = @P1, error = @P2,
+       state = CASE WHEN state = 'submitting' THEN 'running' ELSE state END
+     WHERE id = @P3";
+const GET_BATCH: &str = "SELECT id, function_name, version, then_function, total, state, followup, error, created_ms,
+     finished_ms FROM warren_batches WHERE id = @P1";
+const LIST_BATCHES: &str = "SELECT TOP (@P1) id, function_name, version, then_function, total, state, followup, error,
+     created_ms, finished_ms FROM warren_batches ORDER BY created_ms DESC, id DESC";
+const OPEN_BATCHES: &str = "SELECT id, function_name, version, then_function, total, state, followup, error,
+     created_ms, finished_ms FROM warren_batches
+     WHERE state IN ('running', 'finishing') OR (state = 'cancelled' AND finished_ms IS NULL)";
+const BATCH_COUNTS: &str = "SELECT status, COUNT_BIG(*) FROM warren_invocations WHERE batch = @P1 GROUP BY status";
+const BATCH_UNFINISHED: &str =
+    "SELECT COUNT_BIG(*) FROM warren_invocations WHERE batch = @P1 AND status IN ('queued', 'running')";
+/// Locks the batch row until the transaction ends, so a cancel and a fan-in do not interleave.
+const BATCH_STATE_LOCKED: &str = "SELECT state FROM warren_batches WITH (UPDLOCK, HOLDLOCK) WHERE id = @P1";
+const CANCEL_BATCH: &str =
+    "UPDATE warren_batches SET state = 'cancelled' WHERE id = @P1 AND state IN ('submitting', 'running')";
+const CANCEL_ITEMS: &str = "UPDATE warren_invocations SET status = 'cancelled', finished_ms = @P1,
+       error = 'not run: its batch was cancelled'
+     WHERE batch = @P2 AND status = 'queued'";
+const BATCH_RESULTS: &str = "SELECT TOP (@P1) id, status, result, error FROM warren_invocations
+     WHERE batch = @P2 AND id > @P3 ORDER BY id";
+const BEGIN_FANIN: &str =
+    "UPDATE warren_batches SET state = 'finishing', followup = @P1 WHERE id = @P2 AND state = 'running'";
+const END_BATCH: &str = "UPDATE warren_batches SET state = @P1, finished_ms = @P2 WHERE id = @P3";
+const INSERT_TICK: &str = "INSERT INTO warren_ticks (function_name, tick_ms, invocation)
+     SELECT @P1, @P2, @P3
+     WHERE NOT EXISTS (SELECT 1 FROM warren_ticks WHERE function_name = @P1 AND tick_ms = @P2)";
+const LAST_TICK: &str = "SELECT MAX(tick_ms) FROM warren_ticks WHERE function_name = @P1";
+const INSERT_DELIVERY: &str =
+    "INSERT INTO warren_deliveries (invocation, output_index, target, status, attempts, next_ms, updated_ms)
+     SELECT @P1, @P2, @P3, 'pending', 0, @P4, @P4
+     WHERE NOT EXISTS (SELECT 1 FROM warren_deliveries WHERE invocation = @P1 AND output_index = @P2)";
+const DUE_DELIVERIES: &str = "SELECT TOP (@P1) invocation, output_index, target, status, attempts, last_error, next_ms,
+     updated_ms FROM warren_deliveries WHERE status = 'pending' AND next_ms <= @P2 ORDER BY next_ms";
+const LEASE_DELIVERY: &str = "UPDATE warren_deliveries SET next_ms = @P1
+     WHERE invocation = @P2 AND output_index = @P3 AND status = 'pending' AND next_ms = @P4";
+const RECORD_DELIVERY: &str = "UPDATE warren_deliveries
+     SET status = @P1, attempts = @P2, last_error = @P3, next_ms = @P4, updated_ms = @P5
+     WHERE invocation = @P6 AND output_index = @P7";
+const LIST_DELIVERIES: &str = "SELECT invocation, output_index, target, status, attempts, last_error, next_ms,
+     updated_ms FROM warren_deliveries WHERE invocation = @P1 ORDER BY output_index";
+const RETRY_DELIVERIES: &str = "UPDATE warren_deliveries SET status = 'pending', attempts = 0, next_ms = @P1,
+       updated_ms = @P1
+     WHERE invocation = @P2 AND status = 'failed'";
 const BEGIN: &str = "BEGIN TRANSACTION";
 const COMMIT: &str = "COMMIT TRANSACTION";
 const ROLLBACK: &str = "ROLLBACK TRANSACTION";
 
 /// Rows per multi-row log insert: 5 parameters each, under SQL Server's 2,100 per statement.
 const LOG_ROWS_PER_INSERT: usize = 400;
+/// Rows per multi-row batch item insert: the batch id once, then 5 parameters each
+/// (2,001 in all, under SQL Server's 2,100 per statement).
+const ITEM_ROWS_PER_INSERT: usize = 400;
 
 /// Every statement this backend sends (the log insert with two rows as its example).
 pub fn statements() -> Vec<String> {
@@ -198,11 +286,34 @@ pub fn statements() -> Vec<String> {
             SETTING_INSERT,
             SETTING_DELETE,
             SETTING_LIST,
+            CREATE_BATCH,
+            SEAL_BATCH,
+            GET_BATCH,
+            LIST_BATCHES,
+            OPEN_BATCHES,
+            BATCH_COUNTS,
+            BATCH_UNFINISHED,
+            BATCH_STATE_LOCKED,
+            CANCEL_BATCH,
+            CANCEL_ITEMS,
+            BATCH_RESULTS,
+            BEGIN_FANIN,
+            END_BATCH,
+            INSERT_TICK,
+            LAST_TICK,
+            INSERT_DELIVERY,
+            DUE_DELIVERIES,
+            LEASE_DELIVERY,
+            RECORD_DELIVERY,
+            LIST_DELIVERIES,
+            RETRY_DELIVERIES,
         ]
         .iter()
         .map(|s| s.to_string()),
     );
     all.push(insert_logs_sql(2));
+    all.push(insert_items_sql(2));
+    all.push(insert_items_sql(ITEM_ROWS_PER_INSERT));
     for (f, st) in [(false, false), (true, false), (false, true), (true, true)] {
         all.push(list_invocations_sql(f, st));
     }
@@ -232,6 +343,20 @@ fn insert_logs_sql(rows: usize) -> String {
             sql.push_str(", ");
         }
         sql.push_str(&format!("(@P{}, @P{}, @P{}, @P{}, @P{})", b + 1, b + 2, b + 3, b + 4, b + 5));
+    }
+    sql
+}
+
+/// `@P1` is the batch id, shared by every row; each row then has id, function, version,
+/// payload and created_ms.
+fn insert_items_sql(rows: usize) -> String {
+    let mut sql = String::from(INSERT_ITEMS_PREFIX);
+    for i in 0..rows {
+        let b = 1 + i * 5;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(@P{}, @P{}, @P{}, 'queued', 0, @P{}, @P{}, @P1)", b + 1, b + 2, b + 3, b + 4, b + 5));
     }
     sql
 }
@@ -385,6 +510,35 @@ fn worker_from(r: &Row) -> Result<WorkerInfo> {
     })
 }
 
+fn batch_from(r: &Row) -> Result<Batch> {
+    Ok(Batch {
+        id: parse_uuid(col::<&str>(r, 0)?)?,
+        function: col::<&str>(r, 1)?.to_string(),
+        version: col(r, 2)?,
+        then: opt::<&str>(r, 3)?.map(str::to_string),
+        total: col(r, 4)?,
+        state: col::<&str>(r, 5)?.to_string(),
+        followup_invocation: opt::<&str>(r, 6)?.map(parse_uuid).transpose()?,
+        error: opt::<&str>(r, 7)?.map(str::to_string),
+        created_ms: col(r, 8)?,
+        finished_ms: opt(r, 9)?,
+        counts: Default::default(),
+    })
+}
+
+fn delivery_from(r: &Row) -> Result<DeliveryRecord> {
+    Ok(DeliveryRecord {
+        invocation: parse_uuid(col::<&str>(r, 0)?)?,
+        output: col(r, 1)?,
+        target: col::<&str>(r, 2)?.to_string(),
+        status: col::<&str>(r, 3)?.to_string(),
+        attempts: col(r, 4)?,
+        last_error: opt::<&str>(r, 5)?.map(str::to_string),
+        next_ms: col(r, 6)?,
+        updated_ms: col(r, 7)?,
+    })
+}
+
 impl MssqlStore {
     pub async fn open(url: &str) -> Result<Self> {
         let config = config_from_url(url)?;
@@ -482,11 +636,29 @@ impl MssqlStore {
                 }
                 c.execute(sql, &params).await.map_err(unavailable)?;
             }
+            if status.is_final() {
+                for d in &o.deliveries {
+                    c.execute(INSERT_DELIVERY, &[&id.as_str(), &d.output, &d.target.as_str(), &o.finished_ms])
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
             Ok(true)
         }
         .await;
         finish(&mut c, matches!(result, Ok(true))).await?;
         result
+    }
+
+    /// Fills a batch's counts: every status, zeros included.
+    async fn batch_counts(&self, b: &mut Batch) -> Result<()> {
+        let id = b.id.to_string();
+        let rows = self.rows(BATCH_COUNTS, &[&id.as_str()]).await?;
+        b.counts = Status::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+        for r in &rows {
+            b.counts.insert(col::<&str>(r, 0)?.to_string(), col(r, 1)?);
+        }
+        Ok(())
     }
 
     async fn rows(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Row>> {
@@ -759,62 +931,241 @@ impl Store for MssqlStore {
         self.rows(LIST_WORKERS, &[]).await?.iter().map(worker_from).collect()
     }
 
-    // TODO(batches/timers/outputs on SQL Server): being written; these refuse clearly until then.
-    async fn create_batch(&self, _: &NewBatch) -> Result<()> {
-        Err(not_yet())
+    async fn create_batch(&self, b: &NewBatch) -> Result<()> {
+        let mut c = self.conn().await?;
+        let id = b.id.to_string();
+        c.execute(CREATE_BATCH, &[&id.as_str(), &b.function.as_str(), &b.version, &b.then.as_deref(), &b.created_ms])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
-    async fn add_batch_items(&self, _: Uuid, _: &[NewInvocation]) -> Result<()> {
-        Err(not_yet())
-    }
-    async fn seal_batch(&self, _: Uuid, _: i64, _: Option<&str>) -> Result<()> {
-        Err(not_yet())
-    }
-    async fn get_batch(&self, _: Uuid) -> Result<Option<Batch>> {
-        Err(not_yet())
-    }
-    async fn list_batches(&self, _: u32) -> Result<Vec<Batch>> {
-        Err(not_yet())
-    }
-    async fn open_batches(&self) -> Result<Vec<Batch>> {
-        Err(not_yet())
-    }
-    async fn batch_unfinished(&self, _: Uuid) -> Result<i64> {
-        Err(not_yet())
-    }
-    async fn cancel_batch(&self, _: Uuid, _: i64) -> Result<Option<u64>> {
-        Err(not_yet())
-    }
-    async fn batch_results(&self, _: Uuid, _: Option<Uuid>, _: u32) -> Result<Vec<ItemResult>> {
-        Err(not_yet())
-    }
-    async fn begin_fanin(&self, _: Uuid, _: &NewInvocation) -> Result<bool> {
-        Err(not_yet())
-    }
-    async fn end_batch(&self, _: Uuid, _: &str, _: i64) -> Result<()> {
-        Err(not_yet())
-    }
-    async fn fire_tick(&self, _: &str, _: i64, _: &NewInvocation) -> Result<bool> {
-        Err(not_yet())
-    }
-    async fn last_tick(&self, _: &str) -> Result<Option<i64>> {
-        Err(not_yet())
-    }
-    async fn take_deliveries(&self, _: i64, _: i64, _: u32) -> Result<Vec<DeliveryRecord>> {
-        Err(not_yet())
-    }
-    async fn record_delivery(&self, _: Uuid, _: i32, _: &str, _: i32, _: Option<&str>, _: i64) -> Result<()> {
-        Err(not_yet())
-    }
-    async fn list_deliveries(&self, _: Uuid) -> Result<Vec<DeliveryRecord>> {
-        Err(not_yet())
-    }
-    async fn retry_deliveries(&self, _: Uuid, _: i64) -> Result<u64> {
-        Err(not_yet())
-    }
-}
 
-fn not_yet() -> StoreError {
-    StoreError::Unavailable("batches, timers and outputs are not implemented on SQL Server yet".into())
+    async fn add_batch_items(&self, batch: Uuid, items: &[NewInvocation]) -> Result<()> {
+        let mut c = self.conn().await?;
+        let batch = batch.to_string();
+        for chunk in items.chunks(ITEM_ROWS_PER_INSERT) {
+            let ids: Vec<String> = chunk.iter().map(|inv| inv.id.to_string()).collect();
+            let sql = insert_items_sql(chunk.len());
+            let mut params: Vec<&dyn ToSql> = Vec::with_capacity(1 + chunk.len() * 5);
+            params.push(&batch);
+            for (inv, id) in chunk.iter().zip(&ids) {
+                params.push(id);
+                params.push(&inv.function);
+                params.push(&inv.version);
+                params.push(&inv.payload);
+                params.push(&inv.created_ms);
+            }
+            c.execute(sql, &params).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn seal_batch(&self, batch: Uuid, total: i64, error: Option<&str>) -> Result<()> {
+        let mut c = self.conn().await?;
+        let id = batch.to_string();
+        c.execute(SEAL_BATCH, &[&total, &error, &id.as_str()]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_batch(&self, batch: Uuid) -> Result<Option<Batch>> {
+        let id = batch.to_string();
+        let rows = self.rows(GET_BATCH, &[&id.as_str()]).await?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        let mut b = batch_from(row)?;
+        self.batch_counts(&mut b).await?;
+        Ok(Some(b))
+    }
+
+    async fn list_batches(&self, limit: u32) -> Result<Vec<Batch>> {
+        let limit = limit.clamp(1, 1000) as i64;
+        let rows = self.rows(LIST_BATCHES, &[&limit]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut b = batch_from(r)?;
+            self.batch_counts(&mut b).await?;
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    async fn open_batches(&self) -> Result<Vec<Batch>> {
+        self.rows(OPEN_BATCHES, &[]).await?.iter().map(batch_from).collect()
+    }
+
+    async fn batch_unfinished(&self, batch: Uuid) -> Result<i64> {
+        let id = batch.to_string();
+        let rows = self.rows(BATCH_UNFINISHED, &[&id.as_str()]).await?;
+        rows.first().map(|r| col(r, 0)).transpose().map(|n| n.unwrap_or(0))
+    }
+
+    async fn cancel_batch(&self, batch: Uuid, now_ms: i64) -> Result<Option<u64>> {
+        let mut c = self.conn().await?;
+        let id = batch.to_string();
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            let row = c
+                .query(BATCH_STATE_LOCKED, &[&id.as_str()])
+                .await
+                .map_err(unavailable)?
+                .into_row()
+                .await
+                .map_err(unavailable)?;
+            let Some(row) = row else { return Ok(None) };
+            match col::<&str>(&row, 0)? {
+                "done" | "finishing" => {
+                    return Err(StoreError::Conflict(format!("batch {batch} has finished already; nothing to cancel")))
+                }
+                _ => {}
+            }
+            c.execute(CANCEL_BATCH, &[&id.as_str()]).await.map_err(unavailable)?;
+            let n = c.execute(CANCEL_ITEMS, &[&now_ms, &id.as_str()]).await.map_err(unavailable)?.total();
+            Ok(Some(n))
+        }
+        .await;
+        finish(&mut c, matches!(result, Ok(Some(_)))).await?;
+        result
+    }
+
+    async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>> {
+        let limit = limit.clamp(1, 100_000) as i64;
+        let id = batch.to_string();
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        self.rows(BATCH_RESULTS, &[&limit, &id.as_str(), &after.as_str()])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ItemResult {
+                    id: parse_uuid(col::<&str>(r, 0)?)?,
+                    status: parse_status(col::<&str>(r, 1)?)?,
+                    result: opt::<&[u8]>(r, 2)?.map(|b| b.to_vec()),
+                    error: opt::<&str>(r, 3)?.map(str::to_string),
+                })
+            })
+            .collect()
+    }
+
+    async fn begin_fanin(&self, batch: Uuid, f: &NewInvocation) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let batch = batch.to_string();
+        let fid = f.id.to_string();
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            // Conditional: of several instances, one moves the batch on.
+            let won =
+                c.execute(BEGIN_FANIN, &[&fid.as_str(), &batch.as_str()]).await.map_err(unavailable)?.total() == 1;
+            if !won {
+                return Ok(false);
+            }
+            c.execute(
+                CREATE_INVOCATION,
+                &[&fid.as_str(), &f.function.as_str(), &f.version, &f.payload.as_slice(), &f.created_ms],
+            )
+            .await
+            .map_err(unavailable)?;
+            Ok(true)
+        }
+        .await;
+        finish(&mut c, matches!(result, Ok(true))).await?;
+        result
+    }
+
+    async fn end_batch(&self, batch: Uuid, state: &str, finished_ms: i64) -> Result<()> {
+        let mut c = self.conn().await?;
+        let id = batch.to_string();
+        c.execute(END_BATCH, &[&state, &finished_ms, &id.as_str()]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn fire_tick(&self, function: &str, tick_ms: i64, inv: &NewInvocation) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let id = inv.id.to_string();
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            // Two instances may both pass the NOT EXISTS; the primary key refuses the second.
+            let fired = match c.execute(INSERT_TICK, &[&function, &tick_ms, &id.as_str()]).await {
+                Ok(r) => r.total() == 1,
+                Err(e) if is_duplicate(&e) => false,
+                Err(e) => return Err(unavailable(e)),
+            };
+            if !fired {
+                return Ok(false);
+            }
+            c.execute(
+                CREATE_INVOCATION,
+                &[&id.as_str(), &inv.function.as_str(), &inv.version, &inv.payload.as_slice(), &inv.created_ms],
+            )
+            .await
+            .map_err(unavailable)?;
+            Ok(true)
+        }
+        .await;
+        finish(&mut c, matches!(result, Ok(true))).await?;
+        result
+    }
+
+    async fn last_tick(&self, function: &str) -> Result<Option<i64>> {
+        let rows = self.rows(LAST_TICK, &[&function]).await?;
+        Ok(rows.first().map(|r| opt::<i64>(r, 0)).transpose()?.flatten())
+    }
+
+    async fn take_deliveries(&self, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<DeliveryRecord>> {
+        let limit = limit.clamp(1, 1000) as i64;
+        let mut c = self.conn().await?;
+        let rows = c
+            .query(DUE_DELIVERIES, &[&limit, &now_ms])
+            .await
+            .map_err(unavailable)?
+            .into_first_result()
+            .await
+            .map_err(unavailable)?;
+        let due = rows.iter().map(delivery_from).collect::<Result<Vec<_>>>()?;
+        let until = now_ms + lease_ms;
+        let mut out = Vec::with_capacity(due.len());
+        for mut d in due {
+            // Compare-and-set on next_ms: of several instances, one takes it.
+            let id = d.invocation.to_string();
+            let leased = c
+                .execute(LEASE_DELIVERY, &[&until, &id.as_str(), &d.output, &d.next_ms])
+                .await
+                .map_err(unavailable)?
+                .total()
+                == 1;
+            if leased {
+                d.next_ms = until;
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn record_delivery(
+        &self,
+        invocation: Uuid,
+        output: i32,
+        status: &str,
+        attempts: i32,
+        error: Option<&str>,
+        next_ms: i64,
+    ) -> Result<()> {
+        let mut c = self.conn().await?;
+        let id = invocation.to_string();
+        let now = now_ms();
+        c.execute(RECORD_DELIVERY, &[&status, &attempts, &error, &next_ms, &now, &id.as_str(), &output])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, invocation: Uuid) -> Result<Vec<DeliveryRecord>> {
+        let id = invocation.to_string();
+        self.rows(LIST_DELIVERIES, &[&id.as_str()]).await?.iter().map(delivery_from).collect()
+    }
+
+    async fn retry_deliveries(&self, invocation: Uuid, now_ms: i64) -> Result<u64> {
+        let mut c = self.conn().await?;
+        let id = invocation.to_string();
+        Ok(c.execute(RETRY_DELIVERIES, &[&now_ms, &id.as_str()]).await.map_err(unavailable)?.total())
+    }
 }
 
 #[cfg(test)]
@@ -831,6 +1182,19 @@ mod tests {
             }
         }
         assert!(refused.is_empty(), "T-SQL the parser refused:\n{}", refused.join("\n"));
+    }
+
+    #[test]
+    fn batch_item_inserts_stay_under_the_parameter_limit() {
+        assert_eq!(
+            insert_items_sql(2),
+            format!("{INSERT_ITEMS_PREFIX}(@P2, @P3, @P4, 'queued', 0, @P5, @P6, @P1), (@P7, @P8, @P9, 'queued', 0, @P10, @P11, @P1)")
+        );
+        let full = insert_items_sql(ITEM_ROWS_PER_INSERT);
+        let last = 1 + ITEM_ROWS_PER_INSERT * 5;
+        assert!(full.contains(&format!("@P{last}, @P1)")) && !full.contains(&format!("@P{}", last + 1)));
+        // sp_executesql's own two parameters count too.
+        assert!(last + 2 <= 2100);
     }
 
     #[test]
