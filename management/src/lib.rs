@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod embedded;
+pub mod portal;
 
 use std::sync::Arc;
 use std::time::Duration;

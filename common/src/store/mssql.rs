@@ -150,6 +150,10 @@ const HEARTBEAT_INSERT: &str = "INSERT INTO warren_workers
      VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9)";
 const LIST_WORKERS: &str = "SELECT id, host, pools, concurrency, in_flight, version, started_ms, last_seen_ms, state
      FROM warren_workers ORDER BY id";
+const COUNT_PER_MINUTE: &str = "SELECT minute_ms, status, COUNT_BIG(*) FROM
+     (SELECT (created_ms / 60000) * 60000 AS minute_ms, status FROM warren_invocations
+      WHERE created_ms >= @P1 AND created_ms < @P2) AS recent
+     GROUP BY minute_ms, status ORDER BY minute_ms, status";
 const BEGIN: &str = "BEGIN TRANSACTION";
 const COMMIT: &str = "COMMIT TRANSACTION";
 const ROLLBACK: &str = "ROLLBACK TRANSACTION";
@@ -198,6 +202,7 @@ pub fn statements() -> Vec<String> {
             SETTING_INSERT,
             SETTING_DELETE,
             SETTING_LIST,
+            COUNT_PER_MINUTE,
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -757,6 +762,16 @@ impl Store for MssqlStore {
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
         self.rows(LIST_WORKERS, &[]).await?.iter().map(worker_from).collect()
+    }
+
+    async fn count_per_minute(&self, since_ms: i64, until_ms: i64) -> Result<Vec<MinuteCount>> {
+        self.rows(COUNT_PER_MINUTE, &[&since_ms, &until_ms])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(MinuteCount { minute_ms: col(r, 0)?, status: parse_status(col::<&str>(r, 1)?)?, count: col(r, 2)? })
+            })
+            .collect()
     }
 }
 
