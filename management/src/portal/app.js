@@ -659,7 +659,7 @@
     const list = h('div');
     const out = h('div', { id: 'replay-out' });
     let items = [];
-    const replaySel = h('button', { type: 'button', disabled: true }, 'Replay selected');
+    const replaySel = h('button', { type: 'button', id: 'replay-selected', disabled: true }, 'Replay selected');
     const syncButton = () => {
       replaySel.disabled = selected.size === 0;
       replaySel.textContent = `Replay selected (${selected.size})`;
