@@ -93,6 +93,7 @@ try {
   log('invocations, filtered');
   await go(`#/invocations?function=${name}`);
   await waitText('#view table', 'succeeded');
+  await page.waitForFunction((n) => document.querySelector('#filter-function').value === n, name);
   await shot('5-invocations');
   await page.selectOption('#filter-status', 'failed');
   await waitText('#view table', 'No invocations.');

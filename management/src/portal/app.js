@@ -40,7 +40,7 @@
     const sig = JSON.stringify(data);
     if (box.dataset.sig === sig) return;
     box.dataset.sig = sig;
-    box.replaceChildren(...[render(data)].flat().filter((x) => x != null));
+    box.replaceChildren(...[render(data)].flat(Infinity).filter((x) => x != null));
   }
 
   const pad = (n, w = 2) => String(n).padStart(w, '0');
@@ -509,15 +509,16 @@
         if (state.function) q.set('function', state.function);
         if (state.status) q.set('status', state.status);
         const since = state.since ? Date.now() - Number(state.since) * 1000 : null;
-        if (since) q.set('since_ms', String(since));
         const [fns, inv] = await Promise.all([api('/api/functions'), api(`/api/invocations?${q}`)]);
         const names = fns.body.map((f) => f.name);
         if (state.function && !names.includes(state.function)) names.push(state.function);
         update(fnSel, names, () => [h('option', { value: '' }, 'all functions'), names.map((n) => h('option', { value: n }, n))]);
         fnSel.value = state.function;
-        // Older servers ignore since_ms: filter here too.
+        // The list is the newest first: keeping those created since the cut is exactly what a
+        // server-side filter with the same limit would give.
         const rows = since ? inv.body.filter((i) => i.created_ms >= since) : inv.body;
-        count.textContent = `${rows.length}${inv.body.length >= 200 ? '+' : ''} shown, newest first`;
+        const more = inv.body.length >= 200 && (since == null || inv.body[inv.body.length - 1].created_ms >= since);
+        count.textContent = `${rows.length}${more ? '+' : ''} shown, newest first`;
         update(list, rows, invocationRows);
       },
     };
