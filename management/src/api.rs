@@ -355,10 +355,16 @@ async fn stats(
     let per_minute = m.store.count_per_minute(since, now + 60_000).await?;
     let mut queues = Vec::new();
     for pool in m.pools().await? {
-        // One pool the broker cannot tell about does not hide the rest of the overview.
-        let q = match m.transport.queue_stats(&pool).await {
+        // Declared once (as an invoke would): reading a missing queue makes the broker close
+        // a channel, which lapin logs as an error at every poll. One pool the broker cannot
+        // tell about does not hide the rest of the overview.
+        let read = async {
+            m.ensure_pool(&pool).await.map_err(|e| e.to_string())?;
+            m.transport.queue_stats(&pool).await.map_err(|e| e.to_string())
+        };
+        let q = match read.await {
             Ok(s) => json!({"pool": pool, "ready": s.messages, "consumers": s.consumers}),
-            Err(e) => json!({"pool": pool, "ready": null, "consumers": null, "error": e.to_string()}),
+            Err(e) => json!({"pool": pool, "ready": null, "consumers": null, "error": e}),
         };
         queues.push(q);
     }

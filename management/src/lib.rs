@@ -216,7 +216,7 @@ impl Management {
         Ok(v)
     }
 
-    async fn ensure_pool(&self, pool: &str) -> Result<(), Error> {
+    pub(crate) async fn ensure_pool(&self, pool: &str) -> Result<(), Error> {
         if !self.declared_pools.contains_key(pool) {
             self.transport.declare_pool(pool).await?;
             self.declared_pools.insert(pool.to_string(), ());

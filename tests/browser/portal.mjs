@@ -114,7 +114,34 @@ try {
   log('batches (the page stands whether or not this management has a batch API)');
   await go('#/batches');
   await page.waitForSelector('#view .card table, #view .card .empty');
+
+  log('batches: progress and cancel, the batch API answered here in its documented shape');
+  const zero = { queued: 0, running: 0, succeeded: 0, failed: 0, timed_out: 0, dead: 0, cancelled: 0 };
+  const running = {
+    id: '01937a2e-0000-7000-8000-00000000b001', function: name, total: 40,
+    counts: { ...zero, queued: 10, running: 4, succeeded: 20, failed: 3, timed_out: 1, dead: 1, cancelled: 1 },
+    state: 'running', then: 'collect', followup_invocation: null, created_ms: Date.now() - 90_000, finished_ms: null,
+  };
+  const done = {
+    id: '01937a2e-0000-7000-8000-00000000b002', function: name, total: 12, counts: { ...zero, succeeded: 12 },
+    state: 'done', then: null, followup_invocation: null, created_ms: Date.now() - 3_600_000, finished_ms: Date.now() - 3_500_000,
+  };
+  let cancelled = false;
+  const current = () => (cancelled ? { ...running, state: 'cancelled' } : running);
+  await page.route('**/api/batches', (r) => r.fulfill({ json: { batches: [current(), done] } }));
+  await page.route('**/api/batches/*/cancel', (r) => { cancelled = true; return r.fulfill({ json: current() }); });
+  await page.route(`**/api/batches/${running.id}`, (r) => r.fulfill({ json: current() }));
+  page.once('dialog', (d) => d.accept());
+  await waitText('#view table', '26 / 40');
+  await waitText('#view table', '12 / 12');
   await shot('7-batches');
+  await page.click(`#view a[href="#/batches/${running.id}"]`);
+  await waitText('#view', '26 of 40 done');
+  await page.click('#view button.danger');
+  await page.waitForSelector('#view .card > .spread .badge.s-cancelled');
+  await page.unroute('**/api/batches');
+  await page.unroute('**/api/batches/*/cancel');
+  await page.unroute(`**/api/batches/${running.id}`);
 
   log('dead letters');
   await go('#/dead');

@@ -63,7 +63,6 @@
     if (m < 60) return `${m} min ${Math.round((ms % 60000) / 1000)} s`;
     return `${Math.floor(m / 60)} h ${m % 60} min`;
   }
-  const ago = (ms) => (ms == null ? '—' : `${dur(Math.max(0, Date.now() - ms))} ago`);
   const bytes = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
   const shortId = (id) => (id ? `…${String(id).slice(-8)}` : '—');
   const enc = encodeURIComponent;
@@ -375,9 +374,9 @@
     return {
       async refresh() {
         const fns = (await api('/api/functions')).body;
-        update(list, fns, () => table(['name', '#active version', 'published', 'updated'], fns.length
+        update(list, fns, () => table(['name', '#active version', 'first published', 'last published'], fns.length
           ? fns.map((f) => h('tr', null, h('td', null, h('a', { href: `#/functions/${enc(f.name)}` }, f.name)),
-            h('td', { class: 'num' }, `v${f.active_version}`), h('td', null, fmtTime(f.created_ms)), h('td', null, ago(f.updated_ms))))
+            h('td', { class: 'num' }, `v${f.active_version}`), h('td', null, fmtTime(f.created_ms)), h('td', null, fmtTime(f.updated_ms))))
           : empty(4, 'Nothing published yet: publish a package above.')));
       },
     };
@@ -462,7 +461,7 @@
         showManifest();
         const desc = (/^description\s*=\s*"(.*)"\s*$/m.exec((data.versions.find((v) => v.version === active) || {}).manifest || '') || [])[1];
         update(info, [active, desc, data.function.updated_ms], () => h('p', { class: 'muted' },
-          `Active version ${active}, published ${ago(data.function.updated_ms)}.`, desc ? ` ${desc.replace(/\\"/g, '"')}` : ''));
+          `Active version ${active}, published ${fmtTime(data.function.updated_ms)}.`, desc ? ` ${desc.replace(/\\"/g, '"')}` : ''));
         update(recent, inv.body, invocationRows);
       },
     };
@@ -541,7 +540,9 @@
   function progress(b) {
     const total = Math.max(1, b.total || 0);
     const counts = b.counts || {};
-    const order = [...STATUSES, ...Object.keys(counts).filter((s) => !STATUSES.includes(s))].filter((s) => s !== 'queued');
+    // Ended first (left), then running; queued is the empty rest of the bar.
+    const ended = [...STATUSES, ...Object.keys(counts).filter((s) => !STATUSES.includes(s))].filter((s) => s !== 'queued' && s !== 'running');
+    const order = [...ended, 'running'];
     return h('div', { class: 'bar', title: Object.entries(counts).map(([k, v]) => `${k}: ${v}`).join(', ') },
       order.filter((s) => counts[s]).map((s) => h('span', { style: `width:${(100 * counts[s]) / total}%;background:${color(s)}` })));
   }
