@@ -130,6 +130,23 @@ async fn portal_publishes_invokes_and_shows_result_and_logs_in_a_browser() {
     })
     .await;
     assert_eq!(replayed["attempt_history"].as_array().map(|a| a.len()), Some(3), "{replayed}");
+    // The overview's numbers, as the API gives them to the page.
+    let (status, stats) = m.get("/api/stats?minutes=15").await;
+    assert_eq!(status, 200, "{stats}");
+    let count = |st: &str| -> i64 {
+        stats["per_minute"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["status"] == st)
+            .map(|p| p["count"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!((count("succeeded"), count("dead")), (1, 1), "{stats}");
+    assert!(stats["workers_online"].as_u64().unwrap() >= 1, "{stats}");
+    let ours = stats["queues"].as_array().unwrap().iter().find(|q| q["pool"] == pool.as_str()).cloned();
+    assert_eq!(ours.map(|q| q["consumers"].clone()), Some(serde_json::json!(1)), "{stats}");
+    assert_eq!(m.get("/api/stats?minutes=1441").await.0, 400);
     for file in ["1-overview", "2-functions", "3-function-invoked", "4-invocation", "6-workers", "8-dead-letters"] {
         assert!(shots.join(format!("{file}.png")).exists(), "screenshot {file}.png is missing");
     }
