@@ -154,6 +154,12 @@ try {
     await box.check();
     await page.click('#replay-selected');
     await waitText('#replay-out', 'Replayed 1');
+    log('the replayed invocation: three attempts, its error and the log lines of each');
+    await go(`#/invocations/${deadId}`);
+    await page.waitForSelector('.inv-detail[data-status="dead"] .inv-error', { timeout: 60_000 });
+    await waitText('.inv-detail', 'Log lines (3)', 60_000);
+    await waitText('.inv-error', 'cannot go on');
+    await shot('10-dead-invocation');
   } else {
     await shot('8-dead-letters');
   }

@@ -203,7 +203,8 @@
 
   function invocationDetail(inv) {
     const final = !['queued', 'running'].includes(inv.status);
-    const wait = inv.started_ms != null ? inv.started_ms - inv.created_ms : null;
+    // Queue wait of the first attempt (started_ms is the newest attempt's start).
+    const wait = inv.started_ms != null && inv.attempts <= 1 ? inv.started_ms - inv.created_ms : null;
     const result = inv.result_base64 != null
       ? h('pre', { class: 'inv-result' }, `(binary, base64) ${inv.result_base64}`)
       : inv.result != null ? h('pre', { class: 'inv-result' }, pretty(inv.result))
@@ -388,6 +389,9 @@
     const manifest = h('pre', { id: 'manifest' }, '…');
     const recent = h('div');
     const payload = h('textarea', { id: 'payload', spellcheck: 'false', 'aria-label': 'input' }, '{}');
+    payload.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); btn.click(); }
+    });
     const out = h('div', { id: 'invoke-out' });
     const btn = h('button', { type: 'submit', id: 'invoke-btn' }, 'Invoke');
     let shown = null; // the version whose manifest is shown
@@ -402,7 +406,7 @@
       // A sync invoke that outlived its wait (202): read the invocation until it is final.
       for (;;) {
         const inv = (await api(`/api/invocations/${enc(id)}`)).body;
-        if (token !== following) return;
+        if (token !== following || !out.isConnected) return;
         update(out, inv, invocationDetail);
         if (!['queued', 'running'].includes(inv.status)) return;
         await new Promise((r) => setTimeout(r, 1000));
@@ -428,7 +432,7 @@
       }
     } },
     h('h2', null, 'Invoke'),
-    h('p', { class: 'muted' }, 'The input is sent as it is (JSON or any text); the page waits for the result.'),
+    h('p', { class: 'muted' }, 'The input is sent as it is (JSON or any text); the page waits for the result. Ctrl+Enter invokes.'),
     payload, h('div', { class: 'row', style: 'margin-top:8px' }, btn), out);
 
     root.append(
