@@ -19,6 +19,9 @@
 //! | POST | /api/dead-letters/replay | `{"ids": [...]}` or `{"all": true}` (optional `"pool"`) |
 //!
 //! Batches, timers and deliveries: see [`crate::triggers_api`].
+//! | GET  | /api/stats[?minutes=N] | invocations per minute and status, queue depths, workers online |
+//!
+//! `GET /` and `GET /portal/{file}` serve the portal ([`crate::portal`]).
 
 use std::sync::Arc;
 
@@ -97,6 +100,8 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/dead-letters", get(list_dead))
         .route("/api/dead-letters/replay", post(replay_dead))
         .merge(crate::triggers_api::routes())
+        .route("/api/stats", get(stats))
+        .merge(crate::portal::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api (see README)")
         })
@@ -330,6 +335,61 @@ async fn list_workers(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>
         })
         .collect();
     Ok(Json(Value::Array(workers)))
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    minutes: Option<u32>,
+}
+
+/// The overview: invocations per minute (of creation) and current status over the last
+/// `minutes` (60 by default, at most 1440), each pool's queue, and the workers heard from lately.
+async fn stats(
+    State(m): State<Arc<Management>>,
+    q: Result<Query<StatsQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let minutes = q.minutes.unwrap_or(60);
+    if !(1..=1440).contains(&minutes) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("minutes={minutes} is out of range: give 1 to 1440 (a day)"),
+        ));
+    }
+    let now = warren_common::now_ms();
+    // Whole minutes: the current one and the `minutes - 1` before it.
+    let since = (now / 60_000 - (minutes as i64 - 1)) * 60_000;
+    let per_minute = m.store.count_per_minute(since, now + 60_000).await?;
+    let mut queues = Vec::new();
+    for pool in m.pools().await? {
+        // Declared once (as an invoke would): reading a missing queue makes the broker close
+        // a channel, which lapin logs as an error at every poll. One pool the broker cannot
+        // tell about does not hide the rest of the overview.
+        let read = async {
+            m.ensure_pool(&pool).await.map_err(|e| e.to_string())?;
+            m.transport.queue_stats(&pool).await.map_err(|e| e.to_string())
+        };
+        let q = match read.await {
+            Ok(s) => json!({"pool": pool, "ready": s.messages, "consumers": s.consumers}),
+            Err(e) => json!({"pool": pool, "ready": null, "consumers": null, "error": e}),
+        };
+        queues.push(q);
+    }
+    let workers_online = m
+        .store
+        .list_workers()
+        .await?
+        .iter()
+        .filter(|w| w.state != "gone" && now - w.last_seen_ms <= LOST_AFTER_MS)
+        .count();
+    Ok(Json(json!({
+        "since_ms": since,
+        "now_ms": now,
+        "per_minute": per_minute,
+        "queues": queues,
+        "workers_online": workers_online,
+    })))
 }
 
 #[derive(Deserialize)]

@@ -132,6 +132,7 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
     })?;
     let addr = listener.local_addr()?;
     println!("Warren is up (embedded: management + {} workers, store {}).", opts.workers, db.display());
+    println!("  portal:   http://{addr}/   (open it in a browser)");
     println!("  API:      http://{addr}/api/functions");
     println!("  invoke:   curl -s -X POST http://{addr}/api/functions/hello/invoke -d '{{\"name\": \"Ada\"}}'");
     println!("  or:       warren --url http://{addr} invoke hello --data '{{\"name\": \"Ada\"}}'");

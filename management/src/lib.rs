@@ -9,6 +9,7 @@ pub mod batch;
 pub mod cli_batch;
 pub mod embedded;
 pub mod outputs;
+pub mod portal;
 pub mod sources;
 pub mod timers;
 pub mod triggers_api;
@@ -240,7 +241,7 @@ impl Management {
         Ok(v)
     }
 
-    async fn ensure_pool(&self, pool: &str) -> Result<(), Error> {
+    pub(crate) async fn ensure_pool(&self, pool: &str) -> Result<(), Error> {
         if !self.declared_pools.contains_key(pool) {
             self.transport.declare_pool(pool).await?;
             self.declared_pools.insert(pool.to_string(), ());

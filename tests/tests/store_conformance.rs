@@ -8,7 +8,7 @@ use uuid::Uuid;
 use warren_common::manifest::Manifest;
 use warren_common::now_ms;
 use warren_common::store::{
-    Claim, InvocationFilter, LogLine, NewInvocation, Outcome, Setting, Status, Store, WorkerInfo,
+    Claim, InvocationFilter, LogLine, MinuteCount, NewInvocation, Outcome, Setting, Status, Store, WorkerInfo,
 };
 use warren_tests::{pg_url, require_services, unique};
 
@@ -230,6 +230,33 @@ async fn conformance(store: Arc<dyn Store>) {
     store.heartbeat(&w).await.unwrap();
     let listed: Vec<WorkerInfo> = store.list_workers().await.unwrap().into_iter().filter(|x| x.id == wid).collect();
     assert_eq!(listed, vec![w]);
+
+    // Counts per minute of creation and current status, in [since, until). A random minute of
+    // 1970-1979, so that other runs sharing the database count nothing in it.
+    let base = (1 + (Uuid::new_v4().as_u128() % 5_000_000) as i64) * 60_000;
+    let at = |created_ms: i64| NewInvocation { created_ms, ..new_inv(&name, 1) };
+    for (offset, status) in [
+        (1_000, Some(Status::Succeeded)),
+        (2_000, Some(Status::Succeeded)),
+        (59_999, None),
+        (60_000, Some(Status::Failed)),
+        (-1, Some(Status::Succeeded)),
+        (180_000, None),
+    ] {
+        let inv = at(base + offset);
+        store.create_invocation(&inv).await.unwrap();
+        if let Some(st) = status {
+            assert_eq!(store.claim(&inv, 1, "wm", now_ms()).await.unwrap(), Claim::Run);
+            assert!(store.complete(inv.id, &outcome(st, "wm", 0)).await.unwrap());
+        }
+    }
+    let counts = store.count_per_minute(base, base + 180_000).await.unwrap();
+    let mc = |minute_ms: i64, status: Status, count: i64| MinuteCount { minute_ms, status, count };
+    assert_eq!(
+        counts,
+        vec![mc(base, Status::Queued, 1), mc(base, Status::Succeeded, 2), mc(base + 60_000, Status::Failed, 1)]
+    );
+    assert!(store.count_per_minute(base + 120_000, base + 180_000).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

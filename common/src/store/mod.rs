@@ -272,6 +272,15 @@ pub struct Setting {
     pub updated_ms: i64,
 }
 
+/// How many invocations created in one minute have one status now (the overview's chart).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MinuteCount {
+    /// The start of the minute, in ms since the epoch (a multiple of 60,000).
+    pub minute_ms: i64,
+    pub status: Status,
+    pub count: i64,
+}
+
 /// Which invocations to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct InvocationFilter {
@@ -393,6 +402,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_deliveries(&self, invocation: Uuid) -> Result<Vec<DeliveryRecord>>;
     /// Makes an invocation's failed deliveries pending again; returns how many.
     async fn retry_deliveries(&self, invocation: Uuid, now_ms: i64) -> Result<u64>;
+    /// Invocations created in `[since_ms, until_ms)`, counted per minute of their creation and
+    /// per current status; by minute, then status. Minutes without invocations are left out.
+    async fn count_per_minute(&self, since_ms: i64, until_ms: i64) -> Result<Vec<MinuteCount>>;
 }
 
 /// Opens the store a URL names and migrates its schema:

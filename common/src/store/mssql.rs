@@ -235,6 +235,10 @@ const LIST_DELIVERIES: &str = "SELECT invocation, output_index, target, status, 
 const RETRY_DELIVERIES: &str = "UPDATE warren_deliveries SET status = 'pending', attempts = 0, next_ms = @P1,
        updated_ms = @P1
      WHERE invocation = @P2 AND status = 'failed'";
+const COUNT_PER_MINUTE: &str = "SELECT minute_ms, status, COUNT_BIG(*) FROM
+     (SELECT (created_ms / 60000) * 60000 AS minute_ms, status FROM warren_invocations
+      WHERE created_ms >= @P1 AND created_ms < @P2) AS recent
+     GROUP BY minute_ms, status ORDER BY minute_ms, status";
 const BEGIN: &str = "BEGIN TRANSACTION";
 const COMMIT: &str = "COMMIT TRANSACTION";
 const ROLLBACK: &str = "ROLLBACK TRANSACTION";
@@ -307,6 +311,7 @@ pub fn statements() -> Vec<String> {
             RECORD_DELIVERY,
             LIST_DELIVERIES,
             RETRY_DELIVERIES,
+            COUNT_PER_MINUTE,
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -1165,6 +1170,16 @@ impl Store for MssqlStore {
         let mut c = self.conn().await?;
         let id = invocation.to_string();
         Ok(c.execute(RETRY_DELIVERIES, &[&now_ms, &id.as_str()]).await.map_err(unavailable)?.total())
+    }
+
+    async fn count_per_minute(&self, since_ms: i64, until_ms: i64) -> Result<Vec<MinuteCount>> {
+        self.rows(COUNT_PER_MINUTE, &[&since_ms, &until_ms])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(MinuteCount { minute_ms: col(r, 0)?, status: parse_status(col::<&str>(r, 1)?)?, count: col(r, 2)? })
+            })
+            .collect()
     }
 }
 

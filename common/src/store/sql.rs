@@ -1203,4 +1203,27 @@ impl Store for SqlxStore {
         .map_err(unavailable)?;
         Ok(r.rows_affected())
     }
+
+    async fn count_per_minute(&self, since_ms: i64, until_ms: i64) -> Result<Vec<MinuteCount>> {
+        // Integer division buckets the same on both: BIGINT / INTEGER is integral in PostgreSQL
+        // and in SQLite.
+        let rows = sqlx::query(
+            "SELECT (created_ms / 60000) * 60000 AS minute_ms, status, COUNT(*) AS n FROM warren_invocations
+             WHERE created_ms >= $1 AND created_ms < $2 GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(since_ms)
+        .bind(until_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(MinuteCount {
+                    minute_ms: r.try_get(0).map_err(unavailable)?,
+                    status: parse_status(&r.try_get::<String, _>(1).map_err(unavailable)?)?,
+                    count: r.try_get(2).map_err(unavailable)?,
+                })
+            })
+            .collect()
+    }
 }

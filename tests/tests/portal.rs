@@ -1,0 +1,153 @@
+//! The portal in a real headless browser: Debian's chromium driven by playwright-core
+//! (`tests/browser/portal.mjs`), against real `warren-management` and `warren-worker`
+//! processes on the real RabbitMQ. The page publishes a package through its file input,
+//! invokes the function with a payload and must show the result and the function's log lines;
+//! a dead letter is replayed from the page. Screenshots of every page land in
+//! `target/portal-screenshots/`.
+//!
+//! Needs `node`, `tests/browser/node_modules` (`npm ci --prefix tests/browser`) and chromium
+//! (`apt-get install chromium`, or `WARREN_TEST_CHROMIUM=/path`): `scripts/test` installs the
+//! last two. Without them the test fails, saying what is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use warren_tests::*;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// `target/portal-screenshots`, beside the binaries' profile folders.
+fn screenshot_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test>
+    let target = exe.ancestors().nth(3).expect("target dir");
+    target.join("portal-screenshots")
+}
+
+/// The browser, node and playwright-core, or a failure naming what is missing and how to get it.
+fn browser_prerequisites() -> PathBuf {
+    let root = workspace_root();
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "the portal test needs Node.js (`node` on PATH): apt-get install nodejs ({:?})",
+        node.err()
+    );
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core/package.json").exists(),
+        "the portal test needs playwright-core in tests/browser/node_modules: run `npm ci --prefix tests/browser` \
+         (scripts/test does it)"
+    );
+    let chromium = PathBuf::from(std::env::var("WARREN_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    assert!(
+        chromium.exists(),
+        "the portal test needs chromium at {}: apt-get install -y chromium (scripts/test does it), or set \
+         WARREN_TEST_CHROMIUM",
+        chromium.display()
+    );
+    chromium
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_publishes_invokes_and_shows_result_and_logs_in_a_browser() {
+    require_services();
+    let chromium = browser_prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    // A store of its own: the pages list every function and pool, and stay small this way.
+    let store = format!("sqlite://{}", tmp.path().join("portal.db").display());
+    let pool = unique("portal");
+    let m = Management::start(&store).await;
+    let _worker = start_worker(&store, &pool, 2, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    // The package the page publishes: a process function that logs a line and answers JSON.
+    let name = unique("portal");
+    let dir = function_dir(
+        &tmp.path().join("src"),
+        &format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\ndescription = \"Echoes its input; logs it.\"\n"),
+        &[(
+            "run.sh",
+            "input=$(cat)\necho \"portal-log: got $input\" >&2\nprintf '{\"echo\": %s, \"from\": \"portal-test\"}' \"$input\"\n",
+        )],
+    );
+    let package = tmp.path().join(format!("{name}.tar.gz"));
+    std::fs::write(&package, warren_common::package::pack_dir(&dir).expect("pack")).unwrap();
+
+    // A dead letter for the page to replay: a function that always fails, two attempts.
+    let doomed = unique("doomed");
+    let ddir = function_dir(
+        &tmp.path().join("src"),
+        &format!(
+            "name = \"{doomed}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n\
+             [retry]\nmax_attempts = 2\ninitial_delay_ms = 100\n"
+        ),
+        &[("run.sh", "echo 'cannot go on' >&2\nexit 3\n")],
+    );
+    assert_eq!(m.publish_dir(&ddir).await["version"], 1);
+    let (status, accepted) = m.invoke(&doomed, "async", b"{}").await;
+    assert_eq!(status, 202, "{accepted}");
+    let dead_id = accepted["id"].as_str().expect("an id").to_string();
+    eventually(Duration::from_secs(60), "the failing invocation to be dead", || {
+        let (m, id) = (&m, &dead_id);
+        async move { (m.get(&format!("/api/invocations/{id}")).await.1["status"] == "dead").then_some(()) }
+    })
+    .await;
+
+    let shots = screenshot_dir();
+    let script = workspace_root().join("tests/browser/portal.mjs");
+    let mut cmd = Command::new("node");
+    cmd.arg(&script)
+        .args([m.base.as_str(), &shots.display().to_string(), &package.display().to_string(), &name, &dead_id])
+        .env("WARREN_CHROMIUM", &chromium);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "the browser test failed ({}); screenshots (failure.png) in {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status,
+        shots.display()
+    );
+
+    // What the page did is in the store: one invocation of the function, from the page's payload.
+    let (_, list) = m.get(&format!("/api/invocations?function={name}")).await;
+    let list = list.as_array().expect("a list").clone();
+    assert_eq!(list.len(), 1, "one invocation, made from the page: {list:?}");
+    assert_eq!(list[0]["status"], "succeeded");
+    assert_eq!(list[0]["input"], serde_json::json!({"name": "Ada"}));
+    // And the replay clicked on the page was a third attempt of the dead invocation.
+    let replayed = eventually(Duration::from_secs(60), "the replayed invocation to end", || {
+        let (m, id) = (&m, &dead_id);
+        async move {
+            let v = m.get(&format!("/api/invocations/{id}")).await.1;
+            (v["attempts"] == 3 && v["status"] == "dead").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(replayed["attempt_history"].as_array().map(|a| a.len()), Some(3), "{replayed}");
+    // The overview's numbers, as the API gives them to the page.
+    let (status, stats) = m.get("/api/stats?minutes=15").await;
+    assert_eq!(status, 200, "{stats}");
+    let count = |st: &str| -> i64 {
+        stats["per_minute"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["status"] == st)
+            .map(|p| p["count"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!((count("succeeded"), count("dead")), (1, 1), "{stats}");
+    assert!(stats["workers_online"].as_u64().unwrap() >= 1, "{stats}");
+    let ours = stats["queues"].as_array().unwrap().iter().find(|q| q["pool"] == pool.as_str()).cloned();
+    assert_eq!(ours.map(|q| q["consumers"].clone()), Some(serde_json::json!(1)), "{stats}");
+    assert_eq!(m.get("/api/stats?minutes=1441").await.0, 400);
+    for file in ["1-overview", "2-functions", "3-function-invoked", "4-invocation", "6-workers", "8-dead-letters"] {
+        assert!(shots.join(format!("{file}.png")).exists(), "screenshot {file}.png is missing");
+    }
+}
