@@ -8,7 +8,8 @@ use uuid::Uuid;
 use warren_common::manifest::Manifest;
 use warren_common::now_ms;
 use warren_common::store::{
-    Claim, InvocationFilter, LogLine, MinuteCount, NewInvocation, Outcome, Setting, Status, Store, WorkerInfo,
+    Claim, InvocationFilter, LogLine, MinuteCount, NewBatch, NewDelivery, NewInvocation, Outcome, Setting, Status,
+    Store, StoreError, WorkerInfo,
 };
 use warren_tests::{pg_url, require_services, unique};
 
@@ -257,6 +258,104 @@ async fn conformance(store: Arc<dyn Store>) {
         vec![mc(base, Status::Queued, 1), mc(base, Status::Succeeded, 2), mc(base + 60_000, Status::Failed, 1)]
     );
     assert!(store.count_per_minute(base + 120_000, base + 180_000).await.unwrap().is_empty());
+
+    batches_ticks_and_deliveries(&*store).await;
+}
+
+/// Batches, timer ticks and output deliveries: the exactly-once rules of issue 4.
+async fn batches_ticks_and_deliveries(store: &dyn Store) {
+    let (m, text) = manifest(&unique("batch"));
+    store.publish_version(&m, &text, b"pkg", "sha").await.unwrap();
+    let id = uuid::Uuid::now_v7();
+    let nb = NewBatch { id, function: m.name.clone(), version: 1, then: Some("report".into()), created_ms: now_ms() };
+    store.create_batch(&nb).await.unwrap();
+    let items: Vec<NewInvocation> = (0..450).map(|_| new_inv(&m.name, 1)).collect();
+    store.add_batch_items(id, &items).await.unwrap();
+    assert_eq!(store.get_batch(id).await.unwrap().unwrap().state, "submitting");
+    assert!(!store.open_batches().await.unwrap().iter().any(|b| b.id == id), "not open while submitting");
+    store.seal_batch(id, 450, None).await.unwrap();
+    let b = store.get_batch(id).await.unwrap().unwrap();
+    assert_eq!((b.total, b.state.as_str(), b.counts["queued"], b.counts["cancelled"]), (450, "running", 450, 0));
+    assert_eq!(store.batch_unfinished(id).await.unwrap(), 450);
+    for inv in &items[..449] {
+        assert_eq!(store.claim(inv, 1, "w", now_ms()).await.unwrap(), Claim::Run);
+        assert!(store.complete(inv.id, &outcome(Status::Succeeded, "w", 0)).await.unwrap());
+    }
+    assert_eq!(store.batch_unfinished(id).await.unwrap(), 1);
+    // Results page in id order.
+    let first = store.batch_results(id, None, 300).await.unwrap();
+    let rest = store.batch_results(id, Some(first.last().unwrap().id), 300).await.unwrap();
+    assert_eq!(first.len() + rest.len(), 450);
+    let mut ids: Vec<_> = first.iter().chain(&rest).map(|r| r.id).collect();
+    let sorted = {
+        let mut s = ids.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(ids, sorted);
+    ids.dedup();
+    assert_eq!(ids.len(), 450);
+    // Cancel: the one queued item is cancelled, never claimable.
+    assert_eq!(store.cancel_batch(id, now_ms()).await.unwrap(), Some(1));
+    assert_eq!(store.claim(&items[449], 1, "w", now_ms()).await.unwrap(), Claim::AlreadyFinal(Status::Cancelled));
+    assert_eq!(store.batch_unfinished(id).await.unwrap(), 0);
+    assert!(store.open_batches().await.unwrap().iter().any(|b| b.id == id && b.state == "cancelled"));
+    store.end_batch(id, "cancelled", now_ms()).await.unwrap();
+    assert!(!store.open_batches().await.unwrap().iter().any(|b| b.id == id));
+    assert!(matches!(store.cancel_batch(uuid::Uuid::now_v7(), now_ms()).await, Ok(None)));
+
+    // Fan-in: of two instances, one wins.
+    let id2 = uuid::Uuid::now_v7();
+    store.create_batch(&NewBatch { id: id2, ..nb.clone() }).await.unwrap();
+    store.seal_batch(id2, 0, None).await.unwrap();
+    let f1 = new_inv(&m.name, 1);
+    let f2 = new_inv(&m.name, 1);
+    assert!(store.begin_fanin(id2, &f1).await.unwrap());
+    assert!(!store.begin_fanin(id2, &f2).await.unwrap());
+    let b2 = store.get_batch(id2).await.unwrap().unwrap();
+    assert_eq!((b2.state.as_str(), b2.followup_invocation), ("finishing", Some(f1.id)));
+    assert_eq!(store.get_invocation(f1.id).await.unwrap().unwrap().status, Status::Queued);
+    assert!(store.get_invocation(f2.id).await.unwrap().is_none());
+    assert!(matches!(store.cancel_batch(id2, now_ms()).await, Err(StoreError::Conflict(_))));
+
+    // Ticks: each fires once.
+    let tick = 1_700_000_000_000 + (now_ms() % 1_000_000) * 1000;
+    let t1 = new_inv(&m.name, 1);
+    assert!(store.fire_tick(&m.name, tick, &t1).await.unwrap());
+    assert!(!store.fire_tick(&m.name, tick, &new_inv(&m.name, 1)).await.unwrap());
+    assert!(store.fire_tick(&m.name, tick + 1000, &new_inv(&m.name, 1)).await.unwrap());
+    assert_eq!(store.last_tick(&m.name).await.unwrap(), Some(tick + 1000));
+    assert_eq!(store.last_tick("never-ticked").await.unwrap(), None);
+    assert!(store.get_invocation(t1.id).await.unwrap().is_some());
+
+    // Deliveries: stored with the final outcome, leased once, recorded, retried.
+    let inv = new_inv(&m.name, 1);
+    store.create_invocation(&inv).await.unwrap();
+    let mut o = outcome(Status::Succeeded, "w", 2);
+    o.deliveries =
+        vec![NewDelivery { output: 0, target: "http x".into() }, NewDelivery { output: 1, target: "amqp y".into() }];
+    assert!(store.complete(inv.id, &o).await.unwrap());
+    let listed = store.list_deliveries(inv.id).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|d| (d.output, d.status.as_str())).collect::<Vec<_>>(),
+        [(0, "pending"), (1, "pending")]
+    );
+    let far = now_ms() + 10_000_000;
+    let taken: Vec<_> = store
+        .take_deliveries(far, 60_000, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.invocation == inv.id)
+        .collect();
+    assert_eq!(taken.len(), 2);
+    let again = store.take_deliveries(far, 60_000, 1000).await.unwrap();
+    assert!(!again.iter().any(|d| d.invocation == inv.id), "leased deliveries are not taken twice");
+    store.record_delivery(inv.id, 0, "delivered", 1, None, far).await.unwrap();
+    store.record_delivery(inv.id, 1, "failed", 3, Some("refused"), far).await.unwrap();
+    assert_eq!(store.retry_deliveries(inv.id, now_ms()).await.unwrap(), 1);
+    let after = store.list_deliveries(inv.id).await.unwrap();
+    assert_eq!((after[0].status.as_str(), after[1].status.as_str(), after[1].attempts), ("delivered", "pending", 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
