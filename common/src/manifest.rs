@@ -398,6 +398,43 @@ mod tests {
     }
 
     #[test]
+    fn the_trigger_examples_parse() {
+        for text in [
+            include_str!("../../examples/triggers/forward-orders/function.toml"),
+            include_str!("../../examples/triggers/render-invoice/function.toml"),
+            include_str!("../../examples/triggers/invoice-report/function.toml"),
+        ] {
+            Manifest::parse(text).unwrap();
+        }
+        let m = Manifest::parse(include_str!("../../examples/triggers/forward-orders/function.toml")).unwrap();
+        assert_eq!(m.outputs.len(), 2);
+        let crm = &m.outputs[0];
+        assert!(crm.applies(true, Some(br#"{"status": "accepted"}"#)));
+        assert!(!crm.applies(true, Some(br#"{"status": "rejected"}"#)));
+        assert!(!crm.applies(false, Some(br#"{"status": "accepted"}"#)), "success only");
+        assert!(!crm.applies(true, Some(b"not json")));
+        assert!(m.outputs[1].applies(false, None), "the audit output takes everything");
+    }
+
+    #[test]
+    fn trigger_sections_are_checked() {
+        let base = "name = \"a\"\nruntime = \"echo\"\n";
+        let e = Manifest::parse(&format!("{base}[timer]\nschedule = \"61 * * * *\"\n")).unwrap_err();
+        assert!(e.to_string().contains("timer"), "{e}");
+        let e = Manifest::parse(&format!("{base}[source]\nqueue = \"q\"\nexchange = \"x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("exactly one"), "{e}");
+        let e = Manifest::parse(&format!("{base}[[outputs]]\nkind = \"http\"\n")).unwrap_err();
+        assert!(e.to_string().contains("needs url"), "{e}");
+        let e = Manifest::parse(&format!("{base}[[outputs]]\nkind = \"amqp\"\nexchange = \"x\"\nequals = 1\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("equals needs a pointer"), "{e}");
+        assert!(Manifest::parse(&format!(
+            "{base}[timer]\nschedule = \"0 0 2 * * *\"\ntimezone = \"Europe/Paris\"\ncatch_up = \"once\"\n"
+        ))
+        .is_ok());
+    }
+
+    #[test]
     fn explains_what_is_wrong() {
         let e = Manifest::parse("name = \"a b\"\nruntime = \"echo\"\n").unwrap_err();
         assert!(e.to_string().contains("letters, digits"), "{e}");
