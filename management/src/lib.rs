@@ -5,7 +5,9 @@
 //! (`warren up`, see [`embedded`]: in-process queue, SQLite, workers in the same process).
 
 pub mod api;
+pub mod auth;
 pub mod embedded;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,8 @@ pub struct Config {
     pub max_sync_timeout: Duration,
     /// Seals secret settings; without it, secret settings are refused.
     pub secret_key: Option<warren_common::secret::SecretKey>,
+    /// Whether and how API keys are checked (open by default: the binaries decide).
+    pub auth: auth::AuthMode,
 }
 
 impl Default for Config {
@@ -39,6 +43,7 @@ impl Default for Config {
             default_sync_timeout: Duration::from_secs(30),
             max_sync_timeout: Duration::from_secs(300),
             secret_key: None,
+            auth: auth::AuthMode::Open,
         }
     }
 }
@@ -62,6 +67,7 @@ pub struct Management {
     pub store: Arc<dyn Store>,
     pub transport: Arc<dyn Transport>,
     pub config: Config,
+    pub metrics: metrics::Metrics,
     /// This instance's name; its notice queue is `warren.notice.<instance>`.
     instance: String,
     waiters: DashMap<Uuid, oneshot::Sender<()>>,
@@ -182,6 +188,7 @@ impl Management {
             store,
             transport,
             config,
+            metrics: metrics::Metrics::default(),
             instance,
             waiters: DashMap::new(),
             declared_pools: DashMap::new(),
@@ -225,6 +232,7 @@ impl Management {
 
     /// Records and publishes one invocation of a function's active version. With `wait`, waits
     /// for its outcome up to that long (woken by the worker's completion notice).
+    #[tracing::instrument(name = "invocation", skip_all, fields(function = %function, invocation.id = tracing::field::Empty))]
     pub async fn invoke(&self, function: &str, payload: Bytes, wait: Option<Duration>) -> Result<Accepted, Error> {
         if payload.len() > self.config.max_payload_bytes {
             return Err(Error::TooLarge(format!(
@@ -237,16 +245,10 @@ impl Management {
         self.ensure_pool(&manifest.pool).await?;
 
         let id = Uuid::now_v7();
+        tracing::Span::current().record("invocation.id", tracing::field::display(id));
         let created_ms = now_ms();
-        self.store
-            .create_invocation(&NewInvocation {
-                id,
-                function: function.to_string(),
-                version,
-                payload: payload.to_vec(),
-                created_ms,
-            })
-            .await?;
+        let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
+        self.metrics.store.time("create_invocation", self.store.create_invocation(&new)).await?;
         let msg = InvocationMessage {
             v: PROTOCOL_VERSION,
             id,
@@ -285,13 +287,15 @@ impl Management {
                 .await;
             return Err(e.into());
         }
+        self.metrics.invocations_accepted.inc(&[function]);
+        tracing::debug!("invocation published");
         let (Some(wait), Some(rx)) = (wait, rx) else {
             return Ok(Accepted { id, invocation: None });
         };
         let _ = tokio::time::timeout(wait, rx).await;
         drop(guard);
         // Read once: after the notice, or at the deadline in case a notice was lost.
-        let inv = self.store.get_invocation(id).await?;
+        let inv = self.metrics.store.time("get_invocation", self.store.get_invocation(id)).await?;
         Ok(Accepted { id, invocation: inv })
     }
 
@@ -439,6 +443,15 @@ impl Management {
         let manifest = Arc::new(v.parsed_manifest()?);
         self.manifests.insert(key, manifest.clone());
         Ok((version, manifest))
+    }
+
+    /// The `auth` level of a function's active version; `None` when there is no such function.
+    pub async fn auth_level(&self, function: &str) -> Result<Option<warren_common::manifest::AuthLevel>, Error> {
+        match self.active_manifest(function).await {
+            Ok((_, manifest)) => Ok(Some(manifest.auth)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn clamp_wait(&self, ms: Option<u64>) -> Duration {
