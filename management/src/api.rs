@@ -140,6 +140,13 @@ pub fn router(m: Arc<Management>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api (see README)")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see /api/openapi.json for what it takes",
+            )
+        })
         // Everything else takes small JSON bodies at most.
         .layer(DefaultBodyLimit::max(1 << 20))
         // Outermost: no request reaches a handler before its key is checked.
