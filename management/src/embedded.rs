@@ -157,7 +157,10 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
     let addr = listener.local_addr()?;
     println!("Warren is up (embedded: management + {} workers, store {}).", opts.workers, db.display());
     println!("  API:       http://{addr}/api/functions");
-    println!("  admin key: {admin_key}   (kept in {})", opts.data_dir.join("admin.key").display());
+    match std::env::var("WARREN_ADMIN_KEY") {
+        Ok(k) if !k.trim().is_empty() => println!("  admin key: from WARREN_ADMIN_KEY"),
+        _ => println!("  admin key: {admin_key}   (kept in {})", opts.data_dir.join("admin.key").display()),
+    }
     println!("  use it:    export WARREN_URL=http://{addr} WARREN_API_KEY={admin_key}");
     println!("  invoke:    warren invoke hello --data '{{\"name\": \"Ada\"}}'");
     println!(

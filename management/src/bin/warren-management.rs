@@ -62,7 +62,8 @@ const EXIT_CONFIG: i32 = 64;
 async fn main() {
     let args = Args::parse();
     warren_worker::init_tracing_as(args.log_format);
-    let auth = match (&args.admin_key, args.insecure_no_auth) {
+    let admin_key = args.admin_key.as_deref().filter(|k| !k.trim().is_empty());
+    let auth = match (admin_key, args.insecure_no_auth) {
         (Some(k), _) => match warren_management::auth::AuthMode::with_admin_key(k) {
             Ok(a) => a,
             Err(e) => {

@@ -20,6 +20,9 @@ use serde_json::Value;
 ///   warren publish ./my-function                     pack a folder and publish it
 ///   warren functions                                 what is published
 ///   warren workers                                   who is serving
+///   warren logs ID --follow                          log lines as they come, until it ends
+///   warren keys create app --level function --function hello   a key for one function
+///   warren --json get ID                             any command's answer as JSON
 ///
 /// Every command but `up` talks to a management API, so it works the same against a
 /// distributed Warren. Where and with which key, first found wins:
