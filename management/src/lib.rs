@@ -232,7 +232,7 @@ impl Management {
 
     /// Records and publishes one invocation of a function's active version. With `wait`, waits
     /// for its outcome up to that long (woken by the worker's completion notice).
-    #[tracing::instrument(name = "invocation", skip_all, fields(function = %function, invocation.id = tracing::field::Empty))]
+    #[tracing::instrument(name = "invocation", skip_all, fields(id = tracing::field::Empty, function = %function))]
     pub async fn invoke(&self, function: &str, payload: Bytes, wait: Option<Duration>) -> Result<Accepted, Error> {
         if payload.len() > self.config.max_payload_bytes {
             return Err(Error::TooLarge(format!(
@@ -245,7 +245,7 @@ impl Management {
         self.ensure_pool(&manifest.pool).await?;
 
         let id = Uuid::now_v7();
-        tracing::Span::current().record("invocation.id", tracing::field::display(id));
+        tracing::Span::current().record("id", tracing::field::display(id));
         let created_ms = now_ms();
         let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
         self.metrics.store.time("create_invocation", self.store.create_invocation(&new)).await?;

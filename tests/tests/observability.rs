@@ -56,6 +56,12 @@ async fn both_roles_count_invocations_on_their_metrics_pages() {
     })
     .await;
 
+    // `warren logs --follow` on a final invocation: its lines, and exit 1 because it died.
+    let out = m.cli().args(["logs", &id, "--follow"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("[1] broken") && stdout.contains("[2] broken"), "{stdout}");
+
     let page = scrape(&format!("{}/metrics", m.base)).await;
     assert_eq!(
         sample(&page, &format!("warren_invocations_accepted_total{{function=\"{echo}\"}}")),

@@ -848,3 +848,32 @@ impl Store for SqlxStore {
         Ok(done.rows_affected() == 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database that has steps 1 to 3 but not step 5 (or a step numbered in a gap) gets the
+    /// missing ones on open, whatever the order they were added in.
+    #[tokio::test]
+    async fn migration_applies_every_step_not_recorded_yet() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", tmp.path().join("m.db").display());
+        let store = SqlxStore::open(&url).await.unwrap();
+        let steps = |s: &SqlxStore| {
+            let pool = s.pool.clone();
+            async move {
+                let rows = sqlx::query("SELECT step FROM warren_schema ORDER BY step").fetch_all(&pool).await.unwrap();
+                rows.iter().map(|r| r.try_get::<i32, _>(0).unwrap()).collect::<Vec<_>>()
+            }
+        };
+        let all: Vec<i32> = schema(Kind::Sqlite).iter().map(|(n, _)| *n).collect();
+        assert_eq!(steps(&store).await, all);
+        // As if this database had been migrated by a build without step 5.
+        store.pool.execute("DROP TABLE warren_keys; DELETE FROM warren_schema WHERE step = 4").await.unwrap();
+        drop(store);
+        let store = SqlxStore::open(&url).await.unwrap();
+        assert_eq!(steps(&store).await, all);
+        assert!(store.list_keys().await.unwrap().is_empty(), "warren_keys is back");
+    }
+}
