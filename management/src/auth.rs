@@ -147,7 +147,8 @@ async fn identify(m: &Management, admin_digest: &[u8; 32], headers: &HeaderMap) 
         return Ok(Caller::Admin);
     }
     let hash = hex::encode(d);
-    let found = m.store.find_key_by_hash(&hash).await.map_err(ApiError::from)?;
+    let found =
+        m.metrics.store.time("find_key_by_hash", m.store.find_key_by_hash(&hash)).await.map_err(ApiError::from)?;
     match found {
         Some(k) if k.revoked_ms.is_none() && constant_time_eq(k.hash.as_bytes(), hash.as_bytes()) => match k.level {
             KeyLevel::Admin => Ok(Caller::Admin),
@@ -203,7 +204,9 @@ async fn check(m: &Management, caller: &Caller, need: Need) -> Result<(), ApiErr
         }
         Need::Invocation(id) => {
             let inv = match Uuid::parse_str(&id) {
-                Ok(id) => m.store.get_invocation(id).await.map_err(ApiError::from)?,
+                Ok(id) => {
+                    m.metrics.store.time("get_invocation", m.store.get_invocation(id)).await.map_err(ApiError::from)?
+                }
                 Err(_) => None,
             };
             match inv {

@@ -26,12 +26,11 @@ use serde_json::Value;
 ///
 /// Every command but `up` talks to a management API, so it works the same against a
 /// distributed Warren. Where and with which key, first found wins:
-///   1. flags:        --url URL --key KEY
-///   2. environment:  WARREN_URL, WARREN_API_KEY
-///   3. config file:  --config PATH, or ~/.config/warren/config.toml, with
-///                      url = "https://warren.example.com"
-///                      key = "wrn_..."
-///   4. default URL http://127.0.0.1:7070 (`warren up` prints its admin key)
+///   flags         --url URL --key KEY
+///   environment   WARREN_URL, WARREN_API_KEY
+///   config file   --config PATH (or WARREN_CONFIG), else ~/.config/warren/config.toml,
+///                 holding url = "https://warren.example.com" and key = "wrn_..."
+///   default       http://127.0.0.1:7070, no key (`warren up` prints its admin key)
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, verbatim_doc_comment)]
 struct Cli {
