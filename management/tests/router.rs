@@ -48,16 +48,15 @@ fn documented_routes() -> BTreeSet<(String, String)> {
     out
 }
 
-/// The routes `router()` registers, read from its source: every `.route("PATH", ...)` and the
-/// method functions named in it.
+/// The routes `router()` registers, read from its source: every `.route("PATH", ...)` before the
+/// fallback, and the method functions named in it (over one line or several).
 fn registered_routes() -> BTreeSet<(String, String)> {
     let src = include_str!("../src/api.rs");
     let body = &src[src.find("pub fn router(").expect("router()")..];
-    let body = &body[..body.find("\n}\n").unwrap()];
+    let body = &body[..body.find(".fallback(").expect("router() sets a fallback after its routes")];
     let mut out = BTreeSet::new();
     for call in body.split(".route(\"").skip(1) {
-        let (path, rest) = call.split_once('"').unwrap();
-        let args = rest.lines().next().unwrap_or_default();
+        let (path, args) = call.split_once('"').unwrap();
         for method in ["get", "post", "put", "delete", "patch"] {
             let called = args.match_indices(&format!("{method}(")).any(|(i, _)| {
                 i == 0 || !args.as_bytes()[i - 1].is_ascii_alphanumeric() && args.as_bytes()[i - 1] != b'_'
