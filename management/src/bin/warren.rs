@@ -76,11 +76,17 @@ enum Command {
         examples: Option<PathBuf>,
     },
     /// Pack a function folder (function.toml at its root) and publish it as a new version.
+    #[command(
+        after_help = "Example:\n  warren publish ./resize      # prints: published resize version 3 (sha256 ...), now active\n\nThe manifest's `auth` (\"anonymous\", \"function\" or \"admin\") says who may invoke it."
+    )]
     Publish {
         /// The function's folder.
         dir: PathBuf,
     },
     /// Invoke a function's active version; waits for the result unless --async.
+    #[command(
+        after_help = "Examples:\n  warren invoke hello --data '{\"name\": \"Ada\"}'     # the result on stdout; exit 1 if it failed\n  warren invoke resize --data-file photo.json --timeout 120\n  id=$(warren invoke resize --async --data-file - < photo.json)   # the id, once queued"
+    )]
     Invoke {
         /// Function name.
         name: String,
