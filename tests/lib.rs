@@ -151,11 +151,27 @@ pub fn function_dir(root: &Path, manifest: &str, files: &[(&str, &str)]) -> Path
     dir
 }
 
-/// A management process on a free port, on the real broker and `store_url`.
+/// A new random admin key.
+pub fn new_admin_key() -> String {
+    format!("test-admin-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// An HTTP client that sends `key` as a bearer token on every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("key as a header"));
+    reqwest::Client::builder().default_headers(headers).build().expect("HTTP client")
+}
+
+/// A management process on a free port, on the real broker and `store_url`, started with a
+/// fresh admin key that `http` sends on every request.
 pub struct Management {
     pub proc: Proc,
     pub base: String,
+    /// Sends the admin key.
     pub http: reqwest::Client,
+    /// The admin key management was started with (empty with `--insecure-no-auth`).
+    pub key: String,
 }
 
 impl Management {
@@ -163,18 +179,34 @@ impl Management {
         Self::start_with(store_url, &[]).await
     }
 
-    /// With extra command-line arguments (limits, keys, ...).
+    /// With extra command-line arguments (limits, keys, ...). An admin key is added unless
+    /// `extra` gives one or `--insecure-no-auth`.
     pub async fn start_with(store_url: &str, extra: &[&str]) -> Management {
         let port = free_port();
-        let proc = Proc::spawn(
-            "warren-management",
-            Command::new(bin("warren-management"))
-                .args(["--amqp", &amqp_url(), "--store", store_url, "--listen", &format!("127.0.0.1:{port}")])
-                .args(extra),
-        );
-        let m = Management { proc, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+        let given = extra.iter().position(|a| *a == "--admin-key").and_then(|i| extra.get(i + 1));
+        let open = extra.contains(&"--insecure-no-auth");
+        let key = match (given, open) {
+            (Some(k), _) => k.to_string(),
+            (None, true) => String::new(),
+            (None, false) => new_admin_key(),
+        };
+        let mut cmd = Command::new(bin("warren-management"));
+        cmd.args(["--amqp", &amqp_url(), "--store", store_url, "--listen", &format!("127.0.0.1:{port}")]).args(extra);
+        if given.is_none() && !open {
+            cmd.args(["--admin-key", &key]);
+        }
+        let proc = Proc::spawn("warren-management", &mut cmd);
+        let http = if key.is_empty() { reqwest::Client::new() } else { client_with_key(&key) };
+        let m = Management { proc, base: format!("http://127.0.0.1:{port}"), http, key };
         m.wait_ready().await;
         m
+    }
+
+    /// The `warren` CLI aimed at this management, with its admin key (`WARREN_API_KEY`).
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(bin("warren"));
+        cmd.env("WARREN_URL", &self.base).env("WARREN_API_KEY", &self.key).env_remove("WARREN_CONFIG");
+        cmd
     }
 
     pub async fn wait_ready(&self) {
@@ -217,7 +249,9 @@ impl Management {
         // body it did not read): a GET can safely go again on a new one.
         let r = match self.http.get(&url).send().await {
             Ok(r) => r,
-            Err(e) if e.is_request() || e.is_connect() => reqwest::Client::new().get(&url).send().await.expect("get"),
+            Err(e) if e.is_request() || e.is_connect() => {
+                client_with_key(&self.key).get(&url).send().await.expect("get")
+            }
             Err(e) => panic!("get {url}: {e}"),
         };
         let status = r.status().as_u16();

@@ -217,6 +217,8 @@ impl Mesh {
     pub async fn start(label: &'static str, store_url: String, settings: Arc<Settings>) -> Result<Mesh> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let tag = label.to_lowercase();
+        // The bench measures the API as it runs in production: with a key checked per request.
+        let admin_key = format!("bench-admin-{}", uuid::Uuid::now_v7().simple());
         let mut mgmt = Child::spawn(
             &format!("warren-management ({label})"),
             &settings.bin_dir.join("warren-management"),
@@ -227,11 +229,16 @@ impl Mesh {
                 store_url.clone(),
                 "--listen".into(),
                 format!("127.0.0.1:{port}"),
+                "--admin-key".into(),
+                admin_key.clone(),
             ],
             settings.work_dir.join(format!("management-{tag}.log")),
         )?;
         let base = format!("http://127.0.0.1:{port}");
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {admin_key}").parse()?);
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .pool_max_idle_per_host(4096)
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(90))

@@ -7,9 +7,11 @@
 //! - [`store`]: the store interface and its SQLite, PostgreSQL and SQL Server backends.
 //! - [`transport`]: the queue interface, over AMQP (lapin) or in process.
 //! - [`topology`]: the exchange and queue names both roles declare.
+//! - [`metrics`]: counters, gauges and histograms in the Prometheus text format.
 
 pub mod manifest;
 pub mod message;
+pub mod metrics;
 pub mod package;
 pub mod schedule;
 pub mod secret;

@@ -6,6 +6,7 @@
 //! command = ["python3", "main.py"]   # process only; run in the unpacked package folder
 //! timeout_secs = 30          # past this the whole process tree is killed: timed_out
 //! pool = "default"           # the queue (worker pool) it runs on
+//! auth = "function"          # "anonymous" (no key), "function" (its key or an admin key), "admin"
 //!
 //! mode = "per_invocation"    # or "persistent": warm handlers (framed protocol on stdin/stdout)
 //!
@@ -84,6 +85,9 @@ pub struct Manifest {
     pub source: Option<AmqpSource>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<Output>,
+    /// Who may invoke the function and read its invocations (see [`AuthLevel`]).
+    #[serde(default)]
+    pub auth: AuthLevel,
 }
 
 /// `[timer]`: invoke the function on a cron schedule.
@@ -203,6 +207,19 @@ impl Output {
             }
         }
     }
+}
+
+/// A function's authorization level, like Azure Functions' levels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthLevel {
+    /// Anyone may invoke it and read its invocations, with no key.
+    Anonymous,
+    /// A key for this function, or an admin key (the default).
+    #[default]
+    Function,
+    /// An admin key only.
+    Admin,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,11 +17,18 @@
 //! | GET  | /api/workers | registered workers, their heartbeats, `lost` when silent too long |
 //! | GET  | /api/dead-letters[?pool=P][&limit=N] | messages kept in the dead-letter queues |
 //! | POST | /api/dead-letters/replay | `{"ids": [...]}` or `{"all": true}` (optional `"pool"`) |
-//!
-//! Batches, timers and deliveries: see [`crate::triggers_api`].
 //! | GET  | /api/stats[?minutes=N] | invocations per minute and status, queue depths, workers online |
+//! | POST | /api/keys | `{"name": "...", "level": "admin"\|"function", "function": "F"}` → 201 + the key, once |
+//! | GET  | /api/keys | keys without their secrets |
+//! | DELETE | /api/keys/{id} | revoke a key |
+//! | GET  | /metrics | Prometheus text |
+//! | GET  | /api/openapi.json | the OpenAPI description of this API |
 //!
-//! `GET /` and `GET /portal/{file}` serve the portal ([`crate::portal`]).
+//! Every request goes through [`crate::auth::authorize`] first. [`ROUTES`] lists every route;
+//! the router is checked against it and against the OpenAPI document in tests.
+//!
+//! Batches, timers and deliveries: see [`crate::triggers_api`]. `GET /` and `GET /portal/{file}`
+//! serve the portal ([`crate::portal`]).
 
 use std::sync::Arc;
 
@@ -48,6 +55,10 @@ pub struct ApiError {
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into() }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status.as_u16()
     }
 }
 
@@ -83,11 +94,50 @@ impl From<warren_common::store::StoreError> for ApiError {
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
+/// Every route of the API as (method, path): what [`router`] serves, and what the OpenAPI
+/// document (`openapi.json`) must describe.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/openapi.json"),
+    ("POST", "/api/functions"),
+    ("GET", "/api/functions"),
+    ("GET", "/api/functions/{name}"),
+    ("POST", "/api/functions/{name}/invoke"),
+    ("GET", "/api/functions/{name}/settings"),
+    ("PUT", "/api/functions/{name}/settings/{key}"),
+    ("DELETE", "/api/functions/{name}/settings/{key}"),
+    ("GET", "/api/invocations/{id}"),
+    ("GET", "/api/invocations/{id}/logs"),
+    ("GET", "/api/invocations"),
+    ("GET", "/api/workers"),
+    ("GET", "/api/dead-letters"),
+    ("POST", "/api/dead-letters/replay"),
+    ("POST", "/api/keys"),
+    ("GET", "/api/keys"),
+    ("DELETE", "/api/keys/{id}"),
+    ("GET", "/api/stats"),
+    // crate::triggers_api::routes()
+    ("POST", "/api/batches"),
+    ("GET", "/api/batches"),
+    ("GET", "/api/batches/{id}"),
+    ("POST", "/api/batches/{id}/cancel"),
+    ("GET", "/api/batches/{id}/results"),
+    ("GET", "/api/timers"),
+    ("GET", "/api/invocations/{id}/deliveries"),
+    ("POST", "/api/invocations/{id}/deliveries/retry"),
+];
+
+/// The OpenAPI 3 description of the API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 pub fn router(m: Arc<Management>) -> Router {
     let package_limit = m.config.package_limits.max_package_bytes as usize;
     let payload_limit = m.config.max_payload_bytes;
     Router::new()
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi))
         .route("/api/functions", post(publish).layer(DefaultBodyLimit::max(package_limit)).get(list_functions))
         .route("/api/functions/{name}", get(get_function))
         .route("/api/functions/{name}/invoke", post(invoke).layer(DefaultBodyLimit::max(payload_limit)))
@@ -99,15 +149,112 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/workers", get(list_workers))
         .route("/api/dead-letters", get(list_dead))
         .route("/api/dead-letters/replay", post(replay_dead))
-        .merge(crate::triggers_api::routes())
+        .route("/api/keys", post(create_key).get(list_keys))
+        .route("/api/keys/{id}", axum::routing::delete(revoke_key))
         .route("/api/stats", get(stats))
+        .merge(crate::triggers_api::routes())
         .merge(crate::portal::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api (see README)")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see /api/openapi.json for what it takes",
+            )
+        })
         // Everything else takes small JSON bodies at most.
         .layer(DefaultBodyLimit::max(1 << 20))
+        // Outermost: no request reaches a handler before its key is checked.
+        .layer(axum::middleware::from_fn_with_state(m.clone(), crate::auth::authorize))
         .with_state(m)
+}
+
+async fn metrics(State(m): State<Arc<Management>>) -> Response {
+    let text = m.metrics.render(&m).await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[derive(Deserialize)]
+struct NewKeyBody {
+    name: String,
+    level: String,
+    function: Option<String>,
+}
+
+const KEY_BODY_HELP: &str =
+    "send {\"name\": \"...\", \"level\": \"admin\"} or {\"name\": \"...\", \"level\": \"function\", \"function\": \"NAME\"}";
+
+/// Creates a key; the answer is the only place the key is ever shown.
+async fn create_key(
+    State(m): State<Arc<Management>>,
+    body: Result<Json<NewKeyBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let bad = |msg: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg);
+    let Json(b) = body.map_err(|e| bad(format!("{}; {KEY_BODY_HELP}", e.body_text())))?;
+    let name = b.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(bad(format!("a key needs a name of 1 to 200 characters (who or what uses it); {KEY_BODY_HELP}")));
+    }
+    let level = warren_common::store::KeyLevel::parse(&b.level)
+        .ok_or_else(|| bad(format!("level {:?} is not \"admin\" or \"function\"", b.level)))?;
+    let function = match (level, b.function) {
+        (warren_common::store::KeyLevel::Function, Some(f)) if warren_common::manifest::valid_name(&f) => Some(f),
+        (warren_common::store::KeyLevel::Function, Some(f)) => {
+            return Err(bad(format!("{f:?} is not a function name (letters, digits, '-', '_')")))
+        }
+        (warren_common::store::KeyLevel::Function, None) => {
+            return Err(bad(format!("a function key names its function; {KEY_BODY_HELP}")))
+        }
+        (warren_common::store::KeyLevel::Admin, Some(_)) => {
+            return Err(bad("an admin key is not bound to a function: leave out \"function\"".into()))
+        }
+        (warren_common::store::KeyLevel::Admin, None) => None,
+    };
+    let secret = crate::auth::generate_key();
+    let key = warren_common::store::ApiKey {
+        id: Uuid::now_v7(),
+        name,
+        level,
+        function,
+        hash: crate::auth::hash_key(&secret),
+        created_ms: warren_common::now_ms(),
+        revoked_ms: None,
+    };
+    m.store.create_key(&key).await?;
+    tracing::info!(key.id = %key.id, key.name = %key.name, level = level.as_str(), "API key created");
+    let mut v = serde_json::to_value(&key).unwrap_or_default();
+    v["key"] = json!(secret);
+    v["message"] = json!("store this key now: it is not shown again (only its hash is kept)");
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn list_keys(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(m.store.list_keys().await?).unwrap_or_default()))
+}
+
+async fn revoke_key(
+    State(m): State<Arc<Management>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let s = name_from(id)?;
+    let id = Uuid::parse_str(&s).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{s:?} is not a key id (a UUID)"))
+    })?;
+    if !m.store.revoke_key(id, warren_common::now_ms()).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no key {id} that is not revoked already; `warren keys list` shows them"),
+        ));
+    }
+    tracing::info!(key.id = %id, "API key revoked");
+    Ok(Json(json!({"id": id, "revoked": true})))
 }
 
 async fn health(State(m): State<Arc<Management>>) -> Json<Value> {

@@ -97,6 +97,27 @@ fn embedded_key(data_dir: &Path) -> anyhow::Result<warren_common::secret::Secret
     Ok(warren_common::secret::SecretKey::from_hex(&text)?)
 }
 
+/// The admin API key: `WARREN_ADMIN_KEY` if set, else one kept in the data folder (created on
+/// first start, readable by its owner only).
+fn embedded_admin_key(data_dir: &Path) -> anyhow::Result<String> {
+    if let Ok(k) = std::env::var("WARREN_ADMIN_KEY") {
+        if !k.trim().is_empty() {
+            return Ok(k.trim().to_string());
+        }
+    }
+    let path = data_dir.join("admin.key");
+    if !path.exists() {
+        std::fs::write(&path, crate::auth::generate_key())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    let key = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(key.trim().to_string())
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
@@ -105,7 +126,10 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
     let store = warren_common::store::open(&format!("sqlite://{}", db.display())).await?;
     let transport = Arc::new(MemoryTransport::new(100_000));
     let secret_key = embedded_key(&opts.data_dir)?;
-    let config = Config { secret_key: Some(secret_key.clone()), ..Config::default() };
+    let admin_key = embedded_admin_key(&opts.data_dir)?;
+    let auth =
+        crate::auth::AuthMode::with_admin_key(&admin_key).map_err(|e| anyhow::anyhow!("WARREN_ADMIN_KEY: {e}"))?;
+    let config = Config { secret_key: Some(secret_key.clone()), auth, ..Config::default() };
     let m = Management::start(store.clone(), transport.clone(), config).await?;
 
     for pkg in sample_packages(opts.examples.as_deref())? {
@@ -132,11 +156,19 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
     })?;
     let addr = listener.local_addr()?;
     println!("Warren is up (embedded: management + {} workers, store {}).", opts.workers, db.display());
-    println!("  portal:   http://{addr}/   (open it in a browser)");
-    println!("  API:      http://{addr}/api/functions");
-    println!("  invoke:   curl -s -X POST http://{addr}/api/functions/hello/invoke -d '{{\"name\": \"Ada\"}}'");
-    println!("  or:       warren --url http://{addr} invoke hello --data '{{\"name\": \"Ada\"}}'");
-    println!("  publish:  warren --url http://{addr} publish ./my-function");
+    println!("  portal:    http://{addr}/   (open it in a browser; sign in with the admin key)");
+    println!("  API:       http://{addr}/api/functions");
+    match std::env::var("WARREN_ADMIN_KEY") {
+        Ok(k) if !k.trim().is_empty() => println!("  admin key: from WARREN_ADMIN_KEY"),
+        _ => println!("  admin key: {admin_key}   (kept in {})", opts.data_dir.join("admin.key").display()),
+    }
+    println!("  use it:    export WARREN_URL=http://{addr} WARREN_API_KEY={admin_key}");
+    println!("  invoke:    warren invoke hello --data '{{\"name\": \"Ada\"}}'");
+    println!(
+        "  or:        curl -s -H 'Authorization: Bearer {admin_key}' -X POST http://{addr}/api/functions/hello/invoke -d '{{\"name\": \"Ada\"}}'"
+    );
+    println!("  publish:   warren publish ./my-function");
+    println!("  metrics:   http://{addr}/metrics");
     println!("Stop with Ctrl-C.");
     crate::serve(m, listener, shutdown).await?;
     let _ = stop_tx.send(true);

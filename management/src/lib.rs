@@ -5,9 +5,11 @@
 //! (`warren up`, see [`embedded`]: in-process queue, SQLite, workers in the same process).
 
 pub mod api;
+pub mod auth;
 pub mod batch;
 pub mod cli_batch;
 pub mod embedded;
+pub mod metrics;
 pub mod outputs;
 pub mod portal;
 pub mod sources;
@@ -43,6 +45,8 @@ pub struct Config {
     pub max_fanin_inline_bytes: usize,
     /// Runs the timer scheduler, source consumers, output deliveries and batch sweeper.
     pub triggers: bool,
+    /// Whether and how API keys are checked (open by default: the binaries decide).
+    pub auth: auth::AuthMode,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             amqp_url: None,
             max_fanin_inline_bytes: 16 << 20,
             triggers: true,
+            auth: auth::AuthMode::Open,
         }
     }
 }
@@ -79,6 +84,7 @@ pub struct Management {
     pub store: Arc<dyn Store>,
     pub transport: Arc<dyn Transport>,
     pub config: Config,
+    pub metrics: metrics::Metrics,
     /// This instance's name; its notice queue is `warren.notice.<instance>`.
     instance: String,
     waiters: DashMap<Uuid, oneshot::Sender<()>>,
@@ -201,6 +207,7 @@ impl Management {
             store,
             transport,
             config,
+            metrics: metrics::Metrics::default(),
             instance,
             waiters: DashMap::new(),
             declared_pools: DashMap::new(),
@@ -251,6 +258,7 @@ impl Management {
 
     /// Records and publishes one invocation of a function's active version. With `wait`, waits
     /// for its outcome up to that long (woken by the worker's completion notice).
+    #[tracing::instrument(name = "invocation", skip_all, fields(id = tracing::field::Empty, function = %function))]
     pub async fn invoke(&self, function: &str, payload: Bytes, wait: Option<Duration>) -> Result<Accepted, Error> {
         self.invoke_with(function, payload, wait, Vec::new()).await
     }
@@ -274,16 +282,10 @@ impl Management {
         self.ensure_pool(&manifest.pool).await?;
 
         let id = Uuid::now_v7();
+        tracing::Span::current().record("id", tracing::field::display(id));
         let created_ms = now_ms();
-        self.store
-            .create_invocation(&NewInvocation {
-                id,
-                function: function.to_string(),
-                version,
-                payload: payload.to_vec(),
-                created_ms,
-            })
-            .await?;
+        let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
+        self.metrics.store.time("create_invocation", self.store.create_invocation(&new)).await?;
         let msg = InvocationMessage {
             v: PROTOCOL_VERSION,
             id,
@@ -305,13 +307,15 @@ impl Management {
             None => (None, None),
         };
         self.publish_recorded(&manifest.pool, &msg).await?;
+        self.metrics.invocations_accepted.inc(&[function]);
+        tracing::debug!("invocation published");
         let (Some(wait), Some(rx)) = (wait, rx) else {
             return Ok(Accepted { id, invocation: None });
         };
         let _ = tokio::time::timeout(wait, rx).await;
         drop(guard);
         // Read once: after the notice, or at the deadline in case a notice was lost.
-        let inv = self.store.get_invocation(id).await?;
+        let inv = self.metrics.store.time("get_invocation", self.store.get_invocation(id)).await?;
         Ok(Accepted { id, invocation: inv })
     }
 
@@ -513,6 +517,15 @@ impl Management {
             }
         };
         Ok((version, self.version_manifest(function, version).await?))
+    }
+
+    /// The `auth` level of a function's active version; `None` when there is no such function.
+    pub async fn auth_level(&self, function: &str) -> Result<Option<warren_common::manifest::AuthLevel>, Error> {
+        match self.active_manifest(function).await {
+            Ok((_, manifest)) => Ok(Some(manifest.auth)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn clamp_wait(&self, ms: Option<u64>) -> Duration {

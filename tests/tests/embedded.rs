@@ -14,10 +14,27 @@ async fn warren_up_serves_sync_invokes_of_the_samples() {
         Command::new(bin("warren"))
             .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(tmp.path().join("data"))
+            .env_remove("WARREN_ADMIN_KEY")
             .current_dir(tmp.path()), // no ./examples here: the built-in samples are used
     );
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    // `warren up` makes an admin key in its data folder; without it the API answers 401.
+    let key_file = tmp.path().join("data").join("admin.key");
+    let key = eventually(Duration::from_secs(30), "warren up to write its admin key", || {
+        let key_file = key_file.clone();
+        async move { std::fs::read_to_string(&key_file).ok().filter(|k| !k.trim().is_empty()) }
+    })
+    .await;
+    let key = key.trim().to_string();
+    let http = client_with_key(&key);
+    eventually(Duration::from_secs(30), "warren up to answer 401 without a key", || {
+        let base = base.clone();
+        async move {
+            let r = reqwest::Client::new().get(format!("{base}/api/functions")).send().await.ok()?;
+            (r.status().as_u16() == 401).then_some(())
+        }
+    })
+    .await;
     eventually(Duration::from_secs(30), "warren up to list the samples", || {
         let (http, base) = (http.clone(), base.clone());
         async move {
@@ -41,6 +58,7 @@ async fn warren_up_serves_sync_invokes_of_the_samples() {
     // The CLI against it: a sync invoke prints the result and exits 0.
     let out = Command::new(bin("warren"))
         .args(["--url", &base, "invoke", "echo", "--data", "from the cli"])
+        .env("WARREN_API_KEY", &key)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

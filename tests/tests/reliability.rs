@@ -102,10 +102,7 @@ async fn exhausted_invocations_die_into_the_dead_letter_queue_and_replay_as_a_ne
     let fixed_dir = tmp.path().join("fixed");
     std::fs::create_dir_all(&fixed_dir).unwrap();
     assert_eq!(m.publish_dir(&function_dir(&fixed_dir, &manifest, &[("run.sh", "echo fixed\n")])).await["version"], 2);
-    let out = std::process::Command::new(bin("warren"))
-        .args(["--url", &m.base, "dead", "replay", &id, "--pool", &pool])
-        .output()
-        .unwrap();
+    let out = m.cli().args(["--url", &m.base, "dead", "replay", &id, "--pool", &pool]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1"), "{}", String::from_utf8_lossy(&out.stdout));
     let v = wait_status(&m, &id, "succeeded").await;

@@ -42,7 +42,7 @@ async fn a_secret_setting_reaches_the_function_and_nothing_else() {
     wait_consumers(&pool, 1).await;
 
     let cli = |args: &[&str]| {
-        let out = Command::new(bin("warren")).arg("--url").arg(&m.base).args(args).output().unwrap();
+        let out = m.cli().args(args).output().unwrap();
         assert!(out.status.success(), "warren {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

@@ -8,8 +8,8 @@ use uuid::Uuid;
 use warren_common::manifest::Manifest;
 use warren_common::now_ms;
 use warren_common::store::{
-    Claim, InvocationFilter, LogLine, MinuteCount, NewBatch, NewDelivery, NewInvocation, Outcome, Setting, Status,
-    Store, StoreError, WorkerInfo,
+    ApiKey, Claim, InvocationFilter, KeyLevel, LogLine, MinuteCount, NewBatch, NewDelivery, NewInvocation, Outcome,
+    Setting, Status, Store, StoreError, WorkerInfo,
 };
 use warren_tests::{pg_url, require_services, unique};
 
@@ -43,7 +43,43 @@ fn outcome(status: Status, worker: &str, logs: usize) -> Outcome {
     }
 }
 
+/// API keys: stored by hash, found by hash, listed, revoked once.
+async fn keys_conform(store: &dyn Store) {
+    let hash = format!("{:064x}", Uuid::new_v4().as_u128());
+    let key = ApiKey {
+        id: Uuid::now_v7(),
+        name: unique("key"),
+        level: KeyLevel::Function,
+        function: Some(unique("fn")),
+        hash: hash.clone(),
+        created_ms: now_ms(),
+        revoked_ms: None,
+    };
+    store.create_key(&key).await.unwrap();
+    assert_eq!(store.find_key_by_hash(&hash).await.unwrap().as_ref(), Some(&key));
+    assert!(store.find_key_by_hash(&format!("{:064x}", 7)).await.unwrap().is_none());
+    let twin = ApiKey { id: Uuid::now_v7(), ..key.clone() };
+    assert!(matches!(store.create_key(&twin).await, Err(StoreError::Conflict(_))), "a hash is unique");
+    let admin = ApiKey {
+        id: Uuid::now_v7(),
+        level: KeyLevel::Admin,
+        function: None,
+        hash: format!("{:064x}", Uuid::new_v4().as_u128()),
+        ..key.clone()
+    };
+    store.create_key(&admin).await.unwrap();
+    let listed = store.list_keys().await.unwrap();
+    let mine: Vec<_> = listed.iter().filter(|k| k.id == key.id || k.id == admin.id).collect();
+    assert_eq!(mine, vec![&key, &admin]);
+    let at = now_ms();
+    assert!(store.revoke_key(key.id, at).await.unwrap());
+    assert!(!store.revoke_key(key.id, at + 1).await.unwrap(), "revoked once");
+    assert!(!store.revoke_key(Uuid::now_v7(), at).await.unwrap(), "no such key");
+    assert_eq!(store.find_key_by_hash(&hash).await.unwrap().unwrap().revoked_ms, Some(at));
+}
+
 async fn conformance(store: Arc<dyn Store>) {
+    keys_conform(&*store).await;
     // Versions: immutable, numbered from 1, the newest active, atomically.
     let name = unique("fn");
     let (m, text) = manifest(&name);

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use warren_tests::*;
 
 /// Runs the `warren` CLI against a management; returns (success, stdout, stderr).
 fn cli(m: &Management, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("warren")).arg("--url").arg(&m.base).args(args).output().expect("run warren");
+    let out = m.cli().args(args).output().expect("run warren");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

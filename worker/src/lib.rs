@@ -12,6 +12,7 @@
 //! 6. send a completion notice if someone waits, and ack.
 
 pub mod handler;
+pub mod metrics;
 pub mod process;
 mod tree;
 
@@ -89,6 +90,7 @@ pub struct Worker {
     /// Invocations running here now. After a channel break the broker redelivers what the old
     /// channel held while it may still be running here: such a copy waits its turn.
     running: DashMap<uuid::Uuid, ()>,
+    pub metrics: metrics::WorkerMetrics,
 }
 
 /// Takes an invocation id out of [`Worker::running`] when its run ends, however it ends.
@@ -166,6 +168,7 @@ impl Worker {
             cfg,
             versions: DashMap::new(),
             in_flight: AtomicI32::new(0),
+            metrics: metrics::WorkerMetrics::default(),
             started_ms: now_ms(),
             handlers: handler::Handlers::default(),
             last_used: DashMap::new(),
@@ -316,6 +319,11 @@ impl Worker {
         }
     }
 
+    /// The metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(self.in_flight.load(Ordering::Relaxed) as i64)
+    }
+
     /// Takes one delivery to its end: acked after its outcome is stored, or returned.
     pub async fn handle(self: Arc<Self>, pool: String, d: Delivery) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -329,6 +337,7 @@ impl Worker {
             Err(e) => {
                 let reason = e.to_string();
                 tracing::warn!(%pool, %reason, bytes = d.body.len(), "undecodable message; dead-lettering it");
+                self.metrics.dead_letters.inc(&[pool, "undecodable"]);
                 return self.dead_letter(pool, d, &reason).await;
             }
         };
@@ -354,8 +363,11 @@ impl Worker {
             created_ms: msg.created_ms,
         };
         let attempt = msg.attempt.max(1) as i32;
+        let claimed_at = std::time::Instant::now();
         let claim = self
-            .with_store_retry("claim the invocation", || self.store.claim(&inv, attempt, &self.cfg.id, now_ms()))
+            .with_store_retry("claim", "claim the invocation", || {
+                self.store.claim(&inv, attempt, &self.cfg.id, now_ms())
+            })
             .await;
         match claim {
             Some(Claim::Run) => {}
@@ -414,6 +426,7 @@ impl Worker {
                     let _ = d.requeue().await;
                     return;
                 }
+                self.metrics.dead_letters.inc(&[pool, "missing_version"]);
                 let dead =
                     process::RunOutput { status: Status::Dead, result: None, error: Some(reason), logs: Vec::new() };
                 (dead, RetryPolicy::default(), Vec::new())
@@ -439,6 +452,7 @@ impl Worker {
             logs: run.logs,
             deliveries: Vec::new(),
         };
+        self.metrics.duration.observe_duration(&[&msg.function], claimed_at.elapsed());
         let failed = matches!(outcome.status, Status::Failed | Status::TimedOut);
         if failed && retry.retries() {
             if (attempt as u32) < retry.max_attempts {
@@ -454,6 +468,7 @@ impl Worker {
                 let _ = d.requeue().await;
                 return;
             }
+            self.metrics.dead_letters.inc(&[pool, "attempts_exhausted"]);
             outcome.status = Status::Dead;
             outcome.error = Some(reason);
         }
@@ -465,9 +480,16 @@ impl Worker {
             .filter(|(_, o)| o.applies(succeeded, outcome.result.as_deref()))
             .map(|(i, o)| NewDelivery { output: i as i32, target: o.target() })
             .collect();
-        if self.with_store_retry("store the outcome", || self.store.complete(msg.id, &outcome)).await.is_none() {
-            let _ = d.requeue().await;
-            return;
+        match self.with_store_retry("complete", "store the outcome", || self.store.complete(msg.id, &outcome)).await {
+            None => {
+                let _ = d.requeue().await;
+                return;
+            }
+            Some(stored) => {
+                if stored {
+                    self.metrics.invocations.inc(&[&msg.function, outcome.status.as_str()]);
+                }
+            }
         }
         self.notify(&msg).await;
         if let Err(e) = d.ack().await {
@@ -503,13 +525,14 @@ impl Worker {
             "attempt failed; retry scheduled"
         );
         if self
-            .with_store_retry("record the failed attempt", || self.store.retry_later(msg.id, outcome))
+            .with_store_retry("retry_later", "record the failed attempt", || self.store.retry_later(msg.id, outcome))
             .await
             .is_none()
         {
             let _ = d.requeue().await;
             return;
         }
+        self.metrics.retries.inc(&[&msg.function]);
         let _ = d.ack().await;
     }
 
@@ -528,7 +551,7 @@ impl Worker {
     /// Runs a store operation, retrying with exponential backoff while the store is
     /// unavailable, for up to `store_retry_for`. `None` when it never succeeded: the caller
     /// returns the message to the queue instead of acking it.
-    async fn with_store_retry<T, F, Fut>(&self, what: &str, op: F) -> Option<T>
+    async fn with_store_retry<T, F, Fut>(&self, op_label: &str, what: &str, op: F) -> Option<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -536,7 +559,7 @@ impl Worker {
         let deadline = tokio::time::Instant::now() + self.cfg.store_retry_for;
         let mut delay = Duration::from_millis(100);
         loop {
-            match op().await {
+            match self.metrics.store.time(op_label, op()).await {
                 Ok(v) => return Some(v),
                 Err(e) if tokio::time::Instant::now() + delay < deadline => {
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot {what}");
@@ -708,9 +731,38 @@ impl Worker {
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`); `WARREN_LOG_FORMAT=json` is not
 /// built in yet, so the format is the readable one.
 pub fn init_tracing() {
+    init_tracing_as(LogFormat::from_env());
+}
+
+/// How the binaries write their logs (on stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the current spans (`invocation` ...).
+    Json,
+}
+
+impl LogFormat {
+    /// `WARREN_LOG_FORMAT=json` asks for JSON; anything else, text.
+    pub fn from_env() -> LogFormat {
+        match std::env::var("WARREN_LOG_FORMAT") {
+            Ok(v) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
+            _ => LogFormat::Text,
+        }
+    }
+}
+
+/// Installs the log subscriber: `RUST_LOG` filters (default info), in the given format.
+pub fn init_tracing_as(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    };
 }
 
 /// Resolves when the process is asked to stop: Ctrl-C, SIGTERM on Unix, Ctrl-Break on Windows.

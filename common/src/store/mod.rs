@@ -281,6 +281,48 @@ pub struct MinuteCount {
     pub count: i64,
 }
 
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyLevel {
+    /// Everything.
+    Admin,
+    /// Invoke one function and read its invocations.
+    Function,
+}
+
+impl KeyLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyLevel::Admin => "admin",
+            KeyLevel::Function => "function",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyLevel> {
+        match s {
+            "admin" => Some(KeyLevel::Admin),
+            "function" => Some(KeyLevel::Function),
+            _ => None,
+        }
+    }
+}
+
+/// An API key as stored: never the key itself, only the hex sha256 of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub name: String,
+    pub level: KeyLevel,
+    /// The function a `function` key is bound to.
+    pub function: Option<String>,
+    /// Hex sha256 of the key. Not serialised: no answer ever carries it.
+    #[serde(skip)]
+    pub hash: String,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
 /// Which invocations to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct InvocationFilter {
@@ -405,6 +447,16 @@ pub trait Store: Send + Sync + 'static {
     /// Invocations created in `[since_ms, until_ms)`, counted per minute of their creation and
     /// per current status; by minute, then status. Minutes without invocations are left out.
     async fn count_per_minute(&self, since_ms: i64, until_ms: i64) -> Result<Vec<MinuteCount>>;
+
+    /// Records a new API key (only its hash). A second key with the same hash is a `Conflict`.
+    async fn create_key(&self, key: &ApiKey) -> Result<()>;
+    /// Every key, revoked ones included, oldest first.
+    async fn list_keys(&self) -> Result<Vec<ApiKey>>;
+    /// The key whose hash this is, revoked or not.
+    async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
+    /// Marks a key revoked at `revoked_ms`; `false` when there is no such key or it was revoked
+    /// already.
+    async fn revoke_key(&self, id: Uuid, revoked_ms: i64) -> Result<bool>;
 }
 
 /// Opens the store a URL names and migrates its schema:
@@ -434,6 +486,10 @@ pub(crate) fn claim_verdict(status: Status, recorded_attempts: i32, attempt: i32
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("invocation id {s:?}: {e}")))
+}
+
+pub(crate) fn parse_key_level(s: &str) -> Result<KeyLevel> {
+    KeyLevel::parse(s).ok_or_else(|| StoreError::Corrupt(format!("key level {s:?}")))
 }
 
 pub(crate) fn parse_status(s: &str) -> Result<Status> {

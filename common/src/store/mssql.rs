@@ -20,14 +20,22 @@ use crate::now_ms;
 
 type Conn = Client<Compat<TcpStream>>;
 
-/// Schema steps, applied once each in order (recorded in `warren_schema`).
-pub const SCHEMA: &[&str] = &[
-    "CREATE TABLE warren_functions (
+/// Schema steps, each applied once (its number recorded in `warren_schema`). Steps 1 to 3 are
+/// numbered 0 to 8, one statement each; from step 4 on, step N's statements are numbered
+/// N * 100, N * 100 + 1, ... The runner applies every number not recorded yet, in order, so
+/// numbers may leave gaps (step 4 belongs to another branch).
+pub const SCHEMA: &[(i32, &str)] = &[
+    (
+        0,
+        "CREATE TABLE warren_functions (
         name NVARCHAR(64) NOT NULL PRIMARY KEY,
         active_version BIGINT NOT NULL,
         created_ms BIGINT NOT NULL,
         updated_ms BIGINT NOT NULL)",
-    "CREATE TABLE warren_versions (
+    ),
+    (
+        1,
+        "CREATE TABLE warren_versions (
         name NVARCHAR(64) NOT NULL,
         version BIGINT NOT NULL,
         sha256 NVARCHAR(64) NOT NULL,
@@ -36,7 +44,10 @@ pub const SCHEMA: &[&str] = &[
         size BIGINT NOT NULL,
         created_ms BIGINT NOT NULL,
         CONSTRAINT pk_warren_versions PRIMARY KEY (name, version))",
-    "CREATE TABLE warren_invocations (
+    ),
+    (
+        2,
+        "CREATE TABLE warren_invocations (
         id NVARCHAR(36) NOT NULL PRIMARY KEY,
         function_name NVARCHAR(64) NOT NULL,
         version BIGINT NOT NULL,
@@ -49,16 +60,22 @@ pub const SCHEMA: &[&str] = &[
         created_ms BIGINT NOT NULL,
         started_ms BIGINT NULL,
         finished_ms BIGINT NULL)",
-    "CREATE INDEX warren_invocations_function ON warren_invocations (function_name, created_ms)",
-    "CREATE INDEX warren_invocations_status ON warren_invocations (status, created_ms)",
-    "CREATE TABLE warren_logs (
+    ),
+    (3, "CREATE INDEX warren_invocations_function ON warren_invocations (function_name, created_ms)"),
+    (4, "CREATE INDEX warren_invocations_status ON warren_invocations (status, created_ms)"),
+    (
+        5,
+        "CREATE TABLE warren_logs (
         invocation NVARCHAR(36) NOT NULL,
         attempt INT NOT NULL,
         seq INT NOT NULL,
         ts_ms BIGINT NOT NULL,
         line NVARCHAR(MAX) NOT NULL,
         CONSTRAINT pk_warren_logs PRIMARY KEY (invocation, attempt, seq))",
-    "CREATE TABLE warren_workers (
+    ),
+    (
+        6,
+        "CREATE TABLE warren_workers (
         id NVARCHAR(200) NOT NULL PRIMARY KEY,
         host NVARCHAR(200) NOT NULL,
         pools NVARCHAR(1000) NOT NULL,
@@ -68,7 +85,10 @@ pub const SCHEMA: &[&str] = &[
         started_ms BIGINT NOT NULL,
         last_seen_ms BIGINT NOT NULL,
         state NVARCHAR(16) NOT NULL)",
-    "CREATE TABLE warren_attempts (
+    ),
+    (
+        7,
+        "CREATE TABLE warren_attempts (
         invocation NVARCHAR(36) NOT NULL,
         attempt INT NOT NULL,
         status NVARCHAR(16) NOT NULL,
@@ -76,20 +96,26 @@ pub const SCHEMA: &[&str] = &[
         worker NVARCHAR(200) NOT NULL,
         finished_ms BIGINT NOT NULL,
         CONSTRAINT pk_warren_attempts PRIMARY KEY (invocation, attempt))",
-    "CREATE TABLE warren_settings (
+    ),
+    (
+        8,
+        "CREATE TABLE warren_settings (
         function_name NVARCHAR(64) NOT NULL,
         name NVARCHAR(128) NOT NULL,
         value NVARCHAR(MAX) NOT NULL,
         secret INT NOT NULL,
         updated_ms BIGINT NOT NULL,
         CONSTRAINT pk_warren_settings PRIMARY KEY (function_name, name))",
+    ),
     // Batches (items are invocations with a batch id), timer ticks, output deliveries. The
     // column is added in a step of its own (each step is its own batch): T-SQL compiles a
     // batch before running it, so a statement using a column added in that batch may not resolve.
-    "ALTER TABLE warren_invocations ADD batch NVARCHAR(36) NULL",
-    "CREATE INDEX warren_invocations_batch_status ON warren_invocations (batch, status) WHERE batch IS NOT NULL",
-    "CREATE INDEX warren_invocations_batch_id ON warren_invocations (batch, id) WHERE batch IS NOT NULL",
-    "CREATE TABLE warren_batches (
+    (400, "ALTER TABLE warren_invocations ADD batch NVARCHAR(36) NULL"),
+    (401, "CREATE INDEX warren_invocations_batch_status ON warren_invocations (batch, status) WHERE batch IS NOT NULL"),
+    (402, "CREATE INDEX warren_invocations_batch_id ON warren_invocations (batch, id) WHERE batch IS NOT NULL"),
+    (
+        403,
+        "CREATE TABLE warren_batches (
         id NVARCHAR(36) NOT NULL PRIMARY KEY,
         function_name NVARCHAR(64) NOT NULL,
         version BIGINT NOT NULL,
@@ -100,14 +126,20 @@ pub const SCHEMA: &[&str] = &[
         error NVARCHAR(MAX) NULL,
         created_ms BIGINT NOT NULL,
         finished_ms BIGINT NULL)",
-    "CREATE INDEX warren_batches_state ON warren_batches (state)",
-    "CREATE TABLE warren_ticks (
+    ),
+    (404, "CREATE INDEX warren_batches_state ON warren_batches (state)"),
+    (
+        405,
+        "CREATE TABLE warren_ticks (
         function_name NVARCHAR(64) NOT NULL,
         tick_ms BIGINT NOT NULL,
         invocation NVARCHAR(36) NOT NULL,
         CONSTRAINT pk_warren_ticks PRIMARY KEY (function_name, tick_ms))",
+    ),
     // `output` is a reserved word in T-SQL, hence `output_index` (as `function` is `function_name`).
-    "CREATE TABLE warren_deliveries (
+    (
+        406,
+        "CREATE TABLE warren_deliveries (
         invocation NVARCHAR(36) NOT NULL,
         output_index INT NOT NULL,
         target NVARCHAR(MAX) NOT NULL,
@@ -117,12 +149,25 @@ pub const SCHEMA: &[&str] = &[
         next_ms BIGINT NOT NULL,
         updated_ms BIGINT NOT NULL,
         CONSTRAINT pk_warren_deliveries PRIMARY KEY (invocation, output_index))",
-    "CREATE INDEX warren_deliveries_due ON warren_deliveries (status, next_ms)",
+    ),
+    (407, "CREATE INDEX warren_deliveries_due ON warren_deliveries (status, next_ms)"),
+    // Step 5: API keys, stored as the sha256 of the key (never the key).
+    (
+        500,
+        "CREATE TABLE warren_keys (
+        id NVARCHAR(36) NOT NULL PRIMARY KEY,
+        name NVARCHAR(200) NOT NULL,
+        key_level NVARCHAR(16) NOT NULL,
+        function_name NVARCHAR(64) NULL,
+        hash NVARCHAR(64) NOT NULL CONSTRAINT uq_warren_keys_hash UNIQUE,
+        created_ms BIGINT NOT NULL,
+        revoked_ms BIGINT NULL)",
+    ),
 ];
 
 const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
 const SCHEMA_CREATE: &str = "CREATE TABLE warren_schema (step INT NOT NULL PRIMARY KEY, applied_ms BIGINT NOT NULL)";
-const SCHEMA_COUNT: &str = "SELECT COUNT(*) FROM warren_schema";
+const SCHEMA_STEPS: &str = "SELECT step FROM warren_schema";
 const SCHEMA_RECORD: &str = "INSERT INTO warren_schema (step, applied_ms) VALUES (@P1, @P2)";
 const MIGRATE_LOCK: &str =
     "EXEC sp_getapplock @Resource = 'warren_migrate', @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 60000";
@@ -239,6 +284,13 @@ const COUNT_PER_MINUTE: &str = "SELECT minute_ms, status, COUNT_BIG(*) FROM
      (SELECT (created_ms / 60000) * 60000 AS minute_ms, status FROM warren_invocations
       WHERE created_ms >= @P1 AND created_ms < @P2) AS recent
      GROUP BY minute_ms, status ORDER BY minute_ms, status";
+const KEY_INSERT: &str = "INSERT INTO warren_keys
+     (id, name, key_level, function_name, hash, created_ms, revoked_ms) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)";
+const KEY_LIST: &str = "SELECT id, name, key_level, function_name, hash, created_ms, revoked_ms FROM warren_keys
+     ORDER BY created_ms, id";
+const KEY_BY_HASH: &str =
+    "SELECT id, name, key_level, function_name, hash, created_ms, revoked_ms FROM warren_keys WHERE hash = @P1";
+const KEY_REVOKE: &str = "UPDATE warren_keys SET revoked_ms = @P1 WHERE id = @P2 AND revoked_ms IS NULL";
 const BEGIN: &str = "BEGIN TRANSACTION";
 const COMMIT: &str = "COMMIT TRANSACTION";
 const ROLLBACK: &str = "ROLLBACK TRANSACTION";
@@ -251,12 +303,12 @@ const ITEM_ROWS_PER_INSERT: usize = 400;
 
 /// Every statement this backend sends (the log insert with two rows as its example).
 pub fn statements() -> Vec<String> {
-    let mut all: Vec<String> = SCHEMA.iter().map(|s| s.to_string()).collect();
+    let mut all: Vec<String> = SCHEMA.iter().map(|(_, s)| s.to_string()).collect();
     all.extend(
         [
             SCHEMA_EXISTS,
             SCHEMA_CREATE,
-            SCHEMA_COUNT,
+            SCHEMA_STEPS,
             SCHEMA_RECORD,
             MIGRATE_LOCK,
             MIGRATE_UNLOCK,
@@ -312,6 +364,10 @@ pub fn statements() -> Vec<String> {
             LIST_DELIVERIES,
             RETRY_DELIVERIES,
             COUNT_PER_MINUTE,
+            KEY_INSERT,
+            KEY_LIST,
+            KEY_BY_HASH,
+            KEY_REVOKE,
         ]
         .iter()
         .map(|s| s.to_string()),
@@ -464,6 +520,18 @@ fn opt<'a, T: tiberius::FromSql<'a>>(row: &'a Row, i: usize) -> Result<Option<T>
     row.try_get::<T, usize>(i).map_err(unavailable)
 }
 
+fn key_from(r: &Row) -> Result<ApiKey> {
+    Ok(ApiKey {
+        id: parse_uuid(col::<&str>(r, 0)?)?,
+        name: col::<&str>(r, 1)?.to_string(),
+        level: parse_key_level(col::<&str>(r, 2)?)?,
+        function: opt::<&str>(r, 3)?.map(str::to_string),
+        hash: col::<&str>(r, 4)?.to_string(),
+        created_ms: col(r, 5)?,
+        revoked_ms: opt(r, 6)?,
+    })
+}
+
 fn version_from(r: &Row) -> Result<FunctionVersion> {
     Ok(FunctionVersion {
         name: col::<&str>(r, 0)?.to_string(),
@@ -574,14 +642,17 @@ impl MssqlStore {
             if exists == 0 {
                 c.execute(SCHEMA_CREATE, &[]).await.map_err(unavailable)?;
             }
-            let done: i32 = match c.simple_query(SCHEMA_COUNT).await.map_err(unavailable)?.into_row().await {
-                Ok(Some(r)) => col(&r, 0)?,
-                Ok(None) => 0,
-                Err(e) => return Err(unavailable(e)),
-            };
-            for (i, step) in SCHEMA.iter().enumerate().skip(done as usize) {
+            let rows = c
+                .simple_query(SCHEMA_STEPS)
+                .await
+                .map_err(unavailable)?
+                .into_first_result()
+                .await
+                .map_err(unavailable)?;
+            let done: std::collections::HashSet<i32> = rows.iter().map(|r| col(r, 0)).collect::<Result<_>>()?;
+            for (n, step) in SCHEMA.iter().filter(|(n, _)| !done.contains(n)) {
                 c.execute(*step, &[]).await.map_err(unavailable)?;
-                c.execute(SCHEMA_RECORD, &[&(i as i32), &now_ms()]).await.map_err(unavailable)?;
+                c.execute(SCHEMA_RECORD, &[n, &now_ms()]).await.map_err(unavailable)?;
             }
             Ok(())
         }
@@ -1180,6 +1251,32 @@ impl Store for MssqlStore {
                 Ok(MinuteCount { minute_ms: col(r, 0)?, status: parse_status(col::<&str>(r, 1)?)?, count: col(r, 2)? })
             })
             .collect()
+    }
+
+    async fn create_key(&self, key: &ApiKey) -> Result<()> {
+        let mut c = self.conn().await?;
+        let id = key.id.to_string();
+        let params: [&dyn ToSql; 7] =
+            [&id, &key.name, &key.level.as_str(), &key.function, &key.hash, &key.created_ms, &key.revoked_ms];
+        match c.execute(KEY_INSERT, &params).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => Err(StoreError::Conflict("a key with this id or hash exists".into())),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        self.rows(KEY_LIST, &[]).await?.iter().map(key_from).collect()
+    }
+
+    async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        self.rows(KEY_BY_HASH, &[&hash]).await?.first().map(key_from).transpose()
+    }
+
+    async fn revoke_key(&self, id: Uuid, revoked_ms: i64) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let id = id.to_string();
+        Ok(c.execute(KEY_REVOKE, &[&revoked_ms, &id]).await.map_err(unavailable)?.total() == 1)
     }
 }
 

@@ -36,12 +36,16 @@ fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// The schema, in order; each step runs once (recorded in `warren_schema`).
-fn schema(kind: Kind) -> Vec<String> {
+/// The schema: numbered steps, each run once (its number recorded in `warren_schema`). Step N of
+/// the comments is recorded as N - 1. The runner applies every step whose number is not
+/// recorded yet, in order, so numbers may leave gaps (step 4 belongs to another branch).
+fn schema(kind: Kind) -> Vec<(i32, String)> {
     let blob = if kind == Kind::Postgres { "BYTEA" } else { "BLOB" };
     vec![
-        format!(
-            "CREATE TABLE IF NOT EXISTS warren_functions (
+        (
+            0,
+            format!(
+                "CREATE TABLE IF NOT EXISTS warren_functions (
             name TEXT PRIMARY KEY,
             active_version BIGINT NOT NULL,
             created_ms BIGINT NOT NULL,
@@ -87,9 +91,12 @@ fn schema(kind: Kind) -> Vec<String> {
             started_ms BIGINT NOT NULL,
             last_seen_ms BIGINT NOT NULL,
             state TEXT NOT NULL);"
+            ),
         ),
         // Step 2: one record per ended attempt (retries).
-        "CREATE TABLE IF NOT EXISTS warren_attempts (
+        (
+            1,
+            "CREATE TABLE IF NOT EXISTS warren_attempts (
             invocation TEXT NOT NULL,
             attempt INTEGER NOT NULL,
             status TEXT NOT NULL,
@@ -97,18 +104,24 @@ fn schema(kind: Kind) -> Vec<String> {
             worker TEXT NOT NULL,
             finished_ms BIGINT NOT NULL,
             PRIMARY KEY (invocation, attempt));"
-            .to_string(),
+                .to_string(),
+        ),
         // Step 3: per-function settings (environment variables; secrets sealed).
-        "CREATE TABLE IF NOT EXISTS warren_settings (
+        (
+            2,
+            "CREATE TABLE IF NOT EXISTS warren_settings (
             function TEXT NOT NULL,
             name TEXT NOT NULL,
             value TEXT NOT NULL,
             secret INTEGER NOT NULL,
             updated_ms BIGINT NOT NULL,
             PRIMARY KEY (function, name));"
-            .to_string(),
+                .to_string(),
+        ),
         // Step 4: batches (items are invocations with a batch id), timer ticks, output deliveries.
-        "ALTER TABLE warren_invocations ADD COLUMN batch TEXT;
+        (
+            3,
+            "ALTER TABLE warren_invocations ADD COLUMN batch TEXT;
         CREATE INDEX IF NOT EXISTS warren_invocations_batch_status ON warren_invocations (batch, status)
             WHERE batch IS NOT NULL;
         CREATE INDEX IF NOT EXISTS warren_invocations_batch_id ON warren_invocations (batch, id)
@@ -141,7 +154,21 @@ fn schema(kind: Kind) -> Vec<String> {
             updated_ms BIGINT NOT NULL,
             PRIMARY KEY (invocation, output));
         CREATE INDEX IF NOT EXISTS warren_deliveries_due ON warren_deliveries (status, next_ms);"
-            .to_string(),
+                .to_string(),
+        ),
+        // Step 5: API keys, stored as the sha256 of the key (never the key).
+        (
+            4,
+            "CREATE TABLE IF NOT EXISTS warren_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            level TEXT NOT NULL,
+            function TEXT,
+            hash TEXT NOT NULL UNIQUE,
+            created_ms BIGINT NOT NULL,
+            revoked_ms BIGINT);"
+                .to_string(),
+        ),
     ]
 }
 
@@ -151,6 +178,7 @@ const INVOCATION_COLUMNS: &str =
 const BATCH_COLUMNS: &str =
     "id, function, version, then_function, total, state, followup, error, created_ms, finished_ms";
 const DELIVERY_COLUMNS: &str = "invocation, output, target, status, attempts, last_error, next_ms, updated_ms";
+const KEY_COLUMNS: &str = "id, name, level, function, hash, created_ms, revoked_ms";
 const WORKER_COLUMNS: &str = "id, host, pools, concurrency, in_flight, version, started_ms, last_seen_ms, state";
 
 fn version_from(r: &AnyRow) -> Result<FunctionVersion> {
@@ -227,6 +255,20 @@ fn delivery_from(r: &AnyRow) -> Result<DeliveryRecord> {
 const INSERT_INVOCATION: &str =
     "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
      VALUES ($1, $2, $3, 'queued', 0, $4, $5)";
+
+fn key_from(r: &AnyRow) -> Result<ApiKey> {
+    let id: String = r.try_get(0).map_err(unavailable)?;
+    let level: String = r.try_get(2).map_err(unavailable)?;
+    Ok(ApiKey {
+        id: parse_uuid(&id)?,
+        name: r.try_get(1).map_err(unavailable)?,
+        level: parse_key_level(&level)?,
+        function: r.try_get(3).map_err(unavailable)?,
+        hash: r.try_get(4).map_err(unavailable)?,
+        created_ms: r.try_get(5).map_err(unavailable)?,
+        revoked_ms: r.try_get(6).map_err(unavailable)?,
+    })
+}
 
 fn worker_from(r: &AnyRow) -> Result<WorkerInfo> {
     Ok(WorkerInfo {
@@ -443,15 +485,18 @@ impl SqlxStore {
             )
             .await
             .map_err(unavailable)?;
-            let done: i64 = sqlx::query("SELECT COUNT(*) FROM warren_schema")
-                .fetch_one(&mut *conn)
+            let done: std::collections::HashSet<i32> = sqlx::query("SELECT step FROM warren_schema")
+                .fetch_all(&mut *conn)
                 .await
-                .and_then(|r| r.try_get::<i64, _>(0))
+                .map_err(unavailable)?
+                .iter()
+                .map(|r| r.try_get::<i32, _>(0))
+                .collect::<Result<_, _>>()
                 .map_err(unavailable)?;
-            for (i, step) in schema(self.kind).iter().enumerate().skip(done as usize) {
+            for (n, step) in schema(self.kind).iter().filter(|(n, _)| !done.contains(n)) {
                 conn.execute(step.as_str()).await.map_err(unavailable)?;
                 sqlx::query("INSERT INTO warren_schema (step, applied_ms) VALUES ($1, $2)")
-                    .bind(i as i32)
+                    .bind(*n)
                     .bind(now_ms())
                     .execute(&mut *conn)
                     .await
@@ -1225,5 +1270,79 @@ impl Store for SqlxStore {
                 })
             })
             .collect()
+    }
+
+    async fn create_key(&self, key: &ApiKey) -> Result<()> {
+        let done = sqlx::query(&format!("INSERT INTO warren_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+            .bind(key.id.to_string())
+            .bind(&key.name)
+            .bind(key.level.as_str())
+            .bind(key.function.clone())
+            .bind(&key.hash)
+            .bind(key.created_ms)
+            .bind(key.revoked_ms)
+            .execute(&self.pool)
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("a key with this id or hash exists".into())),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM warren_keys ORDER BY created_ms, id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(key_from).collect()
+    }
+
+    async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM warren_keys WHERE hash = $1"))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(key_from).transpose()
+    }
+
+    async fn revoke_key(&self, id: Uuid, revoked_ms: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE warren_keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
+            .bind(revoked_ms)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database that has steps 1 to 3 but not step 5 (or a step numbered in a gap) gets the
+    /// missing ones on open, whatever the order they were added in.
+    #[tokio::test]
+    async fn migration_applies_every_step_not_recorded_yet() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", tmp.path().join("m.db").display());
+        let store = SqlxStore::open(&url).await.unwrap();
+        let steps = |s: &SqlxStore| {
+            let pool = s.pool.clone();
+            async move {
+                let rows = sqlx::query("SELECT step FROM warren_schema ORDER BY step").fetch_all(&pool).await.unwrap();
+                rows.iter().map(|r| r.try_get::<i32, _>(0).unwrap()).collect::<Vec<_>>()
+            }
+        };
+        let all: Vec<i32> = schema(Kind::Sqlite).iter().map(|(n, _)| *n).collect();
+        assert_eq!(steps(&store).await, all);
+        // As if this database had been migrated by a build without step 5.
+        store.pool.execute("DROP TABLE warren_keys; DELETE FROM warren_schema WHERE step = 4").await.unwrap();
+        drop(store);
+        let store = SqlxStore::open(&url).await.unwrap();
+        assert_eq!(steps(&store).await, all);
+        assert!(store.list_keys().await.unwrap().is_empty(), "warren_keys is back");
     }
 }

@@ -42,19 +42,54 @@ struct Args {
     /// Unpacked-to-packed size ratio above which a package is refused as a decompression bomb.
     #[arg(long, env = "WARREN_MAX_PACKAGE_RATIO", default_value_t = 200)]
     max_package_ratio: u64,
+    /// The admin API key (at least 16 characters; `openssl rand -hex 32`). Requests carry it as
+    /// `Authorization: Bearer KEY` or `x-warren-key: KEY`. It is never stored; more keys
+    /// (admin or per function) are made with `warren keys create`.
+    #[arg(long, env = "WARREN_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// Serve without checking any key: everyone may do everything. For a closed test network only.
+    #[arg(long, conflicts_with = "admin_key")]
+    insecure_no_auth: bool,
+    /// Log format on stderr: text, or json (one object per line, with the invocation's span).
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = warren_worker::LogFormat::Text)]
+    log_format: warren_worker::LogFormat,
 }
+
+/// The exit code of an invalid configuration (EX_USAGE).
+const EXIT_CONFIG: i32 = 64;
 
 #[tokio::main]
 async fn main() {
-    warren_worker::init_tracing();
     let args = Args::parse();
-    if let Err(e) = run(args).await {
+    warren_worker::init_tracing_as(args.log_format);
+    let admin_key = args.admin_key.as_deref().filter(|k| !k.trim().is_empty());
+    let auth = match (admin_key, args.insecure_no_auth) {
+        (Some(k), _) => match warren_management::auth::AuthMode::with_admin_key(k) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("warren-management: {e}");
+                std::process::exit(EXIT_CONFIG);
+            }
+        },
+        (None, true) => {
+            tracing::warn!("--insecure-no-auth: no API key is checked, anyone who reaches this port may do anything");
+            warren_management::auth::AuthMode::Open
+        }
+        (None, false) => {
+            eprintln!(
+                "warren-management: no admin key: give one with --admin-key or WARREN_ADMIN_KEY (e.g. `openssl rand -hex 32`), \
+                 or pass --insecure-no-auth to serve without keys on a closed network"
+            );
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = run(args, auth).await {
         eprintln!("warren-management: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, auth: warren_management::auth::AuthMode) -> anyhow::Result<()> {
     let store = warren_common::store::open(&args.store).await?;
     let name = format!("warren-management@{}", warren_common::hostname());
     let transport = Arc::new(AmqpTransport::connect(&args.amqp, &name).await?);
@@ -72,6 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_payload_bytes: args.max_payload_bytes,
         package_limits,
         secret_key,
+        auth,
         amqp_url: Some(args.amqp.clone()),
         ..Config::default()
     };

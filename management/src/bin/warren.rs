@@ -20,15 +20,29 @@ use serde_json::Value;
 ///   warren publish ./my-function                     pack a folder and publish it
 ///   warren functions                                 what is published
 ///   warren workers                                   who is serving
+///   warren logs ID --follow                          log lines as they come, until it ends
+///   warren keys create app --level function --function hello   a key for one function
+///   warren --json get ID                             any command's answer as JSON
 ///
-/// Every command but `up` talks to a management API: --url or WARREN_URL (default
-/// http://127.0.0.1:7070), so it works the same against a distributed Warren.
+/// Every command but `up` talks to a management API, so it works the same against a
+/// distributed Warren. Where and with which key, first found wins:
+///   flags         --url URL --key KEY
+///   environment   WARREN_URL, WARREN_API_KEY
+///   config file   --config PATH (or WARREN_CONFIG), else ~/.config/warren/config.toml,
+///                 holding url = "https://warren.example.com" and key = "wrn_..."
+///   default       http://127.0.0.1:7070, no key (`warren up` prints its admin key)
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, verbatim_doc_comment)]
 struct Cli {
-    /// Management API base URL.
-    #[arg(long, global = true, env = "WARREN_URL", default_value = "http://127.0.0.1:7070")]
-    url: String,
+    /// Management API base URL [default: http://127.0.0.1:7070].
+    #[arg(long, global = true, env = "WARREN_URL")]
+    url: Option<String>,
+    /// API key, sent as `Authorization: Bearer KEY` on every request.
+    #[arg(long, global = true, env = "WARREN_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Config file with `url` and `key` [default: ~/.config/warren/config.toml].
+    #[arg(long, global = true, env = "WARREN_CONFIG")]
+    config: Option<PathBuf>,
     /// Print the API's JSON answer instead of the readable form.
     #[arg(long, global = true)]
     json: bool,
@@ -62,11 +76,17 @@ enum Command {
         examples: Option<PathBuf>,
     },
     /// Pack a function folder (function.toml at its root) and publish it as a new version.
+    #[command(
+        after_help = "Example:\n  warren publish ./resize      # prints: published resize version 3 (sha256 ...), now active\n\nThe manifest's `auth` (\"anonymous\", \"function\" or \"admin\") says who may invoke it."
+    )]
     Publish {
         /// The function's folder.
         dir: PathBuf,
     },
     /// Invoke a function's active version; waits for the result unless --async.
+    #[command(
+        after_help = "Examples:\n  warren invoke hello --data '{\"name\": \"Ada\"}'     # the result on stdout; exit 1 if it failed\n  warren invoke resize --data-file photo.json --timeout 120\n  id=$(warren invoke resize --async --data-file - < photo.json)   # the id, once queued"
+    )]
     Invoke {
         /// Function name.
         name: String,
@@ -88,6 +108,21 @@ enum Command {
         /// The invocation id.
         id: String,
     },
+    /// Print an invocation's log lines; with --follow, keep printing new ones until it is final.
+    #[command(
+        after_help = "Examples:\n  id=$(warren invoke resize --async --data-file big.json)\n  warren logs \"$id\" --follow     # exits 1 if the invocation failed"
+    )]
+    Logs {
+        /// The invocation id.
+        id: String,
+        /// Wait for new lines until the invocation is final (polls every 500 ms).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// API keys: admin keys, and function keys that may invoke one function and read its
+    /// invocations. A key is shown once, when created; only its hash is kept.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// List published functions, or show one with its versions.
     Functions {
         /// A function name, to show its versions.
@@ -114,6 +149,31 @@ enum Command {
         /// Try its failed deliveries again.
         #[arg(long)]
         retry: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Create a key and print it (the only time it is shown).
+    #[command(
+        after_help = "Examples:\n  warren keys create ci-deploy --level admin\n  warren keys create billing-app --level function --function invoice\n\nA function's manifest says who may invoke it: auth = \"anonymous\" | \"function\" | \"admin\"."
+    )]
+    Create {
+        /// Who or what uses the key.
+        name: String,
+        /// admin (everything) or function (invoke one function, read its invocations).
+        #[arg(long, value_parser = ["admin", "function"])]
+        level: String,
+        /// The function a function key is for.
+        #[arg(long, required_if_eq("level", "function"))]
+        function: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key: it is refused from now on.
+    Revoke {
+        /// The key's id (from `warren keys list`).
+        id: String,
     },
 }
 
@@ -214,8 +274,60 @@ impl Api {
     }
 }
 
+/// Where the CLI finds its defaults when flags and environment say nothing.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    url: Option<String>,
+    key: Option<String>,
+}
+
+const DEFAULT_URL: &str = "http://127.0.0.1:7070";
+
+fn default_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("warren").join("config.toml"))
+}
+
+/// The config file: the one named (which must exist), or the default one if present.
+fn read_config(named: Option<&std::path::Path>) -> anyhow::Result<ConfigFile> {
+    let (path, must_exist) = match named {
+        Some(p) => (p.to_path_buf(), true),
+        None => match default_config_path() {
+            Some(p) => (p, false),
+            None => return Ok(ConfigFile::default()),
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(ConfigFile::default()),
+        Err(e) => anyhow::bail!("cannot read the config file {}: {e}", path.display()),
+    };
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("the config file {} is not valid (keys: url, key): {e}", path.display()))
+}
+
+/// An HTTP client that sends the key on every request it makes.
+fn client_with_key(key: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = key.map(str::trim).filter(|k| !k.is_empty()) {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| anyhow::anyhow!("the API key holds characters a header cannot carry"))?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    Ok(reqwest::Client::builder().default_headers(headers).build()?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let api = Api { base: cli.url.clone(), http: reqwest::Client::builder().build()? };
+    let needs_api = !matches!(cli.command, Command::Up { .. });
+    let file = if needs_api { read_config(cli.config.as_deref())? } else { ConfigFile::default() };
+    let base = cli.url.clone().or(file.url).unwrap_or_else(|| DEFAULT_URL.to_string());
+    let key = cli.key.clone().or(file.key);
+    let api = Api { base, http: client_with_key(key.as_deref())? };
     match cli.command {
         Command::Batch(cmd) => warren_management::cli_batch::run(cmd, &api.base, &api.http, cli.json).await,
         Command::Timers => warren_management::cli_batch::timers(&api.base, &api.http, cli.json).await,
@@ -288,6 +400,79 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_invocation(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { id, follow } => {
+            let mut printed = 0usize;
+            loop {
+                let (_, v) = api.send(api.http.get(api.url(&format!("/api/invocations/{id}")))).await?;
+                let logs = v["logs"].as_array().cloned().unwrap_or_default();
+                for l in logs.iter().skip(printed) {
+                    if cli.json {
+                        println!("{}", serde_json::to_string(l)?);
+                    } else {
+                        println!("[{}] {}", l["attempt"], l["line"].as_str().unwrap_or(""));
+                    }
+                }
+                printed = printed.max(logs.len());
+                let status = v["status"].as_str().unwrap_or("?");
+                let fin = !matches!(status, "queued" | "running");
+                if !follow || fin {
+                    if follow && !cli.json {
+                        eprintln!("invocation {id} is {status}");
+                    }
+                    return Ok(if fin { exit_for(&v) } else { ExitCode::SUCCESS });
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Command::Keys(KeysCommand::Create { name, level, function }) => {
+            let body = serde_json::json!({"name": name, "level": level, "function": function});
+            let (_, v) = api.send(api.http.post(api.url("/api/keys")).json(&body)).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", v["key"].as_str().unwrap_or("?"));
+                let scope = v["function"].as_str().map(|f| format!(" for function {f}")).unwrap_or_default();
+                eprintln!(
+                    "created {} key {:?}{scope} (id {}); store it now: it is not shown again",
+                    v["level"].as_str().unwrap_or("?"),
+                    v["name"].as_str().unwrap_or("?"),
+                    v["id"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::List) => {
+            let (_, v) = api.send(api.http.get(api.url("/api/keys"))).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let list = v.as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("no keys yet (besides the configured admin key): warren keys create NAME --level admin");
+                }
+                println!("{:<36} {:<9} {:<20} {:<24} STATE", "ID", "LEVEL", "FUNCTION", "NAME");
+                for k in list {
+                    println!(
+                        "{:<36} {:<9} {:<20} {:<24} {}",
+                        k["id"].as_str().unwrap_or("?"),
+                        k["level"].as_str().unwrap_or("?"),
+                        k["function"].as_str().unwrap_or("-"),
+                        k["name"].as_str().unwrap_or("?"),
+                        if k["revoked_ms"].is_null() { "active" } else { "revoked" }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Revoke { id }) => {
+            let (_, v) = api.send(api.http.delete(api.url(&format!("/api/keys/{id}")))).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("revoked key {id}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -56,12 +56,18 @@ struct Args {
     /// Worker id shown in the store (default: host-pid-random).
     #[arg(long, env = "WARREN_WORKER_ID")]
     id: Option<String>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (off unless given), e.g. 0.0.0.0:9464.
+    #[arg(long, env = "WARREN_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Log format on stderr: text, or json (one object per line, with the invocation's span).
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = warren_worker::LogFormat::Text)]
+    log_format: warren_worker::LogFormat,
 }
 
 #[tokio::main]
 async fn main() {
-    warren_worker::init_tracing();
     let args = Args::parse();
+    warren_worker::init_tracing_as(args.log_format);
     if let Err(e) = run(args).await {
         eprintln!("warren-worker: {e:#}");
         std::process::exit(1);
@@ -103,6 +109,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let transport = Arc::new(AmqpTransport::connect(&args.amqp, &cfg.id).await?);
     let worker = Worker::new(store, transport, cfg);
     let (tx, rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}; pick another --metrics-addr"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
+        let mut stop = rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::spawn(warren_worker::metrics::serve(worker.clone(), listener, stopped));
+    }
     tokio::spawn(async move {
         warren_worker::shutdown_signal().await;
         tracing::info!("stop requested: finishing in-flight invocations");
