@@ -46,12 +46,12 @@ pub fn routes() -> Router<Arc<Management>> {
 async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().find(|a| a.name == file) {
         Some(a) => serve(a, &headers),
-        None => (
+        None => crate::api::ApiError::new(
             StatusCode::NOT_FOUND,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "not_found",
             format!("the portal has no file {file:?}; open / for the portal"),
         )
-            .into_response(),
+        .into_response(),
     }
 }
 

@@ -101,7 +101,8 @@ async fn portal_publishes_invokes_and_shows_result_and_logs_in_a_browser() {
     let mut cmd = Command::new("node");
     cmd.arg(&script)
         .args([m.base.as_str(), &shots.display().to_string(), &package.display().to_string(), &name, &dead_id])
-        .env("WARREN_CHROMIUM", &chromium);
+        .env("WARREN_CHROMIUM", &chromium)
+        .env("WARREN_API_KEY", &m.key);
     let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
