@@ -361,6 +361,12 @@ impl Manifest {
                     }
                 }
             }
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            for (k, v) in &o.headers {
+                if k.is_empty() || !k.chars().all(token) || v.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+                    return bad(format!("outputs[{n}]: header {k:?} is not a valid HTTP header name and value"));
+                }
+            }
             if let Some(p) = &o.pointer {
                 if !p.is_empty() && !p.starts_with('/') {
                     return bad(format!("outputs[{n}]: pointer {p:?} must be a JSON pointer such as \"/status\""));

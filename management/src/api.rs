@@ -62,6 +62,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Status, code and message.
+    pub(crate) fn parts(self) -> (StatusCode, &'static str, String) {
+        (self.status, self.code, self.message)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()

@@ -134,12 +134,17 @@ impl Management {
                 while let Some(part) = body.next().await {
                     all.extend_from_slice(&part.map_err(|e| Error::BadRequest(format!("cannot read the body: {e}")))?);
                 }
-                let items: Vec<Box<serde_json::value::RawValue>> = serde_json::from_slice(&all).map_err(|e| {
+                // Parsing up to the route's limit is CPU work: keep it off the async threads.
+                let parsed = tokio::task::spawn_blocking(move || {
+                    serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&all)
+                })
+                .await
+                .map_err(|e| Error::BadRequest(format!("cannot parse the body: {e}")))?;
+                let items = parsed.map_err(|e| {
                     Error::BadRequest(format!(
                         "the body is not a JSON array of items ({e}); send a JSON array, or NDJSON (one item per line) with Content-Type: application/x-ndjson"
                     ))
                 })?;
-                drop(all);
                 for (n, item) in items.iter().enumerate() {
                     if item.get().len() > max_item {
                         return Err(Error::TooLarge(format!(
@@ -179,16 +184,24 @@ impl Management {
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
                         }
-                        if line.len() > max_item {
-                            return Err(Error::TooLarge(format!(
+                        let bad = if line.len() > max_item {
+                            Some(Error::TooLarge(format!(
                                 "line {line_no} is {} bytes, over the item limit of {max_item} bytes",
                                 line.len()
-                            )));
-                        }
-                        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
-                            return Err(Error::BadRequest(format!(
+                            )))
+                        } else if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+                            Some(Error::BadRequest(format!(
                                 "line {line_no} is not a JSON value ({e}); each line must hold one item"
-                            )));
+                            )))
+                        } else {
+                            None
+                        };
+                        if let Some(bad) = bad {
+                            // The items before the bad line are submitted, as the answer says.
+                            if !chunk.is_empty() {
+                                self.submit_chunk(batch, pool, std::mem::take(&mut chunk), total).await?;
+                            }
+                            return Err(bad);
                         }
                         chunk.push(Bytes::copy_from_slice(line));
                         if chunk.len() == CHUNK {
@@ -230,6 +243,13 @@ impl Management {
             })
             .collect();
         self.store.add_batch_items(batch.id, &records).await?;
+        // Cancelled meanwhile (here or on another instance): these items are not to run. Checked
+        // after the insert, so a cancel that comes later still finds them queued and cancels them.
+        if self.store.batch_state(batch.id).await?.as_deref() == Some("cancelled") {
+            self.store.cancel_batch(batch.id, now_ms()).await?;
+            *total += records.len() as i64;
+            return Err(Error::BadRequest("the batch was cancelled while it was being submitted".into()));
+        }
         let messages: Vec<InvocationMessage> = records
             .iter()
             .zip(items)
@@ -311,6 +331,7 @@ impl Management {
             "function": b.function,
             "total": b.total,
             "counts": counts,
+            "error": b.error,
         });
         if inline {
             input["results"] = Value::Array(results);
@@ -395,7 +416,11 @@ impl Management {
             created_ms: inv.created_ms,
             headers: Vec::new(),
         };
-        self.publish_recorded(pool, &msg).await
+        // Not publish_recorded: a failed publish must leave the follow-up `queued` (the
+        // `finishing` branch publishes it again), not record it failed for good.
+        self.ensure_pool(pool).await?;
+        self.transport.publish(pool, msg.encode().into()).await?;
+        Ok(())
     }
 }
 

@@ -87,7 +87,7 @@ fn progress_line(b: &Value) -> String {
     let total = b["total"].as_i64().unwrap_or(0);
     let done = total - count(b, "queued") - count(b, "running");
     let width = 30usize;
-    let filled = if total > 0 { (done.max(0) as usize * width) / total as usize } else { width };
+    let filled = if total > 0 { ((done.max(0) as usize * width) / total as usize).min(width) } else { width };
     let mut line = format!("[{}{}] {done}/{total}", "#".repeat(filled), ".".repeat(width - filled));
     for s in SHOWN {
         let n = count(b, s);

@@ -74,10 +74,18 @@ pub enum Error {
     BadRequest(String),
     #[error("{0}")]
     TooLarge(String),
-    #[error("the store is unavailable: {0}")]
+    #[error("{}", store_message(.0))]
     Store(#[from] StoreError),
     #[error("the message broker is unavailable: {0}")]
     Transport(#[from] TransportError),
+}
+
+/// A store error in words: a conflict is the caller's (409), anything else the store's.
+fn store_message(e: &StoreError) -> String {
+    match e {
+        StoreError::Conflict(m) => m.clone(),
+        other => format!("the store is unavailable: {other}"),
+    }
 }
 
 pub struct Management {

@@ -60,12 +60,18 @@ pub async fn deliver(weak: Weak<Management>) {
 }
 
 async fn deliver_one(m: &Arc<Management>, http: &reqwest::Client, d: DeliveryRecord) {
-    let attempts = d.attempts + 1;
+    let mut attempts = d.attempts + 1;
     let (status, error, next_ms) = match attempt(m, http, &d).await {
         Ok(()) => ("delivered", None, now_ms()),
         Err(Failure::Never(why)) => ("failed", Some(why), now_ms()),
         Err(Failure::Later(why, max)) if attempts >= max => ("failed", Some(why), now_ms()),
-        Err(Failure::Later(why, _)) => ("pending", Some(why), now_ms() + backoff(attempts)),
+        Err(Failure::Later(why, max)) => {
+            if max == i32::MAX {
+                // Our own store's trouble: not an attempt at the receiver.
+                attempts = d.attempts;
+            }
+            ("pending", Some(why), now_ms() + backoff(attempts.max(1)))
+        }
     };
     if status != "delivered" {
         tracing::warn!(
@@ -156,7 +162,13 @@ async fn send(m: &Management, http: &reqwest::Client, o: &Output, inv: &Invocati
                 "this output names no broker (url) and management has none of its own (embedded mode)".to_string()
             })?;
             let exchange = o.exchange.as_deref().unwrap_or_default();
-            m.peers.publish(url, exchange, &o.routing_key, &body, content_type, &facts).await
+            // A blocked or unreachable broker must not hold up every other delivery.
+            tokio::time::timeout(
+                HTTP_TIMEOUT,
+                m.peers.publish(url, exchange, &o.routing_key, &body, content_type, &facts),
+            )
+            .await
+            .map_err(|_| format!("the broker did not confirm within {} s", HTTP_TIMEOUT.as_secs()))?
         }
     }
 }

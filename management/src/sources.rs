@@ -187,6 +187,9 @@ async fn take(weak: &Weak<Management>, function: &str, body: Bytes, headers: Vec
             }
             Err(Error::NotFound(why)) => {
                 tracing::warn!(function, error = %why, "source message returned: the function is gone");
+                // Not at once: the supervisor stops this consumer within seconds.
+                drop(m);
+                tokio::time::sleep(Duration::from_secs(5)).await;
                 return Taken::No;
             }
             Err(e) => {

@@ -31,6 +31,8 @@ const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// At most this many ticks are fired per function per look (a schedule every second after a
 /// long pause does not flood the queue).
 const MAX_TICKS_PER_LOOK: usize = 100;
+/// A scheduler further behind than this (the store was down) fires only the latest due tick.
+const MAX_CATCH_UP_MS: i64 = 10 * 60_000;
 
 struct Timer {
     version: i64,
@@ -128,11 +130,15 @@ pub async fn schedule(weak: Weak<Management>) {
                         let timer = match timers.remove(&name) {
                             // Same version: keep where we are.
                             Some(old) if old.version == version => old,
-                            // New or changed: start from now (and catch up if asked).
-                            previous => {
+                            // A new version: its schedule takes over from where the old one was.
+                            Some(old) => {
+                                Timer { version, pool: manifest.pool.clone(), schedule, checked_ms: old.checked_ms }
+                            }
+                            // New here: start from now (and catch up if asked).
+                            None => {
                                 let now = now_ms();
                                 let timer = Timer { version, pool: manifest.pool.clone(), schedule, checked_ms: now };
-                                if previous.is_none() && catch_up == CatchUp::Once {
+                                if catch_up == CatchUp::Once {
                                     catch_up_once(&m, &name, &timer, now).await;
                                 }
                                 timer
@@ -148,7 +154,15 @@ pub async fn schedule(weak: Weak<Management>) {
         let now = now_ms();
         for (name, t) in timers.iter_mut() {
             let mut checked = now;
-            for tick in t.schedule.ticks_between(t.checked_ms, now, MAX_TICKS_PER_LOOK) {
+            // After a long outage, do not walk every tick since: start a bounded way back.
+            let from = match t.schedule.last_at_or_before(now) {
+                Some(last) if now - t.checked_ms > MAX_CATCH_UP_MS => {
+                    tracing::warn!(function = %name, "timer ticks missed during an outage are skipped");
+                    t.checked_ms.max(last - 1)
+                }
+                _ => t.checked_ms,
+            };
+            for tick in t.schedule.ticks_between(from, now, MAX_TICKS_PER_LOOK) {
                 if let Err(e) = m.fire(name, t, tick, false).await {
                     // Look at this tick again next time (it may fire late, never twice).
                     tracing::warn!(function = %name, error = %e, "cannot fire a timer tick yet");

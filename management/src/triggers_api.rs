@@ -85,19 +85,28 @@ async fn submit(
         }
         Ok(part)
     });
-    match m.submit_batch(&function, q.then.as_deref().filter(|t| !t.is_empty()), format, stream).await {
+    // The submission runs on its own task: a client that goes away ends it between two chunks
+    // (its body stops), never in the middle of one.
+    let then = q.then.filter(|t| !t.is_empty());
+    let task = tokio::spawn(async move { m.submit_batch(&function, then.as_deref(), format, stream).await });
+    let submitted = task.await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the submission failed: {e}"))
+    })?;
+    match submitted {
         Ok(b) => Ok((StatusCode::CREATED, Json(batch::to_json(&b))).into_response()),
         Err(e) => {
-            let mut resp = ApiError::from(e.error).into_response();
-            if let Some(id) = e.batch {
-                // Say what was kept: the items before the failure are submitted.
-                let (parts, _) = resp.into_parts();
-                let err = json!({"error": {"code": parts.status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_"),
-                    "message": format!("batch {id} kept the {} items submitted before this; see GET /api/batches/{id}", e.accepted)},
-                    "batch": id, "accepted": e.accepted});
-                resp = (parts.status, Json(err)).into_response();
-            }
-            Ok(resp)
+            let Some(id) = e.batch else { return Err(ApiError::from(e.error)) };
+            // Say why, and what was kept: the items before the failure are submitted and run.
+            let (status, code, reason) = ApiError::from(e.error).parts();
+            let message = format!(
+                "{reason}; the {n} items before it were submitted as batch {id} and will run (see GET /api/batches/{id}; cancel them with POST /api/batches/{id}/cancel)",
+                n = e.accepted
+            );
+            Ok((
+                status,
+                Json(json!({"error": {"code": code, "message": message}, "batch": id, "accepted": e.accepted})),
+            )
+                .into_response())
         }
     }
 }

@@ -161,7 +161,10 @@ async fn a_cancelled_batch_runs_no_queued_item_and_says_so() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let e: Value = r.json().await.unwrap();
-    assert!(e["error"]["message"].as_str().unwrap().contains("kept the 0 items"), "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("line 2 is not a JSON value"), "the reason is kept: {e}");
+    assert!(msg.contains("the 1 items before it were submitted"), "what was kept is said: {e}");
+    assert_eq!(e["accepted"], 1);
 }
 
 /// A tiny HTTP receiver: records each POST body, answers 200.
@@ -289,15 +292,26 @@ async fn two_management_instances_fire_each_timer_tick_exactly_once() {
     let name = unique("tick");
     let a = Management::start(&pg_url()).await;
     let b = Management::start(&pg_url()).await;
-    let _off = disarm(&a, tmp.path(), &name, &pool);
+    let _off = disarm(&b, tmp.path(), &name, &pool);
     let _w = start_worker(&pg_url(), &pool, 4, &tmp.path().join("cache"));
     let manifest =
         format!("name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\n\n[timer]\nschedule = \"* * * * * *\"\n");
     a.publish_dir(&function_dir(tmp.path(), &manifest, &[])).await;
 
-    // Ten seconds of ticks (plus the instances' first look).
+    // Both instances take part; then A dies and B alone carries on, with no tick lost.
+    eventually(Duration::from_secs(60), "5 ticks", || {
+        let (b, name) = (&b, name.clone());
+        async move {
+            let (_, v) = b.get(&format!("/api/invocations?function={name}&limit=1000")).await;
+            (v.as_array().map(|v| v.len()).unwrap_or(0) >= 5).then_some(())
+        }
+    })
+    .await;
+    let mut a = a;
+    a.proc.terminate(Duration::from_secs(10));
+    // Ten seconds of ticks or more in all.
     let list = eventually(Duration::from_secs(60), "12 ticks", || {
-        let (a, name) = (&a, name.clone());
+        let (a, name) = (&b, name.clone());
         async move {
             let (_, v) = a.get(&format!("/api/invocations?function={name}&limit=1000")).await;
             let v = v.as_array().cloned().unwrap_or_default();
@@ -319,7 +333,7 @@ async fn two_management_instances_fire_each_timer_tick_exactly_once() {
     assert!(ticks.iter().all(|t| t % 1000 == 0), "ticks fall on whole seconds");
     // The ticks ran.
     eventually(Duration::from_secs(30), "the ticks to run", || {
-        let (a, name) = (&a, name.clone());
+        let (a, name) = (&b, name.clone());
         async move {
             let (_, v) = a.get(&format!("/api/invocations?function={name}&status=succeeded&limit=1000")).await;
             (v.as_array().map(|v| v.len()).unwrap_or(0) >= 12).then_some(())
@@ -391,12 +405,14 @@ async fn a_thousand_source_messages_become_a_thousand_invocations() {
     let list = eventually(Duration::from_secs(90), "1000 invocations from the source", || {
         let (m, name) = (&m, name.clone());
         async move {
-            let (_, v) = m.get(&format!("/api/invocations?function={name}&status=succeeded&limit=1000")).await;
+            let (_, v) = m.get(&format!("/api/invocations?function={name}&limit=2000")).await;
             let v = v.as_array().cloned().unwrap_or_default();
-            (v.len() >= n).then_some(v)
+            let done = v.iter().filter(|i| i["status"] == "succeeded").count();
+            (done >= n).then_some(v)
         }
     })
     .await;
+    assert_eq!(list.len(), n, "one invocation per message, none failed or duplicated");
     let orders: BTreeSet<i64> = list.iter().map(|i| i["result"]["order"].as_i64().unwrap()).collect();
     assert_eq!(orders.len(), n, "each message once");
     assert_eq!(orders, (0..n as i64).collect());

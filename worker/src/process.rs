@@ -130,9 +130,7 @@ pub async fn run(
     vars.push(("WARREN_FUNCTION".into(), env.function.to_string()));
     vars.push(("WARREN_VERSION".into(), env.version.to_string()));
     vars.push(("WARREN_ATTEMPT".into(), env.attempt.to_string()));
-    if !env.headers.is_empty() {
-        vars.push(("WARREN_HEADERS".into(), env.headers_json().to_string()));
-    }
+    vars.push(("WARREN_HEADERS".into(), env.headers_json().to_string()));
     let command = command_line;
     let mut cmd = self::command(command, dir, &vars);
 

@@ -405,6 +405,8 @@ pub trait Store: Send + Sync + 'static {
     async fn open_batches(&self) -> Result<Vec<Batch>>;
     /// Items not final yet.
     async fn batch_unfinished(&self, batch: Uuid) -> Result<i64>;
+    /// A batch's state alone (cheap: no counts); `None` when there is no such batch.
+    async fn batch_state(&self, batch: Uuid) -> Result<Option<String>>;
     /// Cancels a batch that is submitting or running: its queued items become `cancelled`
     /// (running ones finish). Returns how many were cancelled; `None` if the batch is not
     /// there; `Conflict` if it ended already.

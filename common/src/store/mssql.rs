@@ -268,6 +268,11 @@ const INSERT_DELIVERY: &str =
     "INSERT INTO warren_deliveries (invocation, output_index, target, status, attempts, next_ms, updated_ms)
      SELECT @P1, @P2, @P3, 'pending', 0, @P4, @P4
      WHERE NOT EXISTS (SELECT 1 FROM warren_deliveries WHERE invocation = @P1 AND output_index = @P2)";
+/// A replayed invocation's new outcome is forwarded again (run when INSERT_DELIVERY found a row).
+const RESET_DELIVERY: &str = "UPDATE warren_deliveries SET status = 'pending', attempts = 0, last_error = NULL,
+       target = @P3, next_ms = @P4, updated_ms = @P4
+     WHERE invocation = @P1 AND output_index = @P2";
+const BATCH_STATE: &str = "SELECT state FROM warren_batches WHERE id = @P1";
 const DUE_DELIVERIES: &str = "SELECT TOP (@P1) invocation, output_index, target, status, attempts, last_error, next_ms,
      updated_ms FROM warren_deliveries WHERE status = 'pending' AND next_ms <= @P2 ORDER BY next_ms";
 const LEASE_DELIVERY: &str = "UPDATE warren_deliveries SET next_ms = @P1
@@ -364,6 +369,8 @@ pub fn statements() -> Vec<String> {
             LIST_DELIVERIES,
             RETRY_DELIVERIES,
             COUNT_PER_MINUTE,
+            RESET_DELIVERY,
+            BATCH_STATE,
             KEY_INSERT,
             KEY_LIST,
             KEY_BY_HASH,
@@ -714,9 +721,11 @@ impl MssqlStore {
             }
             if status.is_final() {
                 for d in &o.deliveries {
-                    c.execute(INSERT_DELIVERY, &[&id.as_str(), &d.output, &d.target.as_str(), &o.finished_ms])
-                        .await
-                        .map_err(unavailable)?;
+                    let params: [&dyn ToSql; 4] = [&id.as_str(), &d.output, &d.target.as_str(), &o.finished_ms];
+                    let inserted = c.execute(INSERT_DELIVERY, &params).await.map_err(unavailable)?.total();
+                    if inserted == 0 {
+                        c.execute(RESET_DELIVERY, &params).await.map_err(unavailable)?;
+                    }
                 }
             }
             Ok(true)
@@ -1019,21 +1028,28 @@ impl Store for MssqlStore {
     async fn add_batch_items(&self, batch: Uuid, items: &[NewInvocation]) -> Result<()> {
         let mut c = self.conn().await?;
         let batch = batch.to_string();
-        for chunk in items.chunks(ITEM_ROWS_PER_INSERT) {
-            let ids: Vec<String> = chunk.iter().map(|inv| inv.id.to_string()).collect();
-            let sql = insert_items_sql(chunk.len());
-            let mut params: Vec<&dyn ToSql> = Vec::with_capacity(1 + chunk.len() * 5);
-            params.push(&batch);
-            for (inv, id) in chunk.iter().zip(&ids) {
-                params.push(id);
-                params.push(&inv.function);
-                params.push(&inv.version);
-                params.push(&inv.payload);
-                params.push(&inv.created_ms);
+        // All or nothing: a half-recorded chunk would hold the batch open forever.
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            for chunk in items.chunks(ITEM_ROWS_PER_INSERT) {
+                let ids: Vec<String> = chunk.iter().map(|inv| inv.id.to_string()).collect();
+                let sql = insert_items_sql(chunk.len());
+                let mut params: Vec<&dyn ToSql> = Vec::with_capacity(1 + chunk.len() * 5);
+                params.push(&batch);
+                for (inv, id) in chunk.iter().zip(&ids) {
+                    params.push(id);
+                    params.push(&inv.function);
+                    params.push(&inv.version);
+                    params.push(&inv.payload);
+                    params.push(&inv.created_ms);
+                }
+                c.execute(sql, &params).await.map_err(unavailable)?;
             }
-            c.execute(sql, &params).await.map_err(unavailable)?;
+            Ok(())
         }
-        Ok(())
+        .await;
+        finish(&mut c, result.is_ok()).await?;
+        result
     }
 
     async fn seal_batch(&self, batch: Uuid, total: i64, error: Option<&str>) -> Result<()> {
@@ -1066,6 +1082,12 @@ impl Store for MssqlStore {
 
     async fn open_batches(&self) -> Result<Vec<Batch>> {
         self.rows(OPEN_BATCHES, &[]).await?.iter().map(batch_from).collect()
+    }
+
+    async fn batch_state(&self, batch: Uuid) -> Result<Option<String>> {
+        let id = batch.to_string();
+        let rows = self.rows(BATCH_STATE, &[&id.as_str()]).await?;
+        rows.first().map(|r| col::<&str>(r, 0).map(str::to_string)).transpose()
     }
 
     async fn batch_unfinished(&self, batch: Uuid) -> Result<i64> {

@@ -438,8 +438,12 @@ impl SqlxStore {
         if status.is_final() {
             for d in &o.deliveries {
                 sqlx::query(
+                    // A replayed invocation's new outcome is forwarded again.
                     "INSERT INTO warren_deliveries (invocation, output, target, status, attempts, next_ms, updated_ms)
-                     VALUES ($1, $2, $3, 'pending', 0, $4, $4) ON CONFLICT DO NOTHING",
+                     VALUES ($1, $2, $3, 'pending', 0, $4, $4)
+                     ON CONFLICT (invocation, output) DO UPDATE SET status = 'pending', attempts = 0,
+                       last_error = NULL, target = excluded.target, next_ms = excluded.next_ms,
+                       updated_ms = excluded.updated_ms",
                 )
                 .bind(&id)
                 .bind(d.output)
@@ -922,8 +926,21 @@ impl Store for SqlxStore {
         Ok(())
     }
 
+    async fn batch_state(&self, batch: Uuid) -> Result<Option<String>> {
+        sqlx::query("SELECT state FROM warren_batches WHERE id = $1")
+            .bind(batch.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(unavailable)
+    }
+
     async fn add_batch_items(&self, batch: Uuid, items: &[NewInvocation]) -> Result<()> {
         let batch = batch.to_string();
+        // All or nothing: a half-recorded chunk would hold the batch open forever.
+        let mut tx = self.begin().await?;
         // 6 parameters a row: chunks stay under SQLite's parameter limit.
         for chunk in items.chunks(150) {
             let mut sql = String::from(
@@ -954,8 +971,9 @@ impl Store for SqlxStore {
                     .bind(inv.created_ms)
                     .bind(&batch);
             }
-            q.execute(&self.pool).await.map_err(unavailable)?;
+            q.execute(&mut *tx).await.map_err(unavailable)?;
         }
+        tx.commit().await.map_err(unavailable)?;
         Ok(())
     }
 
