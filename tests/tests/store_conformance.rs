@@ -429,3 +429,29 @@ async fn mssql_conforms() {
         std::env::var("WARREN_TEST_MSSQL_URL").expect("WARREN_TEST_MSSQL_URL must name a SQL Server for this test");
     conformance(warren_common::store::open(&url).await.unwrap()).await;
 }
+
+/// TLS to PostgreSQL: `sslmode=require` encrypts (the server sees an SSL connection from us),
+/// and `verify-full` refuses a certificate no trusted authority signed (the local server's is
+/// self-signed), so the setting is really applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls() {
+    require_services();
+    let app = unique("warren_tls_");
+    let sep = if pg_url().contains('?') { '&' } else { '?' };
+    let store = warren_common::store::open(&format!("{}{sep}sslmode=require&application_name={app}", pg_url()))
+        .await
+        .expect("sslmode=require connects (the server must have ssl = on)");
+    store.list_functions().await.unwrap();
+    let out = std::process::Command::new("psql")
+        .arg(pg_url())
+        .args(["-Atc", &format!(
+            "SELECT bool_and(s.ssl) AND count(*) > 0 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = '{app}'"
+        )])
+        .output()
+        .expect("psql is needed to look at the server's side of the connection");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "the store's connections are encrypted");
+    drop(store);
+    let refused = warren_common::store::open(&format!("{}{sep}sslmode=verify-full", pg_url())).await;
+    let e = refused.err().expect("an untrusted certificate is refused under verify-full").to_string();
+    assert!(e.contains("cannot open"), "{e}");
+}
