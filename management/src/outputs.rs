@@ -148,7 +148,7 @@ async fn send(m: &Management, http: &reqwest::Client, o: &Output, inv: &Invocati
                 req = req.header(*k, v);
             }
             for (k, v) in &o.headers {
-                req = req.header(k.as_str(), v.as_str());
+                req = req.header(k.as_str(), header_value(m, &inv.function, v).await?);
             }
             let resp = req.send().await.map_err(|e| format!("POST {url}: {e}"))?;
             if resp.status().is_success() {
@@ -171,4 +171,24 @@ async fn send(m: &Management, http: &reqwest::Client, o: &Output, inv: &Invocati
             .map_err(|_| format!("the broker did not confirm within {} s", HTTP_TIMEOUT.as_secs()))?
         }
     }
+}
+
+/// A header value as written, or, for `"$NAME"`, the function's setting NAME (a secret one
+/// unsealed): tokens stay out of the manifest.
+async fn header_value(m: &Management, function: &str, written: &str) -> Result<String, String> {
+    if let Some(literal) = written.strip_prefix("$$") {
+        // `$$x` stands for a literal `$x`.
+        return Ok(format!("${literal}"));
+    }
+    let Some(name) = written.strip_prefix('$').filter(|n| !n.is_empty()) else { return Ok(written.to_string()) };
+    let settings = m.store.list_settings(function).await.map_err(|e| e.to_string())?;
+    let s = settings
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| format!("the output header refers to setting {name}, which {function} does not have"))?;
+    if !s.secret {
+        return Ok(s.value);
+    }
+    let key = m.config.secret_key.as_ref().ok_or("a secret setting is used but management has no WARREN_SECRET_KEY")?;
+    key.open(&s.value).map_err(|e| format!("cannot unseal setting {name}: {e}"))
 }

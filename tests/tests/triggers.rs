@@ -192,7 +192,12 @@ async fn receiver(listener: tokio::net::TcpListener, got: Arc<Mutex<Vec<Value>>>
                     continue;
                 }
                 let body = &buf[end + 4..end + 4 + len];
-                got.lock().unwrap().push(serde_json::from_slice(body).unwrap_or(Value::Null));
+                let mut v = serde_json::from_slice(body).unwrap_or(Value::Null);
+                // The token header, when there is one, travels with the body for the checks.
+                if let Some(t) = head.lines().find_map(|l| l.strip_prefix("x-token:")) {
+                    v["__token"] = Value::String(t.trim().to_string());
+                }
+                got.lock().unwrap().push(v);
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
                 return;
             }
@@ -213,16 +218,26 @@ async fn results_are_forwarded_only_when_the_predicate_holds_and_failed_forwards
     // A port nobody listens on (yet).
     let closed_port = free_port();
 
-    let m = Management::start(&pg_url()).await;
+    const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let m = Management::start_with(&pg_url(), &["--secret-key", KEY]).await;
     let manifest = format!(
-        "name = \"{fwd}\"\nruntime = \"echo\"\npool = \"{pool}\"\n\n[[outputs]]\nkind = \"http\"\nurl = \"{hook}\"\nwhen = \"success\"\npointer = \"/status\"\nequals = \"ok\"\nheaders = {{ X-Token = \"t\" }}\n"
+        "name = \"{fwd}\"\nruntime = \"echo\"\npool = \"{pool}\"\n\n[[outputs]]\nkind = \"http\"\nurl = \"{hook}\"\nwhen = \"success\"\npointer = \"/status\"\nequals = \"ok\"\nheaders = {{ X-Token = \"$CRM_TOKEN\" }}\n"
     );
     m.publish_dir(&function_dir(tmp.path(), &manifest, &[])).await;
     let manifest = format!(
         "name = \"{flaky}\"\nruntime = \"echo\"\npool = \"{pool}\"\n\n[[outputs]]\nkind = \"http\"\nurl = \"http://127.0.0.1:{closed_port}/x\"\nmax_attempts = 2\n"
     );
     m.publish_dir(&function_dir(tmp.path(), &manifest, &[])).await;
-    let _w = start_worker(&pg_url(), &pool, 8, &tmp.path().join("cache"));
+    // The token the receiver wants is a secret setting, not in the manifest.
+    let r = m
+        .http
+        .put(format!("{}/api/functions/{fwd}/settings/CRM_TOKEN", m.base))
+        .json(&json!({"value": "s3cret-token", "secret": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _w = start_worker_with(&pg_url(), &pool, 8, &tmp.path().join("cache"), &["--secret-key", KEY], &[]);
     wait_consumers(&pool, 1).await;
 
     let mut ok_ids = BTreeSet::new();
@@ -248,6 +263,7 @@ async fn results_are_forwarded_only_when_the_predicate_holds_and_failed_forwards
     let ns: BTreeSet<i64> = received.iter().map(|v| v["n"].as_i64().unwrap()).collect();
     assert_eq!(ns, ok_ids.iter().copied().collect(), "exactly the matching results were forwarded");
     assert!(received.iter().all(|v| v["status"] == "ok"));
+    assert!(received.iter().all(|v| v["__token"] == "s3cret-token"), "the header carries the unsealed secret");
     // The non-matching ones have no delivery at all (not merely a pending one).
     for id in &other_ids {
         let (_, d) = m.get(&format!("/api/invocations/{id}/deliveries")).await;
