@@ -270,6 +270,26 @@ fn key_from(r: &AnyRow) -> Result<ApiKey> {
     })
 }
 
+/// Ends a transaction whose guard statement decided whether `inv` is to be recorded: records
+/// it and commits when `won`, rolls back otherwise. Returns `won`.
+async fn record_if(mut tx: sqlx::Transaction<'static, sqlx::Any>, won: bool, inv: &NewInvocation) -> Result<bool> {
+    if !won {
+        tx.rollback().await.map_err(unavailable)?;
+        return Ok(false);
+    }
+    sqlx::query(INSERT_INVOCATION)
+        .bind(inv.id.to_string())
+        .bind(&inv.function)
+        .bind(inv.version)
+        .bind(inv.payload.clone())
+        .bind(inv.created_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(true)
+}
+
 fn worker_from(r: &AnyRow) -> Result<WorkerInfo> {
     Ok(WorkerInfo {
         id: r.try_get(0).map_err(unavailable)?,
@@ -1115,21 +1135,7 @@ impl Store for SqlxStore {
         .map_err(unavailable)?
         .rows_affected()
             == 1;
-        if !won {
-            tx.rollback().await.map_err(unavailable)?;
-            return Ok(false);
-        }
-        sqlx::query(INSERT_INVOCATION)
-            .bind(f.id.to_string())
-            .bind(&f.function)
-            .bind(f.version)
-            .bind(f.payload.clone())
-            .bind(f.created_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(true)
+        record_if(tx, won, f).await
     }
 
     async fn end_batch(&self, batch: Uuid, state: &str, finished_ms: i64) -> Result<()> {
@@ -1156,21 +1162,7 @@ impl Store for SqlxStore {
         .map_err(unavailable)?
         .rows_affected()
             == 1;
-        if !fired {
-            tx.rollback().await.map_err(unavailable)?;
-            return Ok(false);
-        }
-        sqlx::query(INSERT_INVOCATION)
-            .bind(inv.id.to_string())
-            .bind(&inv.function)
-            .bind(inv.version)
-            .bind(inv.payload.clone())
-            .bind(inv.created_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(true)
+        record_if(tx, fired, inv).await
     }
 
     async fn last_tick(&self, function: &str) -> Result<Option<i64>> {
