@@ -296,6 +296,38 @@ async fn conformance(store: Arc<dyn Store>) {
     assert!(store.count_per_minute(base + 120_000, base + 180_000).await.unwrap().is_empty());
 
     batches_ticks_and_deliveries(&*store).await;
+    group_commit(&*store).await;
+}
+
+/// `complete_many` keeps `complete`'s rules for each entry: first final record wins.
+async fn group_commit(store: &dyn Store) {
+    let (m, text) = manifest(&unique("group"));
+    store.publish_version(&m, &text, b"pkg", "sha").await.unwrap();
+    let invs: Vec<NewInvocation> = (0..5).map(|_| new_inv(&m.name, 1)).collect();
+    for inv in &invs {
+        store.create_invocation(inv).await.unwrap();
+        assert_eq!(store.claim(inv, 1, "w", now_ms()).await.unwrap(), Claim::Run);
+    }
+    // invs[0] is final already; invs[4] appears twice; invs[3] has log lines.
+    assert!(store.complete(invs[0].id, &outcome(Status::Failed, "early", 0)).await.unwrap());
+    let items = vec![
+        (invs[0].id, outcome(Status::Succeeded, "g", 0)),
+        (invs[1].id, outcome(Status::Succeeded, "g", 0)),
+        (invs[2].id, outcome(Status::TimedOut, "g", 0)),
+        (invs[3].id, outcome(Status::Succeeded, "g", 3)),
+        (invs[4].id, outcome(Status::Succeeded, "g", 0)),
+        (invs[4].id, outcome(Status::Failed, "g2", 0)),
+    ];
+    let won = store.complete_many(&items).await.unwrap();
+    assert_eq!(won[..4], [false, true, true, true]);
+    assert!(won[4] ^ won[5], "exactly one of two outcomes of one invocation is kept: {won:?}");
+    let get = |i: usize| store.get_invocation(invs[i].id);
+    assert_eq!(get(0).await.unwrap().unwrap().status, Status::Failed, "the first final record stays");
+    assert_eq!(get(1).await.unwrap().unwrap().result, Some(b"result-of-g".to_vec()));
+    assert_eq!(get(2).await.unwrap().unwrap().status, Status::TimedOut);
+    assert_eq!(store.get_logs(invs[3].id).await.unwrap().len(), 3);
+    assert_eq!(store.list_attempts(invs[1].id).await.unwrap().len(), 1);
+    assert_eq!(store.list_attempts(invs[4].id).await.unwrap().len(), 1);
 }
 
 /// Batches, timer ticks and output deliveries: the exactly-once rules of issue 4.

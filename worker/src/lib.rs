@@ -91,6 +91,43 @@ pub struct Worker {
     /// channel held while it may still be running here: such a copy waits its turn.
     running: DashMap<uuid::Uuid, ()>,
     pub metrics: metrics::WorkerMetrics,
+    /// The group committer's queue, once [`Worker::run`] started it.
+    committer: std::sync::OnceLock<tokio::sync::mpsc::Sender<CommitRequest>>,
+}
+
+/// One outcome waiting for the group commit, and where its answer goes.
+type CommitRequest = (uuid::Uuid, Outcome, tokio::sync::oneshot::Sender<Result<bool, StoreError>>);
+
+/// Outcomes stored in one statement at most.
+const GROUP_COMMIT_MAX: usize = 256;
+
+/// Stores outcomes as they come, each batch in one `complete_many` (one commit): while one
+/// commit runs, the outcomes finished meanwhile queue up and go together in the next. Nothing
+/// waits for a batch to fill.
+async fn group_commit(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver<CommitRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(id, o, tx)| ((id, o), tx)).unzip();
+        match store.complete_many(&items).await {
+            Ok(stored) => {
+                for (tx, won) in replies.into_iter().zip(stored) {
+                    let _ = tx.send(Ok(won));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for tx in replies {
+                    let _ = tx.send(Err(StoreError::Unavailable(why.clone())));
+                }
+            }
+        }
+    }
 }
 
 /// Takes an invocation id out of [`Worker::running`] when its run ends, however it ends.
@@ -174,7 +211,18 @@ impl Worker {
             last_used: DashMap::new(),
             settings: DashMap::new(),
             running: DashMap::new(),
+            committer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// [`Store::complete`] through the group committer when it runs (else directly).
+    async fn complete(&self, id: uuid::Uuid, outcome: &Outcome) -> Result<bool, StoreError> {
+        let Some(tx) = self.committer.get() else { return self.store.complete(id, outcome).await };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if tx.send((id, outcome.clone(), reply)).await.is_err() {
+            return self.store.complete(id, outcome).await;
+        }
+        answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the group committer stopped".into())))
     }
 
     pub fn id(&self) -> &str {
@@ -207,6 +255,12 @@ impl Worker {
             .with_context(|| format!("cannot create the package cache {}", self.cfg.cache_dir.display()))?;
         if let Err(e) = self.store.heartbeat(&self.info("running")).await {
             tracing::warn!(error = %e, "cannot register in the store yet; will keep trying");
+        }
+        if self.committer.get().is_none() {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            if self.committer.set(tx).is_ok() {
+                tokio::spawn(group_commit(self.store.clone(), rx));
+            }
         }
         let mut tasks = tokio::task::JoinSet::new();
         for (pool, concurrency) in self.cfg.pools.clone() {
@@ -480,7 +534,7 @@ impl Worker {
             .filter(|(_, o)| o.applies(succeeded, outcome.result.as_deref()))
             .map(|(i, o)| NewDelivery { output: i as i32, target: o.target() })
             .collect();
-        match self.with_store_retry("complete", "store the outcome", || self.store.complete(msg.id, &outcome)).await {
+        match self.with_store_retry("complete", "store the outcome", || self.complete(msg.id, &outcome)).await {
             None => {
                 let _ = d.requeue().await;
                 return;

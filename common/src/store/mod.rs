@@ -362,6 +362,15 @@ pub trait Store: Send + Sync + 'static {
     /// the invocation is not final yet and no later attempt is scheduled. Returns `false` (and
     /// stores nothing) otherwise: the first final record wins.
     async fn complete(&self, id: Uuid, outcome: &Outcome) -> Result<bool>;
+    /// [`complete`](Self::complete) for many invocations at once: a group commit, one result
+    /// per entry, in order. Backends without a faster way store them one by one.
+    async fn complete_many(&self, items: &[(Uuid, Outcome)]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (id, o) in items {
+            out.push(self.complete(*id, o).await?);
+        }
+        Ok(out)
+    }
     /// Records a failed attempt (its record and log lines) and schedules attempt
     /// `outcome.attempt + 1`: the invocation goes back to `queued`. `false` when the invocation
     /// is final or moved past this attempt already.

@@ -746,6 +746,81 @@ impl Store for SqlxStore {
         .await
     }
 
+    async fn complete_many(&self, items: &[(Uuid, Outcome)]) -> Result<Vec<bool>> {
+        if self.kind != Kind::Postgres {
+            // SQLite has one writer: one by one is what it would do anyway.
+            let mut out = Vec::with_capacity(items.len());
+            for (id, o) in items {
+                out.push(self.complete(*id, o).await?);
+            }
+            return Ok(out);
+        }
+        let mut out = vec![false; items.len()];
+        // Outcomes without log lines or deliveries go in one statement: the same guarded update
+        // and attempt record as `complete`, for all of them, in one commit.
+        // A second outcome of one invocation goes alone, after: it then finds the first stored.
+        let mut seen = std::collections::HashSet::new();
+        let simple: Vec<usize> = (0..items.len())
+            .filter(|&i| seen.insert(items[i].0) && items[i].1.logs.is_empty() && items[i].1.deliveries.is_empty())
+            .collect();
+        for chunk in simple.chunks(500) {
+            let mut sql = String::from("WITH v (id, status, attempt, result, error, worker, finished_ms) AS (VALUES ");
+            for (n, _) in chunk.iter().enumerate() {
+                let b = n * 7;
+                if n > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "(${}::text, ${}::text, ${}::int4, ${}::bytea, ${}::text, ${}::text, ${}::int8)",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            }
+            sql.push_str(
+                "), u AS (
+                   UPDATE warren_invocations i SET status = v.status, attempts = v.attempt, result = v.result,
+                     error = v.error, worker = v.worker, finished_ms = v.finished_ms
+                   FROM v WHERE i.id = v.id AND i.status IN ('queued', 'running') AND i.attempts <= v.attempt
+                   RETURNING i.id, v.status, v.attempt, v.error, v.worker, v.finished_ms)
+                 INSERT INTO warren_attempts (invocation, attempt, status, error, worker, finished_ms)
+                 SELECT id, attempt, status, error, worker, finished_ms FROM u
+                 RETURNING invocation",
+            );
+            let mut q = sqlx::query(&sql);
+            for &i in chunk {
+                let (id, o) = &items[i];
+                q = q
+                    .bind(id.to_string())
+                    .bind(o.status.as_str())
+                    .bind(o.attempt)
+                    .bind(o.result.clone())
+                    .bind(o.error.clone())
+                    .bind(&o.worker)
+                    .bind(o.finished_ms);
+            }
+            let won: std::collections::HashSet<String> = q
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            for &i in chunk {
+                out[i] = won.contains(&items[i].0.to_string());
+            }
+        }
+        for i in (0..items.len()).filter(|i| !simple.contains(i)) {
+            out[i] = self.complete(items[i].0, &items[i].1).await?;
+        }
+        Ok(out)
+    }
+
     async fn retry_later(&self, id: Uuid, o: &Outcome) -> Result<bool> {
         // The next attempt's number goes in at once: a stale copy of this attempt's message is
         // then recognised (Claim::Superseded) instead of running beside the retry.
