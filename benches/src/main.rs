@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use crate::mesh::{LatencyResult, LoadResult, Mesh, Settings, SplitResult};
+use crate::mesh::{BatchResult, Func, LatencyResult, LoadResult, Mesh, Settings, SplitResult};
 
-/// Warren's benchmark: the raw broker ceiling, the mesh end to end (management + 1, 2 and 4
-/// workers on PostgreSQL and SQLite), sync-invoke latency at a fixed offered rate, and the
-/// memory of the workers. Prints tables and writes the figures as JSON.
+/// Warren's benchmark: the raw broker ceiling (1), the mesh end to end with the built-in echo
+/// (2: management + 1, 2 and 4 workers on PostgreSQL and SQLite) and with a warm Python
+/// handler (3: examples/warm-python), sync-invoke latency at a fixed offered rate (4), a
+/// 100,000-item batch submitted through POST /api/batches (5), and the memory of the workers
+/// (6). Prints tables and writes the figures as JSON.
 ///
 /// Needs RabbitMQ and PostgreSQL (the same ones `scripts/test` uses). Run through
 /// `cargo run --release -p warren-benches -- [--quick]`: it first builds `warren-management`
@@ -30,7 +32,7 @@ use crate::mesh::{LatencyResult, LoadResult, Mesh, Settings, SplitResult};
 #[derive(Parser, Debug)]
 #[command(name = "warren-bench", version, verbatim_doc_comment)]
 struct Args {
-    /// Short run (N = 3,000, 3 s of latency): under a minute.
+    /// Short run (N = 3,000, 3 s of latency, a 10,000-item batch): about a minute.
     #[arg(long)]
     quick: bool,
     /// Messages / invocations per throughput row (default 20,000; 3,000 with --quick).
@@ -88,6 +90,18 @@ struct Args {
     /// Workers of the split row (management ingest alone, then workers drain alone); 0 skips it.
     #[arg(long, default_value_t = 1)]
     split_workers: usize,
+    /// Row 3 (PostgreSQL): worker counts of the warm-handler rows, which invoke
+    /// examples/warm-python (mode = "persistent") instead of echo; 0 skips them.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    warm_workers: Vec<usize>,
+    /// Row 5 (PostgreSQL): items of the batch submitted through POST /api/batches
+    /// (default 100,000; 10,000 with --quick); 0 skips the row.
+    #[arg(long)]
+    batch_items: Option<u64>,
+    /// Row 5: workers attached to the batch's pool while it is submitted and drained; 0
+    /// measures acceptance alone (no "until done" figure).
+    #[arg(long, default_value_t = 1)]
+    batch_workers: usize,
 }
 
 fn main() -> ExitCode {
@@ -206,7 +220,9 @@ pub struct Figures {
     pub raw_error: Option<String>,
     pub runs: Vec<Result<LoadResult, (String, usize, String)>>,
     pub splits: Vec<Result<SplitResult, (String, usize, String)>>,
+    pub warm: Vec<Result<LoadResult, (String, usize, String)>>,
     pub latency: Option<Result<LatencyResult, String>>,
+    pub batch: Option<Result<BatchResult, String>>,
     pub notes: Vec<String>,
 }
 
@@ -214,6 +230,8 @@ async fn run(args: Args) -> Result<bool> {
     let n = args.messages.unwrap_or(if args.quick { 3_000 } else { 20_000 });
     let latency_secs = args.latency_secs.unwrap_or(if args.quick { 3.0 } else { 10.0 });
     let run_timeout = Duration::from_secs(args.run_timeout.unwrap_or(if args.quick { 60 } else { 180 }));
+    let batch_items = args.batch_items.unwrap_or(if args.quick { 10_000 } else { 100_000 });
+    let warm_workers: Vec<usize> = args.warm_workers.iter().copied().filter(|&w| w > 0).collect();
     for s in &args.stores {
         if !matches!(s.as_str(), "postgres" | "sqlite") {
             bail!("--stores takes postgres and/or sqlite, not {s:?}");
@@ -319,6 +337,9 @@ async fn run(args: Args) -> Result<bool> {
             prefetch: args.prefetch,
             latency_secs,
             run_timeout_secs: run_timeout.as_secs(),
+            warm_workers: warm_workers.clone(),
+            batch_items,
+            batch_workers: args.batch_workers,
             bin_dir: bin_dir.display().to_string(),
             built_by_bench: built,
             release,
@@ -327,8 +348,16 @@ async fn run(args: Args) -> Result<bool> {
     };
     report::print_header(&ctx);
 
-    let mut fig =
-        Figures { raw: None, raw_error: None, runs: Vec::new(), splits: Vec::new(), latency: None, notes: Vec::new() };
+    let mut fig = Figures {
+        raw: None,
+        raw_error: None,
+        runs: Vec::new(),
+        splits: Vec::new(),
+        warm: Vec::new(),
+        latency: None,
+        batch: None,
+        notes: Vec::new(),
+    };
 
     // Row 1.
     eprintln!(
@@ -346,7 +375,7 @@ async fn run(args: Args) -> Result<bool> {
         }
     }
 
-    // Rows 2-4, per store.
+    // Rows 2-6, per store (3, 4 and 5 on PostgreSQL only).
     for store in &args.stores {
         let (label, url) = if store == "postgres" {
             let admin = admin.as_ref().expect("admin pool");
@@ -380,7 +409,7 @@ async fn run(args: Args) -> Result<bool> {
                 "[2] {label}, {w} worker(s) x --concurrency {}: {n} async invokes, {} in flight",
                 args.concurrency, args.in_flight
             );
-            match m.throughput(w, n).await {
+            match m.throughput(Func::Echo, w, n).await {
                 Ok(r) => {
                     eprintln!(
                         "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",
@@ -419,6 +448,29 @@ async fn run(args: Args) -> Result<bool> {
             }
         }
         if store == "postgres" {
+            for &w in &warm_workers {
+                eprintln!(
+                    "[3] {label}, warm Python handler (examples/warm-python), {w} worker(s) x --concurrency {}: {n} async \
+                     invokes, {} in flight",
+                    args.concurrency, args.in_flight
+                );
+                match m.throughput(Func::WarmPython, w, n).await {
+                    Ok(r) => {
+                        eprintln!(
+                            "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",
+                            r.rate(),
+                            r.completed,
+                            if r.incomplete { ", INCOMPLETE" } else { "" },
+                            r.publish_rate()
+                        );
+                        fig.warm.push(Ok(r));
+                    }
+                    Err(e) => {
+                        eprintln!("    FAILED: {e:#}");
+                        fig.warm.push(Err((label.to_string(), w, format!("{e:#}"))));
+                    }
+                }
+            }
             let base = fig
                 .runs
                 .iter()
@@ -428,7 +480,7 @@ async fn run(args: Args) -> Result<bool> {
             let rate = args.latency_rate.or(base.map(|b| (b / 2.0).max(1.0)));
             match rate {
                 Some(rate) => {
-                    eprintln!("[3] latency: sync invokes at {rate:.0}/s for {latency_secs} s, 1 worker, {label}");
+                    eprintln!("[4] latency: sync invokes at {rate:.0}/s for {latency_secs} s, 1 worker, {label}");
                     let r = m.latency(rate, latency_secs).await.map_err(|e| format!("{e:#}"));
                     match &r {
                         Ok(l) => {
@@ -441,6 +493,28 @@ async fn run(args: Args) -> Result<bool> {
                 None => {
                     fig.latency = Some(Err("no PostgreSQL throughput figure to derive the offered rate from".into()))
                 }
+            }
+            if batch_items > 0 {
+                eprintln!(
+                    "[5] batch: {batch_items} items as NDJSON to POST /api/batches, {} worker(s) attached, {label}",
+                    args.batch_workers
+                );
+                let r = m.batch(batch_items, args.batch_workers).await.map_err(|e| format!("{e:#}"));
+                match &r {
+                    Ok(b) => eprintln!(
+                        "    accepted {} items in {:.2} s ({:.0}/s){}",
+                        b.total,
+                        b.accept_secs,
+                        b.accept_rate(),
+                        match b.done_secs {
+                            Some(d) => format!(", done after {d:.2} s ({:.0}/s)", b.total as f64 / d),
+                            None if b.workers > 0 => format!(", not done (state {})", b.state),
+                            None => String::new(),
+                        }
+                    ),
+                    Err(e) => eprintln!("    FAILED: {e}"),
+                }
+                fig.batch = Some(r);
             }
         }
         let Mesh { mut mgmt, db, amqp, .. } = m;
@@ -457,7 +531,9 @@ async fn run(args: Args) -> Result<bool> {
     let ok = fig.raw_error.is_none()
         && fig.runs.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
         && fig.splits.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
-        && fig.latency.as_ref().is_none_or(|l| l.is_ok());
+        && fig.warm.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
+        && fig.latency.as_ref().is_none_or(|l| l.is_ok())
+        && fig.batch.as_ref().is_none_or(|b| b.as_ref().is_ok_and(|b| !b.incomplete));
     report::print_tables(&ctx, &fig);
     let json = report::to_json(&ctx, &fig, began.elapsed());
     if let Some(dir) = out.parent() {

@@ -1,8 +1,8 @@
-//! Rows 2 to 4: the real `warren-management` and `warren-worker` processes on RabbitMQ and a
+//! Rows 2 to 6: the real `warren-management` and `warren-worker` processes on RabbitMQ and a
 //! store, driven through the HTTP API only.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +24,30 @@ pub struct Settings {
     pub in_flight: usize,
     pub input_bytes: usize,
     pub run_timeout: Duration,
+}
+
+/// The function a throughput run invokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Func {
+    /// The built-in `runtime = "echo"`: no process at all (row 2).
+    Echo,
+    /// `examples/warm-python` as shipped (`mode = "persistent"`, its `[handler]` section): warm
+    /// Python handler processes kept by the worker (row 3).
+    WarmPython,
+}
+
+impl Func {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Func::Echo => "echo",
+            Func::WarmPython => "warm-python",
+        }
+    }
+}
+
+/// The folder of the warm Python example (in the source tree the benchmark was built from).
+pub fn warm_python_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples").join("warm-python")
 }
 
 pub fn now_ms() -> i64 {
@@ -60,7 +84,10 @@ pub struct Mesh {
 #[derive(Default, Clone, Debug)]
 pub struct CpuUse {
     pub management: f64,
+    /// The worker processes and their children (warm handler processes).
     pub workers: f64,
+    /// Of `workers`: their children, the warm handler processes.
+    pub handlers: f64,
     pub rabbitmq: f64,
     pub postgres: f64,
     pub bench: f64,
@@ -75,6 +102,8 @@ pub struct CpuUse {
 pub(crate) struct CpuSnap {
     mgmt: u32,
     workers: Vec<u32>,
+    /// The workers' descendants (warm handler processes) alive at this snapshot.
+    children: HashSet<u32>,
     all: HashMap<u32, (String, f64)>,
     machine: (u64, u64),
 }
@@ -83,6 +112,7 @@ pub(crate) fn cpu_snap(mgmt: u32, workers: &[u32]) -> CpuSnap {
     CpuSnap {
         mgmt,
         workers: workers.to_vec(),
+        children: procs::descendants(workers),
         all: procs::all_cpu(),
         machine: procs::machine_ticks().unwrap_or((0, 0)),
     }
@@ -109,6 +139,9 @@ pub(crate) fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
             u.management += d;
         } else if b.workers.contains(&pid) {
             u.workers += d;
+        } else if b.children.contains(&pid) || a.children.contains(&pid) {
+            u.workers += d;
+            u.handlers += d;
         } else if pid == me {
             u.bench += d;
         } else if is_rabbitmq(comm) {
@@ -118,7 +151,13 @@ pub(crate) fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
         }
     }
     let known = |pid: u32, comm: &str| {
-        (pid == b.mgmt && pid != 0) || b.workers.contains(&pid) || pid == me || is_rabbitmq(comm) || is_postgres(comm)
+        (pid == b.mgmt && pid != 0)
+            || b.workers.contains(&pid)
+            || b.children.contains(&pid)
+            || a.children.contains(&pid)
+            || pid == me
+            || is_rabbitmq(comm)
+            || is_postgres(comm)
     };
     u.others = procs::top_families(&a.all, &b.all, &known, 3);
     u
@@ -128,6 +167,7 @@ pub(crate) fn cpu_use(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
 #[derive(Debug, Clone)]
 pub struct LoadResult {
     pub store: &'static str,
+    pub func: Func,
     pub workers: usize,
     pub requested: u64,
     pub accepted: u64,
@@ -146,6 +186,9 @@ pub struct LoadResult {
     pub worker_rss_after: u64,
     pub mgmt_rss_idle: u64,
     pub mgmt_rss_peak: u64,
+    /// Warm handler processes (the workers' children) alive right after, and their VmRSS summed.
+    pub handlers_after: usize,
+    pub handlers_rss_after: u64,
     pub cpu: CpuUse,
 }
 
@@ -185,6 +228,50 @@ impl SplitResult {
     }
     pub fn drain_rate(&self) -> f64 {
         self.drained as f64 / self.drain_secs
+    }
+}
+
+/// Row 5: one batch of NDJSON items through `POST /api/batches`.
+#[derive(Debug, Clone)]
+pub struct BatchResult {
+    pub store: &'static str,
+    pub items: u64,
+    /// Workers attached to the pool during the whole row (0: acceptance only).
+    pub workers: usize,
+    pub body_bytes: u64,
+    /// The 201's `total`.
+    pub total: u64,
+    /// The batch's state in the 201 (`running`: every item recorded and confirmed).
+    pub state_at_201: String,
+    /// First byte sent to the 201.
+    pub accept_secs: f64,
+    pub accept_cpu: CpuUse,
+    /// First byte sent to the batch's `finished_ms` (state `done`); None without workers.
+    pub done_secs: Option<f64>,
+    /// First byte sent to the last item's outcome stored.
+    pub last_item_secs: Option<f64>,
+    pub done_cpu: Option<CpuUse>,
+    /// The last state seen and its items per status.
+    pub state: String,
+    pub succeeded: u64,
+    pub not_succeeded: u64,
+    pub incomplete: bool,
+    pub peak_queue_depth: u64,
+    pub worker_rss_idle: u64,
+    pub worker_rss_peak: u64,
+    pub worker_rss_after: u64,
+    pub mgmt_rss_idle: u64,
+    /// Management's peak during acceptance (the body is streamed: it should stay flat).
+    pub mgmt_rss_peak_accept: u64,
+    pub mgmt_rss_peak: u64,
+}
+
+impl BatchResult {
+    pub fn accept_rate(&self) -> f64 {
+        self.total as f64 / self.accept_secs.max(1e-9)
+    }
+    pub fn done_rate(&self) -> Option<f64> {
+        self.done_secs.map(|s| self.total as f64 / s.max(1e-9))
     }
 }
 
@@ -263,14 +350,42 @@ impl Mesh {
 
     /// Publishes an echo function on `pool`; returns its name.
     pub async fn deploy_echo(&self, pool: &str) -> Result<String> {
-        let name = pool.replacen("bench-", "bench-echo-", 1);
+        self.deploy(pool, Func::Echo).await
+    }
+
+    /// Publishes a function of kind `func` on `pool`; returns its name.
+    pub async fn deploy(&self, pool: &str, func: Func) -> Result<String> {
+        let name = pool.replacen("bench-", &format!("bench-{}-", func.as_str()), 1);
         let dir = self.settings.work_dir.join("functions").join(&name);
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(
-            dir.join("function.toml"),
-            format!("name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\ndescription = \"warren-bench\"\n"),
-        )?;
-        let pkg = warren_common::package::pack_dir(&dir).context("cannot pack the echo function")?;
+        match func {
+            Func::Echo => std::fs::write(
+                dir.join("function.toml"),
+                format!("name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\ndescription = \"warren-bench\"\n"),
+            )?,
+            Func::WarmPython => {
+                // The example as shipped, on this run's pool under this run's name.
+                let src = warm_python_dir();
+                let manifest = std::fs::read_to_string(src.join("function.toml"))
+                    .with_context(|| format!("cannot read {}", src.join("function.toml").display()))?;
+                let mut out = String::new();
+                for line in manifest.lines() {
+                    let key = line.split('=').next().unwrap_or("").trim();
+                    match key {
+                        "name" => out.push_str(&format!("name = \"{name}\"")),
+                        "pool" => out.push_str(&format!("pool = \"{pool}\"")),
+                        "description" => out.push_str("description = \"warren-bench (examples/warm-python)\""),
+                        _ => out.push_str(line),
+                    }
+                    out.push('\n');
+                }
+                std::fs::write(dir.join("function.toml"), out)?;
+                std::fs::copy(src.join("handler.py"), dir.join("handler.py"))
+                    .with_context(|| format!("cannot copy {}", src.join("handler.py").display()))?;
+            }
+        }
+        let pkg = warren_common::package::pack_dir(&dir)
+            .with_context(|| format!("cannot pack the {} function", func.as_str()))?;
         let r = self.http.post(format!("{}/api/functions", self.base)).body(pkg).send().await?;
         let status = r.status();
         let text = r.text().await.unwrap_or_default();
@@ -502,12 +617,13 @@ impl Mesh {
         })
     }
 
-    /// Row 2 (and 4): `n` async invokes, `in_flight` at once, on `workers` fresh workers.
-    pub async fn throughput(&mut self, workers: usize, n: u64) -> Result<LoadResult> {
+    /// Rows 2 and 3 (and 6): `n` async invokes of `func`, `in_flight` at once, on `workers`
+    /// fresh workers.
+    pub async fn throughput(&mut self, func: Func, workers: usize, n: u64) -> Result<LoadResult> {
         let pool = format!("bench-{}", short_id());
-        let name = self.deploy_echo(&pool).await?;
+        let name = self.deploy(&pool, func).await?;
         let mut procs = self.start_workers(&pool, workers)?;
-        let r = self.throughput_on(&pool, &name, &mut procs, n).await;
+        let r = self.throughput_on(&pool, &name, func, &mut procs, n).await;
         for p in procs.iter_mut() {
             p.stop(Duration::from_secs(5));
         }
@@ -515,7 +631,14 @@ impl Mesh {
         r
     }
 
-    async fn throughput_on(&mut self, pool: &str, name: &str, procs: &mut [Child], n: u64) -> Result<LoadResult> {
+    async fn throughput_on(
+        &mut self,
+        pool: &str,
+        name: &str,
+        func: Func,
+        procs: &mut [Child],
+        n: u64,
+    ) -> Result<LoadResult> {
         self.wait_consumers(pool, procs).await?;
         let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
         let worker_rss_idle = pids.iter().filter_map(|p| procs::rss_bytes(*p)).max().unwrap_or(0);
@@ -582,6 +705,8 @@ impl Mesh {
         let observed = start.elapsed().as_secs_f64();
         let cpu_after = cpu_snap(self.mgmt.pid(), &pids);
         let worker_rss_after = pids.iter().filter_map(|p| procs::rss_bytes(*p)).max().unwrap_or(0);
+        let handlers = procs::descendants(&pids);
+        let handlers_rss_after = handlers.iter().filter_map(|p| procs::rss_bytes(*p)).sum();
         let load_out = match (load_out, load) {
             (Some(o), _) => o,
             (None, Some(l)) => {
@@ -605,6 +730,7 @@ impl Mesh {
         };
         Ok(LoadResult {
             store: self.label,
+            func,
             workers: procs.len(),
             requested: n,
             accepted: load_out.accepted,
@@ -621,11 +747,200 @@ impl Mesh {
             worker_rss_after,
             mgmt_rss_idle,
             mgmt_rss_peak,
+            handlers_after: handlers.len(),
+            handlers_rss_after,
             cpu: cpu_use(&cpu_before, &cpu_after),
         })
     }
 
-    /// Row 3: sync invokes at a fixed offered rate (open loop) on one fresh worker.
+    /// Row 5: a batch of `items` echo items, submitted as one streamed NDJSON body to
+    /// `POST /api/batches`, with `workers` fresh workers attached; then, with workers, until
+    /// the batch is `done`.
+    pub async fn batch(&mut self, items: u64, workers: usize) -> Result<BatchResult> {
+        let pool = format!("bench-{}", short_id());
+        let name = self.deploy(&pool, Func::Echo).await?;
+        let mut procs = self.start_workers(&pool, workers)?;
+        let r = self.batch_on(&pool, &name, &mut procs, items).await;
+        for p in procs.iter_mut() {
+            p.stop(Duration::from_secs(5));
+        }
+        self.delete_queues(&pool).await;
+        r
+    }
+
+    async fn batch_on(&mut self, pool: &str, name: &str, procs: &mut [Child], items: u64) -> Result<BatchResult> {
+        let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
+        if !procs.is_empty() {
+            self.wait_consumers(pool, procs).await?;
+        }
+        let worker_rss_idle = pids.iter().filter_map(|p| procs::rss_bytes(*p)).max().unwrap_or(0);
+        if !procs.is_empty() {
+            self.warm_up(name, procs.len() * 4).await?;
+        }
+        let mgmt_rss_idle = procs::rss_bytes(self.mgmt.pid()).unwrap_or(0);
+        let (baseline, base_ok, _) = self.finals(name).await?;
+
+        // The NDJSON body, made before the clock starts, sent in 64 KiB parts.
+        let mut body = Vec::with_capacity(items as usize * (self.settings.input_bytes + 1));
+        for i in 0..items {
+            body.extend_from_slice(&input(i, self.settings.input_bytes));
+            body.push(b'\n');
+        }
+        let body = bytes::Bytes::from(body);
+        let body_bytes = body.len() as u64;
+        const PART: usize = 64 << 10;
+        let parts: Vec<bytes::Bytes> =
+            (0..body.len()).step_by(PART).map(|o| body.slice(o..(o + PART).min(body.len()))).collect();
+        let req = self
+            .http
+            .post(format!("{}/api/batches?function={name}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .timeout(self.settings.run_timeout)
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                parts.into_iter().map(Ok::<_, std::io::Error>),
+            )));
+
+        let (mut worker_rss_peak, mut mgmt_rss_peak, mut peak_queue_depth) = (0u64, mgmt_rss_idle, 0u64);
+        let cpu_before = cpu_snap(self.mgmt.pid(), &pids);
+        let start = Instant::now();
+        let start_ms = now_ms();
+        let mut send = tokio::spawn(async move {
+            let r = req.send().await?;
+            let answered = Instant::now();
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            Ok::<_, reqwest::Error>((status, text, answered))
+        });
+        let (status, text, answered) = loop {
+            tokio::select! {
+                r = &mut send => break r.context("the batch request task failed")?.context("the batch request failed")?,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    self.mgmt.check_alive()?;
+                    for p in procs.iter_mut() {
+                        p.check_alive()?;
+                    }
+                    for p in &pids {
+                        worker_rss_peak = worker_rss_peak.max(procs::rss_bytes(*p).unwrap_or(0));
+                    }
+                    mgmt_rss_peak = mgmt_rss_peak.max(procs::rss_bytes(self.mgmt.pid()).unwrap_or(0));
+                    peak_queue_depth = peak_queue_depth.max(self.queue_stats(pool).await?.0);
+                }
+            }
+        };
+        let accept_secs = answered.duration_since(start).as_secs_f64();
+        let accept_cpu = cpu_use(&cpu_before, &cpu_snap(self.mgmt.pid(), &pids));
+        let mgmt_rss_peak_accept = mgmt_rss_peak;
+        if status.as_u16() != 201 {
+            bail!(
+                "the batch submission answered {status} after {accept_secs:.1} s: {}",
+                text.chars().take(300).collect::<String>()
+            );
+        }
+        let b: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("the batch submission's 201 is not JSON: {text}"))?;
+        let id = b["id"].as_str().with_context(|| format!("the batch submission's 201 has no id: {text}"))?.to_string();
+        let total = b["total"].as_u64().unwrap_or(0);
+        let state_at_201 = b["state"].as_str().unwrap_or("?").to_string();
+        let mut r = BatchResult {
+            store: self.label,
+            items,
+            workers: procs.len(),
+            body_bytes,
+            total,
+            state_at_201: state_at_201.clone(),
+            accept_secs,
+            accept_cpu,
+            done_secs: None,
+            last_item_secs: None,
+            done_cpu: None,
+            state: state_at_201,
+            succeeded: 0,
+            not_succeeded: 0,
+            incomplete: total != items,
+            peak_queue_depth,
+            worker_rss_idle,
+            worker_rss_peak,
+            worker_rss_after: 0,
+            mgmt_rss_idle,
+            mgmt_rss_peak_accept,
+            mgmt_rss_peak,
+        };
+        if procs.is_empty() {
+            return Ok(r);
+        }
+
+        // Until done: count the items' outcomes rarely (Pacer), then ask for the batch until
+        // its state is `done`.
+        let target = baseline + total;
+        let deadline = answered + self.settings.run_timeout;
+        let mut pacer = Pacer::new(baseline);
+        let mut last_count = (baseline, Instant::now());
+        let mut stored = false;
+        let batch_url = format!("{}/api/batches/{id}", self.base);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.mgmt.check_alive()?;
+            for p in procs.iter_mut() {
+                p.check_alive()?;
+            }
+            for p in &pids {
+                worker_rss_peak = worker_rss_peak.max(procs::rss_bytes(*p).unwrap_or(0));
+            }
+            mgmt_rss_peak = mgmt_rss_peak.max(procs::rss_bytes(self.mgmt.pid()).unwrap_or(0));
+            peak_queue_depth = peak_queue_depth.max(self.queue_stats(pool).await?.0);
+            if Instant::now() > deadline {
+                r.incomplete = true;
+                break;
+            }
+            if !stored {
+                if !pacer.due() {
+                    continue;
+                }
+                let (done, _, last_finished) = self.finals(name).await?;
+                pacer.polled(done, target);
+                if done != last_count.0 {
+                    last_count = (done, Instant::now());
+                }
+                if done >= target {
+                    stored = true;
+                    r.last_item_secs =
+                        last_finished.filter(|&ms| ms > start_ms).map(|ms| (ms - start_ms) as f64 / 1000.0);
+                } else if last_count.1.elapsed() > Duration::from_secs(10) {
+                    r.incomplete = true;
+                    break;
+                }
+                continue;
+            }
+            let b: serde_json::Value = self.http.get(&batch_url).send().await?.error_for_status()?.json().await?;
+            r.state = b["state"].as_str().unwrap_or("?").to_string();
+            if r.state == "done" || r.state == "cancelled" {
+                let counts = &b["counts"];
+                r.succeeded = counts["succeeded"].as_u64().unwrap_or(0);
+                r.not_succeeded = counts
+                    .as_object()
+                    .map(|m| m.iter().filter(|(k, _)| *k != "succeeded").filter_map(|(_, v)| v.as_u64()).sum())
+                    .unwrap_or(0);
+                r.done_secs =
+                    b["finished_ms"].as_i64().filter(|&ms| ms > start_ms).map(|ms| (ms - start_ms) as f64 / 1000.0);
+                r.incomplete |= r.state != "done" || r.succeeded != total;
+                break;
+            }
+        }
+        let cpu_after = cpu_snap(self.mgmt.pid(), &pids);
+        r.done_cpu = Some(cpu_use(&cpu_before, &cpu_after));
+        if r.state != "done" && r.state != "cancelled" {
+            // Not finished: say how far the items got.
+            let (_, ok, _) = self.finals(name).await?;
+            r.succeeded = ok - base_ok;
+        }
+        r.worker_rss_after = pids.iter().filter_map(|p| procs::rss_bytes(*p)).max().unwrap_or(0);
+        r.worker_rss_peak = worker_rss_peak;
+        r.mgmt_rss_peak = mgmt_rss_peak;
+        r.peak_queue_depth = peak_queue_depth;
+        Ok(r)
+    }
+
+    /// Row 4: sync invokes at a fixed offered rate (open loop) on one fresh worker.
     pub async fn latency(&mut self, rate: f64, secs: f64) -> Result<LatencyResult> {
         let pool = format!("bench-{}", short_id());
         let name = self.deploy_echo(&pool).await?;

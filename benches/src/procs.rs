@@ -160,6 +160,38 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks as f64 / clock_ticks())
 }
 
+fn ppid(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every live descendant of `roots` (not the roots themselves): e.g. a worker's warm handler
+/// processes.
+pub fn descendants(roots: &[u32]) -> HashSet<u32> {
+    let mut out = HashSet::new();
+    if roots.is_empty() {
+        return out;
+    }
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            if let Some(pp) = ppid(pid) {
+                children.entry(pp).or_default().push(pid);
+            }
+        }
+    }
+    let mut todo: Vec<u32> = roots.to_vec();
+    while let Some(p) = todo.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if out.insert(c) {
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
 fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string())
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::mesh::{CpuUse, LoadResult};
+use crate::mesh::{BatchResult, CpuUse, Func, LoadResult};
 use crate::sysinfo::Machine;
 use crate::Figures;
 
@@ -21,6 +21,9 @@ pub struct SettingsView {
     pub prefetch: u16,
     pub latency_secs: f64,
     pub run_timeout_secs: u64,
+    pub warm_workers: Vec<usize>,
+    pub batch_items: u64,
+    pub batch_workers: usize,
     pub bin_dir: String,
     pub built_by_bench: bool,
     pub release: bool,
@@ -33,12 +36,6 @@ pub struct Context {
     pub machine: Machine,
     pub settings: SettingsView,
 }
-
-/// Features the benchmark has rows for once Warren has them.
-pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("warm persistent handlers", "a process function kept running between invocations"),
-    ("batch submit", "many invocations per HTTP request / broker publish"),
-];
 
 fn thousands(v: u64) -> String {
     let s = v.to_string();
@@ -140,6 +137,17 @@ pub fn print_header(c: &Context) {
         if s.release { "release" } else { "DEBUG" },
         if s.built_by_bench { ", built by the bench" } else { ", as found" }
     );
+    println!(
+        "          warm rows (3): examples/warm-python as shipped, {}; batch (5): {} NDJSON items, {} worker{} attached",
+        if s.warm_workers.is_empty() {
+            "skipped".to_string()
+        } else {
+            format!("{} worker(s)", s.warm_workers.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", "))
+        },
+        thousands(s.batch_items),
+        s.batch_workers,
+        if s.batch_workers == 1 { "" } else { "s" }
+    );
     println!("          work folder (store file, process logs) {}", s.work_dir);
     if let Some(b) = m.busy_before_pct {
         println!("load      machine {b:.0} % busy in the second before the run; load average {}", m.loadavg);
@@ -156,8 +164,117 @@ pub fn print_header(c: &Context) {
     }
 }
 
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// "2  warren e2e PostgreSQL, 1 worker" / "3  warm python handler, PostgreSQL, 1 worker".
 fn run_label(r: &LoadResult) -> String {
-    format!("warren e2e {}, {} worker{}", r.store, r.workers, if r.workers == 1 { "" } else { "s" })
+    match r.func {
+        Func::Echo => format!("2  warren e2e {}, {} worker{}", r.store, r.workers, plural(r.workers)),
+        Func::WarmPython => format!("3  warm python handler, {}, {} worker{}", r.store, r.workers, plural(r.workers)),
+    }
+}
+
+fn failed_label(func: Func, store: &str, w: usize) -> String {
+    match func {
+        Func::Echo => format!("2  warren e2e {store}, {w} worker{}", plural(w)),
+        Func::WarmPython => format!("3  warm python handler, {store}, {w} worker{}", plural(w)),
+    }
+}
+
+fn first_line(e: &str) -> String {
+    e.lines().next().unwrap_or("").chars().take(120).collect()
+}
+
+fn load_row(r: &LoadResult, ratio: &dyn Fn(f64) -> String) -> Vec<String> {
+    let mut notes = Vec::new();
+    if r.incomplete {
+        notes.push("INCOMPLETE".to_string());
+    }
+    if r.completed != r.succeeded {
+        notes.push(format!("{} not succeeded", r.completed - r.succeeded));
+    }
+    if r.rejected > 0 {
+        notes.push(format!(
+            "{} rejected: {}",
+            r.rejected,
+            r.first_error.as_deref().unwrap_or("").chars().take(80).collect::<String>()
+        ));
+    }
+    notes.push(format!("queue peak {}", thousands(r.peak_queue_depth)));
+    vec![
+        run_label(r),
+        rate(r.rate()),
+        ratio(r.rate()),
+        rate(r.publish_rate()),
+        format!("{}/{}", thousands(r.completed), thousands(r.requested)),
+        format!("{:.2} s", r.end_to_end_secs),
+        notes.join("; "),
+    ]
+}
+
+fn failed_row(label: String, e: &str) -> Vec<String> {
+    vec![label, "FAILED".into(), String::new(), String::new(), String::new(), String::new(), first_line(e)]
+}
+
+fn batch_rows(b: &BatchResult, ratio: &dyn Fn(f64) -> String) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    if b.total != b.items {
+        notes.push(format!("INCOMPLETE: 201 says total {}", thousands(b.total)));
+    }
+    notes.push(format!(
+        "{:.1} MB of NDJSON; {} worker{} attached",
+        b.body_bytes as f64 / 1e6,
+        b.workers,
+        plural(b.workers)
+    ));
+    if b.state_at_201 != "running" {
+        notes.push(format!("state at 201: {}", b.state_at_201));
+    }
+    rows.push(vec![
+        format!("5  batch submit {}: accepted (first byte → 201)", b.store),
+        rate(b.accept_rate()),
+        ratio(b.accept_rate()),
+        String::new(),
+        format!("{}/{}", thousands(b.total), thousands(b.items)),
+        format!("{:.2} s", b.accept_secs),
+        notes.join("; "),
+    ]);
+    if b.workers > 0 {
+        let mut notes = Vec::new();
+        if b.incomplete {
+            notes.push(format!("INCOMPLETE (state {})", b.state));
+        }
+        if b.not_succeeded > 0 {
+            notes.push(format!("{} not succeeded", thousands(b.not_succeeded)));
+        }
+        if let Some(l) = b.last_item_secs {
+            notes.push(format!("last item stored at {l:.2} s"));
+        }
+        notes.push(format!("queue peak {}", thousands(b.peak_queue_depth)));
+        let done = b.done_rate().unwrap_or(f64::NAN);
+        rows.push(vec![
+            format!(
+                "5  batch {}: first byte → state done ({} worker{} draining)",
+                b.store,
+                b.workers,
+                plural(b.workers)
+            ),
+            rate(done),
+            if done.is_finite() { ratio(done) } else { "-".into() },
+            String::new(),
+            format!("{}/{}", thousands(b.succeeded), thousands(b.total)),
+            b.done_secs.map(|d| format!("{d:.2} s")).unwrap_or_else(|| "-".into()),
+            notes.join("; "),
+        ]);
+    }
+    rows
 }
 
 pub fn print_tables(c: &Context, f: &Figures) {
@@ -187,41 +304,8 @@ pub fn print_tables(c: &Context, f: &Figures) {
     }
     for r in &f.runs {
         match r {
-            Ok(r) => {
-                let mut notes = Vec::new();
-                if r.incomplete {
-                    notes.push("INCOMPLETE".to_string());
-                }
-                if r.completed != r.succeeded {
-                    notes.push(format!("{} not succeeded", r.completed - r.succeeded));
-                }
-                if r.rejected > 0 {
-                    notes.push(format!(
-                        "{} rejected: {}",
-                        r.rejected,
-                        r.first_error.as_deref().unwrap_or("").chars().take(80).collect::<String>()
-                    ));
-                }
-                notes.push(format!("queue peak {}", thousands(r.peak_queue_depth)));
-                rows.push(vec![
-                    format!("2  {}", run_label(r)),
-                    rate(r.rate()),
-                    ratio(r.rate()),
-                    rate(r.publish_rate()),
-                    format!("{}/{}", thousands(r.completed), thousands(r.requested)),
-                    format!("{:.2} s", r.end_to_end_secs),
-                    notes.join("; "),
-                ]);
-            }
-            Err((store, w, e)) => rows.push(vec![
-                format!("2  warren e2e {store}, {w} worker{}", if *w == 1 { "" } else { "s" }),
-                "FAILED".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                e.lines().next().unwrap_or("").chars().take(120).collect(),
-            ]),
+            Ok(r) => rows.push(load_row(r, &ratio)),
+            Err((store, w, e)) => rows.push(failed_row(failed_label(Func::Echo, store, *w), e)),
         }
     }
     for r in &f.splits {
@@ -277,21 +361,22 @@ pub fn print_tables(c: &Context, f: &Figures) {
             ]),
         }
     }
-    for (name, what) in NOT_IMPLEMENTED {
-        rows.push(vec![
-            format!("-  {name}"),
-            "n/a".into(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            format!("not implemented yet ({what})"),
-        ]);
+    for r in &f.warm {
+        match r {
+            Ok(r) => rows.push(load_row(r, &ratio)),
+            Err((store, w, e)) => rows.push(failed_row(failed_label(Func::WarmPython, store, *w), e)),
+        }
+    }
+    match &f.batch {
+        Some(Ok(b)) => rows.extend(batch_rows(b, &ratio)),
+        Some(Err(e)) => rows.push(failed_row("5  batch submit PostgreSQL".into(), e)),
+        None => {}
     }
     table(
         &format!(
-            "Throughput (N = {} each; ratio = to row 1; publish-only = until the last 202 / confirm)",
-            thousands(c.n)
+            "Throughput (N = {} each, batch {} items; ratio = to row 1; publish-only = until the last 202 / confirm)",
+            thousands(c.n),
+            thousands(c.settings.batch_items)
         ),
         &["row", "per s", "ratio", "publish-only /s", "stored", "time", "notes"],
         &rows,
@@ -300,7 +385,7 @@ pub fn print_tables(c: &Context, f: &Figures) {
     // Latency.
     let rows = match &f.latency {
         Some(Ok(l)) => vec![vec![
-            "3  sync invoke, PostgreSQL, 1 worker".into(),
+            "4  sync invoke, PostgreSQL, 1 worker".into(),
             format!("{}/s", rate(l.offered_rate)),
             format!("{:.0} s", l.secs),
             format!("{}/{}", thousands(l.ok), thousands(l.sent)),
@@ -319,7 +404,7 @@ pub fn print_tables(c: &Context, f: &Figures) {
             },
         ]],
         Some(Err(e)) => vec![vec![
-            "3  sync invoke, PostgreSQL, 1 worker".into(),
+            "4  sync invoke, PostgreSQL, 1 worker".into(),
             "FAILED".into(),
             String::new(),
             String::new(),
@@ -329,7 +414,7 @@ pub fn print_tables(c: &Context, f: &Figures) {
             String::new(),
             e.lines().next().unwrap_or("").chars().take(120).collect(),
         ]],
-        None => vec![vec!["3  sync invoke".into(), "not run (no PostgreSQL in --stores)".into()]],
+        None => vec![vec!["4  sync invoke".into(), "not run (no PostgreSQL in --stores)".into()]],
     };
     table(
         "Latency (open loop at ~half the 1-worker PostgreSQL rate; ms from each request's scheduled send to its 200)",
@@ -339,29 +424,59 @@ pub fn print_tables(c: &Context, f: &Figures) {
 
     // Memory.
     let mut rows = Vec::new();
-    for r in f.runs.iter().filter_map(|r| r.as_ref().ok()) {
+    for r in f.runs.iter().chain(f.warm.iter()).filter_map(|r| r.as_ref().ok()) {
         rows.push(vec![
-            format!("4  {}", run_label(r)),
+            format!("6  {}", &run_label(r)[3..]),
             mib(r.worker_rss_idle),
             mib(r.worker_rss_peak),
             mib(r.worker_rss_after),
             mib(r.mgmt_rss_idle),
             mib(r.mgmt_rss_peak),
+            if r.func == Func::Echo {
+                String::new()
+            } else {
+                format!(
+                    "{} handler process{} right after, {} together (not in the worker columns)",
+                    r.handlers_after,
+                    if r.handlers_after == 1 { "" } else { "es" },
+                    mib(r.handlers_rss_after)
+                )
+            },
         ]);
     }
     if let Some(Ok(l)) = &f.latency {
         rows.push(vec![
-            "4  after the latency row (1 worker)".into(),
+            "6  after the latency row (1 worker)".into(),
             String::new(),
             String::new(),
             mib(l.worker_rss_after),
             String::new(),
             String::new(),
+            String::new(),
+        ]);
+    }
+    if let Some(Ok(b)) = &f.batch {
+        rows.push(vec![
+            format!("6  batch of {} items, {}", thousands(b.items), b.store),
+            mib(b.worker_rss_idle),
+            mib(b.worker_rss_peak),
+            mib(b.worker_rss_after),
+            mib(b.mgmt_rss_idle),
+            mib(b.mgmt_rss_peak),
+            format!("management peak while accepting {}", mib(b.mgmt_rss_peak_accept)),
         ]);
     }
     table(
         "Memory (VmRSS; worker columns = the largest worker of the run)",
-        &["row", "worker idle", "worker peak under load", "worker right after", "management idle", "management peak"],
+        &[
+            "row",
+            "worker idle",
+            "worker peak under load",
+            "worker right after",
+            "management idle",
+            "management peak",
+            "notes",
+        ],
         &rows,
     );
 
@@ -379,7 +494,14 @@ pub fn print_tables(c: &Context, f: &Figures) {
             format!("{:.2}", other / k),
             format!("{:.2}", c.machine / k),
             format!("{:.0} %", c.machine_busy_pct),
-            c.others.iter().map(|(n, s)| format!("{n} {:.2}", s / k)).collect::<Vec<_>>().join(", "),
+            {
+                let mut n: Vec<String> = Vec::new();
+                if c.handlers > 0.0 {
+                    n.push(format!("workers incl. handler processes {:.2}", c.handlers / k));
+                }
+                n.extend(c.others.iter().map(|(n, s)| format!("{n} {:.2}", s / k)));
+                n.join(", ")
+            },
         ]
     };
     let mut rows = Vec::new();
@@ -387,7 +509,7 @@ pub fn print_tables(c: &Context, f: &Figures) {
         rows.push(cpu_row("raw broker (lapin)".into(), r.messages, &r.cpu));
     }
     for r in f.runs.iter().filter_map(|r| r.as_ref().ok()) {
-        rows.push(cpu_row(run_label(r), r.completed, &r.cpu));
+        rows.push(cpu_row(run_label(r)[3..].to_string(), r.completed, &r.cpu));
     }
     for r in f.splits.iter().filter_map(|r| r.as_ref().ok()) {
         rows.push(cpu_row(format!("{} split: ingest alone", r.store), r.accepted, &r.ingest_cpu));
@@ -396,6 +518,15 @@ pub fn print_tables(c: &Context, f: &Figures) {
             r.drained,
             &r.drain_cpu,
         ));
+    }
+    for r in f.warm.iter().filter_map(|r| r.as_ref().ok()) {
+        rows.push(cpu_row(run_label(r)[3..].to_string(), r.completed, &r.cpu));
+    }
+    if let Some(Ok(b)) = &f.batch {
+        rows.push(cpu_row(format!("batch {}: accept", b.store), b.total, &b.accept_cpu));
+        if let Some(c) = &b.done_cpu {
+            rows.push(cpu_row(format!("batch {}: first byte → done", b.store), b.total, c));
+        }
     }
     table(
         "CPU during each run (CPU-seconds per 1,000 invocations; other = kernel threads and any other process, the \
@@ -423,6 +554,7 @@ fn cpu_json(c: &CpuUse) -> Value {
     json!({
         "management": c.management,
         "workers": c.workers,
+        "workers_handler_processes": c.handlers,
         "rabbitmq": c.rabbitmq,
         "postgres": c.postgres,
         "bench": c.bench,
@@ -447,38 +579,74 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
         }),
         (None, e) => json!({"error": e}),
     };
-    let runs: Vec<Value> = f
-        .runs
-        .iter()
-        .map(|r| match r {
-            Ok(r) => json!({
-                "store": r.store,
-                "workers": r.workers,
-                "requested": r.requested,
-                "accepted": r.accepted,
-                "rejected": r.rejected,
-                "first_error": r.first_error,
-                "completed": r.completed,
-                "succeeded": r.succeeded,
-                "incomplete": r.incomplete,
-                "end_to_end_per_s": r.rate(),
-                "ratio_to_raw": base.map(|b| r.rate() / b),
-                "end_to_end_secs": r.end_to_end_secs,
-                "publish_only_per_s": r.publish_rate(),
-                "publish_secs": r.publish_secs,
-                "peak_queue_depth": r.peak_queue_depth,
-                "memory_bytes": {
-                    "worker_idle": r.worker_rss_idle,
-                    "worker_peak": r.worker_rss_peak,
-                    "worker_after": r.worker_rss_after,
-                    "management_idle": r.mgmt_rss_idle,
-                    "management_peak": r.mgmt_rss_peak,
-                },
-                "cpu_secs": cpu_json(&r.cpu),
-            }),
-            Err((store, w, e)) => json!({"store": store, "workers": w, "error": e}),
-        })
-        .collect();
+    let run_json = |r: &Result<LoadResult, (String, usize, String)>| match r {
+        Ok(r) => json!({
+            "store": r.store,
+            "function": r.func.as_str(),
+            "workers": r.workers,
+            "requested": r.requested,
+            "accepted": r.accepted,
+            "rejected": r.rejected,
+            "first_error": r.first_error,
+            "completed": r.completed,
+            "succeeded": r.succeeded,
+            "incomplete": r.incomplete,
+            "end_to_end_per_s": r.rate(),
+            "ratio_to_raw": base.map(|b| r.rate() / b),
+            "end_to_end_secs": r.end_to_end_secs,
+            "publish_only_per_s": r.publish_rate(),
+            "publish_secs": r.publish_secs,
+            "peak_queue_depth": r.peak_queue_depth,
+            "memory_bytes": {
+                "worker_idle": r.worker_rss_idle,
+                "worker_peak": r.worker_rss_peak,
+                "worker_after": r.worker_rss_after,
+                "management_idle": r.mgmt_rss_idle,
+                "management_peak": r.mgmt_rss_peak,
+                "handler_processes_after": r.handlers_after,
+                "handlers_after": r.handlers_rss_after,
+            },
+            "cpu_secs": cpu_json(&r.cpu),
+        }),
+        Err((store, w, e)) => json!({"store": store, "workers": w, "error": e}),
+    };
+    let runs: Vec<Value> = f.runs.iter().map(run_json).collect();
+    let warm: Vec<Value> = f.warm.iter().map(run_json).collect();
+    let batch = match &f.batch {
+        Some(Ok(b)) => json!({
+            "store": b.store,
+            "function": "echo",
+            "items": b.items,
+            "workers": b.workers,
+            "body_bytes": b.body_bytes,
+            "total": b.total,
+            "state_at_201": b.state_at_201,
+            "accept_secs": b.accept_secs,
+            "accept_per_s": b.accept_rate(),
+            "accept_ratio_to_raw": base.map(|x| b.accept_rate() / x),
+            "accept_cpu_secs": cpu_json(&b.accept_cpu),
+            "done_secs": b.done_secs,
+            "done_per_s": b.done_rate(),
+            "done_ratio_to_raw": match (base, b.done_rate()) { (Some(x), Some(d)) => Some(d / x), _ => None },
+            "last_item_stored_secs": b.last_item_secs,
+            "done_cpu_secs": b.done_cpu.as_ref().map(cpu_json),
+            "state": b.state,
+            "succeeded": b.succeeded,
+            "not_succeeded": b.not_succeeded,
+            "incomplete": b.incomplete,
+            "peak_queue_depth": b.peak_queue_depth,
+            "memory_bytes": {
+                "worker_idle": b.worker_rss_idle,
+                "worker_peak": b.worker_rss_peak,
+                "worker_after": b.worker_rss_after,
+                "management_idle": b.mgmt_rss_idle,
+                "management_peak_accepting": b.mgmt_rss_peak_accept,
+                "management_peak": b.mgmt_rss_peak,
+            },
+        }),
+        Some(Err(e)) => json!({"error": e}),
+        None => Value::Null,
+    };
     let splits: Vec<Value> = f
         .splits
         .iter()
@@ -544,6 +712,10 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
             "raw_prefetch": s.prefetch,
             "latency_secs": s.latency_secs,
             "run_timeout_secs": s.run_timeout_secs,
+            "warm_workers": s.warm_workers,
+            "warm_function": "examples/warm-python",
+            "batch_items": s.batch_items,
+            "batch_workers": s.batch_workers,
             "bin_dir": s.bin_dir,
             "binaries_built_by_bench": s.built_by_bench,
             "release": s.release,
@@ -551,8 +723,9 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
         "raw_broker": raw,
         "end_to_end": runs,
         "split": splits,
+        "warm_handlers": warm,
         "latency": latency,
-        "not_implemented": NOT_IMPLEMENTED.iter().map(|(n, w)| json!({"row": n, "what": w, "value": "n/a (not implemented yet)"})).collect::<Vec<_>>(),
+        "batch": batch,
         "notes": f.notes,
     })
 }
