@@ -101,11 +101,17 @@ type CommitRequest = (uuid::Uuid, Outcome, tokio::sync::oneshot::Sender<Result<b
 /// Outcomes stored in one statement at most.
 const GROUP_COMMIT_MAX: usize = 256;
 
-/// Stores outcomes as they come, each batch in one `complete_many` (one commit): while one
-/// commit runs, the outcomes finished meanwhile queue up and go together in the next. Nothing
-/// waits for a batch to fill.
+/// Commits running at once: like the store pool's own parallelism, so that a quiet worker's
+/// outcome does not wait behind another's commit.
+const GROUP_COMMITS_IN_FLIGHT: usize = 4;
+
+/// Stores outcomes as they come, each batch in one `complete_many` (one commit). While all
+/// commit slots are busy, finished outcomes queue up and go together in the next batch;
+/// nothing ever waits for a batch to fill.
 async fn group_commit(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver<CommitRequest>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(GROUP_COMMITS_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_MAX {
             match rx.try_recv() {
@@ -113,20 +119,24 @@ async fn group_commit(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver
                 Err(_) => break,
             }
         }
-        let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(id, o, tx)| ((id, o), tx)).unzip();
-        match store.complete_many(&items).await {
-            Ok(stored) => {
-                for (tx, won) in replies.into_iter().zip(stored) {
-                    let _ = tx.send(Ok(won));
+        let store = store.clone();
+        tokio::spawn(async move {
+            let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(id, o, tx)| ((id, o), tx)).unzip();
+            match store.complete_many(&items).await {
+                Ok(stored) => {
+                    for (tx, won) in replies.into_iter().zip(stored) {
+                        let _ = tx.send(Ok(won));
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for tx in replies {
+                        let _ = tx.send(Err(StoreError::Unavailable(why.clone())));
+                    }
                 }
             }
-            Err(e) => {
-                let why = e.to_string();
-                for tx in replies {
-                    let _ = tx.send(Err(StoreError::Unavailable(why.clone())));
-                }
-            }
-        }
+            drop(slot);
+        });
     }
 }
 
