@@ -332,22 +332,7 @@ impl Management {
     pub(crate) async fn publish_recorded(&self, pool: &str, msg: &InvocationMessage) -> Result<(), Error> {
         self.ensure_pool(pool).await?;
         if let Err(e) = self.transport.publish(pool, msg.encode().into()).await {
-            let _ = self
-                .store
-                .complete(
-                    msg.id,
-                    &Outcome {
-                        status: Status::Failed,
-                        attempt: 0,
-                        result: None,
-                        error: Some(format!("not queued: {e}")),
-                        worker: String::new(),
-                        finished_ms: now_ms(),
-                        logs: Vec::new(),
-                        deliveries: Vec::new(),
-                    },
-                )
-                .await;
+            let _ = self.store.complete(msg.id, &Outcome::unrun(Status::Failed, 0, format!("not queued: {e}"))).await;
             return Err(e.into());
         }
         Ok(())
@@ -453,22 +438,8 @@ impl Management {
                         // Put things back as they were: the message stays dead, and so does
                         // the invocation.
                         d.requeue().await?;
-                        let _ = self
-                            .store
-                            .complete(
-                                again.id,
-                                &Outcome {
-                                    status: Status::Dead,
-                                    attempt,
-                                    result: None,
-                                    error: Some(format!("replay failed: {e}")),
-                                    worker: String::new(),
-                                    finished_ms: now_ms(),
-                                    logs: Vec::new(),
-                                    deliveries: Vec::new(),
-                                },
-                            )
-                            .await;
+                        let failed = Outcome::unrun(Status::Dead, attempt, format!("replay failed: {e}"));
+                        let _ = self.store.complete(again.id, &failed).await;
                         return Err(e.into());
                     }
                 }

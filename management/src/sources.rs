@@ -217,20 +217,6 @@ async fn record_refused(m: &Arc<Management>, function: &str, why: &str) -> Resul
     m.store.create_invocation(&inv).await?;
     let error = format!("source message refused: {why}");
     tracing::warn!(function, invocation = %id, error = %error, "source message recorded as failed");
-    m.store
-        .complete(
-            id,
-            &Outcome {
-                status: Status::Failed,
-                attempt: 0,
-                result: None,
-                error: Some(error),
-                worker: String::new(),
-                finished_ms: now,
-                logs: Vec::new(),
-                deliveries: Vec::new(),
-            },
-        )
-        .await?;
+    m.store.complete(id, &Outcome::unrun(Status::Failed, 0, error)).await?;
     Ok(())
 }

@@ -460,7 +460,8 @@ impl Worker {
                 return;
             }
         };
-        let (run, retry, outputs) = match self.load(&msg.function, msg.version).await {
+        // The loaded version, when it ran: its manifest's retry policy and outputs apply.
+        let (run, ran) = match self.load(&msg.function, msg.version).await {
             Ok(loaded) => match &settings {
                 Ok(settings) => {
                     let mut run = self.execute(&loaded, &msg, attempt, settings).await;
@@ -471,7 +472,7 @@ impl Worker {
                         run.error = run.error.map(|e| settings.redact(&e));
                         run.result = run.result.map(|r| settings.redact_bytes(r));
                     }
-                    (run, loaded.manifest.retry.clone(), loaded.manifest.outputs.clone())
+                    (run, Some(loaded))
                 }
                 Err(why) => (
                     process::RunOutput {
@@ -480,8 +481,7 @@ impl Worker {
                         error: Some(why.clone()),
                         logs: Vec::new(),
                     },
-                    RetryPolicy::default(),
-                    Vec::new(),
+                    None,
                 ),
             },
             Err(LoadError::Missing(reason)) => {
@@ -493,12 +493,12 @@ impl Worker {
                 self.metrics.dead_letters.inc(&[pool, "missing_version"]);
                 let dead =
                     process::RunOutput { status: Status::Dead, result: None, error: Some(reason), logs: Vec::new() };
-                (dead, RetryPolicy::default(), Vec::new())
+                (dead, None)
             }
             Err(LoadError::Broken(reason)) => {
                 let failed =
                     process::RunOutput { status: Status::Failed, result: None, error: Some(reason), logs: Vec::new() };
-                (failed, RetryPolicy::default(), Vec::new())
+                (failed, None)
             }
             Err(LoadError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "cannot load the function version; returning the message");
@@ -517,10 +517,13 @@ impl Worker {
             deliveries: Vec::new(),
         };
         self.metrics.duration.observe_duration(&[&msg.function], claimed_at.elapsed());
+        let no_retry = RetryPolicy::default();
+        let retry = ran.as_ref().map(|l| &l.manifest.retry).unwrap_or(&no_retry);
+        let outputs = ran.as_ref().map(|l| l.manifest.outputs.as_slice()).unwrap_or(&[]);
         let failed = matches!(outcome.status, Status::Failed | Status::TimedOut);
         if failed && retry.retries() {
             if (attempt as u32) < retry.max_attempts {
-                return self.retry_later(pool, &msg, d, &outcome, &retry).await;
+                return self.retry_later(pool, &msg, d, &outcome, retry).await;
             }
             // Out of attempts: the message is kept in the dead-letter queue, the invocation dead.
             let reason = format!(

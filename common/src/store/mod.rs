@@ -164,6 +164,23 @@ pub struct Outcome {
     pub deliveries: Vec<NewDelivery>,
 }
 
+impl Outcome {
+    /// An outcome recorded without a run (not queued, refused, a failed replay): no result,
+    /// no worker, no log lines, no forwards.
+    pub fn unrun(status: Status, attempt: i32, error: String) -> Self {
+        Outcome {
+            status,
+            attempt,
+            result: None,
+            error: Some(error),
+            worker: String::new(),
+            finished_ms: crate::now_ms(),
+            logs: Vec::new(),
+            deliveries: Vec::new(),
+        }
+    }
+}
+
 /// A forward of an invocation's result to one of its function's `[[outputs]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDelivery {

@@ -510,6 +510,17 @@ fn percent_decode(s: &str) -> String {
 
 /// Ends a transaction. A failed rollback is only logged: the server may have rolled back
 /// already (error 3903), and the caller reports the error that led here.
+/// Records an invocation `queued` (CREATE_INVOCATION), on `c` and in its transaction if any.
+async fn insert_invocation(c: &mut Conn, inv: &NewInvocation) -> tiberius::Result<()> {
+    let id = inv.id.to_string();
+    c.execute(
+        CREATE_INVOCATION,
+        &[&id.as_str(), &inv.function.as_str(), &inv.version, &inv.payload.as_slice(), &inv.created_ms],
+    )
+    .await
+    .map(|_| ())
+}
+
 async fn finish(c: &mut Conn, commit: bool) -> Result<()> {
     if commit {
         c.simple_query(COMMIT).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
@@ -826,13 +837,7 @@ impl Store for MssqlStore {
 
     async fn create_invocation(&self, inv: &NewInvocation) -> Result<()> {
         let mut c = self.conn().await?;
-        let id = inv.id.to_string();
-        c.execute(
-            CREATE_INVOCATION,
-            &[&id.as_str(), &inv.function.as_str(), &inv.version, &inv.payload.as_slice(), &inv.created_ms],
-        )
-        .await
-        .map_err(|e| {
+        insert_invocation(&mut c, inv).await.map_err(|e| {
             if is_duplicate(&e) {
                 StoreError::Conflict(format!("invocation {} exists already", inv.id))
             } else {
@@ -1154,12 +1159,7 @@ impl Store for MssqlStore {
             if !won {
                 return Ok(false);
             }
-            c.execute(
-                CREATE_INVOCATION,
-                &[&fid.as_str(), &f.function.as_str(), &f.version, &f.payload.as_slice(), &f.created_ms],
-            )
-            .await
-            .map_err(unavailable)?;
+            insert_invocation(&mut c, f).await.map_err(unavailable)?;
             Ok(true)
         }
         .await;
@@ -1188,12 +1188,7 @@ impl Store for MssqlStore {
             if !fired {
                 return Ok(false);
             }
-            c.execute(
-                CREATE_INVOCATION,
-                &[&id.as_str(), &inv.function.as_str(), &inv.version, &inv.payload.as_slice(), &inv.created_ms],
-            )
-            .await
-            .map_err(unavailable)?;
+            insert_invocation(&mut c, inv).await.map_err(unavailable)?;
             Ok(true)
         }
         .await;

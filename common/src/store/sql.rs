@@ -815,7 +815,11 @@ impl Store for SqlxStore {
                 out[i] = won.contains(&items[i].0.to_string());
             }
         }
-        for i in (0..items.len()).filter(|i| !simple.contains(i)) {
+        let mut grouped = vec![false; items.len()];
+        for &i in &simple {
+            grouped[i] = true;
+        }
+        for i in (0..items.len()).filter(|&i| !grouped[i]) {
             out[i] = self.complete(items[i].0, &items[i].1).await?;
         }
         Ok(out)

@@ -289,7 +289,15 @@ async fn declare_retry_on(ch: &Channel, pool: &str, bucket_ms: u64) -> Result<()
     Ok(())
 }
 
-async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) -> Result<()> {
+/// Publishes one message (mandatory) and waits for its confirm; a nack or a returned
+/// (unroutable) message is an error. Also used for other systems' brokers (`peer`).
+pub(super) async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<()> {
     let confirm = ch
         .basic_publish(
             exchange.into(),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
@@ -65,29 +65,9 @@ impl Peers {
             .with_delivery_mode(2)
             .with_content_type(content_type.to_string().into())
             .with_headers(table);
-        let outcome = async {
-            let confirm = link
-                .channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions { mandatory: true, immediate: false },
-                    body,
-                    props,
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())?;
-            if !confirm.is_ack() {
-                return Err("the broker did not confirm the message (nack)".to_string());
-            }
-            if confirm.take_message().is_some() {
-                return Err(format!("no queue is bound to exchange {exchange:?} with key {routing_key:?}"));
-            }
-            Ok(())
-        }
-        .await;
+        let outcome = super::amqp::publish_confirmed(&link.channel, exchange, routing_key, body, props)
+            .await
+            .map_err(|e| e.to_string());
         if outcome.is_err() {
             self.links.remove(url);
         }
