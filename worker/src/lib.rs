@@ -129,7 +129,12 @@ async fn group_commit(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver
                     }
                 }
                 Err(e) => {
-                    let why = e.to_string();
+                    // Every waiter gets the same error (StoreError is not Clone): keep its inner
+                    // text, so the message is not wrapped twice.
+                    let why = match &e {
+                        StoreError::Unavailable(m) | StoreError::Conflict(m) | StoreError::Corrupt(m) => m.clone(),
+                        other => other.to_string(),
+                    };
                     for tx in replies {
                         let _ = tx.send(Err(StoreError::Unavailable(why.clone())));
                     }
