@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
 use warren_common::store::{FunctionVersion, Invocation, NewInvocation, Outcome, Status, Store, StoreError};
+use warren_common::store::group::Grouped;
 use warren_common::transport::{Transport, TransportError};
 use warren_common::{now_ms, package};
 
@@ -104,7 +105,15 @@ pub struct Management {
     manifests: DashMap<(String, i64), Arc<warren_common::manifest::Manifest>>,
     /// Links to other brokers, for `amqp` outputs.
     pub(crate) peers: warren_common::transport::peer::Peers,
+    /// Invocation records of concurrent invokes, inserted together (one statement, one commit).
+    creates: Grouped<NewInvocation, bool>,
 }
+
+/// Invocation records inserted in one statement at most, and such inserts running at once.
+/// A lone invoke's insert goes at once; under load, those that arrive while the slots are busy
+/// share the next commit.
+const GROUP_CREATE_MAX: usize = 200;
+const GROUP_CREATES_IN_FLIGHT: usize = 4;
 
 /// How long an instance trusts the active version it read. Another management instance's
 /// publish is seen within this delay.
@@ -212,7 +221,7 @@ impl Management {
         let instance = Uuid::now_v7().simple().to_string();
         let notices = transport.open_notices(&instance).await?;
         let m = Arc::new(Management {
-            store,
+            store: store.clone(),
             transport,
             config,
             metrics: metrics::Metrics::default(),
@@ -222,6 +231,13 @@ impl Management {
             active: DashMap::new(),
             manifests: DashMap::new(),
             peers: Default::default(),
+            creates: {
+                let store = store.clone();
+                Grouped::start(GROUP_CREATE_MAX, GROUP_CREATES_IN_FLIGHT, move |invs: Vec<NewInvocation>| {
+                    let store = store.clone();
+                    async move { store.create_invocations(&invs).await }
+                })
+            },
         });
         tokio::spawn(listen_notices(Arc::downgrade(&m), notices));
         if m.config.triggers {
@@ -293,7 +309,9 @@ impl Management {
         tracing::Span::current().record("id", tracing::field::display(id));
         let created_ms = now_ms();
         let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
-        self.metrics.store.time("create_invocation", self.store.create_invocation(&new)).await?;
+        if !self.metrics.store.time("create_invocation", self.creates.call(new)).await? {
+            return Err(Error::Store(StoreError::Conflict(format!("invocation {id} exists already"))));
+        }
         let msg = InvocationMessage {
             v: PROTOCOL_VERSION,
             id,

@@ -328,6 +328,32 @@ async fn group_commit(store: &dyn Store) {
     assert_eq!(store.get_logs(invs[3].id).await.unwrap().len(), 3);
     assert_eq!(store.list_attempts(invs[1].id).await.unwrap().len(), 1);
     assert_eq!(store.list_attempts(invs[4].id).await.unwrap().len(), 1);
+
+    // Many records at once: an id that exists already is refused alone, and left as it was.
+    let fresh: Vec<NewInvocation> = (0..3).map(|_| new_inv(&m.name, 1)).collect();
+    let mut batch = fresh.clone();
+    batch.insert(1, NewInvocation { payload: b"other".to_vec(), ..invs[1].clone() });
+    assert_eq!(store.create_invocations(&batch).await.unwrap(), [true, false, true, true]);
+    assert_eq!(get(1).await.unwrap().unwrap().status, Status::Succeeded, "an existing record is not touched");
+    for inv in &fresh {
+        let got = store.get_invocation(inv.id).await.unwrap().unwrap();
+        assert_eq!((got.status, got.payload.as_slice()), (Status::Queued, inv.payload.as_slice()));
+    }
+    // Many claims at once keep `claim`'s verdicts: queued runs, final is final, an older attempt
+    // than the scheduled one is stale, a record that does not exist is created, and a second
+    // copy of one invocation in the same call is not another `Run` for a stale attempt.
+    assert!(store.retry_later(fresh[2].id, &outcome(Status::Failed, "w", 0)).await.unwrap());
+    let unknown = new_inv(&m.name, 1);
+    let claims = [(&fresh[0], 1), (&invs[1], 1), (&fresh[2], 1), (&unknown, 1), (&fresh[1], 2), (&fresh[1], 1)];
+    let verdicts = store.claim_many(&claims, "w2", now_ms()).await.unwrap();
+    assert_eq!(
+        verdicts,
+        [Claim::Run, Claim::AlreadyFinal(Status::Succeeded), Claim::Superseded, Claim::Run, Claim::Run, Claim::Superseded]
+    );
+    let f0 = store.get_invocation(fresh[0].id).await.unwrap().unwrap();
+    assert_eq!((f0.status, f0.worker.as_deref()), (Status::Running, Some("w2")));
+    assert_eq!(store.get_invocation(unknown.id).await.unwrap().unwrap().status, Status::Running);
+    assert_eq!(store.get_invocation(fresh[1].id).await.unwrap().unwrap().attempts, 2);
 }
 
 /// Batches, timer ticks and output deliveries: the exactly-once rules of issue 4.

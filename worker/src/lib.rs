@@ -27,6 +27,7 @@ use tracing::Instrument;
 use warren_common::manifest::{Manifest, Mode, RetryPolicy, Runtime};
 use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
 use warren_common::store::{Claim, NewDelivery, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
+use warren_common::store::group::Grouped;
 use warren_common::transport::{Delivery, Transport};
 use warren_common::{now_ms, package};
 
@@ -91,12 +92,9 @@ pub struct Worker {
     /// channel held while it may still be running here: such a copy waits its turn.
     running: DashMap<uuid::Uuid, ()>,
     pub metrics: metrics::WorkerMetrics,
-    /// The group committer's queue, once [`Worker::run`] started it.
-    committer: std::sync::OnceLock<tokio::sync::mpsc::Sender<CommitRequest>>,
+    /// The group commits, once [`Worker::run`] started them.
+    groups: std::sync::OnceLock<Groups>,
 }
-
-/// One outcome waiting for the group commit, and where its answer goes.
-type CommitRequest = (uuid::Uuid, Outcome, tokio::sync::oneshot::Sender<Result<bool, StoreError>>);
 
 /// Outcomes stored in one statement at most.
 const GROUP_COMMIT_MAX: usize = 256;
@@ -105,43 +103,33 @@ const GROUP_COMMIT_MAX: usize = 256;
 /// outcome does not wait behind another's commit.
 const GROUP_COMMITS_IN_FLIGHT: usize = 4;
 
-/// Stores outcomes as they come, each batch in one `complete_many` (one commit). While all
-/// commit slots are busy, finished outcomes queue up and go together in the next batch;
-/// nothing ever waits for a batch to fill.
-async fn group_commit(store: Arc<dyn Store>, mut rx: tokio::sync::mpsc::Receiver<CommitRequest>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(GROUP_COMMITS_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+/// Claims made in one statement at most, and claim statements running at once. Claims commit
+/// without waiting for the disk (see `SqlxStore`), so two at a time keep up; a prefetch
+/// window's deliveries then go in one or two statements instead of one each.
+const GROUP_CLAIM_MAX: usize = 256;
+const GROUP_CLAIMS_IN_FLIGHT: usize = 2;
+
+/// The group commits of claims and of outcomes ([`Grouped`]), once [`Worker::run`] started them.
+struct Groups {
+    claims: Grouped<(Arc<NewInvocation>, i32), Claim>,
+    outcomes: Grouped<(uuid::Uuid, Outcome), bool>,
+}
+
+impl Groups {
+    fn start(store: Arc<dyn Store>, worker: String) -> Groups {
+        let s = store.clone();
+        let claims = Grouped::start(GROUP_CLAIM_MAX, GROUP_CLAIMS_IN_FLIGHT, move |items: Vec<(Arc<NewInvocation>, i32)>| {
+            let (store, worker) = (s.clone(), worker.clone());
+            async move {
+                let refs: Vec<(&NewInvocation, i32)> = items.iter().map(|(inv, a)| (&**inv, *a)).collect();
+                store.claim_many(&refs, &worker, now_ms()).await
             }
-        }
-        let store = store.clone();
-        tokio::spawn(async move {
-            let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|(id, o, tx)| ((id, o), tx)).unzip();
-            match store.complete_many(&items).await {
-                Ok(stored) => {
-                    for (tx, won) in replies.into_iter().zip(stored) {
-                        let _ = tx.send(Ok(won));
-                    }
-                }
-                Err(e) => {
-                    // Every waiter gets the same error (StoreError is not Clone): keep its inner
-                    // text, so the message is not wrapped twice.
-                    let why = match &e {
-                        StoreError::Unavailable(m) | StoreError::Conflict(m) | StoreError::Corrupt(m) => m.clone(),
-                        other => other.to_string(),
-                    };
-                    for tx in replies {
-                        let _ = tx.send(Err(StoreError::Unavailable(why.clone())));
-                    }
-                }
-            }
-            drop(slot);
         });
+        let outcomes = Grouped::start(GROUP_COMMIT_MAX, GROUP_COMMITS_IN_FLIGHT, move |items: Vec<(uuid::Uuid, Outcome)>| {
+            let store = store.clone();
+            async move { store.complete_many(&items).await }
+        });
+        Groups { claims, outcomes }
     }
 }
 
@@ -226,18 +214,24 @@ impl Worker {
             last_used: DashMap::new(),
             settings: DashMap::new(),
             running: DashMap::new(),
-            committer: std::sync::OnceLock::new(),
+            groups: std::sync::OnceLock::new(),
         })
     }
 
-    /// [`Store::complete`] through the group committer when it runs (else directly).
+    /// [`Store::complete`] through the group commit when it runs (else directly).
     async fn complete(&self, id: uuid::Uuid, outcome: &Outcome) -> Result<bool, StoreError> {
-        let Some(tx) = self.committer.get() else { return self.store.complete(id, outcome).await };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if tx.send((id, outcome.clone(), reply)).await.is_err() {
-            return self.store.complete(id, outcome).await;
+        match self.groups.get() {
+            Some(g) => g.outcomes.call((id, outcome.clone())).await,
+            None => self.store.complete(id, outcome).await,
         }
-        answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable("the group committer stopped".into())))
+    }
+
+    /// [`Store::claim`] through the group commit when it runs (else directly).
+    async fn claim(&self, inv: &Arc<NewInvocation>, attempt: i32) -> Result<Claim, StoreError> {
+        match self.groups.get() {
+            Some(g) => g.claims.call((inv.clone(), attempt)).await,
+            None => self.store.claim(inv, attempt, &self.cfg.id, now_ms()).await,
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -271,11 +265,8 @@ impl Worker {
         if let Err(e) = self.store.heartbeat(&self.info("running")).await {
             tracing::warn!(error = %e, "cannot register in the store yet; will keep trying");
         }
-        if self.committer.get().is_none() {
-            let (tx, rx) = tokio::sync::mpsc::channel(1024);
-            if self.committer.set(tx).is_ok() {
-                tokio::spawn(group_commit(self.store.clone(), rx));
-            }
+        if self.groups.get().is_none() {
+            let _ = self.groups.set(Groups::start(self.store.clone(), self.cfg.id.clone()));
         }
         let mut tasks = tokio::task::JoinSet::new();
         for (pool, concurrency) in self.cfg.pools.clone() {
@@ -424,19 +415,17 @@ impl Worker {
             return;
         }
         let _running = RunningGuard { map: &self.running, id: msg.id };
-        let inv = NewInvocation {
+        let inv = Arc::new(NewInvocation {
             id: msg.id,
             function: msg.function.clone(),
             version: msg.version,
             payload: msg.payload.to_vec(),
             created_ms: msg.created_ms,
-        };
+        });
         let attempt = msg.attempt.max(1) as i32;
         let claimed_at = std::time::Instant::now();
         let claim = self
-            .with_store_retry("claim", "claim the invocation", || {
-                self.store.claim(&inv, attempt, &self.cfg.id, now_ms())
-            })
+            .with_store_retry("claim", "claim the invocation", || self.claim(&inv, attempt))
             .await;
         match claim {
             Some(Claim::Run) => {}

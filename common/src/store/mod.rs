@@ -10,6 +10,7 @@
 //! The one rule that makes "one final record per invocation" hold: an invocation's status moves
 //! out of `queued`/`running` exactly once, by a conditional update ([`Store::complete`]).
 
+pub mod group;
 pub mod mssql;
 pub mod sql;
 
@@ -375,6 +376,29 @@ pub trait Store: Send + Sync + 'static {
     /// final already or a later attempt is scheduled. Creates the record if it does not exist (a message
     /// published by another path).
     async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim>;
+    /// [`create_invocation`](Self::create_invocation) for many at once (a group commit): one
+    /// answer per entry, in order, `false` where the id exists already (nothing is changed
+    /// then). Backends without a faster way record them one by one.
+    async fn create_invocations(&self, invs: &[NewInvocation]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(invs.len());
+        for inv in invs {
+            out.push(match self.create_invocation(inv).await {
+                Ok(()) => true,
+                Err(StoreError::Conflict(_)) => false,
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(out)
+    }
+    /// [`claim`](Self::claim) for many messages at once, all by `worker` at `started_ms`: one
+    /// verdict per entry, in order. Backends without a faster way claim them one by one.
+    async fn claim_many(&self, items: &[(&NewInvocation, i32)], worker: &str, started_ms: i64) -> Result<Vec<Claim>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (inv, attempt) in items {
+            out.push(self.claim(inv, *attempt, worker, started_ms).await?);
+        }
+        Ok(out)
+    }
     /// Stores the final outcome of `outcome.attempt`, its attempt record and its log lines, if
     /// the invocation is not final yet and no later attempt is scheduled. Returns `false` (and
     /// stores nothing) otherwise: the first final record wins.

@@ -290,6 +290,37 @@ async fn record_if(mut tx: sqlx::Transaction<'static, sqlx::Any>, won: bool, inv
     Ok(true)
 }
 
+/// `rows` tuples for a multi-row `VALUES`, one item per column template: a `?` in a template
+/// becomes the next numbered parameter, counting from `$first` (`"?::text"` casts it; a template
+/// without `?` is a literal). `value_rows(1, 2, &["?", "'queued'", "?::int8"])` is
+/// `($1, 'queued', $2::int8), ($3, 'queued', $4::int8)`.
+fn value_rows(first: usize, rows: usize, cols: &[&str]) -> String {
+    let mut sql = String::with_capacity(rows * cols.len() * 10);
+    let mut n = first;
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for (c, t) in cols.iter().enumerate() {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            match t.split_once('?') {
+                Some((before, after)) => {
+                    sql.push_str(&format!("{before}${n}{after}"));
+                    n += 1;
+                }
+                None => sql.push_str(t),
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// The ids a statement's rows return in their first column.
+fn returned_ids(rows: &[AnyRow]) -> Result<std::collections::HashSet<String>> {
+    rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(unavailable)
+}
+
 fn worker_from(r: &AnyRow) -> Result<WorkerInfo> {
     Ok(WorkerInfo {
         id: r.try_get(0).map_err(unavailable)?,
@@ -734,6 +765,75 @@ impl Store for SqlxStore {
         Ok(claim_verdict(status, attempts, attempt))
     }
 
+    async fn create_invocations(&self, invs: &[NewInvocation]) -> Result<Vec<bool>> {
+        let mut recorded = std::collections::HashSet::new();
+        // One commit for all: a transaction only when they take more than one statement.
+        let chunks: Vec<&[NewInvocation]> = invs.chunks(200).collect();
+        let mut tx = if chunks.len() > 1 { Some(self.begin().await?) } else { None };
+        for chunk in chunks {
+            let sql = format!(
+                "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
+                 VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+                value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?"])
+            );
+            let mut q = sqlx::query(&sql);
+            for inv in chunk {
+                q = q
+                    .bind(inv.id.to_string())
+                    .bind(&inv.function)
+                    .bind(inv.version)
+                    .bind(inv.payload.clone())
+                    .bind(inv.created_ms);
+            }
+            let rows = match tx.as_mut() {
+                Some(tx) => q.fetch_all(&mut **tx).await,
+                None => q.fetch_all(&self.pool).await,
+            };
+            recorded.extend(returned_ids(&rows.map_err(unavailable)?)?);
+        }
+        if let Some(tx) = tx {
+            tx.commit().await.map_err(unavailable)?;
+        }
+        Ok(invs.iter().map(|inv| recorded.contains(&inv.id.to_string())).collect())
+    }
+
+    async fn claim_many(&self, items: &[(&NewInvocation, i32)], worker: &str, started_ms: i64) -> Result<Vec<Claim>> {
+        // The common case in one statement: every invocation still queued (or running after a
+        // channel break) and not moved past this attempt. The rest go one by one after.
+        let mut claimed = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<usize> = (0..items.len()).filter(|&i| seen.insert(items[i].0.id)).collect();
+        if self.kind == Kind::Postgres {
+            for chunk in unique.chunks(500) {
+                let sql = format!(
+                    "UPDATE warren_invocations i SET status = 'running', attempts = v.attempt, worker = $1,
+                       started_ms = $2, version = v.version
+                     FROM (VALUES {}) AS v (id, attempt, version)
+                     WHERE i.id = v.id AND i.status IN ('queued', 'running') AND i.attempts <= v.attempt
+                     RETURNING i.id",
+                    // Numbered after $1 and $2.
+                    value_rows(3, chunk.len(), &["?::text", "?::int4", "?::int8"])
+                );
+                let mut q = sqlx::query(&sql).bind(worker).bind(started_ms);
+                for &i in chunk {
+                    let (inv, attempt) = items[i];
+                    q = q.bind(inv.id.to_string()).bind(attempt).bind(inv.version);
+                }
+                claimed.extend(returned_ids(&q.fetch_all(&self.relaxed).await.map_err(unavailable)?)?);
+            }
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (n, (inv, attempt)) in items.iter().enumerate() {
+            let first = unique.binary_search(&n).is_ok();
+            out.push(if first && claimed.contains(&inv.id.to_string()) {
+                Claim::Run
+            } else {
+                self.claim(inv, *attempt, worker, started_ms).await?
+            });
+        }
+        Ok(out)
+    }
+
     async fn complete(&self, id: Uuid, o: &Outcome) -> Result<bool> {
         self.end_attempt(
             id,
@@ -765,22 +865,7 @@ impl Store for SqlxStore {
             .collect();
         for chunk in simple.chunks(500) {
             let mut sql = String::from("WITH v (id, status, attempt, result, error, worker, finished_ms) AS (VALUES ");
-            for (n, _) in chunk.iter().enumerate() {
-                let b = n * 7;
-                if n > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${}::text, ${}::text, ${}::int4, ${}::bytea, ${}::text, ${}::text, ${}::int8)",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                ));
-            }
+            sql.push_str(&value_rows(1, chunk.len(), &["?::text", "?::text", "?::int4", "?::bytea", "?::text", "?::text", "?::int8"]));
             sql.push_str(
                 "), u AS (
                    UPDATE warren_invocations i SET status = v.status, attempts = v.attempt, result = v.result,
@@ -803,14 +888,7 @@ impl Store for SqlxStore {
                     .bind(&o.worker)
                     .bind(o.finished_ms);
             }
-            let won: std::collections::HashSet<String> = q
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?
-                .iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<Result<_, _>>()
-                .map_err(unavailable)?;
+            let won = returned_ids(&q.fetch_all(&self.pool).await.map_err(unavailable)?)?;
             for &i in chunk {
                 out[i] = won.contains(&items[i].0.to_string());
             }
@@ -1042,24 +1120,10 @@ impl Store for SqlxStore {
         let mut tx = self.begin().await?;
         // 6 parameters a row: chunks stay under SQLite's parameter limit.
         for chunk in items.chunks(150) {
-            let mut sql = String::from(
-                "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, batch) VALUES ",
+            let sql = format!(
+                "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, batch) VALUES {}",
+                value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?", "?"])
             );
-            for i in 0..chunk.len() {
-                let b = i * 6;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, 'queued', 0, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                ));
-            }
             let mut q = sqlx::query(&sql);
             for inv in chunk {
                 q = q
