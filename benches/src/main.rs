@@ -54,9 +54,12 @@ struct Args {
     /// Worker counts of the end-to-end rows.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     workers: Vec<usize>,
-    /// Each worker's --concurrency (also its prefetch).
+    /// Each worker's --concurrency.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
+    /// Each worker's --prefetch-multiplier (default: the worker's own default).
+    #[arg(long, default_value_t = warren_worker::DEFAULT_PREFETCH_MULTIPLIER)]
+    prefetch_multiplier: u16,
     /// HTTP invoke requests in flight in the end-to-end rows.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
@@ -316,6 +319,7 @@ async fn run(args: Args) -> Result<bool> {
         bin_dir: bin_dir.clone(),
         work_dir: work_dir.clone(),
         concurrency: args.concurrency,
+        prefetch_multiplier: args.prefetch_multiplier,
         in_flight: args.in_flight,
         input_bytes: args.payload_bytes,
         run_timeout,
@@ -331,6 +335,7 @@ async fn run(args: Args) -> Result<bool> {
             stores: args.stores.clone(),
             workers: args.workers.clone(),
             concurrency: args.concurrency,
+            prefetch_multiplier: args.prefetch_multiplier,
             in_flight: args.in_flight,
             payload_bytes: args.payload_bytes,
             confirm_window: args.confirm_window,

@@ -15,6 +15,7 @@ pub struct SettingsView {
     pub stores: Vec<String>,
     pub workers: Vec<usize>,
     pub concurrency: u16,
+    pub prefetch_multiplier: u16,
     pub in_flight: usize,
     pub payload_bytes: usize,
     pub confirm_window: usize,
@@ -124,9 +125,9 @@ pub fn print_header(c: &Context) {
     }
     println!("sqlite    {} (sqlx's bundled library in this binary; the workers link the same)", m.sqlite);
     println!(
-        "settings  worker --concurrency {}, {} HTTP requests in flight, {} B inputs; raw broker: {} confirms in flight, prefetch {}; \
+        "settings  worker --concurrency {} --prefetch-multiplier {}, {} HTTP requests in flight, {} B inputs; raw broker: {} confirms in flight, prefetch {}; \
          latency {} s; row timeout {} s",
-        s.concurrency, s.in_flight, s.payload_bytes, s.confirm_window, s.prefetch, s.latency_secs, s.run_timeout_secs
+        s.concurrency, s.prefetch_multiplier, s.in_flight, s.payload_bytes, s.confirm_window, s.prefetch, s.latency_secs, s.run_timeout_secs
     );
     println!(
         "          broker {}; PostgreSQL {}{}; binaries {} ({}{})",

@@ -24,8 +24,8 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
-use warren_common::store::{FunctionVersion, Invocation, NewInvocation, Outcome, Status, Store, StoreError};
 use warren_common::store::group::Grouped;
+use warren_common::store::{FunctionVersion, Invocation, NewInvocation, Outcome, Status, Store, StoreError};
 use warren_common::transport::{Transport, TransportError};
 use warren_common::{now_ms, package};
 

@@ -348,7 +348,14 @@ async fn group_commit(store: &dyn Store) {
     let verdicts = store.claim_many(&claims, "w2", now_ms()).await.unwrap();
     assert_eq!(
         verdicts,
-        [Claim::Run, Claim::AlreadyFinal(Status::Succeeded), Claim::Superseded, Claim::Run, Claim::Run, Claim::Superseded]
+        [
+            Claim::Run,
+            Claim::AlreadyFinal(Status::Succeeded),
+            Claim::Superseded,
+            Claim::Run,
+            Claim::Run,
+            Claim::Superseded
+        ]
     );
     let f0 = store.get_invocation(fresh[0].id).await.unwrap().unwrap();
     assert_eq!((f0.status, f0.worker.as_deref()), (Status::Running, Some("w2")));

@@ -26,19 +26,27 @@ use dashmap::DashMap;
 use tracing::Instrument;
 use warren_common::manifest::{Manifest, Mode, RetryPolicy, Runtime};
 use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
-use warren_common::store::{Claim, NewDelivery, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
 use warren_common::store::group::Grouped;
+use warren_common::store::{Claim, NewDelivery, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
 use warren_common::transport::{Delivery, Transport};
 use warren_common::{now_ms, package};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// See [`WorkerConfig::prefetch_multiplier`].
+pub const DEFAULT_PREFETCH_MULTIPLIER: u16 = 4;
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Unique per worker process; shows in the store as the invocation's `worker`.
     pub id: String,
-    /// Pools served, each with its concurrency (= prefetch).
+    /// Pools served, each with its concurrency: functions of the pool run at once.
     pub pools: Vec<(String, u16)>,
+    /// Broker prefetch per pool, as a multiple of its concurrency. Above 1, messages whose
+    /// outcome is being stored (which no longer hold a run slot) do not keep the next ones
+    /// from starting; the price is that up to that many more messages wait here, unclaimed,
+    /// instead of in the queue where an idle worker could take them.
+    pub prefetch_multiplier: u16,
     /// Where unpacked packages are cached, one folder per sha256.
     pub cache_dir: PathBuf,
     pub heartbeat_every: Duration,
@@ -58,6 +66,7 @@ impl WorkerConfig {
         WorkerConfig {
             id: format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[24..]),
             pools,
+            prefetch_multiplier: DEFAULT_PREFETCH_MULTIPLIER,
             cache_dir: std::env::temp_dir().join("warren-cache"),
             heartbeat_every: Duration::from_secs(5),
             store_retry_for: Duration::from_secs(30),
@@ -107,7 +116,7 @@ const GROUP_COMMITS_IN_FLIGHT: usize = 4;
 /// without waiting for the disk (see `SqlxStore`), so two at a time keep up; a prefetch
 /// window's deliveries then go in one or two statements instead of one each.
 const GROUP_CLAIM_MAX: usize = 256;
-const GROUP_CLAIMS_IN_FLIGHT: usize = 2;
+const GROUP_CLAIMS_IN_FLIGHT: usize = 4;
 
 /// The group commits of claims and of outcomes ([`Grouped`]), once [`Worker::run`] started them.
 struct Groups {
@@ -118,17 +127,19 @@ struct Groups {
 impl Groups {
     fn start(store: Arc<dyn Store>, worker: String) -> Groups {
         let s = store.clone();
-        let claims = Grouped::start(GROUP_CLAIM_MAX, GROUP_CLAIMS_IN_FLIGHT, move |items: Vec<(Arc<NewInvocation>, i32)>| {
-            let (store, worker) = (s.clone(), worker.clone());
-            async move {
-                let refs: Vec<(&NewInvocation, i32)> = items.iter().map(|(inv, a)| (&**inv, *a)).collect();
-                store.claim_many(&refs, &worker, now_ms()).await
-            }
-        });
-        let outcomes = Grouped::start(GROUP_COMMIT_MAX, GROUP_COMMITS_IN_FLIGHT, move |items: Vec<(uuid::Uuid, Outcome)>| {
-            let store = store.clone();
-            async move { store.complete_many(&items).await }
-        });
+        let claims =
+            Grouped::start(GROUP_CLAIM_MAX, GROUP_CLAIMS_IN_FLIGHT, move |items: Vec<(Arc<NewInvocation>, i32)>| {
+                let (store, worker) = (s.clone(), worker.clone());
+                async move {
+                    let refs: Vec<(&NewInvocation, i32)> = items.iter().map(|(inv, a)| (&**inv, *a)).collect();
+                    store.claim_many(&refs, &worker, now_ms()).await
+                }
+            });
+        let outcomes =
+            Grouped::start(GROUP_COMMIT_MAX, GROUP_COMMITS_IN_FLIGHT, move |items: Vec<(uuid::Uuid, Outcome)>| {
+                let store = store.clone();
+                async move { store.complete_many(&items).await }
+            });
         Groups { claims, outcomes }
     }
 }
@@ -317,10 +328,14 @@ impl Worker {
     async fn consume_loop(
         self: Arc<Self>,
         pool: String,
-        prefetch: u16,
+        concurrency: u16,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        // Prefetch bounds what the broker hands over, so this set never exceeds the concurrency.
+        let prefetch = (concurrency as u32 * self.cfg.prefetch_multiplier.max(1) as u32).min(u16::MAX as u32) as u16;
+        // A message holds a run slot from its claim to the end of its run, not while its
+        // outcome is stored and acked.
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1) as usize));
+        // Prefetch bounds what the broker hands over, so this set never exceeds it.
         let mut running = tokio::task::JoinSet::new();
         let mut backoff = Duration::from_millis(100);
         'outer: while !*shutdown.borrow() {
@@ -352,7 +367,7 @@ impl Worker {
                     }
                     Some(_) = running.join_next(), if !running.is_empty() => {}
                     next = consumer.next() => match next {
-                        Some(Ok(d)) => { running.spawn(self.clone().handle(pool.clone(), d)); }
+                        Some(Ok(d)) => { running.spawn(self.clone().handle(pool.clone(), d, slots.clone())); }
                         Some(Err(e)) => {
                             tracing::warn!(%pool, error = %e, "consumer failed; reopening");
                             break;
@@ -385,13 +400,13 @@ impl Worker {
     }
 
     /// Takes one delivery to its end: acked after its outcome is stored, or returned.
-    pub async fn handle(self: Arc<Self>, pool: String, d: Delivery) {
+    pub async fn handle(self: Arc<Self>, pool: String, d: Delivery, slots: Arc<tokio::sync::Semaphore>) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.handle_inner(&pool, d).await;
+        self.handle_inner(&pool, d, &slots).await;
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn handle_inner(&self, pool: &str, d: Delivery) {
+    async fn handle_inner(&self, pool: &str, d: Delivery, slots: &tokio::sync::Semaphore) {
         let msg = match InvocationMessage::decode(&d.body) {
             Ok(m) => m,
             Err(e) => {
@@ -402,10 +417,10 @@ impl Worker {
             }
         };
         let span = tracing::info_span!("invocation", id = %msg.id, function = %msg.function, version = msg.version, attempt = msg.attempt);
-        self.run_message(pool, msg, d).instrument(span).await
+        self.run_message(pool, msg, d, slots).instrument(span).await
     }
 
-    async fn run_message(&self, pool: &str, msg: InvocationMessage, d: Delivery) {
+    async fn run_message(&self, pool: &str, msg: InvocationMessage, d: Delivery, slots: &tokio::sync::Semaphore) {
         if self.running.insert(msg.id, ()).is_some() {
             tracing::info!(
                 "this invocation is already running here (a redelivery after a channel break); returning the copy"
@@ -423,10 +438,10 @@ impl Worker {
             created_ms: msg.created_ms,
         });
         let attempt = msg.attempt.max(1) as i32;
+        // Waiting for a slot, the invocation is still `queued` (unclaimed).
+        let Ok(slot) = slots.acquire().await else { return };
         let claimed_at = std::time::Instant::now();
-        let claim = self
-            .with_store_retry("claim", "claim the invocation", || self.claim(&inv, attempt))
-            .await;
+        let claim = self.with_store_retry("claim", "claim the invocation", || self.claim(&inv, attempt)).await;
         match claim {
             Some(Claim::Run) => {}
             Some(Claim::AlreadyFinal(status)) => {
@@ -500,6 +515,7 @@ impl Worker {
                 return;
             }
         };
+        drop(slot);
         let mut outcome = Outcome {
             status: run.status,
             attempt,

@@ -865,7 +865,11 @@ impl Store for SqlxStore {
             .collect();
         for chunk in simple.chunks(500) {
             let mut sql = String::from("WITH v (id, status, attempt, result, error, worker, finished_ms) AS (VALUES ");
-            sql.push_str(&value_rows(1, chunk.len(), &["?::text", "?::text", "?::int4", "?::bytea", "?::text", "?::text", "?::int8"]));
+            sql.push_str(&value_rows(
+                1,
+                chunk.len(),
+                &["?::text", "?::text", "?::int4", "?::bytea", "?::text", "?::text", "?::int8"],
+            ));
             sql.push_str(
                 "), u AS (
                    UPDATE warren_invocations i SET status = v.status, attempts = v.attempt, result = v.result,

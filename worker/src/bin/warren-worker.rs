@@ -32,9 +32,16 @@ struct Args {
     /// batch pool cannot starve an interactive one: --pool default:8,batch:2
     #[arg(long = "pool", env = "WARREN_POOL", default_value = "default", value_delimiter = ',')]
     pools: Vec<String>,
-    /// Invocations run at once per pool (also the broker prefetch).
+    /// Invocations run at once per pool.
     #[arg(long, env = "WARREN_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1000))]
     concurrency: u16,
+    /// Messages taken from the broker per pool, as a multiple of its concurrency. Above 1, new
+    /// messages start while finished ones are being stored: more throughput for short
+    /// functions. For long-running ones use 1, so that no message waits here while another
+    /// worker is idle.
+    #[arg(long, env = "WARREN_PREFETCH_MULTIPLIER", default_value_t = warren_worker::DEFAULT_PREFETCH_MULTIPLIER,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    prefetch_multiplier: u16,
     /// Folder where function packages are unpacked and cached by hash.
     #[arg(long, env = "WARREN_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -94,6 +101,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let store = warren_common::store::open(&args.store).await?;
     let mut cfg = WorkerConfig::new(pools);
+    cfg.prefetch_multiplier = args.prefetch_multiplier;
     if let Some(id) = args.id {
         cfg.id = id;
     }
