@@ -160,8 +160,9 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_worker_carries_
     assert!(reasons.iter().filter(|r| r.contains("not a valid Warren invocation")).count() == 3, "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("newer than this worker")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("does not exist")), "{reasons:?}");
-    let (_, ghost) = m.get(&format!("/api/invocations/{}", missing.id)).await;
-    assert_eq!(ghost["status"], "dead", "{ghost}");
+    // The message is dead-lettered (confirmed) before the invocation is recorded `dead`.
+    let ghost = wait_status(&m, &missing.id.to_string(), "dead").await;
+    assert!(ghost["error"].as_str().unwrap_or_default().contains("does not exist"), "{ghost}");
 
     let (status, v) = m.invoke(&name, "sync", b"after the poison").await;
     assert_eq!((status, v["result"].as_str()), (200, Some("after the poison")));

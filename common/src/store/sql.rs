@@ -316,6 +316,14 @@ fn value_rows(first: usize, rows: usize, cols: &[&str]) -> String {
     sql
 }
 
+/// Rows of a multi-row statement on PostgreSQL: `n` rounded up to a power of two, the rest
+/// filled with rows of id `''` that match nothing. Each size is then one of a few statement
+/// texts, which stay in each connection's prepared-statement cache instead of being parsed and
+/// planned again for every new batch size.
+fn padded(n: usize) -> usize {
+    n.next_power_of_two()
+}
+
 /// The ids a statement's rows return in their first column.
 fn returned_ids(rows: &[AnyRow]) -> Result<std::collections::HashSet<String>> {
     rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(unavailable)
@@ -768,14 +776,29 @@ impl Store for SqlxStore {
     async fn create_invocations(&self, invs: &[NewInvocation]) -> Result<Vec<bool>> {
         let mut recorded = std::collections::HashSet::new();
         // One commit for all: a transaction only when they take more than one statement.
-        let chunks: Vec<&[NewInvocation]> = invs.chunks(200).collect();
+        let chunks: Vec<&[NewInvocation]> = invs.chunks(256).collect();
         let mut tx = if chunks.len() > 1 { Some(self.begin().await?) } else { None };
         for chunk in chunks {
-            let sql = format!(
-                "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
-                 VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-                value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?"])
-            );
+            let (sql, rows) = match self.kind {
+                Kind::Postgres => (
+                    format!(
+                        "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
+                         SELECT id, function, version, 'queued', 0, payload, created_ms
+                         FROM (VALUES {}) AS v (id, function, version, payload, created_ms) WHERE v.id <> ''
+                         ON CONFLICT (id) DO NOTHING RETURNING id",
+                        value_rows(1, padded(chunk.len()), &["?::text", "?::text", "?::int8", "?::bytea", "?::int8"])
+                    ),
+                    padded(chunk.len()),
+                ),
+                Kind::Sqlite => (
+                    format!(
+                        "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
+                         VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+                        value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?"])
+                    ),
+                    chunk.len(),
+                ),
+            };
             let mut q = sqlx::query(&sql);
             for inv in chunk {
                 q = q
@@ -784,6 +807,9 @@ impl Store for SqlxStore {
                     .bind(inv.version)
                     .bind(inv.payload.clone())
                     .bind(inv.created_ms);
+            }
+            for _ in chunk.len()..rows {
+                q = q.bind("").bind("").bind(0i64).bind(Vec::<u8>::new()).bind(0i64);
             }
             let rows = match tx.as_mut() {
                 Some(tx) => q.fetch_all(&mut **tx).await,
@@ -804,7 +830,7 @@ impl Store for SqlxStore {
         let mut seen = std::collections::HashSet::new();
         let unique: Vec<usize> = (0..items.len()).filter(|&i| seen.insert(items[i].0.id)).collect();
         if self.kind == Kind::Postgres {
-            for chunk in unique.chunks(500) {
+            for chunk in unique.chunks(256) {
                 let sql = format!(
                     "UPDATE warren_invocations i SET status = 'running', attempts = v.attempt, worker = $1,
                        started_ms = $2, version = v.version
@@ -812,12 +838,15 @@ impl Store for SqlxStore {
                      WHERE i.id = v.id AND i.status IN ('queued', 'running') AND i.attempts <= v.attempt
                      RETURNING i.id",
                     // Numbered after $1 and $2.
-                    value_rows(3, chunk.len(), &["?::text", "?::int4", "?::int8"])
+                    value_rows(3, padded(chunk.len()), &["?::text", "?::int4", "?::int8"])
                 );
                 let mut q = sqlx::query(&sql).bind(worker).bind(started_ms);
                 for &i in chunk {
                     let (inv, attempt) = items[i];
                     q = q.bind(inv.id.to_string()).bind(attempt).bind(inv.version);
+                }
+                for _ in chunk.len()..padded(chunk.len()) {
+                    q = q.bind("").bind(0i32).bind(0i64);
                 }
                 claimed.extend(returned_ids(&q.fetch_all(&self.relaxed).await.map_err(unavailable)?)?);
             }
@@ -863,11 +892,11 @@ impl Store for SqlxStore {
         let simple: Vec<usize> = (0..items.len())
             .filter(|&i| seen.insert(items[i].0) && items[i].1.logs.is_empty() && items[i].1.deliveries.is_empty())
             .collect();
-        for chunk in simple.chunks(500) {
+        for chunk in simple.chunks(256) {
             let mut sql = String::from("WITH v (id, status, attempt, result, error, worker, finished_ms) AS (VALUES ");
             sql.push_str(&value_rows(
                 1,
-                chunk.len(),
+                padded(chunk.len()),
                 &["?::text", "?::text", "?::int4", "?::bytea", "?::text", "?::text", "?::int8"],
             ));
             sql.push_str(
@@ -891,6 +920,9 @@ impl Store for SqlxStore {
                     .bind(o.error.clone())
                     .bind(&o.worker)
                     .bind(o.finished_ms);
+            }
+            for _ in chunk.len()..padded(chunk.len()) {
+                q = q.bind("").bind("").bind(0i32).bind(None::<Vec<u8>>).bind(None::<String>).bind("").bind(0i64);
             }
             let won = returned_ids(&q.fetch_all(&self.pool).await.map_err(unavailable)?)?;
             for &i in chunk {
