@@ -90,7 +90,10 @@ pub struct Worker {
     transport: Arc<dyn Transport>,
     cfg: WorkerConfig,
     versions: DashMap<(String, i64), Arc<Loaded>>,
+    /// Messages held: waiting for a run slot, running, or having their outcome stored.
     in_flight: AtomicI32,
+    /// Invocations holding a run slot: what the registry and the gauge show against concurrency.
+    running_now: AtomicI32,
     started_ms: i64,
     handlers: handler::Handlers,
     /// When each cached package (by sha256) was last used, for eviction.
@@ -153,6 +156,18 @@ struct RunningGuard<'a> {
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
         self.map.remove(&self.id);
+    }
+}
+
+/// A pool's run slot, counted in [`Worker::running_now`] while held.
+struct RunSlot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    count: &'a AtomicI32,
+}
+
+impl Drop for RunSlot<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -219,6 +234,7 @@ impl Worker {
             cfg,
             versions: DashMap::new(),
             in_flight: AtomicI32::new(0),
+            running_now: AtomicI32::new(0),
             metrics: metrics::WorkerMetrics::default(),
             started_ms: now_ms(),
             handlers: handler::Handlers::default(),
@@ -255,7 +271,7 @@ impl Worker {
             host: warren_common::hostname(),
             pools: self.cfg.pools.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(","),
             concurrency: self.cfg.pools.iter().map(|(_, c)| *c as i32).sum(),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+            in_flight: self.running_now.load(Ordering::Relaxed),
             version: VERSION.to_string(),
             started_ms: self.started_ms,
             last_seen_ms: now_ms(),
@@ -396,7 +412,7 @@ impl Worker {
 
     /// The metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(self.in_flight.load(Ordering::Relaxed) as i64)
+        self.metrics.render(self.running_now.load(Ordering::Relaxed) as i64)
     }
 
     /// Takes one delivery to its end: acked after its outcome is stored, or returned.
@@ -439,7 +455,9 @@ impl Worker {
         });
         let attempt = msg.attempt.max(1) as i32;
         // Waiting for a slot, the invocation is still `queued` (unclaimed).
-        let Ok(slot) = slots.acquire().await else { return };
+        let Ok(permit) = slots.acquire().await else { return };
+        self.running_now.fetch_add(1, Ordering::Relaxed);
+        let slot = RunSlot { _permit: permit, count: &self.running_now };
         let claimed_at = std::time::Instant::now();
         let claim = self.with_store_retry("claim", "claim the invocation", || self.claim(&inv, attempt)).await;
         match claim {

@@ -53,7 +53,7 @@ impl Default for WorkerMetrics {
                 &["op"],
                 LATENCY_BUCKETS,
             )),
-            in_flight: GaugeVec::new("warren_worker_in_flight", "Deliveries being handled now.", &[]),
+            in_flight: GaugeVec::new("warren_worker_in_flight", "Invocations running now (holding a run slot).", &[]),
         }
     }
 }
