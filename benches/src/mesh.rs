@@ -78,6 +78,9 @@ pub struct Mesh {
     pub http: reqwest::Client,
     pub db: AnyPool,
     pub amqp: lapin::Connection,
+    /// The channel queue statistics are read on, kept between polls (opening one per poll
+    /// failed once after thousands of polls) and replaced after a 404 closes it.
+    stats: std::sync::Mutex<Option<lapin::Channel>>,
     pub settings: Arc<Settings>,
 }
 
@@ -346,7 +349,7 @@ impl Mesh {
         }
         let db = open_db(&store_url).await?;
         let amqp = crate::broker::connect(&settings.amqp_url, "warren-bench-observer").await?;
-        Ok(Mesh { label, store_url, mgmt, base, http, db, amqp, settings })
+        Ok(Mesh { label, store_url, mgmt, base, http, db, amqp, stats: Default::default(), settings })
     }
 
     /// Publishes an echo function on `pool`; returns its name.
@@ -430,7 +433,15 @@ impl Mesh {
 
     /// (ready messages, consumers) of a pool's queue; (0, 0) while it does not exist.
     async fn queue_stats(&self, pool: &str) -> Result<(u64, u32)> {
-        let ch = self.amqp.create_channel().await?;
+        let kept = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ch = match kept.filter(|c| c.status().connected()) {
+            Some(c) => c,
+            None => {
+                let c = self.amqp.create_channel().await?;
+                *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                c
+            }
+        };
         let q = ch
             .queue_declare(
                 warren_common::topology::pool_queue(pool).as_str().into(),
@@ -439,12 +450,13 @@ impl Mesh {
             )
             .await;
         match q {
-            Ok(q) => {
-                let _ = ch.close(200, "done".into()).await;
-                Ok((q.message_count() as u64, q.consumer_count()))
+            Ok(q) => Ok((q.message_count() as u64, q.consumer_count())),
+            // A passive declare of a missing queue closes the channel (404): open another
+            // next time.
+            Err(_) => {
+                *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok((0, 0))
             }
-            // A passive declare of a missing queue closes the channel (404).
-            Err(_) => Ok((0, 0)),
         }
     }
 

@@ -106,7 +106,7 @@ pub struct Management {
     /// Links to other brokers, for `amqp` outputs.
     pub(crate) peers: warren_common::transport::peer::Peers,
     /// Invocation records of concurrent invokes, inserted together (one statement, one commit).
-    creates: Grouped<NewInvocation, bool>,
+    creates: Grouped<NewInvocation, Result<bool, StoreError>>,
 }
 
 /// Invocation records inserted in one statement at most, and such inserts running at once.
@@ -235,7 +235,7 @@ impl Management {
                 let store = store.clone();
                 Grouped::start(GROUP_CREATE_MAX, GROUP_CREATES_IN_FLIGHT, move |invs: Vec<NewInvocation>| {
                     let store = store.clone();
-                    async move { store.create_invocations(&invs).await }
+                    async move { Ok(store.create_invocations(&invs).await) }
                 })
             },
         });
@@ -309,7 +309,7 @@ impl Management {
         tracing::Span::current().record("id", tracing::field::display(id));
         let created_ms = now_ms();
         let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
-        if !self.metrics.store.time("create_invocation", self.creates.call(new)).await? {
+        if !self.metrics.store.time("create_invocation", async { self.creates.call(new).await? }).await? {
             return Err(Error::Store(StoreError::Conflict(format!("invocation {id} exists already"))));
         }
         let msg = InvocationMessage {

@@ -168,6 +168,41 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_worker_carries_
     assert_eq!((status, v["result"].as_str()), (200, Some("after the poison")));
 }
 
+/// With concurrency 1 the worker holds 4 messages (prefetch = 4 x concurrency) but runs one:
+/// at SIGTERM it finishes that one and returns the other three unstarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_returns_the_messages_it_had_not_started() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("slow"));
+    let m = Management::start(&pg_url()).await;
+    let manifest =
+        format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n");
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", "sleep 1\necho finished\n")])).await;
+    let mut w = start_worker(&pg_url(), &pool, 1, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (_, v) = m.invoke(&name, "async", b"").await;
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    wait_status(&m, &ids[0], "running").await;
+    let status = w.terminate(Duration::from_secs(20)).expect("the worker exits within its grace period");
+    assert!(status.success(), "exit status {status:?}");
+    let (_, first) = m.get(&format!("/api/invocations/{}", ids[0])).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    for id in &ids[1..] {
+        let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+        assert_eq!((v["status"].as_str(), v["started_ms"].as_i64()), (Some("queued"), None), "not started: {v}");
+    }
+    // Returned, not lost: the next worker runs each of them once.
+    let _w2 = start_worker(&pg_url(), &pool, 4, &tmp.path().join("cache2"));
+    for id in &ids[1..] {
+        let v = wait_status(&m, id, "succeeded").await;
+        assert_eq!(v["attempts"], 1, "{v}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_running_invocations_finish_then_the_worker_leaves() {
     require_services();

@@ -333,7 +333,9 @@ async fn group_commit(store: &dyn Store) {
     let fresh: Vec<NewInvocation> = (0..3).map(|_| new_inv(&m.name, 1)).collect();
     let mut batch = fresh.clone();
     batch.insert(1, NewInvocation { payload: b"other".to_vec(), ..invs[1].clone() });
-    assert_eq!(store.create_invocations(&batch).await.unwrap(), [true, false, true, true]);
+    batch.push(NewInvocation { payload: b"twice".to_vec(), ..fresh[0].clone() });
+    let answers: Vec<bool> = store.create_invocations(&batch).await.into_iter().map(|a| a.unwrap()).collect();
+    assert_eq!(answers, [true, false, true, true, false], "an id given twice is recorded once");
     assert_eq!(get(1).await.unwrap().unwrap().status, Status::Succeeded, "an existing record is not touched");
     for inv in &fresh {
         let got = store.get_invocation(inv.id).await.unwrap().unwrap();

@@ -116,8 +116,8 @@ const GROUP_COMMIT_MAX: usize = 256;
 const GROUP_COMMITS_IN_FLIGHT: usize = 4;
 
 /// Claims made in one statement at most, and claim statements running at once. Claims commit
-/// without waiting for the disk (see `SqlxStore`), so two at a time keep up; a prefetch
-/// window's deliveries then go in one or two statements instead of one each.
+/// without waiting for the disk (see `SqlxStore`'s relaxed pool, sized for these and the
+/// heartbeat); the deliveries that wait for a statement then go in the next one.
 const GROUP_CLAIM_MAX: usize = 256;
 const GROUP_CLAIMS_IN_FLIGHT: usize = 4;
 
@@ -157,6 +157,13 @@ impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
         self.map.remove(&self.id);
     }
+}
+
+/// A pool's run slots (its concurrency) and the number of its current consumer: a delivery
+/// handed out by an earlier consumer (before a channel break) is stale.
+pub struct Gate {
+    slots: tokio::sync::Semaphore,
+    consumer: std::sync::atomic::AtomicU64,
 }
 
 /// A pool's run slot, counted in [`Worker::running_now`] while held.
@@ -348,9 +355,10 @@ impl Worker {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let prefetch = (concurrency as u32 * self.cfg.prefetch_multiplier.max(1) as u32).min(u16::MAX as u32) as u16;
-        // A message holds a run slot from its claim to the end of its run, not while its
-        // outcome is stored and acked.
-        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1) as usize));
+        let gate = Arc::new(Gate {
+            slots: tokio::sync::Semaphore::new(concurrency.max(1) as usize),
+            consumer: std::sync::atomic::AtomicU64::new(0),
+        });
         // Prefetch bounds what the broker hands over, so this set never exceeds it.
         let mut running = tokio::task::JoinSet::new();
         let mut backoff = Duration::from_millis(100);
@@ -375,6 +383,8 @@ impl Worker {
                 _ = shutdown.changed() => continue,
             };
             backoff = Duration::from_millis(100);
+            // Deliveries of earlier consumers still waiting for a slot are now stale.
+            let generation = gate.consumer.fetch_add(1, Ordering::SeqCst) + 1;
             loop {
                 tokio::select! {
                     biased;
@@ -383,7 +393,7 @@ impl Worker {
                     }
                     Some(_) = running.join_next(), if !running.is_empty() => {}
                     next = consumer.next() => match next {
-                        Some(Ok(d)) => { running.spawn(self.clone().handle(pool.clone(), d, slots.clone())); }
+                        Some(Ok(d)) => { running.spawn(self.clone().handle(pool.clone(), d, gate.clone(), generation)); }
                         Some(Err(e)) => {
                             tracing::warn!(%pool, error = %e, "consumer failed; reopening");
                             break;
@@ -396,6 +406,9 @@ impl Worker {
                 }
             }
         }
+        // Stopping: what runs finishes (and is stored and acked); what waits for a slot goes
+        // back to the queue instead of starting now.
+        gate.slots.close();
         while running.join_next().await.is_some() {}
     }
 
@@ -416,13 +429,13 @@ impl Worker {
     }
 
     /// Takes one delivery to its end: acked after its outcome is stored, or returned.
-    pub async fn handle(self: Arc<Self>, pool: String, d: Delivery, slots: Arc<tokio::sync::Semaphore>) {
+    pub async fn handle(self: Arc<Self>, pool: String, d: Delivery, gate: Arc<Gate>, generation: u64) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.handle_inner(&pool, d, &slots).await;
+        self.handle_inner(&pool, d, &gate, generation).await;
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn handle_inner(&self, pool: &str, d: Delivery, slots: &tokio::sync::Semaphore) {
+    async fn handle_inner(&self, pool: &str, d: Delivery, gate: &Gate, generation: u64) {
         let msg = match InvocationMessage::decode(&d.body) {
             Ok(m) => m,
             Err(e) => {
@@ -433,10 +446,10 @@ impl Worker {
             }
         };
         let span = tracing::info_span!("invocation", id = %msg.id, function = %msg.function, version = msg.version, attempt = msg.attempt);
-        self.run_message(pool, msg, d, slots).instrument(span).await
+        self.run_message(pool, msg, d, gate, generation).instrument(span).await
     }
 
-    async fn run_message(&self, pool: &str, msg: InvocationMessage, d: Delivery, slots: &tokio::sync::Semaphore) {
+    async fn run_message(&self, pool: &str, msg: InvocationMessage, d: Delivery, gate: &Gate, generation: u64) {
         if self.running.insert(msg.id, ()).is_some() {
             tracing::info!(
                 "this invocation is already running here (a redelivery after a channel break); returning the copy"
@@ -454,8 +467,18 @@ impl Worker {
             created_ms: msg.created_ms,
         });
         let attempt = msg.attempt.max(1) as i32;
-        // Waiting for a slot, the invocation is still `queued` (unclaimed).
-        let Ok(permit) = slots.acquire().await else { return };
+        // Waiting for a slot, the invocation is not claimed by this worker.
+        let Ok(permit) = gate.slots.acquire().await else {
+            tracing::debug!("stopping before this invocation started; returning it to the queue");
+            let _ = d.requeue().await;
+            return;
+        };
+        if gate.consumer.load(Ordering::SeqCst) != generation {
+            // Its channel broke while it waited: the broker hands it out again (the ack could
+            // not reach it anyway), so running it here would only duplicate the work.
+            tracing::info!("dropping a delivery of a broken channel before running it");
+            return;
+        }
         self.running_now.fetch_add(1, Ordering::Relaxed);
         let slot = RunSlot { _permit: permit, count: &self.running_now };
         let claimed_at = std::time::Instant::now();

@@ -70,9 +70,8 @@ impl<I: Send + 'static, O: Send + 'static> Grouped<I, O> {
                             }
                         }
                         Err(e) => {
-                            // StoreError is not Clone: each waiter gets the same kind and text.
                             for tx in replies {
-                                let _ = tx.send(Err(copy_error(&e)));
+                                let _ = tx.send(Err(e.again()));
                             }
                         }
                     }
@@ -88,16 +87,6 @@ impl<I: Send + 'static, O: Send + 'static> Grouped<I, O> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((item, reply)).await.map_err(|_| StoreError::Unavailable(STOPPED.into()))?;
         answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable(STOPPED.into())))
-    }
-}
-
-/// The same error again, kind and text (its inner text, so that it is not wrapped twice).
-fn copy_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-        other => StoreError::Unavailable(other.to_string()),
     }
 }
 

@@ -38,6 +38,19 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+impl StoreError {
+    /// The same error again, kind and inner text (StoreError is not `Clone`): for answering
+    /// every caller of a failed group commit.
+    pub fn again(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+            StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+            StoreError::BadUrl(m) => StoreError::BadUrl(m.clone()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -377,18 +390,25 @@ pub trait Store: Send + Sync + 'static {
     /// published by another path).
     async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim>;
     /// [`create_invocation`](Self::create_invocation) for many at once (a group commit): one
-    /// answer per entry, in order, `false` where the id exists already (nothing is changed
-    /// then). Backends without a faster way record them one by one.
-    async fn create_invocations(&self, invs: &[NewInvocation]) -> Result<Vec<bool>> {
-        let mut out = Vec::with_capacity(invs.len());
+    /// answer per entry, in order: `Ok(true)` recorded, `Ok(false)` where the id exists already
+    /// (or came earlier in `invs`; nothing is changed then), or the error that kept this entry
+    /// from being recorded. Backends without a faster way record them one by one; after a
+    /// failure the rest are not tried and get the same error.
+    async fn create_invocations(&self, invs: &[NewInvocation]) -> Vec<Result<bool>> {
+        let mut out: Vec<Result<bool>> = Vec::with_capacity(invs.len());
         for inv in invs {
+            if let Some(Err(e)) = out.last() {
+                let again = e.again();
+                out.push(Err(again));
+                continue;
+            }
             out.push(match self.create_invocation(inv).await {
-                Ok(()) => true,
-                Err(StoreError::Conflict(_)) => false,
-                Err(e) => return Err(e),
+                Ok(()) => Ok(true),
+                Err(StoreError::Conflict(_)) => Ok(false),
+                Err(e) => Err(e),
             });
         }
-        Ok(out)
+        out
     }
     /// [`claim`](Self::claim) for many messages at once, all by `worker` at `started_ms`: one
     /// verdict per entry, in order. Backends without a faster way claim them one by one.

@@ -387,8 +387,10 @@ impl SqlxStore {
         let relaxed = if kind == Kind::Sqlite {
             pool.clone()
         } else {
+            // The worker's claim group commit runs up to 4 statements at once; one more
+            // connection keeps heartbeats from queueing behind them.
             AnyPoolOptions::new()
-                .max_connections(4)
+                .max_connections(5)
                 .acquire_timeout(Duration::from_secs(10))
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
@@ -418,6 +420,60 @@ impl SqlxStore {
             Kind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable),
             Kind::Postgres => self.pool.begin().await.map_err(unavailable),
         }
+    }
+
+    /// Inserts `invs` as `queued` in one commit; per entry, whether it was recorded (`false`
+    /// where the id existed, or came earlier in `invs`).
+    async fn insert_invocations(&self, invs: &[NewInvocation]) -> Result<Vec<bool>> {
+        let mut recorded = std::collections::HashSet::new();
+        // One commit for all: a transaction only when they take more than one statement.
+        let chunks: Vec<&[NewInvocation]> = invs.chunks(256).collect();
+        let mut tx = if chunks.len() > 1 { Some(self.begin().await?) } else { None };
+        for chunk in chunks {
+            let (sql, rows) = match self.kind {
+                Kind::Postgres => (
+                    format!(
+                        "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
+                         SELECT id, function, version, 'queued', 0, payload, created_ms
+                         FROM (VALUES {}) AS v (id, function, version, payload, created_ms) WHERE v.id <> ''
+                         ON CONFLICT (id) DO NOTHING RETURNING id",
+                        value_rows(1, padded(chunk.len()), &["?::text", "?::text", "?::int8", "?::bytea", "?::int8"])
+                    ),
+                    padded(chunk.len()),
+                ),
+                Kind::Sqlite => (
+                    format!(
+                        "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
+                         VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+                        value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?"])
+                    ),
+                    chunk.len(),
+                ),
+            };
+            let mut q = sqlx::query(&sql);
+            for inv in chunk {
+                q = q
+                    .bind(inv.id.to_string())
+                    .bind(&inv.function)
+                    .bind(inv.version)
+                    .bind(inv.payload.clone())
+                    .bind(inv.created_ms);
+            }
+            for _ in chunk.len()..rows {
+                q = q.bind("").bind("").bind(0i64).bind(Vec::<u8>::new()).bind(0i64);
+            }
+            let rows = match tx.as_mut() {
+                Some(tx) => q.fetch_all(&mut **tx).await,
+                None => q.fetch_all(&self.pool).await,
+            };
+            recorded.extend(returned_ids(&rows.map_err(unavailable)?)?);
+        }
+        if let Some(tx) = tx {
+            tx.commit().await.map_err(unavailable)?;
+        }
+        // A second entry of one id is not recorded again: only the first answers `true`.
+        let mut seen = std::collections::HashSet::new();
+        Ok(invs.iter().map(|inv| recorded.contains(&inv.id.to_string()) && seen.insert(inv.id)).collect())
     }
 
     /// Ends one attempt: `update` (which must touch the invocation only if it is not final and
@@ -773,54 +829,12 @@ impl Store for SqlxStore {
         Ok(claim_verdict(status, attempts, attempt))
     }
 
-    async fn create_invocations(&self, invs: &[NewInvocation]) -> Result<Vec<bool>> {
-        let mut recorded = std::collections::HashSet::new();
-        // One commit for all: a transaction only when they take more than one statement.
-        let chunks: Vec<&[NewInvocation]> = invs.chunks(256).collect();
-        let mut tx = if chunks.len() > 1 { Some(self.begin().await?) } else { None };
-        for chunk in chunks {
-            let (sql, rows) = match self.kind {
-                Kind::Postgres => (
-                    format!(
-                        "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
-                         SELECT id, function, version, 'queued', 0, payload, created_ms
-                         FROM (VALUES {}) AS v (id, function, version, payload, created_ms) WHERE v.id <> ''
-                         ON CONFLICT (id) DO NOTHING RETURNING id",
-                        value_rows(1, padded(chunk.len()), &["?::text", "?::text", "?::int8", "?::bytea", "?::int8"])
-                    ),
-                    padded(chunk.len()),
-                ),
-                Kind::Sqlite => (
-                    format!(
-                        "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
-                         VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-                        value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?"])
-                    ),
-                    chunk.len(),
-                ),
-            };
-            let mut q = sqlx::query(&sql);
-            for inv in chunk {
-                q = q
-                    .bind(inv.id.to_string())
-                    .bind(&inv.function)
-                    .bind(inv.version)
-                    .bind(inv.payload.clone())
-                    .bind(inv.created_ms);
-            }
-            for _ in chunk.len()..rows {
-                q = q.bind("").bind("").bind(0i64).bind(Vec::<u8>::new()).bind(0i64);
-            }
-            let rows = match tx.as_mut() {
-                Some(tx) => q.fetch_all(&mut **tx).await,
-                None => q.fetch_all(&self.pool).await,
-            };
-            recorded.extend(returned_ids(&rows.map_err(unavailable)?)?);
+    async fn create_invocations(&self, invs: &[NewInvocation]) -> Vec<Result<bool>> {
+        // One statement (or one transaction) for all: every entry shares its fate.
+        match self.insert_invocations(invs).await {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(e) => invs.iter().map(|_| Err(e.again())).collect(),
         }
-        if let Some(tx) = tx {
-            tx.commit().await.map_err(unavailable)?;
-        }
-        Ok(invs.iter().map(|inv| recorded.contains(&inv.id.to_string())).collect())
     }
 
     async fn claim_many(&self, items: &[(&NewInvocation, i32)], worker: &str, started_ms: i64) -> Result<Vec<Claim>> {
