@@ -596,8 +596,9 @@ impl Mesh {
             if !pacer.due() && Instant::now() < deadline {
                 continue;
             }
+            let polled_at = Instant::now();
             let (done, _, _) = self.finals(name).await?;
-            pacer.polled(done, fired.accepted);
+            pacer.polled(done, fired.accepted, polled_at.elapsed());
             if done != last.0 {
                 last = (done, Instant::now());
             }
@@ -698,8 +699,9 @@ impl Mesh {
             if !pacer.due() && Instant::now() < deadline {
                 continue;
             }
+            let polled_at = Instant::now();
             (done, ok, last_finished) = self.finals(name).await?;
-            pacer.polled(done, target);
+            pacer.polled(done, target, polled_at.elapsed());
             if done != last_count.0 {
                 last_count = (done, Instant::now());
             }
@@ -911,8 +913,9 @@ impl Mesh {
                 if !pacer.due() {
                     continue;
                 }
+                let polled_at = Instant::now();
                 let (done, _, last_finished) = self.finals(name).await?;
-                pacer.polled(done, target);
+                pacer.polled(done, target, polled_at.elapsed());
                 if done != last_count.0 {
                     last_count = (done, Instant::now());
                 }
@@ -984,8 +987,10 @@ impl Mesh {
 }
 
 /// When to count the store next: rarely while far from done, every 100 ms near the end, so
-/// the benchmark's own COUNT queries take little from the store it measures. (The end time
-/// comes from the records' `finished_ms`, not from when a poll saw it.)
+/// the benchmark's own COUNT queries take little from the store it measures; and never more
+/// often than every 20 times the last count took (a count over a million rows costs the
+/// store most of a second). The end time comes from the records' `finished_ms`, not from
+/// when a poll saw it.
 struct Pacer {
     since: Instant,
     from: u64,
@@ -1002,7 +1007,7 @@ impl Pacer {
         Instant::now() >= self.next
     }
 
-    fn polled(&mut self, done: u64, target: u64) {
+    fn polled(&mut self, done: u64, target: u64, took: Duration) {
         let moved = done.saturating_sub(self.from);
         let wait = if moved == 0 {
             0.3
@@ -1010,7 +1015,8 @@ impl Pacer {
             let rate = moved as f64 / self.since.elapsed().as_secs_f64().max(1e-3);
             target.saturating_sub(done) as f64 / rate / 2.0
         };
-        self.next = Instant::now() + Duration::from_secs_f64(wait.clamp(0.1, 2.0));
+        let wait = wait.clamp(0.1, 2.0).max(took.as_secs_f64() * 20.0);
+        self.next = Instant::now() + Duration::from_secs_f64(wait);
     }
 }
 

@@ -345,7 +345,7 @@ impl Management {
     async fn finish_batch(&self, b: &Batch) -> Result<bool, Error> {
         match b.state.as_str() {
             "running" => {
-                if self.store.batch_unfinished(b.id).await? > 0 {
+                if self.store.batch_has_unfinished(b.id).await? {
                     return Ok(false);
                 }
                 let Some(then) = &b.then else {
@@ -394,7 +394,7 @@ impl Management {
             "cancelled" => {
                 // Items recorded after the cancel (a submission still streaming) are cancelled too.
                 self.store.cancel_batch(b.id, now_ms()).await?;
-                if self.store.batch_unfinished(b.id).await? > 0 {
+                if self.store.batch_has_unfinished(b.id).await? {
                     return Ok(false);
                 }
                 self.store.end_batch(b.id, "cancelled", now_ms()).await?;

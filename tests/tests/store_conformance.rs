@@ -380,11 +380,13 @@ async fn batches_ticks_and_deliveries(store: &dyn Store) {
     let b = store.get_batch(id).await.unwrap().unwrap();
     assert_eq!((b.total, b.state.as_str(), b.counts["queued"], b.counts["cancelled"]), (450, "running", 450, 0));
     assert_eq!(store.batch_unfinished(id).await.unwrap(), 450);
+    assert!(store.batch_has_unfinished(id).await.unwrap());
     for inv in &items[..449] {
         assert_eq!(store.claim(inv, 1, "w", now_ms()).await.unwrap(), Claim::Run);
         assert!(store.complete(inv.id, &outcome(Status::Succeeded, "w", 0)).await.unwrap());
     }
     assert_eq!(store.batch_unfinished(id).await.unwrap(), 1);
+    assert!(store.batch_has_unfinished(id).await.unwrap(), "one item left is still unfinished");
     // Results page in id order.
     let first = store.batch_results(id, None, 300).await.unwrap();
     let rest = store.batch_results(id, Some(first.last().unwrap().id), 300).await.unwrap();
@@ -402,6 +404,7 @@ async fn batches_ticks_and_deliveries(store: &dyn Store) {
     assert_eq!(store.cancel_batch(id, now_ms()).await.unwrap(), Some(1));
     assert_eq!(store.claim(&items[449], 1, "w", now_ms()).await.unwrap(), Claim::AlreadyFinal(Status::Cancelled));
     assert_eq!(store.batch_unfinished(id).await.unwrap(), 0);
+    assert!(!store.batch_has_unfinished(id).await.unwrap());
     assert!(store.open_batches().await.unwrap().iter().any(|b| b.id == id && b.state == "cancelled"));
     store.end_batch(id, "cancelled", now_ms()).await.unwrap();
     assert!(!store.open_batches().await.unwrap().iter().any(|b| b.id == id));

@@ -475,6 +475,11 @@ pub trait Store: Send + Sync + 'static {
     async fn open_batches(&self) -> Result<Vec<Batch>>;
     /// Items not final yet.
     async fn batch_unfinished(&self, batch: Uuid) -> Result<i64>;
+    /// Whether any item of a batch is still queued or running: what the fan-in sweeper asks
+    /// every few hundred milliseconds, so it must not count a million-item batch each time.
+    async fn batch_has_unfinished(&self, batch: Uuid) -> Result<bool> {
+        Ok(self.batch_unfinished(batch).await? > 0)
+    }
     /// A batch's state alone (cheap: no counts); `None` when there is no such batch.
     async fn batch_state(&self, batch: Uuid) -> Result<Option<String>>;
     /// Cancels a batch that is submitting or running: its queued items become `cancelled`

@@ -1254,6 +1254,18 @@ impl Store for SqlxStore {
             .map_err(unavailable)
     }
 
+    async fn batch_has_unfinished(&self, batch: Uuid) -> Result<bool> {
+        // The first unfinished item found ends the scan of the (batch, status) index.
+        let found = sqlx::query(
+            "SELECT 1 FROM warren_invocations WHERE batch = $1 AND status IN ('queued', 'running') LIMIT 1",
+        )
+        .bind(batch.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(found.is_some())
+    }
+
     async fn cancel_batch(&self, batch: Uuid, now_ms: i64) -> Result<Option<u64>> {
         let id = batch.to_string();
         let mut tx = self.begin().await?;
