@@ -168,17 +168,24 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_worker_carries_
     assert_eq!((status, v["result"].as_str()), (200, Some("after the poison")));
 }
 
+/// Publishes a process function, on a pool of its own, that sleeps `secs` and prints
+/// "finished"; returns (pool, name).
+async fn publish_slow(m: &Management, dir: &std::path::Path, secs: u32) -> (String, String) {
+    let (pool, name) = (unique("p"), unique("slow"));
+    let manifest =
+        format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n");
+    m.publish_dir(&function_dir(dir, &manifest, &[("run.sh", &format!("sleep {secs}\necho finished\n"))])).await;
+    (pool, name)
+}
+
 /// With concurrency 1 the worker holds 4 messages (prefetch = 4 x concurrency) but runs one:
 /// at SIGTERM it finishes that one and returns the other three unstarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_returns_the_messages_it_had_not_started() {
     require_services();
     let tmp = tempfile::tempdir().unwrap();
-    let (pool, name) = (unique("p"), unique("slow"));
     let m = Management::start(&pg_url()).await;
-    let manifest =
-        format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n");
-    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", "sleep 1\necho finished\n")])).await;
+    let (pool, name) = publish_slow(&m, tmp.path(), 1).await;
     let mut w = start_worker(&pg_url(), &pool, 1, &tmp.path().join("cache"));
     wait_consumers(&pool, 1).await;
     let mut ids = Vec::new();
@@ -207,11 +214,8 @@ async fn a_stopping_worker_returns_the_messages_it_had_not_started() {
 async fn sigterm_lets_running_invocations_finish_then_the_worker_leaves() {
     require_services();
     let tmp = tempfile::tempdir().unwrap();
-    let (pool, name) = (unique("p"), unique("slow"));
     let m = Management::start(&pg_url()).await;
-    let manifest =
-        format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n");
-    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", "sleep 2\necho finished\n")])).await;
+    let (pool, name) = publish_slow(&m, tmp.path(), 2).await;
     let mut w = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
     wait_consumers(&pool, 1).await;
 

@@ -272,20 +272,20 @@ fn key_from(r: &AnyRow) -> Result<ApiKey> {
 
 /// Ends a transaction whose guard statement decided whether `inv` is to be recorded: records
 /// it and commits when `won`, rolls back otherwise. Returns `won`.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds a new invocation's five columns, in `INSERT_INVOCATION`'s order: id, function,
+/// version, payload, created_ms.
+fn bind_invocation<'q>(q: AnyQuery<'q>, inv: &'q NewInvocation) -> AnyQuery<'q> {
+    q.bind(inv.id.to_string()).bind(&inv.function).bind(inv.version).bind(inv.payload.clone()).bind(inv.created_ms)
+}
+
 async fn record_if(mut tx: sqlx::Transaction<'static, sqlx::Any>, won: bool, inv: &NewInvocation) -> Result<bool> {
     if !won {
         tx.rollback().await.map_err(unavailable)?;
         return Ok(false);
     }
-    sqlx::query(INSERT_INVOCATION)
-        .bind(inv.id.to_string())
-        .bind(&inv.function)
-        .bind(inv.version)
-        .bind(inv.payload.clone())
-        .bind(inv.created_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+    bind_invocation(sqlx::query(INSERT_INVOCATION), inv).execute(&mut *tx).await.map_err(unavailable)?;
     tx.commit().await.map_err(unavailable)?;
     Ok(true)
 }
@@ -452,12 +452,7 @@ impl SqlxStore {
             };
             let mut q = sqlx::query(&sql);
             for inv in chunk {
-                q = q
-                    .bind(inv.id.to_string())
-                    .bind(&inv.function)
-                    .bind(inv.version)
-                    .bind(inv.payload.clone())
-                    .bind(inv.created_ms);
+                q = bind_invocation(q, inv);
             }
             for _ in chunk.len()..rows {
                 q = q.bind("").bind("").bind(0i64).bind(Vec::<u8>::new()).bind(0i64);
@@ -765,21 +760,13 @@ impl Store for SqlxStore {
     }
 
     async fn create_invocation(&self, inv: &NewInvocation) -> Result<()> {
-        sqlx::query(INSERT_INVOCATION)
-            .bind(inv.id.to_string())
-            .bind(&inv.function)
-            .bind(inv.version)
-            .bind(inv.payload.clone())
-            .bind(inv.created_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("invocation {} exists already", inv.id))
-                } else {
-                    unavailable(e)
-                }
-            })?;
+        bind_invocation(sqlx::query(INSERT_INVOCATION), inv).execute(&self.pool).await.map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("invocation {} exists already", inv.id))
+            } else {
+                unavailable(e)
+            }
+        })?;
         Ok(())
     }
 
@@ -1176,13 +1163,7 @@ impl Store for SqlxStore {
             );
             let mut q = sqlx::query(&sql);
             for inv in chunk {
-                q = q
-                    .bind(inv.id.to_string())
-                    .bind(&inv.function)
-                    .bind(inv.version)
-                    .bind(inv.payload.clone())
-                    .bind(inv.created_ms)
-                    .bind(&batch);
+                q = bind_invocation(q, inv).bind(&batch);
             }
             q.execute(&mut *tx).await.map_err(unavailable)?;
         }
