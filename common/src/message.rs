@@ -32,6 +32,14 @@ pub struct InvocationMessage {
     /// Headers of the message that triggered it (AMQP source trigger), given to the function.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// Set by management on the one message it publishes for a new invocation that nothing can
+    /// cancel (HTTP, source and timer invocations; not batch items, fan-ins, replays or
+    /// retries). A first delivery of such a message (not marked redelivered by the broker)
+    /// cannot have an outcome stored yet, so a worker runs it without claiming it in the store
+    /// first; its outcome is then stored by the same guarded update as any other. Absent (an
+    /// older sender) means `false`: claim first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
 }
 
 /// A notice sent to the waiting management instance once an outcome is stored.
@@ -114,6 +122,7 @@ mod tests {
             notify: Some("warren.notice.abc".into()),
             created_ms: 1,
             headers: Vec::new(),
+            fresh: true,
         }
     }
 

@@ -263,6 +263,8 @@ impl Management {
                 notify: None,
                 created_ms,
                 headers: Vec::new(),
+                // A cancel may turn it `cancelled` before it runs: the worker claims it first.
+                fresh: false,
             })
             .collect();
         let published = futures_util::stream::iter(messages)
@@ -415,6 +417,8 @@ impl Management {
             notify: None,
             created_ms: inv.created_ms,
             headers: Vec::new(),
+            // May be published twice (by the `finishing` branch of another instance).
+            fresh: false,
         };
         // Not publish_recorded: a failed publish must leave the follow-up `queued` (the
         // `finishing` branch publishes it again), not record it failed for good.

@@ -322,6 +322,7 @@ impl Management {
             notify: wait.map(|_| warren_common::topology::notice_queue(&self.instance)),
             created_ms,
             headers,
+            fresh: true,
         };
         // Register before publishing: the notice may come back before publish returns.
         let (guard, rx) = match wait {
@@ -446,7 +447,7 @@ impl Management {
                     Some(f) => f.active_version,
                     None => msg.version,
                 };
-                let again = InvocationMessage { attempt: attempt as u32, version, notify: None, ..msg };
+                let again = InvocationMessage { attempt: attempt as u32, version, notify: None, fresh: false, ..msg };
                 match self.transport.publish(pool, again.encode().into()).await {
                     Ok(()) => {
                         d.ack().await?;

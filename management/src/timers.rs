@@ -98,6 +98,8 @@ impl Management {
             notify: None,
             created_ms,
             headers: Vec::new(),
+            // Each tick is recorded by one instance and published once.
+            fresh: true,
         };
         self.publish_recorded(&t.pool, &msg).await?;
         tracing::info!(function, tick = %rfc3339(tick_ms), invocation = %id, catch_up, "timer fired");

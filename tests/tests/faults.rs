@@ -233,6 +233,7 @@ async fn ten_thousand_garbage_messages_are_dead_lettered_and_real_work_completes
         notify: None,
         created_ms: warren_common::now_ms(),
         headers: Vec::new(),
+        fresh: false,
     }
     .encode();
     // Garbage goes in while the real invocations are published.

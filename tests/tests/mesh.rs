@@ -179,6 +179,7 @@ async fn a_redelivered_message_whose_outcome_is_stored_does_not_run_again() {
         notify: Some(warren_common::topology::notice_queue(&me)),
         created_ms: warren_common::now_ms(),
         headers: Vec::new(),
+        fresh: false,
     };
     t.publish(&pool, again.encode().into()).await.unwrap();
     let notice =

@@ -35,6 +35,8 @@ fn outcome(status: Status, worker: &str, logs: usize) -> Outcome {
         result: Some(format!("result-of-{worker}").into_bytes()),
         error: (status != Status::Succeeded).then(|| "it broke".to_string()),
         worker: worker.into(),
+        started_ms: None,
+        version: None,
         finished_ms: now_ms(),
         logs: (0..logs)
             .map(|i| LogLine { attempt: 1, seq: i as i32, ts_ms: now_ms(), line: format!("line {i} é") })
@@ -139,6 +141,22 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(logs.len(), 450, "only the winner's lines are stored");
     assert!(logs.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(logs[7].line, "line 7 é");
+    let attempts = store.list_attempts(inv.id).await.unwrap();
+    let summary: Vec<(i32, Status, &str)> = attempts.iter().map(|a| (a.attempt, a.status, a.worker.as_str())).collect();
+    assert_eq!(summary, vec![(1, Status::Succeeded, "w1")], "the final attempt is listed once");
+    assert_eq!(attempts[0].finished_ms, got.finished_ms.unwrap());
+
+    // An invocation run without a claim first (the worker's fast path): the outcome brings its
+    // start time and the version that ran.
+    let unclaimed = new_inv(&name, 1);
+    store.create_invocation(&unclaimed).await.unwrap();
+    assert!(store.list_attempts(unclaimed.id).await.unwrap().is_empty(), "a queued invocation has no attempt yet");
+    let started = now_ms() - 5;
+    let ran = Outcome { started_ms: Some(started), version: Some(2), ..outcome(Status::Succeeded, "w4", 1) };
+    assert!(store.complete(unclaimed.id, &ran).await.unwrap());
+    let got = store.get_invocation(unclaimed.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.started_ms, got.version, got.attempts), (Status::Succeeded, Some(started), 2, 1));
+    assert_eq!(store.list_attempts(unclaimed.id).await.unwrap().len(), 1);
 
     // A redelivery of a final invocation is recognised.
     assert_eq!(store.claim(&inv, 2, "w3", now_ms()).await.unwrap(), Claim::AlreadyFinal(Status::Succeeded));
@@ -211,6 +229,13 @@ async fn conformance(store: Arc<dyn Store>) {
     let got = store.get_invocation(retried.id).await.unwrap().unwrap();
     assert_eq!((got.status, got.attempts), (Status::Queued, 3));
     assert_eq!(store.claim(&retried, 3, "w3", now_ms()).await.unwrap(), Claim::Run);
+    let after_replay: Vec<(i32, Status)> =
+        store.list_attempts(retried.id).await.unwrap().iter().map(|a| (a.attempt, a.status)).collect();
+    assert_eq!(after_replay, vec![(1, Status::Failed), (2, Status::Dead)], "a replay keeps the dead attempt's record");
+    assert!(store.complete(retried.id, &Outcome { attempt: 3, ..outcome(Status::Succeeded, "w3", 0) }).await.unwrap());
+    let after_third: Vec<(i32, Status)> =
+        store.list_attempts(retried.id).await.unwrap().iter().map(|a| (a.attempt, a.status)).collect();
+    assert_eq!(after_third, vec![(1, Status::Failed), (2, Status::Dead), (3, Status::Succeeded)]);
     assert_eq!(store.replay(Uuid::now_v7()).await.unwrap(), None);
 
     // Listing, newest first, filtered.
@@ -218,7 +243,7 @@ async fn conformance(store: Arc<dyn Store>) {
         .list_invocations(&InvocationFilter { function: Some(name.clone()), status: None, limit: 100 })
         .await
         .unwrap();
-    assert_eq!(all.len(), 5);
+    assert_eq!(all.len(), 6);
     assert!(all.windows(2).all(|w| (w[0].created_ms, w[0].id) >= (w[1].created_ms, w[1].id)));
     let failed_only = store
         .list_invocations(&InvocationFilter { function: Some(name.clone()), status: Some(Status::Failed), limit: 100 })
@@ -403,6 +428,7 @@ async fn batches_ticks_and_deliveries(store: &dyn Store) {
     // Cancel: the one queued item is cancelled, never claimable.
     assert_eq!(store.cancel_batch(id, now_ms()).await.unwrap(), Some(1));
     assert_eq!(store.claim(&items[449], 1, "w", now_ms()).await.unwrap(), Claim::AlreadyFinal(Status::Cancelled));
+    assert!(store.list_attempts(items[449].id).await.unwrap().is_empty(), "a cancelled item never ran");
     assert_eq!(store.batch_unfinished(id).await.unwrap(), 0);
     assert!(!store.batch_has_unfinished(id).await.unwrap());
     assert!(store.open_batches().await.unwrap().iter().any(|b| b.id == id && b.state == "cancelled"));

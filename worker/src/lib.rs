@@ -178,6 +178,10 @@ impl Drop for RunSlot<'_> {
     }
 }
 
+/// How long an invocation run without a claim may take before it is marked `running` in the
+/// store.
+const RUNNING_MARK_AFTER: Duration = Duration::from_millis(250);
+
 /// How long a function's settings are reused before they are read again.
 const SETTINGS_TTL: Duration = Duration::from_secs(5);
 
@@ -482,7 +486,17 @@ impl Worker {
         self.running_now.fetch_add(1, Ordering::Relaxed);
         let slot = RunSlot { _permit: permit, count: &self.running_now };
         let claimed_at = std::time::Instant::now();
-        let claim = self.with_store_retry("claim", "claim the invocation", || self.claim(&inv, attempt)).await;
+        let started_ms = now_ms();
+        // A first delivery of a message management published once for a new invocation cannot
+        // have an outcome yet: it runs at once, and its outcome is stored by the same guarded
+        // update as any other. Every other message is claimed first (a redelivery, a retry, a
+        // replay, a batch item that a cancel may have turned `cancelled`).
+        let claimed = !(msg.fresh && !d.redelivered && attempt == 1);
+        let claim = if claimed {
+            self.with_store_retry("claim", "claim the invocation", || self.claim(&inv, attempt)).await
+        } else {
+            Some(Claim::Run)
+        };
         match claim {
             Some(Claim::Run) => {}
             Some(Claim::AlreadyFinal(status)) => {
@@ -514,7 +528,8 @@ impl Worker {
         let (run, ran) = match self.load(&msg.function, msg.version).await {
             Ok(loaded) => match &settings {
                 Ok(settings) => {
-                    let mut run = self.execute(&loaded, &msg, attempt, settings).await;
+                    let run = self.execute(&loaded, &msg, attempt, settings);
+                    let mut run = if claimed { run.await } else { self.run_marked_if_long(run, &inv, attempt).await };
                     if !settings.secrets.is_empty() {
                         for l in &mut run.logs {
                             l.line = settings.redact(&l.line);
@@ -563,6 +578,8 @@ impl Worker {
             result: run.result,
             error: run.error,
             worker: self.cfg.id.clone(),
+            started_ms: Some(started_ms),
+            version: ran.as_ref().map(|_| msg.version),
             finished_ms: now_ms(),
             logs: run.logs,
             deliveries: Vec::new(),
@@ -598,7 +615,11 @@ impl Worker {
             .filter(|(_, o)| o.applies(succeeded, outcome.result.as_deref()))
             .map(|(i, o)| NewDelivery { output: i as i32, target: o.target() })
             .collect();
-        match self.with_store_retry("complete", "store the outcome", || self.complete(msg.id, &outcome)).await {
+        let mut stored = self.with_store_retry("complete", "store the outcome", || self.complete(msg.id, &outcome)).await;
+        if stored == Some(false) && !claimed {
+            stored = self.record_unrecorded(&inv, attempt, &outcome).await;
+        }
+        match stored {
             None => {
                 let _ = d.requeue().await;
                 return;
@@ -613,6 +634,55 @@ impl Worker {
         if let Err(e) = d.ack().await {
             // The outcome is stored: a redelivery will be recognised and acked then.
             tracing::warn!(error = %e, "ack failed after the outcome was stored");
+        }
+    }
+
+    /// Runs an invocation that was not claimed; if it is still running after
+    /// [`RUNNING_MARK_AFTER`], marks it `running` in the store (a claim, made while the run goes
+    /// on) so that listings show what is running. Short runs, most of them, go from `queued` to
+    /// their outcome in one write.
+    async fn run_marked_if_long(
+        &self,
+        run: impl std::future::Future<Output = process::RunOutput>,
+        inv: &Arc<NewInvocation>,
+        attempt: i32,
+    ) -> process::RunOutput {
+        let mut run = std::pin::pin!(run);
+        tokio::select! {
+            biased;
+            out = &mut run => out,
+            _ = tokio::time::sleep(RUNNING_MARK_AFTER) => {
+                let mark = async {
+                    match self.claim(inv, attempt).await {
+                        Ok(Claim::Run) => {}
+                        Ok(other) => tracing::info!(
+                            verdict = ?other,
+                            "this invocation moved on while it ran (another copy?); its outcome will be stored only if it is still open"
+                        ),
+                        Err(e) => tracing::debug!(error = %e, "cannot mark the invocation running; its outcome is stored all the same"),
+                    }
+                };
+                tokio::join!(run, mark).0
+            }
+        }
+    }
+
+    /// An unclaimed run's outcome found no open record. Either another outcome came first, or
+    /// the record is not there at all (management's insert commits without waiting for the
+    /// disk, so a database crash can lose it while its message lives on in the broker): then
+    /// the record is made now, as the claim would have made it, and the outcome stored on it.
+    /// `None` when the store cannot be reached (the message goes back to the queue).
+    async fn record_unrecorded(&self, inv: &Arc<NewInvocation>, attempt: i32, outcome: &Outcome) -> Option<bool> {
+        let found =
+            self.with_store_retry("get_invocation", "look for the invocation's record", || self.store.get_invocation(inv.id))
+                .await?;
+        if found.is_some() {
+            return Some(false);
+        }
+        tracing::warn!("the invocation has no record (lost in a database crash?); recording it with its outcome");
+        match self.with_store_retry("claim", "record the invocation", || self.claim(inv, attempt)).await? {
+            Claim::Run => self.with_store_retry("complete", "store the outcome", || self.complete(inv.id, outcome)).await,
+            _ => Some(false),
         }
     }
 
@@ -631,6 +701,7 @@ impl Worker {
         let delay = Duration::from_millis(policy.delay_ms(outcome.attempt as u32, rand::random::<f64>()));
         let mut next = msg.clone();
         next.attempt = outcome.attempt as u32 + 1;
+        next.fresh = false;
         if let Err(e) = self.transport.publish_delayed(pool, next.encode().into(), delay).await {
             tracing::warn!(error = %e, "cannot schedule the retry; returning the message");
             let _ = d.requeue().await;

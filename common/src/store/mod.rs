@@ -171,6 +171,12 @@ pub struct Outcome {
     pub result: Option<Vec<u8>>,
     pub error: Option<String>,
     pub worker: String,
+    /// When the attempt started, if it ran; recorded with the outcome (a worker that ran the
+    /// invocation without claiming it first has not recorded it yet).
+    pub started_ms: Option<i64>,
+    /// The function version that ran, if it ran (a replay may run a newer version than the
+    /// first attempt did).
+    pub version: Option<i64>,
     pub finished_ms: i64,
     pub logs: Vec<LogLine>,
     /// Outputs this outcome is to be forwarded to (stored `pending` with a final outcome, in
@@ -188,6 +194,8 @@ impl Outcome {
             result: None,
             error: Some(error),
             worker: String::new(),
+            started_ms: None,
+            version: None,
             finished_ms: crate::now_ms(),
             logs: Vec::new(),
             deliveries: Vec::new(),
@@ -419,9 +427,11 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(out)
     }
-    /// Stores the final outcome of `outcome.attempt`, its attempt record and its log lines, if
-    /// the invocation is not final yet and no later attempt is scheduled. Returns `false` (and
-    /// stores nothing) otherwise: the first final record wins.
+    /// Stores the final outcome of `outcome.attempt` (with its `started_ms` and `version` when
+    /// given), its attempt record and its log lines, if the invocation is not final yet and no
+    /// later attempt is scheduled. Returns `false` (and stores nothing) otherwise: the first
+    /// final record wins. A backend may keep the last attempt's record in the invocation's own
+    /// row (see [`list_attempts`](Self::list_attempts)).
     async fn complete(&self, id: Uuid, outcome: &Outcome) -> Result<bool>;
     /// [`complete`](Self::complete) for many invocations at once: a group commit, one result
     /// per entry, in order. Backends without a faster way store them one by one.
@@ -444,7 +454,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_invocations(&self, filter: &InvocationFilter) -> Result<Vec<Invocation>>;
     /// In attempt, then line order.
     async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>>;
-    /// The attempts that ended, in order.
+    /// The attempts that ended, in order: the failed attempts that were retried, and the last
+    /// one once the invocation is final (a cancelled batch item never ran: it has none).
     async fn list_attempts(&self, id: Uuid) -> Result<Vec<AttemptRecord>>;
 
     /// Creates or replaces a function's setting.

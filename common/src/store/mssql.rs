@@ -199,10 +199,12 @@ const CLAIM_INSERT: &str = "INSERT INTO warren_invocations
      WHERE NOT EXISTS (SELECT 1 FROM warren_invocations WHERE id = @P1)";
 const GET_STATUS: &str = "SELECT status, attempts FROM warren_invocations WHERE id = @P1";
 const COMPLETE: &str = "UPDATE warren_invocations
-     SET status = @P1, attempts = @P2, result = @P3, error = @P4, worker = @P5, finished_ms = @P6
+     SET status = @P1, attempts = @P2, result = @P3, error = @P4, worker = @P5, finished_ms = @P6,
+       started_ms = COALESCE(@P8, started_ms), version = COALESCE(@P9, version)
      WHERE id = @P7 AND status IN ('queued', 'running') AND attempts <= @P2";
 const RETRY_LATER: &str = "UPDATE warren_invocations
-     SET status = @P1, attempts = @P2 + 1, result = @P3, error = @P4, worker = @P5, finished_ms = @P6
+     SET status = @P1, attempts = @P2 + 1, result = @P3, error = @P4, worker = @P5, finished_ms = @P6,
+       started_ms = COALESCE(@P8, started_ms), version = COALESCE(@P9, version)
      WHERE id = @P7 AND status IN ('queued', 'running') AND attempts <= @P2";
 const INSERT_ATTEMPT: &str = "INSERT INTO warren_attempts (invocation, attempt, status, error, worker, finished_ms)
      VALUES (@P1, @P2, @P3, @P4, @P5, @P6)";
@@ -679,7 +681,9 @@ impl MssqlStore {
         result
     }
 
-    /// See `SqlxStore::end_attempt`: the update, then the attempt record and log lines, in one
+    /// Like `SqlxStore::end_attempt`, except that every attempt's record, the last one
+    /// included, goes to warren_attempts (so `list_attempts` and `replay` need nothing of the
+    /// invocation's row): the update, then the attempt record and log lines, in one
     /// transaction, only if the update touched the invocation.
     async fn end_attempt(&self, id: Uuid, o: &Outcome, update: &str, status: Status) -> Result<bool> {
         let mut c = self.conn().await?;
@@ -698,6 +702,8 @@ impl MssqlStore {
                         &o.worker.as_str(),
                         &o.finished_ms,
                         &id.as_str(),
+                        &o.started_ms,
+                        &o.version,
                     ],
                 )
                 .await
