@@ -291,7 +291,11 @@ pub fn print_tables(c: &Context, f: &Figures) {
             rate(r.publish_rate()),
             format!("{}/{}", thousands(r.messages), thousands(r.messages)),
             format!("{:.2} s", r.end_to_end_secs),
-            String::new(),
+            format!(
+                "median of {} runs (two before the Warren rows, one after): {} msg/s",
+                f.raw_rates.len(),
+                f.raw_rates.iter().map(|&x| rate(x)).collect::<Vec<_>>().join(" / ")
+            ),
         ]),
         (None, e) => rows.push(vec![
             "1  raw broker (lapin)".into(),
@@ -576,6 +580,7 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
             "publish_confirmed_per_s": r.publish_rate(),
             "end_to_end_secs": r.end_to_end_secs,
             "publish_secs": r.publish_secs,
+            "runs_end_to_end_per_s": f.raw_rates,
             "cpu_secs": cpu_json(&r.cpu),
         }),
         (None, e) => json!({"error": e}),

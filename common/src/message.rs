@@ -47,6 +47,40 @@ pub struct InvocationMessage {
 pub struct CompletionNotice {
     pub v: u16,
     pub id: Uuid,
+    /// The outcome the sender stored, when it is final and small enough
+    /// ([`NOTICE_OUTCOME_MAX_BYTES`]): the waiter answers with it instead of reading the store.
+    /// Absent (an older sender, a redelivery acked without running, a large result) means: read
+    /// the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<NoticeOutcome>,
+}
+
+/// Results and log lines above this size are not sent in a [`CompletionNotice`].
+pub const NOTICE_OUTCOME_MAX_BYTES: usize = 64 << 10;
+
+/// A final outcome exactly as it was stored (the invocation's row and its log lines).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoticeOutcome {
+    pub status: crate::store::Status,
+    pub attempt: i32,
+    pub version: i64,
+    #[serde(default, with = "serde_bytes")]
+    pub result: Option<Vec<u8>>,
+    pub error: Option<String>,
+    pub worker: String,
+    pub started_ms: Option<i64>,
+    pub finished_ms: i64,
+    /// This attempt's log lines.
+    pub logs: Vec<crate::store::LogLine>,
+}
+
+impl NoticeOutcome {
+    /// Roughly what it weighs in a notice.
+    pub fn size(&self) -> usize {
+        self.result.as_ref().map_or(0, Vec::len)
+            + self.error.as_ref().map_or(0, String::len)
+            + self.logs.iter().map(|l| l.line.len() + 16).sum::<usize>()
+    }
 }
 
 /// Why a queue message could not be taken as an invocation.
@@ -110,6 +144,32 @@ mod serde_bytes_compat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_notice_carries_its_outcome_and_an_older_one_reads_without() {
+        let id = Uuid::now_v7();
+        let outcome = NoticeOutcome {
+            status: crate::store::Status::Succeeded,
+            attempt: 1,
+            version: 2,
+            result: Some(b"\x00\xffok".to_vec()),
+            error: None,
+            worker: "w".into(),
+            started_ms: Some(5),
+            finished_ms: 7,
+            logs: vec![crate::store::LogLine { attempt: 1, seq: 0, ts_ms: 6, line: "hi".into() }],
+        };
+        let n = CompletionNotice { v: PROTOCOL_VERSION, id, outcome: Some(outcome) };
+        assert_eq!(CompletionNotice::decode(&n.encode()).unwrap(), n);
+        // What a sender without the field writes.
+        #[derive(Serialize)]
+        struct Old {
+            v: u16,
+            id: Uuid,
+        }
+        let old = rmp_serde::to_vec_named(&Old { v: PROTOCOL_VERSION, id }).unwrap();
+        assert_eq!(CompletionNotice::decode(&old).unwrap(), CompletionNotice { v: PROTOCOL_VERSION, id, outcome: None });
+    }
 
     fn sample() -> InvocationMessage {
         InvocationMessage {

@@ -351,8 +351,11 @@ async fn invoke(
     let accepted = m.invoke(&name, body, wait).await?;
     match accepted.invocation {
         Some(inv) if inv.status.is_final() => {
-            // Two reads at once: one round trip of waiting instead of two.
-            let (logs, attempts) = tokio::try_join!(m.store.get_logs(inv.id), m.store.list_attempts(inv.id))?;
+            let (logs, attempts) = match accepted.details {
+                Some(known) => known,
+                // Two reads at once: one round trip of waiting instead of two.
+                None => tokio::try_join!(m.store.get_logs(inv.id), m.store.list_attempts(inv.id))?,
+            };
             Ok((StatusCode::OK, Json(view(&inv, Some(&logs), Some(&attempts)))).into_response())
         }
         Some(inv) => Ok((

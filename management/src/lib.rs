@@ -23,9 +23,11 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::oneshot;
 use uuid::Uuid;
-use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
+use warren_common::message::{CompletionNotice, InvocationMessage, NoticeOutcome, PROTOCOL_VERSION};
 use warren_common::store::group::Grouped;
-use warren_common::store::{FunctionVersion, Invocation, NewInvocation, Outcome, Status, Store, StoreError};
+use warren_common::store::{
+    AttemptRecord, FunctionVersion, Invocation, LogLine, NewInvocation, Outcome, Status, Store, StoreError,
+};
 use warren_common::transport::{Transport, TransportError};
 use warren_common::{now_ms, package};
 
@@ -96,7 +98,7 @@ pub struct Management {
     pub metrics: metrics::Metrics,
     /// This instance's name; its notice queue is `warren.notice.<instance>`.
     instance: String,
-    waiters: DashMap<Uuid, oneshot::Sender<()>>,
+    waiters: DashMap<Uuid, oneshot::Sender<Option<NoticeOutcome>>>,
     declared_pools: DashMap<String, ()>,
     /// Active version per function, reused for [`ACTIVE_TTL`]: invoking does not read the
     /// store for it each time. A publish through this instance updates it at once.
@@ -113,7 +115,7 @@ pub struct Management {
 /// A lone invoke's insert goes at once; under load, those that arrive while the slots are busy
 /// share the next commit.
 const GROUP_CREATE_MAX: usize = 200;
-const GROUP_CREATES_IN_FLIGHT: usize = 4;
+const GROUP_CREATES_IN_FLIGHT: usize = 2;
 
 /// How long an instance trusts the active version it read. Another management instance's
 /// publish is seen within this delay.
@@ -129,7 +131,7 @@ async fn listen_notices(weak: std::sync::Weak<Management>, mut notices: Box<dyn 
                 Ok(d) => match CompletionNotice::decode(&d.body) {
                     Ok(notice) => {
                         if let Some((_, tx)) = m.waiters.remove(&notice.id) {
-                            let _ = tx.send(());
+                            let _ = tx.send(notice.outcome);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "ignoring an undecodable completion notice"),
@@ -159,7 +161,7 @@ async fn listen_notices(weak: std::sync::Weak<Management>, mut notices: Box<dyn 
 
 /// Removes a waiter when the waiting request ends, however it ends.
 struct WaiterGuard<'a> {
-    map: &'a DashMap<Uuid, oneshot::Sender<()>>,
+    map: &'a DashMap<Uuid, oneshot::Sender<Option<NoticeOutcome>>>,
     id: Uuid,
 }
 
@@ -209,6 +211,8 @@ pub struct ReplayReport {
 pub struct Accepted {
     pub id: Uuid,
     pub invocation: Option<Invocation>,
+    /// Its log lines and attempts, when the worker's notice brought them (else read them).
+    pub details: Option<(Vec<LogLine>, Vec<AttemptRecord>)>,
 }
 
 impl Management {
@@ -312,6 +316,8 @@ impl Management {
         if !self.metrics.store.time("create_invocation", async { self.creates.call(new).await? }).await? {
             return Err(Error::Store(StoreError::Conflict(format!("invocation {id} exists already"))));
         }
+        // A sync answer shows the input (a reference count, not a copy, until then).
+        let input = wait.map(|_| payload.clone());
         let msg = InvocationMessage {
             v: PROTOCOL_VERSION,
             id,
@@ -337,13 +343,42 @@ impl Management {
         self.metrics.invocations_accepted.inc(&[function]);
         tracing::debug!("invocation published");
         let (Some(wait), Some(rx)) = (wait, rx) else {
-            return Ok(Accepted { id, invocation: None });
+            return Ok(Accepted { id, invocation: None, details: None });
         };
-        let _ = tokio::time::timeout(wait, rx).await;
+        let noticed = tokio::time::timeout(wait, rx).await;
         drop(guard);
-        // Read once: after the notice, or at the deadline in case a notice was lost.
+        // The first attempt's outcome, as the worker stored it, came with the notice: the
+        // record, its log lines and its one attempt are known without reading them back.
+        if let Ok(Ok(Some(o))) = noticed {
+            if o.attempt == 1 && o.status.is_final() {
+                let attempt = AttemptRecord {
+                    attempt: o.attempt,
+                    status: o.status,
+                    error: o.error.clone(),
+                    worker: o.worker.clone(),
+                    finished_ms: o.finished_ms,
+                };
+                let inv = Invocation {
+                    id,
+                    function: function.to_string(),
+                    version: o.version,
+                    status: o.status,
+                    attempts: o.attempt,
+                    payload: input.map(|b| b.to_vec()).unwrap_or_default(),
+                    result: o.result,
+                    error: o.error,
+                    worker: Some(o.worker),
+                    created_ms,
+                    started_ms: o.started_ms,
+                    finished_ms: Some(o.finished_ms),
+                };
+                return Ok(Accepted { id, invocation: Some(inv), details: Some((o.logs, vec![attempt])) });
+            }
+        }
+        // Read once: after a notice without the outcome, or at the deadline in case a notice
+        // was lost.
         let inv = self.metrics.store.time("get_invocation", self.store.get_invocation(id)).await?;
-        Ok(Accepted { id, invocation: inv })
+        Ok(Accepted { id, invocation: inv, details: None })
     }
 
     /// Publishes the message of an invocation already recorded `queued`. If the broker does not

@@ -254,3 +254,94 @@ async fn a_busy_batch_pool_does_not_hold_up_the_interactive_pool() {
     let waiting = b["counts"]["queued"].as_i64().unwrap();
     assert!(waiting >= 10, "only {waiting} of 20 batch jobs were still queued: the interactive pool waited for them");
 }
+
+/// A sync answer is built from the worker's notice (the outcome it stored) instead of being
+/// read back from the store: it must be exactly what the store holds. Also: a run longer than
+/// the worker's marking delay shows as `running` while it runs (it was not claimed first), and
+/// a fresh message whose record is missing (lost in a database crash) gets one with its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_answers_match_the_stored_records_and_unclaimed_runs_are_recorded() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = unique("p");
+    let (talk, fail, slow, echo) = (unique("talk"), unique("fail"), unique("slow"), unique("echo"));
+    let m = Management::start(&pg_url()).await;
+    let process = |name: &str, script: &str| {
+        function_dir(
+            tmp.path(),
+            &format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n"),
+            &[("run.sh", script)],
+        )
+    };
+    m.publish_dir(&process(&talk, "echo 'line one' >&2\necho 'line two' >&2\ncat\n")).await;
+    m.publish_dir(&process(&fail, "echo 'about to fail' >&2\nexit 3\n")).await;
+    m.publish_dir(&process(&slow, "sleep 1.5\necho done\n")).await;
+    m.publish_dir(&function_dir(tmp.path(), &format!("name = \"{echo}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"), &[]))
+        .await;
+    let _worker = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    for (name, input, status) in
+        [(&talk, &b"{\"x\": 1}"[..], "succeeded"), (&fail, b"", "failed"), (&echo, b"\x00\xffbin", "succeeded")]
+    {
+        let (code, answer) = m.invoke(name, "sync", input).await;
+        assert_eq!((code, answer["status"].as_str()), (200, Some(status)), "{answer}");
+        let (_, stored) = m.get(&format!("/api/invocations/{}", answer["id"].as_str().unwrap())).await;
+        assert_eq!(answer, stored, "the sync answer of {name} is the stored record");
+        assert_eq!(stored["attempt_history"].as_array().unwrap().len(), 1, "{stored}");
+        assert!(stored["started_ms"].as_i64().is_some(), "{stored}");
+    }
+    let (_, talked) = m.invoke(&talk, "sync", b"hi").await;
+    let lines: Vec<&str> = talked["logs"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert_eq!(lines, ["line one", "line two"]);
+
+    // A slow run: queued, then marked running while it runs, then its outcome.
+    let (code, accepted) = m.invoke(&slow, "async", b"").await;
+    assert_eq!(code, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let running = eventually(Duration::from_secs(20), "the slow run to show as running", || {
+        let (m, id) = (&m, id.clone());
+        async move {
+            let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+            (v["status"] == "running" || v["status"] == "succeeded").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(running["status"], "running", "seen while it ran: {running}");
+    assert!(running["worker"].as_str().is_some(), "{running}");
+    let done = eventually(Duration::from_secs(20), "the slow run to end", || {
+        let (m, id) = (&m, id.clone());
+        async move {
+            let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+            (v["status"] == "succeeded").then_some(v)
+        }
+    })
+    .await;
+    assert!(done["duration_ms"].as_i64().unwrap() >= 1400, "{done}");
+
+    // A fresh message of an invocation nobody recorded: the worker records it with its outcome.
+    let t = AmqpTransport::connect(&amqp_url(), "unrecorded-test").await.unwrap();
+    let me = unique("t");
+    let mut notices = t.open_notices(&me).await.unwrap();
+    let stray = InvocationMessage {
+        v: PROTOCOL_VERSION,
+        id: uuid::Uuid::now_v7(),
+        function: echo.clone(),
+        version: 1,
+        attempt: 1,
+        payload: Bytes::from_static(b"nobody recorded me"),
+        notify: Some(warren_common::topology::notice_queue(&me)),
+        created_ms: warren_common::now_ms(),
+        headers: Vec::new(),
+        fresh: true,
+    };
+    t.publish(&pool, stray.encode().into()).await.unwrap();
+    let notice =
+        tokio::time::timeout(Duration::from_secs(30), notices.next()).await.expect("a notice").unwrap().unwrap();
+    let notice = CompletionNotice::decode(&notice.body).unwrap();
+    assert_eq!(notice.id, stray.id);
+    assert_eq!(notice.outcome.map(|o| o.status), Some(Status::Succeeded));
+    let (code, got) = m.get(&format!("/api/invocations/{}", stray.id)).await;
+    assert_eq!((code, got["status"].as_str(), got["result"].as_str()), (200, Some("succeeded"), Some("nobody recorded me")));
+    assert_eq!(got["input"].as_str(), Some("nobody recorded me"), "{got}");
+}

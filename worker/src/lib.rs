@@ -25,7 +25,9 @@ use anyhow::Context;
 use dashmap::DashMap;
 use tracing::Instrument;
 use warren_common::manifest::{Manifest, Mode, RetryPolicy, Runtime};
-use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
+use warren_common::message::{
+    CompletionNotice, InvocationMessage, NoticeOutcome, NOTICE_OUTCOME_MAX_BYTES, PROTOCOL_VERSION,
+};
 use warren_common::store::group::Grouped;
 use warren_common::store::{Claim, NewDelivery, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
 use warren_common::transport::{Delivery, Transport};
@@ -113,7 +115,7 @@ const GROUP_COMMIT_MAX: usize = 256;
 
 /// Commits running at once: like the store pool's own parallelism, so that a quiet worker's
 /// outcome does not wait behind another's commit.
-const GROUP_COMMITS_IN_FLIGHT: usize = 4;
+const GROUP_COMMITS_IN_FLIGHT: usize = 2;
 
 /// Claims made in one statement at most, and claim statements running at once. Claims commit
 /// without waiting for the disk (see `SqlxStore`'s relaxed pool, sized for these and the
@@ -501,7 +503,7 @@ impl Worker {
             Some(Claim::Run) => {}
             Some(Claim::AlreadyFinal(status)) => {
                 tracing::info!(%status, "redelivered invocation already has its outcome; not running it again");
-                self.notify(&msg).await;
+                self.notify(&msg, None).await;
                 let _ = d.ack().await;
                 return;
             }
@@ -619,18 +621,17 @@ impl Worker {
         if stored == Some(false) && !claimed {
             stored = self.record_unrecorded(&inv, attempt, &outcome).await;
         }
-        match stored {
+        let stored = match stored {
             None => {
                 let _ = d.requeue().await;
                 return;
             }
-            Some(stored) => {
-                if stored {
-                    self.metrics.invocations.inc(&[&msg.function, outcome.status.as_str()]);
-                }
-            }
+            Some(stored) => stored,
+        };
+        if stored {
+            self.metrics.invocations.inc(&[&msg.function, outcome.status.as_str()]);
         }
-        self.notify(&msg).await;
+        self.notify(&msg, stored.then_some(&outcome)).await;
         if let Err(e) = d.ack().await {
             // The outcome is stored: a redelivery will be recognised and acked then.
             tracing::warn!(error = %e, "ack failed after the outcome was stored");
@@ -763,9 +764,26 @@ impl Worker {
         }
     }
 
-    async fn notify(&self, msg: &InvocationMessage) {
+    /// Tells a waiting management instance that the invocation has its outcome: `stored`, the
+    /// one this worker stored, goes with it when it is small, so the waiter need not read it
+    /// back from the store.
+    async fn notify(&self, msg: &InvocationMessage, stored: Option<&Outcome>) {
         if let Some(q) = &msg.notify {
-            let notice = CompletionNotice { v: PROTOCOL_VERSION, id: msg.id };
+            let outcome = stored
+                .filter(|o| o.status.is_final())
+                .map(|o| NoticeOutcome {
+                    status: o.status,
+                    attempt: o.attempt,
+                    version: o.version.unwrap_or(msg.version),
+                    result: o.result.clone(),
+                    error: o.error.clone(),
+                    worker: o.worker.clone(),
+                    started_ms: o.started_ms,
+                    finished_ms: o.finished_ms,
+                    logs: o.logs.clone(),
+                })
+                .filter(|o| o.size() <= NOTICE_OUTCOME_MAX_BYTES);
+            let notice = CompletionNotice { v: PROTOCOL_VERSION, id: msg.id, outcome };
             if let Err(e) = self.transport.notify(q, notice.encode().into()).await {
                 tracing::debug!(error = %e, "completion notice not sent");
             }

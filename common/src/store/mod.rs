@@ -155,7 +155,7 @@ pub struct Invocation {
     pub finished_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogLine {
     pub attempt: i32,
     pub seq: i32,
