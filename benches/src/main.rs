@@ -65,8 +65,9 @@ struct Args {
     /// Each worker's --prefetch-multiplier (default: the worker's own default).
     #[arg(long, default_value_t = warren_worker::DEFAULT_PREFETCH_MULTIPLIER)]
     prefetch_multiplier: u16,
-    /// HTTP invoke requests in flight in the end-to-end rows.
-    #[arg(long, default_value_t = 64)]
+    /// HTTP invoke requests in flight in the end-to-end rows: by default as many as the raw
+    /// broker row's confirms in flight, so that both rows offer the broker the same concurrency.
+    #[arg(long, default_value_t = 256)]
     in_flight: usize,
     /// Size of each invocation input and of each raw broker message, in bytes.
     #[arg(long, default_value_t = 64)]

@@ -40,6 +40,11 @@ pub struct InvocationMessage {
     /// older sender) means `false`: claim first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fresh: bool,
+    /// Management did not record this invocation before publishing it (a synchronous invoke:
+    /// nobody can ask for it before its answer). The worker stores it with its outcome, in one
+    /// write (or records it `running` when it claims it or marks a long run).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unrecorded: bool,
 }
 
 /// A notice sent to the waiting management instance once an outcome is stored.
@@ -183,6 +188,7 @@ mod tests {
             created_ms: 1,
             headers: Vec::new(),
             fresh: true,
+            unrecorded: false,
         }
     }
 

@@ -265,6 +265,7 @@ impl Management {
                 headers: Vec::new(),
                 // A cancel may turn it `cancelled` before it runs: the worker claims it first.
                 fresh: false,
+                unrecorded: false,
             })
             .collect();
         let published = futures_util::stream::iter(messages)
@@ -419,6 +420,7 @@ impl Management {
             headers: Vec::new(),
             // May be published twice (by the `finishing` branch of another instance).
             fresh: false,
+            unrecorded: false,
         };
         // Not publish_recorded: a failed publish must leave the follow-up `queued` (the
         // `finishing` branch publishes it again), not record it failed for good.

@@ -313,7 +313,12 @@ impl Management {
         tracing::Span::current().record("id", tracing::field::display(id));
         let created_ms = now_ms();
         let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
-        if !self.metrics.store.time("create_invocation", async { self.creates.call(new).await? }).await? {
+        // An asynchronous invoke is recorded `queued` before it is published: its id is
+        // answered at once and may be looked up at once. A synchronous one is recorded by the
+        // worker with its outcome, in one write: nobody can ask for it before its answer (and
+        // if the wait ends first, it is recorded here before the 202).
+        let unrecorded = wait.is_some();
+        if !unrecorded && !self.create(new.clone()).await? {
             return Err(Error::Store(StoreError::Conflict(format!("invocation {id} exists already"))));
         }
         // A sync answer shows the input (a reference count, not a copy, until then).
@@ -329,6 +334,7 @@ impl Management {
             created_ms,
             headers,
             fresh: true,
+            unrecorded,
         };
         // Register before publishing: the notice may come back before publish returns.
         let (guard, rx) = match wait {
@@ -378,15 +384,33 @@ impl Management {
         // Read once: after a notice without the outcome, or at the deadline in case a notice
         // was lost.
         let inv = self.metrics.store.time("get_invocation", self.store.get_invocation(id)).await?;
+        if inv.is_none() {
+            // Not run yet (a backlog): recorded `queued` now, so that the id answered with the
+            // 202 can be looked up. If the worker recorded it meanwhile, that record stays.
+            self.create(new).await?;
+        }
         Ok(Accepted { id, invocation: inv, details: None })
     }
 
-    /// Publishes the message of an invocation already recorded `queued`. If the broker does not
-    /// confirm it, the invocation is recorded failed ("not queued": never reported accepted).
+    /// Records a new invocation `queued` through the group commit; `false` when its id is
+    /// recorded already.
+    async fn create(&self, new: NewInvocation) -> Result<bool, Error> {
+        Ok(self.metrics.store.time("create_invocation", async { self.creates.call(new).await? }).await?)
+    }
+
+    /// Publishes the message of an invocation already recorded `queued` (or not recorded, for a
+    /// synchronous invoke). If the broker does not confirm it, a recorded invocation is
+    /// recorded failed ("not queued": never reported accepted).
     pub(crate) async fn publish_recorded(&self, pool: &str, msg: &InvocationMessage) -> Result<(), Error> {
         self.ensure_pool(pool).await?;
-        if let Err(e) = self.transport.publish(pool, msg.encode().into()).await {
-            let _ = self.store.complete(msg.id, &Outcome::unrun(Status::Failed, 0, format!("not queued: {e}"))).await;
+        let started = std::time::Instant::now();
+        let published = self.transport.publish(pool, msg.encode().into()).await;
+        self.metrics.publish.observe_duration(&[], started.elapsed());
+        if let Err(e) = published {
+            if !msg.unrecorded {
+                let failed = Outcome::unrun(Status::Failed, 0, format!("not queued: {e}"));
+                let _ = self.store.complete(msg.id, &failed).await;
+            }
             return Err(e.into());
         }
         Ok(())
@@ -482,7 +506,8 @@ impl Management {
                     Some(f) => f.active_version,
                     None => msg.version,
                 };
-                let again = InvocationMessage { attempt: attempt as u32, version, notify: None, fresh: false, ..msg };
+                let again =
+                    InvocationMessage { attempt: attempt as u32, version, notify: None, fresh: false, unrecorded: false, ..msg };
                 match self.transport.publish(pool, again.encode().into()).await {
                     Ok(()) => {
                         d.ack().await?;

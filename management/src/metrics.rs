@@ -13,6 +13,8 @@ pub struct Metrics {
     pub http_requests: CounterVec,
     pub http_duration: HistogramVec,
     pub store: StoreLatency,
+    /// Time from publishing an invocation to the broker's confirm.
+    pub publish: HistogramVec,
     queue_depth: GaugeVec,
     queue_consumers: GaugeVec,
     dead_depth: GaugeVec,
@@ -38,6 +40,12 @@ impl Default for Metrics {
                 LATENCY_BUCKETS,
             ),
             store: StoreLatency::default(),
+            publish: HistogramVec::new(
+                "warren_broker_publish_seconds",
+                "Time from publishing an invocation's message to the broker's confirm.",
+                &[],
+                LATENCY_BUCKETS,
+            ),
             queue_depth: GaugeVec::new(
                 "warren_queue_depth",
                 "Messages ready in a pool's queue, read when scraped.",
@@ -89,6 +97,7 @@ impl Metrics {
         self.http_requests.render(&mut out);
         self.http_duration.render(&mut out);
         self.store.0.render(&mut out);
+        self.publish.render(&mut out);
         self.queue_depth.render(&mut out);
         self.queue_consumers.render(&mut out);
         self.dead_depth.render(&mut out);

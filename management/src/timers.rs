@@ -100,6 +100,7 @@ impl Management {
             headers: Vec::new(),
             // Each tick is recorded by one instance and published once.
             fresh: true,
+            unrecorded: false,
         };
         self.publish_recorded(&t.pool, &msg).await?;
         tracing::info!(function, tick = %rfc3339(tick_ms), invocation = %id, catch_up, "timer fired");

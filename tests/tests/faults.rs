@@ -234,6 +234,7 @@ async fn ten_thousand_garbage_messages_are_dead_lettered_and_real_work_completes
         created_ms: warren_common::now_ms(),
         headers: Vec::new(),
         fresh: false,
+        unrecorded: false,
     }
     .encode();
     // Garbage goes in while the real invocations are published.

@@ -180,6 +180,7 @@ async fn a_redelivered_message_whose_outcome_is_stored_does_not_run_again() {
         created_ms: warren_common::now_ms(),
         headers: Vec::new(),
         fresh: false,
+        unrecorded: false,
     };
     t.publish(&pool, again.encode().into()).await.unwrap();
     let notice =
@@ -334,6 +335,7 @@ async fn sync_answers_match_the_stored_records_and_unclaimed_runs_are_recorded()
         created_ms: warren_common::now_ms(),
         headers: Vec::new(),
         fresh: true,
+        unrecorded: false,
     };
     t.publish(&pool, stray.encode().into()).await.unwrap();
     let notice =

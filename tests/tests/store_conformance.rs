@@ -42,6 +42,7 @@ fn outcome(status: Status, worker: &str, logs: usize) -> Outcome {
             .map(|i| LogLine { attempt: 1, seq: i as i32, ts_ms: now_ms(), line: format!("line {i} é") })
             .collect(),
         deliveries: Vec::new(),
+        record: None,
     }
 }
 
@@ -388,6 +389,50 @@ async fn group_commit(store: &dyn Store) {
     assert_eq!((f0.status, f0.worker.as_deref()), (Status::Running, Some("w2")));
     assert_eq!(store.get_invocation(unknown.id).await.unwrap().unwrap().status, Status::Running);
     assert_eq!(store.get_invocation(fresh[1].id).await.unwrap().unwrap().attempts, 2);
+
+    // Outcomes that bring their record (synchronous invokes are not recorded before they run):
+    // a missing record is made with the outcome; an open one is completed as usual; a final one
+    // wins over it; one by one and grouped alike.
+    let brings = |inv: &NewInvocation, status: Status, logs: usize| Outcome {
+        record: Some(Arc::new(inv.clone())),
+        started_ms: Some(now_ms() - 3),
+        version: Some(1),
+        ..outcome(status, "r", logs)
+    };
+    let unrecorded: Vec<NewInvocation> = (0..4).map(|_| new_inv(&m.name, 1)).collect();
+    let queued = new_inv(&m.name, 1);
+    store.create_invocation(&queued).await.unwrap();
+    assert!(store.complete(unrecorded[0].id, &brings(&unrecorded[0], Status::Succeeded, 0)).await.unwrap());
+    assert!(store.complete(unrecorded[1].id, &brings(&unrecorded[1], Status::Failed, 2)).await.unwrap());
+    assert!(!store.complete(unrecorded[0].id, &brings(&unrecorded[0], Status::Failed, 0)).await.unwrap(), "once");
+    let many = vec![
+        (unrecorded[2].id, brings(&unrecorded[2], Status::Succeeded, 0)),
+        (queued.id, brings(&queued, Status::TimedOut, 0)),
+        (invs[1].id, brings(&invs[1], Status::Failed, 0)),
+        (unrecorded[3].id, brings(&unrecorded[3], Status::Succeeded, 1)),
+    ];
+    assert_eq!(store.complete_many(&many).await.unwrap(), [true, true, false, true]);
+    for (inv, status, logs) in [
+        (&unrecorded[0], Status::Succeeded, 0),
+        (&unrecorded[1], Status::Failed, 2),
+        (&unrecorded[2], Status::Succeeded, 0),
+        (&queued, Status::TimedOut, 0),
+        (&unrecorded[3], Status::Succeeded, 1),
+    ] {
+        let got = store.get_invocation(inv.id).await.unwrap().expect("recorded with its outcome");
+        assert_eq!((got.status, got.attempts, got.worker.as_deref()), (status, 1, Some("r")), "{}", inv.id);
+        assert_eq!((got.payload.as_slice(), got.created_ms), (inv.payload.as_slice(), inv.created_ms));
+        assert!(got.started_ms.is_some() && got.finished_ms.is_some());
+        assert_eq!(store.get_logs(inv.id).await.unwrap().len(), logs);
+        assert_eq!(store.list_attempts(inv.id).await.unwrap().len(), 1);
+    }
+    assert_eq!(store.get_invocation(invs[1].id).await.unwrap().unwrap().status, Status::Succeeded, "final stays");
+    // A failed attempt of an unrecorded invocation that is retried is recorded too.
+    let retried = new_inv(&m.name, 1);
+    assert!(store.retry_later(retried.id, &brings(&retried, Status::Failed, 0)).await.unwrap());
+    let got = store.get_invocation(retried.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.attempts), (Status::Queued, 2));
+    assert_eq!(store.list_attempts(retried.id).await.unwrap().len(), 1);
 }
 
 /// Batches, timer ticks and output deliveries: the exactly-once rules of issue 4.

@@ -585,6 +585,7 @@ impl Worker {
             finished_ms: now_ms(),
             logs: run.logs,
             deliveries: Vec::new(),
+            record: msg.unrecorded.then(|| inv.clone()),
         };
         self.metrics.duration.observe_duration(&[&msg.function], claimed_at.elapsed());
         let no_retry = RetryPolicy::default();
@@ -618,7 +619,7 @@ impl Worker {
             .map(|(i, o)| NewDelivery { output: i as i32, target: o.target() })
             .collect();
         let mut stored = self.with_store_retry("complete", "store the outcome", || self.complete(msg.id, &outcome)).await;
-        if stored == Some(false) && !claimed {
+        if stored == Some(false) && !claimed && !msg.unrecorded {
             stored = self.record_unrecorded(&inv, attempt, &outcome).await;
         }
         let stored = match stored {
@@ -703,6 +704,7 @@ impl Worker {
         let mut next = msg.clone();
         next.attempt = outcome.attempt as u32 + 1;
         next.fresh = false;
+        next.unrecorded = false;
         if let Err(e) = self.transport.publish_delayed(pool, next.encode().into(), delay).await {
             tracing::warn!(error = %e, "cannot schedule the retry; returning the message");
             let _ = d.requeue().await;

@@ -182,6 +182,10 @@ pub struct Outcome {
     /// Outputs this outcome is to be forwarded to (stored `pending` with a final outcome, in
     /// the same transaction, so a forward is never lost between the two).
     pub deliveries: Vec<NewDelivery>,
+    /// Set when the invocation may have no record yet (management does not record a
+    /// synchronous invoke before publishing it): the record is made from this, with the
+    /// outcome, if it is missing. An existing record is treated as always.
+    pub record: Option<Arc<NewInvocation>>,
 }
 
 impl Outcome {
@@ -199,6 +203,7 @@ impl Outcome {
             finished_ms: crate::now_ms(),
             logs: Vec::new(),
             deliveries: Vec::new(),
+            record: None,
         }
     }
 }

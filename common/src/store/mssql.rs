@@ -690,6 +690,24 @@ impl MssqlStore {
         let id = id.to_string();
         c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
         let result = async {
+            if let Some(inv) = &o.record {
+                // No record yet (a synchronous invoke): made now, then ended like any other.
+                let params: [&dyn ToSql; 8] = [
+                    &id.as_str(),
+                    &inv.function.as_str(),
+                    &inv.version,
+                    &o.attempt,
+                    &inv.payload.as_slice(),
+                    &o.worker.as_str(),
+                    &inv.created_ms,
+                    &o.started_ms,
+                ];
+                match c.execute(CLAIM_INSERT, &params).await {
+                    Ok(_) => {}
+                    Err(e) if is_duplicate(&e) => {}
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
             let result = if status.is_final() { o.result.as_deref() } else { None };
             let updated = c
                 .execute(

@@ -262,6 +262,13 @@ fn delivery_from(r: &AnyRow) -> Result<DeliveryRecord> {
     })
 }
 
+/// Records an invocation that has no record yet as `running` (a claim, or an outcome that
+/// brings its record): $1 id, $2 function, $3 version, $4 attempt, $5 payload, $6 worker,
+/// $7 created_ms, $8 started_ms.
+const INSERT_RUNNING: &str =
+    "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, worker, created_ms, started_ms)
+     VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING";
+
 const INSERT_INVOCATION: &str =
     "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
      VALUES ($1, $2, $3, 'queued', 0, $4, $5)";
@@ -513,7 +520,11 @@ impl SqlxStore {
         let id = id.to_string();
         let result = if status.is_final() { o.result.clone() } else { None };
         let bind = |q| bind_end(q, status, attempt, result.clone(), o, &id);
-        if o.logs.is_empty() && (o.deliveries.is_empty() || !status.is_final()) {
+        if self.kind == Kind::Postgres && o.record.is_some() && status.is_final() && o.logs.is_empty() && o.deliveries.is_empty() {
+            let won = self.upsert_outcomes(&[(&id, o)]).await?;
+            return Ok(!won.is_empty());
+        }
+        if o.record.is_none() && o.logs.is_empty() && (o.deliveries.is_empty() || !status.is_final()) {
             // One statement, so no transaction round trips. A retried attempt's record is
             // inserted only if the update touched the invocation (a data-modifying CTE on
             // PostgreSQL; SQLite, with one writer, takes the statement and the insert in one
@@ -537,6 +548,21 @@ impl SqlxStore {
             }
         }
         let mut tx = self.begin().await?;
+        if let Some(inv) = &o.record {
+            // No record yet (a synchronous invoke): made now, then ended like any other.
+            sqlx::query(INSERT_RUNNING)
+                .bind(&id)
+                .bind(&inv.function)
+                .bind(inv.version)
+                .bind(attempt)
+                .bind(inv.payload.clone())
+                .bind(&o.worker)
+                .bind(inv.created_ms)
+                .bind(o.started_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
         let updated = bind(sqlx::query(update)).execute(&mut *tx).await.map_err(unavailable)?;
         if updated.rows_affected() == 0 {
             tx.rollback().await.map_err(unavailable)?;
@@ -595,6 +621,70 @@ impl SqlxStore {
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(true)
+    }
+
+    /// PostgreSQL: stores final outcomes (without log lines or deliveries) that bring their
+    /// record, in one statement: the record is inserted with its outcome when it is missing,
+    /// and otherwise updated under `complete`'s guard (open, and not past this attempt).
+    /// Returns the ids stored. Ids must be distinct.
+    async fn upsert_outcomes(&self, items: &[(&String, &Outcome)]) -> Result<std::collections::HashSet<String>> {
+        let rows = padded(items.len());
+        let sql = format!(
+            "INSERT INTO warren_invocations AS i (id, function, version, status, attempts, payload, result, error,
+               worker, created_ms, started_ms, finished_ms)
+             SELECT id, function, version, status, attempt, payload, result, error, worker, created_ms, started_ms,
+               finished_ms
+             FROM (VALUES {}) AS v (id, function, version, status, attempt, payload, result, error, worker, created_ms,
+               started_ms, finished_ms)
+             WHERE v.id <> ''
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts,
+               result = excluded.result, error = excluded.error, worker = excluded.worker,
+               finished_ms = excluded.finished_ms, started_ms = COALESCE(excluded.started_ms, i.started_ms),
+               version = excluded.version
+             WHERE i.status IN ('queued', 'running') AND i.attempts <= excluded.attempts
+             RETURNING id",
+            value_rows(
+                1,
+                rows,
+                &[
+                    "?::text", "?::text", "?::int8", "?::text", "?::int4", "?::bytea", "?::bytea", "?::text", "?::text",
+                    "?::int8", "?::int8", "?::int8",
+                ],
+            )
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, o) in items {
+            let inv = o.record.as_ref().expect("upserted outcomes bring their record");
+            q = q
+                .bind(id.to_string())
+                .bind(inv.function.clone())
+                .bind(o.version.unwrap_or(inv.version))
+                .bind(o.status.as_str())
+                .bind(o.attempt)
+                .bind(inv.payload.clone())
+                .bind(o.result.clone())
+                .bind(o.error.clone())
+                .bind(o.worker.clone())
+                .bind(inv.created_ms)
+                .bind(o.started_ms)
+                .bind(o.finished_ms);
+        }
+        for _ in items.len()..rows {
+            q = q
+                .bind("")
+                .bind("")
+                .bind(0i64)
+                .bind("")
+                .bind(0i32)
+                .bind(Vec::<u8>::new())
+                .bind(None::<Vec<u8>>)
+                .bind(None::<String>)
+                .bind("")
+                .bind(0i64)
+                .bind(None::<i64>)
+                .bind(0i64);
+        }
+        returned_ids(&q.fetch_all(&self.pool).await.map_err(unavailable)?)
     }
 
     async fn batch_counts(&self, b: &mut Batch) -> Result<()> {
@@ -817,10 +907,7 @@ impl Store for SqlxStore {
             return Ok(Claim::Run);
         }
         // Final, superseded, or never recorded: insert unless present.
-        let inserted = sqlx::query(
-            "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, worker, created_ms, started_ms)
-             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
-        )
+        let inserted = sqlx::query(INSERT_RUNNING)
         .bind(&id)
         .bind(&inv.function)
         .bind(inv.version)
@@ -923,6 +1010,18 @@ impl Store for SqlxStore {
         let simple: Vec<usize> = (0..items.len())
             .filter(|&i| seen.insert(items[i].0) && items[i].1.logs.is_empty() && items[i].1.deliveries.is_empty())
             .collect();
+        // Those that bring their record (it may be missing) go in one upsert; the others in
+        // one guarded update.
+        let (with_record, simple): (Vec<usize>, Vec<usize>) =
+            simple.into_iter().partition(|&i| items[i].1.record.is_some());
+        for chunk in with_record.chunks(256) {
+            let ids: Vec<String> = chunk.iter().map(|&i| items[i].0.to_string()).collect();
+            let entries: Vec<(&String, &Outcome)> = chunk.iter().zip(&ids).map(|(&i, id)| (id, &items[i].1)).collect();
+            let won = self.upsert_outcomes(&entries).await?;
+            for (&i, id) in chunk.iter().zip(&ids) {
+                out[i] = won.contains(id);
+            }
+        }
         for chunk in simple.chunks(256) {
             let sql = format!(
                 "UPDATE warren_invocations i SET status = v.status, attempts = v.attempt, result = v.result,
@@ -969,7 +1068,7 @@ impl Store for SqlxStore {
             }
         }
         let mut grouped = vec![false; items.len()];
-        for &i in &simple {
+        for &i in simple.iter().chain(&with_record) {
             grouped[i] = true;
         }
         for i in (0..items.len()).filter(|&i| !grouped[i]) {
