@@ -173,7 +173,10 @@ mod tests {
             id: Uuid,
         }
         let old = rmp_serde::to_vec_named(&Old { v: PROTOCOL_VERSION, id }).unwrap();
-        assert_eq!(CompletionNotice::decode(&old).unwrap(), CompletionNotice { v: PROTOCOL_VERSION, id, outcome: None });
+        assert_eq!(
+            CompletionNotice::decode(&old).unwrap(),
+            CompletionNotice { v: PROTOCOL_VERSION, id, outcome: None }
+        );
     }
 
     fn sample() -> InvocationMessage {

@@ -115,7 +115,7 @@ pub struct Management {
 /// A lone invoke's insert goes at once; under load, those that arrive while the slots are busy
 /// share the next commit.
 const GROUP_CREATE_MAX: usize = 200;
-const GROUP_CREATES_IN_FLIGHT: usize = 2;
+const GROUP_CREATES_IN_FLIGHT: usize = 4;
 
 /// How long an instance trusts the active version it read. Another management instance's
 /// publish is seen within this delay.
@@ -336,22 +336,44 @@ impl Management {
             fresh: true,
             unrecorded,
         };
-        // Register before publishing: the notice may come back before publish returns.
-        let (guard, rx) = match wait {
-            Some(_) => {
-                let (tx, rx) = oneshot::channel();
-                self.waiters.insert(id, tx);
-                (Some(WaiterGuard { map: &self.waiters, id }), Some(rx))
-            }
-            None => (None, None),
-        };
-        self.publish_recorded(&manifest.pool, &msg).await?;
-        self.metrics.invocations_accepted.inc(&[function]);
-        tracing::debug!("invocation published");
-        let (Some(wait), Some(rx)) = (wait, rx) else {
+        let Some(wait) = wait else {
+            self.publish_recorded(&manifest.pool, &msg).await?;
+            self.metrics.invocations_accepted.inc(&[function]);
+            tracing::debug!("invocation published");
             return Ok(Accepted { id, invocation: None, details: None });
         };
-        let noticed = tokio::time::timeout(wait, rx).await;
+        // Register before publishing: the notice may come back before publish returns.
+        let (tx, mut rx) = oneshot::channel();
+        self.waiters.insert(id, tx);
+        let guard = WaiterGuard { map: &self.waiters, id };
+        // The broker hands a message to its consumer before it confirms it (the confirm waits
+        // for the broker's disk), so the worker's notice that the outcome is stored can come
+        // first: the answer then does not wait for the confirm, which is awaited on its own.
+        // A publish that fails before any notice is a 503, and nothing was recorded.
+        let publish = {
+            let (m_publish, pool, body) =
+                (self.metrics.publish.clone(), manifest.pool.clone(), Bytes::from(msg.encode()));
+            let transport = self.transport.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let published = transport.publish(&pool, body).await;
+                m_publish.observe_duration(&[], started.elapsed());
+                if let Err(e) = &published {
+                    tracing::warn!(%id, error = %e, "the broker did not confirm a synchronous invocation");
+                }
+                published
+            })
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let noticed = tokio::select! {
+            notice = &mut rx => Ok(notice),
+            published = publish => match published {
+                Ok(Ok(())) => tokio::time::timeout_at(deadline, rx).await,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(Error::Transport(TransportError::Other(format!("the publish was interrupted: {e}")))),
+            },
+        };
+        self.metrics.invocations_accepted.inc(&[function]);
         drop(guard);
         // The first attempt's outcome, as the worker stored it, came with the notice: the
         // record, its log lines and its one attempt are known without reading them back.
@@ -506,8 +528,14 @@ impl Management {
                     Some(f) => f.active_version,
                     None => msg.version,
                 };
-                let again =
-                    InvocationMessage { attempt: attempt as u32, version, notify: None, fresh: false, unrecorded: false, ..msg };
+                let again = InvocationMessage {
+                    attempt: attempt as u32,
+                    version,
+                    notify: None,
+                    fresh: false,
+                    unrecorded: false,
+                    ..msg
+                };
                 match self.transport.publish(pool, again.encode().into()).await {
                     Ok(()) => {
                         d.ack().await?;

@@ -13,8 +13,9 @@ pub struct Metrics {
     pub http_requests: CounterVec,
     pub http_duration: HistogramVec,
     pub store: StoreLatency,
-    /// Time from publishing an invocation to the broker's confirm.
-    pub publish: HistogramVec,
+    /// Time from publishing an invocation to the broker's confirm (shared with the tasks that
+    /// await the confirms of synchronous invokes).
+    pub publish: std::sync::Arc<HistogramVec>,
     queue_depth: GaugeVec,
     queue_consumers: GaugeVec,
     dead_depth: GaugeVec,
@@ -40,12 +41,12 @@ impl Default for Metrics {
                 LATENCY_BUCKETS,
             ),
             store: StoreLatency::default(),
-            publish: HistogramVec::new(
+            publish: std::sync::Arc::new(HistogramVec::new(
                 "warren_broker_publish_seconds",
                 "Time from publishing an invocation's message to the broker's confirm.",
                 &[],
                 LATENCY_BUCKETS,
-            ),
+            )),
             queue_depth: GaugeVec::new(
                 "warren_queue_depth",
                 "Messages ready in a pool's queue, read when scraped.",

@@ -277,8 +277,12 @@ async fn sync_answers_match_the_stored_records_and_unclaimed_runs_are_recorded()
     m.publish_dir(&process(&talk, "echo 'line one' >&2\necho 'line two' >&2\ncat\n")).await;
     m.publish_dir(&process(&fail, "echo 'about to fail' >&2\nexit 3\n")).await;
     m.publish_dir(&process(&slow, "sleep 1.5\necho done\n")).await;
-    m.publish_dir(&function_dir(tmp.path(), &format!("name = \"{echo}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"), &[]))
-        .await;
+    m.publish_dir(&function_dir(
+        tmp.path(),
+        &format!("name = \"{echo}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"),
+        &[],
+    ))
+    .await;
     let _worker = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
     wait_consumers(&pool, 1).await;
 
@@ -344,6 +348,9 @@ async fn sync_answers_match_the_stored_records_and_unclaimed_runs_are_recorded()
     assert_eq!(notice.id, stray.id);
     assert_eq!(notice.outcome.map(|o| o.status), Some(Status::Succeeded));
     let (code, got) = m.get(&format!("/api/invocations/{}", stray.id)).await;
-    assert_eq!((code, got["status"].as_str(), got["result"].as_str()), (200, Some("succeeded"), Some("nobody recorded me")));
+    assert_eq!(
+        (code, got["status"].as_str(), got["result"].as_str()),
+        (200, Some("succeeded"), Some("nobody recorded me"))
+    );
     assert_eq!(got["input"].as_str(), Some("nobody recorded me"), "{got}");
 }

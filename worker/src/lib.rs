@@ -115,7 +115,7 @@ const GROUP_COMMIT_MAX: usize = 256;
 
 /// Commits running at once: like the store pool's own parallelism, so that a quiet worker's
 /// outcome does not wait behind another's commit.
-const GROUP_COMMITS_IN_FLIGHT: usize = 2;
+const GROUP_COMMITS_IN_FLIGHT: usize = 4;
 
 /// Claims made in one statement at most, and claim statements running at once. Claims commit
 /// without waiting for the disk (see `SqlxStore`'s relaxed pool, sized for these and the
@@ -618,7 +618,8 @@ impl Worker {
             .filter(|(_, o)| o.applies(succeeded, outcome.result.as_deref()))
             .map(|(i, o)| NewDelivery { output: i as i32, target: o.target() })
             .collect();
-        let mut stored = self.with_store_retry("complete", "store the outcome", || self.complete(msg.id, &outcome)).await;
+        let mut stored =
+            self.with_store_retry("complete", "store the outcome", || self.complete(msg.id, &outcome)).await;
         if stored == Some(false) && !claimed && !msg.unrecorded {
             stored = self.record_unrecorded(&inv, attempt, &outcome).await;
         }
@@ -675,15 +676,19 @@ impl Worker {
     /// the record is made now, as the claim would have made it, and the outcome stored on it.
     /// `None` when the store cannot be reached (the message goes back to the queue).
     async fn record_unrecorded(&self, inv: &Arc<NewInvocation>, attempt: i32, outcome: &Outcome) -> Option<bool> {
-        let found =
-            self.with_store_retry("get_invocation", "look for the invocation's record", || self.store.get_invocation(inv.id))
-                .await?;
+        let found = self
+            .with_store_retry("get_invocation", "look for the invocation's record", || {
+                self.store.get_invocation(inv.id)
+            })
+            .await?;
         if found.is_some() {
             return Some(false);
         }
         tracing::warn!("the invocation has no record (lost in a database crash?); recording it with its outcome");
         match self.with_store_retry("claim", "record the invocation", || self.claim(inv, attempt)).await? {
-            Claim::Run => self.with_store_retry("complete", "store the outcome", || self.complete(inv.id, outcome)).await,
+            Claim::Run => {
+                self.with_store_retry("complete", "store the outcome", || self.complete(inv.id, outcome)).await
+            }
             _ => Some(false),
         }
     }

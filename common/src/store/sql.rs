@@ -297,7 +297,14 @@ fn bind_invocation<'q>(q: AnyQuery<'q>, inv: &'q NewInvocation) -> AnyQuery<'q> 
 
 /// Binds an attempt's end in `end_attempt`'s parameter order ($1..$9): status, attempt,
 /// result, error, worker, finished_ms, id, started_ms, version.
-fn bind_end<'q>(q: AnyQuery<'q>, status: Status, attempt: i32, result: Option<Vec<u8>>, o: &Outcome, id: &str) -> AnyQuery<'q> {
+fn bind_end<'q>(
+    q: AnyQuery<'q>,
+    status: Status,
+    attempt: i32,
+    result: Option<Vec<u8>>,
+    o: &Outcome,
+    id: &str,
+) -> AnyQuery<'q> {
     q.bind(status.as_str())
         .bind(attempt)
         .bind(result)
@@ -520,7 +527,12 @@ impl SqlxStore {
         let id = id.to_string();
         let result = if status.is_final() { o.result.clone() } else { None };
         let bind = |q| bind_end(q, status, attempt, result.clone(), o, &id);
-        if self.kind == Kind::Postgres && o.record.is_some() && status.is_final() && o.logs.is_empty() && o.deliveries.is_empty() {
+        if self.kind == Kind::Postgres
+            && o.record.is_some()
+            && status.is_final()
+            && o.logs.is_empty()
+            && o.deliveries.is_empty()
+        {
             let won = self.upsert_outcomes(&[(&id, o)]).await?;
             return Ok(!won.is_empty());
         }
@@ -539,11 +551,8 @@ impl SqlxStore {
                      INSERT INTO warren_attempts (invocation, attempt, status, error, worker, finished_ms)
                      SELECT id, $2, $10, $4, $5, $6 FROM u"
                 );
-                let done = bind(sqlx::query(&sql))
-                    .bind(o.status.as_str())
-                    .execute(&self.pool)
-                    .await
-                    .map_err(unavailable)?;
+                let done =
+                    bind(sqlx::query(&sql)).bind(o.status.as_str()).execute(&self.pool).await.map_err(unavailable)?;
                 return Ok(done.rows_affected() == 1);
             }
         }
@@ -647,8 +656,8 @@ impl SqlxStore {
                 1,
                 rows,
                 &[
-                    "?::text", "?::text", "?::int8", "?::text", "?::int4", "?::bytea", "?::bytea", "?::text", "?::text",
-                    "?::int8", "?::int8", "?::int8",
+                    "?::text", "?::text", "?::int8", "?::text", "?::int4", "?::bytea", "?::bytea", "?::text",
+                    "?::text", "?::int8", "?::int8", "?::int8",
                 ],
             )
         );
@@ -908,17 +917,17 @@ impl Store for SqlxStore {
         }
         // Final, superseded, or never recorded: insert unless present.
         let inserted = sqlx::query(INSERT_RUNNING)
-        .bind(&id)
-        .bind(&inv.function)
-        .bind(inv.version)
-        .bind(attempt)
-        .bind(inv.payload.clone())
-        .bind(worker)
-        .bind(inv.created_ms)
-        .bind(started_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
+            .bind(&id)
+            .bind(&inv.function)
+            .bind(inv.version)
+            .bind(attempt)
+            .bind(inv.payload.clone())
+            .bind(worker)
+            .bind(inv.created_ms)
+            .bind(started_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         if inserted.rows_affected() == 1 {
             return Ok(Claim::Run);
         }
@@ -1033,7 +1042,10 @@ impl Store for SqlxStore {
                 value_rows(
                     1,
                     padded(chunk.len()),
-                    &["?::text", "?::text", "?::int4", "?::bytea", "?::text", "?::text", "?::int8", "?::int8", "?::int8"],
+                    &[
+                        "?::text", "?::text", "?::int4", "?::bytea", "?::text", "?::text", "?::int8", "?::int8",
+                        "?::int8"
+                    ],
                 )
             );
             let mut q = sqlx::query(&sql);
