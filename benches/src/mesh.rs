@@ -193,6 +193,9 @@ pub struct LoadResult {
     /// Warm handler processes (the workers' children) alive right after, and their VmRSS summed.
     pub handlers_after: usize,
     pub handlers_rss_after: u64,
+    /// (management, largest worker) resident memory when a quarter, half, three quarters and
+    /// all of the invocations were stored: flat memory means these stay close.
+    pub rss_by_progress: Vec<(u64, u64)>,
     pub cpu: CpuUse,
 }
 
@@ -682,6 +685,7 @@ impl Mesh {
         let mut incomplete = false;
         let mut pacer = Pacer::new(baseline);
         let mut load = Some(load);
+        let mut rss_by_progress = Vec::new();
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             self.mgmt.check_alive()?;
@@ -704,6 +708,10 @@ impl Mesh {
             pacer.polled(done, target, polled_at.elapsed());
             if done != last_count.0 {
                 last_count = (done, Instant::now());
+            }
+            while rss_by_progress.len() < 4 && (done - baseline) * 4 >= n * (rss_by_progress.len() as u64 + 1) {
+                let worker = pids.iter().filter_map(|p| procs::rss_bytes(*p)).max().unwrap_or(0);
+                rss_by_progress.push((procs::rss_bytes(self.mgmt.pid()).unwrap_or(0), worker));
             }
             if done >= target {
                 break;
@@ -766,6 +774,7 @@ impl Mesh {
             mgmt_rss_peak,
             handlers_after: handlers.len(),
             handlers_rss_after,
+            rss_by_progress,
             cpu: cpu_use(&cpu_before, &cpu_after),
         })
     }

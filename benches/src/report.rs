@@ -437,15 +437,26 @@ pub fn print_tables(c: &Context, f: &Figures) {
             mib(r.worker_rss_after),
             mib(r.mgmt_rss_idle),
             mib(r.mgmt_rss_peak),
-            if r.func == Func::Echo {
-                String::new()
-            } else {
-                format!(
-                    "{} handler process{} right after, {} together (not in the worker columns)",
-                    r.handlers_after,
-                    if r.handlers_after == 1 { "" } else { "es" },
-                    mib(r.handlers_rss_after)
-                )
+            {
+                let mut notes = Vec::new();
+                if r.rss_by_progress.len() == 4 {
+                    let at =
+                        |f: fn(&(u64, u64)) -> u64| r.rss_by_progress.iter().map(|x| mib(f(x))).collect::<Vec<_>>();
+                    notes.push(format!(
+                        "at 25/50/75/100 % stored: management {}, worker {}",
+                        at(|x| x.0).join(" / "),
+                        at(|x| x.1).join(" / ")
+                    ));
+                }
+                if r.func != Func::Echo {
+                    notes.push(format!(
+                        "{} handler process{} right after, {} together (not in the worker columns)",
+                        r.handlers_after,
+                        if r.handlers_after == 1 { "" } else { "es" },
+                        mib(r.handlers_rss_after)
+                    ));
+                }
+                notes.join("; ")
             },
         ]);
     }
@@ -611,6 +622,9 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
                 "management_peak": r.mgmt_rss_peak,
                 "handler_processes_after": r.handlers_after,
                 "handlers_after": r.handlers_rss_after,
+                "by_progress": r.rss_by_progress.iter().zip([25, 50, 75, 100])
+                    .map(|((m, w), pct)| json!({"stored_pct": pct, "management": m, "worker": w}))
+                    .collect::<Vec<_>>(),
             },
             "cpu_secs": cpu_json(&r.cpu),
         }),

@@ -269,6 +269,12 @@ const INSERT_RUNNING: &str =
     "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, worker, created_ms, started_ms)
      VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING";
 
+/// `Store::complete`'s guarded update, in `end_attempt`'s parameters.
+const COMPLETE: &str =
+    "UPDATE warren_invocations SET status = $1, attempts = $2, result = $3, error = $4, worker = $5, finished_ms = $6,
+       started_ms = COALESCE($8, started_ms), version = COALESCE($9, version)
+     WHERE id = $7 AND status IN ('queued', 'running') AND attempts <= $2";
+
 const INSERT_INVOCATION: &str =
     "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
      VALUES ($1, $2, $3, 'queued', 0, $4, $5)";
@@ -314,6 +320,93 @@ fn bind_end<'q>(
         .bind(id.to_string())
         .bind(o.started_ms)
         .bind(o.version)
+}
+
+/// The statements of `end_attempt` inside a transaction the caller ends: the record if the
+/// outcome brings one and it is missing, the guarded `update`, then (only if it touched the
+/// invocation) a retried attempt's record, the log lines and a final outcome's deliveries.
+/// `false` when the update touched nothing: nothing was written then.
+async fn end_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    id: &str,
+    o: &Outcome,
+    update: &str,
+    status: Status,
+    attempt: i32,
+) -> Result<bool> {
+    let result = if status.is_final() { o.result.clone() } else { None };
+    let bind = |q| bind_end(q, status, attempt, result.clone(), o, id);
+    if let Some(inv) = &o.record {
+        // No record yet (a synchronous invoke): made now, then ended like any other.
+        sqlx::query(INSERT_RUNNING)
+            .bind(id)
+            .bind(&inv.function)
+            .bind(inv.version)
+            .bind(attempt)
+            .bind(inv.payload.clone())
+            .bind(&o.worker)
+            .bind(inv.created_ms)
+            .bind(o.started_ms)
+            .execute(&mut **tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    let updated = bind(sqlx::query(update)).execute(&mut **tx).await.map_err(unavailable)?;
+    if updated.rows_affected() == 0 {
+        return Ok(false);
+    }
+    if !status.is_final() {
+        sqlx::query(
+            "INSERT INTO warren_attempts (invocation, attempt, status, error, worker, finished_ms)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(o.status.as_str())
+        .bind(o.error.clone())
+        .bind(&o.worker)
+        .bind(o.finished_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+    }
+    // Multi-row inserts, in chunks that stay under SQLite's parameter limit.
+    for chunk in o.logs.chunks(200) {
+        let mut sql = String::from("INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ");
+        for i in 0..chunk.len() {
+            let b = i * 5;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING");
+        let mut q = sqlx::query(&sql);
+        for l in chunk {
+            q = q.bind(id).bind(l.attempt).bind(l.seq).bind(l.ts_ms).bind(&l.line);
+        }
+        q.execute(&mut **tx).await.map_err(unavailable)?;
+    }
+    if status.is_final() {
+        for d in &o.deliveries {
+            sqlx::query(
+                // A replayed invocation's new outcome is forwarded again.
+                "INSERT INTO warren_deliveries (invocation, output, target, status, attempts, next_ms, updated_ms)
+                 VALUES ($1, $2, $3, 'pending', 0, $4, $4)
+                 ON CONFLICT (invocation, output) DO UPDATE SET status = 'pending', attempts = 0,
+                   last_error = NULL, target = excluded.target, next_ms = excluded.next_ms,
+                   updated_ms = excluded.updated_ms",
+            )
+            .bind(id)
+            .bind(d.output)
+            .bind(&d.target)
+            .bind(o.finished_ms)
+            .execute(&mut **tx)
+            .await
+            .map_err(unavailable)?;
+        }
+    }
+    Ok(true)
 }
 
 /// Ends a transaction whose guard statement decided whether `inv` is to be recorded: records
@@ -557,79 +650,24 @@ impl SqlxStore {
             }
         }
         let mut tx = self.begin().await?;
-        if let Some(inv) = &o.record {
-            // No record yet (a synchronous invoke): made now, then ended like any other.
-            sqlx::query(INSERT_RUNNING)
-                .bind(&id)
-                .bind(&inv.function)
-                .bind(inv.version)
-                .bind(attempt)
-                .bind(inv.payload.clone())
-                .bind(&o.worker)
-                .bind(inv.created_ms)
-                .bind(o.started_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
-        let updated = bind(sqlx::query(update)).execute(&mut *tx).await.map_err(unavailable)?;
-        if updated.rows_affected() == 0 {
+        let won = end_in(&mut tx, &id, o, update, status, attempt).await?;
+        if won {
+            tx.commit().await.map_err(unavailable)?;
+        } else {
             tx.rollback().await.map_err(unavailable)?;
-            return Ok(false);
         }
-        if !status.is_final() {
-            sqlx::query(
-                "INSERT INTO warren_attempts (invocation, attempt, status, error, worker, finished_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(&id)
-            .bind(attempt)
-            .bind(o.status.as_str())
-            .bind(o.error.clone())
-            .bind(&o.worker)
-            .bind(o.finished_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
-        // Multi-row inserts, in chunks that stay under SQLite's parameter limit.
-        for chunk in o.logs.chunks(200) {
-            let mut sql = String::from("INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ");
-            for i in 0..chunk.len() {
-                let b = i * 5;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
-            }
-            sql.push_str(" ON CONFLICT DO NOTHING");
-            let mut q = sqlx::query(&sql);
-            for l in chunk {
-                q = q.bind(&id).bind(l.attempt).bind(l.seq).bind(l.ts_ms).bind(&l.line);
-            }
-            q.execute(&mut *tx).await.map_err(unavailable)?;
-        }
-        if status.is_final() {
-            for d in &o.deliveries {
-                sqlx::query(
-                    // A replayed invocation's new outcome is forwarded again.
-                    "INSERT INTO warren_deliveries (invocation, output, target, status, attempts, next_ms, updated_ms)
-                     VALUES ($1, $2, $3, 'pending', 0, $4, $4)
-                     ON CONFLICT (invocation, output) DO UPDATE SET status = 'pending', attempts = 0,
-                       last_error = NULL, target = excluded.target, next_ms = excluded.next_ms,
-                       updated_ms = excluded.updated_ms",
-                )
-                .bind(&id)
-                .bind(d.output)
-                .bind(&d.target)
-                .bind(o.finished_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            }
+        Ok(won)
+    }
+
+    /// `complete` for each item in turn, all in one transaction; one answer per item.
+    async fn complete_in_one(&self, items: Vec<&(Uuid, Outcome)>) -> Result<Vec<bool>> {
+        let mut tx = self.begin().await?;
+        let mut won = Vec::with_capacity(items.len());
+        for (id, o) in items {
+            won.push(end_in(&mut tx, &id.to_string(), o, COMPLETE, o.status, o.attempt).await?);
         }
         tx.commit().await.map_err(unavailable)?;
-        Ok(true)
+        Ok(won)
     }
 
     /// PostgreSQL: stores final outcomes (without log lines or deliveries) that bring their
@@ -990,26 +1028,15 @@ impl Store for SqlxStore {
     }
 
     async fn complete(&self, id: Uuid, o: &Outcome) -> Result<bool> {
-        self.end_attempt(
-            id,
-            o,
-            "UPDATE warren_invocations SET status = $1, attempts = $2, result = $3, error = $4, worker = $5, finished_ms = $6,
-               started_ms = COALESCE($8, started_ms), version = COALESCE($9, version)
-             WHERE id = $7 AND status IN ('queued', 'running') AND attempts <= $2",
-            o.status,
-            o.attempt,
-        )
-        .await
+        self.end_attempt(id, o, COMPLETE, o.status, o.attempt).await
     }
 
     async fn complete_many(&self, items: &[(Uuid, Outcome)]) -> Result<Vec<bool>> {
         if self.kind != Kind::Postgres {
-            // SQLite has one writer: one by one is what it would do anyway.
-            let mut out = Vec::with_capacity(items.len());
-            for (id, o) in items {
-                out.push(self.complete(*id, o).await?);
-            }
-            return Ok(out);
+            // SQLite has one writer: the outcomes one after the other, in one transaction (one
+            // commit, so one wait for the disk, for all of them). A second outcome of one
+            // invocation then finds the first stored.
+            return self.complete_in_one(items.iter().collect()).await;
         }
         let mut out = vec![false; items.len()];
         // Outcomes without log lines or deliveries go in one statement: the same guarded update
@@ -1079,12 +1106,18 @@ impl Store for SqlxStore {
                 out[i] = won.contains(&items[i].0.to_string());
             }
         }
+        // The rest (log lines, deliveries, a second outcome of one invocation) in one
+        // transaction after those.
         let mut grouped = vec![false; items.len()];
         for &i in simple.iter().chain(&with_record) {
             grouped[i] = true;
         }
-        for i in (0..items.len()).filter(|&i| !grouped[i]) {
-            out[i] = self.complete(items[i].0, &items[i].1).await?;
+        let rest: Vec<usize> = (0..items.len()).filter(|&i| !grouped[i]).collect();
+        if !rest.is_empty() {
+            let won = self.complete_in_one(rest.iter().map(|&i| &items[i]).collect()).await?;
+            for (i, w) in rest.into_iter().zip(won) {
+                out[i] = w;
+            }
         }
         Ok(out)
     }
