@@ -109,6 +109,10 @@ pub struct Management {
     pub(crate) peers: warren_common::transport::peer::Peers,
     /// Invocation records of concurrent invokes, inserted together (one statement, one commit).
     creates: Grouped<NewInvocation, Result<bool, StoreError>>,
+    /// Turned true by [`Management::stop_sources`].
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// The source supervisor, awaited when stopping.
+    sources: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Invocation records inserted in one statement at most, and such inserts running at once.
@@ -242,15 +246,31 @@ impl Management {
                     async move { Ok(store.create_invocations(&invs).await) }
                 })
             },
+            stopping: tokio::sync::watch::channel(false).0,
+            sources: std::sync::Mutex::new(None),
         });
         tokio::spawn(listen_notices(Arc::downgrade(&m), notices));
         if m.config.triggers {
             tokio::spawn(batch::sweep(Arc::downgrade(&m)));
             tokio::spawn(outputs::deliver(Arc::downgrade(&m)));
             tokio::spawn(timers::schedule(Arc::downgrade(&m)));
-            tokio::spawn(sources::supervise(Arc::downgrade(&m)));
+            let task = tokio::spawn(sources::supervise(Arc::downgrade(&m), m.stopping.subscribe()));
+            *m.sources.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
         Ok(m)
+    }
+
+    /// Stops the source triggers for a shutdown: they take no new message and finish the ones
+    /// they hold (so none is acked unrecorded, and none recorded but left unacked to come
+    /// again as a second invocation), within `grace`.
+    pub async fn stop_sources(&self, grace: Duration) {
+        self.stopping.send_replace(true);
+        let task = self.sources.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            if tokio::time::timeout(grace, task).await.is_err() {
+                tracing::warn!("source triggers still busy after the grace period; stopping anyway");
+            }
+        }
     }
 
     /// Checks a package completely, then stores it as the function's new active version.

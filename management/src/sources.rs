@@ -14,6 +14,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::watch;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -27,11 +28,26 @@ use crate::{Error, Management};
 
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
-/// Starts and stops source consumers as functions' active versions change.
-pub async fn supervise(weak: Weak<Management>) {
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Starts and stops source consumers as functions' active versions change. When `stop` turns
+/// true (management is shutting down), the consumers stop taking messages, finish the ones
+/// they hold (recorded, published and acked, or returned), and this returns.
+pub async fn supervise(weak: Weak<Management>, stop: watch::Receiver<bool>) {
     let mut running: HashMap<String, (AmqpSource, tokio::task::JoinHandle<()>)> = HashMap::new();
     loop {
-        tokio::time::sleep(REFRESH_EVERY).await;
+        tokio::select! {
+            _ = tokio::time::sleep(REFRESH_EVERY) => {}
+            _ = stopped(stop.clone()) => {
+                for (_, (_, task)) in running.drain() {
+                    let _ = task.await;
+                }
+                return;
+            }
+        }
         let Some(m) = weak.upgrade() else { break };
         let active = match m.active_manifests().await {
             Ok(a) => a,
@@ -56,7 +72,7 @@ pub async fn supervise(weak: Weak<Management>) {
                 continue;
             }
             tracing::info!(function = %name, queue = ?src.queue, exchange = ?src.exchange, "source trigger started");
-            let task = tokio::spawn(consume(weak.clone(), name.clone(), src.clone()));
+            let task = tokio::spawn(consume(weak.clone(), name.clone(), src.clone(), stop.clone()));
             running.insert(name, (src, task));
         }
     }
@@ -66,9 +82,9 @@ pub async fn supervise(weak: Weak<Management>) {
 }
 
 /// Consumes one source until management goes away, reconnecting with backoff.
-async fn consume(weak: Weak<Management>, function: String, src: AmqpSource) {
+async fn consume(weak: Weak<Management>, function: String, src: AmqpSource, stop: watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(500);
-    loop {
+    while !*stop.borrow() {
         let Some(url) = weak.upgrade().and_then(|m| src.url.clone().or_else(|| m.config.amqp_url.clone())) else {
             if weak.strong_count() == 0 {
                 return;
@@ -77,11 +93,14 @@ async fn consume(weak: Weak<Management>, function: String, src: AmqpSource) {
             tokio::time::sleep(Duration::from_secs(30)).await;
             continue;
         };
-        match run(&weak, &function, &src, &url).await {
+        match run(&weak, &function, &src, &url, &stop).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(function = %function, error = %e, "source trigger interrupted; reconnecting"),
         }
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(stop.clone()) => return,
+        }
         delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
@@ -91,7 +110,13 @@ pub fn source_queue(function: &str, src: &AmqpSource) -> String {
     src.queue.clone().unwrap_or_else(|| format!("warren.source.{function}"))
 }
 
-async fn run(weak: &Weak<Management>, function: &str, src: &AmqpSource, url: &str) -> Result<(), String> {
+async fn run(
+    weak: &Weak<Management>,
+    function: &str,
+    src: &AmqpSource,
+    url: &str,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), String> {
     let conn = peer::connect(url, &format!("warren-source-{function}")).await?;
     let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
     let queue = source_queue(function, src);
@@ -133,7 +158,10 @@ async fn run(weak: &Weak<Management>, function: &str, src: &AmqpSource, url: &st
         .await
         .map_err(|e| e.to_string())?;
     let mut failure = None;
+    // At a stop, no new message is taken; those already taken are finished. What the broker
+    // sent ahead (prefetch) and nobody took goes back to the queue when the channel closes.
     consumer
+        .take_until(stopped(stop.clone()))
         .take_while(|d| {
             if let Err(e) = d {
                 failure = Some(e.to_string());
@@ -149,7 +177,7 @@ async fn run(weak: &Weak<Management>, function: &str, src: &AmqpSource, url: &st
                 .map(|h| h.inner().iter().map(|(k, v)| (k.to_string(), peer::header_text(v))).collect())
                 .unwrap_or_default();
             let acker = d.acker;
-            match take(weak, function, Bytes::from(d.data), headers).await {
+            match take(weak, function, Bytes::from(d.data), headers, stop).await {
                 Taken::Yes => {
                     let _ = acker.ack(BasicAckOptions::default()).await;
                 }
@@ -159,7 +187,8 @@ async fn run(weak: &Weak<Management>, function: &str, src: &AmqpSource, url: &st
             }
         })
         .await;
-    if weak.strong_count() == 0 {
+    if weak.strong_count() == 0 || *stop.borrow() {
+        let _ = ch.close(200, "stopping".into()).await;
         return Ok(());
     }
     Err(failure.unwrap_or_else(|| "the consumer was closed by the broker".into()))
@@ -173,7 +202,13 @@ enum Taken {
 }
 
 /// Turns one source message into an invocation, waiting out store and broker outages.
-async fn take(weak: &Weak<Management>, function: &str, body: Bytes, headers: Vec<(String, String)>) -> Taken {
+async fn take(
+    weak: &Weak<Management>,
+    function: &str,
+    body: Bytes,
+    headers: Vec<(String, String)>,
+    stop: &watch::Receiver<bool>,
+) -> Taken {
     let mut delay = Duration::from_millis(200);
     loop {
         let Some(m) = weak.upgrade() else { return Taken::No };
@@ -195,6 +230,9 @@ async fn take(weak: &Weak<Management>, function: &str, body: Bytes, headers: Vec
             Err(e) => {
                 tracing::warn!(function, error = %e, "cannot take a source message yet; holding it");
                 drop(m);
+                if *stop.borrow() {
+                    return Taken::No;
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -457,3 +457,71 @@ async fn a_thousand_source_messages_become_a_thousand_invocations() {
         let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
     }
 }
+
+/// A management instance stopped (SIGTERM) while it consumes a source finishes the messages it
+/// took and takes no more: another instance carries on, and each message becomes exactly one
+/// invocation (none is recorded and published, then left unacked to come again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_management_leaves_no_source_message_half_taken() {
+    require_services();
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = unique("p");
+    let name = unique("feed");
+    let queue = format!("test.source.{}", unique("q"));
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await.unwrap();
+    let n = 3000;
+    for i in 0..n {
+        ch.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            format!("{{\"order\":{i}}}").as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let mut a = Management::start(&pg_url()).await;
+    let b = Management::start(&pg_url()).await;
+    let _off = disarm(&b, tmp.path(), &name, &pool);
+    let _w = start_worker(&pg_url(), &pool, 16, &tmp.path().join("cache"));
+    let manifest = format!(
+        "name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\n\n[source]\nqueue = \"{queue}\"\nprefetch = 64\n"
+    );
+    a.publish_dir(&function_dir(tmp.path(), &manifest, &[])).await;
+    // Straight from the store: the API lists 1,000 at most.
+    let store = warren_common::store::open(&pg_url()).await.unwrap();
+    let count = || {
+        let (store, name) = (&store, name.clone());
+        async move {
+            let filter = warren_common::store::InvocationFilter { function: Some(name), status: None, limit: 10_000 };
+            store.list_invocations(&filter).await.unwrap()
+        }
+    };
+    eventually(Duration::from_secs(60), "a tenth of the messages taken", || async {
+        (count().await.len() >= n / 10).then_some(())
+    })
+    .await;
+    let status = a.proc.terminate(Duration::from_secs(20)).expect("management A stops within 20 s");
+    assert!(status.success(), "management A exits cleanly: {status:?}");
+    let taken = count().await.len();
+    assert!(taken < n, "A was stopped while messages were still coming ({taken} of {n} taken)");
+    let list = eventually(Duration::from_secs(90), "every message taken", || async {
+        let list = count().await;
+        let orders: BTreeSet<Vec<u8>> = list.iter().filter_map(|i| i.result.clone()).collect();
+        (orders.len() == n).then_some(list)
+    })
+    .await;
+    assert_eq!(list.len(), n, "one invocation per source message, none twice");
+    drop(_off);
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+}

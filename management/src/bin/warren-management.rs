@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use warren_common::transport::amqp::AmqpTransport;
@@ -116,5 +117,8 @@ async fn run(args: Args, auth: warren_management::auth::AuthMode) -> anyhow::Res
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "management listening");
-    warren_management::serve(m, listener, warren_worker::shutdown_signal()).await
+    warren_management::serve(m.clone(), listener, warren_worker::shutdown_signal()).await?;
+    // The API is closed; the source triggers finish what they hold before the process ends.
+    m.stop_sources(Duration::from_secs(10)).await;
+    Ok(())
 }
