@@ -14,10 +14,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use tokio::sync::watch;
 use uuid::Uuid;
 use warren_common::manifest::AmqpSource;
 use warren_common::now_ms;

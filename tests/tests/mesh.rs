@@ -84,7 +84,15 @@ async fn thousand_invocations_spread_over_three_workers_each_stored_once() {
     for (w, count) in &by_worker {
         assert!(*count >= n / 10, "worker {w} ran only {count} of {n}");
     }
+    // Every message was acked (acks are coalesced per channel): with the workers gone, nothing
+    // unacked comes back to the queue.
     drop(workers);
+    let t = AmqpTransport::connect(&amqp_url(), "ack-check").await.unwrap();
+    eventually(Duration::from_secs(30), "the workers' consumers to be gone", || async {
+        (t.queue_stats(&pool).await.ok()?.consumers == 0).then_some(())
+    })
+    .await;
+    assert_eq!(t.queue_stats(&pool).await.unwrap().messages, 0, "messages left unacked came back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

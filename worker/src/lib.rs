@@ -368,12 +368,17 @@ impl Worker {
         // Prefetch bounds what the broker hands over, so this set never exceeds it.
         let mut running = tokio::task::JoinSet::new();
         let mut backoff = Duration::from_millis(100);
+        // The consumer in use, kept past the loop so that its held-back acks go out at the end.
+        let mut last: Option<Box<dyn warren_common::transport::Consumer>> = None;
         'outer: while !*shutdown.borrow() {
             let opened = async {
                 self.transport.declare_pool(&pool).await?;
                 self.transport.consume(&pool, prefetch).await
             };
-            let mut consumer = tokio::select! {
+            if let Some(mut old) = last.take() {
+                old.flush_acks().await;
+            }
+            let consumer = tokio::select! {
                 c = opened => match c {
                     Ok(c) => c,
                     Err(e) => {
@@ -391,6 +396,7 @@ impl Worker {
             backoff = Duration::from_millis(100);
             // Deliveries of earlier consumers still waiting for a slot are now stale.
             let generation = gate.consumer.fetch_add(1, Ordering::SeqCst) + 1;
+            let consumer = last.insert(consumer);
             loop {
                 tokio::select! {
                     biased;
@@ -416,6 +422,9 @@ impl Worker {
         // back to the queue instead of starting now.
         gate.slots.close();
         while running.join_next().await.is_some() {}
+        if let Some(mut c) = last {
+            c.flush_acks().await;
+        }
     }
 
     /// Shuts down the warm handlers of versions that are no longer their function's active one.

@@ -336,6 +336,8 @@ struct AmqpConsumer {
     link: Arc<Link>,
     shared: Arc<Shared>,
     no_ack: bool,
+    /// Coalesces the acks of this channel's deliveries (pool consumers).
+    acks: Option<Arc<super::acks::AckBatch>>,
 }
 
 #[async_trait]
@@ -353,7 +355,14 @@ impl Consumer for AmqpConsumer {
                 body: Bytes::from(d.data),
                 redelivered: d.redelivered,
                 reason: None,
-                acker: if self.no_ack { Acker::None } else { Acker::Amqp(d.acker) },
+                acker: match (&self.acks, self.no_ack) {
+                    (_, true) => Acker::None,
+                    (Some(batch), false) => {
+                        batch.delivered(d.delivery_tag);
+                        Acker::Batched { batch: batch.clone(), tag: d.delivery_tag, acker: d.acker }
+                    }
+                    (None, false) => Acker::Amqp(d.acker),
+                },
                 _keep: Some(self.channel.clone()),
             }),
             Err(e) => {
@@ -361,6 +370,12 @@ impl Consumer for AmqpConsumer {
                 Err(unavailable(e))
             }
         })
+    }
+
+    async fn flush_acks(&mut self) {
+        if let Some(batch) = &self.acks {
+            batch.flush_all().await;
+        }
     }
 }
 
@@ -454,6 +469,7 @@ impl Transport for AmqpTransport {
             link,
             shared: self.shared.clone(),
             no_ack: false,
+            acks: Some(super::acks::AckBatch::start()),
         }))
     }
 
@@ -484,6 +500,7 @@ impl Transport for AmqpTransport {
             link,
             shared: self.shared.clone(),
             no_ack: true,
+            acks: None,
         }))
     }
 

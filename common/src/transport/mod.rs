@@ -7,6 +7,7 @@
 //! returned, a delivery dropped without either goes back to the queue marked `redelivered`, and
 //! a consumer never holds more than `prefetch` unacked deliveries.
 
+mod acks;
 pub mod amqp;
 pub mod memory;
 pub mod peer;
@@ -65,6 +66,9 @@ pub trait Transport: Send + Sync + 'static {
 pub trait Consumer: Send {
     /// The next delivery; `None` once the consumer is closed (connection lost, shut down).
     async fn next(&mut self) -> Option<Result<Delivery>>;
+    /// Sends now whatever acks of its deliveries are still held back (call it once they are
+    /// all settled, before the process ends).
+    async fn flush_acks(&mut self) {}
 }
 
 /// One message handed to a consumer. Ack it once its outcome is stored, or requeue it.
@@ -81,6 +85,12 @@ pub struct Delivery {
 
 pub(crate) enum Acker {
     Amqp(lapin::Acker),
+    /// Acked through its channel's [`acks::AckBatch`] (coalesced into multiple acks).
+    Batched {
+        batch: std::sync::Arc<acks::AckBatch>,
+        tag: u64,
+        acker: lapin::Acker,
+    },
     Memory(memory::MemAcker),
     /// Notices are consumed without acknowledgement.
     None,
@@ -94,6 +104,12 @@ impl Delivery {
                 .await
                 .map(|_| ())
                 .map_err(|e| TransportError::Unavailable(e.to_string())),
+            Acker::Batched { batch, tag, acker } => {
+                // Sent by the channel's flusher (a failure there only means a redelivery,
+                // which finds the outcome stored).
+                batch.finished(tag, acker);
+                Ok(())
+            }
             Acker::Memory(a) => {
                 a.ack();
                 Ok(())
@@ -110,6 +126,14 @@ impl Delivery {
                 .await
                 .map(|_| ())
                 .map_err(|e| TransportError::Unavailable(e.to_string())),
+            Acker::Batched { batch, tag, acker } => {
+                batch.returned(tag);
+                acker
+                    .nack(lapin::options::BasicNackOptions { requeue: true, multiple: false })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| TransportError::Unavailable(e.to_string()))
+            }
             Acker::Memory(a) => {
                 a.requeue();
                 Ok(())
