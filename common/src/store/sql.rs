@@ -370,43 +370,51 @@ async fn end_in(
         .await
         .map_err(unavailable)?;
     }
-    // Multi-row inserts, in chunks that stay under SQLite's parameter limit.
-    for chunk in o.logs.chunks(200) {
-        let mut sql = String::from("INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ");
-        for i in 0..chunk.len() {
-            let b = i * 5;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
-        }
-        sql.push_str(" ON CONFLICT DO NOTHING");
+    let lines: Vec<(&str, &LogLine)> = o.logs.iter().map(|l| (id, l)).collect();
+    insert_logs(tx, &lines).await?;
+    if status.is_final() {
+        insert_deliveries(tx, id, o).await?;
+    }
+    Ok(true)
+}
+
+/// Log lines (of one or many invocations) in multi-row inserts, in chunks that stay under
+/// SQLite's parameter limit.
+async fn insert_logs(tx: &mut sqlx::Transaction<'static, sqlx::Any>, lines: &[(&str, &LogLine)]) -> Result<()> {
+    for chunk in lines.chunks(200) {
+        let sql = format!(
+            "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES {} ON CONFLICT DO NOTHING",
+            value_rows(1, chunk.len(), &["?", "?", "?", "?", "?"])
+        );
         let mut q = sqlx::query(&sql);
-        for l in chunk {
-            q = q.bind(id).bind(l.attempt).bind(l.seq).bind(l.ts_ms).bind(&l.line);
+        for (id, l) in chunk {
+            q = q.bind(id.to_string()).bind(l.attempt).bind(l.seq).bind(l.ts_ms).bind(l.line.clone());
         }
         q.execute(&mut **tx).await.map_err(unavailable)?;
     }
-    if status.is_final() {
-        for d in &o.deliveries {
-            sqlx::query(
-                // A replayed invocation's new outcome is forwarded again.
-                "INSERT INTO warren_deliveries (invocation, output, target, status, attempts, next_ms, updated_ms)
-                 VALUES ($1, $2, $3, 'pending', 0, $4, $4)
-                 ON CONFLICT (invocation, output) DO UPDATE SET status = 'pending', attempts = 0,
-                   last_error = NULL, target = excluded.target, next_ms = excluded.next_ms,
-                   updated_ms = excluded.updated_ms",
-            )
-            .bind(id)
-            .bind(d.output)
-            .bind(&d.target)
-            .bind(o.finished_ms)
-            .execute(&mut **tx)
-            .await
-            .map_err(unavailable)?;
-        }
+    Ok(())
+}
+
+/// A final outcome's forwards, `pending` (a replayed invocation's new outcome is forwarded
+/// again).
+async fn insert_deliveries(tx: &mut sqlx::Transaction<'static, sqlx::Any>, id: &str, o: &Outcome) -> Result<()> {
+    for d in &o.deliveries {
+        sqlx::query(
+            "INSERT INTO warren_deliveries (invocation, output, target, status, attempts, next_ms, updated_ms)
+             VALUES ($1, $2, $3, 'pending', 0, $4, $4)
+             ON CONFLICT (invocation, output) DO UPDATE SET status = 'pending', attempts = 0,
+               last_error = NULL, target = excluded.target, next_ms = excluded.next_ms,
+               updated_ms = excluded.updated_ms",
+        )
+        .bind(id)
+        .bind(d.output)
+        .bind(&d.target)
+        .bind(o.finished_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(unavailable)?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Ends a transaction whose guard statement decided whether `inv` is to be recorded: records
@@ -626,7 +634,7 @@ impl SqlxStore {
             && o.logs.is_empty()
             && o.deliveries.is_empty()
         {
-            let won = self.upsert_outcomes(&[(&id, o)]).await?;
+            let won = self.upsert_outcomes(None, &[(&id, o)]).await?;
             return Ok(!won.is_empty());
         }
         if o.record.is_none() && o.logs.is_empty() && (o.deliveries.is_empty() || !status.is_final()) {
@@ -674,7 +682,11 @@ impl SqlxStore {
     /// record, in one statement: the record is inserted with its outcome when it is missing,
     /// and otherwise updated under `complete`'s guard (open, and not past this attempt).
     /// Returns the ids stored. Ids must be distinct.
-    async fn upsert_outcomes(&self, items: &[(&String, &Outcome)]) -> Result<std::collections::HashSet<String>> {
+    async fn upsert_outcomes(
+        &self,
+        tx: Option<&mut sqlx::Transaction<'static, sqlx::Any>>,
+        items: &[(&String, &Outcome)],
+    ) -> Result<std::collections::HashSet<String>> {
         let rows = padded(items.len());
         let sql = format!(
             "INSERT INTO warren_invocations AS i (id, function, version, status, attempts, payload, result, error,
@@ -731,7 +743,11 @@ impl SqlxStore {
                 .bind(None::<i64>)
                 .bind(0i64);
         }
-        returned_ids(&q.fetch_all(&self.pool).await.map_err(unavailable)?)
+        let rows = match tx {
+            Some(tx) => q.fetch_all(&mut **tx).await,
+            None => q.fetch_all(&self.pool).await,
+        };
+        returned_ids(&rows.map_err(unavailable)?)
     }
 
     async fn batch_counts(&self, b: &mut Batch) -> Result<()> {
@@ -1038,27 +1054,32 @@ impl Store for SqlxStore {
             // invocation then finds the first stored.
             return self.complete_in_one(items.iter().collect()).await;
         }
+        // Every outcome in one guarded statement (one for those that bring their record, one
+        // for the others), then the log lines of those stored in multi-row inserts and their
+        // deliveries: one commit. A second outcome of one invocation goes after, one by one:
+        // it then finds the first stored. Without log lines, deliveries or repeats it is a
+        // single statement, so no transaction.
         let mut out = vec![false; items.len()];
-        // Outcomes without log lines or deliveries go in one statement: the same guarded update
-        // as `complete`, for all of them, in one commit.
-        // A second outcome of one invocation goes alone, after: it then finds the first stored.
         let mut seen = std::collections::HashSet::new();
-        let simple: Vec<usize> = (0..items.len())
-            .filter(|&i| seen.insert(items[i].0) && items[i].1.logs.is_empty() && items[i].1.deliveries.is_empty())
-            .collect();
-        // Those that bring their record (it may be missing) go in one upsert; the others in
-        // one guarded update.
-        let (with_record, simple): (Vec<usize>, Vec<usize>) =
-            simple.into_iter().partition(|&i| items[i].1.record.is_some());
+        let (firsts, repeats): (Vec<usize>, Vec<usize>) = (0..items.len()).partition(|&i| seen.insert(items[i].0));
+        let extra = |i: &usize| !items[*i].1.logs.is_empty() || !items[*i].1.deliveries.is_empty();
+        let (with_record, plain): (Vec<usize>, Vec<usize>) =
+            firsts.iter().copied().partition(|&i| items[i].1.record.is_some());
+        let mut tx =
+            if !repeats.is_empty() || firsts.iter().any(extra) || (!with_record.is_empty() && !plain.is_empty()) {
+                Some(self.begin().await?)
+            } else {
+                None
+            };
+        let ids: Vec<String> = items.iter().map(|(id, _)| id.to_string()).collect();
         for chunk in with_record.chunks(256) {
-            let ids: Vec<String> = chunk.iter().map(|&i| items[i].0.to_string()).collect();
-            let entries: Vec<(&String, &Outcome)> = chunk.iter().zip(&ids).map(|(&i, id)| (id, &items[i].1)).collect();
-            let won = self.upsert_outcomes(&entries).await?;
-            for (&i, id) in chunk.iter().zip(&ids) {
-                out[i] = won.contains(id);
+            let entries: Vec<(&String, &Outcome)> = chunk.iter().map(|&i| (&ids[i], &items[i].1)).collect();
+            let won = self.upsert_outcomes(tx.as_mut(), &entries).await?;
+            for &i in chunk {
+                out[i] = won.contains(&ids[i]);
             }
         }
-        for chunk in simple.chunks(256) {
+        for chunk in plain.chunks(256) {
             let sql = format!(
                 "UPDATE warren_invocations i SET status = v.status, attempts = v.attempt, result = v.result,
                    error = v.error, worker = v.worker, finished_ms = v.finished_ms,
@@ -1077,9 +1098,9 @@ impl Store for SqlxStore {
             );
             let mut q = sqlx::query(&sql);
             for &i in chunk {
-                let (id, o) = &items[i];
+                let (_, o) = &items[i];
                 q = q
-                    .bind(id.to_string())
+                    .bind(ids[i].clone())
                     .bind(o.status.as_str())
                     .bind(o.attempt)
                     .bind(o.result.clone())
@@ -1101,23 +1122,32 @@ impl Store for SqlxStore {
                     .bind(None::<i64>)
                     .bind(None::<i64>);
             }
-            let won = returned_ids(&q.fetch_all(&self.pool).await.map_err(unavailable)?)?;
+            let rows = match tx.as_mut() {
+                Some(tx) => q.fetch_all(&mut **tx).await,
+                None => q.fetch_all(&self.pool).await,
+            };
+            let won = returned_ids(&rows.map_err(unavailable)?)?;
             for &i in chunk {
-                out[i] = won.contains(&items[i].0.to_string());
+                out[i] = won.contains(&ids[i]);
             }
         }
-        // The rest (log lines, deliveries, a second outcome of one invocation) in one
-        // transaction after those.
-        let mut grouped = vec![false; items.len()];
-        for &i in simple.iter().chain(&with_record) {
-            grouped[i] = true;
-        }
-        let rest: Vec<usize> = (0..items.len()).filter(|&i| !grouped[i]).collect();
-        if !rest.is_empty() {
-            let won = self.complete_in_one(rest.iter().map(|&i| &items[i]).collect()).await?;
-            for (i, w) in rest.into_iter().zip(won) {
-                out[i] = w;
+        if let Some(mut tx) = tx {
+            let stored: Vec<usize> = firsts.iter().copied().filter(|&i| out[i]).collect();
+            let lines: Vec<(&str, &LogLine)> = stored
+                .iter()
+                .flat_map(|&i| {
+                    let id = ids[i].as_str();
+                    items[i].1.logs.iter().map(move |l| (id, l))
+                })
+                .collect();
+            insert_logs(&mut tx, &lines).await?;
+            for &i in &stored {
+                insert_deliveries(&mut tx, &ids[i], &items[i].1).await?;
             }
+            for &i in &repeats {
+                out[i] = end_in(&mut tx, &ids[i], &items[i].1, COMPLETE, items[i].1.status, items[i].1.attempt).await?;
+            }
+            tx.commit().await.map_err(unavailable)?;
         }
         Ok(out)
     }
