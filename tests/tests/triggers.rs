@@ -358,6 +358,25 @@ async fn two_management_instances_fire_each_timer_tick_exactly_once() {
     .await;
 }
 
+/// Publishes `{"order": i}` for i in 0..n to a queue, persistent and confirmed one by one, as
+/// another system would.
+async fn publish_orders(ch: &lapin::Channel, queue: &str, n: usize) {
+    use lapin::options::BasicPublishOptions;
+    for i in 0..n {
+        ch.basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            format!("{{\"order\":{i}}}").as_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_source_messages_become_a_thousand_invocations() {
     require_services();
@@ -378,19 +397,7 @@ async fn a_thousand_source_messages_become_a_thousand_invocations() {
         ch.queue_declare(q.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await.unwrap();
     }
     let n = 1000;
-    for i in 0..n {
-        ch.basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            format!("{{\"order\":{i}}}").as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    }
+    publish_orders(&ch, &queue, n).await;
     let mut headers = FieldTable::default();
     headers.insert("x-origin".into(), AMQPValue::LongString(LongString::from("erp")));
     ch.basic_publish(
@@ -464,9 +471,9 @@ async fn a_thousand_source_messages_become_a_thousand_invocations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_management_leaves_no_source_message_half_taken() {
     require_services();
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
     use lapin::types::FieldTable;
-    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    use lapin::{Connection, ConnectionProperties};
 
     let tmp = tempfile::tempdir().unwrap();
     let pool = unique("p");
@@ -477,19 +484,7 @@ async fn a_stopping_management_leaves_no_source_message_half_taken() {
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await.unwrap();
     let n = 3000;
-    for i in 0..n {
-        ch.basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            format!("{{\"order\":{i}}}").as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    }
+    publish_orders(&ch, &queue, n).await;
     let mut a = Management::start(&pg_url()).await;
     let b = Management::start(&pg_url()).await;
     let _off = disarm(&b, tmp.path(), &name, &pool);
