@@ -176,3 +176,138 @@ pub async fn sweep_stale(url: &str) -> usize {
     let _ = conn.close(200, "done".into()).await;
     n
 }
+
+/// The latency row's baseline: the broker's own round trip, as a sync invoke uses it, with
+/// lapin directly and no Warren code, at the same offered rate.
+#[derive(Debug, Clone)]
+pub struct RoundTrip {
+    pub offered_rate: f64,
+    pub sent: u64,
+    pub answered: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub cpu: crate::mesh::CpuUse,
+}
+
+/// A client connection publishes persistent messages with confirms to a fresh durable queue
+/// on a fixed schedule (a pacer thread, as in the latency row); a server connection consumes
+/// them (prefetch 64, manual acks) and answers each with a transient message to the client's
+/// exclusive reply queue, consumed without acks. Each latency runs from the request's
+/// scheduled send to its answer's arrival: the two broker hops of a sync invoke, without the
+/// HTTP, the function or the store.
+pub async fn round_trip(url: &str, rate: f64, secs: f64, body_bytes: usize) -> Result<RoundTrip> {
+    let queue = format!("warren-bench.raw.{}", uuid::Uuid::now_v7().simple());
+    let reply = format!("warren-bench.raw.{}.reply", uuid::Uuid::now_v7().simple());
+    let client = connect(url, "warren-bench-rtt-client").await?;
+    let server = connect(url, "warren-bench-rtt-server").await?;
+
+    let pub_ch = client.create_channel().await?;
+    pub_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    pub_ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    let reply_ch = client.create_channel().await?;
+    reply_ch
+        .queue_declare(
+            reply.as_str().into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut replies = reply_ch
+        .basic_consume(
+            reply.as_str().into(),
+            "warren-bench-rtt".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+
+    let srv_ch = server.create_channel().await?;
+    srv_ch.basic_qos(64, BasicQosOptions::default()).await?;
+    let mut requests = srv_ch
+        .basic_consume(
+            queue.as_str().into(),
+            "warren-bench-rtt".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let (srv_pub, reply_to) = (srv_ch.clone(), reply.clone());
+    let serve = tokio::spawn(async move {
+        while let Some(Ok(d)) = requests.next().await {
+            let answered = srv_pub
+                .basic_publish(
+                    "".into(),
+                    reply_to.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &d.data,
+                    BasicProperties::default(),
+                )
+                .await;
+            if answered.is_err() || d.acker.ack(BasicAckOptions::default()).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let total = (rate * secs).round().max(1.0) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let cpu_before = crate::mesh::cpu_snap(0, &[]);
+    // Replies carry the offset of their request's scheduled send from `start`.
+    let collect = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(total as usize);
+        let until = start + Duration::from_secs_f64(secs) + Duration::from_secs(10);
+        while (lat.len() as u64) < total {
+            let Ok(Some(Ok(d))) = tokio::time::timeout_at(until.into(), replies.next()).await else { break };
+            if let Some(at) = d.data.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) {
+                lat.push(start.elapsed().as_secs_f64() * 1000.0 - at as f64 / 1e6);
+            }
+        }
+        lat
+    });
+    let runtime = tokio::runtime::Handle::current();
+    let (ch, q) = (pub_ch.clone(), queue.clone());
+    let pacer = std::thread::Builder::new().name("bench-rtt-pacer".into()).spawn(move || {
+        let props = BasicProperties::default().with_delivery_mode(2);
+        for i in 0..total {
+            let offset = interval.mul_f64(i as f64);
+            if let Some(wait) = (start + offset).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let mut body = (offset.as_nanos() as u64).to_le_bytes().to_vec();
+            body.resize(body_bytes.max(8), b'x');
+            let (ch, q, props) = (ch.clone(), q.clone(), props.clone());
+            runtime.spawn(async move {
+                if let Ok(confirm) =
+                    ch.basic_publish("".into(), q.as_str().into(), BasicPublishOptions::default(), &body, props).await
+                {
+                    let _ = confirm.await;
+                }
+            });
+        }
+    })?;
+    tokio::task::spawn_blocking(move || pacer.join())
+        .await
+        .context("the round-trip pacer thread")?
+        .map_err(|_| anyhow::anyhow!("the round-trip pacer thread panicked"))?;
+    let mut lat = collect.await.context("the round-trip collector")?;
+    let cpu = crate::mesh::cpu_use(&cpu_before, &crate::mesh::cpu_snap(0, &[]));
+    serve.abort();
+    let _ = pub_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = server.close(200, "done".into()).await;
+    let _ = client.close(200, "done".into()).await;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| crate::mesh::percentile(&lat, p);
+    Ok(RoundTrip {
+        offered_rate: rate,
+        sent: total,
+        answered: lat.len() as u64,
+        p50_ms: pct(50.0),
+        p90_ms: pct(90.0),
+        p99_ms: pct(99.0),
+        max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        cpu,
+    })
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use crate::mesh::{BatchResult, Func, LatencyResult, LoadResult, Mesh, Settings, SplitResult};
+use crate::mesh::{BatchResult, Func, LatencyResult, LoadResult, Mesh, Settings, SplitResult, SyncCapacity};
 
 /// Warren's benchmark: the raw broker ceiling (1), the mesh end to end with the built-in echo
 /// (2: management + 1, 2 and 4 workers on PostgreSQL and SQLite) and with a warm Python
@@ -81,9 +81,14 @@ struct Args {
     /// Latency row: seconds of load (default 10; 3 with --quick).
     #[arg(long)]
     latency_secs: Option<f64>,
-    /// Latency row: offered rate in invocations/s (default: half the 1-worker PostgreSQL rate).
+    /// Latency row: offered rate in invocations/s. Default: half the measured sync capacity
+    /// (a row of its own: sync invokes with --sync-in-flight waiting at once), and a second row
+    /// at half the 1-worker PostgreSQL async rate (the definition of earlier runs).
     #[arg(long)]
     latency_rate: Option<f64>,
+    /// Latency row: sync invokes waiting at once while the sync capacity is measured.
+    #[arg(long, default_value_t = 64)]
+    sync_in_flight: usize,
     /// Give up on an end-to-end row after this many seconds (default 180; 60 with --quick).
     #[arg(long)]
     run_timeout: Option<u64>,
@@ -257,7 +262,10 @@ pub struct Figures {
     pub runs: Vec<Result<LoadResult, (String, usize, String)>>,
     pub splits: Vec<Result<SplitResult, (String, usize, String)>>,
     pub warm: Vec<Result<LoadResult, (String, usize, String)>>,
-    pub latency: Option<Result<LatencyResult, String>>,
+    /// Row 4: sync invokes per second with --sync-in-flight waiting at once.
+    pub sync_capacity: Option<Result<SyncCapacity, String>>,
+    /// Row 4: one latency run per offered rate.
+    pub latency: Vec<Result<LatencyResult, String>>,
     pub batch: Option<Result<BatchResult, String>>,
     pub notes: Vec<String>,
 }
@@ -393,7 +401,8 @@ async fn run(args: Args) -> Result<bool> {
         runs: Vec::new(),
         splits: Vec::new(),
         warm: Vec::new(),
-        latency: None,
+        sync_capacity: None,
+        latency: Vec::new(),
         batch: None,
         notes: Vec::new(),
     };
@@ -508,22 +517,54 @@ async fn run(args: Args) -> Result<bool> {
                 .filter_map(|r| r.as_ref().ok())
                 .find(|r| r.store == "PostgreSQL" && !r.incomplete)
                 .map(|r| r.rate() / r.workers as f64);
-            let rate = args.latency_rate.or(base.map(|b| (b / 2.0).max(1.0)));
-            match rate {
-                Some(rate) => {
-                    eprintln!("[4] latency: sync invokes at {rate:.0}/s for {latency_secs} s, 1 worker, {label}");
-                    let r = m.latency(rate, latency_secs).await.map_err(|e| format!("{e:#}"));
-                    match &r {
-                        Ok(l) => {
-                            eprintln!("    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms)
+            // What each latency run offers half of: the sync capacity (measured here) and the
+            // async rate; or just the rate given.
+            let mut rates: Vec<(String, f64)> = Vec::new();
+            if let Some(r) = args.latency_rate {
+                rates.push(("--latency-rate".into(), r));
+            } else {
+                let secs = if args.quick { 2.0 } else { 5.0 };
+                eprintln!(
+                    "[4] sync capacity: sync invokes with {} waiting at once for {secs} s, 1 worker, {label}",
+                    args.sync_in_flight
+                );
+                let cap = m.sync_capacity(args.sync_in_flight, secs).await.map_err(|e| format!("{e:#}"));
+                match &cap {
+                    Ok(c) => {
+                        eprintln!("    {:.0}/s", c.rate());
+                        if c.ok > 0 {
+                            rates.push(("half the sync capacity".into(), (c.rate() / 2.0).max(1.0)));
                         }
-                        Err(e) => eprintln!("    FAILED: {e}"),
                     }
-                    fig.latency = Some(r);
+                    Err(e) => eprintln!("    FAILED: {e}"),
                 }
-                None => {
-                    fig.latency = Some(Err("no PostgreSQL throughput figure to derive the offered rate from".into()))
+                fig.sync_capacity = Some(cap);
+                if let Some(b) = base {
+                    rates.push(("half the 1-worker async rate".into(), (b / 2.0).max(1.0)));
                 }
+            }
+            if rates.is_empty() {
+                fig.latency.push(Err("no throughput figure to derive the offered rate from".into()));
+            }
+            for (basis, rate) in rates {
+                eprintln!("[4] latency: sync invokes at {rate:.0}/s ({basis}) for {latency_secs} s, 1 worker, {label}");
+                let mut r = m.latency(rate, latency_secs).await.map_err(|e| format!("{e:#}"));
+                match &mut r {
+                    Ok(l) => {
+                        eprintln!("    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms);
+                        l.basis = basis;
+                        eprintln!("[4] baseline: the raw broker round trip at {rate:.0}/s for {latency_secs} s");
+                        let b = broker::round_trip(&args.amqp, rate, latency_secs, args.payload_bytes)
+                            .await
+                            .map_err(|e| format!("{e:#}"));
+                        if let Ok(b) = &b {
+                            eprintln!("    p50 {:.1} ms, p99 {:.1} ms", b.p50_ms, b.p99_ms);
+                        }
+                        l.broker = Some(b);
+                    }
+                    Err(e) => eprintln!("    FAILED: {e}"),
+                }
+                fig.latency.push(r);
             }
             if batch_items > 0 {
                 eprintln!(
@@ -570,7 +611,8 @@ async fn run(args: Args) -> Result<bool> {
         && fig.runs.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
         && fig.splits.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
         && fig.warm.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
-        && fig.latency.as_ref().is_none_or(|l| l.is_ok())
+        && fig.latency.iter().all(|l| l.is_ok())
+        && fig.sync_capacity.as_ref().is_none_or(|c| c.is_ok())
         && fig.batch.as_ref().is_none_or(|b| b.as_ref().is_ok_and(|b| !b.incomplete));
     report::print_tables(&ctx, &fig);
     let json = report::to_json(&ctx, &fig, began.elapsed());

@@ -282,8 +282,27 @@ impl BatchResult {
     }
 }
 
+/// Row 4's capacity: sync invokes answered per second with many waiting at once.
+#[derive(Debug, Clone)]
+pub struct SyncCapacity {
+    pub in_flight: usize,
+    pub secs: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub cpu: CpuUse,
+}
+
+impl SyncCapacity {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.secs.max(1e-9)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LatencyResult {
+    /// What the offered rate is half of.
+    pub basis: String,
     pub offered_rate: f64,
     pub secs: f64,
     pub sent: u64,
@@ -294,7 +313,14 @@ pub struct LatencyResult {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// How late the generator sent its requests (actual send - scheduled send): its own
+    /// timer's share of the latencies above.
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
+    pub cpu: CpuUse,
     pub worker_rss_after: u64,
+    /// The broker's own round trip at the same rate (lapin, no Warren code).
+    pub broker: Option<Result<crate::broker::RoundTrip, String>>,
 }
 
 pub async fn open_db(url: &str) -> Result<AnyPool> {
@@ -968,6 +994,79 @@ impl Mesh {
     }
 
     /// Row 4: sync invokes at a fixed offered rate (open loop) on one fresh worker.
+    /// Sync invokes with `in_flight` waiting at once (each task sends its next one when it has
+    /// its answer) for `secs`, 1 worker: how many the mesh answers per second, the capacity the
+    /// latency row offers half of.
+    pub async fn sync_capacity(&mut self, in_flight: usize, secs: f64) -> Result<SyncCapacity> {
+        let pool = format!("bench-{}", short_id());
+        let name = self.deploy_echo(&pool).await?;
+        let mut procs = self.start_workers(&pool, 1)?;
+        let r = async {
+            self.wait_consumers(&pool, &mut procs).await?;
+            self.warm_up(&name, 16).await?;
+            let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
+            let url = self.invoke_url(&name, "sync");
+            let cpu_before = cpu_snap(self.mgmt.pid(), &pids);
+            let start = Instant::now();
+            let until = start + Duration::from_secs_f64(secs);
+            let tasks: Vec<_> = (0..in_flight)
+                .map(|t| {
+                    let (http, url, bytes) = (self.http.clone(), url.clone(), self.settings.input_bytes);
+                    tokio::spawn(async move {
+                        let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None::<String>);
+                        let mut i = t as u64;
+                        while Instant::now() < until {
+                            match http.post(&url).body(input(i, bytes)).send().await {
+                                Ok(r) => {
+                                    let s = r.status();
+                                    let text = r.text().await.unwrap_or_default();
+                                    if s.as_u16() == 200 && text.contains("\"succeeded\"") {
+                                        ok += 1;
+                                    } else {
+                                        errors += 1;
+                                        first_error.get_or_insert(format!(
+                                            "{s}: {}",
+                                            text.chars().take(300).collect::<String>()
+                                        ));
+                                    }
+                                }
+                                Err(e) => {
+                                    errors += 1;
+                                    first_error.get_or_insert(format!("request failed: {e}"));
+                                }
+                            }
+                            i += in_flight as u64;
+                        }
+                        (ok, errors, first_error)
+                    })
+                })
+                .collect();
+            let mut out =
+                SyncCapacity { in_flight, secs: 0.0, ok: 0, errors: 0, first_error: None, cpu: CpuUse::default() };
+            for t in tasks {
+                let (ok, errors, first) = t.await.context("a capacity request task failed")?;
+                out.ok += ok;
+                out.errors += errors;
+                if out.first_error.is_none() {
+                    out.first_error = first;
+                }
+            }
+            out.secs = start.elapsed().as_secs_f64();
+            out.cpu = cpu_use(&cpu_before, &cpu_snap(self.mgmt.pid(), &pids));
+            for p in procs.iter_mut() {
+                p.check_alive()?;
+            }
+            self.mgmt.check_alive()?;
+            Ok::<_, anyhow::Error>(out)
+        }
+        .await;
+        for p in procs.iter_mut() {
+            p.stop(Duration::from_secs(5));
+        }
+        self.delete_queues(&pool).await;
+        r
+    }
+
     pub async fn latency(&mut self, rate: f64, secs: f64) -> Result<LatencyResult> {
         let pool = format!("bench-{}", short_id());
         let name = self.deploy_echo(&pool).await?;
@@ -975,14 +1074,18 @@ impl Mesh {
         let r = async {
             self.wait_consumers(&pool, &mut procs).await?;
             self.warm_up(&name, 16).await?;
+            let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
+            let cpu_before = cpu_snap(self.mgmt.pid(), &pids);
             let out =
                 open_loop(self.http.clone(), self.invoke_url(&name, "sync"), rate, secs, self.settings.input_bytes)
                     .await;
+            let cpu = cpu_use(&cpu_before, &cpu_snap(self.mgmt.pid(), &pids));
             for p in procs.iter_mut() {
                 p.check_alive()?;
             }
             self.mgmt.check_alive()?;
             let mut out = out?;
+            out.cpu = cpu;
             out.worker_rss_after = procs::rss_bytes(procs[0].pid()).unwrap_or(0);
             Ok::<_, anyhow::Error>(out)
         }
@@ -1093,7 +1196,7 @@ async fn fire_async(http: reqwest::Client, url: String, n: u64, in_flight: usize
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -1103,6 +1206,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Sends sync invokes on a fixed schedule, never waiting for earlier answers; each latency
 /// runs from the request's scheduled time (so a stalled sender shows up as latency too).
+///
+/// The schedule is kept by a thread of its own sleeping with the OS timer (tens of
+/// microseconds late), not by tokio's timer, whose millisecond ticks sent each request about
+/// 1 ms late on average and counted that millisecond as the mesh's latency. How late each
+/// request still went is measured and reported beside the latencies.
 async fn open_loop(
     http: reqwest::Client,
     url: String,
@@ -1112,33 +1220,46 @@ async fn open_loop(
 ) -> Result<LatencyResult> {
     let total = (rate * secs).round().max(1.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = tokio::time::Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let at = start + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(at).await;
-        let (http, url) = (http.clone(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let r = http.post(&url).body(input(i, input_bytes)).send().await;
-            let res = match r {
-                Ok(r) => {
-                    let s = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    if s.as_u16() == 200 && text.contains("\"succeeded\"") {
-                        Ok(())
-                    } else {
-                        Err(format!("{s}: {}", text.chars().take(300).collect::<String>()))
+    let runtime = tokio::runtime::Handle::current();
+    let pacer = std::thread::Builder::new().name("bench-pacer".into()).spawn(move || {
+        let start = std::time::Instant::now();
+        let mut tasks = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            let at = start + interval.mul_f64(i as f64);
+            if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let (http, url) = (http.clone(), url.clone());
+            tasks.push(runtime.spawn(async move {
+                let lag = at.elapsed().as_secs_f64() * 1000.0;
+                let r = http.post(&url).body(input(i, input_bytes)).send().await;
+                let res = match r {
+                    Ok(r) => {
+                        let s = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        if s.as_u16() == 200 && text.contains("\"succeeded\"") {
+                            Ok(())
+                        } else {
+                            Err(format!("{s}: {}", text.chars().take(300).collect::<String>()))
+                        }
                     }
-                }
-                Err(e) => Err(format!("request failed: {e}")),
-            };
-            (at.elapsed().as_secs_f64() * 1000.0, res)
-        }));
-    }
+                    Err(e) => Err(format!("request failed: {e}")),
+                };
+                (at.elapsed().as_secs_f64() * 1000.0, lag, res)
+            }));
+        }
+        tasks
+    })?;
+    let tasks = tokio::task::spawn_blocking(move || pacer.join())
+        .await
+        .context("the pacer thread")?
+        .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
     let mut lat = Vec::with_capacity(tasks.len());
+    let mut lags = Vec::with_capacity(tasks.len());
     let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
     for t in tasks {
-        let (ms, res) = t.await.context("a latency request task failed")?;
+        let (ms, lag, res) = t.await.context("a latency request task failed")?;
+        lags.push(lag);
         match res {
             Ok(()) => {
                 ok += 1;
@@ -1151,7 +1272,10 @@ async fn open_loop(
         }
     }
     lat.sort_by(|a, b| a.total_cmp(b));
+    lags.sort_by(|a, b| a.total_cmp(b));
     Ok(LatencyResult {
+        basis: String::new(),
+        broker: None,
         offered_rate: rate,
         secs,
         sent: total,
@@ -1162,6 +1286,9 @@ async fn open_loop(
         p90_ms: percentile(&lat, 90.0),
         p99_ms: percentile(&lat, 99.0),
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        lag_p50_ms: percentile(&lags, 50.0),
+        lag_p99_ms: percentile(&lags, 99.0),
+        cpu: CpuUse::default(),
         worker_rss_after: 0,
     })
 }

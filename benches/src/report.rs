@@ -388,28 +388,29 @@ pub fn print_tables(c: &Context, f: &Figures) {
     );
 
     // Latency.
-    let rows = match &f.latency {
-        Some(Ok(l)) => vec![vec![
-            "4  sync invoke, PostgreSQL, 1 worker".into(),
-            format!("{}/s", rate(l.offered_rate)),
-            format!("{:.0} s", l.secs),
-            format!("{}/{}", thousands(l.ok), thousands(l.sent)),
-            ms(l.p50_ms),
-            ms(l.p90_ms),
-            ms(l.p99_ms),
-            ms(l.max_ms),
-            if l.errors > 0 {
+    let mut rows = Vec::new();
+    match &f.sync_capacity {
+        Some(Ok(c)) => rows.push(vec![
+            format!("4  sync capacity: {} waiting at once", c.in_flight),
+            format!("({}/s)", rate(c.rate())),
+            format!("{:.0} s", c.secs),
+            format!("{}/{}", thousands(c.ok), thousands(c.ok + c.errors)),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            if c.errors > 0 {
                 format!(
                     "{} errors: {}",
-                    l.errors,
-                    l.first_error.as_deref().unwrap_or("").chars().take(80).collect::<String>()
+                    c.errors,
+                    c.first_error.as_deref().unwrap_or("").chars().take(80).collect::<String>()
                 )
             } else {
-                String::new()
+                "answered per s: the capacity the first latency run offers half of".into()
             },
-        ]],
-        Some(Err(e)) => vec![vec![
-            "4  sync invoke, PostgreSQL, 1 worker".into(),
+        ]),
+        Some(Err(e)) => rows.push(vec![
+            "4  sync capacity".into(),
             "FAILED".into(),
             String::new(),
             String::new(),
@@ -418,11 +419,82 @@ pub fn print_tables(c: &Context, f: &Figures) {
             String::new(),
             String::new(),
             e.lines().next().unwrap_or("").chars().take(120).collect(),
-        ]],
-        None => vec![vec!["4  sync invoke".into(), "not run (no PostgreSQL in --stores)".into()]],
-    };
+        ]),
+        None => {}
+    }
+    for l in &f.latency {
+        match l {
+            Ok(l) => {
+                rows.push(vec![
+                    "4  sync invoke, PostgreSQL, 1 worker".into(),
+                    format!("{}/s", rate(l.offered_rate)),
+                    format!("{:.0} s", l.secs),
+                    format!("{}/{}", thousands(l.ok), thousands(l.sent)),
+                    ms(l.p50_ms),
+                    ms(l.p90_ms),
+                    ms(l.p99_ms),
+                    ms(l.max_ms),
+                    {
+                        let lag =
+                            format!("{}; sent late by p50 {} / p99 {} ms", l.basis, ms(l.lag_p50_ms), ms(l.lag_p99_ms));
+                        if l.errors > 0 {
+                            format!(
+                                "{lag}; {} errors: {}",
+                                l.errors,
+                                l.first_error.as_deref().unwrap_or("").chars().take(80).collect::<String>()
+                            )
+                        } else {
+                            lag
+                        }
+                    },
+                ]);
+                match &l.broker {
+                    Some(Ok(b)) => rows.push(vec![
+                        "   raw broker round trip (lapin), same rate".into(),
+                        format!("{}/s", rate(b.offered_rate)),
+                        format!("{:.0} s", l.secs),
+                        format!("{}/{}", thousands(b.answered), thousands(b.sent)),
+                        ms(b.p50_ms),
+                        ms(b.p90_ms),
+                        ms(b.p99_ms),
+                        ms(b.max_ms),
+                        format!(
+                            "the two broker hops of a sync invoke alone; Warren p50 = {:.1}x this",
+                            l.p50_ms / b.p50_ms
+                        ),
+                    ]),
+                    Some(Err(e)) => rows.push(vec![
+                        "   raw broker round trip (lapin)".into(),
+                        "FAILED".into(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        e.lines().next().unwrap_or("").chars().take(120).collect(),
+                    ]),
+                    None => {}
+                }
+            }
+            Err(e) => rows.push(vec![
+                "4  sync invoke, PostgreSQL, 1 worker".into(),
+                "FAILED".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                e.lines().next().unwrap_or("").chars().take(120).collect(),
+            ]),
+        }
+    }
+    if rows.is_empty() {
+        rows.push(vec!["4  sync invoke".into(), "not run (no PostgreSQL in --stores)".into()]);
+    }
     table(
-        "Latency (open loop at ~half the 1-worker PostgreSQL rate; ms from each request's scheduled send to its 200)",
+        "Latency (open loop, paced by a thread of its own; ms from each request's scheduled send to its 200)",
         &["row", "offered", "for", "ok", "p50 ms", "p90 ms", "p99 ms", "max ms", "notes"],
         &rows,
     );
@@ -460,7 +532,7 @@ pub fn print_tables(c: &Context, f: &Figures) {
             },
         ]);
     }
-    if let Some(Ok(l)) = &f.latency {
+    if let Some(Ok(l)) = f.latency.first() {
         rows.push(vec![
             "6  after the latency row (1 worker)".into(),
             String::new(),
@@ -537,6 +609,15 @@ pub fn print_tables(c: &Context, f: &Figures) {
     }
     for r in f.warm.iter().filter_map(|r| r.as_ref().ok()) {
         rows.push(cpu_row(run_label(r)[3..].to_string(), r.completed, &r.cpu));
+    }
+    if let Some(Ok(c)) = &f.sync_capacity {
+        rows.push(cpu_row(format!("sync capacity ({} waiting)", c.in_flight), c.ok, &c.cpu));
+    }
+    for l in f.latency.iter().filter_map(|l| l.as_ref().ok()) {
+        rows.push(cpu_row(format!("sync invokes at {}/s", rate(l.offered_rate)), l.ok, &l.cpu));
+        if let Some(Ok(b)) = &l.broker {
+            rows.push(cpu_row(format!("raw broker round trip at {}/s", rate(b.offered_rate)), b.answered, &b.cpu));
+        }
     }
     if let Some(Ok(b)) = &f.batch {
         rows.push(cpu_row(format!("batch {}: accept", b.store), b.total, &b.accept_cpu));
@@ -693,21 +774,53 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
             Err((store, w, e)) => json!({"store": store, "workers": w, "error": e}),
         })
         .collect();
-    let latency = match &f.latency {
-        Some(Ok(l)) => json!({
-            "store": "PostgreSQL",
-            "workers": 1,
-            "offered_per_s": l.offered_rate,
-            "secs": l.secs,
-            "sent": l.sent,
-            "ok": l.ok,
-            "errors": l.errors,
-            "first_error": l.first_error,
-            "p50_ms": l.p50_ms,
-            "p90_ms": l.p90_ms,
-            "p99_ms": l.p99_ms,
-            "max_ms": l.max_ms,
-            "worker_rss_after_bytes": l.worker_rss_after,
+    let latency: Vec<Value> = f
+        .latency
+        .iter()
+        .map(|l| match l {
+            Ok(l) => json!({
+                "store": "PostgreSQL",
+                "workers": 1,
+                "basis": l.basis,
+                "offered_per_s": l.offered_rate,
+                "secs": l.secs,
+                "sent": l.sent,
+                "ok": l.ok,
+                "errors": l.errors,
+                "first_error": l.first_error,
+                "p50_ms": l.p50_ms,
+                "p90_ms": l.p90_ms,
+                "p99_ms": l.p99_ms,
+                "max_ms": l.max_ms,
+                "send_lag_p50_ms": l.lag_p50_ms,
+                "send_lag_p99_ms": l.lag_p99_ms,
+                "cpu_secs": cpu_json(&l.cpu),
+                "worker_rss_after_bytes": l.worker_rss_after,
+                "raw_broker_round_trip": match &l.broker {
+                    Some(Ok(b)) => json!({
+                        "sent": b.sent,
+                        "answered": b.answered,
+                        "p50_ms": b.p50_ms,
+                        "p90_ms": b.p90_ms,
+                        "p99_ms": b.p99_ms,
+                        "max_ms": b.max_ms,
+                        "cpu_secs": cpu_json(&b.cpu),
+                    }),
+                    Some(Err(e)) => json!({"error": e}),
+                    None => Value::Null,
+                },
+            }),
+            Err(e) => json!({"error": e}),
+        })
+        .collect();
+    let sync_capacity = match &f.sync_capacity {
+        Some(Ok(c)) => json!({
+            "in_flight": c.in_flight,
+            "secs": c.secs,
+            "ok": c.ok,
+            "errors": c.errors,
+            "per_s": c.rate(),
+            "cpu_secs": cpu_json(&c.cpu),
         }),
         Some(Err(e)) => json!({"error": e}),
         None => Value::Null,
@@ -744,6 +857,7 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
         "end_to_end": runs,
         "split": splits,
         "warm_handlers": warm,
+        "sync_capacity": sync_capacity,
         "latency": latency,
         "batch": batch,
         "notes": f.notes,
