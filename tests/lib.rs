@@ -13,8 +13,68 @@ pub fn amqp_url() -> String {
     std::env::var("WARREN_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-pub fn pg_url() -> String {
+/// The PostgreSQL server the tests use, as configured (`WARREN_TEST_PG_URL`).
+pub fn base_pg_url() -> String {
     std::env::var("WARREN_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// This test process's own PostgreSQL database, created on first use next to the configured
+/// one (`warren_t_<pid>_<random>`). Every management instance runs the triggers of every
+/// function in its store: sharing one database, a test's instances would consume another
+/// test's source queues, deliver its outputs and fire its timers (and be killed holding them),
+/// so each test process gets a database of its own. Databases of test processes that are gone
+/// are dropped when the next one is made; `scripts/test` drops the rest at its end. If the
+/// server refuses `CREATE DATABASE`, the configured database is used as it is, with a warning.
+pub fn pg_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let base = base_pg_url();
+        // Its own thread and runtime: callers may be inside an async runtime already.
+        let made = std::thread::spawn({
+            let base = base.clone();
+            move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(own_database(&base))
+            }
+        })
+        .join()
+        .expect("creating the test database");
+        match made {
+            Ok(url) => url,
+            Err(e) => {
+                eprintln!("warren-tests: cannot create a database of this test's own ({e}); sharing {base}");
+                base
+            }
+        }
+    })
+    .clone()
+}
+
+/// Prefix of the per-process test databases.
+pub const TEST_DB_PREFIX: &str = "warren_t_";
+
+async fn own_database(base: &str) -> anyhow::Result<String> {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::PgConnection::connect(base).await?;
+    // Databases left by test processes that are gone (a crash, a killed run).
+    let names = sqlx::query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+        .bind(TEST_DB_PREFIX)
+        .fetch_all(&mut conn)
+        .await?;
+    for row in names {
+        let name: String = row.try_get(0)?;
+        let pid = name[TEST_DB_PREFIX.len()..].split('_').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if cfg!(target_os = "linux") && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn).await;
+            }
+        }
+    }
+    let name = format!("{TEST_DB_PREFIX}{}_{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
+    let mut url = url::Url::parse(base)?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.to_string())
 }
 
 fn reachable(url: &str, default_port: u16) -> bool {
@@ -34,8 +94,8 @@ pub fn require_services() {
     if !reachable(&amqp_url(), 5672) {
         missing.push(format!("RabbitMQ at {}", amqp_url()));
     }
-    if !reachable(&pg_url(), 5432) {
-        missing.push(format!("PostgreSQL at {}", pg_url()));
+    if !reachable(&base_pg_url(), 5432) {
+        missing.push(format!("PostgreSQL at {}", base_pg_url()));
     }
     assert!(
         missing.is_empty(),
