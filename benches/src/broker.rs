@@ -48,6 +48,60 @@ pub fn redact(url: &str) -> String {
     warren_common::transport::amqp::redact(url)
 }
 
+/// Persistent messages published to one queue with publisher confirms, at most `window`
+/// of them unconfirmed at once.
+pub struct Confirms<'a> {
+    ch: &'a lapin::Channel,
+    queue: &'a str,
+    window: usize,
+    props: BasicProperties,
+    inflight: FuturesUnordered<lapin::PublisherConfirm>,
+    nacked: u64,
+}
+
+impl<'a> Confirms<'a> {
+    pub fn new(ch: &'a lapin::Channel, queue: &'a str, window: usize) -> Self {
+        Confirms {
+            ch,
+            queue,
+            window: window.max(1),
+            props: BasicProperties::default().with_delivery_mode(2).with_content_type("application/msgpack".into()),
+            inflight: FuturesUnordered::new(),
+            nacked: 0,
+        }
+    }
+
+    /// Publishes one message, first waiting for confirms while the window is full.
+    pub async fn publish(&mut self, body: &[u8]) -> Result<()> {
+        while self.inflight.len() >= self.window {
+            if let Some(c) = self.inflight.next().await {
+                if !c?.is_ack() {
+                    self.nacked += 1;
+                }
+            }
+        }
+        let confirm = self
+            .ch
+            .basic_publish("".into(), self.queue.into(), BasicPublishOptions::default(), body, self.props.clone())
+            .await?;
+        self.inflight.push(confirm);
+        Ok(())
+    }
+
+    /// Waits for every outstanding confirm; fails if the broker nacked any of the `n` sent.
+    pub async fn finish(mut self, n: u64) -> Result<()> {
+        while let Some(c) = self.inflight.next().await {
+            if !c?.is_ack() {
+                self.nacked += 1;
+            }
+        }
+        if self.nacked > 0 {
+            bail!("the broker nacked {} of {n} messages", self.nacked);
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, prefetch: u16) -> Result<RawResult> {
     let queue = format!("warren-bench.raw.{}", uuid::Uuid::now_v7().simple());
     let pub_conn = connect(url, "warren-bench-raw-publisher").await?;
@@ -87,34 +141,14 @@ pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, pr
     });
 
     let body = vec![b'x'; body_bytes];
-    let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/msgpack".into());
     let cpu_before = crate::mesh::cpu_snap(0, &[]);
     let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    let mut nacked = 0u64;
+    let mut confirms = Confirms::new(&pub_ch, &queue, confirm_window);
     for _ in 0..n {
-        while inflight.len() >= confirm_window {
-            if let Some(c) = inflight.next().await {
-                let c: lapin::Confirmation = c?;
-                if !c.is_ack() {
-                    nacked += 1;
-                }
-            }
-        }
-        let confirm = pub_ch
-            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props.clone())
-            .await?;
-        inflight.push(confirm);
+        confirms.publish(&body).await?;
     }
-    while let Some(c) = inflight.next().await {
-        if !c?.is_ack() {
-            nacked += 1;
-        }
-    }
+    confirms.finish(n).await?;
     let publish_secs = start.elapsed().as_secs_f64();
-    if nacked > 0 {
-        bail!("the broker nacked {nacked} of {n} messages");
-    }
 
     let last_ack = match tokio::time::timeout(Duration::from_secs(120), consume).await {
         Ok(j) => j.context("consumer task")??,

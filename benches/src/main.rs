@@ -5,6 +5,7 @@
 //! ```
 
 mod broker;
+mod floor;
 mod mesh;
 mod procs;
 mod report;
@@ -112,6 +113,10 @@ struct Args {
     /// (default 100,000; 10,000 with --quick); 0 skips the row.
     #[arg(long)]
     batch_items: Option<u64>,
+    /// Skip rows 1b and 1c (the broker with PostgreSQL writes by hand, no Warren: the floor
+    /// under row 2).
+    #[arg(long)]
+    no_floor: bool,
     /// Row 5: workers attached to the batch's pool while it is submitted and drained; 0
     /// measures acceptance alone (no "until done" figure).
     #[arg(long, default_value_t = 1)]
@@ -259,6 +264,8 @@ pub struct Figures {
     /// Every raw broker run's end-to-end rate, in the order they ran.
     pub raw_rates: Vec<f64>,
     pub raw_error: Option<String>,
+    /// Rows 1b and 1c: the broker with PostgreSQL writes by hand (no Warren).
+    pub floors: Vec<Result<floor::FloorResult, (floor::Floor, String)>>,
     pub runs: Vec<Result<LoadResult, (String, usize, String)>>,
     pub splits: Vec<Result<SplitResult, (String, usize, String)>>,
     pub warm: Vec<Result<LoadResult, (String, usize, String)>>,
@@ -398,6 +405,7 @@ async fn run(args: Args) -> Result<bool> {
         raw: None,
         raw_rates: Vec::new(),
         raw_error: None,
+        floors: Vec::new(),
         runs: Vec::new(),
         splits: Vec::new(),
         warm: Vec::new(),
@@ -413,6 +421,29 @@ async fn run(args: Args) -> Result<bool> {
     let mut raw_runs = Vec::new();
     for _ in 0..2 {
         raw_row(&args, raw_n, &mut raw_runs, &mut fig.raw_error).await;
+    }
+
+    // Rows 1b and 1c: the floor under row 2 (its durable writes by hand), on PostgreSQL.
+    if want_pg && !args.no_floor {
+        let admin = admin.as_ref().expect("admin pool");
+        let url = if args.no_fresh_db { args.pg.clone() } else { fresh_pg(admin, &args.pg).await.0 };
+        for f in [floor::Floor::StoreBeforeAck, floor::Floor::RecordThenStore] {
+            eprintln!("[{}] {}: {raw_n} messages, {} confirms in flight", f.row(), f.label(), args.confirm_window);
+            match floor::run(&args.amqp, &url, f, raw_n, args.payload_bytes, args.confirm_window).await {
+                Ok(r) => {
+                    eprintln!(
+                        "    {:.0} msg/s end to end, {:.0} rows per statement",
+                        r.end_to_end_rate(),
+                        r.stored as f64 / r.statements.max(1) as f64
+                    );
+                    fig.floors.push(Ok(r));
+                }
+                Err(e) => {
+                    eprintln!("    FAILED: {e:#}");
+                    fig.floors.push(Err((f, format!("{e:#}"))));
+                }
+            }
+        }
     }
 
     // Rows 2-6, per store (3, 4 and 5 on PostgreSQL only).
@@ -608,6 +639,7 @@ async fn run(args: Args) -> Result<bool> {
     }
 
     let ok = fig.raw_error.is_none()
+        && fig.floors.iter().all(|f| f.is_ok())
         && fig.runs.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
         && fig.splits.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
         && fig.warm.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))

@@ -307,6 +307,23 @@ pub fn print_tables(c: &Context, f: &Figures) {
             e.clone().unwrap_or_default(),
         ]),
     }
+    for r in &f.floors {
+        match r {
+            Ok(r) => rows.push(vec![
+                format!("{}  {}", r.floor.row(), r.floor.label()),
+                rate(r.end_to_end_rate()),
+                ratio(r.end_to_end_rate()),
+                rate(r.publish_rate()),
+                format!("{}/{}", thousands(r.stored), thousands(r.messages)),
+                format!("{:.2} s", r.end_to_end_secs),
+                format!(
+                    "no Warren code: the durable writes of row 2 by hand; {:.0} rows per statement",
+                    r.stored as f64 / r.statements.max(1) as f64
+                ),
+            ]),
+            Err((floor, e)) => rows.push(failed_row(format!("{}  {}", floor.row(), floor.label()), e)),
+        }
+    }
     for r in &f.runs {
         match r {
             Ok(r) => rows.push(load_row(r, &ratio)),
@@ -596,6 +613,9 @@ pub fn print_tables(c: &Context, f: &Figures) {
     if let Some(r) = &f.raw {
         rows.push(cpu_row("raw broker (lapin)".into(), r.messages, &r.cpu));
     }
+    for r in f.floors.iter().filter_map(|r| r.as_ref().ok()) {
+        rows.push(cpu_row(format!("{} (bench client = both)", r.floor.label()), r.messages, &r.cpu));
+    }
     for r in f.runs.iter().filter_map(|r| r.as_ref().ok()) {
         rows.push(cpu_row(run_label(r)[3..].to_string(), r.completed, &r.cpu));
     }
@@ -677,6 +697,25 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
         }),
         (None, e) => json!({"error": e}),
     };
+    let floors: Vec<Value> = f
+        .floors
+        .iter()
+        .map(|r| match r {
+            Ok(r) => json!({
+                "row": r.floor.row(),
+                "kind": r.floor.key(),
+                "messages": r.messages,
+                "stored": r.stored,
+                "statements": r.statements,
+                "end_to_end_per_s": r.end_to_end_rate(),
+                "ratio_to_raw": base.map(|b| r.end_to_end_rate() / b),
+                "publish_confirmed_per_s": r.publish_rate(),
+                "end_to_end_secs": r.end_to_end_secs,
+                "cpu_secs": cpu_json(&r.cpu),
+            }),
+            Err((floor, e)) => json!({"row": floor.row(), "kind": floor.key(), "error": e}),
+        })
+        .collect();
     let run_json = |r: &Result<LoadResult, (String, usize, String)>| match r {
         Ok(r) => json!({
             "store": r.store,
@@ -854,6 +893,7 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
             "release": s.release,
         },
         "raw_broker": raw,
+        "floor": floors,
         "end_to_end": runs,
         "split": splits,
         "warm_handlers": warm,
