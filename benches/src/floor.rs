@@ -102,21 +102,26 @@ pub async fn run(amqp: &str, pg: &str, floor: Floor, n: u64, body_bytes: usize, 
     ))
     .execute(&db)
     .await?;
-    let r = measure(amqp, &db, &table, floor, n, body_bytes, window).await;
+    let run = Run { db: &db, table: &table, floor, n, body_bytes, window };
+    let r = measure(amqp, &run).await;
     let _ = sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}")).execute(&db).await;
     db.close().await;
     r
 }
 
-async fn measure(
-    amqp: &str,
-    db: &PgPool,
-    table: &str,
+/// One measurement: its table, kind and sizes.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    db: &'a PgPool,
+    table: &'a str,
     floor: Floor,
     n: u64,
     body_bytes: usize,
     window: usize,
-) -> Result<FloorResult> {
+}
+
+async fn measure(amqp: &str, run: &Run<'_>) -> Result<FloorResult> {
+    let (floor, n) = (run.floor, run.n);
     let queue = format!("warren-bench.raw.{}", uuid::Uuid::now_v7().simple());
     let pub_conn = connect(amqp, "warren-bench-floor-publisher").await?;
     let sub_conn = connect(amqp, "warren-bench-floor-consumer").await?;
@@ -129,10 +134,10 @@ async fn measure(
         .basic_consume(queue.as_str().into(), "warren-bench-floor".into(), BasicConsumeOptions::default(), FieldTable::default())
         .await?;
 
-    let consume = tokio::spawn(consume(consumer, db.clone(), table.to_string(), floor, n));
+    let consume = tokio::spawn(consume(consumer, run.db.clone(), run.table.to_string(), floor, n));
     let cpu_before = crate::mesh::cpu_snap(0, &[]);
     let start = Instant::now();
-    let published = publish(&pub_ch, &queue, db, table, floor, n, body_bytes, window).await;
+    let published = publish(&pub_ch, &queue, run).await;
     let publish_secs = start.elapsed().as_secs_f64();
     let consumed = match published {
         Ok(()) => match tokio::time::timeout(Duration::from_secs(120), consume).await {
@@ -168,17 +173,8 @@ fn message_id(i: u64) -> String {
     format!("00000000-0000-7000-8000-{i:012}")
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn publish(
-    ch: &lapin::Channel,
-    queue: &str,
-    db: &PgPool,
-    table: &str,
-    floor: Floor,
-    n: u64,
-    body_bytes: usize,
-    window: usize,
-) -> Result<()> {
+async fn publish(ch: &lapin::Channel, queue: &str, run: &Run<'_>) -> Result<()> {
+    let Run { db, table, floor, n, body_bytes, window } = *run;
     let record = format!(
         "INSERT INTO {table} (id, status, payload, created_ms)
          SELECT id, 'queued', payload, $3 FROM UNNEST($1::text[], $2::bytea[]) AS u(id, payload)"
