@@ -288,16 +288,30 @@ impl Pool {
             };
             if start_one {
                 let started = self.start().await;
-                self.starting.fetch_sub(1, Ordering::SeqCst);
-                // Whatever happened, those waiting for this start must look again.
-                self.changed.notify_waiters();
-                let proc = started?;
+                let proc = match started {
+                    Ok(proc) if !self.closed.load(Ordering::SeqCst) => proc,
+                    other => {
+                        self.starting.fetch_sub(1, Ordering::SeqCst);
+                        // Those waiting for this start must look again.
+                        self.changed.notify_waiters();
+                        return match other {
+                            Ok(proc) => {
+                                proc.close();
+                                Err("the function's handlers are shutting down".into())
+                            }
+                            Err(e) => Err(e),
+                        };
+                    }
+                };
                 proc.in_flight.fetch_add(1, Ordering::SeqCst);
-                if self.closed.load(Ordering::SeqCst) {
-                    proc.close();
-                    return Err("the function's handlers are shutting down".into());
+                {
+                    // Counted as started and as running in one step, under the lock that the
+                    // room check above takes: a look in between would see this handler in
+                    // neither count and start one too many.
+                    let mut procs = self.lock_procs();
+                    procs.push(proc.clone());
+                    self.starting.fetch_sub(1, Ordering::SeqCst);
                 }
-                self.lock_procs().push(proc.clone());
                 self.changed.notify_waiters();
                 return Ok(proc);
             }
