@@ -66,7 +66,8 @@ async fn own_database(base: &str) -> anyhow::Result<String> {
         let pid = name[TEST_DB_PREFIX.len()..].split('_').next().and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
             if cfg!(target_os = "linux") && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn).await;
+                let _ =
+                    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut conn).await;
             }
         }
     }

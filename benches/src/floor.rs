@@ -131,7 +131,12 @@ async fn measure(amqp: &str, run: &Run<'_>) -> Result<FloorResult> {
     let sub_ch = sub_conn.create_channel().await?;
     sub_ch.basic_qos(GROUP as u16, BasicQosOptions::default()).await?;
     let consumer = sub_ch
-        .basic_consume(queue.as_str().into(), "warren-bench-floor".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "warren-bench-floor".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
 
     let consume = tokio::spawn(consume(consumer, run.db.clone(), run.table.to_string(), floor, n));
@@ -267,8 +272,7 @@ async fn consume(
         let (db, sql) = (db.clone(), sql.clone());
         statements += 1;
         commits.push_back(tokio::spawn(async move {
-            let done =
-                sqlx::query(&sql).bind(ids).bind(results).bind(warren_common::now_ms()).execute(&db).await?;
+            let done = sqlx::query(&sql).bind(ids).bind(results).bind(warren_common::now_ms()).execute(&db).await?;
             Ok((acker, done.rows_affected()))
         }));
     }
