@@ -288,32 +288,29 @@ impl Pool {
             };
             if start_one {
                 let started = self.start().await;
-                let proc = match started {
-                    Ok(proc) if !self.closed.load(Ordering::SeqCst) => proc,
-                    other => {
-                        self.starting.fetch_sub(1, Ordering::SeqCst);
-                        // Those waiting for this start must look again.
-                        self.changed.notify_waiters();
-                        return match other {
-                            Ok(proc) => {
-                                proc.close();
-                                Err("the function's handlers are shutting down".into())
-                            }
-                            Err(e) => Err(e),
-                        };
+                // Counted out of `starting` and into the list in one step, under the lock the
+                // room check takes (a look in between would see it in neither and start one too
+                // many), and only while the pool is open (`close` sets `closed` before it
+                // drains the list, so a handler added here is either drained or refused).
+                let joined = {
+                    let mut procs = self.lock_procs();
+                    self.starting.fetch_sub(1, Ordering::SeqCst);
+                    match started {
+                        Ok(proc) if !self.closed.load(Ordering::SeqCst) => {
+                            proc.in_flight.fetch_add(1, Ordering::SeqCst);
+                            procs.push(proc.clone());
+                            Ok(proc)
+                        }
+                        Ok(proc) => {
+                            proc.close();
+                            Err("the function's handlers are shutting down".into())
+                        }
+                        Err(e) => Err(e),
                     }
                 };
-                proc.in_flight.fetch_add(1, Ordering::SeqCst);
-                {
-                    // Counted as started and as running in one step, under the lock that the
-                    // room check above takes: a look in between would see this handler in
-                    // neither count and start one too many.
-                    let mut procs = self.lock_procs();
-                    procs.push(proc.clone());
-                    self.starting.fetch_sub(1, Ordering::SeqCst);
-                }
+                // Whatever happened, those waiting for this start must look again.
                 self.changed.notify_waiters();
-                return Ok(proc);
+                return joined;
             }
             changed.await;
         }
