@@ -1,9 +1,10 @@
 //! Batch fan-out and fan-in.
 //!
 //! **Fan-out** ([`Management::submit_batch`]): items arrive as NDJSON (streamed: a
-//! million-item batch is never held whole) or as a JSON array; every [`CHUNK`] items are
-//! recorded `queued` in one multi-row insert, then published concurrently, each with its
-//! confirm. The batch is `submitting` until the last chunk is confirmed, then `running`.
+//! million-item batch is never held whole) or as a JSON array; every [`CHUNK`] items (or
+//! [`CHUNK_BYTES`]) are recorded `queued` in one multi-row insert, then published
+//! concurrently, each with its confirm; up to [`CHUNKS_IN_FLIGHT`] chunks are on their way at
+//! once. The batch is `submitting` until the last chunk is confirmed, then `running`.
 //!
 //! **Fan-in** ([`sweep`], every instance): a `running` batch whose items are all final gets
 //! its follow-up function invoked once. The store's conditional `running → finishing` update,
@@ -28,9 +29,15 @@ use warren_common::store::{Batch, NewBatch, NewInvocation, Status};
 
 use crate::{Error, Management};
 
-/// Items recorded and published together.
+/// Items recorded and published together, at most.
 pub const CHUNK: usize = 500;
-/// Publishes in flight at once during a submission.
+/// A chunk is also cut once its items reach this many bytes, so that a submission holds at
+/// most [`CHUNKS_IN_FLIGHT`] times this (plus one item) in memory, whatever its items' size.
+const CHUNK_BYTES: usize = 4 << 20;
+/// Chunks being submitted at once: the next one is recorded while the earlier ones are being
+/// published and confirmed, so the store and the broker work side by side instead of in turn.
+const CHUNKS_IN_FLIGHT: usize = 3;
+/// Publishes in flight at once, per chunk.
 const PUBLISH_CONCURRENCY: usize = 256;
 /// How often each instance looks for batches to finish.
 const SWEEP_EVERY: Duration = Duration::from_millis(300);
@@ -52,6 +59,83 @@ pub struct SubmitError {
     pub batch: Option<Uuid>,
     pub accepted: i64,
     pub error: Error,
+}
+
+type ChunkFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (i64, Result<(), Error>)> + Send + 'a>>;
+
+/// The chunks of one submission: the one being filled, and those being recorded and published.
+struct Submission<'a> {
+    m: &'a Management,
+    batch: &'a NewBatch,
+    pool: &'a str,
+    chunk: Vec<Bytes>,
+    chunk_bytes: usize,
+    in_flight: futures_util::stream::FuturesUnordered<ChunkFuture<'a>>,
+    /// Items of the chunks that ended, recorded.
+    total: i64,
+}
+
+impl<'a> Submission<'a> {
+    fn new(m: &'a Management, batch: &'a NewBatch, pool: &'a str) -> Self {
+        Submission {
+            m,
+            batch,
+            pool,
+            chunk: Vec::with_capacity(CHUNK),
+            chunk_bytes: 0,
+            in_flight: Default::default(),
+            total: 0,
+        }
+    }
+
+    /// Adds one item; a full chunk is started (after waiting for room, if
+    /// [`CHUNKS_IN_FLIGHT`] are running). An error is that of a chunk that stopped.
+    async fn push(&mut self, item: Bytes) -> Result<(), Error> {
+        self.chunk_bytes += item.len();
+        self.chunk.push(item);
+        if self.chunk.len() >= CHUNK || self.chunk_bytes >= CHUNK_BYTES {
+            self.cut().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the chunk being filled, if it holds anything.
+    async fn cut(&mut self) -> Result<(), Error> {
+        while self.in_flight.len() >= CHUNKS_IN_FLIGHT {
+            self.next_ended().await?;
+        }
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        self.chunk_bytes = 0;
+        let (m, batch, pool) = (self.m, self.batch, self.pool);
+        self.in_flight.push(Box::pin(m.submit_chunk(batch, pool, items)));
+        Ok(())
+    }
+
+    /// Waits for one running chunk to end.
+    async fn next_ended(&mut self) -> Result<(), Error> {
+        match self.in_flight.next().await {
+            Some((recorded, result)) => {
+                self.total += recorded;
+                result
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every running chunk to end; the first error, if any. The chunk being filled
+    /// is not submitted.
+    async fn finish(&mut self) -> Result<(), Error> {
+        let mut first = Ok(());
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.next_ended().await {
+                first = first.and(Err(e));
+            }
+        }
+        first
+    }
 }
 
 impl Management {
@@ -111,22 +195,42 @@ impl Management {
         }
     }
 
-    /// Reads items from the body and submits them chunk by chunk; `total` counts those
-    /// recorded and confirmed.
+    /// Reads items from the body and submits them chunk by chunk, up to [`CHUNKS_IN_FLIGHT`]
+    /// chunks at once; `total` counts those recorded (and published, or recorded failed).
+    /// Every chunk started is taken to its end before this returns, whatever stopped the
+    /// submission: a chunk left half-way would hold recorded items that were never published.
     async fn feed<S, E>(
         &self,
         batch: &NewBatch,
         pool: &str,
         format: Format,
-        mut body: S,
+        body: S,
         total: &mut i64,
     ) -> Result<(), Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
+        let mut sub = Submission::new(self, batch, pool);
+        let read = self.read_items(format, body, &mut sub).await;
+        // A body that ended well has its last chunk submitted; one that failed loses only the
+        // items of the chunk not started (never recorded), as the answer's count says.
+        let rest = match read {
+            Ok(()) => sub.cut().await,
+            Err(e) => Err(e),
+        };
+        let ended = sub.finish().await;
+        *total = sub.total;
+        rest.and(ended)
+    }
+
+    /// Parses the body's items into `sub`, which submits them a chunk at a time.
+    async fn read_items<S, E>(&self, format: Format, mut body: S, sub: &mut Submission<'_>) -> Result<(), Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
         let max_item = self.config.max_payload_bytes;
-        let mut chunk: Vec<Bytes> = Vec::with_capacity(CHUNK);
         match format {
             Format::JsonArray => {
                 // A JSON array has to be read whole; its size is bounded by the route's limit.
@@ -153,10 +257,7 @@ impl Management {
                             item.get().len()
                         )));
                     }
-                    chunk.push(Bytes::copy_from_slice(item.get().as_bytes()));
-                    if chunk.len() == CHUNK {
-                        self.submit_chunk(batch, pool, std::mem::take(&mut chunk), total).await?;
-                    }
+                    sub.push(Bytes::copy_from_slice(item.get().as_bytes())).await?;
                 }
             }
             Format::Ndjson => {
@@ -198,15 +299,10 @@ impl Management {
                         };
                         if let Some(bad) = bad {
                             // The items before the bad line are submitted, as the answer says.
-                            if !chunk.is_empty() {
-                                self.submit_chunk(batch, pool, std::mem::take(&mut chunk), total).await?;
-                            }
+                            sub.cut().await?;
                             return Err(bad);
                         }
-                        chunk.push(Bytes::copy_from_slice(line));
-                        if chunk.len() == CHUNK {
-                            self.submit_chunk(batch, pool, std::mem::take(&mut chunk), total).await?;
-                        }
+                        sub.push(Bytes::copy_from_slice(line)).await?;
                     }
                     buf.drain(..start);
                     if buf.len() > max_item + 2 {
@@ -218,19 +314,13 @@ impl Management {
                 }
             }
         }
-        if !chunk.is_empty() {
-            self.submit_chunk(batch, pool, chunk, total).await?;
-        }
         Ok(())
     }
 
-    async fn submit_chunk(
-        &self,
-        batch: &NewBatch,
-        pool: &str,
-        items: Vec<Bytes>,
-        total: &mut i64,
-    ) -> Result<(), Error> {
+    /// Records one chunk's items `queued`, then publishes them. Answers how many it recorded
+    /// (all or none), and why it stopped, if it did: recorded items are then published,
+    /// recorded failed, or cancelled, never left queued with no message.
+    async fn submit_chunk(&self, batch: &NewBatch, pool: &str, items: Vec<Bytes>) -> (i64, Result<(), Error>) {
         let created_ms = now_ms();
         let records: Vec<NewInvocation> = items
             .iter()
@@ -242,13 +332,23 @@ impl Management {
                 created_ms,
             })
             .collect();
-        self.store.add_batch_items(batch.id, &records).await?;
+        if let Err(e) = self.store.add_batch_items(batch.id, &records).await {
+            return (0, Err(e.into()));
+        }
+        let recorded = records.len() as i64;
         // Cancelled meanwhile (here or on another instance): these items are not to run. Checked
         // after the insert, so a cancel that comes later still finds them queued and cancels them.
-        if self.store.batch_state(batch.id).await?.as_deref() == Some("cancelled") {
-            self.store.cancel_batch(batch.id, now_ms()).await?;
-            *total += records.len() as i64;
-            return Err(Error::BadRequest("the batch was cancelled while it was being submitted".into()));
+        // If the state cannot be read, they are published: the worker claims each item before
+        // running it, and a claim finds a cancelled one.
+        if let Ok(Some(state)) = self.store.batch_state(batch.id).await {
+            if state == "cancelled" {
+                let cancelled = self.store.cancel_batch(batch.id, now_ms()).await;
+                let why = match cancelled {
+                    Ok(_) => "the batch was cancelled while it was being submitted".to_string(),
+                    Err(e) => format!("the batch was cancelled while it was being submitted (and its last items could not be marked cancelled: {e})"),
+                };
+                return (recorded, Err(Error::BadRequest(why)));
+            }
         }
         let messages: Vec<InvocationMessage> = records
             .iter()
@@ -276,14 +376,15 @@ impl Management {
         // Items whose publish failed are recorded failed ("not queued") by publish_recorded:
         // they are final, so the batch can still finish.
         let failed = published.iter().filter(|r| r.is_err()).count();
-        *total += records.len() as i64;
         if let Some(Err(e)) = published.into_iter().find(|r| r.is_err()) {
-            return Err(Error::Transport(warren_common::transport::TransportError::Unavailable(format!(
-                "{failed} of the last {} items could not be queued (recorded failed): {e}",
-                records.len()
-            ))));
+            return (
+                recorded,
+                Err(Error::Transport(warren_common::transport::TransportError::Unavailable(format!(
+                    "{failed} of a chunk of {recorded} items could not be queued (recorded failed): {e}"
+                )))),
+            );
         }
-        Ok(())
+        (recorded, Ok(()))
     }
 
     /// Cancels a batch: its queued items are not run.

@@ -104,6 +104,62 @@ async fn a_ten_thousand_item_batch_fans_in_once_with_every_result() {
     assert_eq!(page["items"].as_array().unwrap().len(), n);
 }
 
+/// A submission runs several chunks at once; a bad line stops it, and every item before the
+/// line, in every chunk already on its way, is recorded, published and run: none is left
+/// recorded `queued` with no message (which would hold the batch open forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_line_after_several_chunks_keeps_and_runs_every_item_before_it() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = unique("p");
+    let item = unique("item");
+    let m = Management::start(&pg_url()).await;
+    let dir = function_dir(tmp.path(), &format!("name = \"{item}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"), &[]);
+    m.publish_dir(&dir).await;
+    let _w = start_worker(&pg_url(), &pool, 16, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    // 3,750 items: seven full chunks and a part one, then the bad line, then items never read.
+    let good = 3_750;
+    let mut body: String = (0..good).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    body.push_str("{\"n\": oops}\n");
+    body.push_str(&(0..100).map(|i| format!("{{\"after\":{i}}}\n")).collect::<String>());
+    let r = m
+        .http
+        .post(format!("{}/api/batches?function={item}", m.base))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("line {} is not a JSON value", good + 1)), "the bad line is named: {e}");
+    assert_eq!(e["accepted"], good, "every item before the bad line is kept: {e}");
+    let id = e["batch"].as_str().expect("the answer names the batch").to_string();
+
+    let end = eventually(Duration::from_secs(60), "the batch to finish", || {
+        let (m, id) = (&m, id.clone());
+        async move {
+            let (_, b) = m.get(&format!("/api/batches/{id}")).await;
+            (!b["finished_ms"].is_null()).then_some(b)
+        }
+    })
+    .await;
+    assert_eq!(end["state"], "done", "{end}");
+    assert_eq!(end["total"], good);
+    assert_eq!(end["counts"]["succeeded"], good, "every kept item ran once: {end}");
+    let (_, page) = m.get(&format!("/api/batches/{id}/results?limit=10000")).await;
+    let seen: HashSet<i64> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"]["n"].as_i64().expect("an item before the bad line"))
+        .collect();
+    assert_eq!(seen.len(), good as usize, "each item before the bad line, once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_batch_runs_no_queued_item_and_says_so() {
     require_services();
