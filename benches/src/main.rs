@@ -73,6 +73,12 @@ struct Args {
     /// broker row's confirms in flight, so that both rows offer the broker the same concurrency.
     #[arg(long, default_value_t = 256)]
     in_flight: usize,
+    /// Row 2b (PostgreSQL): inputs per bulk invoke (`POST /api/functions/{name}/invocations`,
+    /// NDJSON): the same N invocations, sent in requests of this many, --in-flight / this many
+    /// requests at once (at least 2; by default 4 × 64 = 256 invocations in flight, as in
+    /// row 2); 0 skips the row.
+    #[arg(long, default_value_t = 64)]
+    bulk: usize,
     /// Size of each invocation input and of each raw broker message, in bytes.
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
@@ -483,7 +489,7 @@ async fn run(args: Args) -> Result<bool> {
                 "[2] {label}, {w} worker(s) x --concurrency {}: {n} async invokes, {} in flight",
                 args.concurrency, args.in_flight
             );
-            match m.throughput(Func::Echo, w, n).await {
+            match m.throughput(Func::Echo, w, n, 0).await {
                 Ok(r) => {
                     eprintln!(
                         "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",
@@ -497,6 +503,30 @@ async fn run(args: Args) -> Result<bool> {
                 Err(e) => {
                     eprintln!("    FAILED: {e:#}");
                     fig.runs.push(Err((label.to_string(), w, format!("{e:#}"))));
+                }
+            }
+        }
+        if args.bulk > 0 && label == "PostgreSQL" {
+            for &w in &args.workers {
+                eprintln!(
+                    "[2b] {label}, {w} worker(s) x --concurrency {}: {n} invocations in bulk invokes of {}",
+                    args.concurrency, args.bulk
+                );
+                match m.throughput(Func::Echo, w, n, args.bulk).await {
+                    Ok(r) => {
+                        eprintln!(
+                            "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",
+                            r.rate(),
+                            r.completed,
+                            if r.incomplete { ", INCOMPLETE" } else { "" },
+                            r.publish_rate()
+                        );
+                        fig.runs.push(Ok(r));
+                    }
+                    Err(e) => {
+                        eprintln!("    FAILED: {e:#}");
+                        fig.runs.push(Err((format!("{label} (bulk)"), w, format!("{e:#}"))));
+                    }
                 }
             }
         }
@@ -528,7 +558,7 @@ async fn run(args: Args) -> Result<bool> {
                      invokes, {} in flight",
                     args.concurrency, args.in_flight
                 );
-                match m.throughput(Func::WarmPython, w, n).await {
+                match m.throughput(Func::WarmPython, w, n, 0).await {
                     Ok(r) => {
                         eprintln!(
                             "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",

@@ -173,6 +173,9 @@ pub struct LoadResult {
     pub store: &'static str,
     pub func: Func,
     pub workers: usize,
+    /// Inputs per request: 0 for one `invoke?mode=async` request per invocation, N for bulk
+    /// invokes (`POST /api/functions/{name}/invocations`) of N inputs each (row 2b).
+    pub bulk: usize,
     pub requested: u64,
     pub accepted: u64,
     pub rejected: u64,
@@ -664,11 +667,13 @@ impl Mesh {
 
     /// Rows 2 and 3 (and 6): `n` async invokes of `func`, `in_flight` at once, on `workers`
     /// fresh workers.
-    pub async fn throughput(&mut self, func: Func, workers: usize, n: u64) -> Result<LoadResult> {
+    /// Rows 2, 2b and 3: `n` async invocations of `func` with `workers` fresh workers, one
+    /// request each (`bulk` 0) or in bulk invokes of `bulk` inputs.
+    pub async fn throughput(&mut self, func: Func, workers: usize, n: u64, bulk: usize) -> Result<LoadResult> {
         let pool = format!("bench-{}", short_id());
         let name = self.deploy(&pool, func).await?;
         let mut procs = self.start_workers(&pool, workers)?;
-        let r = self.throughput_on(&pool, &name, func, &mut procs, n).await;
+        let r = self.throughput_on(&pool, &name, func, &mut procs, n, bulk).await;
         for p in procs.iter_mut() {
             p.stop(Duration::from_secs(5));
         }
@@ -683,6 +688,7 @@ impl Mesh {
         func: Func,
         procs: &mut [Child],
         n: u64,
+        bulk: usize,
     ) -> Result<LoadResult> {
         self.wait_consumers(pool, procs).await?;
         let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
@@ -695,13 +701,26 @@ impl Mesh {
         let cpu_before = cpu_snap(self.mgmt.pid(), &pids);
         let start = Instant::now();
         let start_ms = now_ms();
-        let load = tokio::spawn(fire_async(
-            self.http.clone(),
-            self.invoke_url(name, "async"),
-            n,
-            self.settings.in_flight,
-            self.settings.input_bytes,
-        ));
+        let load = if bulk == 0 {
+            tokio::spawn(fire_async(
+                self.http.clone(),
+                self.invoke_url(name, "async"),
+                n,
+                self.settings.in_flight,
+                self.settings.input_bytes,
+            ))
+        } else {
+            // As many invocations in flight as the single-request rows, at least two requests.
+            let requests = (self.settings.in_flight / bulk).max(2);
+            tokio::spawn(fire_bulk(
+                self.http.clone(),
+                format!("{}/api/functions/{name}/invocations", self.base),
+                n,
+                requests,
+                bulk,
+                self.settings.input_bytes,
+            ))
+        };
 
         let deadline = start + self.settings.run_timeout;
         let (mut worker_rss_peak, mut mgmt_rss_peak, mut peak_queue_depth) = (0u64, mgmt_rss_idle, 0u64);
@@ -783,6 +802,7 @@ impl Mesh {
             store: self.label,
             func,
             workers: procs.len(),
+            bulk,
             requested: n,
             accepted: load_out.accepted,
             rejected: load_out.rejected,
@@ -1177,6 +1197,77 @@ async fn fire_async(http: reqwest::Client, url: String, n: u64, in_flight: usize
                             rejected.fetch_add(1, Ordering::Relaxed)
                         }
                     };
+                }
+            })
+        })
+        .collect();
+    let mut last = start;
+    for t in tasks {
+        if let Ok(l) = t.await {
+            last = last.max(l);
+        }
+    }
+    let first_error = first_error.lock().unwrap().take();
+    FireResult {
+        accepted: accepted.load(Ordering::Relaxed),
+        rejected: rejected.load(Ordering::Relaxed),
+        first_error,
+        last,
+    }
+}
+
+/// `n` invocations in bulk invokes of `bulk` NDJSON inputs, from `requests` tasks, each
+/// sending its next request as soon as the previous is answered.
+async fn fire_bulk(
+    http: reqwest::Client,
+    url: String,
+    n: u64,
+    requests: usize,
+    bulk: usize,
+    input_bytes: usize,
+) -> FireResult {
+    let next = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..requests)
+        .map(|_| {
+            let (http, url, next, accepted, rejected, first_error) =
+                (http.clone(), url.clone(), next.clone(), accepted.clone(), rejected.clone(), first_error.clone());
+            tokio::spawn(async move {
+                let mut last = start;
+                loop {
+                    let from = next.fetch_add(bulk as u64, Ordering::Relaxed);
+                    if from >= n {
+                        return last;
+                    }
+                    let to = (from + bulk as u64).min(n);
+                    let mut body = Vec::with_capacity((to - from) as usize * (input_bytes + 1));
+                    for i in from..to {
+                        body.extend_from_slice(&input(i, input_bytes));
+                        body.push(b'\n');
+                    }
+                    let sent = to - from;
+                    let answer = http.post(&url).header("content-type", "application/x-ndjson").body(body).send().await;
+                    let err = match answer {
+                        Ok(r) if r.status().as_u16() == 202 => {
+                            let v: serde_json::Value = r.json().await.unwrap_or_default();
+                            let ok = v["accepted"].as_u64().unwrap_or(0);
+                            accepted.fetch_add(ok, Ordering::Relaxed);
+                            (ok < sent).then(|| format!("202 for {ok} of {sent} inputs"))
+                        }
+                        Ok(r) => {
+                            let s = r.status();
+                            Some(format!("{s}: {}", r.text().await.unwrap_or_default()))
+                        }
+                        Err(e) => Some(format!("request failed: {e}")),
+                    };
+                    last = Instant::now();
+                    if let Some(e) = err {
+                        first_error.lock().unwrap().get_or_insert(e);
+                        rejected.fetch_add(sent, Ordering::Relaxed);
+                    }
                 }
             })
         })

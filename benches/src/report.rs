@@ -176,6 +176,9 @@ fn plural(n: usize) -> &'static str {
 /// "2  warren e2e PostgreSQL, 1 worker" / "3  warm python handler, PostgreSQL, 1 worker".
 fn run_label(r: &LoadResult) -> String {
     match r.func {
+        Func::Echo if r.bulk > 0 => {
+            format!("2b warren e2e {}, {} worker{}, bulk invokes of {}", r.store, r.workers, plural(r.workers), r.bulk)
+        }
         Func::Echo => format!("2  warren e2e {}, {} worker{}", r.store, r.workers, plural(r.workers)),
         Func::WarmPython => format!("3  warm python handler, {}, {} worker{}", r.store, r.workers, plural(r.workers)),
     }
@@ -721,6 +724,7 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
             "store": r.store,
             "function": r.func.as_str(),
             "workers": r.workers,
+            "bulk_inputs_per_request": r.bulk,
             "requested": r.requested,
             "accepted": r.accepted,
             "rejected": r.rejected,

@@ -111,6 +111,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/functions"),
     ("GET", "/api/functions/{name}"),
     ("POST", "/api/functions/{name}/invoke"),
+    ("POST", "/api/functions/{name}/invocations"),
     ("GET", "/api/functions/{name}/settings"),
     ("PUT", "/api/functions/{name}/settings/{key}"),
     ("DELETE", "/api/functions/{name}/settings/{key}"),
@@ -141,6 +142,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub fn router(m: Arc<Management>) -> Router {
     let package_limit = m.config.package_limits.max_package_bytes as usize;
     let payload_limit = m.config.max_payload_bytes;
+    let bulk_limit = bulk_body_limit(payload_limit);
     Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
@@ -148,6 +150,7 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/functions", post(publish).layer(DefaultBodyLimit::max(package_limit)).get(list_functions))
         .route("/api/functions/{name}", get(get_function))
         .route("/api/functions/{name}/invoke", post(invoke).layer(DefaultBodyLimit::max(payload_limit)))
+        .route("/api/functions/{name}/invocations", post(invoke_many).layer(DefaultBodyLimit::max(bulk_limit)))
         .route("/api/functions/{name}/settings", get(list_settings))
         .route("/api/functions/{name}/settings/{key}", axum::routing::put(put_setting).delete(delete_setting))
         .route("/api/invocations/{id}", get(get_invocation))
@@ -369,6 +372,108 @@ async fn invoke(
             .into_response()),
         None => Ok((StatusCode::ACCEPTED, Json(json!({"id": accepted.id, "status": "queued"}))).into_response()),
     }
+}
+
+/// Inputs one bulk invoke may carry.
+pub const MAX_BULK_INPUTS: usize = 10_000;
+/// The body limit of a bulk invoke: 16 MiB, or one input of the largest size if that is more.
+fn bulk_body_limit(payload_limit: usize) -> usize {
+    (16usize << 20).max(payload_limit + 2)
+}
+
+/// The inputs of a bulk invoke's body: one JSON value per line, blank lines skipped. The
+/// first bad line refuses the whole request (nothing is recorded), naming the line.
+fn bulk_inputs(body: &Bytes, max_input: usize) -> ApiResult<Vec<Bytes>> {
+    let mut inputs = Vec::new();
+    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let no = n + 1;
+        if line.len() > max_input {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "line {no} is {} bytes, over the input limit of {max_input} bytes; nothing was accepted",
+                    line.len()
+                ),
+            ));
+        }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("line {no} is not a JSON value ({e}); each line holds one input; nothing was accepted"),
+            ));
+        }
+        if inputs.len() == MAX_BULK_INPUTS {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("more than {MAX_BULK_INPUTS} inputs; send them in several requests (or as a batch: POST /api/batches); nothing was accepted"),
+            ));
+        }
+        // A slice of the body: no copy.
+        let start = line.as_ptr() as usize - body.as_ptr() as usize;
+        inputs.push(body.slice(start..start + line.len()));
+    }
+    Ok(inputs)
+}
+
+/// `POST /api/functions/{name}/invocations`: NDJSON, one input per line, each an independent
+/// asynchronous invocation (as `invoke?mode=async`, without a batch's bookkeeping). 202 with
+/// the ids in input order once every one is recorded and confirmed by the broker.
+async fn invoke_many(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = body_or_error(body, bulk_body_limit(m.config.max_payload_bytes) as u64, "body")?;
+    let name = name_from(name)?;
+    let max_input = m.config.max_payload_bytes;
+    // Checking megabytes of JSON is CPU work: off the async threads when the body is large.
+    let inputs = if body.len() > 64 << 10 {
+        tokio::task::spawn_blocking(move || bulk_inputs(&body, max_input)).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the body check failed: {e}"))
+        })??
+    } else {
+        bulk_inputs(&body, max_input)?
+    };
+    if inputs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the body holds no input: send NDJSON, one JSON input per line",
+        ));
+    }
+    let out = m.invoke_many(&name, inputs).await?;
+    if out.not_queued.is_empty() {
+        return Ok((StatusCode::ACCEPTED, Json(json!({"function": name, "accepted": out.ids.len(), "ids": out.ids})))
+            .into_response());
+    }
+    // Some were recorded but the broker did not take them: they are recorded failed, never
+    // run; the others are queued and will run.
+    let not_queued: Vec<Value> = out.not_queued.iter().map(|(id, e)| json!({"id": id, "error": e})).collect();
+    let message = format!(
+        "{} of {} inputs could not be queued (recorded failed: {}); the other {} are queued and will run",
+        not_queued.len(),
+        not_queued.len() + out.ids.len(),
+        out.not_queued[0].1,
+        out.ids.len()
+    );
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "error": {"code": "unavailable", "message": message},
+            "function": name,
+            "accepted": out.ids.len(),
+            "ids": out.ids,
+            "not_queued": not_queued,
+        })),
+    )
+        .into_response())
 }
 
 pub(crate) fn id_from(p: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {

@@ -112,7 +112,9 @@ fn classify(method: &Method, route: Option<&str>, path: &str, params: &HashMap<S
     let param = |k: &str| params.get(k).cloned().unwrap_or_default();
     match (read, method == Method::POST, route) {
         (true, _, Some("/healthz" | "/metrics" | "/api/openapi.json")) => Need::Nothing,
-        (_, true, Some("/api/functions/{name}/invoke")) => Need::Function(param("name")),
+        (_, true, Some("/api/functions/{name}/invoke" | "/api/functions/{name}/invocations")) => {
+            Need::Function(param("name"))
+        }
         (true, _, Some("/api/invocations/{id}" | "/api/invocations/{id}/logs")) => Need::Invocation(param("id")),
         _ => Need::Admin,
     }
@@ -269,6 +271,10 @@ mod tests {
         assert_eq!(classify(&Method::GET, None, "/nowhere", &none), Need::Admin);
         assert_eq!(
             classify(&Method::POST, Some("/api/functions/{name}/invoke"), "/x", &params(&[("name", "f")])),
+            Need::Function("f".into())
+        );
+        assert_eq!(
+            classify(&Method::POST, Some("/api/functions/{name}/invocations"), "/x", &params(&[("name", "f")])),
             Need::Function("f".into())
         );
         assert_eq!(

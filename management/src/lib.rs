@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 use warren_common::message::{CompletionNotice, InvocationMessage, NoticeOutcome, PROTOCOL_VERSION};
@@ -212,6 +213,14 @@ pub struct ReplayReport {
 }
 
 /// An invocation just accepted: its id, and whether its outcome is already known.
+/// What [`Management::invoke_many`] did: the invocations queued, in input order, and those
+/// the broker did not take (recorded failed, with why).
+#[derive(Debug)]
+pub struct BulkAccepted {
+    pub ids: Vec<Uuid>,
+    pub not_queued: Vec<(Uuid, String)>,
+}
+
 pub struct Accepted {
     pub id: Uuid,
     pub invocation: Option<Invocation>,
@@ -432,6 +441,82 @@ impl Management {
             self.create(new).await?;
         }
         Ok(Accepted { id, invocation: inv, details: None })
+    }
+
+    /// Records and publishes one independent invocation of a function's active version per
+    /// input (a bulk asynchronous invoke: no batch, no fan-in, each runs and is recorded like
+    /// one `mode=async` invoke). All are recorded `queued` in one commit, or none (the error).
+    /// Then each is published with its confirm; one the broker does not confirm is recorded
+    /// failed ("not queued") and listed in [`BulkAccepted::not_queued`].
+    pub async fn invoke_many(&self, function: &str, inputs: Vec<Bytes>) -> Result<BulkAccepted, Error> {
+        if let Some((n, big)) = inputs.iter().enumerate().find(|(_, b)| b.len() > self.config.max_payload_bytes) {
+            return Err(Error::TooLarge(format!(
+                "input {} is {} bytes, over the limit of {} bytes",
+                n + 1,
+                big.len(),
+                self.config.max_payload_bytes
+            )));
+        }
+        let (version, manifest) = self.active_manifest(function).await?;
+        self.ensure_pool(&manifest.pool).await?;
+        let created_ms = now_ms();
+        let records: Vec<NewInvocation> = inputs
+            .iter()
+            .map(|p| NewInvocation {
+                id: Uuid::now_v7(),
+                function: function.to_string(),
+                version,
+                payload: p.to_vec(),
+                created_ms,
+            })
+            .collect();
+        let recorded = self
+            .metrics
+            .store
+            .time("create_invocations", async { self.store.create_invocations(&records).await })
+            .await;
+        // One statement (or transaction): every entry shares its fate. Fresh ids cannot exist.
+        if let Some(Err(e)) = recorded.into_iter().find(|r| r.is_err()) {
+            return Err(e.into());
+        }
+        let messages: Vec<InvocationMessage> = records
+            .iter()
+            .zip(inputs)
+            .map(|(r, payload)| InvocationMessage {
+                v: PROTOCOL_VERSION,
+                id: r.id,
+                function: function.to_string(),
+                version,
+                attempt: 1,
+                payload,
+                notify: None,
+                created_ms,
+                headers: Vec::new(),
+                fresh: true,
+                unrecorded: false,
+            })
+            .collect();
+        let pool = manifest.pool.as_str();
+        let published: Vec<(Uuid, Result<(), Error>)> = futures_util::stream::iter(messages)
+            .map(|msg| async move { (msg.id, self.publish_recorded(pool, &msg).await) })
+            .buffer_unordered(256)
+            .collect()
+            .await;
+        let mut out = BulkAccepted { ids: Vec::with_capacity(records.len()), not_queued: Vec::new() };
+        for (id, r) in published {
+            match r {
+                Ok(()) => out.ids.push(id),
+                Err(e) => out.not_queued.push((id, e.to_string())),
+            }
+        }
+        // In input order, as the answer lists them.
+        let order: std::collections::HashMap<Uuid, usize> =
+            records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        out.ids.sort_by_key(|id| order[id]);
+        out.not_queued.sort_by_key(|(id, _)| order[id]);
+        self.metrics.invocations_accepted.add(&[function], out.ids.len() as u64);
+        tracing::debug!(function, accepted = out.ids.len(), not_queued = out.not_queued.len(), "bulk invoke");
+        Ok(out)
     }
 
     /// Records a new invocation `queued` through the group commit; `false` when its id is

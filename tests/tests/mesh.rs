@@ -362,3 +362,62 @@ async fn sync_answers_match_the_stored_records_and_unclaimed_runs_are_recorded()
     );
     assert_eq!(got["input"].as_str(), Some("nobody recorded me"), "{got}");
 }
+
+/// A bulk invoke: one request of N inputs becomes N independent invocations, each recorded at
+/// once, run and stored once; a bad line refuses the whole request and records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_invoke_makes_one_invocation_per_input_and_refuses_a_bad_body_whole() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("echo"));
+    let m = Management::start(&pg_url()).await;
+    let dir = function_dir(tmp.path(), &format!("name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"), &[]);
+    m.publish_dir(&dir).await;
+    let url = format!("{}/api/functions/{name}/invocations", m.base);
+    let post = |body: String| {
+        let (http, url) = (m.http.clone(), url.clone());
+        async move {
+            let r = http.post(url).header("content-type", "application/x-ndjson").body(body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.expect("a JSON answer"))
+        }
+    };
+
+    // Refused whole, naming the line: nothing is recorded.
+    let (status, e) = post("{\"n\":1}\n\n{\"n\": oops}\n{\"n\":3}\n".into()).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("line 3 is not a JSON value"), "{e}");
+    let (status, e) = post("\n \n".into()).await;
+    assert_eq!(status, 400, "an empty body is refused: {e}");
+    let (_, listed) = m.get(&format!("/api/invocations?function={name}&limit=10")).await;
+    assert_eq!(listed.as_array().unwrap().len(), 0, "a refused request records nothing: {listed}");
+
+    // Recorded (and so readable) before any worker runs them; more than one insert's rows.
+    let n = 900;
+    let body: String = (0..n).map(|i| format!("{{\"n\":{i}}}\r\n")).collect();
+    let (status, a) = post(body).await;
+    assert_eq!(status, 202, "{a}");
+    assert_eq!(a["accepted"], n);
+    let ids: Vec<String> = a["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), n, "one id per input");
+    let (_, first) = m.get(&format!("/api/invocations/{}", ids[0])).await;
+    assert_eq!(first["status"], "queued", "readable at once: {first}");
+
+    let _w = start_worker(&pg_url(), &pool, 16, &tmp.path().join("cache"));
+    let all = eventually(Duration::from_secs(60), "every bulk invocation to succeed", || {
+        let (m, name) = (&m, name.clone());
+        async move {
+            let (_, v) = m.get(&format!("/api/invocations?function={name}&status=succeeded&limit=1000")).await;
+            let v = v.as_array().unwrap().clone();
+            (v.len() >= n).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(all.len(), n, "no input ran twice into a second record");
+    assert!(all.iter().all(|i| i["attempts"] == 1), "each ran once");
+    // Each id answered holds its own input's result, in input order.
+    for (i, id) in ids.iter().enumerate().step_by(97) {
+        let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+        assert_eq!(v["result"]["n"], i, "{v}");
+    }
+}
