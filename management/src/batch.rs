@@ -16,6 +16,7 @@
 //! **Cancel**: queued items become `cancelled` (never run), running ones finish; the batch is
 //! `cancelled` and gets no fan-in.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use crate::{Error, Management};
 /// Items recorded and published together, at most.
 pub const CHUNK: usize = 500;
 /// A chunk is also cut once its items reach this many bytes, so that a submission holds at
-/// most [`CHUNKS_IN_FLIGHT`] times this (plus one item) in memory, whatever its items' size.
+/// most [`CHUNKS_IN_FLIGHT`] + 2 times this (plus one item) in memory, whatever its items' size.
 const CHUNK_BYTES: usize = 4 << 20;
 /// Chunks being submitted at once: the next one is recorded while the earlier ones are being
 /// published and confirmed, so the store and the broker work side by side instead of in turn.
@@ -61,35 +62,21 @@ pub struct SubmitError {
     pub error: Error,
 }
 
-type ChunkFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (i64, Result<(), Error>)> + Send + 'a>>;
-
-/// The chunks of one submission: the one being filled, and those being recorded and published.
+/// The chunk being filled while a submission's body is read; full chunks go to the task that
+/// records and publishes them ([`Management::feed`]).
 struct Submission<'a> {
-    m: &'a Management,
-    batch: &'a NewBatch,
-    pool: &'a str,
+    tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
     chunk: Vec<Bytes>,
     chunk_bytes: usize,
-    in_flight: futures_util::stream::FuturesUnordered<ChunkFuture<'a>>,
-    /// Items of the chunks that ended, recorded.
-    total: i64,
+    /// Set once a chunk failed: no further chunk is started.
+    stop: &'a AtomicBool,
 }
 
-impl<'a> Submission<'a> {
-    fn new(m: &'a Management, batch: &'a NewBatch, pool: &'a str) -> Self {
-        Submission {
-            m,
-            batch,
-            pool,
-            chunk: Vec::with_capacity(CHUNK),
-            chunk_bytes: 0,
-            in_flight: Default::default(),
-            total: 0,
-        }
-    }
+/// What the reader answers when a chunk failed; the chunk's own error is the one reported.
+const STOPPED: &str = "the submission stopped";
 
-    /// Adds one item; a full chunk is started (after waiting for room, if
-    /// [`CHUNKS_IN_FLIGHT`] are running). An error is that of a chunk that stopped.
+impl Submission<'_> {
+    /// Adds one item; a full chunk is handed over (after waiting for room).
     async fn push(&mut self, item: Bytes) -> Result<(), Error> {
         self.chunk_bytes += item.len();
         self.chunk.push(item);
@@ -99,42 +86,17 @@ impl<'a> Submission<'a> {
         Ok(())
     }
 
-    /// Starts the chunk being filled, if it holds anything.
+    /// Hands over the chunk being filled, if it holds anything.
     async fn cut(&mut self) -> Result<(), Error> {
-        while self.in_flight.len() >= CHUNKS_IN_FLIGHT {
-            self.next_ended().await?;
+        if self.stop.load(Ordering::Acquire) {
+            return Err(Error::BadRequest(STOPPED.into()));
         }
         if self.chunk.is_empty() {
             return Ok(());
         }
         let items = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
         self.chunk_bytes = 0;
-        let (m, batch, pool) = (self.m, self.batch, self.pool);
-        self.in_flight.push(Box::pin(m.submit_chunk(batch, pool, items)));
-        Ok(())
-    }
-
-    /// Waits for one running chunk to end.
-    async fn next_ended(&mut self) -> Result<(), Error> {
-        match self.in_flight.next().await {
-            Some((recorded, result)) => {
-                self.total += recorded;
-                result
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Waits for every running chunk to end; the first error, if any. The chunk being filled
-    /// is not submitted.
-    async fn finish(&mut self) -> Result<(), Error> {
-        let mut first = Ok(());
-        while !self.in_flight.is_empty() {
-            if let Err(e) = self.next_ended().await {
-                first = first.and(Err(e));
-            }
-        }
-        first
+        self.tx.send(items).await.map_err(|_| Error::BadRequest(STOPPED.into()))
     }
 }
 
@@ -196,9 +158,10 @@ impl Management {
     }
 
     /// Reads items from the body and submits them chunk by chunk, up to [`CHUNKS_IN_FLIGHT`]
-    /// chunks at once; `total` counts those recorded (and published, or recorded failed).
-    /// Every chunk started is taken to its end before this returns, whatever stopped the
-    /// submission: a chunk left half-way would hold recorded items that were never published.
+    /// chunks at once while the body is still being read; `total` counts those recorded (and
+    /// published, or recorded failed). Every chunk started is taken to its end before this
+    /// returns, whatever stopped the submission: a chunk left half-way would hold recorded
+    /// items that were never published. After a chunk fails, no other one starts.
     async fn feed<S, E>(
         &self,
         batch: &NewBatch,
@@ -211,17 +174,51 @@ impl Management {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let mut sub = Submission::new(self, batch, pool);
-        let read = self.read_items(format, body, &mut sub).await;
-        // A body that ended well has its last chunk submitted; one that failed loses only the
-        // items of the chunk not started (never recorded), as the answer's count says.
-        let rest = match read {
-            Ok(()) => sub.cut().await,
-            Err(e) => Err(e),
+        let stop = AtomicBool::new(false);
+        // One chunk waits while CHUNKS_IN_FLIGHT run and the reader fills the next.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(1);
+        let reader = async {
+            let mut sub = Submission { tx, chunk: Vec::with_capacity(CHUNK), chunk_bytes: 0, stop: &stop };
+            // A body that ended well has its last chunk submitted; one that failed loses only
+            // the items of the chunk being filled (never recorded), as the answer's count says.
+            match self.read_items(format, body, &mut sub).await {
+                Ok(()) => sub.cut().await,
+                Err(e) => Err(e),
+            }
+            // `sub`, and with it the sender, is dropped here: the chunks stream ends.
         };
-        let ended = sub.finish().await;
-        *total = sub.total;
-        rest.and(ended)
+        let runner = async {
+            let chunks = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+            let runs = chunks
+                .map(|items| {
+                    let stop = &stop;
+                    async move {
+                        if stop.load(Ordering::Acquire) {
+                            // Handed over before a chunk failed: never recorded, not counted.
+                            return (0, Ok(()));
+                        }
+                        self.submit_chunk(batch, pool, items).await
+                    }
+                })
+                .buffer_unordered(CHUNKS_IN_FLIGHT);
+            let mut runs = std::pin::pin!(runs);
+            let (mut recorded, mut first) = (0i64, None);
+            while let Some((n, result)) = runs.next().await {
+                recorded += n;
+                if let Err(e) = result {
+                    stop.store(true, Ordering::Release);
+                    first.get_or_insert(e);
+                }
+            }
+            (recorded, first)
+        };
+        // Both in this task: the chunks progress while the body is read.
+        let (read, (recorded, failed)) = tokio::join!(reader, runner);
+        *total = recorded;
+        match failed {
+            Some(e) => Err(e),
+            None => read,
+        }
     }
 
     /// Parses the body's items into `sub`, which submits them a chunk at a time.
