@@ -420,4 +420,28 @@ async fn a_bulk_invoke_makes_one_invocation_per_input_and_refuses_a_bad_body_who
         let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
         assert_eq!(v["result"]["n"], i, "{v}");
     }
+
+    // The CLI: one invocation per line of a file, the ids on stdout in file order.
+    let file = tmp.path().join("events.ndjson");
+    std::fs::write(&file, "{\"e\":1}\n\n{\"e\":2}\n{\"e\":3}").unwrap();
+    let out = m.cli().args(["invoke", &name, "--each-line", &file.display().to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(printed.len(), 3, "one id per non-blank line: {printed:?}");
+    for (e, id) in printed.iter().enumerate() {
+        let v = eventually(Duration::from_secs(30), "the line's invocation to succeed", || {
+            let (m, id) = (&m, id.clone());
+            async move {
+                let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+                (v["status"] == "succeeded").then_some(v)
+            }
+        })
+        .await;
+        assert_eq!(v["result"]["e"], e + 1, "{v}");
+    }
+    std::fs::write(&file, "{\"e\":1}\nnot json\n").unwrap();
+    let out = m.cli().args(["invoke", &name, "--each-line", &file.display().to_string()]).output().unwrap();
+    assert!(!out.status.success(), "a bad line fails the command");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lines 1 to the end") && err.contains("line 2 is not a JSON value"), "{err}");
 }

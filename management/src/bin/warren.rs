@@ -16,6 +16,7 @@ use serde_json::Value;
 /// Then, from another terminal:
 ///   warren invoke hello --data '{"name": "Ada"}'     wait for the result
 ///   warren invoke hello --async --data '{}'          print the invocation id at once
+///   warren invoke hello --each-line inputs.ndjson    one async invocation per line
 ///   warren get ID                                    status, result, logs of one invocation
 ///   warren publish ./my-function                     pack a folder and publish it
 ///   warren functions                                 what is published
@@ -85,7 +86,7 @@ enum Command {
     },
     /// Invoke a function's active version; waits for the result unless --async.
     #[command(
-        after_help = "Examples:\n  warren invoke hello --data '{\"name\": \"Ada\"}'     # the result on stdout; exit 1 if it failed\n  warren invoke resize --data-file photo.json --timeout 120\n  id=$(warren invoke resize --async --data-file - < photo.json)   # the id, once queued"
+        after_help = "Examples:\n  warren invoke hello --data '{\"name\": \"Ada\"}'     # the result on stdout; exit 1 if it failed\n  warren invoke resize --data-file photo.json --timeout 120\n  id=$(warren invoke resize --async --data-file - < photo.json)   # the id, once queued\n  warren invoke forward --each-line events.ndjson > ids.txt      # one async invocation per line"
     )]
     Invoke {
         /// Function name.
@@ -99,6 +100,11 @@ enum Command {
         /// Do not wait: print the invocation id once the broker has it.
         #[arg(long = "async")]
         asynchronous: bool,
+        /// Invoke once per line of this NDJSON file ('-' for stdin): each line (a JSON value)
+        /// is the input of its own asynchronous invocation. Lines go in bulk requests of up to
+        /// 1,000; prints one id per line, in file order.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["data", "data_file"])]
+        each_line: Option<PathBuf>,
         /// Seconds to wait for the result (sync only).
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -362,7 +368,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Invoke { name, data, data_file, asynchronous, timeout } => {
+        Command::Invoke { name, each_line: Some(path), .. } => invoke_each_line(&api, &name, &path).await,
+        Command::Invoke { name, data, data_file, asynchronous, timeout, each_line: None } => {
             let input = match (data, data_file) {
                 (Some(d), _) => d.into_bytes(),
                 (None, Some(p)) if p.as_os_str() == "-" => {
@@ -633,6 +640,82 @@ fn show(v: &Value) -> String {
         Value::Null => String::new(),
         other => serde_json::to_string_pretty(other).unwrap_or_default(),
     }
+}
+
+/// `warren invoke NAME --each-line FILE`: one asynchronous invocation per non-blank line,
+/// sent in bulk requests (`POST /api/functions/{name}/invocations`); the ids on stdout.
+async fn invoke_each_line(api: &Api, name: &str, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead;
+    const LINES: usize = 1000;
+    const BYTES: usize = 8 << 20;
+    let input: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let (mut body, mut lines, mut first, mut queued) = (Vec::new(), 0usize, 0usize, 0usize);
+    for (n, line) in input.split(b'\n').enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if lines == 0 {
+            first = n + 1;
+        }
+        body.extend_from_slice(&line);
+        body.push(b'\n');
+        lines += 1;
+        if lines == LINES || body.len() >= BYTES {
+            queued += send_lines(api, name, std::mem::take(&mut body), (first, n + 1), queued).await?;
+            lines = 0;
+        }
+    }
+    if lines > 0 {
+        queued += send_lines(api, name, body, (first, usize::MAX), queued).await?;
+    }
+    eprintln!("{queued} invocations of {name} queued");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends one bulk request; prints the ids it queued. An error says which lines of the file
+/// it was about and what was queued before.
+async fn send_lines(
+    api: &Api,
+    name: &str,
+    body: Vec<u8>,
+    lines: (usize, usize),
+    before: usize,
+) -> anyhow::Result<usize> {
+    let url = api.url(&format!("/api/functions/{name}/invocations"));
+    let which = match lines.1 {
+        usize::MAX => format!("lines {} to the end", lines.0),
+        last => format!("lines {}-{last}", lines.0),
+    };
+    let resp = api
+        .http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("request to {} failed: {e}", api.base))?;
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    let ids = v["ids"].as_array().cloned().unwrap_or_default();
+    for id in &ids {
+        println!("{}", id.as_str().unwrap_or("?"));
+    }
+    if status != 202 {
+        let msg = v.pointer("/error/message").and_then(Value::as_str).unwrap_or("no reason given");
+        anyhow::bail!(
+            "{which}: {msg} (HTTP {status}; line numbers in it count from line {} of the file); {} invocations were queued before these{}",
+            lines.0,
+            before,
+            if ids.is_empty() { String::new() } else { format!(", and the {} printed just now", ids.len()) }
+        );
+    }
+    Ok(ids.len())
 }
 
 /// A finished sync invoke: the result on stdout; a failure's error and logs on stderr.
