@@ -77,8 +77,8 @@ struct Args {
     /// NDJSON): the same N invocations, sent in requests of this many, --in-flight / this many
     /// requests at once (at least 2; by default 4 × 64 = 256 invocations in flight, as in
     /// row 2); 0 skips the row.
-    #[arg(long, default_value_t = 64)]
-    bulk: usize,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    bulk: u64,
     /// Size of each invocation input and of each raw broker message, in bytes.
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
@@ -507,12 +507,13 @@ async fn run(args: Args) -> Result<bool> {
             }
         }
         if args.bulk > 0 && label == "PostgreSQL" {
+            let bulk = args.bulk as usize;
             for &w in &args.workers {
                 eprintln!(
                     "[2b] {label}, {w} worker(s) x --concurrency {}: {n} invocations in bulk invokes of {}",
                     args.concurrency, args.bulk
                 );
-                match m.throughput(Func::Echo, w, n, args.bulk).await {
+                match m.throughput(Func::Echo, w, n, bulk).await {
                     Ok(r) => {
                         eprintln!(
                             "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",

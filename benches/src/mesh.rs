@@ -1250,23 +1250,28 @@ async fn fire_bulk(
                     }
                     let sent = to - from;
                     let answer = http.post(&url).header("content-type", "application/x-ndjson").body(body).send().await;
-                    let err = match answer {
-                        Ok(r) if r.status().as_u16() == 202 => {
-                            let v: serde_json::Value = r.json().await.unwrap_or_default();
-                            let ok = v["accepted"].as_u64().unwrap_or(0);
-                            accepted.fetch_add(ok, Ordering::Relaxed);
-                            (ok < sent).then(|| format!("202 for {ok} of {sent} inputs"))
-                        }
+                    // A 503 may still have queued some (its `accepted`): they run and count.
+                    let (ok, err) = match answer {
                         Ok(r) => {
-                            let s = r.status();
-                            Some(format!("{s}: {}", r.text().await.unwrap_or_default()))
+                            let status = r.status();
+                            let text = r.text().await.unwrap_or_default();
+                            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                            let ok = v["accepted"].as_u64().unwrap_or(0).min(sent);
+                            let err = (status.as_u16() != 202 || ok < sent).then(|| {
+                                format!(
+                                    "{status} ({ok} of {sent} accepted): {}",
+                                    text.chars().take(300).collect::<String>()
+                                )
+                            });
+                            (ok, err)
                         }
-                        Err(e) => Some(format!("request failed: {e}")),
+                        Err(e) => (0, Some(format!("request failed: {e}"))),
                     };
                     last = Instant::now();
+                    accepted.fetch_add(ok, Ordering::Relaxed);
                     if let Some(e) = err {
                         first_error.lock().unwrap().get_or_insert(e);
-                        rejected.fetch_add(sent, Ordering::Relaxed);
+                        rejected.fetch_add(sent - ok, Ordering::Relaxed);
                     }
                 }
             })

@@ -376,6 +376,8 @@ async fn invoke(
 
 /// Inputs one bulk invoke may carry.
 pub const MAX_BULK_INPUTS: usize = 10_000;
+/// Bulk invokes read and run at once; more wait (before their body is read) for a turn.
+pub const MAX_BULK_IN_FLIGHT: usize = 4;
 /// The body limit of a bulk invoke: 16 MiB, or one input of the largest size if that is more.
 fn bulk_body_limit(payload_limit: usize) -> usize {
     (16usize << 20).max(payload_limit + 2)
@@ -416,8 +418,7 @@ fn bulk_inputs(body: &Bytes, max_input: usize) -> ApiResult<Vec<Bytes>> {
             ));
         }
         // A slice of the body: no copy.
-        let start = line.as_ptr() as usize - body.as_ptr() as usize;
-        inputs.push(body.slice(start..start + line.len()));
+        inputs.push(body.slice_ref(line));
     }
     Ok(inputs)
 }
@@ -428,10 +429,25 @@ fn bulk_inputs(body: &Bytes, max_input: usize) -> ApiResult<Vec<Bytes>> {
 async fn invoke_many(
     State(m): State<Arc<Management>>,
     name: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
-    let body = body_or_error(body, bulk_body_limit(m.config.max_payload_bytes) as u64, "body")?;
     let name = name_from(name)?;
+    // The body is read only once this request has its turn: waiting requests hold no body.
+    let _turn = m.bulk_in_flight.acquire().await.map_err(|_| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "management is stopping; nothing was accepted")
+    })?;
+    let limit = bulk_body_limit(m.config.max_payload_bytes);
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if e.to_string().contains("length limit") {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over the limit of {limit} bytes; send the inputs in several requests (or as a batch: POST /api/batches); nothing was accepted"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("cannot read the body: {e}"))
+        }
+    })?;
     let max_input = m.config.max_payload_bytes;
     // Checking megabytes of JSON is CPU work: off the async threads when the body is large.
     let inputs = if body.len() > 64 << 10 {
@@ -448,7 +464,14 @@ async fn invoke_many(
             "the body holds no input: send NDJSON, one JSON input per line",
         ));
     }
-    let out = m.invoke_many(&name, inputs).await?;
+    // On a task of its own: a client that goes away mid-way does not stop it between the
+    // records and their publishes (records left `queued` with no message).
+    let out = {
+        let (m, name) = (m.clone(), name.clone());
+        tokio::spawn(async move { m.invoke_many(&name, inputs).await }).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the bulk invoke failed: {e}"))
+        })??
+    };
     if out.not_queued.is_empty() {
         return Ok((StatusCode::ACCEPTED, Json(json!({"function": name, "accepted": out.ids.len(), "ids": out.ids})))
             .into_response());
@@ -457,7 +480,7 @@ async fn invoke_many(
     // run; the others are queued and will run.
     let not_queued: Vec<Value> = out.not_queued.iter().map(|(id, e)| json!({"id": id, "error": e})).collect();
     let message = format!(
-        "{} of {} inputs could not be queued (recorded failed: {}); the other {} are queued and will run",
+        "{} of {} inputs were not queued ({}); the other {} are queued and will run: do not send the whole body again, only the inputs of not_queued",
         not_queued.len(),
         not_queued.len() + out.ids.len(),
         out.not_queued[0].1,

@@ -16,7 +16,7 @@
 //! **Cancel**: queued items become `cancelled` (never run), running ones finish; the batch is
 //! `cancelled` and gets no fan-in.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -32,8 +32,9 @@ use crate::{Error, Management};
 
 /// Items recorded and published together, at most.
 pub const CHUNK: usize = 500;
-/// A chunk is also cut once its items reach this many bytes, so that a submission holds at
-/// most [`CHUNKS_IN_FLIGHT`] + 2 times this (plus one item) in memory, whatever its items' size.
+/// A chunk is also cut once its items reach this many bytes, so that a submission holds about
+/// twice [`CHUNKS_IN_FLIGHT`] + 2 times this (each running chunk's items and their records,
+/// one waiting, one being filled, plus one item) in memory, whatever its items' size.
 const CHUNK_BYTES: usize = 4 << 20;
 /// Chunks being submitted at once: the next one is recorded while the earlier ones are being
 /// published and confirmed, so the store and the broker work side by side instead of in turn.
@@ -70,6 +71,33 @@ struct Submission<'a> {
     chunk_bytes: usize,
     /// Set once a chunk failed: no further chunk is started.
     stop: &'a AtomicBool,
+}
+
+/// Whose turn it is to record its items: chunk numbers in the order they were cut.
+#[derive(Default)]
+struct Turn {
+    next: AtomicUsize,
+    moved: tokio::sync::Notify,
+}
+
+impl Turn {
+    async fn wait(&self, i: usize) {
+        loop {
+            // Registered before the check, so an advance in between is not missed.
+            let moved = self.moved.notified();
+            let mut moved = std::pin::pin!(moved);
+            moved.as_mut().enable();
+            if self.next.load(Ordering::Acquire) == i {
+                return;
+            }
+            moved.await;
+        }
+    }
+
+    fn advance(&self) {
+        self.next.fetch_add(1, Ordering::AcqRel);
+        self.moved.notify_waiters();
+    }
 }
 
 /// What the reader answers when a chunk failed; the chunk's own error is the one reported.
@@ -189,16 +217,12 @@ impl Management {
         };
         let runner = async {
             let chunks = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+            let turn = Turn::default();
             let runs = chunks
-                .map(|items| {
-                    let stop = &stop;
-                    async move {
-                        if stop.load(Ordering::Acquire) {
-                            // Handed over before a chunk failed: never recorded, not counted.
-                            return (0, Ok(()));
-                        }
-                        self.submit_chunk(batch, pool, items).await
-                    }
+                .enumerate()
+                .map(|(i, items)| {
+                    let (stop, turn) = (&stop, &turn);
+                    async move { self.submit_chunk(batch, pool, items, (i, turn), stop).await }
                 })
                 .buffer_unordered(CHUNKS_IN_FLIGHT);
             let mut runs = std::pin::pin!(runs);
@@ -317,7 +341,18 @@ impl Management {
     /// Records one chunk's items `queued`, then publishes them. Answers how many it recorded
     /// (all or none), and why it stopped, if it did: recorded items are then published,
     /// recorded failed, or cancelled, never left queued with no message.
-    async fn submit_chunk(&self, batch: &NewBatch, pool: &str, items: Vec<Bytes>) -> (i64, Result<(), Error>) {
+    ///
+    /// Chunks record their items in the order they were cut (chunk `i` waits for its turn), and
+    /// none records once `stop` is set: the items recorded are always the first ones of the
+    /// body, so "the N items before it were submitted" stays true however the chunks overlap.
+    async fn submit_chunk(
+        &self,
+        batch: &NewBatch,
+        pool: &str,
+        items: Vec<Bytes>,
+        (i, turn): (usize, &Turn),
+        stop: &AtomicBool,
+    ) -> (i64, Result<(), Error>) {
         let created_ms = now_ms();
         let records: Vec<NewInvocation> = items
             .iter()
@@ -329,7 +364,18 @@ impl Management {
                 created_ms,
             })
             .collect();
-        if let Err(e) = self.store.add_batch_items(batch.id, &records).await {
+        turn.wait(i).await;
+        if stop.load(Ordering::Acquire) {
+            // An earlier chunk failed: this one is never recorded, not counted.
+            turn.advance();
+            return (0, Ok(()));
+        }
+        let inserted = self.store.add_batch_items(batch.id, &records).await;
+        if inserted.is_err() {
+            stop.store(true, Ordering::Release);
+        }
+        turn.advance();
+        if let Err(e) = inserted {
             return (0, Err(e.into()));
         }
         let recorded = records.len() as i64;

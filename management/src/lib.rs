@@ -112,6 +112,9 @@ pub struct Management {
     creates: Grouped<NewInvocation, Result<bool, StoreError>>,
     /// Turned true by [`Management::stop_sources`].
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Bulk invokes being read or run at once (see `api::MAX_BULK_IN_FLIGHT`): each may hold
+    /// a body of up to 16 MiB and its records, so their number is bounded; others wait.
+    pub(crate) bulk_in_flight: tokio::sync::Semaphore,
     /// The source supervisor, awaited when stopping.
     sources: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -256,6 +259,7 @@ impl Management {
                 })
             },
             stopping: tokio::sync::watch::channel(false).0,
+            bulk_in_flight: tokio::sync::Semaphore::new(api::MAX_BULK_IN_FLIGHT),
             sources: std::sync::Mutex::new(None),
         });
         tokio::spawn(listen_notices(Arc::downgrade(&m), notices));
@@ -445,9 +449,9 @@ impl Management {
 
     /// Records and publishes one independent invocation of a function's active version per
     /// input (a bulk asynchronous invoke: no batch, no fan-in, each runs and is recorded like
-    /// one `mode=async` invoke). All are recorded `queued` in one commit, or none (the error).
-    /// Then each is published with its confirm; one the broker does not confirm is recorded
-    /// failed ("not queued") and listed in [`BulkAccepted::not_queued`].
+    /// one `mode=async` invoke). All are recorded `queued` in one commit (PostgreSQL, SQLite),
+    /// or none (the error). Then each is published with its confirm; one the broker does not
+    /// confirm is recorded failed ("not queued") and listed in [`BulkAccepted::not_queued`].
     pub async fn invoke_many(&self, function: &str, inputs: Vec<Bytes>) -> Result<BulkAccepted, Error> {
         if let Some((n, big)) = inputs.iter().enumerate().find(|(_, b)| b.len() > self.config.max_payload_bytes) {
             return Err(Error::TooLarge(format!(
@@ -475,45 +479,47 @@ impl Management {
             .store
             .time("create_invocations", async { self.store.create_invocations(&records).await })
             .await;
-        // One statement (or transaction): every entry shares its fate. Fresh ids cannot exist.
-        if let Some(Err(e)) = recorded.into_iter().find(|r| r.is_err()) {
-            return Err(e.into());
+        // PostgreSQL and SQLite record all or none; a store that records one by one may stop
+        // part-way: what it recorded is published, the rest is answered not queued.
+        let mut out = BulkAccepted { ids: Vec::with_capacity(records.len()), not_queued: Vec::new() };
+        let mut messages = Vec::with_capacity(records.len());
+        for ((r, payload), stored) in records.iter().zip(inputs).zip(recorded) {
+            match stored {
+                Ok(true) => messages.push(InvocationMessage {
+                    v: PROTOCOL_VERSION,
+                    id: r.id,
+                    function: function.to_string(),
+                    version,
+                    attempt: 1,
+                    payload,
+                    notify: None,
+                    created_ms,
+                    headers: Vec::new(),
+                    fresh: true,
+                    unrecorded: false,
+                }),
+                Ok(false) => out.not_queued.push((r.id, "not recorded: the id exists already".into())),
+                Err(e) => out.not_queued.push((r.id, format!("not recorded: {e}"))),
+            }
         }
-        let messages: Vec<InvocationMessage> = records
-            .iter()
-            .zip(inputs)
-            .map(|(r, payload)| InvocationMessage {
-                v: PROTOCOL_VERSION,
-                id: r.id,
-                function: function.to_string(),
-                version,
-                attempt: 1,
-                payload,
-                notify: None,
-                created_ms,
-                headers: Vec::new(),
-                fresh: true,
-                unrecorded: false,
-            })
-            .collect();
+        if messages.is_empty() {
+            // Nothing recorded: the store's error, as for a single invoke (503).
+            let why = out.not_queued.first().map(|(_, e)| e.clone()).unwrap_or_default();
+            return Err(Error::Store(StoreError::Unavailable(why)));
+        }
         let pool = manifest.pool.as_str();
+        // In input order (`buffered` keeps it), up to 256 confirms awaited at once.
         let published: Vec<(Uuid, Result<(), Error>)> = futures_util::stream::iter(messages)
             .map(|msg| async move { (msg.id, self.publish_recorded(pool, &msg).await) })
-            .buffer_unordered(256)
+            .buffered(256)
             .collect()
             .await;
-        let mut out = BulkAccepted { ids: Vec::with_capacity(records.len()), not_queued: Vec::new() };
         for (id, r) in published {
             match r {
                 Ok(()) => out.ids.push(id),
-                Err(e) => out.not_queued.push((id, e.to_string())),
+                Err(e) => out.not_queued.push((id, format!("not queued (recorded failed): {e}"))),
             }
         }
-        // In input order, as the answer lists them.
-        let order: std::collections::HashMap<Uuid, usize> =
-            records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
-        out.ids.sort_by_key(|id| order[id]);
-        out.not_queued.sort_by_key(|(id, _)| order[id]);
         self.metrics.invocations_accepted.add(&[function], out.ids.len() as u64);
         tracing::debug!(function, accepted = out.ids.len(), not_queued = out.not_queued.len(), "bulk invoke");
         Ok(out)

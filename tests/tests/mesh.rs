@@ -389,12 +389,20 @@ async fn a_bulk_invoke_makes_one_invocation_per_input_and_refuses_a_bad_body_who
     assert!(e["error"]["message"].as_str().unwrap().contains("line 3 is not a JSON value"), "{e}");
     let (status, e) = post("\n \n".into()).await;
     assert_eq!(status, 400, "an empty body is refused: {e}");
+    let (status, e) = post("{\"big\":true}\n".repeat(1_500_000)).await;
+    assert_eq!(status, 413, "a body over 16 MiB is refused: {e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("over the limit"), "{e}");
+    let (status, e) = post("1\n".repeat(10_001)).await;
+    assert_eq!(status, 413, "more than 10,000 inputs are refused: {e}");
     let (_, listed) = m.get(&format!("/api/invocations?function={name}&limit=10")).await;
     assert_eq!(listed.as_array().unwrap().len(), 0, "a refused request records nothing: {listed}");
 
     // Recorded (and so readable) before any worker runs them; more than one insert's rows.
+    // The body is over 64 KiB, so it is checked off the async threads.
     let n = 900;
-    let body: String = (0..n).map(|i| format!("{{\"n\":{i}}}\r\n")).collect();
+    let pad = "x".repeat(100);
+    let body: String = (0..n).map(|i| format!("{{\"n\":{i},\"pad\":\"{pad}\"}}\r\n")).collect();
+    assert!(body.len() > 64 << 10);
     let (status, a) = post(body).await;
     assert_eq!(status, 202, "{a}");
     assert_eq!(a["accepted"], n);

@@ -657,15 +657,18 @@ async fn invoke_each_line(api: &Api, name: &str, path: &std::path::Path) -> anyh
     let (mut body, mut lines, mut first, mut queued) = (Vec::new(), 0usize, 0usize, 0usize);
     for (n, line) in input.split(b'\n').enumerate() {
         let line = line.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        if line.iter().all(u8::is_ascii_whitespace) {
+        let blank = line.iter().all(u8::is_ascii_whitespace);
+        if lines == 0 && blank {
             continue;
         }
         if lines == 0 {
             first = n + 1;
         }
+        // Blank lines inside a request are kept (the server skips them), so that the line
+        // numbers of its errors count the file's lines from `first`.
         body.extend_from_slice(&line);
         body.push(b'\n');
-        lines += 1;
+        lines += usize::from(!blank);
         if lines == LINES || body.len() >= BYTES {
             queued += send_lines(api, name, std::mem::take(&mut body), (first, n + 1), queued).await?;
             lines = 0;
