@@ -484,36 +484,16 @@ async fn run(args: Args) -> Result<bool> {
                 continue;
             }
         };
-        for &w in &args.workers {
-            eprintln!(
-                "[2] {label}, {w} worker(s) x --concurrency {}: {n} async invokes, {} in flight",
-                args.concurrency, args.in_flight
-            );
-            match m.throughput(Func::Echo, w, n, 0).await {
-                Ok(r) => {
-                    eprintln!(
-                        "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",
-                        r.rate(),
-                        r.completed,
-                        if r.incomplete { ", INCOMPLETE" } else { "" },
-                        r.publish_rate()
-                    );
-                    fig.runs.push(Ok(r));
-                }
-                Err(e) => {
-                    eprintln!("    FAILED: {e:#}");
-                    fig.runs.push(Err((label.to_string(), w, format!("{e:#}"))));
-                }
-            }
-        }
-        if args.bulk > 0 && label == "PostgreSQL" {
-            let bulk = args.bulk as usize;
+        // Row 2 (one request per invocation), then 2b (bulk invokes; PostgreSQL only).
+        let bulk = if label == "PostgreSQL" { args.bulk as usize } else { 0 };
+        for per_request in std::iter::once(0).chain((bulk > 0).then_some(bulk)) {
             for &w in &args.workers {
-                eprintln!(
-                    "[2b] {label}, {w} worker(s) x --concurrency {}: {n} invocations in bulk invokes of {}",
-                    args.concurrency, args.bulk
-                );
-                match m.throughput(Func::Echo, w, n, bulk).await {
+                let (row, how) = match per_request {
+                    0 => ("2", format!("{n} async invokes, {} in flight", args.in_flight)),
+                    b => ("2b", format!("{n} invocations in bulk invokes of {b}")),
+                };
+                eprintln!("[{row}] {label}, {w} worker(s) x --concurrency {}: {how}", args.concurrency);
+                match m.throughput(Func::Echo, w, n, per_request).await {
                     Ok(r) => {
                         eprintln!(
                             "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",
@@ -526,7 +506,8 @@ async fn run(args: Args) -> Result<bool> {
                     }
                     Err(e) => {
                         eprintln!("    FAILED: {e:#}");
-                        fig.runs.push(Err((format!("{label} (bulk)"), w, format!("{e:#}"))));
+                        let what = if per_request == 0 { label.to_string() } else { format!("{label} (bulk)") };
+                        fig.runs.push(Err((what, w, format!("{e:#}"))));
                     }
                 }
             }

@@ -1162,62 +1162,10 @@ struct FireResult {
 /// `n` async invokes from `in_flight` tasks, each sending its next one as soon as the previous
 /// is answered.
 async fn fire_async(http: reqwest::Client, url: String, n: u64, in_flight: usize, input_bytes: usize) -> FireResult {
-    let next = Arc::new(AtomicU64::new(0));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let rejected = Arc::new(AtomicU64::new(0));
-    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let (http, url, next, accepted, rejected, first_error) =
-                (http.clone(), url.clone(), next.clone(), accepted.clone(), rejected.clone(), first_error.clone());
-            tokio::spawn(async move {
-                let mut last = start;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        return last;
-                    }
-                    let err = match http.post(&url).body(input(i, input_bytes)).send().await {
-                        Ok(r) if r.status().as_u16() == 202 => {
-                            let _ = r.bytes().await;
-                            None
-                        }
-                        Ok(r) => {
-                            let s = r.status();
-                            Some(format!("{s}: {}", r.text().await.unwrap_or_default()))
-                        }
-                        Err(e) => Some(format!("request failed: {e}")),
-                    };
-                    last = Instant::now();
-                    match err {
-                        None => accepted.fetch_add(1, Ordering::Relaxed),
-                        Some(e) => {
-                            first_error.lock().unwrap().get_or_insert(e);
-                            rejected.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                }
-            })
-        })
-        .collect();
-    let mut last = start;
-    for t in tasks {
-        if let Ok(l) = t.await {
-            last = last.max(l);
-        }
-    }
-    let first_error = first_error.lock().unwrap().take();
-    FireResult {
-        accepted: accepted.load(Ordering::Relaxed),
-        rejected: rejected.load(Ordering::Relaxed),
-        first_error,
-        last,
-    }
+    fire(http, url, n, in_flight, 0, input_bytes).await
 }
 
-/// `n` invocations in bulk invokes of `bulk` NDJSON inputs, from `requests` tasks, each
-/// sending its next request as soon as the previous is answered.
+/// `n` invocations in bulk invokes of `bulk` NDJSON inputs, from `requests` tasks.
 async fn fire_bulk(
     http: reqwest::Client,
     url: String,
@@ -1226,37 +1174,60 @@ async fn fire_bulk(
     bulk: usize,
     input_bytes: usize,
 ) -> FireResult {
+    fire(http, url, n, requests, bulk, input_bytes).await
+}
+
+/// `n` invocations from `tasks` tasks, each sending its next request as soon as the previous is
+/// answered: one input a request (`per_request` 0: `invoke?mode=async`, answered 202 `{id}`),
+/// or `per_request` NDJSON inputs (a bulk invoke, answered with how many it `accepted`; a 503
+/// may still have queued some, which run and count).
+async fn fire(
+    http: reqwest::Client,
+    url: String,
+    n: u64,
+    tasks: usize,
+    per_request: usize,
+    input_bytes: usize,
+) -> FireResult {
     let next = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let rejected = Arc::new(AtomicU64::new(0));
     let first_error: Arc<Mutex<Option<String>>> = Arc::default();
     let start = Instant::now();
-    let tasks: Vec<_> = (0..requests)
+    let step = per_request.max(1) as u64;
+    let tasks: Vec<_> = (0..tasks)
         .map(|_| {
             let (http, url, next, accepted, rejected, first_error) =
                 (http.clone(), url.clone(), next.clone(), accepted.clone(), rejected.clone(), first_error.clone());
             tokio::spawn(async move {
                 let mut last = start;
                 loop {
-                    let from = next.fetch_add(bulk as u64, Ordering::Relaxed);
+                    let from = next.fetch_add(step, Ordering::Relaxed);
                     if from >= n {
                         return last;
                     }
-                    let to = (from + bulk as u64).min(n);
-                    let mut body = Vec::with_capacity((to - from) as usize * (input_bytes + 1));
-                    for i in from..to {
-                        body.extend_from_slice(&input(i, input_bytes));
-                        body.push(b'\n');
-                    }
+                    let to = (from + step).min(n);
                     let sent = to - from;
-                    let answer = http.post(&url).header("content-type", "application/x-ndjson").body(body).send().await;
-                    // A 503 may still have queued some (its `accepted`): they run and count.
-                    let (ok, err) = match answer {
+                    let req = if per_request == 0 {
+                        http.post(&url).body(input(from, input_bytes))
+                    } else {
+                        let mut body = Vec::with_capacity(sent as usize * (input_bytes + 1));
+                        for i in from..to {
+                            body.extend_from_slice(&input(i, input_bytes));
+                            body.push(b'\n');
+                        }
+                        http.post(&url).header("content-type", "application/x-ndjson").body(body)
+                    };
+                    let (ok, err) = match req.send().await {
                         Ok(r) => {
                             let status = r.status();
                             let text = r.text().await.unwrap_or_default();
-                            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                            let ok = v["accepted"].as_u64().unwrap_or(0).min(sent);
+                            let ok = if per_request == 0 {
+                                u64::from(status.as_u16() == 202)
+                            } else {
+                                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                                v["accepted"].as_u64().unwrap_or(0).min(sent)
+                            };
                             let err = (status.as_u16() != 202 || ok < sent).then(|| {
                                 format!(
                                     "{status} ({ok} of {sent} accepted): {}",
