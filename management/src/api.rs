@@ -142,7 +142,6 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub fn router(m: Arc<Management>) -> Router {
     let package_limit = m.config.package_limits.max_package_bytes as usize;
     let payload_limit = m.config.max_payload_bytes;
-    let bulk_limit = bulk_body_limit(payload_limit);
     Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
@@ -150,7 +149,8 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/functions", post(publish).layer(DefaultBodyLimit::max(package_limit)).get(list_functions))
         .route("/api/functions/{name}", get(get_function))
         .route("/api/functions/{name}/invoke", post(invoke).layer(DefaultBodyLimit::max(payload_limit)))
-        .route("/api/functions/{name}/invocations", post(invoke_many).layer(DefaultBodyLimit::max(bulk_limit)))
+        // Its body limit is applied by the handler, which reads the body only once it has a turn.
+        .route("/api/functions/{name}/invocations", post(invoke_many))
         .route("/api/functions/{name}/settings", get(list_settings))
         .route("/api/functions/{name}/settings/{key}", axum::routing::put(put_setting).delete(delete_setting))
         .route("/api/invocations/{id}", get(get_invocation))
