@@ -263,6 +263,8 @@ async fn revoke_key(
             format!("no key {id} that is not revoked already; `warren keys list` shows them"),
         ));
     }
+    // Refused at once here; other instances drop their cached copy within KEY_CACHE_TTL.
+    m.keys.retain(|_, (_, k)| k.id != id);
     tracing::info!(key.id = %id, "API key revoked");
     Ok(Json(json!({"id": id, "revoked": true})))
 }

@@ -141,6 +141,11 @@ fn forbidden(message: impl Into<String>) -> ApiError {
 const HOW_TO_SEND: &str =
     "send it as `Authorization: Bearer <key>` or `x-warren-key: <key>` (the CLI: --key or WARREN_API_KEY)";
 
+/// How long a valid API key found in the store is trusted without reading it again: a key
+/// revoked through another management instance is refused by this one within this time (at
+/// once by the instance that revoked it). Unknown keys are never cached.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Who the key of a request belongs to; 401 for a key that is unknown or revoked.
 async fn identify(m: &Management, admin_digest: &[u8; 32], headers: &HeaderMap) -> Result<Caller, ApiError> {
     let Some(key) = presented_key(headers).filter(|k| !k.is_empty()) else { return Ok(Caller::Nobody) };
@@ -149,8 +154,27 @@ async fn identify(m: &Management, admin_digest: &[u8; 32], headers: &HeaderMap) 
         return Ok(Caller::Admin);
     }
     let hash = hex::encode(d);
-    let found =
-        m.metrics.store.time("find_key_by_hash", m.store.find_key_by_hash(&hash)).await.map_err(ApiError::from)?;
+    let cached = m.keys.get(&hash).filter(|e| e.0.elapsed() < KEY_CACHE_TTL).map(|e| e.1.clone());
+    let found = match cached {
+        Some(k) => Some(k),
+        None => {
+            let found = m
+                .metrics
+                .store
+                .time("find_key_by_hash", m.store.find_key_by_hash(&hash))
+                .await
+                .map_err(ApiError::from)?;
+            match &found {
+                Some(k) if k.revoked_ms.is_none() => {
+                    m.keys.insert(hash.clone(), (std::time::Instant::now(), k.clone()));
+                }
+                _ => {
+                    m.keys.remove(&hash);
+                }
+            }
+            found
+        }
+    };
     match found {
         Some(k) if k.revoked_ms.is_none() && constant_time_eq(k.hash.as_bytes(), hash.as_bytes()) => match k.level {
             KeyLevel::Admin => Ok(Caller::Admin),

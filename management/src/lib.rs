@@ -115,6 +115,10 @@ pub struct Management {
     /// Bulk invokes being read or run at once (see `api::MAX_BULK_IN_FLIGHT`): each may hold
     /// a body of up to 16 MiB and its records, so their number is bounded; others wait.
     pub(crate) bulk_in_flight: tokio::sync::Semaphore,
+    /// API keys found by their hash, for [`auth::KEY_CACHE_TTL`]: a function key's request
+    /// costs no store read while its key is cached. Only keys that were valid are kept; a
+    /// revoke through this instance drops its entry at once.
+    pub(crate) keys: DashMap<String, (std::time::Instant, warren_common::store::ApiKey)>,
     /// The source supervisor, awaited when stopping.
     sources: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -260,6 +264,7 @@ impl Management {
             },
             stopping: tokio::sync::watch::channel(false).0,
             bulk_in_flight: tokio::sync::Semaphore::new(api::MAX_BULK_IN_FLIGHT),
+            keys: DashMap::new(),
             sources: std::sync::Mutex::new(None),
         });
         tokio::spawn(listen_notices(Arc::downgrade(&m), notices));

@@ -115,6 +115,30 @@ async fn keys_decide_who_may_do_what() {
     // The admin key does everything, admin-level functions included.
     assert_eq!(invoke_with(&m.http, &m, adm, "x").await.0, 200);
 
+    // A valid key is read from the store once, then cached: 20 more invokes with it cost no
+    // key lookup. An unknown key is looked up every time (never cached).
+    let lookups = || async {
+        let (_, text) = get_with(&nobody, &m, "/metrics").await;
+        let text = text.as_str().unwrap_or_default().to_string();
+        text.lines()
+            .find(|l| l.starts_with("warren_store_latency_seconds_count{op=\"find_key_by_hash\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = lookups().await;
+    for i in 0..20 {
+        assert_eq!(invoke_with(&with_fb, &m, fb, &format!("cached {i}")).await.0, 200);
+    }
+    // At most one re-read, should the 5 s the cache keeps a key end during the 20 (one lookup
+    // per request would be 20).
+    let after = lookups().await;
+    assert!(after <= before + 1, "a cached key costs no store read: {} lookups for 20 requests", after - before);
+    let nope = client_with_key("wrn_still_nope");
+    for _ in 0..3 {
+        assert_error(&get_with(&nope, &m, "/api/functions").await, 401, "not known");
+    }
+    assert_eq!(lookups().await, after + 3, "an unknown key is looked up each time");
+
     // An admin key made through the API is an admin key.
     let (_, admin2) = answer(
         m.http
