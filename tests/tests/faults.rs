@@ -389,7 +389,7 @@ async fn bulk_invokes_across_a_broker_restart_lose_nothing() {
             assert_eq!(r.result.as_deref(), Some(input.as_bytes()), "with its own result: {}", r.id);
         } else if not_queued.contains(&r.id) {
             // Recorded failed, unless its message got through after all (the confirm was lost
-            // with the connection, not the message): then it ran and is counted below.
+            // with the connection, not the message): then its run's outcome replaced that record.
             if r.status != Status::Failed {
                 stray += 1;
             }

@@ -159,6 +159,34 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!((got.status, got.started_ms, got.version, got.attempts), (Status::Succeeded, Some(started), 2, 1));
     assert_eq!(store.list_attempts(unclaimed.id).await.unwrap().len(), 1);
 
+    // Recorded failed without running ("not queued": its publish was not confirmed; attempts
+    // 0), yet its message got through after all: the real run's outcome replaces that record,
+    // through `complete` and `complete_many` alike, and a redelivery's claim runs it. Once it
+    // has a real outcome it is final like any other, and a late "not queued" loses.
+    let (lm, ltext) = manifest(&unique("lost"));
+    store.publish_version(&lm, &ltext, b"pkg", "sha").await.unwrap();
+    let lost = new_inv(&lm.name, 1);
+    store.create_invocation(&lost).await.unwrap();
+    let not_queued = |why: &str| Outcome::unrun(Status::Failed, 0, format!("not queued: {why}"));
+    assert!(store.complete(lost.id, &not_queued("no confirm")).await.unwrap());
+    assert_eq!(store.get_invocation(lost.id).await.unwrap().unwrap().status, Status::Failed);
+    assert!(store.complete(lost.id, &outcome(Status::Succeeded, "w5", 0)).await.unwrap(), "the run's outcome wins");
+    let got = store.get_invocation(lost.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.attempts, got.worker.as_deref()), (Status::Succeeded, 1, Some("w5")));
+    assert!(!store.complete(lost.id, &not_queued("late")).await.unwrap(), "a late 'not queued' loses");
+    let lost2 = new_inv(&lm.name, 1);
+    store.create_invocation(&lost2).await.unwrap();
+    assert!(store.complete(lost2.id, &not_queued("no confirm")).await.unwrap());
+    assert_eq!(store.claim(&lost2, 1, "w6", now_ms()).await.unwrap(), Claim::Run, "a redelivery of it runs");
+    assert_eq!(store.complete_many(&[(lost2.id, outcome(Status::Succeeded, "w6", 0))]).await.unwrap(), vec![true]);
+    assert_eq!(store.get_invocation(lost2.id).await.unwrap().unwrap().status, Status::Succeeded);
+    // A real failure (attempts 1) is final: nothing replaces it.
+    let really = new_inv(&lm.name, 1);
+    store.create_invocation(&really).await.unwrap();
+    assert!(store.complete(really.id, &outcome(Status::Failed, "w7", 0)).await.unwrap());
+    assert!(!store.complete(really.id, &outcome(Status::Succeeded, "w8", 0)).await.unwrap());
+    assert_eq!(store.claim(&really, 2, "w8", now_ms()).await.unwrap(), Claim::AlreadyFinal(Status::Failed));
+
     // A redelivery of a final invocation is recognised.
     assert_eq!(store.claim(&inv, 2, "w3", now_ms()).await.unwrap(), Claim::AlreadyFinal(Status::Succeeded));
     assert_eq!(store.get_invocation(inv.id).await.unwrap().unwrap().attempts, 1);

@@ -192,7 +192,7 @@ const CREATE_INVOCATION: &str =
      VALUES (@P1, @P2, @P3, 'queued', 0, @P4, @P5)";
 const CLAIM_UPDATE: &str = "UPDATE warren_invocations
      SET status = 'running', attempts = @P1, worker = @P2, started_ms = @P3, version = @P4
-     WHERE id = @P5 AND status IN ('queued', 'running') AND attempts <= @P1";
+     WHERE id = @P5 AND (status IN ('queued', 'running') OR (status = 'failed' AND attempts = 0)) AND attempts <= @P1";
 const CLAIM_INSERT: &str = "INSERT INTO warren_invocations
      (id, function_name, version, status, attempts, payload, worker, created_ms, started_ms)
      SELECT @P1, @P2, @P3, 'running', @P4, @P5, @P6, @P7, @P8
@@ -201,11 +201,11 @@ const GET_STATUS: &str = "SELECT status, attempts FROM warren_invocations WHERE 
 const COMPLETE: &str = "UPDATE warren_invocations
      SET status = @P1, attempts = @P2, result = @P3, error = @P4, worker = @P5, finished_ms = @P6,
        started_ms = COALESCE(@P8, started_ms), version = COALESCE(@P9, version)
-     WHERE id = @P7 AND status IN ('queued', 'running') AND attempts <= @P2";
+     WHERE id = @P7 AND (status IN ('queued', 'running') OR (status = 'failed' AND attempts = 0)) AND attempts <= @P2";
 const RETRY_LATER: &str = "UPDATE warren_invocations
      SET status = @P1, attempts = @P2 + 1, result = @P3, error = @P4, worker = @P5, finished_ms = @P6,
        started_ms = COALESCE(@P8, started_ms), version = COALESCE(@P9, version)
-     WHERE id = @P7 AND status IN ('queued', 'running') AND attempts <= @P2";
+     WHERE id = @P7 AND (status IN ('queued', 'running') OR (status = 'failed' AND attempts = 0)) AND attempts <= @P2";
 const INSERT_ATTEMPT: &str = "INSERT INTO warren_attempts (invocation, attempt, status, error, worker, finished_ms)
      VALUES (@P1, @P2, @P3, @P4, @P5, @P6)";
 const REPLAY: &str = "UPDATE warren_invocations SET status = 'queued', attempts = @P1, finished_ms = NULL

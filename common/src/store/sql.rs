@@ -273,7 +273,7 @@ const INSERT_RUNNING: &str =
 const COMPLETE: &str =
     "UPDATE warren_invocations SET status = $1, attempts = $2, result = $3, error = $4, worker = $5, finished_ms = $6,
        started_ms = COALESCE($8, started_ms), version = COALESCE($9, version)
-     WHERE id = $7 AND status IN ('queued', 'running') AND attempts <= $2";
+     WHERE id = $7 AND (status IN ('queued', 'running') OR (status = 'failed' AND attempts = 0)) AND attempts <= $2";
 
 const INSERT_INVOCATION: &str =
     "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
@@ -700,7 +700,7 @@ impl SqlxStore {
                result = excluded.result, error = excluded.error, worker = excluded.worker,
                finished_ms = excluded.finished_ms, started_ms = COALESCE(excluded.started_ms, i.started_ms),
                version = excluded.version
-             WHERE i.status IN ('queued', 'running') AND i.attempts <= excluded.attempts
+             WHERE (i.status IN ('queued', 'running') OR (i.status = 'failed' AND i.attempts = 0)) AND i.attempts <= excluded.attempts
              RETURNING id",
             value_rows(
                 1,
@@ -956,7 +956,7 @@ impl Store for SqlxStore {
         let id = inv.id.to_string();
         let updated = sqlx::query(
             "UPDATE warren_invocations SET status = 'running', attempts = $1, worker = $2, started_ms = $3, version = $4
-             WHERE id = $5 AND status IN ('queued', 'running') AND attempts <= $1",
+             WHERE id = $5 AND (status IN ('queued', 'running') OR (status = 'failed' AND attempts = 0)) AND attempts <= $1",
         )
         .bind(attempt)
         .bind(worker)
@@ -1015,7 +1015,7 @@ impl Store for SqlxStore {
                     "UPDATE warren_invocations i SET status = 'running', attempts = v.attempt, worker = $1,
                        started_ms = $2, version = v.version
                      FROM (VALUES {}) AS v (id, attempt, version)
-                     WHERE i.id = v.id AND i.status IN ('queued', 'running') AND i.attempts <= v.attempt
+                     WHERE i.id = v.id AND (i.status IN ('queued', 'running') OR (i.status = 'failed' AND i.attempts = 0)) AND i.attempts <= v.attempt
                      RETURNING i.id",
                     // Numbered after $1 and $2.
                     value_rows(3, padded(chunk.len()), &["?::text", "?::int4", "?::int8"])
@@ -1085,7 +1085,7 @@ impl Store for SqlxStore {
                    error = v.error, worker = v.worker, finished_ms = v.finished_ms,
                    started_ms = COALESCE(v.started_ms, i.started_ms), version = COALESCE(v.version, i.version)
                  FROM (VALUES {}) AS v (id, status, attempt, result, error, worker, finished_ms, started_ms, version)
-                 WHERE i.id = v.id AND i.status IN ('queued', 'running') AND i.attempts <= v.attempt
+                 WHERE i.id = v.id AND (i.status IN ('queued', 'running') OR (i.status = 'failed' AND i.attempts = 0)) AND i.attempts <= v.attempt
                  RETURNING i.id",
                 value_rows(
                     1,
@@ -1160,7 +1160,7 @@ impl Store for SqlxStore {
             o,
             "UPDATE warren_invocations SET status = $1, attempts = $2 + 1, result = $3, error = $4, worker = $5,
                finished_ms = $6, started_ms = COALESCE($8, started_ms), version = COALESCE($9, version)
-             WHERE id = $7 AND status IN ('queued', 'running') AND attempts <= $2",
+             WHERE id = $7 AND (status IN ('queued', 'running') OR (status = 'failed' AND attempts = 0)) AND attempts <= $2",
             Status::Queued,
             o.attempt,
         )
