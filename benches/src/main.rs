@@ -493,23 +493,8 @@ async fn run(args: Args) -> Result<bool> {
                     b => ("2b", format!("{n} invocations in bulk invokes of {b}")),
                 };
                 eprintln!("[{row}] {label}, {w} worker(s) x --concurrency {}: {how}", args.concurrency);
-                match m.throughput(Func::Echo, w, n, per_request).await {
-                    Ok(r) => {
-                        eprintln!(
-                            "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",
-                            r.rate(),
-                            r.completed,
-                            if r.incomplete { ", INCOMPLETE" } else { "" },
-                            r.publish_rate()
-                        );
-                        fig.runs.push(Ok(r));
-                    }
-                    Err(e) => {
-                        eprintln!("    FAILED: {e:#}");
-                        let what = if per_request == 0 { label.to_string() } else { format!("{label} (bulk)") };
-                        fig.runs.push(Err((what, w, format!("{e:#}"))));
-                    }
-                }
+                let what = if per_request == 0 { label.to_string() } else { format!("{label} (bulk)") };
+                fig.runs.push(throughput_row(&mut m, Func::Echo, w, n, per_request, what).await);
             }
         }
         if args.split_workers > 0 {
@@ -540,22 +525,7 @@ async fn run(args: Args) -> Result<bool> {
                      invokes, {} in flight",
                     args.concurrency, args.in_flight
                 );
-                match m.throughput(Func::WarmPython, w, n, 0).await {
-                    Ok(r) => {
-                        eprintln!(
-                            "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",
-                            r.rate(),
-                            r.completed,
-                            if r.incomplete { ", INCOMPLETE" } else { "" },
-                            r.publish_rate()
-                        );
-                        fig.warm.push(Ok(r));
-                    }
-                    Err(e) => {
-                        eprintln!("    FAILED: {e:#}");
-                        fig.warm.push(Err((label.to_string(), w, format!("{e:#}"))));
-                    }
-                }
+                fig.warm.push(throughput_row(&mut m, Func::WarmPython, w, n, 0, label.to_string()).await);
             }
             let base = fig
                 .runs
@@ -670,4 +640,32 @@ async fn run(args: Args) -> Result<bool> {
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("\nfigures written to {} (benchmark time {:.0} s)", out.display(), began.elapsed().as_secs_f64());
     Ok(ok)
+}
+
+/// One throughput row (2, 2b or 3): runs it and prints its figures; a failure is kept as
+/// (`label`, workers, why) for the table.
+async fn throughput_row(
+    m: &mut Mesh,
+    func: Func,
+    workers: usize,
+    n: u64,
+    per_request: usize,
+    label: String,
+) -> Result<mesh::LoadResult, (String, usize, String)> {
+    match m.throughput(func, workers, n, per_request).await {
+        Ok(r) => {
+            eprintln!(
+                "    {:.0} invocations/s end to end ({} of {n} stored{}), publish-only {:.0}/s",
+                r.rate(),
+                r.completed,
+                if r.incomplete { ", INCOMPLETE" } else { "" },
+                r.publish_rate()
+            );
+            Ok(r)
+        }
+        Err(e) => {
+            eprintln!("    FAILED: {e:#}");
+            Err((label, workers, format!("{e:#}")))
+        }
+    }
 }

@@ -440,7 +440,8 @@ async fn invoke_many(
     })?;
     let limit = bulk_body_limit(m.config.max_payload_bytes);
     let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if e.to_string().contains("length limit") {
+        let e = e.into_inner();
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",

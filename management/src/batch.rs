@@ -39,8 +39,6 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// Chunks being submitted at once: the next one is recorded while the earlier ones are being
 /// published and confirmed, so the store and the broker work side by side instead of in turn.
 const CHUNKS_IN_FLIGHT: usize = 3;
-/// Publishes in flight at once, per chunk.
-const PUBLISH_CONCURRENCY: usize = 256;
 /// How often each instance looks for batches to finish.
 const SWEEP_EVERY: Duration = Duration::from_millis(300);
 /// A `finishing` batch older than this lost its instance before the follow-up was published.
@@ -353,17 +351,7 @@ impl Management {
         (i, turn): (usize, &Turn),
         stop: &AtomicBool,
     ) -> (i64, Result<(), Error>) {
-        let created_ms = now_ms();
-        let records: Vec<NewInvocation> = items
-            .iter()
-            .map(|p| NewInvocation {
-                id: Uuid::now_v7(),
-                function: batch.function.clone(),
-                version: batch.version,
-                payload: p.to_vec(),
-                created_ms,
-            })
-            .collect();
+        let records = crate::new_records(&batch.function, batch.version, &items);
         turn.wait(i).await;
         if stop.load(Ordering::Acquire) {
             // An earlier chunk failed: this one is never recorded, not counted.
@@ -393,29 +381,10 @@ impl Management {
                 return (recorded, Err(Error::BadRequest(why)));
             }
         }
-        let messages: Vec<InvocationMessage> = records
-            .iter()
-            .zip(items)
-            .map(|(r, payload)| InvocationMessage {
-                v: PROTOCOL_VERSION,
-                id: r.id,
-                function: r.function.clone(),
-                version: r.version,
-                attempt: 1,
-                payload,
-                notify: None,
-                created_ms,
-                headers: Vec::new(),
-                // A cancel may turn it `cancelled` before it runs: the worker claims it first.
-                fresh: false,
-                unrecorded: false,
-            })
-            .collect();
-        let published = futures_util::stream::iter(messages)
-            .map(|msg| async move { self.publish_recorded(pool, &msg).await })
-            .buffer_unordered(PUBLISH_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await;
+        // Not fresh: a cancel may turn an item `cancelled` before it runs; the worker claims it first.
+        let messages = records.iter().zip(items).map(|(r, payload)| crate::first_message(r, payload, false)).collect();
+        let published: Vec<Result<(), Error>> =
+            self.publish_all(pool, messages).await.into_iter().map(|(_, r)| r).collect();
         // Items whose publish failed are recorded failed ("not queued") by publish_recorded:
         // they are final, so the batch can still finish.
         let failed = published.iter().filter(|r| r.is_err()).count();

@@ -219,7 +219,6 @@ pub struct ReplayReport {
     pub kept: usize,
 }
 
-/// An invocation just accepted: its id, and whether its outcome is already known.
 /// What [`Management::invoke_many`] did: the invocations queued, in input order, and those
 /// the broker did not take (recorded failed, with why).
 #[derive(Debug)]
@@ -228,6 +227,7 @@ pub struct BulkAccepted {
     pub not_queued: Vec<(Uuid, String)>,
 }
 
+/// An invocation just accepted: its id, and whether its outcome is already known.
 pub struct Accepted {
     pub id: Uuid,
     pub invocation: Option<Invocation>,
@@ -468,17 +468,7 @@ impl Management {
         }
         let (version, manifest) = self.active_manifest(function).await?;
         self.ensure_pool(&manifest.pool).await?;
-        let created_ms = now_ms();
-        let records: Vec<NewInvocation> = inputs
-            .iter()
-            .map(|p| NewInvocation {
-                id: Uuid::now_v7(),
-                function: function.to_string(),
-                version,
-                payload: p.to_vec(),
-                created_ms,
-            })
-            .collect();
+        let records = new_records(function, version, &inputs);
         let recorded = self
             .metrics
             .store
@@ -488,38 +478,24 @@ impl Management {
         // part-way: what it recorded is published, the rest is answered not queued.
         let mut out = BulkAccepted { ids: Vec::with_capacity(records.len()), not_queued: Vec::new() };
         let mut messages = Vec::with_capacity(records.len());
+        let mut first_error = None;
         for ((r, payload), stored) in records.iter().zip(inputs).zip(recorded) {
             match stored {
-                Ok(true) => messages.push(InvocationMessage {
-                    v: PROTOCOL_VERSION,
-                    id: r.id,
-                    function: function.to_string(),
-                    version,
-                    attempt: 1,
-                    payload,
-                    notify: None,
-                    created_ms,
-                    headers: Vec::new(),
-                    fresh: true,
-                    unrecorded: false,
-                }),
+                Ok(true) => messages.push(first_message(r, payload, true)),
                 Ok(false) => out.not_queued.push((r.id, "not recorded: the id exists already".into())),
-                Err(e) => out.not_queued.push((r.id, format!("not recorded: {e}"))),
+                Err(e) => {
+                    out.not_queued.push((r.id, format!("not recorded: {e}")));
+                    first_error.get_or_insert(e);
+                }
             }
         }
         if messages.is_empty() {
-            // Nothing recorded: the store's error, as for a single invoke (503).
-            let why = out.not_queued.first().map(|(_, e)| e.clone()).unwrap_or_default();
-            return Err(Error::Store(StoreError::Unavailable(why)));
+            // Nothing recorded: the store's error, as for a single invoke.
+            return Err(first_error
+                .unwrap_or_else(|| StoreError::Conflict("none of the new invocation ids could be recorded".into()))
+                .into());
         }
-        let pool = manifest.pool.as_str();
-        // In input order (`buffered` keeps it), up to 256 confirms awaited at once.
-        let published: Vec<(Uuid, Result<(), Error>)> = futures_util::stream::iter(messages)
-            .map(|msg| async move { (msg.id, self.publish_recorded(pool, &msg).await) })
-            .buffered(256)
-            .collect()
-            .await;
-        for (id, r) in published {
+        for (id, r) in self.publish_all(&manifest.pool, messages).await {
             match r {
                 Ok(()) => out.ids.push(id),
                 Err(e) => out.not_queued.push((id, format!("not queued (recorded failed): {e}"))),
@@ -552,6 +528,21 @@ impl Management {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Publishes the messages of invocations recorded `queued`, up to 256 confirms awaited at
+    /// once; each one's result, in order (a failed one is recorded failed by
+    /// [`publish_recorded`](Self::publish_recorded)).
+    pub(crate) async fn publish_all(
+        &self,
+        pool: &str,
+        messages: Vec<InvocationMessage>,
+    ) -> Vec<(Uuid, Result<(), Error>)> {
+        futures_util::stream::iter(messages)
+            .map(|msg| async move { (msg.id, self.publish_recorded(pool, &msg).await) })
+            .buffered(256)
+            .collect()
+            .await
     }
 
     /// The manifest of one version (cached: versions are immutable).
@@ -743,4 +734,37 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     axum::serve(listener, api::router(m)).with_graceful_shutdown(shutdown).await?;
     Ok(())
+}
+
+/// New invocation records of one version, one per input, created now.
+pub(crate) fn new_records(function: &str, version: i64, inputs: &[Bytes]) -> Vec<NewInvocation> {
+    let created_ms = now_ms();
+    inputs
+        .iter()
+        .map(|p| NewInvocation {
+            id: Uuid::now_v7(),
+            function: function.to_string(),
+            version,
+            payload: p.to_vec(),
+            created_ms,
+        })
+        .collect()
+}
+
+/// The first message of a recorded invocation. `fresh`: its first delivery may run without a
+/// claim (nothing can cancel it); batch items are not fresh, a cancel may reach them.
+pub(crate) fn first_message(r: &NewInvocation, payload: Bytes, fresh: bool) -> InvocationMessage {
+    InvocationMessage {
+        v: PROTOCOL_VERSION,
+        id: r.id,
+        function: r.function.clone(),
+        version: r.version,
+        attempt: 1,
+        payload,
+        notify: None,
+        created_ms: r.created_ms,
+        headers: Vec::new(),
+        fresh,
+        unrecorded: false,
+    }
 }

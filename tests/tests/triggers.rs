@@ -43,6 +43,15 @@ fn disarm<'a>(m: &'a Management, root: &Path, name: &str, pool: &str) -> Disarm<
     Disarm { m, dir }
 }
 
+/// The batch once it has finished (done or cancelled), within 60 s.
+async fn batch_finished(m: &Management, id: &str, what: &str) -> Value {
+    eventually(Duration::from_secs(60), what, || async move {
+        let (_, b) = m.get(&format!("/api/batches/{id}")).await;
+        (!b["finished_ms"].is_null()).then_some(b)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_thousand_item_batch_fans_in_once_with_every_result() {
     require_services();
@@ -139,14 +148,7 @@ async fn a_bad_line_after_several_chunks_keeps_and_runs_every_item_before_it() {
     assert_eq!(e["accepted"], good, "every item before the bad line is kept: {e}");
     let id = e["batch"].as_str().expect("the answer names the batch").to_string();
 
-    let end = eventually(Duration::from_secs(60), "the batch to finish", || {
-        let (m, id) = (&m, id.clone());
-        async move {
-            let (_, b) = m.get(&format!("/api/batches/{id}")).await;
-            (!b["finished_ms"].is_null()).then_some(b)
-        }
-    })
-    .await;
+    let end = batch_finished(&m, &id, "the batch to finish").await;
     assert_eq!(end["state"], "done", "{end}");
     assert_eq!(end["total"], good);
     assert_eq!(end["counts"]["succeeded"], good, "every kept item ran once: {end}");
@@ -188,14 +190,7 @@ async fn a_cancelled_batch_runs_no_queued_item_and_says_so() {
 
     let (ok, stdout, stderr) = cli(&m, &["batch", "cancel", &id]);
     assert!(ok, "{stdout}{stderr}");
-    let end = eventually(Duration::from_secs(60), "the cancelled batch to settle", || {
-        let (m, id) = (&m, id.clone());
-        async move {
-            let (_, b) = m.get(&format!("/api/batches/{id}")).await;
-            (!b["finished_ms"].is_null()).then_some(b)
-        }
-    })
-    .await;
+    let end = batch_finished(&m, &id, "the cancelled batch to settle").await;
     assert_eq!(end["state"], "cancelled");
     let c = |s: &str| end["counts"][s].as_i64().unwrap();
     assert!(c("cancelled") >= 400, "most items were still queued: {end}");
