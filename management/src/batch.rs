@@ -351,6 +351,8 @@ impl Management {
         (i, turn): (usize, &Turn),
         stop: &AtomicBool,
     ) -> (i64, Result<(), Error>) {
+        // Open until every item is published or recorded failed (see `lease`).
+        let _held = self.settling.hold();
         let records = crate::new_records(&batch.function, batch.version, &items);
         turn.wait(i).await;
         if stop.load(Ordering::Acquire) {

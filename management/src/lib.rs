@@ -9,6 +9,7 @@ pub mod auth;
 pub mod batch;
 pub mod cli_batch;
 pub mod embedded;
+pub mod lease;
 pub mod metrics;
 pub mod outputs;
 pub mod portal;
@@ -51,6 +52,9 @@ pub struct Config {
     pub triggers: bool,
     /// Whether and how API keys are checked (open by default: the binaries decide).
     pub auth: auth::AuthMode,
+    /// An instance whose lease is not renewed for this long has stopped: another settles the
+    /// invocations and batches it left unpublished (see [`lease`]).
+    pub instance_lease: Duration,
 }
 
 impl Default for Config {
@@ -65,6 +69,7 @@ impl Default for Config {
             max_fanin_inline_bytes: 16 << 20,
             triggers: true,
             auth: auth::AuthMode::Open,
+            instance_lease: Duration::from_secs(60),
         }
     }
 }
@@ -121,6 +126,9 @@ pub struct Management {
     pub(crate) keys: DashMap<String, (std::time::Instant, warren_common::store::ApiKey)>,
     /// The source supervisor, awaited when stopping.
     sources: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Creation times of this instance's records not yet published or recorded failed: its
+    /// lease's settled mark.
+    pub(crate) settling: lease::Settling,
 }
 
 /// Invocation records inserted in one statement at most, and such inserts running at once.
@@ -244,6 +252,7 @@ impl Management {
     ) -> anyhow::Result<Arc<Self>> {
         let instance = Uuid::now_v7().simple().to_string();
         let notices = transport.open_notices(&instance).await?;
+        store.set_origin(&instance);
         let m = Arc::new(Management {
             store: store.clone(),
             transport,
@@ -266,8 +275,10 @@ impl Management {
             bulk_in_flight: tokio::sync::Semaphore::new(api::MAX_BULK_IN_FLIGHT),
             keys: DashMap::new(),
             sources: std::sync::Mutex::new(None),
+            settling: Default::default(),
         });
         tokio::spawn(listen_notices(Arc::downgrade(&m), notices));
+        tokio::spawn(lease::lease_beat(Arc::downgrade(&m)));
         if m.config.triggers {
             tokio::spawn(batch::sweep(Arc::downgrade(&m)));
             tokio::spawn(outputs::deliver(Arc::downgrade(&m)));
@@ -349,13 +360,15 @@ impl Management {
 
         let id = Uuid::now_v7();
         tracing::Span::current().record("id", tracing::field::display(id));
-        let created_ms = now_ms();
-        let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
         // An asynchronous invoke is recorded `queued` before it is published: its id is
         // answered at once and may be looked up at once. A synchronous one is recorded by the
         // worker with its outcome, in one write: nobody can ask for it before its answer (and
-        // if the wait ends first, it is recorded here before the 202).
+        // if the wait ends first, it is recorded here before the 202, its message confirmed).
         let unrecorded = wait.is_some();
+        // A recorded one stays open until its message is confirmed or it is recorded failed.
+        let held = (!unrecorded).then(|| self.settling.hold());
+        let created_ms = held.as_ref().map_or_else(now_ms, |h| h.ms);
+        let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
         if !unrecorded && !self.create(new.clone()).await? {
             return Err(Error::Store(StoreError::Conflict(format!("invocation {id} exists already"))));
         }
@@ -468,6 +481,8 @@ impl Management {
         }
         let (version, manifest) = self.active_manifest(function).await?;
         self.ensure_pool(&manifest.pool).await?;
+        // Open until every input is published or recorded failed (see `lease`).
+        let _held = self.settling.hold();
         let records = new_records(function, version, &inputs);
         let recorded = self
             .metrics
@@ -523,7 +538,13 @@ impl Management {
         if let Err(e) = published {
             if !msg.unrecorded {
                 let failed = Outcome::unrun(Status::Failed, 0, format!("not queued: {e}"));
-                let _ = self.store.complete(msg.id, &failed).await;
+                if let Err(store_error) = self.store.complete(msg.id, &failed).await {
+                    // The record stays `queued` with no message: keep it open (this instance's
+                    // lease mark stays before it) and record the failure when the store is back.
+                    tracing::warn!(id = %msg.id, error = %store_error, "cannot record a publish failure yet; retrying");
+                    let held = self.settling.hold_at(msg.created_ms);
+                    tokio::spawn(record_not_queued(self.store.clone(), msg.id, failed, held));
+                }
             }
             return Err(e.into());
         }
@@ -732,8 +753,31 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
+    // Answers go out at once: without TCP_NODELAY a response written in two segments waits for
+    // the client's delayed ACK (up to 40 ms on Linux) behind Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an API connection");
+        }
+    });
     axum::serve(listener, api::router(m)).with_graceful_shutdown(shutdown).await?;
     Ok(())
+}
+
+/// Records a publish failure the store refused at first, retrying until it takes it; `held`
+/// keeps the record open in this instance's lease meanwhile.
+async fn record_not_queued(store: Arc<dyn Store>, id: Uuid, failed: Outcome, held: lease::Held) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(delay).await;
+        match store.complete(id, &failed).await {
+            Ok(_) => break,
+            Err(e) => tracing::debug!(%id, error = %e, "cannot record a publish failure yet"),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    drop(held);
 }
 
 /// New invocation records of one version, one per input, created now.

@@ -20,7 +20,6 @@ use lapin::types::FieldTable;
 use tokio::sync::watch;
 use uuid::Uuid;
 use warren_common::manifest::AmqpSource;
-use warren_common::now_ms;
 use warren_common::store::{NewInvocation, Outcome, Status};
 use warren_common::transport::peer;
 
@@ -244,7 +243,9 @@ async fn take(
 async fn record_refused(m: &Arc<Management>, function: &str, why: &str) -> Result<(), Error> {
     let f = m.store.get_function(function).await?.ok_or_else(|| Error::NotFound(function.to_string()))?;
     let id = Uuid::now_v7();
-    let now = now_ms();
+    // Open until it is recorded failed (see `lease`).
+    let held = m.settling.hold();
+    let now = held.ms;
     let inv = NewInvocation {
         id,
         function: function.into(),

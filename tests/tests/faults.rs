@@ -31,6 +31,11 @@ struct Scenario {
 
 impl Scenario {
     async fn new() -> Scenario {
+        Self::new_with(&[]).await
+    }
+
+    /// With extra arguments for management.
+    async fn new_with(management_args: &[&str]) -> Scenario {
         require_services();
         let tmp = tempfile::tempdir().unwrap();
         let (pool, name) = (unique("f"), unique("cat"));
@@ -41,7 +46,7 @@ impl Scenario {
         let manifest = format!(
             "name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\ntimeout_secs = 60\npool = \"{pool}\"\n"
         );
-        let m = Management::start(&pg_url()).await;
+        let m = Management::start_with(&pg_url(), management_args).await;
         m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", &script)])).await;
         let store = warren_common::store::open(&pg_url()).await.unwrap();
         Scenario { tmp, pool, name, m, store, runs }
@@ -402,4 +407,159 @@ async fn bulk_invokes_across_a_broker_restart_lose_nothing() {
     let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
     assert_eq!(distinct.len(), records.len(), "no duplicate records");
     assert!(queued.keys().all(|id| distinct.contains(id)), "every queued input has its record");
+}
+
+/// Management is killed (SIGKILL) while async invokes and a streamed batch come in; another
+/// instance starts. Every invocation answered 202 runs and succeeds; none is left `queued` with
+/// no message (the new instance settles the dead one's unpublished records "not queued" once its
+/// lease lapses, and their runs replace them where the message got through after all); the batch
+/// it was reading does not stay `submitting` forever but runs the items recorded, and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_management_leaves_nothing_queued_forever() {
+    const LEASE: &[&str] = &["--instance-lease-secs", "2"];
+    let mut s = Scenario::new_with(LEASE).await;
+    // Batch items: a fast echo function on the same pool.
+    let items_fn = unique("items");
+    let dir =
+        function_dir(s.tmp.path(), &format!("name = \"{items_fn}\"\nruntime = \"echo\"\npool = \"{}\"\n", s.pool), &[]);
+    s.m.publish_dir(&dir).await;
+    let _workers: Vec<Proc> = (0..2).map(|i| s.worker(i)).collect();
+    wait_consumers(&s.pool, 2).await;
+
+    // Async invokes, 64 in flight, until management goes away.
+    let answered = Arc::new(std::sync::Mutex::new(HashMap::<Uuid, String>::new()));
+    let invoker = {
+        let (http, url, answered) =
+            (s.m.http.clone(), format!("{}/api/functions/{}/invoke?mode=async", s.m.base, s.name), answered.clone());
+        tokio::spawn(async move {
+            let mut pending = tokio::task::JoinSet::new();
+            let (mut next, mut failed) = (0usize, false);
+            while !failed || !pending.is_empty() {
+                while !failed && pending.len() < 64 && next < N {
+                    let (http, url, input) = (http.clone(), url.clone(), format!("item-{next}"));
+                    next += 1;
+                    pending.spawn(async move {
+                        let r = http.post(url).body(input.clone()).send().await.ok()?;
+                        if r.status().as_u16() != 202 {
+                            return None;
+                        }
+                        let v: serde_json::Value = r.json().await.ok()?;
+                        Some((v["id"].as_str()?.parse::<Uuid>().ok()?, input))
+                    });
+                }
+                match pending.join_next().await {
+                    Some(Ok(Some((id, input)))) => {
+                        answered.lock().unwrap().insert(id, input);
+                    }
+                    Some(_) => failed = true,
+                    None if next >= N => break,
+                    None => {}
+                }
+            }
+        })
+    };
+    // A batch streamed at about 10,000 items/s, far longer than management lives.
+    let batch_request = {
+        let (http, url) = (s.m.http.clone(), format!("{}/api/batches?function={items_fn}", s.m.base));
+        tokio::spawn(async move {
+            let body = futures_util::stream::unfold(0usize, |n| async move {
+                if n >= 200_000 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let chunk: String = (n..n + 100).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+                Some((Ok::<_, std::io::Error>(chunk), n + 100))
+            });
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-ndjson")
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await;
+            r.map(|r| r.status().as_u16()).ok()
+        })
+    };
+    // Kill once both are well under way.
+    let batch = eventually(Duration::from_secs(60), "batch items recorded and invokes answered", || {
+        let (store, answered, items_fn) = (s.store.clone(), answered.clone(), items_fn.clone());
+        async move {
+            let b = store.list_batches(100).await.ok()?.into_iter().find(|b| b.function == items_fn)?;
+            let recorded: i64 = b.counts.values().sum();
+            (recorded >= 1_000 && answered.lock().unwrap().len() >= 300).then_some(b.id)
+        }
+    })
+    .await;
+    s.m.proc.child.kill().expect("SIGKILL management");
+    let _ = s.m.proc.child.wait();
+    let _ = invoker.await;
+    assert_ne!(batch_request.await.unwrap(), Some(201), "the batch was cut off by the kill");
+    let answered = answered.lock().unwrap().clone();
+    let b = s.store.get_batch(batch).await.unwrap().unwrap();
+    println!(
+        "management killed with {} invokes answered 202 and the batch {} with {} items recorded",
+        answered.len(),
+        b.state,
+        b.counts.values().sum::<i64>()
+    );
+    assert_eq!(b.state, "submitting", "killed while it was reading the batch");
+
+    // Another instance: it settles the first one's lease once that lapses.
+    let _m2 = Management::start_with(&pg_url(), LEASE).await;
+    let transport = AmqpTransport::connect(&amqp_url(), "fault-test").await.unwrap();
+    let filter = InvocationFilter { function: Some(s.name.clone()), status: None, limit: 10_000 };
+    let settled = |r: &warren_common::store::Invocation| {
+        r.status == Status::Failed && r.attempts == 0 && r.error.as_deref().unwrap_or("").starts_with("not queued")
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (records, b) = loop {
+        let records = s.store.list_invocations(&filter).await.unwrap();
+        let b = s.store.get_batch(batch).await.unwrap().unwrap();
+        let open_items = b.counts.get("queued").copied().unwrap_or(0) + b.counts.get("running").copied().unwrap_or(0);
+        let queue = transport.queue_stats(&s.pool).await.map(|q| q.messages).unwrap_or(u64::MAX);
+        let unfinished = records.iter().filter(|r| !r.status.is_final()).count();
+        if unfinished == 0 && b.state == "done" && open_items == 0 && queue == 0 {
+            break (records, b);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 180 s: {unfinished} invocations not final (e.g. {:?}), batch {} with {open_items} items open, \
+             {queue} messages queued",
+            records.iter().find(|r| !r.status.is_final()).map(|r| (r.id, r.status)),
+            b.state
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let mut not_queued = 0;
+    for r in &records {
+        match answered.get(&r.id) {
+            Some(input) => {
+                assert_eq!(r.status, Status::Succeeded, "an invoke answered 202 succeeds: {}", r.id);
+                assert_eq!(r.result.as_deref(), Some(input.as_bytes()), "with its own result: {}", r.id);
+            }
+            // Never answered: it ran (its message got through before the kill), or it is
+            // recorded "not queued".
+            None if r.status == Status::Succeeded => {}
+            None => {
+                assert!(settled(r), "an unanswered invocation is run or settled not queued: {r:?}");
+                not_queued += 1;
+            }
+        }
+    }
+    let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
+    assert_eq!(distinct.len(), records.len(), "no duplicate records");
+    assert!(answered.keys().all(|id| distinct.contains(id)), "every answered invoke has its record");
+    let total: i64 = b.counts.values().sum();
+    let (succeeded, failed) = (b.counts["succeeded"], b.counts["failed"]);
+    println!(
+        "after the second instance: {} invocations ({} answered), {not_queued} settled not queued; batch {} with \
+         total {} ({succeeded} succeeded, {failed} settled not queued), error: {:?}",
+        records.len(),
+        answered.len(),
+        b.state,
+        b.total,
+        b.error
+    );
+    assert_eq!(b.total, total, "the batch's total is the items recorded");
+    assert_eq!(succeeded + failed, total, "every item ran or was settled not queued: {:?}", b.counts);
+    assert!(b.error.as_deref().unwrap_or("").contains("stopped"), "the batch says why it ended early: {:?}", b.error);
 }

@@ -232,3 +232,33 @@ async fn sigterm_lets_running_invocations_finish_then_the_worker_leaves() {
     let me = workers.as_array().unwrap().iter().find(|x| x["pools"] == pool.as_str()).expect("worker registered");
     assert_eq!(me["state"], "gone");
 }
+
+/// A management instance renews its lease while it runs, and at a clean stop (SIGTERM) hands
+/// it back as lapsed with everything settled, so that no other instance settles its last
+/// records "not queued" (the killed case is in the fault suite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_stopped_cleanly_hands_its_lease_back() {
+    require_services();
+    let url = pg_url();
+    let mut m = Management::start(&url).await;
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let lease = || async {
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT id, seen_ms, settled_ms FROM warren_instances").fetch_all(&db).await.unwrap();
+        rows
+    };
+    let (id, seen, _) = eventually(Duration::from_secs(10), "management's lease", || async {
+        lease().await.into_iter().find(|(_, seen, settled)| *seen > 0 && *settled < i64::MAX)
+    })
+    .await;
+    // Renewed about every second.
+    eventually(Duration::from_secs(10), "the lease renewed", || async {
+        lease().await.into_iter().find(|(i, s, _)| *i == id && *s > seen).map(|_| ())
+    })
+    .await;
+    let status = m.proc.terminate(Duration::from_secs(30)).expect("management stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let rows = lease().await;
+    let (_, seen, settled) = rows.iter().find(|(i, _, _)| *i == id).expect("the lease row is kept until settled");
+    assert_eq!((*seen, *settled), (0, i64::MAX), "handed back: lapsed, everything settled");
+}

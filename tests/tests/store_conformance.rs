@@ -9,7 +9,7 @@ use warren_common::manifest::Manifest;
 use warren_common::now_ms;
 use warren_common::store::{
     ApiKey, Claim, InvocationFilter, KeyLevel, LogLine, MinuteCount, NewBatch, NewDelivery, NewInvocation, Outcome,
-    Setting, Status, Store, StoreError, WorkerInfo,
+    Setting, Settled, Status, Store, StoreError, WorkerInfo,
 };
 use warren_tests::{pg_url, require_services, unique};
 
@@ -351,6 +351,58 @@ async fn conformance(store: Arc<dyn Store>) {
 
     batches_ticks_and_deliveries(&*store).await;
     group_commit(&*store).await;
+    leases(&*store).await;
+}
+
+/// A lapsed management instance's lease: what it recorded `queued` from its settled mark on
+/// and never saw claimed becomes failed "not queued", its `submitting` batch runs with the
+/// items recorded; its older records, claimed ones and other instances' are untouched.
+async fn leases(store: &dyn Store) {
+    let (m, text) = manifest(&unique("lease"));
+    store.publish_version(&m, &text, b"pkg", "sha").await.unwrap();
+    let (gone, alive) = (unique("gone"), unique("alive"));
+    let t0 = now_ms();
+    store.set_origin(&gone);
+    // Before its mark: published and confirmed, perhaps waiting in a long queue.
+    let old = NewInvocation { created_ms: t0 - 10_000, ..new_inv(&m.name, 1) };
+    store.create_invocation(&old).await.unwrap();
+    let (open, open2, claimed) = (new_inv(&m.name, 1), new_inv(&m.name, 1), new_inv(&m.name, 1));
+    store.create_invocation(&open).await.unwrap();
+    assert!(store.create_invocations(&[open2.clone(), claimed.clone()]).await.into_iter().all(|r| r.unwrap()));
+    assert_eq!(store.claim(&claimed, 1, "w-lease", now_ms()).await.unwrap(), Claim::Run);
+    let batch = Uuid::now_v7();
+    let nb = NewBatch { id: batch, function: m.name.clone(), version: 1, then: None, created_ms: t0 };
+    store.create_batch(&nb).await.unwrap();
+    let items: Vec<NewInvocation> = (0..3).map(|_| new_inv(&m.name, 1)).collect();
+    store.add_batch_items(batch, &items).await.unwrap();
+    store.set_origin(&alive);
+    let theirs = new_inv(&m.name, 1);
+    store.create_invocation(&theirs).await.unwrap();
+
+    store.instance_alive(&gone, t0 - 120_000, t0 - 5_000).await.unwrap();
+    store.instance_alive(&alive, t0 - 1_000, t0 - 1_000).await.unwrap();
+    store.instance_alive(&alive, t0, t0).await.unwrap();
+    let lapsed = store.lapsed_instances(t0 - 60_000).await.unwrap();
+    assert!(lapsed.contains(&(gone.clone(), t0 - 5_000)), "{lapsed:?}");
+    assert!(!lapsed.iter().any(|(i, _)| *i == alive), "a renewed lease is not lapsed: {lapsed:?}");
+    let why = Settled { invocation: "not queued: gone".into(), batch: "the submission stopped: gone".into() };
+    assert_eq!(store.settle_lapsed(&gone, t0 - 5_000, now_ms(), &why).await.unwrap(), (5, 1));
+    for inv in [&open, &open2].into_iter().chain(&items) {
+        let r = store.get_invocation(inv.id).await.unwrap().unwrap();
+        assert_eq!((r.status, r.attempts, r.error.as_deref()), (Status::Failed, 0, Some("not queued: gone")));
+        assert!(r.finished_ms.is_some());
+    }
+    let status = |id| async move { store.get_invocation(id).await.unwrap().unwrap().status };
+    assert_eq!(status(old.id).await, Status::Queued, "recorded before the mark: untouched");
+    assert_eq!(status(claimed.id).await, Status::Running, "claimed: a worker has it");
+    assert_eq!(status(theirs.id).await, Status::Queued, "another instance's: untouched");
+    let b = store.get_batch(batch).await.unwrap().unwrap();
+    assert_eq!((b.state.as_str(), b.total, b.error.as_deref()), ("running", 3, Some("the submission stopped: gone")));
+    assert!(!store.lapsed_instances(t0 - 60_000).await.unwrap().iter().any(|(i, _)| *i == gone), "lease dropped");
+    assert_eq!(store.settle_lapsed(&gone, t0 - 5_000, now_ms(), &why).await.unwrap(), (0, 0), "settled once");
+    // The message of a settled one got through after all: its run's outcome replaces the record.
+    assert!(store.complete(open.id, &outcome(Status::Succeeded, "w-lease", 0)).await.unwrap());
+    assert_eq!(status(open.id).await, Status::Succeeded);
 }
 
 /// `complete_many` keeps `complete`'s rules for each entry: first final record wins.

@@ -367,6 +367,15 @@ pub struct ApiKey {
     pub revoked_ms: Option<i64>,
 }
 
+/// The errors recorded by [`Store::settle_lapsed`].
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// On each invocation settled failed.
+    pub invocation: String,
+    /// On each batch whose submission it ends.
+    pub batch: String,
+}
+
 /// Which invocations to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct InvocationFilter {
@@ -471,6 +480,26 @@ pub trait Store: Send + Sync + 'static {
     async fn list_settings(&self, function: &str) -> Result<Vec<Setting>>;
 
     async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()>;
+
+    /// Tags the invocations and batches this handle records `queued` (or `submitting`) with
+    /// a management instance's name, so that what the instance leaves unpublished if it stops
+    /// for good can be settled by another ([`settle_lapsed`](Self::settle_lapsed)). One
+    /// management instance per store handle; records made before this, or by workers, carry
+    /// no origin.
+    fn set_origin(&self, instance: &str);
+    /// A management instance's lease: it was alive at `seen_ms`, and every invocation it
+    /// recorded `queued` before `settled_ms` has its message confirmed by the broker or is
+    /// recorded failed.
+    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64) -> Result<()>;
+    /// Instances not seen since `seen_before_ms`, each with its last `settled_ms`.
+    async fn lapsed_instances(&self, seen_before_ms: i64) -> Result<Vec<(String, i64)>>;
+    /// Settles what a lapsed instance left, in one transaction: its invocations still `queued`
+    /// and never claimed, recorded from `since_ms` on, become failed with attempts 0 and
+    /// `why.invocation` (a "not queued" record: if the message got through after all, its
+    /// run replaces the record); its batches still `submitting` become `running` with the
+    /// items recorded as their total and `why.batch` as their error; its lease is dropped.
+    /// Returns how many invocations and batches it settled.
+    async fn settle_lapsed(&self, instance: &str, since_ms: i64, now_ms: i64, why: &Settled) -> Result<(u64, u64)>;
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
 
     // Batches (fan-out / fan-in).

@@ -163,6 +163,17 @@ pub const SCHEMA: &[(i32, &str)] = &[
         created_ms BIGINT NOT NULL,
         revoked_ms BIGINT NULL)",
     ),
+    // Step 6: which management instance recorded an invocation or batch `queued`, and each
+    // instance's lease, so that what a stopped instance left unpublished is settled.
+    (600, "ALTER TABLE warren_invocations ADD origin NVARCHAR(64) NULL"),
+    (601, "ALTER TABLE warren_batches ADD origin NVARCHAR(64) NULL"),
+    (
+        602,
+        "CREATE TABLE warren_instances (
+        id NVARCHAR(64) NOT NULL PRIMARY KEY,
+        seen_ms BIGINT NOT NULL,
+        settled_ms BIGINT NOT NULL)",
+    ),
 ];
 
 const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -188,8 +199,8 @@ const GET_VERSION: &str = "SELECT name, version, sha256, manifest, size, created
      WHERE name = @P1 AND version = @P2";
 const GET_PACKAGE: &str = "SELECT package FROM warren_versions WHERE name = @P1 AND version = @P2";
 const CREATE_INVOCATION: &str =
-    "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms)
-     VALUES (@P1, @P2, @P3, 'queued', 0, @P4, @P5)";
+    "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms, origin)
+     VALUES (@P1, @P2, @P3, 'queued', 0, @P4, @P5, @P6)";
 const CLAIM_UPDATE: &str = "UPDATE warren_invocations
      SET status = 'running', attempts = @P1, worker = @P2, started_ms = @P3, version = @P4
      WHERE id = @P5 AND (status IN ('queued', 'running') OR (status = 'failed' AND attempts = 0)) AND attempts <= @P1";
@@ -233,10 +244,19 @@ const HEARTBEAT_INSERT: &str = "INSERT INTO warren_workers
 const LIST_WORKERS: &str = "SELECT id, host, pools, concurrency, in_flight, version, started_ms, last_seen_ms, state
      FROM warren_workers ORDER BY id";
 const CREATE_BATCH: &str =
-    "INSERT INTO warren_batches (id, function_name, version, then_function, total, state, created_ms)
-     VALUES (@P1, @P2, @P3, @P4, 0, 'submitting', @P5)";
+    "INSERT INTO warren_batches (id, function_name, version, then_function, total, state, created_ms, origin)
+     VALUES (@P1, @P2, @P3, @P4, 0, 'submitting', @P5, @P6)";
 const INSERT_ITEMS_PREFIX: &str =
-    "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms, batch) VALUES ";
+    "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms, batch, origin) VALUES ";
+const INSTANCE_UPDATE: &str = "UPDATE warren_instances SET seen_ms = @P2, settled_ms = @P3 WHERE id = @P1";
+const INSTANCE_INSERT: &str = "INSERT INTO warren_instances (id, seen_ms, settled_ms) VALUES (@P1, @P2, @P3)";
+const LAPSED_INSTANCES: &str = "SELECT id, settled_ms FROM warren_instances WHERE seen_ms < @P1 ORDER BY id";
+const SETTLE_INVOCATIONS: &str = "UPDATE warren_invocations SET status = 'failed', error = @P1, finished_ms = @P2
+     WHERE status = 'queued' AND attempts = 0 AND created_ms >= @P3 AND origin = @P4";
+const SETTLE_BATCHES: &str = "UPDATE warren_batches SET state = 'running', error = COALESCE(error, @P1),
+       total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
+     WHERE state = 'submitting' AND origin = @P2";
+const FORGET_INSTANCE: &str = "DELETE FROM warren_instances WHERE id = @P1";
 const SEAL_BATCH: &str = "UPDATE warren_batches SET total = @P1, error = @P2,
        state = CASE WHEN state = 'submitting' THEN 'running' ELSE state END
      WHERE id = @P3";
@@ -422,11 +442,19 @@ fn insert_logs_sql(rows: usize) -> String {
 fn insert_items_sql(rows: usize) -> String {
     let mut sql = String::from(INSERT_ITEMS_PREFIX);
     for i in 0..rows {
-        let b = 1 + i * 5;
+        // @P1 is the batch and @P2 the origin, shared by every row.
+        let b = 2 + i * 5;
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!("(@P{}, @P{}, @P{}, 'queued', 0, @P{}, @P{}, @P1)", b + 1, b + 2, b + 3, b + 4, b + 5));
+        sql.push_str(&format!(
+            "(@P{}, @P{}, @P{}, 'queued', 0, @P{}, @P{}, @P1, @P2)",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5
+        ));
     }
     sql
 }
@@ -466,6 +494,9 @@ impl bb8::ManageConnection for Manager {
 
 pub struct MssqlStore {
     pool: bb8::Pool<Manager>,
+    /// The management instance whose `queued` records this handle creates (see
+    /// [`Store::set_origin`]).
+    origin: std::sync::RwLock<Option<std::sync::Arc<str>>>,
 }
 
 /// Turns `mssql://user:pass@host:port/db?encrypt=…&trust_cert=…` into a tiberius config.
@@ -513,11 +544,11 @@ fn percent_decode(s: &str) -> String {
 /// Ends a transaction. A failed rollback is only logged: the server may have rolled back
 /// already (error 3903), and the caller reports the error that led here.
 /// Records an invocation `queued` (CREATE_INVOCATION), on `c` and in its transaction if any.
-async fn insert_invocation(c: &mut Conn, inv: &NewInvocation) -> tiberius::Result<()> {
+async fn insert_invocation(c: &mut Conn, inv: &NewInvocation, origin: Option<&str>) -> tiberius::Result<()> {
     let id = inv.id.to_string();
     c.execute(
         CREATE_INVOCATION,
-        &[&id.as_str(), &inv.function.as_str(), &inv.version, &inv.payload.as_slice(), &inv.created_ms],
+        &[&id.as_str(), &inv.function.as_str(), &inv.version, &inv.payload.as_slice(), &inv.created_ms, &origin],
     )
     .await
     .map(|_| ())
@@ -633,6 +664,10 @@ fn delivery_from(r: &Row) -> Result<DeliveryRecord> {
 }
 
 impl MssqlStore {
+    fn origin(&self) -> Option<std::sync::Arc<str>> {
+        self.origin.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub async fn open(url: &str) -> Result<Self> {
         let config = config_from_url(url)?;
         let pool = bb8::Pool::builder()
@@ -641,7 +676,7 @@ impl MssqlStore {
             .build(Manager { config })
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot open the SQL Server store: {e}")))?;
-        let store = MssqlStore { pool };
+        let store = MssqlStore { pool, origin: Default::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -861,7 +896,8 @@ impl Store for MssqlStore {
 
     async fn create_invocation(&self, inv: &NewInvocation) -> Result<()> {
         let mut c = self.conn().await?;
-        insert_invocation(&mut c, inv).await.map_err(|e| {
+        let origin = self.origin();
+        insert_invocation(&mut c, inv, origin.as_deref()).await.map_err(|e| {
             if is_duplicate(&e) {
                 StoreError::Conflict(format!("invocation {} exists already", inv.id))
             } else {
@@ -1041,6 +1077,50 @@ impl Store for MssqlStore {
         Ok(())
     }
 
+    fn set_origin(&self, instance: &str) {
+        *self.origin.write().unwrap_or_else(|p| p.into_inner()) = Some(instance.into());
+    }
+
+    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64) -> Result<()> {
+        let mut c = self.conn().await?;
+        let params: [&dyn ToSql; 3] = [&instance, &seen_ms, &settled_ms];
+        if c.execute(INSTANCE_UPDATE, &params).await.map_err(unavailable)?.total() == 0 {
+            match c.execute(INSTANCE_INSERT, &params).await {
+                Ok(_) => {}
+                Err(e) if is_duplicate(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn lapsed_instances(&self, seen_before_ms: i64) -> Result<Vec<(String, i64)>> {
+        self.rows(LAPSED_INSTANCES, &[&seen_before_ms])
+            .await?
+            .iter()
+            .map(|r| Ok((col::<&str>(r, 0)?.to_string(), col::<i64>(r, 1)?)))
+            .collect()
+    }
+
+    async fn settle_lapsed(&self, instance: &str, since_ms: i64, now_ms: i64, why: &Settled) -> Result<(u64, u64)> {
+        let mut c = self.conn().await?;
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            let invocations = c
+                .execute(SETTLE_INVOCATIONS, &[&why.invocation.as_str(), &now_ms, &since_ms, &instance])
+                .await
+                .map_err(unavailable)?
+                .total();
+            let batches =
+                c.execute(SETTLE_BATCHES, &[&why.batch.as_str(), &instance]).await.map_err(unavailable)?.total();
+            c.execute(FORGET_INSTANCE, &[&instance]).await.map_err(unavailable)?;
+            Ok((invocations, batches))
+        }
+        .await;
+        finish(&mut c, result.is_ok()).await?;
+        result
+    }
+
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
         self.rows(LIST_WORKERS, &[]).await?.iter().map(worker_from).collect()
     }
@@ -1048,23 +1128,26 @@ impl Store for MssqlStore {
     async fn create_batch(&self, b: &NewBatch) -> Result<()> {
         let mut c = self.conn().await?;
         let id = b.id.to_string();
-        c.execute(CREATE_BATCH, &[&id.as_str(), &b.function.as_str(), &b.version, &b.then.as_deref(), &b.created_ms])
-            .await
-            .map_err(unavailable)?;
+        let origin = self.origin();
+        let params: [&dyn ToSql; 6] =
+            [&id.as_str(), &b.function.as_str(), &b.version, &b.then.as_deref(), &b.created_ms, &origin.as_deref()];
+        c.execute(CREATE_BATCH, &params).await.map_err(unavailable)?;
         Ok(())
     }
 
     async fn add_batch_items(&self, batch: Uuid, items: &[NewInvocation]) -> Result<()> {
         let mut c = self.conn().await?;
         let batch = batch.to_string();
+        let origin = self.origin().map(|o| o.to_string());
         // All or nothing: a half-recorded chunk would hold the batch open forever.
         c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
         let result = async {
             for chunk in items.chunks(ITEM_ROWS_PER_INSERT) {
                 let ids: Vec<String> = chunk.iter().map(|inv| inv.id.to_string()).collect();
                 let sql = insert_items_sql(chunk.len());
-                let mut params: Vec<&dyn ToSql> = Vec::with_capacity(1 + chunk.len() * 5);
+                let mut params: Vec<&dyn ToSql> = Vec::with_capacity(2 + chunk.len() * 5);
                 params.push(&batch);
+                params.push(&origin);
                 for (inv, id) in chunk.iter().zip(&ids) {
                     params.push(id);
                     params.push(&inv.function);
@@ -1183,7 +1266,8 @@ impl Store for MssqlStore {
             if !won {
                 return Ok(false);
             }
-            insert_invocation(&mut c, f).await.map_err(unavailable)?;
+            // Not tagged: a `finishing` batch's follow-up is republished by the fan-in sweep.
+            insert_invocation(&mut c, f, None).await.map_err(unavailable)?;
             Ok(true)
         }
         .await;
@@ -1199,6 +1283,7 @@ impl Store for MssqlStore {
     }
 
     async fn fire_tick(&self, function: &str, tick_ms: i64, inv: &NewInvocation) -> Result<bool> {
+        let origin = self.origin();
         let mut c = self.conn().await?;
         let id = inv.id.to_string();
         c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
@@ -1212,7 +1297,7 @@ impl Store for MssqlStore {
             if !fired {
                 return Ok(false);
             }
-            insert_invocation(&mut c, inv).await.map_err(unavailable)?;
+            insert_invocation(&mut c, inv, origin.as_deref()).await.map_err(unavailable)?;
             Ok(true)
         }
         .await;
@@ -1341,11 +1426,11 @@ mod tests {
     fn batch_item_inserts_stay_under_the_parameter_limit() {
         assert_eq!(
             insert_items_sql(2),
-            format!("{INSERT_ITEMS_PREFIX}(@P2, @P3, @P4, 'queued', 0, @P5, @P6, @P1), (@P7, @P8, @P9, 'queued', 0, @P10, @P11, @P1)")
+            format!("{INSERT_ITEMS_PREFIX}(@P3, @P4, @P5, 'queued', 0, @P6, @P7, @P1, @P2), (@P8, @P9, @P10, 'queued', 0, @P11, @P12, @P1, @P2)")
         );
         let full = insert_items_sql(ITEM_ROWS_PER_INSERT);
-        let last = 1 + ITEM_ROWS_PER_INSERT * 5;
-        assert!(full.contains(&format!("@P{last}, @P1)")) && !full.contains(&format!("@P{}", last + 1)));
+        let last = 2 + ITEM_ROWS_PER_INSERT * 5;
+        assert!(full.contains(&format!("@P{last}, @P1, @P2)")) && !full.contains(&format!("@P{}", last + 1)));
         // sp_executesql's own two parameters count too.
         assert!(last + 2 <= 2100);
     }

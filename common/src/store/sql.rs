@@ -40,6 +40,9 @@ pub struct SqlxStore {
     /// again) and heartbeats. A later durable commit flushes them anyway (the log is sequential).
     relaxed: AnyPool,
     kind: Kind,
+    /// The management instance whose `queued` records this handle creates (see
+    /// [`Store::set_origin`]).
+    origin: std::sync::RwLock<Option<std::sync::Arc<str>>>,
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -179,6 +182,18 @@ fn schema(kind: Kind) -> Vec<(i32, String)> {
             revoked_ms BIGINT);"
                 .to_string(),
         ),
+        // Step 6: which management instance recorded an invocation or batch `queued`, and each
+        // instance's lease, so that what a stopped instance left unpublished is settled.
+        (
+            5,
+            "ALTER TABLE warren_invocations ADD COLUMN origin TEXT;
+        ALTER TABLE warren_batches ADD COLUMN origin TEXT;
+        CREATE TABLE IF NOT EXISTS warren_instances (
+            id TEXT PRIMARY KEY,
+            seen_ms BIGINT NOT NULL,
+            settled_ms BIGINT NOT NULL);"
+                .to_string(),
+        ),
     ]
 }
 
@@ -276,8 +291,8 @@ const COMPLETE: &str =
      WHERE id = $7 AND (status IN ('queued', 'running') OR (status = 'failed' AND attempts = 0)) AND attempts <= $2";
 
 const INSERT_INVOCATION: &str =
-    "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
-     VALUES ($1, $2, $3, 'queued', 0, $4, $5)";
+    "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, origin)
+     VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6)";
 
 fn key_from(r: &AnyRow) -> Result<ApiKey> {
     let id: String = r.try_get(0).map_err(unavailable)?;
@@ -295,10 +310,15 @@ fn key_from(r: &AnyRow) -> Result<ApiKey> {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Binds a new invocation's five columns, in `INSERT_INVOCATION`'s order: id, function,
-/// version, payload, created_ms.
-fn bind_invocation<'q>(q: AnyQuery<'q>, inv: &'q NewInvocation) -> AnyQuery<'q> {
-    q.bind(inv.id.to_string()).bind(&inv.function).bind(inv.version).bind(inv.payload.clone()).bind(inv.created_ms)
+/// Binds a new invocation's six columns, in `INSERT_INVOCATION`'s order: id, function,
+/// version, payload, created_ms, origin.
+fn bind_invocation<'q>(q: AnyQuery<'q>, inv: &'q NewInvocation, origin: Option<&str>) -> AnyQuery<'q> {
+    q.bind(inv.id.to_string())
+        .bind(&inv.function)
+        .bind(inv.version)
+        .bind(inv.payload.clone())
+        .bind(inv.created_ms)
+        .bind(origin.map(str::to_string))
 }
 
 /// Binds an attempt's end in `end_attempt`'s parameter order ($1..$9): status, attempt,
@@ -419,12 +439,17 @@ async fn insert_deliveries(tx: &mut sqlx::Transaction<'static, sqlx::Any>, id: &
 
 /// Ends a transaction whose guard statement decided whether `inv` is to be recorded: records
 /// it and commits when `won`, rolls back otherwise. Returns `won`.
-async fn record_if(mut tx: sqlx::Transaction<'static, sqlx::Any>, won: bool, inv: &NewInvocation) -> Result<bool> {
+async fn record_if(
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    won: bool,
+    inv: &NewInvocation,
+    origin: Option<&str>,
+) -> Result<bool> {
     if !won {
         tx.rollback().await.map_err(unavailable)?;
         return Ok(false);
     }
-    bind_invocation(sqlx::query(INSERT_INVOCATION), inv).execute(&mut *tx).await.map_err(unavailable)?;
+    bind_invocation(sqlx::query(INSERT_INVOCATION), inv, origin).execute(&mut *tx).await.map_err(unavailable)?;
     tx.commit().await.map_err(unavailable)?;
     Ok(true)
 }
@@ -554,7 +579,7 @@ impl SqlxStore {
                 .connect_lazy(&url)
                 .map_err(unavailable)?
         };
-        let store = SqlxStore { pool, relaxed, kind };
+        let store = SqlxStore { pool, relaxed, kind, origin: Default::default() };
         store.migrate().await?;
         Ok(store)
     }
@@ -569,10 +594,15 @@ impl SqlxStore {
         }
     }
 
+    fn origin(&self) -> Option<std::sync::Arc<str>> {
+        self.origin.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Inserts `invs` as `queued` in one commit; per entry, whether it was recorded (`false`
     /// where the id existed, or came earlier in `invs`).
     async fn insert_invocations(&self, invs: &[NewInvocation]) -> Result<Vec<bool>> {
         let mut recorded = std::collections::HashSet::new();
+        let origin = self.origin();
         // One commit for all: a transaction only when they take more than one statement.
         let chunks: Vec<&[NewInvocation]> = invs.chunks(256).collect();
         let mut tx = if chunks.len() > 1 { Some(self.begin().await?) } else { None };
@@ -580,29 +610,29 @@ impl SqlxStore {
             let (sql, rows) = match self.kind {
                 Kind::Postgres => (
                     format!(
-                        "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
-                         SELECT id, function, version, 'queued', 0, payload, created_ms
-                         FROM (VALUES {}) AS v (id, function, version, payload, created_ms) WHERE v.id <> ''
+                        "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, origin)
+                         SELECT id, function, version, 'queued', 0, payload, created_ms, origin
+                         FROM (VALUES {}) AS v (id, function, version, payload, created_ms, origin) WHERE v.id <> ''
                          ON CONFLICT (id) DO NOTHING RETURNING id",
-                        value_rows(1, padded(chunk.len()), &["?::text", "?::text", "?::int8", "?::bytea", "?::int8"])
+                        value_rows(1, padded(chunk.len()), &["?::text", "?::text", "?::int8", "?::bytea", "?::int8", "?::text"])
                     ),
                     padded(chunk.len()),
                 ),
                 Kind::Sqlite => (
                     format!(
-                        "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms)
+                        "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, origin)
                          VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-                        value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?"])
+                        value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?", "?"])
                     ),
                     chunk.len(),
                 ),
             };
             let mut q = sqlx::query(&sql);
             for inv in chunk {
-                q = bind_invocation(q, inv);
+                q = bind_invocation(q, inv, origin.as_deref());
             }
             for _ in chunk.len()..rows {
-                q = q.bind("").bind("").bind(0i64).bind(Vec::<u8>::new()).bind(0i64);
+                q = q.bind("").bind("").bind(0i64).bind(Vec::<u8>::new()).bind(0i64).bind(None::<String>);
             }
             let rows = match tx.as_mut() {
                 Some(tx) => q.fetch_all(&mut **tx).await,
@@ -942,13 +972,16 @@ impl Store for SqlxStore {
     }
 
     async fn create_invocation(&self, inv: &NewInvocation) -> Result<()> {
-        bind_invocation(sqlx::query(INSERT_INVOCATION), inv).execute(&self.pool).await.map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("invocation {} exists already", inv.id))
-            } else {
-                unavailable(e)
-            }
-        })?;
+        let origin = self.origin();
+        bind_invocation(sqlx::query(INSERT_INVOCATION), inv, origin.as_deref()).execute(&self.pool).await.map_err(
+            |e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("invocation {} exists already", inv.id))
+                } else {
+                    unavailable(e)
+                }
+            },
+        )?;
         Ok(())
     }
 
@@ -1354,6 +1387,67 @@ impl Store for SqlxStore {
         Ok(())
     }
 
+    fn set_origin(&self, instance: &str) {
+        *self.origin.write().unwrap_or_else(|p| p.into_inner()) = Some(instance.into());
+    }
+
+    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO warren_instances (id, seen_ms, settled_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, settled_ms = excluded.settled_ms",
+        )
+        .bind(instance)
+        .bind(seen_ms)
+        .bind(settled_ms)
+        .execute(&self.relaxed)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn lapsed_instances(&self, seen_before_ms: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT id, settled_ms FROM warren_instances WHERE seen_ms < $1 ORDER BY id")
+            .bind(seen_before_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(|r| Ok((r.try_get(0).map_err(unavailable)?, r.try_get(1).map_err(unavailable)?))).collect()
+    }
+
+    async fn settle_lapsed(&self, instance: &str, since_ms: i64, now_ms: i64, why: &Settled) -> Result<(u64, u64)> {
+        let mut tx = self.begin().await?;
+        let invocations = sqlx::query(
+            "UPDATE warren_invocations SET status = 'failed', error = $1, finished_ms = $2
+             WHERE status = 'queued' AND attempts = 0 AND created_ms >= $3 AND origin = $4",
+        )
+        .bind(&why.invocation)
+        .bind(now_ms)
+        .bind(since_ms)
+        .bind(instance)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        let batches = sqlx::query(
+            "UPDATE warren_batches SET state = 'running', error = COALESCE(error, $1),
+               total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
+             WHERE state = 'submitting' AND origin = $2",
+        )
+        .bind(&why.batch)
+        .bind(instance)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        sqlx::query("DELETE FROM warren_instances WHERE id = $1")
+            .bind(instance)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok((invocations, batches))
+    }
+
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
         let rows = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM warren_workers ORDER BY id"))
             .fetch_all(&self.pool)
@@ -1364,14 +1458,15 @@ impl Store for SqlxStore {
 
     async fn create_batch(&self, b: &NewBatch) -> Result<()> {
         sqlx::query(
-            "INSERT INTO warren_batches (id, function, version, then_function, total, state, created_ms)
-             VALUES ($1, $2, $3, $4, 0, 'submitting', $5)",
+            "INSERT INTO warren_batches (id, function, version, then_function, total, state, created_ms, origin)
+             VALUES ($1, $2, $3, $4, 0, 'submitting', $5, $6)",
         )
         .bind(b.id.to_string())
         .bind(&b.function)
         .bind(b.version)
         .bind(b.then.clone())
         .bind(b.created_ms)
+        .bind(self.origin().map(|o| o.to_string()))
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -1392,16 +1487,17 @@ impl Store for SqlxStore {
     async fn add_batch_items(&self, batch: Uuid, items: &[NewInvocation]) -> Result<()> {
         let batch = batch.to_string();
         // All or nothing: a half-recorded chunk would hold the batch open forever.
+        let origin = self.origin();
         let mut tx = self.begin().await?;
-        // 6 parameters a row: chunks stay under SQLite's parameter limit.
-        for chunk in items.chunks(150) {
+        // 7 parameters a row: chunks stay under SQLite's parameter limit.
+        for chunk in items.chunks(128) {
             let sql = format!(
-                "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, batch) VALUES {}",
-                value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?", "?"])
+                "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, origin, batch) VALUES {}",
+                value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?", "?", "?"])
             );
             let mut q = sqlx::query(&sql);
             for inv in chunk {
-                q = bind_invocation(q, inv).bind(&batch);
+                q = bind_invocation(q, inv, origin.as_deref()).bind(&batch);
             }
             q.execute(&mut *tx).await.map_err(unavailable)?;
         }
@@ -1559,7 +1655,8 @@ impl Store for SqlxStore {
         .map_err(unavailable)?
         .rows_affected()
             == 1;
-        record_if(tx, won, f).await
+        // Not tagged: a `finishing` batch's follow-up is republished by the fan-in sweep.
+        record_if(tx, won, f, None).await
     }
 
     async fn end_batch(&self, batch: Uuid, state: &str, finished_ms: i64) -> Result<()> {
@@ -1586,7 +1683,7 @@ impl Store for SqlxStore {
         .map_err(unavailable)?
         .rows_affected()
             == 1;
-        record_if(tx, fired, inv).await
+        record_if(tx, fired, inv, self.origin().as_deref()).await
     }
 
     async fn last_tick(&self, function: &str) -> Result<Option<i64>> {

@@ -51,6 +51,15 @@ struct Args {
     /// Serve without checking any key: everyone may do everything. For a closed test network only.
     #[arg(long, conflicts_with = "admin_key")]
     insecure_no_auth: bool,
+    /// Seconds without a lease renewed after which an instance counts as stopped for good
+    /// (killed, its machine lost). Another instance then settles what it left half done:
+    /// invocations it recorded but could not publish become failed ("not queued"), and a batch
+    /// it was reading keeps the items recorded so far. Each instance renews its lease every
+    /// second (every sixth of this, if shorter). Keep it longer than any clock skew between the
+    /// management hosts and than a store outage they should ride out.
+    #[arg(long, env = "WARREN_INSTANCE_LEASE_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    instance_lease_secs: u64,
     /// Log format on stderr: text, or json (one object per line, with the invocation's span).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = warren_worker::LogFormat::Text)]
     log_format: warren_worker::LogFormat,
@@ -110,6 +119,7 @@ async fn run(args: Args, auth: warren_management::auth::AuthMode) -> anyhow::Res
         secret_key,
         auth,
         amqp_url: Some(args.amqp.clone()),
+        instance_lease: Duration::from_secs(args.instance_lease_secs),
         ..Config::default()
     };
     let m = Management::start(store, transport, config).await?;
@@ -120,5 +130,6 @@ async fn run(args: Args, auth: warren_management::auth::AuthMode) -> anyhow::Res
     warren_management::serve(m.clone(), listener, warren_worker::shutdown_signal()).await?;
     // The API is closed; the source triggers finish what they hold before the process ends.
     m.stop_sources(Duration::from_secs(10)).await;
+    m.release_lease(Duration::from_secs(10)).await;
     Ok(())
 }

@@ -1,0 +1,219 @@
+//! Each management instance's lease, and the settling of what a stopped one left.
+//!
+//! An invocation is recorded `queued` before its message is published. An instance that stops
+//! for good in between (SIGKILL, a lost machine), or that could record neither the message nor
+//! its failure (broker and database both down), would leave a record `queued` forever, and a
+//! batch it was submitting `submitting` forever. So:
+//!
+//! - every record an instance makes `queued` (and every batch) carries its name (the store's
+//!   origin, [`Store::set_origin`](warren_common::store::Store::set_origin));
+//! - each instance keeps the creation times of its records whose publish is not settled yet
+//!   ([`Settling`]), and every [`beat`](lease_beat) writes its lease: seen now, and every record
+//!   it made before the oldest of them settled (published and confirmed, or recorded failed);
+//! - every instance that has itself renewed its lease for a whole lease period (so that, after
+//!   a store outage, none judges another that was merely cut off as well) looks for leases not
+//!   renewed within the lease time (default 60 s), and settles them: the lapsed instance's records still `queued`, never claimed and made from its
+//!   last settled mark on (less [`CLOCK_MARGIN`]) are recorded failed "not queued", and its
+//!   batches still `submitting` go `running` with the items recorded so far.
+//!
+//! A record settled so may still have its message in the broker (the instance stopped after the
+//! confirm, before its mark moved): a "not queued" record stays open to that message's one run,
+//! whose outcome replaces it. Records of other instances, and records older than the mark (their
+//! messages confirmed, perhaps waiting in a long queue), are never touched.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use warren_common::now_ms;
+use warren_common::store::Settled;
+
+use crate::Management;
+
+/// A lapsed instance's records are settled from this long before its last mark, in case its
+/// clock stepped back after the mark was taken (the mark and the records' creation times are
+/// both read from the instance's own clock; other hosts' clocks only matter to the lease).
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(1);
+
+/// The creation times of this instance's records whose publish is not settled yet.
+#[derive(Default)]
+pub struct Settling {
+    open: Arc<Mutex<BTreeMap<i64, usize>>>,
+    /// Set at a clean stop: the lease is handed back and no longer renewed.
+    released: std::sync::atomic::AtomicBool,
+}
+
+/// Keeps one creation time open until dropped.
+pub struct Held {
+    open: Arc<Mutex<BTreeMap<i64, usize>>>,
+    /// The creation time held: records made from now on under this hold take it or later.
+    pub ms: i64,
+}
+
+impl Settling {
+    /// Holds the current time open; take it before the records it covers are stamped.
+    pub fn hold(&self) -> Held {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock: a mark taken meanwhile is either before this hold (and not
+        // later than its time) or sees it.
+        let ms = now_ms();
+        *open.entry(ms).or_default() += 1;
+        Held { open: self.open.clone(), ms }
+    }
+
+    /// Holds a given creation time open (a record whose settling outlives the hold it was
+    /// made under).
+    pub fn hold_at(&self, ms: i64) -> Held {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()).entry(ms).or_default() += 1;
+        Held { open: self.open.clone(), ms }
+    }
+
+    /// Every record made before this is settled.
+    pub fn mark(&self) -> i64 {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.keys().next().copied().unwrap_or_else(now_ms)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+}
+
+impl Management {
+    /// At a clean stop (the API closed, the sources stopped): once every record this instance
+    /// made is settled (waiting up to `grace`), hands its lease back, so that no other
+    /// instance settles its last second's records, which may be waiting in a queue, "not
+    /// queued". If some are still open then, the lease is left to lapse and be settled.
+    pub async fn release_lease(&self, grace: Duration) {
+        self.settling.released.store(true, std::sync::atomic::Ordering::Release);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.settling.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("records still being published at the stop; leaving the lease to lapse");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Lapsed at once, and everything it made settled: the next settler finds nothing of
+        // it to settle and drops the row.
+        match self.store.instance_alive(&self.instance, 0, i64::MAX).await {
+            Ok(()) => tracing::debug!("lease handed back"),
+            Err(e) => tracing::warn!(error = %e, "cannot hand the lease back; it will lapse"),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ms) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ms);
+            }
+        }
+    }
+}
+
+/// How often an instance renews its lease (and moves its mark) and looks for lapsed ones: a
+/// sixth of the lease, at most every second. The mark is at most this old when an instance
+/// stops, so the records it made in its last second (published or not) are the ones settled
+/// "not queued" beside the few it really left; one small write a second costs nothing.
+pub fn beat_every(lease: Duration) -> Duration {
+    (lease / 6).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// The lease loop of one management instance.
+pub async fn lease_beat(weak: Weak<Management>) {
+    let Some(lease) = weak.upgrade().map(|m| m.config.instance_lease) else { return };
+    // Since when this instance's beats have all reached the store. Only after a whole lease of
+    // them does it judge others: an instance alive and in touch with the store renews within
+    // that time, so one that did not is gone (after a store outage every instance first
+    // renews its own lease, and none settles another that was merely cut off too).
+    let mut renewing_since: Option<tokio::time::Instant> = None;
+    loop {
+        let Some(m) = weak.upgrade() else { return };
+        if m.settling.released.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        match m.store.instance_alive(&m.instance, now_ms(), m.settling.mark()).await {
+            Ok(()) => {
+                let since = *renewing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= lease {
+                    if let Err(e) = settle_lapsed(&m, lease).await {
+                        tracing::debug!(error = %e, "cannot settle lapsed instances yet");
+                    }
+                }
+            }
+            Err(e) => {
+                renewing_since = None;
+                tracing::debug!(error = %e, "cannot renew this instance's lease yet");
+            }
+        }
+        drop(m);
+        tokio::time::sleep(beat_every(lease)).await;
+    }
+}
+
+/// Settles the instances whose lease lapsed.
+async fn settle_lapsed(m: &Management, lease: Duration) -> Result<(), warren_common::store::StoreError> {
+    let now = now_ms();
+    for (instance, settled_ms) in m.store.lapsed_instances(now - lease.as_millis() as i64).await? {
+        if instance == m.instance {
+            // Renewed just before; its work is in hand here anyway.
+            continue;
+        }
+        let why = Settled {
+            invocation: format!(
+                "not queued: management instance {instance} stopped (no lease renewed for {} s) before the broker \
+                 confirmed this invocation's message; if the message got through, its run replaces this record",
+                lease.as_secs()
+            ),
+            batch: format!(
+                "the submission stopped: management instance {instance} stopped (no lease renewed for {} s) before \
+                 the end of the body; the items recorded before that are the batch",
+                lease.as_secs()
+            ),
+        };
+        let since = settled_ms - CLOCK_MARGIN.as_millis() as i64;
+        let (invocations, batches) = m.store.settle_lapsed(&instance, since, now_ms(), &why).await?;
+        if invocations + batches > 0 {
+            tracing::warn!(
+                %instance,
+                invocations,
+                batches,
+                "settled what a stopped management instance left: invocations recorded failed (not queued), batches \
+                 whose submission it was reading"
+            );
+        } else {
+            tracing::info!(%instance, "a stopped management instance left nothing unsettled");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mark_is_the_oldest_open_hold_or_now() {
+        let s = Settling::default();
+        let before = now_ms();
+        assert!(s.mark() >= before, "nothing held: the mark is now");
+        let a = s.hold_at(1_000);
+        let b = s.hold_at(1_000);
+        let c = s.hold_at(2_000);
+        assert_eq!(s.mark(), 1_000);
+        drop(a);
+        assert_eq!(s.mark(), 1_000, "a second hold of the same time keeps it open");
+        drop(b);
+        assert_eq!(s.mark(), 2_000);
+        let d = s.hold();
+        assert!(d.ms >= before);
+        drop(c);
+        assert_eq!(s.mark(), d.ms);
+        drop(d);
+        assert!(s.mark() >= before);
+    }
+}
