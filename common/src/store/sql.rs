@@ -310,15 +310,14 @@ fn key_from(r: &AnyRow) -> Result<ApiKey> {
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Binds a new invocation's six columns, in `INSERT_INVOCATION`'s order: id, function,
-/// version, payload, created_ms, origin.
+/// Binds a new invocation's five own columns: id, function, version, payload, created_ms.
+fn bind_new<'q>(q: AnyQuery<'q>, inv: &'q NewInvocation) -> AnyQuery<'q> {
+    q.bind(inv.id.to_string()).bind(&inv.function).bind(inv.version).bind(inv.payload.clone()).bind(inv.created_ms)
+}
+
+/// Binds `INSERT_INVOCATION`'s six parameters: the five of [`bind_new`], then the origin.
 fn bind_invocation<'q>(q: AnyQuery<'q>, inv: &'q NewInvocation, origin: Option<&str>) -> AnyQuery<'q> {
-    q.bind(inv.id.to_string())
-        .bind(&inv.function)
-        .bind(inv.version)
-        .bind(inv.payload.clone())
-        .bind(inv.created_ms)
-        .bind(origin.map(str::to_string))
+    bind_new(q, inv).bind(origin.map(str::to_string))
 }
 
 /// Binds an attempt's end in `end_attempt`'s parameter order ($1..$9): status, attempt,
@@ -611,10 +610,11 @@ impl SqlxStore {
                 Kind::Postgres => (
                     format!(
                         "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, origin)
-                         SELECT id, function, version, 'queued', 0, payload, created_ms, origin
-                         FROM (VALUES {}) AS v (id, function, version, payload, created_ms, origin) WHERE v.id <> ''
+                         SELECT id, function, version, 'queued', 0, payload, created_ms, $1::text
+                         FROM (VALUES {}) AS v (id, function, version, payload, created_ms) WHERE v.id <> ''
                          ON CONFLICT (id) DO NOTHING RETURNING id",
-                        value_rows(1, padded(chunk.len()), &["?::text", "?::text", "?::int8", "?::bytea", "?::int8", "?::text"])
+                        // Numbered after $1, the origin.
+                        value_rows(2, padded(chunk.len()), &["?::text", "?::text", "?::int8", "?::bytea", "?::int8"])
                     ),
                     padded(chunk.len()),
                 ),
@@ -622,17 +622,17 @@ impl SqlxStore {
                     format!(
                         "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, origin)
                          VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-                        value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?", "?"])
+                        value_rows(2, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?", "$1"])
                     ),
                     chunk.len(),
                 ),
             };
-            let mut q = sqlx::query(&sql);
+            let mut q = sqlx::query(&sql).bind(origin.as_deref().map(str::to_string));
             for inv in chunk {
-                q = bind_invocation(q, inv, origin.as_deref());
+                q = bind_new(q, inv);
             }
             for _ in chunk.len()..rows {
-                q = q.bind("").bind("").bind(0i64).bind(Vec::<u8>::new()).bind(0i64).bind(None::<String>);
+                q = q.bind("").bind("").bind(0i64).bind(Vec::<u8>::new()).bind(0i64);
             }
             let rows = match tx.as_mut() {
                 Some(tx) => q.fetch_all(&mut **tx).await,
@@ -1489,15 +1489,16 @@ impl Store for SqlxStore {
         // All or nothing: a half-recorded chunk would hold the batch open forever.
         let origin = self.origin();
         let mut tx = self.begin().await?;
-        // 7 parameters a row: chunks stay under SQLite's parameter limit.
-        for chunk in items.chunks(128) {
+        // 5 parameters a row after the batch and the origin: chunks stay under SQLite's
+        // parameter limit.
+        for chunk in items.chunks(150) {
             let sql = format!(
-                "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, origin, batch) VALUES {}",
-                value_rows(1, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?", "?", "?"])
+                "INSERT INTO warren_invocations (id, function, version, status, attempts, payload, created_ms, batch, origin) VALUES {}",
+                value_rows(3, chunk.len(), &["?", "?", "?", "'queued'", "0", "?", "?", "$1", "$2"])
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = sqlx::query(&sql).bind(&batch).bind(origin.as_deref().map(str::to_string));
             for inv in chunk {
-                q = bind_invocation(q, inv, origin.as_deref()).bind(&batch);
+                q = bind_new(q, inv);
             }
             q.execute(&mut *tx).await.map_err(unavailable)?;
         }
