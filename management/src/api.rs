@@ -353,7 +353,16 @@ async fn invoke(
             ))
         }
     };
-    let accepted = m.invoke(&name, body, wait).await?;
+    let accepted = if wait.is_none() {
+        // On its own task: a client that leaves cannot cut it between the record and the
+        // publish (which would leave the record `queued` with no message).
+        let m = m.clone();
+        tokio::spawn(async move { m.invoke(&name, body, None).await }).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the invoke stopped: {e}"))
+        })??
+    } else {
+        m.invoke(&name, body, wait).await?
+    };
     match accepted.invocation {
         Some(inv) if inv.status.is_final() => {
             let (logs, attempts) = match accepted.details {

@@ -39,8 +39,6 @@ pub const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Settling {
     open: Arc<Mutex<BTreeMap<i64, usize>>>,
-    /// Set at a clean stop: the lease is handed back and no longer renewed.
-    released: std::sync::atomic::AtomicBool,
 }
 
 /// Keeps one creation time open until dropped.
@@ -81,24 +79,17 @@ impl Settling {
 
 impl Management {
     /// At a clean stop (the API closed, the sources stopped): once every record this instance
-    /// made is settled (waiting up to `grace`), hands its lease back, so that no other
-    /// instance settles its last second's records, which may be waiting in a queue, "not
-    /// queued". If some are still open then, the lease is left to lapse and be settled.
+    /// made is settled (waiting up to `grace`, renewing the lease meanwhile), hands its lease
+    /// back, so that no other instance settles its last records, which may be waiting in a
+    /// queue, "not queued". If some are still open then, the lease is left to lapse and be
+    /// settled. The lease loop makes the last write itself, so no renewal can overwrite it.
     pub async fn release_lease(&self, grace: Duration) {
-        self.settling.released.store(true, std::sync::atomic::Ordering::Release);
-        let deadline = tokio::time::Instant::now() + grace;
-        while !self.settling.is_empty() {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("records still being published at the stop; leaving the lease to lapse");
-                return;
+        self.lease_release.send_replace(Some(tokio::time::Instant::now() + grace));
+        let task = self.lease_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            if tokio::time::timeout(grace + Duration::from_secs(5), task).await.is_err() {
+                tracing::warn!("the lease loop did not end; the lease will lapse");
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // Lapsed at once, and everything it made settled: the next settler finds nothing of
-        // it to settle and drops the row.
-        match self.store.instance_alive(&self.instance, 0, i64::MAX).await {
-            Ok(()) => tracing::debug!("lease handed back"),
-            Err(e) => tracing::warn!(error = %e, "cannot hand the lease back; it will lapse"),
         }
     }
 }
@@ -123,24 +114,53 @@ pub fn beat_every(lease: Duration) -> Duration {
     (lease / 6).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
-/// The lease loop of one management instance.
-pub async fn lease_beat(weak: Weak<Management>) {
+/// Writes this instance's lease now (seen now, its mark).
+pub(crate) async fn renew(m: &Management) -> Result<(), warren_common::store::StoreError> {
+    let lease_ms = m.config.instance_lease.as_millis() as i64;
+    m.store.instance_alive(&m.instance, now_ms(), m.settling.mark(), lease_ms).await
+}
+
+/// The lease loop of one management instance: the only writer of its lease once started.
+pub async fn lease_beat(
+    weak: Weak<Management>,
+    mut release: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+) {
     let Some(lease) = weak.upgrade().map(|m| m.config.instance_lease) else { return };
     // Since when this instance's beats have all reached the store. Only after a whole lease of
     // them does it judge others: an instance alive and in touch with the store renews within
-    // that time, so one that did not is gone (after a store outage every instance first
+    // its lease, so one that did not is gone (after a store outage every instance first
     // renews its own lease, and none settles another that was merely cut off too).
     let mut renewing_since: Option<tokio::time::Instant> = None;
     loop {
         let Some(m) = weak.upgrade() else { return };
-        if m.settling.released.load(std::sync::atomic::Ordering::Acquire) {
-            return;
+        let releasing = *release.borrow();
+        if let Some(deadline) = releasing {
+            if m.settling.is_empty() {
+                // Lapsed at once, and everything it made settled: the next settler finds
+                // nothing of it to settle and drops the row.
+                let lease_ms = lease.as_millis() as i64;
+                match m.store.instance_alive(&m.instance, 0, i64::MAX, lease_ms).await {
+                    // A record begun meanwhile (a timer tick): renew below and wait for it.
+                    Ok(()) if !m.settling.is_empty() => {}
+                    Ok(()) => {
+                        tracing::debug!("lease handed back");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot hand the lease back; it will lapse");
+                        return;
+                    }
+                }
+            } else if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("records still being published at the stop; leaving the lease to lapse");
+                return;
+            }
         }
-        match m.store.instance_alive(&m.instance, now_ms(), m.settling.mark()).await {
+        match renew(&m).await {
             Ok(()) => {
                 let since = *renewing_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= lease {
-                    if let Err(e) = settle_lapsed(&m, lease).await {
+                if releasing.is_none() && since.elapsed() >= lease {
+                    if let Err(e) = settle_lapsed(&m).await {
                         tracing::debug!(error = %e, "cannot settle lapsed instances yet");
                     }
                 }
@@ -151,31 +171,32 @@ pub async fn lease_beat(weak: Weak<Management>) {
             }
         }
         drop(m);
-        tokio::time::sleep(beat_every(lease)).await;
+        let pause = if releasing.is_some() { Duration::from_millis(20) } else { beat_every(lease) };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = release.changed() => {}
+        }
     }
 }
 
 /// Settles the instances whose lease lapsed.
-async fn settle_lapsed(m: &Management, lease: Duration) -> Result<(), warren_common::store::StoreError> {
-    let now = now_ms();
-    for (instance, settled_ms) in m.store.lapsed_instances(now - lease.as_millis() as i64).await? {
+async fn settle_lapsed(m: &Management) -> Result<(), warren_common::store::StoreError> {
+    for (instance, settled_ms) in m.store.lapsed_instances(now_ms()).await? {
         if instance == m.instance {
             // Renewed just before; its work is in hand here anyway.
             continue;
         }
         let why = Settled {
             invocation: format!(
-                "not queued: management instance {instance} stopped (no lease renewed for {} s) before the broker \
-                 confirmed this invocation's message; if the message got through, its run replaces this record",
-                lease.as_secs()
+                "not queued: management instance {instance} stopped (its lease ran out) before the broker \
+                 confirmed this invocation's message; if the message got through, its run replaces this record"
             ),
             batch: format!(
-                "the submission stopped: management instance {instance} stopped (no lease renewed for {} s) before \
-                 the end of the body; the items recorded before that are the batch",
-                lease.as_secs()
+                "the submission stopped: management instance {instance} stopped (its lease ran out) before the \
+                 end of the body; the items recorded before that are the batch"
             ),
         };
-        let since = settled_ms - CLOCK_MARGIN.as_millis() as i64;
+        let since = settled_ms.saturating_sub(CLOCK_MARGIN.as_millis() as i64);
         let (invocations, batches) = m.store.settle_lapsed(&instance, since, now_ms(), &why).await?;
         if invocations + batches > 0 {
             tracing::warn!(

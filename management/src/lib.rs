@@ -129,6 +129,10 @@ pub struct Management {
     /// Creation times of this instance's records not yet published or recorded failed: its
     /// lease's settled mark.
     pub(crate) settling: lease::Settling,
+    /// Set by [`Management::release_lease`]: hand the lease back by this deadline.
+    lease_release: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    /// The lease loop, awaited when releasing.
+    lease_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Invocation records inserted in one statement at most, and such inserts running at once.
@@ -276,9 +280,17 @@ impl Management {
             keys: DashMap::new(),
             sources: std::sync::Mutex::new(None),
             settling: Default::default(),
+            lease_release: tokio::sync::watch::channel(None).0,
+            lease_task: std::sync::Mutex::new(None),
         });
+        // The lease exists before the first record is made (if the store answers now; else
+        // the loop writes it as soon as it does).
+        if let Err(e) = lease::renew(&m).await {
+            tracing::warn!(error = %e, "cannot write this instance's lease yet");
+        }
+        let task = tokio::spawn(lease::lease_beat(Arc::downgrade(&m), m.lease_release.subscribe()));
+        *m.lease_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         tokio::spawn(listen_notices(Arc::downgrade(&m), notices));
-        tokio::spawn(lease::lease_beat(Arc::downgrade(&m)));
         if m.config.triggers {
             tokio::spawn(batch::sweep(Arc::downgrade(&m)));
             tokio::spawn(outputs::deliver(Arc::downgrade(&m)));
@@ -531,10 +543,16 @@ impl Management {
     /// synchronous invoke). If the broker does not confirm it, a recorded invocation is
     /// recorded failed ("not queued": never reported accepted).
     pub(crate) async fn publish_recorded(&self, pool: &str, msg: &InvocationMessage) -> Result<(), Error> {
-        self.ensure_pool(pool).await?;
-        let started = std::time::Instant::now();
-        let published = self.transport.publish(pool, msg.encode().into()).await;
-        self.metrics.publish.observe_duration(&[], started.elapsed());
+        // A pool that cannot be declared is a publish that failed: the record is settled too.
+        let published = match self.ensure_pool(pool).await {
+            Ok(()) => {
+                let started = std::time::Instant::now();
+                let published = self.transport.publish(pool, msg.encode().into()).await.map_err(Error::from);
+                self.metrics.publish.observe_duration(&[], started.elapsed());
+                published
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = published {
             if !msg.unrecorded {
                 let failed = Outcome::unrun(Status::Failed, 0, format!("not queued: {e}"));
@@ -546,7 +564,7 @@ impl Management {
                     tokio::spawn(record_not_queued(self.store.clone(), msg.id, failed, held));
                 }
             }
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
@@ -767,7 +785,7 @@ pub async fn serve(
 
 /// Records a publish failure the store refused at first, retrying until it takes it; `held`
 /// keeps the record open in this instance's lease meanwhile.
-async fn record_not_queued(store: Arc<dyn Store>, id: Uuid, failed: Outcome, held: lease::Held) {
+pub(crate) async fn record_not_queued(store: Arc<dyn Store>, id: Uuid, failed: Outcome, held: lease::Held) {
     let mut delay = Duration::from_millis(200);
     loop {
         tokio::time::sleep(delay).await;

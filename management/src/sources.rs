@@ -211,7 +211,17 @@ async fn take(
     let mut delay = Duration::from_millis(200);
     loop {
         let Some(m) = weak.upgrade() else { return Taken::No };
-        match m.invoke_with(function, body.clone(), None, headers.clone()).await {
+        // On its own task: a consumer aborted (its source changed) cannot cut an invoke between
+        // its record and its publish.
+        let invoked = {
+            let (m, function, body, headers) = (m.clone(), function.to_string(), body.clone(), headers.clone());
+            tokio::spawn(async move { m.invoke_with(&function, body, None, headers).await }).await.unwrap_or_else(|e| {
+                Err(Error::Transport(warren_common::transport::TransportError::Other(format!(
+                    "the invoke stopped: {e}"
+                ))))
+            })
+        };
+        match invoked {
             Ok(_) => return Taken::Yes,
             Err(Error::TooLarge(why)) | Err(Error::BadRequest(why)) => {
                 return match record_refused(&m, function, &why).await {
@@ -256,6 +266,12 @@ async fn record_refused(m: &Arc<Management>, function: &str, why: &str) -> Resul
     m.store.create_invocation(&inv).await?;
     let error = format!("source message refused: {why}");
     tracing::warn!(function, invocation = %id, error = %error, "source message recorded as failed");
-    m.store.complete(id, &Outcome::unrun(Status::Failed, 0, error)).await?;
+    let failed = Outcome::unrun(Status::Failed, 0, error);
+    if let Err(e) = m.store.complete(id, &failed).await {
+        // Recorded `queued` with no message: record the refusal when the store takes it (the
+        // source message itself is acked: this record is its invocation).
+        tracing::warn!(invocation = %id, error = %e, "cannot record a refused source message yet; retrying");
+        tokio::spawn(crate::record_not_queued(m.store.clone(), id, failed, held));
+    }
     Ok(())
 }

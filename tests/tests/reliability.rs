@@ -240,15 +240,20 @@ async fn sigterm_lets_running_invocations_finish_then_the_worker_leaves() {
 async fn a_management_stopped_cleanly_hands_its_lease_back() {
     require_services();
     let url = pg_url();
-    let mut m = Management::start(&url).await;
     let db = sqlx::PgPool::connect(&url).await.unwrap();
     let lease = || async {
-        let rows: Vec<(String, i64, i64)> =
-            sqlx::query_as("SELECT id, seen_ms, settled_ms FROM warren_instances").fetch_all(&db).await.unwrap();
+        // Empty until a management instance made the table.
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as("SELECT id, seen_ms, settled_ms FROM warren_instances")
+            .fetch_all(&db)
+            .await
+            .unwrap_or_default();
         rows
     };
+    // Other tests may share this database (outside nextest): this instance's lease is the new one.
+    let before: std::collections::HashSet<String> = lease().await.into_iter().map(|(id, _, _)| id).collect();
+    let mut m = Management::start(&url).await;
     let (id, seen, _) = eventually(Duration::from_secs(10), "management's lease", || async {
-        lease().await.into_iter().find(|(_, seen, settled)| *seen > 0 && *settled < i64::MAX)
+        lease().await.into_iter().find(|(id, seen, settled)| !before.contains(id) && *seen > 0 && *settled < i64::MAX)
     })
     .await;
     // Renewed about every second.

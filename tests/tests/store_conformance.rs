@@ -378,14 +378,25 @@ async fn leases(store: &dyn Store) {
     store.set_origin(&alive);
     let theirs = new_inv(&m.name, 1);
     store.create_invocation(&theirs).await.unwrap();
+    let back = unique("back");
+    store.set_origin(&back);
+    let backs = new_inv(&m.name, 1);
+    store.create_invocation(&backs).await.unwrap();
 
-    store.instance_alive(&gone, t0 - 120_000, t0 - 5_000).await.unwrap();
-    store.instance_alive(&alive, t0 - 1_000, t0 - 1_000).await.unwrap();
-    store.instance_alive(&alive, t0, t0).await.unwrap();
-    let lapsed = store.lapsed_instances(t0 - 60_000).await.unwrap();
+    // Each lease has its own length: 60 s, and 10 min for `alive` (seen 2 min ago).
+    store.instance_alive(&gone, t0 - 120_000, t0 - 5_000, 60_000).await.unwrap();
+    store.instance_alive(&alive, t0 - 120_000, t0 - 120_000, 60_000).await.unwrap();
+    store.instance_alive(&alive, t0 - 120_000, t0 - 120_000, 600_000).await.unwrap();
+    store.instance_alive(&back, t0 - 120_000, t0 - 120_000, 60_000).await.unwrap();
+    let lapsed = store.lapsed_instances(now_ms()).await.unwrap();
     assert!(lapsed.contains(&(gone.clone(), t0 - 5_000)), "{lapsed:?}");
-    assert!(!lapsed.iter().any(|(i, _)| *i == alive), "a renewed lease is not lapsed: {lapsed:?}");
+    assert!(!lapsed.iter().any(|(i, _)| *i == alive), "a lease within its own length is not lapsed: {lapsed:?}");
+    assert!(lapsed.iter().any(|(i, _)| *i == back), "{lapsed:?}");
     let why = Settled { invocation: "not queued: gone".into(), batch: "the submission stopped: gone".into() };
+    // Renewed after it was listed: nothing of it is settled.
+    store.instance_alive(&back, now_ms(), t0 - 120_000, 60_000).await.unwrap();
+    assert_eq!(store.settle_lapsed(&back, t0 - 120_000, now_ms(), &why).await.unwrap(), (0, 0));
+    assert_eq!(store.get_invocation(backs.id).await.unwrap().unwrap().status, Status::Queued);
     assert_eq!(store.settle_lapsed(&gone, t0 - 5_000, now_ms(), &why).await.unwrap(), (5, 1));
     for inv in [&open, &open2].into_iter().chain(&items) {
         let r = store.get_invocation(inv.id).await.unwrap().unwrap();
@@ -398,11 +409,15 @@ async fn leases(store: &dyn Store) {
     assert_eq!(status(theirs.id).await, Status::Queued, "another instance's: untouched");
     let b = store.get_batch(batch).await.unwrap().unwrap();
     assert_eq!((b.state.as_str(), b.total, b.error.as_deref()), ("running", 3, Some("the submission stopped: gone")));
-    assert!(!store.lapsed_instances(t0 - 60_000).await.unwrap().iter().any(|(i, _)| *i == gone), "lease dropped");
+    assert!(!store.lapsed_instances(now_ms()).await.unwrap().iter().any(|(i, _)| *i == gone), "lease dropped");
     assert_eq!(store.settle_lapsed(&gone, t0 - 5_000, now_ms(), &why).await.unwrap(), (0, 0), "settled once");
-    // The message of a settled one got through after all: its run's outcome replaces the record.
+    // The message of a settled one got through after all: its run's outcome replaces the
+    // record, fresh (no claim) or claimed first (a batch item, a redelivery).
     assert!(store.complete(open.id, &outcome(Status::Succeeded, "w-lease", 0)).await.unwrap());
     assert_eq!(status(open.id).await, Status::Succeeded);
+    assert_eq!(store.claim(&items[0], 1, "w-lease", now_ms()).await.unwrap(), Claim::Run);
+    assert!(store.complete(items[0].id, &outcome(Status::Succeeded, "w-lease", 0)).await.unwrap());
+    assert_eq!(status(items[0].id).await, Status::Succeeded);
 }
 
 /// `complete_many` keeps `complete`'s rules for each entry: first final record wins.

@@ -487,13 +487,15 @@ pub trait Store: Send + Sync + 'static {
     /// management instance per store handle; records made before this, or by workers, carry
     /// no origin.
     fn set_origin(&self, instance: &str);
-    /// A management instance's lease: it was alive at `seen_ms`, and every invocation it
-    /// recorded `queued` before `settled_ms` has its message confirmed by the broker or is
-    /// recorded failed.
-    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64) -> Result<()>;
-    /// Instances not seen since `seen_before_ms`, each with its last `settled_ms`.
-    async fn lapsed_instances(&self, seen_before_ms: i64) -> Result<Vec<(String, i64)>>;
-    /// Settles what a lapsed instance left, in one transaction: its invocations still `queued`
+    /// A management instance's lease: it was alive at `seen_ms`, every invocation it recorded
+    /// `queued` before `settled_ms` has its message confirmed by the broker or is recorded
+    /// failed, and it counts as stopped once `lease_ms` pass without another renewal.
+    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64, lease_ms: i64) -> Result<()>;
+    /// Instances whose lease ran out before `now_ms`, each with its last `settled_ms`.
+    async fn lapsed_instances(&self, now_ms: i64) -> Result<Vec<(String, i64)>>;
+    /// Settles what a lapsed instance left, in one transaction, if its lease ran out before
+    /// `now_ms` (checked again in the transaction: a renewal since
+    /// [`lapsed_instances`](Self::lapsed_instances) cancels it): its invocations still `queued`
     /// and never claimed, recorded from `since_ms` on, become failed with attempts 0 and
     /// `why.invocation` (a "not queued" record: if the message got through after all, its
     /// run replaces the record); its batches still `submitting` become `running` with the

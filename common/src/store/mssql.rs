@@ -174,6 +174,11 @@ pub const SCHEMA: &[(i32, &str)] = &[
         seen_ms BIGINT NOT NULL,
         settled_ms BIGINT NOT NULL)",
     ),
+    // Step 7: each lease's own length (instances may be started with different ones).
+    (
+        700,
+        "ALTER TABLE warren_instances ADD lease_ms BIGINT NOT NULL CONSTRAINT df_warren_instances_lease DEFAULT 60000",
+    ),
 ];
 
 const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -248,15 +253,17 @@ const CREATE_BATCH: &str =
      VALUES (@P1, @P2, @P3, @P4, 0, 'submitting', @P5, @P6)";
 const INSERT_ITEMS_PREFIX: &str =
     "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms, batch, origin) VALUES ";
-const INSTANCE_UPDATE: &str = "UPDATE warren_instances SET seen_ms = @P2, settled_ms = @P3 WHERE id = @P1";
-const INSTANCE_INSERT: &str = "INSERT INTO warren_instances (id, seen_ms, settled_ms) VALUES (@P1, @P2, @P3)";
-const LAPSED_INSTANCES: &str = "SELECT id, settled_ms FROM warren_instances WHERE seen_ms < @P1 ORDER BY id";
+const INSTANCE_UPDATE: &str =
+    "UPDATE warren_instances SET seen_ms = @P2, settled_ms = @P3, lease_ms = @P4 WHERE id = @P1";
+const INSTANCE_INSERT: &str =
+    "INSERT INTO warren_instances (id, seen_ms, settled_ms, lease_ms) VALUES (@P1, @P2, @P3, @P4)";
+const LAPSED_INSTANCES: &str = "SELECT id, settled_ms FROM warren_instances WHERE seen_ms + lease_ms < @P1 ORDER BY id";
 const SETTLE_INVOCATIONS: &str = "UPDATE warren_invocations SET status = 'failed', error = @P1, finished_ms = @P2
      WHERE status = 'queued' AND attempts = 0 AND created_ms >= @P3 AND origin = @P4";
 const SETTLE_BATCHES: &str = "UPDATE warren_batches SET state = 'running', error = COALESCE(error, @P1),
        total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
      WHERE state = 'submitting' AND origin = @P2";
-const FORGET_INSTANCE: &str = "DELETE FROM warren_instances WHERE id = @P1";
+const FORGET_INSTANCE: &str = "DELETE FROM warren_instances WHERE id = @P1 AND seen_ms + lease_ms < @P2";
 const SEAL_BATCH: &str = "UPDATE warren_batches SET total = @P1, error = @P2,
        state = CASE WHEN state = 'submitting' THEN 'running' ELSE state END
      WHERE id = @P3";
@@ -335,6 +342,12 @@ pub fn statements() -> Vec<String> {
         [
             SCHEMA_EXISTS,
             SCHEMA_CREATE,
+            INSTANCE_UPDATE,
+            INSTANCE_INSERT,
+            LAPSED_INSTANCES,
+            SETTLE_INVOCATIONS,
+            SETTLE_BATCHES,
+            FORGET_INSTANCE,
             SCHEMA_STEPS,
             SCHEMA_RECORD,
             MIGRATE_LOCK,
@@ -1081,9 +1094,9 @@ impl Store for MssqlStore {
         *self.origin.write().unwrap_or_else(|p| p.into_inner()) = Some(instance.into());
     }
 
-    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64) -> Result<()> {
+    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64, lease_ms: i64) -> Result<()> {
         let mut c = self.conn().await?;
-        let params: [&dyn ToSql; 3] = [&instance, &seen_ms, &settled_ms];
+        let params: [&dyn ToSql; 4] = [&instance, &seen_ms, &settled_ms, &lease_ms];
         if c.execute(INSTANCE_UPDATE, &params).await.map_err(unavailable)?.total() == 0 {
             match c.execute(INSTANCE_INSERT, &params).await {
                 Ok(_) => {}
@@ -1094,8 +1107,8 @@ impl Store for MssqlStore {
         Ok(())
     }
 
-    async fn lapsed_instances(&self, seen_before_ms: i64) -> Result<Vec<(String, i64)>> {
-        self.rows(LAPSED_INSTANCES, &[&seen_before_ms])
+    async fn lapsed_instances(&self, now_ms: i64) -> Result<Vec<(String, i64)>> {
+        self.rows(LAPSED_INSTANCES, &[&now_ms])
             .await?
             .iter()
             .map(|r| Ok((col::<&str>(r, 0)?.to_string(), col::<i64>(r, 1)?)))
@@ -1106,6 +1119,10 @@ impl Store for MssqlStore {
         let mut c = self.conn().await?;
         c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
         let result = async {
+            // Still lapsed (not renewed since it was listed), and dropped: one settler does it.
+            if c.execute(FORGET_INSTANCE, &[&instance, &now_ms]).await.map_err(unavailable)?.total() == 0 {
+                return Ok(None);
+            }
             let invocations = c
                 .execute(SETTLE_INVOCATIONS, &[&why.invocation.as_str(), &now_ms, &since_ms, &instance])
                 .await
@@ -1113,12 +1130,11 @@ impl Store for MssqlStore {
                 .total();
             let batches =
                 c.execute(SETTLE_BATCHES, &[&why.batch.as_str(), &instance]).await.map_err(unavailable)?.total();
-            c.execute(FORGET_INSTANCE, &[&instance]).await.map_err(unavailable)?;
-            Ok((invocations, batches))
+            Ok(Some((invocations, batches)))
         }
         .await;
-        finish(&mut c, result.is_ok()).await?;
-        result
+        finish(&mut c, matches!(result, Ok(Some(_)))).await?;
+        result.map(|r| r.unwrap_or((0, 0)))
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {

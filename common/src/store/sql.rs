@@ -194,6 +194,8 @@ fn schema(kind: Kind) -> Vec<(i32, String)> {
             settled_ms BIGINT NOT NULL);"
                 .to_string(),
         ),
+        // Step 7: each lease's own length (instances may be started with different ones).
+        (6, "ALTER TABLE warren_instances ADD COLUMN lease_ms BIGINT NOT NULL DEFAULT 60000;".to_string()),
     ]
 }
 
@@ -1391,23 +1393,25 @@ impl Store for SqlxStore {
         *self.origin.write().unwrap_or_else(|p| p.into_inner()) = Some(instance.into());
     }
 
-    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64) -> Result<()> {
+    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64, lease_ms: i64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO warren_instances (id, seen_ms, settled_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, settled_ms = excluded.settled_ms",
+            "INSERT INTO warren_instances (id, seen_ms, settled_ms, lease_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, settled_ms = excluded.settled_ms,
+               lease_ms = excluded.lease_ms",
         )
         .bind(instance)
         .bind(seen_ms)
         .bind(settled_ms)
+        .bind(lease_ms)
         .execute(&self.relaxed)
         .await
         .map_err(unavailable)?;
         Ok(())
     }
 
-    async fn lapsed_instances(&self, seen_before_ms: i64) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT id, settled_ms FROM warren_instances WHERE seen_ms < $1 ORDER BY id")
-            .bind(seen_before_ms)
+    async fn lapsed_instances(&self, now_ms: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT id, settled_ms FROM warren_instances WHERE seen_ms + lease_ms < $1 ORDER BY id")
+            .bind(now_ms)
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -1416,6 +1420,18 @@ impl Store for SqlxStore {
 
     async fn settle_lapsed(&self, instance: &str, since_ms: i64, now_ms: i64, why: &Settled) -> Result<(u64, u64)> {
         let mut tx = self.begin().await?;
+        // Still lapsed (not renewed since it was listed), and dropped: one settler does it.
+        let dropped = sqlx::query("DELETE FROM warren_instances WHERE id = $1 AND seen_ms + lease_ms < $2")
+            .bind(instance)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        if dropped == 0 {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok((0, 0));
+        }
         let invocations = sqlx::query(
             "UPDATE warren_invocations SET status = 'failed', error = $1, finished_ms = $2
              WHERE status = 'queued' AND attempts = 0 AND created_ms >= $3 AND origin = $4",
@@ -1439,11 +1455,6 @@ impl Store for SqlxStore {
         .await
         .map_err(unavailable)?
         .rows_affected();
-        sqlx::query("DELETE FROM warren_instances WHERE id = $1")
-            .bind(instance)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok((invocations, batches))
     }
