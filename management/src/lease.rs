@@ -32,7 +32,7 @@ use crate::Management;
 
 /// A lapsed instance's records are settled from this long before its last mark, in case its
 /// clock stepped back after the mark was taken (the mark and the records' creation times are
-/// both read from the instance's own clock; other hosts' clocks only matter to the lease).
+/// both read from the instance's own clock; the lease itself is timed by the store's clock).
 pub const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
 /// The creation times of this instance's records whose publish is not settled yet.
@@ -117,7 +117,7 @@ pub fn beat_every(lease: Duration) -> Duration {
 /// Writes this instance's lease now (seen now, its mark).
 pub(crate) async fn renew(m: &Management) -> Result<(), warren_common::store::StoreError> {
     let lease_ms = m.config.instance_lease.as_millis() as i64;
-    m.store.instance_alive(&m.instance, now_ms(), m.settling.mark(), lease_ms).await
+    m.store.instance_alive(&m.instance, m.settling.mark(), lease_ms).await
 }
 
 /// The lease loop of one management instance: the only writer of its lease once started.
@@ -136,10 +136,9 @@ pub async fn lease_beat(
         let releasing = *release.borrow();
         if let Some(deadline) = releasing {
             if m.settling.is_empty() {
-                // Lapsed at once, and everything it made settled: the next settler finds
-                // nothing of it to settle and drops the row.
-                let lease_ms = lease.as_millis() as i64;
-                match m.store.instance_alive(&m.instance, 0, i64::MAX, lease_ms).await {
+                // Lapsed at once (a lease of 0 ms), and everything it made settled: the next
+                // settler finds nothing of it to settle and drops the row.
+                match m.store.instance_alive(&m.instance, i64::MAX, 0).await {
                     // A record begun meanwhile (a timer tick): renew below and wait for it.
                     Ok(()) if !m.settling.is_empty() => {}
                     Ok(()) => {
@@ -181,7 +180,7 @@ pub async fn lease_beat(
 
 /// Settles the instances whose lease lapsed.
 async fn settle_lapsed(m: &Management) -> Result<(), warren_common::store::StoreError> {
-    for (instance, settled_ms) in m.store.lapsed_instances(now_ms()).await? {
+    for (instance, settled_ms) in m.store.lapsed_instances().await? {
         if instance == m.instance {
             // Renewed just before; its work is in hand here anyway.
             continue;

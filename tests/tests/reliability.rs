@@ -243,27 +243,29 @@ async fn a_management_stopped_cleanly_hands_its_lease_back() {
     let db = sqlx::PgPool::connect(&url).await.unwrap();
     let lease = || async {
         // Empty until a management instance made the table.
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as("SELECT id, seen_ms, settled_ms FROM warren_instances")
-            .fetch_all(&db)
-            .await
-            .unwrap_or_default();
+        let rows: Vec<(String, i64, i64, i64)> =
+            sqlx::query_as("SELECT id, seen_ms, settled_ms, lease_ms FROM warren_instances")
+                .fetch_all(&db)
+                .await
+                .unwrap_or_default();
         rows
     };
     // Other tests may share this database (outside nextest): this instance's lease is the new one.
-    let before: std::collections::HashSet<String> = lease().await.into_iter().map(|(id, _, _)| id).collect();
+    let before: std::collections::HashSet<String> = lease().await.into_iter().map(|(id, ..)| id).collect();
     let mut m = Management::start(&url).await;
-    let (id, seen, _) = eventually(Duration::from_secs(10), "management's lease", || async {
-        lease().await.into_iter().find(|(id, seen, settled)| !before.contains(id) && *seen > 0 && *settled < i64::MAX)
+    let (id, seen, _, lease_ms) = eventually(Duration::from_secs(10), "management's lease", || async {
+        lease().await.into_iter().find(|(id, _, settled, _)| !before.contains(id) && *settled < i64::MAX)
     })
     .await;
+    assert_eq!(lease_ms, 60_000, "the default lease");
     // Renewed about every second.
     eventually(Duration::from_secs(10), "the lease renewed", || async {
-        lease().await.into_iter().find(|(i, s, _)| *i == id && *s > seen).map(|_| ())
+        lease().await.into_iter().find(|(i, s, ..)| *i == id && *s > seen).map(|_| ())
     })
     .await;
     let status = m.proc.terminate(Duration::from_secs(30)).expect("management stops on SIGTERM");
     assert!(status.success(), "{status:?}");
     let rows = lease().await;
-    let (_, seen, settled) = rows.iter().find(|(i, _, _)| *i == id).expect("the lease row is kept until settled");
-    assert_eq!((*seen, *settled), (0, i64::MAX), "handed back: lapsed, everything settled");
+    let (_, _, settled, lease_ms) = rows.iter().find(|(i, ..)| *i == id).expect("the lease row is kept until settled");
+    assert_eq!((*settled, *lease_ms), (i64::MAX, 0), "handed back: lapsed at once, everything settled");
 }

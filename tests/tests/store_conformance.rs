@@ -354,6 +354,20 @@ async fn conformance(store: Arc<dyn Store>) {
     leases(&*store).await;
 }
 
+/// Lists lapsed leases until all of `ids` are among them (a lease of 0 ms runs out once the
+/// store's clock has moved on by a millisecond).
+async fn eventually_lapsed(store: &dyn Store, ids: &[&str]) -> Vec<(String, i64)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let lapsed = store.lapsed_instances().await.unwrap();
+        if ids.iter().all(|id| lapsed.iter().any(|(i, _)| i == id)) {
+            return lapsed;
+        }
+        assert!(std::time::Instant::now() < deadline, "leases of 0 ms not lapsed after 5 s: {lapsed:?}");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// A lapsed management instance's lease: what it recorded `queued` from its settled mark on
 /// and never saw claimed becomes failed "not queued", its `submitting` batch runs with the
 /// items recorded; its older records, claimed ones and other instances' are untouched.
@@ -383,18 +397,18 @@ async fn leases(store: &dyn Store) {
     let backs = new_inv(&m.name, 1);
     store.create_invocation(&backs).await.unwrap();
 
-    // Each lease has its own length: 60 s, and 10 min for `alive` (seen 2 min ago).
-    store.instance_alive(&gone, t0 - 120_000, t0 - 5_000, 60_000).await.unwrap();
-    store.instance_alive(&alive, t0 - 120_000, t0 - 120_000, 60_000).await.unwrap();
-    store.instance_alive(&alive, t0 - 120_000, t0 - 120_000, 600_000).await.unwrap();
-    store.instance_alive(&back, t0 - 120_000, t0 - 120_000, 60_000).await.unwrap();
-    let lapsed = store.lapsed_instances(now_ms()).await.unwrap();
+    // Each lease has its own length, counted by the store's clock: 0 ms runs out at once, an
+    // hour does not.
+    store.instance_alive(&gone, t0 - 5_000, 3_600_000).await.unwrap();
+    store.instance_alive(&gone, t0 - 5_000, 0).await.unwrap();
+    store.instance_alive(&alive, t0, 3_600_000).await.unwrap();
+    store.instance_alive(&back, t0, 0).await.unwrap();
+    let lapsed = eventually_lapsed(store, &[&gone, &back]).await;
     assert!(lapsed.contains(&(gone.clone(), t0 - 5_000)), "{lapsed:?}");
     assert!(!lapsed.iter().any(|(i, _)| *i == alive), "a lease within its own length is not lapsed: {lapsed:?}");
-    assert!(lapsed.iter().any(|(i, _)| *i == back), "{lapsed:?}");
     let why = Settled { invocation: "not queued: gone".into(), batch: "the submission stopped: gone".into() };
     // Renewed after it was listed: nothing of it is settled.
-    store.instance_alive(&back, now_ms(), t0 - 120_000, 60_000).await.unwrap();
+    store.instance_alive(&back, t0, 3_600_000).await.unwrap();
     assert_eq!(store.settle_lapsed(&back, t0 - 120_000, now_ms(), &why).await.unwrap(), (0, 0));
     assert_eq!(store.get_invocation(backs.id).await.unwrap().unwrap().status, Status::Queued);
     assert_eq!(store.settle_lapsed(&gone, t0 - 5_000, now_ms(), &why).await.unwrap(), (5, 1));
@@ -409,7 +423,7 @@ async fn leases(store: &dyn Store) {
     assert_eq!(status(theirs.id).await, Status::Queued, "another instance's: untouched");
     let b = store.get_batch(batch).await.unwrap().unwrap();
     assert_eq!((b.state.as_str(), b.total, b.error.as_deref()), ("running", 3, Some("the submission stopped: gone")));
-    assert!(!store.lapsed_instances(now_ms()).await.unwrap().iter().any(|(i, _)| *i == gone), "lease dropped");
+    assert!(!store.lapsed_instances().await.unwrap().iter().any(|(i, _)| *i == gone), "lease dropped");
     assert_eq!(store.settle_lapsed(&gone, t0 - 5_000, now_ms(), &why).await.unwrap(), (0, 0), "settled once");
     // The message of a settled one got through after all: its run's outcome replaces the
     // record, fresh (no claim) or claimed first (a batch item, a redelivery).

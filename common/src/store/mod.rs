@@ -487,14 +487,16 @@ pub trait Store: Send + Sync + 'static {
     /// management instance per store handle; records made before this, or by workers, carry
     /// no origin.
     fn set_origin(&self, instance: &str);
-    /// A management instance's lease: it was alive at `seen_ms`, every invocation it recorded
-    /// `queued` before `settled_ms` has its message confirmed by the broker or is recorded
-    /// failed, and it counts as stopped once `lease_ms` pass without another renewal.
-    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64, lease_ms: i64) -> Result<()>;
-    /// Instances whose lease ran out before `now_ms`, each with its last `settled_ms`.
-    async fn lapsed_instances(&self, now_ms: i64) -> Result<Vec<(String, i64)>>;
-    /// Settles what a lapsed instance left, in one transaction, if its lease ran out before
-    /// `now_ms` (checked again in the transaction: a renewal since
+    /// A management instance's lease: it is alive now, every invocation it recorded `queued`
+    /// before `settled_ms` (its own clock, like the records' `created_ms`) has its message
+    /// confirmed by the broker or is recorded failed, and it counts as stopped once `lease_ms`
+    /// pass without another renewal. The lease's times are the store's clock, so the clocks of
+    /// the management hosts never enter into whether a lease ran out.
+    async fn instance_alive(&self, instance: &str, settled_ms: i64, lease_ms: i64) -> Result<()>;
+    /// Instances whose lease has run out (by the store's clock), each with its last `settled_ms`.
+    async fn lapsed_instances(&self) -> Result<Vec<(String, i64)>>;
+    /// Settles what a lapsed instance left, in one transaction, if its lease has run out
+    /// (checked again in the transaction: a renewal since
     /// [`lapsed_instances`](Self::lapsed_instances) cancels it): its invocations still `queued`
     /// and never claimed, recorded from `since_ms` on, become failed with attempts 0 and
     /// `why.invocation` (a "not queued" record: if the message got through after all, its

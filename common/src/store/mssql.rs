@@ -253,17 +253,21 @@ const CREATE_BATCH: &str =
      VALUES (@P1, @P2, @P3, @P4, 0, 'submitting', @P5, @P6)";
 const INSERT_ITEMS_PREFIX: &str =
     "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms, batch, origin) VALUES ";
-const INSTANCE_UPDATE: &str =
-    "UPDATE warren_instances SET seen_ms = @P2, settled_ms = @P3, lease_ms = @P4 WHERE id = @P1";
-const INSTANCE_INSERT: &str =
-    "INSERT INTO warren_instances (id, seen_ms, settled_ms, lease_ms) VALUES (@P1, @P2, @P3, @P4)";
-const LAPSED_INSTANCES: &str = "SELECT id, settled_ms FROM warren_instances WHERE seen_ms + lease_ms < @P1 ORDER BY id";
+// Lease times are the store's clock (milliseconds since the epoch, UTC).
+const INSTANCE_UPDATE: &str = "UPDATE warren_instances
+     SET seen_ms = DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME()), settled_ms = @P2, lease_ms = @P3
+     WHERE id = @P1";
+const INSTANCE_INSERT: &str = "INSERT INTO warren_instances (id, seen_ms, settled_ms, lease_ms)
+     VALUES (@P1, DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME()), @P2, @P3)";
+const LAPSED_INSTANCES: &str = "SELECT id, settled_ms FROM warren_instances
+     WHERE seen_ms + lease_ms < DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME()) ORDER BY id";
 const SETTLE_INVOCATIONS: &str = "UPDATE warren_invocations SET status = 'failed', error = @P1, finished_ms = @P2
      WHERE status = 'queued' AND attempts = 0 AND created_ms >= @P3 AND origin = @P4";
 const SETTLE_BATCHES: &str = "UPDATE warren_batches SET state = 'running', error = COALESCE(error, @P1),
        total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
      WHERE state = 'submitting' AND origin = @P2";
-const FORGET_INSTANCE: &str = "DELETE FROM warren_instances WHERE id = @P1 AND seen_ms + lease_ms < @P2";
+const FORGET_INSTANCE: &str = "DELETE FROM warren_instances
+     WHERE id = @P1 AND seen_ms + lease_ms < DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME())";
 const SEAL_BATCH: &str = "UPDATE warren_batches SET total = @P1, error = @P2,
        state = CASE WHEN state = 'submitting' THEN 'running' ELSE state END
      WHERE id = @P3";
@@ -1094,9 +1098,9 @@ impl Store for MssqlStore {
         *self.origin.write().unwrap_or_else(|p| p.into_inner()) = Some(instance.into());
     }
 
-    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64, lease_ms: i64) -> Result<()> {
+    async fn instance_alive(&self, instance: &str, settled_ms: i64, lease_ms: i64) -> Result<()> {
         let mut c = self.conn().await?;
-        let params: [&dyn ToSql; 4] = [&instance, &seen_ms, &settled_ms, &lease_ms];
+        let params: [&dyn ToSql; 3] = [&instance, &settled_ms, &lease_ms];
         if c.execute(INSTANCE_UPDATE, &params).await.map_err(unavailable)?.total() == 0 {
             match c.execute(INSTANCE_INSERT, &params).await {
                 Ok(_) => {}
@@ -1107,8 +1111,8 @@ impl Store for MssqlStore {
         Ok(())
     }
 
-    async fn lapsed_instances(&self, now_ms: i64) -> Result<Vec<(String, i64)>> {
-        self.rows(LAPSED_INSTANCES, &[&now_ms])
+    async fn lapsed_instances(&self) -> Result<Vec<(String, i64)>> {
+        self.rows(LAPSED_INSTANCES, &[])
             .await?
             .iter()
             .map(|r| Ok((col::<&str>(r, 0)?.to_string(), col::<i64>(r, 1)?)))
@@ -1120,7 +1124,7 @@ impl Store for MssqlStore {
         c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
         let result = async {
             // Still lapsed (not renewed since it was listed), and dropped: one settler does it.
-            if c.execute(FORGET_INSTANCE, &[&instance, &now_ms]).await.map_err(unavailable)?.total() == 0 {
+            if c.execute(FORGET_INSTANCE, &[&instance]).await.map_err(unavailable)?.total() == 0 {
                 return Ok(None);
             }
             let invocations = c

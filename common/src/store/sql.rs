@@ -595,6 +595,14 @@ impl SqlxStore {
         }
     }
 
+    /// The store's clock in milliseconds since the epoch, as SQL.
+    fn clock_ms(&self) -> &'static str {
+        match self.kind {
+            Kind::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            Kind::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        }
+    }
+
     fn origin(&self) -> Option<std::sync::Arc<str>> {
         self.origin.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -1393,14 +1401,14 @@ impl Store for SqlxStore {
         *self.origin.write().unwrap_or_else(|p| p.into_inner()) = Some(instance.into());
     }
 
-    async fn instance_alive(&self, instance: &str, seen_ms: i64, settled_ms: i64, lease_ms: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO warren_instances (id, seen_ms, settled_ms, lease_ms) VALUES ($1, $2, $3, $4)
+    async fn instance_alive(&self, instance: &str, settled_ms: i64, lease_ms: i64) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO warren_instances (id, seen_ms, settled_ms, lease_ms) VALUES ($1, {}, $2, $3)
              ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms, settled_ms = excluded.settled_ms,
                lease_ms = excluded.lease_ms",
-        )
+            self.clock_ms()
+        ))
         .bind(instance)
-        .bind(seen_ms)
         .bind(settled_ms)
         .bind(lease_ms)
         .execute(&self.relaxed)
@@ -1409,25 +1417,20 @@ impl Store for SqlxStore {
         Ok(())
     }
 
-    async fn lapsed_instances(&self, now_ms: i64) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT id, settled_ms FROM warren_instances WHERE seen_ms + lease_ms < $1 ORDER BY id")
-            .bind(now_ms)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+    async fn lapsed_instances(&self) -> Result<Vec<(String, i64)>> {
+        let sql = format!(
+            "SELECT id, settled_ms FROM warren_instances WHERE seen_ms + lease_ms < {} ORDER BY id",
+            self.clock_ms()
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(|r| Ok((r.try_get(0).map_err(unavailable)?, r.try_get(1).map_err(unavailable)?))).collect()
     }
 
     async fn settle_lapsed(&self, instance: &str, since_ms: i64, now_ms: i64, why: &Settled) -> Result<(u64, u64)> {
         let mut tx = self.begin().await?;
         // Still lapsed (not renewed since it was listed), and dropped: one settler does it.
-        let dropped = sqlx::query("DELETE FROM warren_instances WHERE id = $1 AND seen_ms + lease_ms < $2")
-            .bind(instance)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .rows_affected();
+        let sql = format!("DELETE FROM warren_instances WHERE id = $1 AND seen_ms + lease_ms < {}", self.clock_ms());
+        let dropped = sqlx::query(&sql).bind(instance).execute(&mut *tx).await.map_err(unavailable)?.rows_affected();
         if dropped == 0 {
             tx.rollback().await.map_err(unavailable)?;
             return Ok((0, 0));

@@ -55,8 +55,8 @@ struct Args {
     /// (killed, its machine lost). Another instance then settles what it left half done:
     /// invocations it recorded but could not publish become failed ("not queued"), and a batch
     /// it was reading keeps the items recorded so far. Each instance renews its lease every
-    /// second (every sixth of this, if shorter). Keep it longer than any clock skew between the
-    /// management hosts and than a store outage they should ride out.
+    /// second (every sixth of this, if shorter), timed by the store's clock. Keep it longer than
+    /// a store outage the instances should ride out.
     #[arg(long, env = "WARREN_INSTANCE_LEASE_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     instance_lease_secs: u64,
