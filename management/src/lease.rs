@@ -131,16 +131,17 @@ pub async fn lease_beat(
     // its lease, so one that did not is gone (after a store outage every instance first
     // renews its own lease, and none settles another that was merely cut off too).
     let mut renewing_since: Option<tokio::time::Instant> = None;
+    let mut renewed_at: Option<tokio::time::Instant> = None;
     loop {
         let Some(m) = weak.upgrade() else { return };
-        let releasing = *release.borrow();
+        let releasing = *release.borrow_and_update();
         if let Some(deadline) = releasing {
             if m.settling.is_empty() {
                 // Lapsed at once (a lease of 0 ms), and everything it made settled: the next
                 // settler finds nothing of it to settle and drops the row.
                 match m.store.instance_alive(&m.instance, i64::MAX, 0).await {
                     // A record begun meanwhile (a timer tick): renew below and wait for it.
-                    Ok(()) if !m.settling.is_empty() => {}
+                    Ok(()) if !m.settling.is_empty() => renewed_at = None,
                     Ok(()) => {
                         tracing::debug!("lease handed back");
                         return;
@@ -155,6 +156,13 @@ pub async fn lease_beat(
                 return;
             }
         }
+        // While releasing, the holds are looked at every 20 ms, the lease renewed at its pace.
+        if renewed_at.is_some_and(|t| t.elapsed() < beat_every(lease)) {
+            drop(m);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        renewed_at = Some(tokio::time::Instant::now());
         match renew(&m).await {
             Ok(()) => {
                 let since = *renewing_since.get_or_insert_with(tokio::time::Instant::now);
