@@ -352,7 +352,15 @@ impl Management {
         stop: &AtomicBool,
     ) -> (i64, Result<(), Error>) {
         // Open until every item is published or recorded failed (see `lease`).
-        let _held = self.settling.hold();
+        let _held = match self.settling.hold() {
+            Ok(h) => h,
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                turn.wait(i).await;
+                turn.advance();
+                return (0, Err(e));
+            }
+        };
         let records = crate::new_records(&batch.function, batch.version, &items);
         turn.wait(i).await;
         if stop.load(Ordering::Acquire) {

@@ -28,7 +28,9 @@ use std::time::Duration;
 use warren_common::now_ms;
 use warren_common::store::Settled;
 
-use crate::Management;
+use warren_common::transport::TransportError;
+
+use crate::{Error, Management};
 
 /// A lapsed instance's records are settled from this long before its last mark, in case its
 /// clock stepped back after the mark was taken (the mark and the records' creation times are
@@ -38,42 +40,65 @@ pub const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 /// The creation times of this instance's records whose publish is not settled yet.
 #[derive(Default)]
 pub struct Settling {
-    open: Arc<Mutex<BTreeMap<i64, usize>>>,
+    open: Arc<Mutex<Open>>,
+}
+
+#[derive(Default)]
+struct Open {
+    /// Creation time → holds of it.
+    times: BTreeMap<i64, usize>,
+    /// Closed at a clean stop, once nothing is held: the lease is being handed back, and no
+    /// record may begin after it.
+    closed: bool,
 }
 
 /// Keeps one creation time open until dropped.
 pub struct Held {
-    open: Arc<Mutex<BTreeMap<i64, usize>>>,
+    open: Arc<Mutex<Open>>,
     /// The creation time held: records made from now on under this hold take it or later.
     pub ms: i64,
 }
 
 impl Settling {
-    /// Holds the current time open; take it before the records it covers are stamped.
-    pub fn hold(&self) -> Held {
+    /// Holds the current time open; take it before the records it covers are stamped. Refused
+    /// once the instance is stopping (its lease handed back): the caller answers 503.
+    pub fn hold(&self) -> Result<Held, Error> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.closed {
+            return Err(Error::Transport(TransportError::Unavailable(
+                "this management instance is stopping: send the request to another one".into(),
+            )));
+        }
         // Read under the lock: a mark taken meanwhile is either before this hold (and not
         // later than its time) or sees it.
         let ms = now_ms();
-        *open.entry(ms).or_default() += 1;
-        Held { open: self.open.clone(), ms }
+        *open.times.entry(ms).or_default() += 1;
+        Ok(Held { open: self.open.clone(), ms })
     }
 
     /// Holds a given creation time open (a record whose settling outlives the hold it was
     /// made under).
     pub fn hold_at(&self, ms: i64) -> Held {
-        *self.open.lock().unwrap_or_else(|p| p.into_inner()).entry(ms).or_default() += 1;
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()).times.entry(ms).or_default() += 1;
         Held { open: self.open.clone(), ms }
     }
 
     /// Every record made before this is settled.
     pub fn mark(&self) -> i64 {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.keys().next().copied().unwrap_or_else(now_ms)
+        open.times.keys().next().copied().unwrap_or_else(now_ms)
     }
 
-    fn is_empty(&self) -> bool {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    /// Closes to new holds if nothing is held; whether it did.
+    fn close_if_empty(&self) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.closed = open.times.is_empty();
+        open.closed
+    }
+
+    /// Opens again (the lease could not be handed back).
+    fn reopen(&self) {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).closed = false;
     }
 }
 
@@ -97,10 +122,10 @@ impl Management {
 impl Drop for Held {
     fn drop(&mut self) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.ms) {
+        if let Some(n) = open.times.get_mut(&self.ms) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.ms);
+                open.times.remove(&self.ms);
             }
         }
     }
@@ -136,15 +161,18 @@ pub async fn lease_beat(
         let Some(m) = weak.upgrade() else { return };
         let releasing = *release.borrow_and_update();
         if let Some(deadline) = releasing {
-            if m.settling.is_empty() {
+            // Nothing held, and nothing may begin now (a late request, a timer tick: 503).
+            if m.settling.close_if_empty() {
                 // Lapsed at once (a lease of 0 ms), and everything it made settled: the next
                 // settler finds nothing of it to settle and drops the row.
                 match m.store.instance_alive(&m.instance, i64::MAX, 0).await {
-                    // A record begun meanwhile (a timer tick): renew below and wait for it.
-                    Ok(()) if !m.settling.is_empty() => renewed_at = None,
                     Ok(()) => {
                         tracing::debug!("lease handed back");
                         return;
+                    }
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "cannot hand the lease back yet");
+                        m.settling.reopen();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot hand the lease back; it will lapse");
@@ -237,11 +265,17 @@ mod tests {
         assert_eq!(s.mark(), 1_000, "a second hold of the same time keeps it open");
         drop(b);
         assert_eq!(s.mark(), 2_000);
-        let d = s.hold();
+        let d = s.hold().unwrap();
         assert!(d.ms >= before);
         drop(c);
         assert_eq!(s.mark(), d.ms);
+        assert!(!s.close_if_empty(), "a hold is open");
+        assert!(s.hold().is_ok(), "not closed while something is held");
         drop(d);
         assert!(s.mark() >= before);
+        assert!(s.close_if_empty());
+        assert!(s.hold().is_err(), "closed: no record may begin");
+        s.reopen();
+        assert!(s.hold().is_ok());
     }
 }

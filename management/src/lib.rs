@@ -378,7 +378,7 @@ impl Management {
         // if the wait ends first, it is recorded here before the 202, its message confirmed).
         let unrecorded = wait.is_some();
         // A recorded one stays open until its message is confirmed or it is recorded failed.
-        let held = (!unrecorded).then(|| self.settling.hold());
+        let held = if unrecorded { None } else { Some(self.settling.hold()?) };
         let created_ms = held.as_ref().map_or_else(now_ms, |h| h.ms);
         let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
         if !unrecorded && !self.create(new.clone()).await? {
@@ -494,7 +494,7 @@ impl Management {
         let (version, manifest) = self.active_manifest(function).await?;
         self.ensure_pool(&manifest.pool).await?;
         // Open until every input is published or recorded failed (see `lease`).
-        let _held = self.settling.hold();
+        let _held = self.settling.hold()?;
         let records = new_records(function, version, &inputs);
         let recorded = self
             .metrics
@@ -783,15 +783,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// Records a publish failure the store refused at first, retrying until it takes it; `held`
-/// keeps the record open in this instance's lease meanwhile.
+/// Records the failure of an invocation recorded `queued` whose message will never be
+/// published (its publish failed, or its source message was refused), retrying until the store
+/// takes it; `held` keeps the record open in this instance's lease meanwhile.
 pub(crate) async fn record_not_queued(store: Arc<dyn Store>, id: Uuid, failed: Outcome, held: lease::Held) {
     let mut delay = Duration::from_millis(200);
     loop {
         tokio::time::sleep(delay).await;
         match store.complete(id, &failed).await {
             Ok(_) => break,
-            Err(e) => tracing::debug!(%id, error = %e, "cannot record a publish failure yet"),
+            Err(e) => tracing::debug!(%id, error = %e, "cannot record an unpublished invocation's failure yet"),
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }

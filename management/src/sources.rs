@@ -211,24 +211,31 @@ async fn take(
     let mut delay = Duration::from_millis(200);
     loop {
         let Some(m) = weak.upgrade() else { return Taken::No };
-        // On its own task: a consumer aborted (its source changed) cannot cut an invoke between
-        // its record and its publish.
+        // On its own task: a consumer aborted (its source changed) cannot cut an invoke, or the
+        // record of a refused message, between its record and its publish (or its failure).
         let invoked = {
             let (m, function, body, headers) = (m.clone(), function.to_string(), body.clone(), headers.clone());
-            tokio::spawn(async move { m.invoke_with(&function, body, None, headers).await }).await.unwrap_or_else(|e| {
+            tokio::spawn(async move {
+                match m.invoke_with(&function, body, None, headers).await {
+                    Ok(_) => Ok(Taken::Yes),
+                    Err(Error::TooLarge(why)) | Err(Error::BadRequest(why)) => {
+                        Ok(match record_refused(&m, &function, &why).await {
+                            Ok(()) => Taken::Yes,
+                            Err(_) => Taken::No,
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| {
                 Err(Error::Transport(warren_common::transport::TransportError::Other(format!(
                     "the invoke stopped: {e}"
                 ))))
             })
         };
         match invoked {
-            Ok(_) => return Taken::Yes,
-            Err(Error::TooLarge(why)) | Err(Error::BadRequest(why)) => {
-                return match record_refused(&m, function, &why).await {
-                    Ok(()) => Taken::Yes,
-                    Err(_) => Taken::No,
-                };
-            }
+            Ok(taken) => return taken,
             Err(Error::NotFound(why)) => {
                 tracing::warn!(function, error = %why, "source message returned: the function is gone");
                 // Not at once: the supervisor stops this consumer within seconds.
@@ -254,7 +261,7 @@ async fn record_refused(m: &Arc<Management>, function: &str, why: &str) -> Resul
     let f = m.store.get_function(function).await?.ok_or_else(|| Error::NotFound(function.to_string()))?;
     let id = Uuid::now_v7();
     // Open until it is recorded failed (see `lease`).
-    let held = m.settling.hold();
+    let held = m.settling.hold()?;
     let now = held.ms;
     let inv = NewInvocation {
         id,

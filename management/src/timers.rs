@@ -77,7 +77,7 @@ impl Management {
     async fn fire(&self, function: &str, t: &Timer, tick_ms: i64, catch_up: bool) -> Result<bool, Error> {
         let id = Uuid::now_v7();
         // Open until the tick's message is confirmed or it is recorded failed (see `lease`).
-        let held = self.settling.hold();
+        let held = self.settling.hold()?;
         let created_ms = held.ms;
         let payload = serde_json::to_vec(&json!({
             "tick": rfc3339(tick_ms),
