@@ -118,12 +118,50 @@ fn embedded_admin_key(data_dir: &Path) -> anyhow::Result<String> {
     Ok(key.trim().to_string())
 }
 
+/// Locks the data folder for this process (`.lock` in it), or says who has it.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `warren up` is using the data folder {}: stop it first, or give this one another --data-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create the data folder {}", opts.data_dir.display()))?;
+    // One process per data folder: its queue is in memory, so what the store says is queued or
+    // running belongs to this process or to a stopped one. Held until this returns.
+    let _lock = lock_data_dir(&opts.data_dir)?;
     let db = opts.data_dir.join("warren.db");
     let store = warren_common::store::open(&format!("sqlite://{}", db.display())).await?;
+    // What the last run left queued or running went with its in-memory queue: record it lost
+    // instead of leaving it `queued` or `running` for ever.
+    let why = warren_common::store::Settled {
+        invocation: "lost: the embedded Warren (`warren up`) stopped before this invocation finished, and its queue \
+                     was in memory (use RabbitMQ for work that must survive a stop)"
+            .into(),
+        batch: "the submission stopped: the embedded Warren (`warren up`) stopped before the end of the body".into(),
+    };
+    let (lost, batches) = store.abandon_unfinished(warren_common::now_ms(), &why).await?;
+    if lost + batches > 0 {
+        tracing::warn!(
+            invocations = lost,
+            batches,
+            "the last run stopped with work in its in-memory queue: recorded failed (lost)"
+        );
+    }
     let transport = Arc::new(MemoryTransport::new(100_000));
     let secret_key = embedded_key(&opts.data_dir)?;
     let admin_key = embedded_admin_key(&opts.data_dir)?;

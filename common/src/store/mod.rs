@@ -504,6 +504,12 @@ pub trait Store: Send + Sync + 'static {
     /// items recorded as their total and `why.batch` as their error; its lease is dropped.
     /// Returns how many invocations and batches it settled.
     async fn settle_lapsed(&self, instance: &str, since_ms: i64, now_ms: i64, why: &Settled) -> Result<(u64, u64)>;
+    /// For a store that one process owns with an in-process queue (the embedded mode), at its
+    /// start: every invocation still `queued` or `running` is recorded failed with
+    /// `why.invocation` (its message stopped with the last process), and every batch still
+    /// `submitting` becomes `running` with the items recorded and `why.batch`. Returns how many
+    /// of each, in one transaction.
+    async fn abandon_unfinished(&self, now_ms: i64, why: &Settled) -> Result<(u64, u64)>;
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
 
     // Batches (fan-out / fan-in).

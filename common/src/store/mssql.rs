@@ -266,6 +266,11 @@ const SETTLE_INVOCATIONS: &str = "UPDATE warren_invocations SET status = 'failed
 const SETTLE_BATCHES: &str = "UPDATE warren_batches SET state = 'running', error = COALESCE(error, @P1),
        total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
      WHERE state = 'submitting' AND origin = @P2";
+const ABANDON_INVOCATIONS: &str = "UPDATE warren_invocations SET status = 'failed', error = @P1, finished_ms = @P2
+     WHERE status IN ('queued', 'running')";
+const ABANDON_BATCHES: &str = "UPDATE warren_batches SET state = 'running', error = COALESCE(error, @P1),
+       total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
+     WHERE state = 'submitting'";
 const FORGET_INSTANCE: &str = "DELETE FROM warren_instances
      WHERE id = @P1 AND seen_ms + lease_ms < DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME())";
 const SEAL_BATCH: &str = "UPDATE warren_batches SET total = @P1, error = @P2,
@@ -352,6 +357,8 @@ pub fn statements() -> Vec<String> {
             SETTLE_INVOCATIONS,
             SETTLE_BATCHES,
             FORGET_INSTANCE,
+            ABANDON_INVOCATIONS,
+            ABANDON_BATCHES,
             SCHEMA_STEPS,
             SCHEMA_RECORD,
             MIGRATE_LOCK,
@@ -1139,6 +1146,23 @@ impl Store for MssqlStore {
         .await;
         finish(&mut c, matches!(result, Ok(Some(_)))).await?;
         result.map(|r| r.unwrap_or((0, 0)))
+    }
+
+    async fn abandon_unfinished(&self, now_ms: i64, why: &Settled) -> Result<(u64, u64)> {
+        let mut c = self.conn().await?;
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            let invocations = c
+                .execute(ABANDON_INVOCATIONS, &[&why.invocation.as_str(), &now_ms])
+                .await
+                .map_err(unavailable)?
+                .total();
+            let batches = c.execute(ABANDON_BATCHES, &[&why.batch.as_str()]).await.map_err(unavailable)?.total();
+            Ok((invocations, batches))
+        }
+        .await;
+        finish(&mut c, result.is_ok()).await?;
+        result
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {

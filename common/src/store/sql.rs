@@ -1462,6 +1462,32 @@ impl Store for SqlxStore {
         Ok((invocations, batches))
     }
 
+    async fn abandon_unfinished(&self, now_ms: i64, why: &Settled) -> Result<(u64, u64)> {
+        let mut tx = self.begin().await?;
+        let invocations = sqlx::query(
+            "UPDATE warren_invocations SET status = 'failed', error = $1, finished_ms = $2
+             WHERE status IN ('queued', 'running')",
+        )
+        .bind(&why.invocation)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        let batches = sqlx::query(
+            "UPDATE warren_batches SET state = 'running', error = COALESCE(error, $1),
+               total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
+             WHERE state = 'submitting'",
+        )
+        .bind(&why.batch)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        tx.commit().await.map_err(unavailable)?;
+        Ok((invocations, batches))
+    }
+
     async fn list_workers(&self) -> Result<Vec<WorkerInfo>> {
         let rows = sqlx::query(&format!("SELECT {WORKER_COLUMNS} FROM warren_workers ORDER BY id"))
             .fetch_all(&self.pool)
