@@ -455,6 +455,26 @@ async fn record_if(
     Ok(true)
 }
 
+/// Ends the submission of the batches still `submitting` (of `origin`, or all): `running`, with
+/// the items recorded as their total and `error` (unless they have one). How many.
+async fn seal_submitting(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    origin: Option<&str>,
+    error: &str,
+) -> Result<u64> {
+    let sql = format!(
+        "UPDATE warren_batches SET state = 'running', error = COALESCE(error, $1),
+           total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
+         WHERE state = 'submitting'{}",
+        if origin.is_some() { " AND origin = $2" } else { "" }
+    );
+    let mut q = sqlx::query(&sql).bind(error);
+    if let Some(o) = origin {
+        q = q.bind(o);
+    }
+    Ok(q.execute(&mut **tx).await.map_err(unavailable)?.rows_affected())
+}
+
 /// `rows` tuples for a multi-row `VALUES`, one item per column template: a `?` in a template
 /// becomes the next numbered parameter, counting from `$first` (`"?::text"` casts it; a template
 /// without `?` is a literal). `value_rows(1, 2, &["?", "'queued'", "?::int8"])` is
@@ -1447,17 +1467,7 @@ impl Store for SqlxStore {
         .await
         .map_err(unavailable)?
         .rows_affected();
-        let batches = sqlx::query(
-            "UPDATE warren_batches SET state = 'running', error = COALESCE(error, $1),
-               total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
-             WHERE state = 'submitting' AND origin = $2",
-        )
-        .bind(&why.batch)
-        .bind(instance)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
+        let batches = seal_submitting(&mut tx, Some(instance), &why.batch).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok((invocations, batches))
     }
@@ -1474,16 +1484,7 @@ impl Store for SqlxStore {
         .await
         .map_err(unavailable)?
         .rows_affected();
-        let batches = sqlx::query(
-            "UPDATE warren_batches SET state = 'running', error = COALESCE(error, $1),
-               total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
-             WHERE state = 'submitting'",
-        )
-        .bind(&why.batch)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
+        let batches = seal_submitting(&mut tx, None, &why.batch).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok((invocations, batches))
     }
