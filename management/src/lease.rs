@@ -185,24 +185,21 @@ pub async fn lease_beat(
             }
         }
         // While releasing, the holds are looked at every 20 ms, the lease renewed at its pace.
-        if renewed_at.is_some_and(|t| t.elapsed() < beat_every(lease)) {
-            drop(m);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        }
-        renewed_at = Some(tokio::time::Instant::now());
-        match renew(&m).await {
-            Ok(()) => {
-                let since = *renewing_since.get_or_insert_with(tokio::time::Instant::now);
-                if releasing.is_none() && since.elapsed() >= lease {
-                    if let Err(e) = settle_lapsed(&m).await {
-                        tracing::debug!(error = %e, "cannot settle lapsed instances yet");
+        if renewed_at.is_none_or(|t| t.elapsed() >= beat_every(lease)) {
+            renewed_at = Some(tokio::time::Instant::now());
+            match renew(&m).await {
+                Ok(()) => {
+                    let since = *renewing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if releasing.is_none() && since.elapsed() >= lease {
+                        if let Err(e) = settle_lapsed(&m).await {
+                            tracing::debug!(error = %e, "cannot settle lapsed instances yet");
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                renewing_since = None;
-                tracing::debug!(error = %e, "cannot renew this instance's lease yet");
+                Err(e) => {
+                    renewing_since = None;
+                    tracing::debug!(error = %e, "cannot renew this instance's lease yet");
+                }
             }
         }
         drop(m);

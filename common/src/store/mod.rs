@@ -367,7 +367,7 @@ pub struct ApiKey {
     pub revoked_ms: Option<i64>,
 }
 
-/// The errors recorded by [`Store::settle_lapsed`].
+/// The errors recorded by [`Store::settle_lapsed`] and [`Store::abandon_unfinished`].
 #[derive(Debug, Clone)]
 pub struct Settled {
     /// On each invocation settled failed.

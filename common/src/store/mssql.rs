@@ -253,26 +253,32 @@ const CREATE_BATCH: &str =
      VALUES (@P1, @P2, @P3, @P4, 0, 'submitting', @P5, @P6)";
 const INSERT_ITEMS_PREFIX: &str =
     "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms, batch, origin) VALUES ";
-// Lease times are the store's clock (milliseconds since the epoch, UTC).
-const INSTANCE_UPDATE: &str = "UPDATE warren_instances
-     SET seen_ms = DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME()), settled_ms = @P2, lease_ms = @P3
-     WHERE id = @P1";
-const INSTANCE_INSERT: &str = "INSERT INTO warren_instances (id, seen_ms, settled_ms, lease_ms)
-     VALUES (@P1, DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME()), @P2, @P3)";
-const LAPSED_INSTANCES: &str = "SELECT id, settled_ms FROM warren_instances
-     WHERE seen_ms + lease_ms < DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME()) ORDER BY id";
+/// Lease times are the store's clock: milliseconds since the epoch, UTC (SQL Server 2016+).
+macro_rules! clock_ms {
+    () => {
+        "DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME())"
+    };
+}
+const INSTANCE_UPDATE: &str =
+    concat!("UPDATE warren_instances SET seen_ms = ", clock_ms!(), ", settled_ms = @P2, lease_ms = @P3 WHERE id = @P1");
+const INSTANCE_INSERT: &str = concat!(
+    "INSERT INTO warren_instances (id, seen_ms, settled_ms, lease_ms) VALUES (@P1, ",
+    clock_ms!(),
+    ", @P2, @P3)"
+);
+const LAPSED_INSTANCES: &str =
+    concat!("SELECT id, settled_ms FROM warren_instances WHERE seen_ms + lease_ms < ", clock_ms!(), " ORDER BY id");
 const SETTLE_INVOCATIONS: &str = "UPDATE warren_invocations SET status = 'failed', error = @P1, finished_ms = @P2
      WHERE status = 'queued' AND attempts = 0 AND created_ms >= @P3 AND origin = @P4";
-const SETTLE_BATCHES: &str = "UPDATE warren_batches SET state = 'running', error = COALESCE(error, @P1),
+/// Ends the submission of the batches still `submitting` of origin @P2, or of all when @P2 is
+/// NULL: `running`, with the items recorded as their total and @P1 as error (unless they have one).
+const SEAL_SUBMITTING: &str = "UPDATE warren_batches SET state = 'running', error = COALESCE(error, @P1),
        total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
-     WHERE state = 'submitting' AND origin = @P2";
+     WHERE state = 'submitting' AND (@P2 IS NULL OR origin = @P2)";
 const ABANDON_INVOCATIONS: &str = "UPDATE warren_invocations SET status = 'failed', error = @P1, finished_ms = @P2
      WHERE status IN ('queued', 'running')";
-const ABANDON_BATCHES: &str = "UPDATE warren_batches SET state = 'running', error = COALESCE(error, @P1),
-       total = (SELECT COUNT(*) FROM warren_invocations i WHERE i.batch = warren_batches.id)
-     WHERE state = 'submitting'";
-const FORGET_INSTANCE: &str = "DELETE FROM warren_instances
-     WHERE id = @P1 AND seen_ms + lease_ms < DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME())";
+const FORGET_INSTANCE: &str =
+    concat!("DELETE FROM warren_instances WHERE id = @P1 AND seen_ms + lease_ms < ", clock_ms!());
 const SEAL_BATCH: &str = "UPDATE warren_batches SET total = @P1, error = @P2,
        state = CASE WHEN state = 'submitting' THEN 'running' ELSE state END
      WHERE id = @P3";
@@ -340,8 +346,8 @@ const ROLLBACK: &str = "ROLLBACK TRANSACTION";
 
 /// Rows per multi-row log insert: 5 parameters each, under SQL Server's 2,100 per statement.
 const LOG_ROWS_PER_INSERT: usize = 400;
-/// Rows per multi-row batch item insert: the batch id once, then 5 parameters each
-/// (2,001 in all, under SQL Server's 2,100 per statement).
+/// Rows per multi-row batch item insert: the batch id and the origin once, then 5 parameters
+/// each (2,002 in all, under SQL Server's 2,100 per statement).
 const ITEM_ROWS_PER_INSERT: usize = 400;
 
 /// Every statement this backend sends (the log insert with two rows as its example).
@@ -355,10 +361,9 @@ pub fn statements() -> Vec<String> {
             INSTANCE_INSERT,
             LAPSED_INSTANCES,
             SETTLE_INVOCATIONS,
-            SETTLE_BATCHES,
+            SEAL_SUBMITTING,
             FORGET_INSTANCE,
             ABANDON_INVOCATIONS,
-            ABANDON_BATCHES,
             SCHEMA_STEPS,
             SCHEMA_RECORD,
             MIGRATE_LOCK,
@@ -1139,8 +1144,9 @@ impl Store for MssqlStore {
                 .await
                 .map_err(unavailable)?
                 .total();
+            let origin = Some(instance);
             let batches =
-                c.execute(SETTLE_BATCHES, &[&why.batch.as_str(), &instance]).await.map_err(unavailable)?.total();
+                c.execute(SEAL_SUBMITTING, &[&why.batch.as_str(), &origin]).await.map_err(unavailable)?.total();
             Ok(Some((invocations, batches)))
         }
         .await;
@@ -1157,7 +1163,8 @@ impl Store for MssqlStore {
                 .await
                 .map_err(unavailable)?
                 .total();
-            let batches = c.execute(ABANDON_BATCHES, &[&why.batch.as_str()]).await.map_err(unavailable)?.total();
+            let all: Option<&str> = None;
+            let batches = c.execute(SEAL_SUBMITTING, &[&why.batch.as_str(), &all]).await.map_err(unavailable)?.total();
             Ok((invocations, batches))
         }
         .await;
