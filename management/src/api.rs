@@ -71,7 +71,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        let mut r = (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response();
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body may have been refused unread: the connection ends with this answer, so
+            // that the client does not send its next request on a connection the server is
+            // closing (it would see the connection cut instead of an answer).
+            r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        r
     }
 }
 
