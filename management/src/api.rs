@@ -91,6 +91,7 @@ impl From<Error> for ApiError {
             Error::Store(warren_common::store::StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
             Error::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Error::Transport(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let mut message = e.to_string();
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -360,16 +361,9 @@ async fn invoke(
             ))
         }
     };
-    let accepted = if wait.is_none() {
-        // On its own task: a client that leaves cannot cut it between the record and the
-        // publish (which would leave the record `queued` with no message).
-        let m = m.clone();
-        tokio::spawn(async move { m.invoke(&name, body, None).await }).await.map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the invoke stopped: {e}"))
-        })??
-    } else {
-        m.invoke(&name, body, wait).await?
-    };
+    // Safe to cancel: a client that leaves cannot cut an async invoke between its record and
+    // its publish (see `Management::invoke_with`).
+    let accepted = m.invoke(&name, body, wait).await?;
     match accepted.invocation {
         Some(inv) if inv.status.is_final() => {
             let (logs, attempts) = match accepted.details {

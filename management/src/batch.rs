@@ -24,7 +24,6 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use uuid::Uuid;
-use warren_common::message::{InvocationMessage, PROTOCOL_VERSION};
 use warren_common::now_ms;
 use warren_common::store::{Batch, NewBatch, NewInvocation, Status};
 
@@ -531,20 +530,8 @@ impl Management {
     }
 
     async fn publish_fanin(&self, pool: &str, inv: NewInvocation) -> Result<(), Error> {
-        let msg = InvocationMessage {
-            v: PROTOCOL_VERSION,
-            id: inv.id,
-            function: inv.function,
-            version: inv.version,
-            attempt: 1,
-            payload: inv.payload.into(),
-            notify: None,
-            created_ms: inv.created_ms,
-            headers: Vec::new(),
-            // May be published twice (by the `finishing` branch of another instance).
-            fresh: false,
-            unrecorded: false,
-        };
+        // May be published twice (by the `finishing` branch of another instance): not fresh.
+        let msg = crate::first_message(&inv, inv.payload.clone().into(), false);
         // Not publish_recorded: a failed publish must leave the follow-up `queued` (the
         // `finishing` branch publishes it again), not record it failed for good.
         self.ensure_pool(pool).await?;

@@ -87,6 +87,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("the message broker is unavailable: {0}")]
     Transport(#[from] TransportError),
+    /// A bug: a task of Warren's own stopped (a panic), logged where it happened.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// A store error in words: a conflict is the caller's (409), anything else the store's.
@@ -348,13 +351,22 @@ impl Management {
     /// Records and publishes one invocation of a function's active version. With `wait`, waits
     /// for its outcome up to that long (woken by the worker's completion notice).
     #[tracing::instrument(name = "invocation", skip_all, fields(id = tracing::field::Empty, function = %function))]
-    pub async fn invoke(&self, function: &str, payload: Bytes, wait: Option<Duration>) -> Result<Accepted, Error> {
+    pub async fn invoke(
+        self: &Arc<Self>,
+        function: &str,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> Result<Accepted, Error> {
         self.invoke_with(function, payload, wait, Vec::new()).await
     }
 
     /// [`invoke`](Self::invoke), with the headers of a triggering message for the function.
+    ///
+    /// Safe to cancel (a client that leaves, a source consumer aborted): an asynchronous
+    /// invoke's record and publish run on a task of their own, so a record is never left
+    /// `queued` with no message; a synchronous one is not recorded until its wait ends.
     pub async fn invoke_with(
-        &self,
+        self: &Arc<Self>,
         function: &str,
         payload: Bytes,
         wait: Option<Duration>,
@@ -376,34 +388,23 @@ impl Management {
         // answered at once and may be looked up at once. A synchronous one is recorded by the
         // worker with its outcome, in one write: nobody can ask for it before its answer (and
         // if the wait ends first, it is recorded here before the 202, its message confirmed).
-        let unrecorded = wait.is_some();
-        // A recorded one stays open until its message is confirmed or it is recorded failed.
-        let held = if unrecorded { None } else { Some(self.settling.hold()?) };
-        let created_ms = held.as_ref().map_or_else(now_ms, |h| h.ms);
-        let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
-        if !unrecorded && !self.create(new.clone()).await? {
-            return Err(Error::Store(StoreError::Conflict(format!("invocation {id} exists already"))));
-        }
-        // A sync answer shows the input (a reference count, not a copy, until then).
-        let input = wait.map(|_| payload.clone());
-        let msg = InvocationMessage {
-            v: PROTOCOL_VERSION,
-            id,
-            function: function.to_string(),
-            version,
-            attempt: 1,
-            payload,
-            notify: wait.map(|_| warren_common::topology::notice_queue(&self.instance)),
-            created_ms,
-            headers,
-            fresh: true,
-            unrecorded,
-        };
         let Some(wait) = wait else {
-            self.publish_recorded(&manifest.pool, &msg).await?;
-            self.metrics.invocations_accepted.inc(&[function]);
-            tracing::debug!("invocation published");
-            return Ok(Accepted { id, invocation: None, details: None });
+            let (m, function) = (self.clone(), function.to_string());
+            let queued =
+                async move { m.record_and_publish(id, &function, version, &manifest.pool, payload, headers).await };
+            return tokio::spawn(tracing::Instrument::in_current_span(queued))
+                .await
+                .map_err(|e| Error::Internal(format!("the invoke stopped: {e}")))?;
+        };
+        let created_ms = now_ms();
+        let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
+        // A sync answer shows the input (a reference count, not a copy, until then).
+        let input = payload.clone();
+        let msg = InvocationMessage {
+            notify: Some(warren_common::topology::notice_queue(&self.instance)),
+            headers,
+            unrecorded: true,
+            ..first_message(&new, payload, true)
         };
         // Register before publishing: the notice may come back before publish returns.
         let (tx, mut rx) = oneshot::channel();
@@ -455,7 +456,7 @@ impl Management {
                     version: o.version,
                     status: o.status,
                     attempts: o.attempt,
-                    payload: input.map(|b| b.to_vec()).unwrap_or_default(),
+                    payload: input.to_vec(),
                     result: o.result,
                     error: o.error,
                     worker: Some(o.worker),
@@ -475,6 +476,36 @@ impl Management {
             self.create(new).await?;
         }
         Ok(Accepted { id, invocation: inv, details: None })
+    }
+
+    /// An asynchronous invoke's record (`queued`, through the group commit) and publish, with
+    /// this instance's lease holding it open until the publish is settled.
+    async fn record_and_publish(
+        &self,
+        id: Uuid,
+        function: &str,
+        version: i64,
+        pool: &str,
+        payload: Bytes,
+        headers: Vec<(String, String)>,
+    ) -> Result<Accepted, Error> {
+        let held = self.settling.hold()?;
+        let new = NewInvocation {
+            id,
+            function: function.to_string(),
+            version,
+            payload: payload.to_vec(),
+            created_ms: held.ms,
+        };
+        let msg = InvocationMessage { headers, ..first_message(&new, payload, true) };
+        if !self.create(new).await? {
+            return Err(Error::Store(StoreError::Conflict(format!("invocation {id} exists already"))));
+        }
+        self.publish_recorded(pool, &msg).await?;
+        drop(held);
+        self.metrics.invocations_accepted.inc(&[function]);
+        tracing::debug!("invocation published");
+        Ok(Accepted { id, invocation: None, details: None })
     }
 
     /// Records and publishes one independent invocation of a function's active version per

@@ -211,28 +211,20 @@ async fn take(
     let mut delay = Duration::from_millis(200);
     loop {
         let Some(m) = weak.upgrade() else { return Taken::No };
-        // On its own task: a consumer aborted (its source changed) cannot cut an invoke, or the
-        // record of a refused message, between its record and its publish (or its failure).
-        let invoked = {
-            let (m, function, body, headers) = (m.clone(), function.to_string(), body.clone(), headers.clone());
-            tokio::spawn(async move {
-                match m.invoke_with(&function, body, None, headers).await {
-                    Ok(_) => Ok(Taken::Yes),
-                    Err(Error::TooLarge(why)) | Err(Error::BadRequest(why)) => {
-                        Ok(match record_refused(&m, &function, &why).await {
-                            Ok(()) => Taken::Yes,
-                            Err(_) => Taken::No,
-                        })
-                    }
-                    Err(e) => Err(e),
-                }
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(Error::Transport(warren_common::transport::TransportError::Other(format!(
-                    "the invoke stopped: {e}"
-                ))))
-            })
+        // A consumer aborted (its source changed) cannot cut an invoke between its record and
+        // its publish (`invoke_with` is safe to cancel), nor, on a task of its own, the record
+        // of a refused message between its record and its failure.
+        let invoked = match m.invoke_with(function, body.clone(), None, headers.clone()).await {
+            Ok(_) => Ok(Taken::Yes),
+            Err(Error::TooLarge(why) | Error::BadRequest(why) | Error::Internal(why)) => {
+                let (m, function) = (m.clone(), function.to_string());
+                let refused = tokio::spawn(async move { record_refused(&m, &function, &why).await });
+                Ok(match refused.await {
+                    Ok(Ok(())) => Taken::Yes,
+                    _ => Taken::No,
+                })
+            }
+            Err(e) => Err(e),
         };
         match invoked {
             Ok(taken) => return taken,

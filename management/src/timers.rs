@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use uuid::Uuid;
 use warren_common::manifest::CatchUp;
-use warren_common::message::{InvocationMessage, PROTOCOL_VERSION};
 use warren_common::now_ms;
 use warren_common::schedule::{rfc3339, Schedule};
 use warren_common::store::NewInvocation;
@@ -90,20 +89,8 @@ impl Management {
         if !self.store.fire_tick(function, tick_ms, &inv).await? {
             return Ok(false);
         }
-        let msg = InvocationMessage {
-            v: PROTOCOL_VERSION,
-            id,
-            function: inv.function,
-            version: inv.version,
-            attempt: 1,
-            payload: inv.payload.into(),
-            notify: None,
-            created_ms,
-            headers: Vec::new(),
-            // Each tick is recorded by one instance and published once.
-            fresh: true,
-            unrecorded: false,
-        };
+        // Each tick is recorded by one instance and published once: fresh.
+        let msg = crate::first_message(&inv, inv.payload.clone().into(), true);
         self.publish_recorded(&t.pool, &msg).await?;
         tracing::info!(function, tick = %rfc3339(tick_ms), invocation = %id, catch_up, "timer fired");
         Ok(true)
