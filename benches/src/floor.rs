@@ -11,10 +11,18 @@
 //!   for the disk, as Warren's management records invocations: the broker holds the message
 //!   durably), and the consumer's write is the guarded `UPDATE` of that record.
 //!
+//! Row 1c also runs with several consumers (`--floor-consumers`), each on a connection of its
+//! own with its own commits, as several workers would: the same messages spread over more
+//! consumers make smaller groups, and what that costs the broker and PostgreSQL on this machine
+//! shows without any Warren code (the consumers share one process, so more processes to wake
+//! is not in it).
+//!
 //! The table has only its primary key (Warren's `warren_invocations` has two more indexes, for
 //! listing by function and by status).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -25,6 +33,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::sync::watch;
 
 use crate::broker::{connect, Confirms};
 
@@ -59,6 +68,14 @@ impl Floor {
         }
     }
 
+    /// The label, naming the consumers when there are several.
+    pub fn label_with(self, consumers: usize) -> String {
+        match consumers {
+            1 => self.label().to_string(),
+            c => format!("{}, {c} consumers", self.label()),
+        }
+    }
+
     pub fn key(self) -> &'static str {
         match self {
             Floor::StoreBeforeAck => "store_before_ack",
@@ -69,6 +86,8 @@ impl Floor {
 
 pub struct FloorResult {
     pub floor: Floor,
+    /// Consumers (each its own connection and commits) that shared the messages.
+    pub consumers: usize,
     pub messages: u64,
     pub publish_secs: f64,
     pub end_to_end_secs: f64,
@@ -88,9 +107,18 @@ impl FloorResult {
     }
 }
 
-pub async fn run(amqp: &str, pg: &str, floor: Floor, n: u64, body_bytes: usize, window: usize) -> Result<FloorResult> {
+pub async fn run(
+    amqp: &str,
+    pg: &str,
+    floor: Floor,
+    consumers: usize,
+    n: u64,
+    body_bytes: usize,
+    window: usize,
+) -> Result<FloorResult> {
+    let consumers = consumers.max(1);
     let db = PgPoolOptions::new()
-        .max_connections(COMMITS_IN_FLIGHT as u32 + 1)
+        .max_connections((COMMITS_IN_FLIGHT * consumers) as u32 + 1)
         .acquire_timeout(Duration::from_secs(10))
         .connect(pg)
         .await
@@ -102,7 +130,7 @@ pub async fn run(amqp: &str, pg: &str, floor: Floor, n: u64, body_bytes: usize, 
     ))
     .execute(&db)
     .await?;
-    let run = Run { db: &db, table: &table, floor, n, body_bytes, window };
+    let run = Run { db: &db, table: &table, floor, consumers, n, body_bytes, window };
     let r = measure(amqp, &run).await;
     let _ = sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}")).execute(&db).await;
     db.close().await;
@@ -115,6 +143,7 @@ struct Run<'a> {
     db: &'a PgPool,
     table: &'a str,
     floor: Floor,
+    consumers: usize,
     n: u64,
     body_bytes: usize,
     window: usize,
@@ -124,46 +153,67 @@ async fn measure(amqp: &str, run: &Run<'_>) -> Result<FloorResult> {
     let (floor, n) = (run.floor, run.n);
     let queue = format!("warren-bench.raw.{}", uuid::Uuid::now_v7().simple());
     let pub_conn = connect(amqp, "warren-bench-floor-publisher").await?;
-    let sub_conn = connect(amqp, "warren-bench-floor-consumer").await?;
     let pub_ch = pub_conn.create_channel().await?;
     pub_ch.confirm_select(ConfirmSelectOptions::default()).await?;
     pub_ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
-    let sub_ch = sub_conn.create_channel().await?;
-    sub_ch.basic_qos(GROUP as u16, BasicQosOptions::default()).await?;
-    let consumer = sub_ch
-        .basic_consume(
-            queue.as_str().into(),
-            "warren-bench-floor".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // Every consumer stops waiting for deliveries once all `n` are taken between them.
+    let taken = Arc::new(AtomicU64::new(0));
+    let (all_taken, _) = watch::channel(false);
+    let all_taken = Arc::new(all_taken);
+    let mut sub_conns = Vec::with_capacity(run.consumers);
+    let mut tasks = Vec::with_capacity(run.consumers);
+    for c in 0..run.consumers {
+        let sub_conn = connect(amqp, &format!("warren-bench-floor-consumer-{c}")).await?;
+        let sub_ch = sub_conn.create_channel().await?;
+        sub_ch.basic_qos(GROUP as u16, BasicQosOptions::default()).await?;
+        let consumer = sub_ch
+            .basic_consume(
+                queue.as_str().into(),
+                format!("warren-bench-floor-{c}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let shared = Shared { n, taken: taken.clone(), all_taken: all_taken.clone() };
+        tasks.push(tokio::spawn(consume(consumer, run.db.clone(), run.table.to_string(), floor, shared)));
+        sub_conns.push(sub_conn);
+    }
 
-    let consume = tokio::spawn(consume(consumer, run.db.clone(), run.table.to_string(), floor, n));
     let cpu_before = crate::mesh::cpu_snap(0, &[]);
     let start = Instant::now();
     let published = publish(&pub_ch, &queue, run).await;
     let publish_secs = start.elapsed().as_secs_f64();
     let consumed = match published {
-        Ok(()) => match tokio::time::timeout(Duration::from_secs(120), consume).await {
-            Ok(j) => j.context("the floor consumer task")?,
-            Err(_) => Err(anyhow::anyhow!("the consumer took over 120 s to store and ack every message")),
-        },
+        Ok(()) => {
+            let all = futures_util::future::join_all(tasks);
+            match tokio::time::timeout(Duration::from_secs(120), all).await {
+                Ok(done) => done
+                    .into_iter()
+                    .map(|j| j.context("a floor consumer task")?)
+                    .collect::<Result<Vec<(Instant, u64, u64)>>>(),
+                Err(_) => Err(anyhow::anyhow!("the consumers took over 120 s to store and ack every message")),
+            }
+        }
         Err(e) => {
-            consume.abort();
+            tasks.iter().for_each(|t| t.abort());
             Err(e)
         }
     };
     let cpu = crate::mesh::cpu_use(&cpu_before, &crate::mesh::cpu_snap(0, &[]));
     let _ = pub_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-    let _ = sub_conn.close(200, "done".into()).await;
+    for c in &sub_conns {
+        let _ = c.close(200, "done".into()).await;
+    }
     let _ = pub_conn.close(200, "done".into()).await;
-    let (last, stored, statements) = consumed?;
+    let consumed = consumed?;
+    let last = consumed.iter().map(|c| c.0).max().context("at least one consumer")?;
+    let (stored, statements) = consumed.iter().fold((0, 0), |(s, st), c| (s + c.1, st + c.2));
     if stored != n {
-        bail!("the consumer's statements stored {stored} rows for {n} messages");
+        bail!("the consumers' statements stored {stored} rows for {n} messages");
     }
     Ok(FloorResult {
         floor,
+        consumers: run.consumers,
         messages: n,
         publish_secs,
         end_to_end_secs: last.duration_since(start).as_secs_f64(),
@@ -173,13 +223,21 @@ async fn measure(amqp: &str, run: &Run<'_>) -> Result<FloorResult> {
     })
 }
 
+/// What the consumers of one measurement share: how many deliveries they have taken between
+/// them, and the signal that all `n` are.
+struct Shared {
+    n: u64,
+    taken: Arc<AtomicU64>,
+    all_taken: Arc<watch::Sender<bool>>,
+}
+
 fn message_id(i: u64) -> String {
     // Unique, sortable, and as long as Warren's ids.
     format!("00000000-0000-7000-8000-{i:012}")
 }
 
 async fn publish(ch: &lapin::Channel, queue: &str, run: &Run<'_>) -> Result<()> {
-    let Run { db, table, floor, n, body_bytes, window } = *run;
+    let Run { db, table, floor, n, body_bytes, window, .. } = *run;
     let record = format!(
         "INSERT INTO {table} (id, status, payload, created_ms)
          SELECT id, 'queued', payload, $3 FROM UNNEST($1::text[], $2::bytea[]) AS u(id, payload)"
@@ -210,14 +268,14 @@ async fn publish(ch: &lapin::Channel, queue: &str, run: &Run<'_>) -> Result<()> 
     confirms.finish(n).await
 }
 
-/// Stores and acks every delivery; returns the time of the last ack, the rows stored and the
-/// statements run.
+/// Stores and acks its deliveries until all `n` are taken (by it and the other consumers);
+/// returns the time of its last ack, the rows it stored and the statements it ran.
 async fn consume(
     mut consumer: lapin::Consumer,
     db: PgPool,
     table: String,
     floor: Floor,
-    n: u64,
+    shared: Shared,
 ) -> Result<(Instant, u64, u64)> {
     let sql = match floor {
         Floor::StoreBeforeAck => format!(
@@ -231,7 +289,8 @@ async fn consume(
              WHERE t.id = u.id AND t.status = 'queued'"
         ),
     };
-    let (mut taken, mut stored, mut statements) = (0u64, 0u64, 0u64);
+    let (mut stored, mut statements) = (0u64, 0u64);
+    let mut all_taken = shared.all_taken.subscribe();
     let mut commits: VecDeque<tokio::task::JoinHandle<Result<(lapin::Acker, u64)>>> = VecDeque::new();
     let mut last = Instant::now();
     // Acks the oldest commit's deliveries once it is stored: acks go out in delivery order, so
@@ -247,11 +306,15 @@ async fn consume(
         }
         Ok(())
     }
-    while taken < n {
-        let first = match consumer.next().await {
+    while !*all_taken.borrow_and_update() {
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            _ = all_taken.changed() => continue,
+        };
+        let first = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => return Err(anyhow::Error::from(e).context("consumer failed")),
-            None => bail!("the consumer was closed after {taken} messages"),
+            None => bail!("a consumer was closed after {stored} stored messages"),
         };
         let mut group = vec![first];
         while group.len() < GROUP {
@@ -260,7 +323,9 @@ async fn consume(
                 _ => break,
             }
         }
-        taken += group.len() as u64;
+        if shared.taken.fetch_add(group.len() as u64, Ordering::Relaxed) + group.len() as u64 >= shared.n {
+            shared.all_taken.send_replace(true);
+        }
         let ids: Vec<String> =
             group.iter().map(|d| String::from_utf8_lossy(&d.data[..ID_LEN.min(d.data.len())]).into_owned()).collect();
         let results: Vec<Vec<u8>> = group.iter().map(|d| d.data.clone()).collect();

@@ -126,6 +126,10 @@ struct Args {
     /// under row 2).
     #[arg(long)]
     no_floor: bool,
+    /// Row 1c: consumer counts to run it with (each its own connection and commits, as
+    /// workers would), to see what spreading the messages costs without Warren; 1b runs with 1.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    floor_consumers: Vec<usize>,
     /// Row 5: workers attached to the batch's pool while it is submitted and drained; 0
     /// measures acceptance alone (no "until done" figure).
     #[arg(long, default_value_t = 1)]
@@ -274,7 +278,7 @@ pub struct Figures {
     pub raw_rates: Vec<f64>,
     pub raw_error: Option<String>,
     /// Rows 1b and 1c: the broker with PostgreSQL writes by hand (no Warren).
-    pub floors: Vec<Result<floor::FloorResult, (floor::Floor, String)>>,
+    pub floors: Vec<Result<floor::FloorResult, (floor::Floor, usize, String)>>,
     pub runs: Vec<Result<LoadResult, (String, usize, String)>>,
     pub splits: Vec<Result<SplitResult, (String, usize, String)>>,
     pub warm: Vec<Result<LoadResult, (String, usize, String)>>,
@@ -436,9 +440,16 @@ async fn run(args: Args) -> Result<bool> {
     if want_pg && !args.no_floor {
         let admin = admin.as_ref().expect("admin pool");
         let url = if args.no_fresh_db { args.pg.clone() } else { fresh_pg(admin, &args.pg).await.0 };
-        for f in [floor::Floor::StoreBeforeAck, floor::Floor::RecordThenStore] {
-            eprintln!("[{}] {}: {raw_n} messages, {} confirms in flight", f.row(), f.label(), args.confirm_window);
-            match floor::run(&args.amqp, &url, f, raw_n, args.payload_bytes, args.confirm_window).await {
+        let floors = std::iter::once((floor::Floor::StoreBeforeAck, 1))
+            .chain(args.floor_consumers.iter().map(|&c| (floor::Floor::RecordThenStore, c.max(1))));
+        for (f, consumers) in floors {
+            eprintln!(
+                "[{}] {}: {raw_n} messages, {} confirms in flight, {consumers} consumer(s)",
+                f.row(),
+                f.label(),
+                args.confirm_window
+            );
+            match floor::run(&args.amqp, &url, f, consumers, raw_n, args.payload_bytes, args.confirm_window).await {
                 Ok(r) => {
                     eprintln!(
                         "    {:.0} msg/s end to end, {:.0} rows per statement",
@@ -449,7 +460,7 @@ async fn run(args: Args) -> Result<bool> {
                 }
                 Err(e) => {
                     eprintln!("    FAILED: {e:#}");
-                    fig.floors.push(Err((f, format!("{e:#}"))));
+                    fig.floors.push(Err((f, consumers, format!("{e:#}"))));
                 }
             }
         }

@@ -313,7 +313,7 @@ pub fn print_tables(c: &Context, f: &Figures) {
     for r in &f.floors {
         match r {
             Ok(r) => rows.push(vec![
-                format!("{}  {}", r.floor.row(), r.floor.label()),
+                format!("{}  {}", r.floor.row(), r.floor.label_with(r.consumers)),
                 rate(r.end_to_end_rate()),
                 ratio(r.end_to_end_rate()),
                 rate(r.publish_rate()),
@@ -324,7 +324,9 @@ pub fn print_tables(c: &Context, f: &Figures) {
                     r.stored as f64 / r.statements.max(1) as f64
                 ),
             ]),
-            Err((floor, e)) => rows.push(failed_row(format!("{}  {}", floor.row(), floor.label()), e)),
+            Err((floor, consumers, e)) => {
+                rows.push(failed_row(format!("{}  {}", floor.row(), floor.label_with(*consumers)), e))
+            }
         }
     }
     for r in &f.runs {
@@ -617,7 +619,7 @@ pub fn print_tables(c: &Context, f: &Figures) {
         rows.push(cpu_row("raw broker (lapin)".into(), r.messages, &r.cpu));
     }
     for r in f.floors.iter().filter_map(|r| r.as_ref().ok()) {
-        rows.push(cpu_row(format!("{} (bench client = both)", r.floor.label()), r.messages, &r.cpu));
+        rows.push(cpu_row(format!("{} (bench client = both)", r.floor.label_with(r.consumers)), r.messages, &r.cpu));
     }
     for r in f.runs.iter().filter_map(|r| r.as_ref().ok()) {
         rows.push(cpu_row(run_label(r)[3..].to_string(), r.completed, &r.cpu));
@@ -707,6 +709,7 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
             Ok(r) => json!({
                 "row": r.floor.row(),
                 "kind": r.floor.key(),
+                "consumers": r.consumers,
                 "messages": r.messages,
                 "stored": r.stored,
                 "statements": r.statements,
@@ -716,7 +719,9 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
                 "end_to_end_secs": r.end_to_end_secs,
                 "cpu_secs": cpu_json(&r.cpu),
             }),
-            Err((floor, e)) => json!({"row": floor.row(), "kind": floor.key(), "error": e}),
+            Err((floor, consumers, e)) => {
+                json!({"row": floor.row(), "kind": floor.key(), "consumers": consumers, "error": e})
+            }
         })
         .collect();
     let run_json = |r: &Result<LoadResult, (String, usize, String)>| match r {
