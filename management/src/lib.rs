@@ -9,6 +9,7 @@ pub mod auth;
 pub mod batch;
 pub mod cli_batch;
 pub mod embedded;
+pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod outputs;
@@ -55,6 +56,12 @@ pub struct Config {
     /// An instance whose lease is not renewed for this long has stopped: another settles the
     /// invocations and batches it left unpublished (see [`lease`]).
     pub instance_lease: Duration,
+    /// API connections open at once; at the cap new ones wait in the kernel's backlog (see
+    /// [`http`]).
+    pub max_connections: usize,
+    /// How long a connection may take to send a request head, or stay idle between keep-alive
+    /// requests, before it is closed.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +77,8 @@ impl Default for Config {
             triggers: true,
             auth: auth::AuthMode::Open,
             instance_lease: Duration::from_secs(60),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -796,23 +805,7 @@ impl Management {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    m: Arc<Management>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
-    // Answers go out at once: without TCP_NODELAY a response written in two segments waits for
-    // the client's delayed ACK (up to 40 ms on Linux) behind Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an API connection");
-        }
-    });
-    axum::serve(listener, api::router(m)).with_graceful_shutdown(shutdown).await?;
-    Ok(())
-}
+pub use http::serve;
 
 /// Records the failure of an invocation recorded `queued` whose message will never be
 /// published (its publish failed, or its source message was refused), retrying until the store

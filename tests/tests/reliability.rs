@@ -269,3 +269,48 @@ async fn a_management_stopped_cleanly_hands_its_lease_back() {
     let (_, _, settled, lease_ms) = rows.iter().find(|(i, ..)| *i == id).expect("the lease row is kept until settled");
     assert_eq!((*settled, *lease_ms), (i64::MAX, 0), "handed back: lapsed at once, everything settled");
 }
+
+/// Clients cannot hold the API open without bound: past `--max-connections` a new connection
+/// waits (in the kernel's backlog) until one closes, and a connection that does not finish a
+/// request head within `--header-timeout-secs` (slowloris, or idle) is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_capped_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    require_services();
+    let m = Management::start_with(&pg_url(), &["--max-connections", "1", "--header-timeout-secs", "1"]).await;
+    let addr = m.base.trim_start_matches("http://").to_string();
+    // One slot: the readiness check's pooled connection holds it until it has idled 1 s; then
+    // the kernel hands the waiting connections over in the order they came.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\n").await.unwrap(); // no blank line: never complete
+    let idle = TcpStream::connect(&addr).await.unwrap();
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    third.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), third.read_to_end(&mut answer))
+        .await
+        .expect("the third connection is served once the two before it are closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "the third connection is served: {answer:?}");
+    // With one slot the third was accepted only after both were closed, so on loopback their
+    // ends are already here: read without waiting.
+    for (what, s) in [("the slow head", &slow), ("the idle connection", &idle)] {
+        let mut got = Vec::new();
+        let closed = loop {
+            let mut buf = [0u8; 512];
+            match s.try_read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true, // reset: closed too
+            }
+        };
+        let got = String::from_utf8_lossy(&got);
+        assert!(closed, "{what} was closed (header timeout) before the third connection got its slot");
+        assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{what} is closed unanswered (or 408): {got:?}");
+    }
+    // The API still serves.
+    assert_eq!(m.get("/healthz").await.0, 200);
+}
