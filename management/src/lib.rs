@@ -702,11 +702,23 @@ impl Management {
                         continue;
                     }
                 };
-                let Some(attempt) = self.store.replay(msg.id).await? else {
-                    // Not dead in the store (replayed already, or stale): leave it be.
-                    report.skipped.push(msg.id);
-                    d.requeue().await?;
-                    continue;
+                let attempt = match self.store.replay(msg.id).await? {
+                    Some(attempt) => attempt,
+                    None => match self.store.get_invocation(msg.id).await? {
+                        // Recorded as this dead letter's replay, but the letter is still here:
+                        // the instance that replayed it stopped before its publish (or before
+                        // its ack). Publish it now; if it went out already, the worker's claim
+                        // runs the attempt once.
+                        Some(inv) if inv.status == Status::Queued && inv.attempts == msg.attempt as i32 + 1 => {
+                            inv.attempts
+                        }
+                        // Not dead in the store (replayed already, or stale): leave it be.
+                        _ => {
+                            report.skipped.push(msg.id);
+                            d.requeue().await?;
+                            continue;
+                        }
+                    },
                 };
                 // The new attempt runs the function's active version: replaying after a fix
                 // means publishing the fix, then replaying.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use warren_common::message::{InvocationMessage, PROTOCOL_VERSION};
+use warren_common::store::Store;
 use warren_common::transport::amqp::AmqpTransport;
 use warren_common::transport::Transport;
 use warren_tests::*;
@@ -97,6 +98,13 @@ async fn exhausted_invocations_die_into_the_dead_letter_queue_and_replay_as_a_ne
     // Listing leaves it in place.
     let (_, again) = m.get(&format!("/api/dead-letters?pool={pool}")).await;
     assert_eq!(again["counts"][&pool], 1);
+
+    // A replay cut short: recorded in the store (attempt 3, `queued`) by an instance that
+    // stopped before publishing it, so the dead letter is still in its queue. Replaying again
+    // finishes it instead of skipping it ("not dead any more") and leaving it queued for ever.
+    let store = warren_common::store::open(&pg_url()).await.unwrap();
+    assert_eq!(store.replay(id.parse().unwrap()).await.unwrap(), Some(3));
+    assert_eq!(m.get(&format!("/api/invocations/{id}")).await.1["status"], "queued");
 
     // Publish the fix, replay through the CLI: same invocation, third attempt, new version.
     let fixed_dir = tmp.path().join("fixed");
