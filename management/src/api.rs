@@ -91,6 +91,7 @@ impl From<Error> for ApiError {
             Error::Store(warren_common::store::StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
             Error::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Error::Transport(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let mut message = e.to_string();

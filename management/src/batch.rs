@@ -200,6 +200,8 @@ impl Management {
         E: std::fmt::Display,
     {
         let stop = AtomicBool::new(false);
+        // A lapse of this instance's lease from now on stops the submission (see `lease`).
+        let lapses = self.settling.lapses();
         // One chunk waits while CHUNKS_IN_FLIGHT run and the reader fills the next.
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(1);
         let reader = async {
@@ -219,7 +221,7 @@ impl Management {
                 .enumerate()
                 .map(|(i, items)| {
                     let (stop, turn) = (&stop, &turn);
-                    async move { self.submit_chunk(batch, pool, items, (i, turn), stop).await }
+                    async move { self.submit_chunk(batch, pool, items, (i, turn), (stop, lapses)).await }
                 })
                 .buffer_unordered(CHUNKS_IN_FLIGHT);
             let mut runs = std::pin::pin!(runs);
@@ -348,7 +350,7 @@ impl Management {
         pool: &str,
         items: Vec<Bytes>,
         (i, turn): (usize, &Turn),
-        stop: &AtomicBool,
+        (stop, lapses): (&AtomicBool, u64),
     ) -> (i64, Result<(), Error>) {
         // Open until every item is published or recorded failed (see `lease`).
         let _held = match self.settling.hold() {
@@ -366,6 +368,12 @@ impl Management {
             // An earlier chunk failed: this one is never recorded, not counted.
             turn.advance();
             return (0, Ok(()));
+        }
+        // Checked at the last moment, after the turn: the lease may have lapsed while it waited.
+        if let Err(e) = self.settling.still_current(lapses) {
+            stop.store(true, Ordering::Release);
+            turn.advance();
+            return (0, Err(e));
         }
         let inserted = self.store.add_batch_items(batch.id, &records).await;
         if inserted.is_err() {

@@ -16,6 +16,12 @@
 //!   last settled mark on (less [`CLOCK_MARGIN`]) are recorded failed "not queued", and its
 //!   batches still `submitting` go `running` with the items recorded so far.
 //!
+//! An instance that cannot renew its lease fences itself: half a lease after the start of its
+//! last renewal that reached the store, it refuses new records (503), and once it renews again
+//! after such a gap (the store was out of reach, or the process was paused) it counts a lapse,
+//! and a batch being submitted through it stops before its next chunk: another instance may
+//! have sealed it meanwhile, and no item may join a sealed batch.
+//!
 //! A record settled so may still have its message in the broker (the instance stopped after the
 //! confirm, before its mark moved): a "not queued" record stays open to that message's one run,
 //! whose outcome replaces it. Records of other instances, and records older than the mark (their
@@ -23,12 +29,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use warren_common::now_ms;
 use warren_common::store::Settled;
-
-use warren_common::transport::TransportError;
 
 use crate::{Error, Management};
 
@@ -50,6 +54,15 @@ struct Open {
     /// Closed at a clean stop, once nothing is held: the lease is being handed back, and no
     /// record may begin after it.
     closed: bool,
+    /// When the last renewal that reached the store began (none before the first).
+    renewed: Option<Instant>,
+    /// No record may begin from this instant: half a lease after `renewed`. Another instance
+    /// settles this one's records only once a whole lease has passed without a renewal, so
+    /// what begins before the fence has half a lease to settle before anyone may judge it.
+    fence: Option<Instant>,
+    /// How many times this instance went over half a lease between two renewals that reached
+    /// the store: each time, another instance may have settled it (sealed its batches).
+    lapses: u64,
 }
 
 /// Keeps one creation time open until dropped.
@@ -65,15 +78,59 @@ impl Settling {
     pub fn hold(&self) -> Result<Held, Error> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.closed {
-            return Err(Error::Transport(TransportError::Unavailable(
+            return Err(Error::Unavailable(
                 "this management instance is stopping: send the request to another one".into(),
-            )));
+            ));
         }
+        open.fenced()?;
         // Read under the lock: a mark taken meanwhile is either before this hold (and not
         // later than its time) or sees it.
         let ms = now_ms();
         *open.times.entry(ms).or_default() += 1;
         Ok(Held { open: self.open.clone(), ms })
+    }
+
+    /// Notes a renewal that reached the store, begun at `began`: moves the fence, and counts a
+    /// lapse if the last one began over half a lease before it.
+    pub(crate) fn renewed(&self, began: Instant, lease: Duration) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = open.renewed {
+            let gap = began.saturating_duration_since(last);
+            if gap > lease / 2 {
+                open.lapses += 1;
+                tracing::warn!(
+                    gap_ms = gap.as_millis() as u64,
+                    lease_ms = lease.as_millis() as u64,
+                    "this instance's lease was not renewed for over half its lease (store unreachable, or the process paused): \
+                     another instance may have settled its records; batches being submitted here stop"
+                );
+            }
+        }
+        if open.renewed.is_none_or(|last| began > last) {
+            open.renewed = Some(began);
+            open.fence = Some(began + lease / 2);
+        }
+    }
+
+    /// How many times the lease went over half its time unrenewed (see [`Settling::renewed`]).
+    pub(crate) fn lapses(&self) -> u64 {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).lapses
+    }
+
+    /// Whether work begun when [`lapses`](Self::lapses) was `since` may still record: the
+    /// fence not passed and no lapse since. A batch checks it before each chunk's insert: once
+    /// another instance may have sealed it, no item may join it.
+    pub(crate) fn still_current(&self, since: u64) -> Result<(), Error> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.fenced()?;
+        if open.lapses != since {
+            return Err(Error::Unavailable(
+                "this management instance went over half its lease without reaching the store (see its log); \
+                 another may have sealed this batch, so its submission stopped here"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Holds a given creation time open (a record whose settling outlives the hold it was
@@ -99,6 +156,20 @@ impl Settling {
     /// Opens again (the lease could not be handed back).
     fn reopen(&self) {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).closed = false;
+    }
+}
+
+impl Open {
+    /// Refuses new records once the fence is passed.
+    fn fenced(&self) -> Result<(), Error> {
+        match self.fence {
+            Some(fence) if Instant::now() >= fence => Err(Error::Unavailable(
+                "this management instance cannot renew its lease (the store is unreachable or too slow): \
+                 send the request to another one"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -142,7 +213,10 @@ pub fn beat_every(lease: Duration) -> Duration {
 /// Writes this instance's lease now (seen now, its mark).
 pub(crate) async fn renew(m: &Management) -> Result<(), warren_common::store::StoreError> {
     let lease_ms = m.config.instance_lease.as_millis() as i64;
-    m.store.instance_alive(&m.instance, m.settling.mark(), lease_ms).await
+    let began = Instant::now();
+    m.store.instance_alive(&m.instance, m.settling.mark(), lease_ms).await?;
+    m.settling.renewed(began, m.config.instance_lease);
+    Ok(())
 }
 
 /// The lease loop of one management instance: the only writer of its lease once started.
@@ -273,6 +347,32 @@ mod tests {
         assert!(s.close_if_empty());
         assert!(s.hold().is_err(), "closed: no record may begin");
         s.reopen();
+        assert!(s.hold().is_ok());
+    }
+
+    #[test]
+    fn no_record_begins_past_half_a_lease_unrenewed_and_a_gap_is_a_lapse() {
+        let lease = Duration::from_secs(60);
+        let s = Settling::default();
+        assert!(s.hold().is_ok(), "before any renewal: nothing to be settled by others");
+        let now = Instant::now();
+        // The last renewal that reached the store began 31 s ago: fenced.
+        s.renewed(now - Duration::from_secs(31), lease);
+        assert!(s.hold().is_err(), "past half a lease since the last renewal");
+        assert_eq!(s.lapses(), 0);
+        let since = s.lapses();
+        assert!(s.still_current(since).is_err(), "fenced work may not record either");
+        // Renewed again now: 31 s after the last one, so others may have settled this one.
+        s.renewed(now, lease);
+        assert!(s.hold().is_ok(), "renewed: records may begin again");
+        assert_eq!(s.lapses(), 1);
+        assert!(s.still_current(since).is_err(), "a batch begun before the lapse stops");
+        assert!(s.still_current(1).is_ok(), "work begun after it goes on");
+        // Beats at their pace (and a late answer of an older renewal) are no lapse.
+        s.renewed(now + Duration::from_secs(1), lease);
+        s.renewed(now + Duration::from_millis(500), lease);
+        s.renewed(now + Duration::from_secs(11), lease);
+        assert_eq!(s.lapses(), 1);
         assert!(s.hold().is_ok());
     }
 }

@@ -96,6 +96,10 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("the message broker is unavailable: {0}")]
     Transport(#[from] TransportError),
+    /// This instance takes no new work now (it is stopping, or cut off from the store for
+    /// over half its lease); another instance may.
+    #[error("{0}")]
+    Unavailable(String),
     /// A bug: a task of Warren's own stopped (a panic), logged where it happened.
     #[error("internal error: {0}")]
     Internal(String),

@@ -322,3 +322,81 @@ async fn slow_and_idle_connections_are_capped_and_closed() {
     // The API still serves.
     assert_eq!(m.get("/healthz").await.0, 200);
 }
+
+/// A management instance paused (SIGSTOP) for longer than its lease while it reads a batch:
+/// another instance seals the batch with the items recorded so far. Resumed, the paused one
+/// must not add items to the sealed batch: its submission stops with a 503, and the batch keeps
+/// exactly the items the other sealed it with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_paused_past_its_lease_adds_nothing_to_a_batch_sealed_meanwhile() {
+    require_services();
+    const LEASE: &[&str] = &["--instance-lease-secs", "2"];
+    let tmp = tempfile::tempdir().unwrap();
+    let url = pg_url();
+    let (pool, item) = (unique("p"), unique("item"));
+    let a = Management::start_with(&url, LEASE).await;
+    // No worker: the items stay queued; only the batch's records matter here.
+    a.publish_dir(&function_dir(
+        tmp.path(),
+        &format!("name = \"{item}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"),
+        &[],
+    ))
+    .await;
+    let _b = Management::start_with(&url, LEASE).await;
+    let store = warren_common::store::open(&url).await.unwrap();
+
+    let (lines, rx) = tokio::sync::mpsc::channel::<String>(4);
+    let body =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx)) },
+        );
+    let request = {
+        let (http, url) = (a.http.clone(), format!("{}/api/batches?function={item}", a.base));
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-ndjson")
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .expect("an answer");
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap_or_default())
+        })
+    };
+    let items = |from: usize, n: usize| (from..from + n).map(|i| format!("{{\"n\":{i}}}\n")).collect::<String>();
+    // One chunk (500 items) recorded, 100 more read.
+    lines.send(items(0, 600)).await.unwrap();
+    let batch = eventually(Duration::from_secs(30), "the first chunk recorded", || {
+        let (store, item) = (&store, item.clone());
+        async move {
+            let b = store.list_batches(100).await.ok()?.into_iter().find(|b| b.function == item)?;
+            (b.counts.values().sum::<i64>() >= 500).then_some(b.id)
+        }
+    })
+    .await;
+
+    let pid = a.proc.pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Its lease lapses; the other instance seals the batch with what was recorded.
+    let sealed = eventually(Duration::from_secs(30), "the other instance to seal the batch", || async {
+        store.get_batch(batch).await.ok().flatten().filter(|b| b.state != "submitting")
+    })
+    .await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let recorded: i64 = sealed.counts.values().sum();
+    assert_eq!(recorded, 500, "sealed with the one chunk recorded: {sealed:?}");
+
+    // Resumed: the rest of the body comes, enough for more chunks.
+    lines.send(items(600, 1_400)).await.unwrap();
+    drop(lines);
+    let (status, answer) = request.await.unwrap();
+    assert_eq!(status, 503, "the submission stops: {answer}");
+    assert!(answer["error"]["message"].as_str().unwrap_or_default().contains("lease"), "{answer}");
+    let b = store.get_batch(batch).await.unwrap().unwrap();
+    assert_eq!(
+        (b.counts.values().sum::<i64>(), b.total),
+        (500, 500),
+        "no item joined the batch after it was sealed: {b:?}"
+    );
+}
