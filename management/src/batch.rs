@@ -149,6 +149,11 @@ impl Management {
             }
         }
         self.ensure_pool(&manifest.pool).await.map_err(early)?;
+        // A lapse of this instance's lease from here on stops the submission (see `lease`):
+        // noted before the batch exists, so that no lapse can fall between its creation and
+        // the first chunk unseen.
+        let lapses = self.settling.lapses();
+        self.settling.still_current(lapses).map_err(early)?;
         let id = Uuid::now_v7();
         let batch = NewBatch {
             id,
@@ -160,7 +165,7 @@ impl Management {
         self.store.create_batch(&batch).await.map_err(|e| early(e.into()))?;
 
         let mut total: i64 = 0;
-        let outcome = self.feed(&batch, &manifest.pool, format, body, &mut total).await;
+        let outcome = self.feed(&batch, &manifest.pool, format, body, lapses, &mut total).await;
         let stopped = outcome.as_ref().err().map(|e| format!("submission stopped after {total} items: {e}"));
         self.store.seal_batch(id, total, stopped.as_deref()).await.map_err(|e| SubmitError {
             batch: Some(id),
@@ -193,6 +198,7 @@ impl Management {
         pool: &str,
         format: Format,
         body: S,
+        lapses: u64,
         total: &mut i64,
     ) -> Result<(), Error>
     where
@@ -200,8 +206,6 @@ impl Management {
         E: std::fmt::Display,
     {
         let stop = AtomicBool::new(false);
-        // A lapse of this instance's lease from now on stops the submission (see `lease`).
-        let lapses = self.settling.lapses();
         // One chunk waits while CHUNKS_IN_FLIGHT run and the reader fills the next.
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(1);
         let reader = async {

@@ -4,22 +4,32 @@
 //! - **Open connections** are capped (`Config::max_connections`). At the cap the loop stops
 //!   accepting: new connections wait in the kernel's backlog until one closes, instead of
 //!   each taking a file descriptor and a task until the process runs out of either.
-//! - **A connection waiting for a request head** is closed after
-//!   `Config::header_read_timeout`: one that sends its headers byte by byte (slowloris), and
-//!   one left idle between keep-alive requests, give its slot back. The timer runs only while
-//!   a head is awaited, never while a request is served (a sync invoke may wait minutes).
+//! - **A client that owes bytes and sends none** for `Config::client_timeout` loses its
+//!   connection: one that sends its headers byte by byte (slowloris), one left idle between
+//!   keep-alive requests, and one that stops in the middle of a request body (the body read
+//!   fails, [`IdleBody`]). The time counts only while the server waits for the client: never
+//!   while a request is answered (a sync invoke may wait minutes), nor while a handler is not
+//!   reading the body (a batch waiting for room for its next chunk).
 //!
-//! On shutdown the loop stops accepting, every connection finishes the request it serves and
-//! closes, and [`serve`] returns once all have.
+//! On shutdown the loop closes the listener (new connections are refused, to be retried
+//! elsewhere), every connection finishes the request it serves and closes, and [`serve`]
+//! returns once all have.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::Request;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 use crate::{api, Management};
 
@@ -31,8 +41,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let max = m.config.max_connections.max(1);
-    let header_timeout = m.config.header_read_timeout;
-    let router = api::router(m);
+    let client_timeout = m.config.client_timeout;
+    let router = api::router(m).layer(axum::middleware::map_request(move |req: Request| async move {
+        req.map(|body| Body::new(IdleBody::new(body, client_timeout)))
+    }));
     let slots = Arc::new(Semaphore::new(max));
     // Each connection holds a receiver: `stop` tells them to close, and its `closed()` says
     // when the last one has.
@@ -79,7 +91,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            http.timer(TokioTimer::new()).header_read_timeout(client_timeout);
             let conn = http.serve_connection(TokioIo::new(tcp), service);
             tokio::pin!(conn);
             let served = tokio::select! {
@@ -96,6 +108,9 @@ pub async fn serve(
             }
         });
     }
+    // Refuse new connections at once (a client retries elsewhere) rather than leave them in
+    // the backlog, unanswered, while the open ones finish.
+    drop(listener);
     drop(stopping);
     let _ = stop.send(true);
     stop.closed().await;
@@ -115,4 +130,63 @@ async fn accept_failed(e: &std::io::Error) {
         "cannot accept an API connection (out of file descriptors? raise `ulimit -n` or lower --max-connections); retrying in 100 ms"
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// A request body that fails once its client has sent nothing for `idle` while it is being
+/// read: the clock runs from the first read that finds nothing to the next frame, so a
+/// handler that reads slowly (or not yet) costs the client nothing.
+pub struct IdleBody<B> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// A read is waiting for the client (the timer is set).
+    waiting: bool,
+}
+
+impl<B> IdleBody<B> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        IdleBody { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), waiting: false }
+    }
+}
+
+impl<B> http_body::Body for IdleBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    let deadline = Instant::now() + this.idle;
+                    this.timer.as_mut().reset(deadline);
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                        "the client sent nothing of the request body for {} s",
+                        this.idle.as_secs()
+                    )
+                    .into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

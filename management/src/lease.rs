@@ -54,12 +54,15 @@ struct Open {
     /// Closed at a clean stop, once nothing is held: the lease is being handed back, and no
     /// record may begin after it.
     closed: bool,
-    /// When the last renewal that reached the store began (none before the first).
-    renewed: Option<Instant>,
-    /// No record may begin from this instant: half a lease after `renewed`. Another instance
-    /// settles this one's records only once a whole lease has passed without a renewal, so
-    /// what begins before the fence has half a lease to settle before anyone may judge it.
-    fence: Option<Instant>,
+    /// When the last renewal that reached the store began (none before the first): on the
+    /// monotonic clock, and on the wall clock (ms), which also runs while the machine is
+    /// suspended, as the store's clock does.
+    renewed: Option<(Instant, i64)>,
+    /// No record may begin from this instant (or wall-clock ms): half a lease after `renewed`.
+    /// Another instance settles this one's records only once a whole lease has passed without
+    /// a renewal, so what begins before the fence has half a lease to settle before anyone may
+    /// judge it.
+    fence: Option<(Instant, i64)>,
     /// How many times this instance went over half a lease between two renewals that reached
     /// the store: each time, another instance may have settled it (sealed its batches).
     lapses: u64,
@@ -90,12 +93,15 @@ impl Settling {
         Ok(Held { open: self.open.clone(), ms })
     }
 
-    /// Notes a renewal that reached the store, begun at `began`: moves the fence, and counts a
-    /// lapse if the last one began over half a lease before it.
-    pub(crate) fn renewed(&self, began: Instant, lease: Duration) {
+    /// Notes a renewal that reached the store, begun at `began` (and `began_ms` on the wall
+    /// clock): moves the fence, and counts a lapse if the last one began over half a lease
+    /// before it by either clock (a step of the wall clock may count one that was not: the
+    /// cost is a batch stopped for nothing, never one filled after its seal).
+    pub(crate) fn renewed(&self, (began, began_ms): (Instant, i64), lease: Duration) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(last) = open.renewed {
-            let gap = began.saturating_duration_since(last);
+        if let Some((last, last_ms)) = open.renewed {
+            let wall = Duration::from_millis(began_ms.saturating_sub(last_ms).max(0) as u64);
+            let gap = began.saturating_duration_since(last).max(wall);
             if gap > lease / 2 {
                 open.lapses += 1;
                 tracing::warn!(
@@ -106,9 +112,9 @@ impl Settling {
                 );
             }
         }
-        if open.renewed.is_none_or(|last| began > last) {
-            open.renewed = Some(began);
-            open.fence = Some(began + lease / 2);
+        if open.renewed.is_none_or(|(last, _)| began > last) {
+            open.renewed = Some((began, began_ms));
+            open.fence = Some((began + lease / 2, began_ms.saturating_add((lease / 2).as_millis() as i64)));
         }
     }
 
@@ -163,7 +169,7 @@ impl Open {
     /// Refuses new records once the fence is passed.
     fn fenced(&self) -> Result<(), Error> {
         match self.fence {
-            Some(fence) if Instant::now() >= fence => Err(Error::Unavailable(
+            Some((fence, fence_ms)) if Instant::now() >= fence || now_ms() >= fence_ms => Err(Error::Unavailable(
                 "this management instance cannot renew its lease (the store is unreachable or too slow): \
                  send the request to another one"
                     .into(),
@@ -213,7 +219,7 @@ pub fn beat_every(lease: Duration) -> Duration {
 /// Writes this instance's lease now (seen now, its mark).
 pub(crate) async fn renew(m: &Management) -> Result<(), warren_common::store::StoreError> {
     let lease_ms = m.config.instance_lease.as_millis() as i64;
-    let began = Instant::now();
+    let began = (Instant::now(), now_ms());
     m.store.instance_alive(&m.instance, m.settling.mark(), lease_ms).await?;
     m.settling.renewed(began, m.config.instance_lease);
     Ok(())
@@ -355,24 +361,40 @@ mod tests {
         let lease = Duration::from_secs(60);
         let s = Settling::default();
         assert!(s.hold().is_ok(), "before any renewal: nothing to be settled by others");
-        let now = Instant::now();
+        let (now, now_wall) = (Instant::now(), now_ms());
+        let at = |secs: f64| (now + Duration::from_secs_f64(secs), now_wall + (secs * 1000.0) as i64);
+        let ago = |secs: u64| (now - Duration::from_secs(secs), now_wall - secs as i64 * 1000);
         // The last renewal that reached the store began 31 s ago: fenced.
-        s.renewed(now - Duration::from_secs(31), lease);
+        s.renewed(ago(31), lease);
         assert!(s.hold().is_err(), "past half a lease since the last renewal");
         assert_eq!(s.lapses(), 0);
         let since = s.lapses();
         assert!(s.still_current(since).is_err(), "fenced work may not record either");
         // Renewed again now: 31 s after the last one, so others may have settled this one.
-        s.renewed(now, lease);
+        s.renewed(at(0.0), lease);
         assert!(s.hold().is_ok(), "renewed: records may begin again");
         assert_eq!(s.lapses(), 1);
         assert!(s.still_current(since).is_err(), "a batch begun before the lapse stops");
         assert!(s.still_current(1).is_ok(), "work begun after it goes on");
         // Beats at their pace (and a late answer of an older renewal) are no lapse.
-        s.renewed(now + Duration::from_secs(1), lease);
-        s.renewed(now + Duration::from_millis(500), lease);
-        s.renewed(now + Duration::from_secs(11), lease);
+        s.renewed(at(1.0), lease);
+        s.renewed(at(0.5), lease);
+        s.renewed(at(11.0), lease);
         assert_eq!(s.lapses(), 1);
         assert!(s.hold().is_ok());
+        // The machine was suspended: the monotonic clock stood still for 40 s, the wall clock
+        // (and the store's) did not. A lapse all the same.
+        s.renewed((now + Duration::from_secs(12), now_wall + 51_000), lease);
+        assert_eq!(s.lapses(), 2);
+    }
+
+    #[test]
+    fn the_wall_clock_fences_too() {
+        let lease = Duration::from_secs(60);
+        let s = Settling::default();
+        // Renewed just now by the monotonic clock, but 31 s ago by the wall clock (a suspend
+        // since): fenced.
+        s.renewed((Instant::now(), now_ms() - 31_000), lease);
+        assert!(s.hold().is_err());
     }
 }

@@ -59,9 +59,10 @@ pub struct Config {
     /// API connections open at once; at the cap new ones wait in the kernel's backlog (see
     /// [`http`]).
     pub max_connections: usize,
-    /// How long a connection may take to send a request head, or stay idle between keep-alive
-    /// requests, before it is closed.
-    pub header_read_timeout: Duration,
+    /// How long a client may send nothing while the server waits for it (a request head, the
+    /// next request on a keep-alive connection, the rest of a body) before its connection is
+    /// closed or its body read fails (see [`http`]).
+    pub client_timeout: Duration,
 }
 
 impl Default for Config {
@@ -78,7 +79,7 @@ impl Default for Config {
             auth: auth::AuthMode::Open,
             instance_lease: Duration::from_secs(60),
             max_connections: 1024,
-            header_read_timeout: Duration::from_secs(30),
+            client_timeout: Duration::from_secs(30),
         }
     }
 }

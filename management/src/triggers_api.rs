@@ -96,12 +96,19 @@ async fn submit(
         Ok(b) => Ok((StatusCode::CREATED, Json(batch::to_json(&b))).into_response()),
         Err(e) => {
             let Some(id) = e.batch else { return Err(ApiError::from(e.error)) };
-            // Say why, and what was kept: the items before the failure are submitted and run.
-            let (status, code, reason) = ApiError::from(e.error).parts();
-            let message = format!(
-                "{reason}; the {n} items before it were submitted as batch {id} and will run (see GET /api/batches/{id}; cancel them with POST /api/batches/{id}/cancel)",
-                n = e.accepted
-            );
+            // Say why, and what was kept: the items before the failure are submitted and run,
+            // so the advice is to send the rest, not the whole body again (the error's own
+            // text, without the generic "nothing was accepted, retry later" of a 503).
+            let reason = e.error.to_string();
+            let (status, code, _) = ApiError::from(e.error).parts();
+            let n = e.accepted;
+            let message = if n > 0 {
+                format!(
+                    "{reason}; the first {n} items were submitted as batch {id} and will run (see GET /api/batches/{id}; cancel them with POST /api/batches/{id}/cancel): send only the items after them again, as a new batch"
+                )
+            } else {
+                format!("{reason}; no item was submitted (batch {id} is empty): send the batch again")
+            };
             Ok((
                 status,
                 Json(json!({"error": {"code": code, "message": message}, "batch": id, "accepted": e.accepted})),

@@ -416,7 +416,8 @@ async fn bulk_invokes_across_a_broker_restart_lose_nothing() {
 /// it was reading does not stay `submitting` forever but runs the items recorded, and finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_management_leaves_nothing_queued_forever() {
-    const LEASE: &[&str] = &["--instance-lease-secs", "2"];
+    // Fenced half a lease (2 s) after its last renewal: room for a slow one under this load.
+    const LEASE: &[&str] = &["--instance-lease-secs", "4"];
     let mut s = Scenario::new_with(LEASE).await;
     // Batch items: a fast echo function on the same pool.
     let items_fn = unique("items");

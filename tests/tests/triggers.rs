@@ -214,7 +214,8 @@ async fn a_cancelled_batch_runs_no_queued_item_and_says_so() {
     let e: Value = r.json().await.unwrap();
     let msg = e["error"]["message"].as_str().unwrap();
     assert!(msg.contains("line 2 is not a JSON value"), "the reason is kept: {e}");
-    assert!(msg.contains("the 1 items before it were submitted"), "what was kept is said: {e}");
+    assert!(msg.contains("the first 1 items were submitted"), "what was kept is said: {e}");
+    assert!(msg.contains("send only the items after them"), "and what to send again: {e}");
     assert_eq!(e["accepted"], 1);
 }
 

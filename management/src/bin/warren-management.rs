@@ -66,11 +66,13 @@ struct Args {
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
-    /// Seconds a client may take to send a request's headers, or leave a keep-alive
-    /// connection idle, before it is closed (never while a request is being answered).
-    #[arg(long, env = "WARREN_HEADER_TIMEOUT_SECS", default_value_t = 30,
+    /// Seconds a client may send nothing while the server waits for it: the request's
+    /// headers, the next request on a keep-alive connection, the rest of a request body. Past
+    /// it the connection is closed (a body cut short fails its request). Never counted while a
+    /// request is being answered.
+    #[arg(long, env = "WARREN_CLIENT_TIMEOUT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
-    header_timeout_secs: u64,
+    client_timeout_secs: u64,
     /// Log format on stderr: text, or json (one object per line, with the invocation's span).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = warren_worker::LogFormat::Text)]
     log_format: warren_worker::LogFormat,
@@ -132,7 +134,7 @@ async fn run(args: Args, auth: warren_management::auth::AuthMode) -> anyhow::Res
         amqp_url: Some(args.amqp.clone()),
         instance_lease: Duration::from_secs(args.instance_lease_secs),
         max_connections: args.max_connections as usize,
-        header_read_timeout: Duration::from_secs(args.header_timeout_secs),
+        client_timeout: Duration::from_secs(args.client_timeout_secs),
         ..Config::default()
     };
     let m = Management::start(store, transport, config).await?;
