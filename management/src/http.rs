@@ -138,14 +138,15 @@ async fn accept_failed(e: &std::io::Error) {
 pub struct IdleBody<B> {
     inner: B,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made at the first read that has to wait (most bodies are whole at the first read).
+    timer: Option<Pin<Box<Sleep>>>,
     /// A read is waiting for the client (the timer is set).
     waiting: bool,
 }
 
 impl<B> IdleBody<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
-        IdleBody { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), waiting: false }
+        IdleBody { inner, idle, timer: None, waiting: false }
     }
 }
 
@@ -165,12 +166,13 @@ where
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
+                let deadline = Instant::now() + this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !this.waiting {
                     this.waiting = true;
-                    let deadline = Instant::now() + this.idle;
-                    this.timer.as_mut().reset(deadline);
+                    timer.as_mut().reset(deadline);
                 }
-                match this.timer.as_mut().poll(cx) {
+                match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(format!(
                         "the client sent nothing of the request body for {} s",
                         this.idle.as_secs()
