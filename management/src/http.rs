@@ -41,6 +41,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let max = m.config.max_connections.max(1);
+    match raise_open_files_limit() {
+        // Room for the store's and the broker's connections, the package files and the rest.
+        Some(limit) if (max as u64).saturating_add(128) > limit => tracing::warn!(
+            max_connections = max,
+            open_files_limit = limit,
+            "--max-connections is near this process's open-file limit: accepting may fail before the cap \
+             (raise the hard limit, `ulimit -Hn`, or lower --max-connections)"
+        ),
+        _ => {}
+    }
     let client_timeout = m.config.client_timeout;
     let router = api::router(m).layer(axum::middleware::map_request(move |req: Request| async move {
         req.map(|body| Body::new(IdleBody::new(body, client_timeout)))
@@ -115,6 +125,33 @@ pub async fn serve(
     let _ = stop.send(true);
     stop.closed().await;
     Ok(())
+}
+
+/// Raises this process's soft limit of open files to its hard limit (as a server that holds
+/// a descriptor per connection should: the soft limit is often 1,024, the hard one far more;
+/// tokio polls with epoll/kqueue, so high descriptors cost nothing). Returns the soft limit
+/// now in force, if it can be read.
+#[cfg(unix)]
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Some(raised.rlim_cur as u64);
+        }
+        tracing::debug!(soft = limit.rlim_cur as u64, hard = limit.rlim_max as u64, "cannot raise the open-file limit");
+    }
+    Some(limit.rlim_cur as u64)
+}
+
+/// Windows has no such per-process limit to raise.
+#[cfg(not(unix))]
+pub fn raise_open_files_limit() -> Option<u64> {
+    None
 }
 
 /// After a failed accept: a connection the client dropped before it was taken is nothing; out

@@ -415,3 +415,35 @@ async fn a_management_paused_past_its_lease_adds_nothing_to_a_batch_sealed_meanw
         "no item joined the batch after it was sealed: {b:?}"
     );
 }
+
+/// Management holds a descriptor per connection: started with a low soft limit of open files
+/// (1,024 is common), it raises it to the hard limit, so `--max-connections` is not cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_raises_its_open_file_limit_to_the_hard_one() {
+    require_services();
+    let hard: u64 =
+        String::from_utf8(std::process::Command::new("sh").args(["-c", "ulimit -Hn"]).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap_or(u64::MAX); // "unlimited"
+    assert!(hard > 256, "this check needs a hard open-file limit above 256 (ulimit -Hn is {hard})");
+    let port = free_port();
+    let mut cmd = std::process::Command::new("sh");
+    // The shell lowers only the soft limit, then becomes management (same pid).
+    cmd.args(["-c", "ulimit -Sn 256 && exec \"$0\" \"$@\""])
+        .arg(bin("warren-management"))
+        .args(["--amqp", &amqp_url(), "--store", &pg_url(), "--insecure-no-auth"])
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    let p = Proc::spawn("warren-management", &mut cmd);
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    eventually(Duration::from_secs(30), "management to answer /healthz", || async {
+        reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", p.pid())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+    let soft = line.split_whitespace().nth(3).unwrap();
+    let expected = if hard == u64::MAX { "unlimited".to_string() } else { hard.to_string() };
+    assert_eq!(soft, expected, "the soft limit raised from 256 to the hard one: {line}");
+}

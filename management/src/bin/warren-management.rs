@@ -61,8 +61,9 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     instance_lease_secs: u64,
     /// API connections open at once. At the limit new connections wait in the kernel's
-    /// backlog until one closes (a warning says so); keep it under the process's file
-    /// descriptor limit (`ulimit -n`), less the store's and broker's connections.
+    /// backlog until one closes (a warning says so). The process raises its open-file limit to
+    /// the hard one (`ulimit -Hn`) at start; keep this under it, less the store's and broker's
+    /// connections.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
