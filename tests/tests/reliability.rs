@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use warren_common::message::{InvocationMessage, PROTOCOL_VERSION};
-use warren_common::store::Store;
 use warren_common::transport::amqp::AmqpTransport;
 use warren_common::transport::Transport;
 use warren_tests::*;
