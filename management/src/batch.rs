@@ -541,9 +541,11 @@ impl Management {
         }
     }
 
-    async fn publish_fanin(&self, pool: &str, inv: NewInvocation) -> Result<(), Error> {
+    async fn publish_fanin(&self, pool: &str, mut inv: NewInvocation) -> Result<(), Error> {
         // May be published twice (by the `finishing` branch of another instance): not fresh.
-        let msg = crate::first_message(&inv, inv.payload.clone().into(), false);
+        // The input (results inline, up to 16 MiB) moves into the message, not copied.
+        let payload = std::mem::take(&mut inv.payload).into();
+        let msg = crate::first_message(&inv, payload, false);
         // Not publish_recorded: a failed publish must leave the follow-up `queued` (the
         // `finishing` branch publishes it again), not record it failed for good.
         self.ensure_pool(pool).await?;

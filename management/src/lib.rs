@@ -411,7 +411,9 @@ impl Management {
                 .map_err(|e| Error::Internal(format!("the invoke stopped: {e}")))?;
         };
         let created_ms = now_ms();
-        let new = NewInvocation { id, function: function.to_string(), version, payload: payload.to_vec(), created_ms };
+        // Its input is copied into the record only if this instance records it (the wait ended
+        // first): the message takes the bytes as they came.
+        let mut new = NewInvocation { id, function: function.to_string(), version, payload: Vec::new(), created_ms };
         // A sync answer shows the input (a reference count, not a copy, until then).
         let input = payload.clone();
         let msg = InvocationMessage {
@@ -487,6 +489,7 @@ impl Management {
         if inv.is_none() {
             // Not run yet (a backlog): recorded `queued` now, so that the id answered with the
             // 202 can be looked up. If the worker recorded it meanwhile, that record stays.
+            new.payload = input.to_vec();
             self.create(new).await?;
         }
         Ok(Accepted { id, invocation: inv, details: None })

@@ -85,12 +85,13 @@ impl Management {
             "catch_up": catch_up,
         }))
         .unwrap_or_default();
-        let inv = NewInvocation { id, function: function.to_string(), version: t.version, payload, created_ms };
+        let mut inv = NewInvocation { id, function: function.to_string(), version: t.version, payload, created_ms };
         if !self.store.fire_tick(function, tick_ms, &inv).await? {
             return Ok(false);
         }
         // Each tick is recorded by one instance and published once: fresh.
-        let msg = crate::first_message(&inv, inv.payload.clone().into(), true);
+        let payload = std::mem::take(&mut inv.payload).into();
+        let msg = crate::first_message(&inv, payload, true);
         self.publish_recorded(&t.pool, &msg).await?;
         tracing::info!(function, tick = %rfc3339(tick_ms), invocation = %id, catch_up, "timer fired");
         Ok(true)

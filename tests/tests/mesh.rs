@@ -453,3 +453,47 @@ async fn a_bulk_invoke_makes_one_invocation_per_input_and_refuses_a_bad_body_who
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("lines 1 to the end") && err.contains("line 2 is not a JSON value"), "{err}");
 }
+
+/// A sync invoke whose wait ends before any worker takes it is answered 202 and recorded
+/// `queued` here with its input, and the worker that comes later runs it once on that input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_invoke_that_outwaits_its_timeout_is_recorded_with_its_input_and_runs_later() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, echo) = (unique("p"), unique("echo"));
+    let m = Management::start(&pg_url()).await;
+    m.publish_dir(&function_dir(
+        tmp.path(),
+        &format!("name = \"{echo}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"),
+        &[],
+    ))
+    .await;
+    // No worker yet: the wait (200 ms) ends first.
+    let r = m
+        .http
+        .post(format!("{}/api/functions/{echo}/invoke?mode=sync&timeout_ms=200", m.base))
+        .body(r#"{"kept": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let accepted: serde_json::Value = r.json().await.unwrap();
+    let id = accepted["id"].as_str().expect("the answer names the invocation").to_string();
+    let (_, queued) = m.get(&format!("/api/invocations/{id}")).await;
+    assert_eq!(
+        (queued["status"].as_str(), &queued["input"]),
+        (Some("queued"), &serde_json::json!({"kept": true})),
+        "{queued}"
+    );
+
+    let _worker = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
+    let done = eventually(Duration::from_secs(30), "the invocation to run", || {
+        let (m, id) = (&m, id.clone());
+        async move {
+            let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+            (v["status"] == "succeeded").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!((&done["result"], done["attempts"].as_i64()), (&serde_json::json!({"kept": true}), Some(1)), "{done}");
+}
