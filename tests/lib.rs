@@ -304,6 +304,16 @@ impl Management {
         (status, r.json().await.expect("invoke answer is JSON"))
     }
 
+    /// Waits (up to 60 s) until the invocation's status is `want`; returns its record.
+    pub async fn wait_status(&self, id: &str, want: &str) -> serde_json::Value {
+        let path = format!("/api/invocations/{id}");
+        eventually(Duration::from_secs(60), &format!("invocation {id} to be {want}"), || async {
+            let (_, v) = self.get(&path).await;
+            (v["status"] == want).then_some(v)
+        })
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let url = format!("{}{path}", self.base);
         // A pooled connection may be one the server is closing (after it refused a request

@@ -487,13 +487,6 @@ async fn a_sync_invoke_that_outwaits_its_timeout_is_recorded_with_its_input_and_
     );
 
     let _worker = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
-    let done = eventually(Duration::from_secs(30), "the invocation to run", || {
-        let (m, id) = (&m, id.clone());
-        async move {
-            let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
-            (v["status"] == "succeeded").then_some(v)
-        }
-    })
-    .await;
+    let done = m.wait_status(&id, "succeeded").await;
     assert_eq!((&done["result"], done["attempts"].as_i64()), (&serde_json::json!({"kept": true}), Some(1)), "{done}");
 }

@@ -20,15 +20,6 @@ echo "not yet" >&2
 exit 1
 "#;
 
-async fn wait_status(m: &Management, id: &str, want: &str) -> serde_json::Value {
-    let path = format!("/api/invocations/{id}");
-    eventually(Duration::from_secs(60), &format!("invocation {id} to be {want}"), || async {
-        let (_, v) = m.get(&path).await;
-        (v["status"] == want).then_some(v)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_are_retried_by_the_broker_and_each_is_visible() {
     require_services();
@@ -46,7 +37,7 @@ async fn failed_attempts_are_retried_by_the_broker_and_each_is_visible() {
     let state = tmp.path().join("state");
     let (status, v) = m.invoke(&name, "async", state.display().to_string().as_bytes()).await;
     assert_eq!(status, 202, "{v}");
-    let v = wait_status(&m, v["id"].as_str().unwrap(), "succeeded").await;
+    let v = m.wait_status(v["id"].as_str().unwrap(), "succeeded").await;
     assert_eq!(v["attempts"], 3);
     assert_eq!(v["result"], "ok after 3\n");
     let history: Vec<(i64, &str)> = v["attempt_history"]
@@ -86,7 +77,7 @@ async fn exhausted_invocations_die_into_the_dead_letter_queue_and_replay_as_a_ne
 
     let (_, v) = m.invoke(&name, "async", b"").await;
     let id = v["id"].as_str().unwrap().to_string();
-    let v = wait_status(&m, &id, "dead").await;
+    let v = m.wait_status(&id, "dead").await;
     assert_eq!(v["attempts"], 2);
     assert!(v["error"].as_str().unwrap().starts_with("gave up after 2 attempts"), "{v}");
 
@@ -112,7 +103,7 @@ async fn exhausted_invocations_die_into_the_dead_letter_queue_and_replay_as_a_ne
     let out = m.cli().args(["--url", &m.base, "dead", "replay", &id, "--pool", &pool]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1"), "{}", String::from_utf8_lossy(&out.stdout));
-    let v = wait_status(&m, &id, "succeeded").await;
+    let v = m.wait_status(&id, "succeeded").await;
     assert_eq!(
         (v["attempts"].as_i64(), v["version"].as_i64(), v["result"].as_str()),
         (Some(3), Some(2), Some("fixed\n"))
@@ -170,7 +161,7 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_worker_carries_
     assert!(reasons.iter().any(|r| r.contains("newer than this worker")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("does not exist")), "{reasons:?}");
     // The message is dead-lettered (confirmed) before the invocation is recorded `dead`.
-    let ghost = wait_status(&m, &missing.id.to_string(), "dead").await;
+    let ghost = m.wait_status(&missing.id.to_string(), "dead").await;
     assert!(ghost["error"].as_str().unwrap_or_default().contains("does not exist"), "{ghost}");
 
     let (status, v) = m.invoke(&name, "sync", b"after the poison").await;
@@ -204,7 +195,7 @@ async fn a_stopping_worker_returns_the_messages_it_had_not_started() {
         let (_, v) = m.invoke(&name, "async", b"").await;
         ids.push(v["id"].as_str().unwrap().to_string());
     }
-    wait_status(&m, &ids[0], "running").await;
+    m.wait_status(&ids[0], "running").await;
     let status = w.terminate(Duration::from_secs(20)).expect("the worker exits within its grace period");
     assert!(status.success(), "exit status {status:?}");
     let (_, first) = m.get(&format!("/api/invocations/{}", ids[0])).await;
@@ -216,7 +207,7 @@ async fn a_stopping_worker_returns_the_messages_it_had_not_started() {
     // Returned, not lost: the next worker runs each of them once.
     let _w2 = start_worker(&pg_url(), &pool, 4, &tmp.path().join("cache2"));
     for id in &ids[1..] {
-        let v = wait_status(&m, id, "succeeded").await;
+        let v = m.wait_status(id, "succeeded").await;
         assert_eq!(v["attempts"], 1, "{v}");
     }
 }
@@ -232,7 +223,7 @@ async fn sigterm_lets_running_invocations_finish_then_the_worker_leaves() {
 
     let (_, v) = m.invoke(&name, "async", b"").await;
     let id = v["id"].as_str().unwrap().to_string();
-    wait_status(&m, &id, "running").await;
+    m.wait_status(&id, "running").await;
     let status = w.terminate(Duration::from_secs(20)).expect("the worker exits within its grace period");
     assert!(status.success(), "exit status {status:?}");
     let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
