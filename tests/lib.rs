@@ -281,7 +281,7 @@ impl Management {
     }
 
     pub async fn publish_dir(&self, dir: &Path) -> serde_json::Value {
-        let pkg = warren_common::package::pack_dir(dir).expect("pack");
+        let pkg = warren_wire::package::pack_dir(dir).expect("pack");
         self.publish_bytes(pkg).await.1
     }
 
@@ -363,8 +363,8 @@ pub fn start_worker_with(
 
 /// Waits until `n` consumers are attached to a pool's queue.
 pub async fn wait_consumers(pool: &str, n: u32) {
-    use warren_common::transport::Transport;
-    let t = warren_common::transport::amqp::AmqpTransport::connect(&amqp_url(), "warren-tests").await.expect("amqp");
+    use warren_transport::Transport;
+    let t = warren_transport::amqp::AmqpTransport::connect(&amqp_url(), "warren-tests").await.expect("amqp");
     eventually(Duration::from_secs(30), &format!("{n} consumers on pool {pool}"), || {
         let t = &t;
         async move { t.queue_stats(pool).await.ok().filter(|s| s.consumers >= n).map(|_| ()) }

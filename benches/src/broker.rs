@@ -45,7 +45,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection> {
 }
 
 pub fn redact(url: &str) -> String {
-    warren_common::transport::amqp::redact(url)
+    warren_service::redact::redact_url(url)
 }
 
 /// Persistent messages published to one queue with publisher confirms, at most `window`

@@ -258,7 +258,7 @@ async fn publish(ch: &lapin::Channel, queue: &str, run: &Run<'_>) -> Result<()> 
             let (ids, bodies): (Vec<String>, Vec<Vec<u8>>) = chunk.iter().cloned().unzip();
             let mut tx = db.begin().await?;
             sqlx::raw_sql("SET LOCAL synchronous_commit TO OFF").execute(&mut *tx).await?;
-            sqlx::query(&record).bind(ids).bind(bodies).bind(warren_common::now_ms()).execute(&mut *tx).await?;
+            sqlx::query(&record).bind(ids).bind(bodies).bind(warren_wire::time::now_ms()).execute(&mut *tx).await?;
             tx.commit().await?;
         }
         for (_, body) in &chunk {
@@ -337,7 +337,7 @@ async fn consume(
         let (db, sql) = (db.clone(), sql.clone());
         statements += 1;
         commits.push_back(tokio::spawn(async move {
-            let done = sqlx::query(&sql).bind(ids).bind(results).bind(warren_common::now_ms()).execute(&db).await?;
+            let done = sqlx::query(&sql).bind(ids).bind(results).bind(warren_wire::time::now_ms()).execute(&db).await?;
             Ok((acker, done.rows_affected()))
         }));
     }

@@ -662,7 +662,7 @@ async fn throughput_row(
     n: u64,
     per_request: usize,
     label: String,
-) -> Result<mesh::LoadResult, (String, usize, String)> {
+) -> Result<LoadResult, (String, usize, String)> {
     match m.throughput(func, workers, n, per_request).await {
         Ok(r) => {
             eprintln!(

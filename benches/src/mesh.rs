@@ -80,7 +80,7 @@ pub struct Mesh {
     pub amqp: lapin::Connection,
     /// The channel queue statistics are read on, kept between polls (opening one per poll
     /// failed once after thousands of polls) and replaced after a 404 closes it.
-    stats: std::sync::Mutex<Option<lapin::Channel>>,
+    stats: Mutex<Option<lapin::Channel>>,
     pub settings: Arc<Settings>,
 }
 
@@ -420,7 +420,7 @@ impl Mesh {
                     .with_context(|| format!("cannot copy {}", src.join("handler.py").display()))?;
             }
         }
-        let pkg = warren_common::package::pack_dir(&dir)
+        let pkg = warren_wire::package::pack_dir(&dir)
             .with_context(|| format!("cannot pack the {} function", func.as_str()))?;
         let r = self.http.post(format!("{}/api/functions", self.base)).body(pkg).send().await?;
         let status = r.status();
@@ -476,7 +476,7 @@ impl Mesh {
         };
         let q = ch
             .queue_declare(
-                warren_common::topology::pool_queue(pool).as_str().into(),
+                warren_wire::topology::pool_queue(pool).as_str().into(),
                 QueueDeclareOptions { passive: true, ..Default::default() },
                 FieldTable::default(),
             )
@@ -512,7 +512,7 @@ impl Mesh {
     /// Deletes a finished run's queues (its pool and dead-letter queues), so runs leave nothing
     /// behind on the broker.
     pub async fn delete_queues(&self, pool: &str) {
-        use warren_common::topology::{dead_queue, pool_queue};
+        use warren_wire::topology::{dead_queue, pool_queue};
         for q in [pool_queue(pool), dead_queue(pool)] {
             // A missing queue closes the channel: one channel per delete.
             if let Ok(ch) = self.amqp.create_channel().await {
@@ -1289,11 +1289,11 @@ async fn open_loop(
     let interval = Duration::from_secs_f64(1.0 / rate);
     let runtime = tokio::runtime::Handle::current();
     let pacer = std::thread::Builder::new().name("bench-pacer".into()).spawn(move || {
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let mut tasks = Vec::with_capacity(total as usize);
         for i in 0..total {
             let at = start + interval.mul_f64(i as f64);
-            if let Some(wait) = at.checked_duration_since(std::time::Instant::now()) {
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
             let (http, url) = (http.clone(), url.clone());

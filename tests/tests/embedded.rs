@@ -104,7 +104,7 @@ async fn a_restarted_warren_up_records_what_its_memory_queue_lost() {
         "name = \"slow\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\ntimeout_secs = 120\n",
         &[("run.sh", "sleep 60\n")],
     );
-    let pkg = warren_common::package::pack_dir(&dir).unwrap();
+    let pkg = warren_wire::package::pack_dir(&dir).unwrap();
     let r = http.post(format!("{base}/api/functions")).body(pkg).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
     let mut ids = Vec::new();

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use uuid::Uuid;
-use warren_common::store::{InvocationFilter, Status, Store};
-use warren_common::transport::amqp::AmqpTransport;
-use warren_common::transport::Transport;
+use warren_store::{InvocationFilter, Status, Store};
 use warren_tests::*;
+use warren_transport::amqp::AmqpTransport;
+use warren_transport::Transport;
 
 const N: usize = 5_000;
 
@@ -48,7 +48,7 @@ impl Scenario {
         );
         let m = Management::start_with(&pg_url(), management_args).await;
         m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", &script)])).await;
-        let store = warren_common::store::open(&pg_url()).await.unwrap();
+        let store = warren_store::open(&pg_url()).await.unwrap();
         Scenario { tmp, pool, name, m, store, runs }
     }
 
@@ -84,7 +84,7 @@ impl Scenario {
     }
 
     /// Final invocations of this scenario's function; `None` while the store is unreachable.
-    async fn finals(&self) -> Option<HashMap<Uuid, warren_common::store::Invocation>> {
+    async fn finals(&self) -> Option<HashMap<Uuid, warren_store::Invocation>> {
         let filter = InvocationFilter { function: Some(self.name.clone()), status: None, limit: 10_000 };
         let all = self.store.list_invocations(&filter).await.ok()?;
         Some(all.into_iter().filter(|i| i.status.is_final()).map(|i| (i.id, i)).collect())
@@ -110,7 +110,7 @@ impl Scenario {
         let filter = InvocationFilter { function: Some(self.name.clone()), status: None, limit: 10_000 };
         let records = self.store.list_invocations(&filter).await.unwrap();
         let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
-        let by_id: HashMap<Uuid, &warren_common::store::Invocation> = records.iter().map(|r| (r.id, r)).collect();
+        let by_id: HashMap<Uuid, &warren_store::Invocation> = records.iter().map(|r| (r.id, r)).collect();
         let missing = ids.keys().filter(|id| !by_id.contains_key(id)).count();
         let wrong = ids
             .iter()
@@ -229,15 +229,15 @@ async fn ten_thousand_garbage_messages_are_dead_lettered_and_real_work_completes
     let _workers: Vec<Proc> = (0..3).map(|i| s.worker(i)).collect();
     wait_consumers(&s.pool, 3).await;
     let t = Arc::new(AmqpTransport::connect(&amqp_url(), "garbage-test").await.unwrap());
-    let valid = warren_common::message::InvocationMessage {
-        v: warren_common::message::PROTOCOL_VERSION,
+    let valid = warren_wire::message::InvocationMessage {
+        v: warren_wire::message::PROTOCOL_VERSION,
         id: Uuid::now_v7(),
         function: s.name.clone(),
         version: 1,
         attempt: 1,
         payload: Bytes::from_static(b"payload"),
         notify: None,
-        created_ms: warren_common::now_ms(),
+        created_ms: warren_wire::time::now_ms(),
         headers: Vec::new(),
         fresh: false,
         unrecorded: false,
@@ -259,8 +259,8 @@ async fn ten_thousand_garbage_messages_are_dead_lettered_and_real_work_completes
                     0 => (0..(rnd() % 200)).map(|_| rnd() as u8).collect(),
                     1 => valid[..(rnd() as usize % (valid.len() - 1))].to_vec(),
                     _ => {
-                        let mut m = warren_common::message::InvocationMessage::decode(&valid).unwrap();
-                        m.v = warren_common::message::PROTOCOL_VERSION + 1 + (rnd() % 100) as u16;
+                        let mut m = warren_wire::message::InvocationMessage::decode(&valid).unwrap();
+                        m.v = warren_wire::message::PROTOCOL_VERSION + 1 + (rnd() % 100) as u16;
                         m.encode()
                     }
                 };
@@ -508,7 +508,7 @@ async fn a_killed_management_leaves_nothing_queued_forever() {
     let _m2 = Management::start_with(&pg_url(), LEASE).await;
     let transport = AmqpTransport::connect(&amqp_url(), "fault-test").await.unwrap();
     let filter = InvocationFilter { function: Some(s.name.clone()), status: None, limit: 10_000 };
-    let settled = |r: &warren_common::store::Invocation| {
+    let settled = |r: &warren_store::Invocation| {
         r.status == Status::Failed && r.attempts == 0 && r.error.as_deref().unwrap_or("").starts_with("not queued")
     };
     let deadline = Instant::now() + Duration::from_secs(180);

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use warren_common::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
-use warren_common::store::Status;
-use warren_common::transport::amqp::AmqpTransport;
-use warren_common::transport::Transport;
+use warren_store::Status;
 use warren_tests::*;
+use warren_transport::amqp::AmqpTransport;
+use warren_transport::Transport;
+use warren_wire::message::{CompletionNotice, InvocationMessage, PROTOCOL_VERSION};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_invocations_spread_over_three_workers_each_stored_once() {
@@ -52,7 +52,7 @@ async fn thousand_invocations_spread_over_three_workers_each_stored_once() {
         }
     }
 
-    let store = warren_common::store::open(&pg_url()).await.unwrap();
+    let store = warren_store::open(&pg_url()).await.unwrap();
     let mut by_worker: HashMap<String, usize> = HashMap::new();
     let mut not_final = ids.len();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -184,8 +184,8 @@ async fn a_redelivered_message_whose_outcome_is_stored_does_not_run_again() {
         version: 1,
         attempt: 1,
         payload: Bytes::from(input.clone()),
-        notify: Some(warren_common::topology::notice_queue(&me)),
-        created_ms: warren_common::now_ms(),
+        notify: Some(warren_wire::topology::notice_queue(&me)),
+        created_ms: warren_wire::time::now_ms(),
         headers: Vec::new(),
         fresh: false,
         unrecorded: false,
@@ -343,8 +343,8 @@ async fn sync_answers_match_the_stored_records_and_unclaimed_runs_are_recorded()
         version: 1,
         attempt: 1,
         payload: Bytes::from_static(b"nobody recorded me"),
-        notify: Some(warren_common::topology::notice_queue(&me)),
-        created_ms: warren_common::now_ms(),
+        notify: Some(warren_wire::topology::notice_queue(&me)),
+        created_ms: warren_wire::time::now_ms(),
         headers: Vec::new(),
         fresh: true,
         unrecorded: false,

@@ -74,7 +74,7 @@ async fn portal_publishes_invokes_and_shows_result_and_logs_in_a_browser() {
         )],
     );
     let package = tmp.path().join(format!("{name}.tar.gz"));
-    std::fs::write(&package, warren_common::package::pack_dir(&dir).expect("pack")).unwrap();
+    std::fs::write(&package, warren_wire::package::pack_dir(&dir).expect("pack")).unwrap();
 
     // A dead letter for the page to replay: a function that always fails, two attempts.
     let doomed = unique("doomed");

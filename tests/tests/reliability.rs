@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use warren_common::message::{InvocationMessage, PROTOCOL_VERSION};
-use warren_common::transport::amqp::AmqpTransport;
-use warren_common::transport::Transport;
 use warren_tests::*;
+use warren_transport::amqp::AmqpTransport;
+use warren_transport::Transport;
+use warren_wire::message::{InvocationMessage, PROTOCOL_VERSION};
 
 /// A script that fails until the file named by its input exists... counted in another file.
 const FLAKY: &str = r#"read state
@@ -92,7 +92,7 @@ async fn exhausted_invocations_die_into_the_dead_letter_queue_and_replay_as_a_ne
     // A replay cut short: recorded in the store (attempt 3, `queued`) by an instance that
     // stopped before publishing it, so the dead letter is still in its queue. Replaying again
     // finishes it instead of skipping it ("not dead any more") and leaving it queued for ever.
-    let store = warren_common::store::open(&pg_url()).await.unwrap();
+    let store = warren_store::open(&pg_url()).await.unwrap();
     assert_eq!(store.replay(id.parse().unwrap()).await.unwrap(), Some(3));
     assert_eq!(m.get(&format!("/api/invocations/{id}")).await.1["status"], "queued");
 
@@ -136,7 +136,7 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_worker_carries_
         attempt: 1,
         payload: Bytes::from_static(b"x"),
         notify: None,
-        created_ms: warren_common::now_ms(),
+        created_ms: warren_wire::time::now_ms(),
         headers: Vec::new(),
         fresh: false,
         unrecorded: false,
@@ -348,7 +348,7 @@ async fn a_management_paused_past_its_lease_adds_nothing_to_a_batch_sealed_meanw
     ))
     .await;
     let _b = Management::start_with(&url, LEASE).await;
-    let store = warren_common::store::open(&url).await.unwrap();
+    let store = warren_store::open(&url).await.unwrap();
 
     let (lines, rx) = tokio::sync::mpsc::channel::<String>(4);
     let body =

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use warren_common::store::{InvocationFilter, Status};
+use warren_store::{InvocationFilter, Status};
 use warren_tests::*;
 
 /// Copies an example function under a fresh name and pool.
@@ -65,7 +65,7 @@ async fn serve_many(example: &str, n: usize, max_processes: usize) {
         let (id, w) = r.unwrap();
         expected.insert(id, w);
     }
-    let store = warren_common::store::open(&pg_url()).await.unwrap();
+    let store = warren_store::open(&pg_url()).await.unwrap();
     let filter = InvocationFilter { function: Some(name.clone()), status: None, limit: 10_000 };
     let all = eventually(Duration::from_secs(180), &format!("{n} invocations of {example} to finish"), || async {
         let all = store.list_invocations(&filter).await.ok()?;

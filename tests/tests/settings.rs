@@ -75,7 +75,7 @@ async fn a_secret_setting_reaches_the_function_and_nothing_else() {
         let text = m.http.get(format!("{}{path}", m.base)).send().await.unwrap().text().await.unwrap();
         assert!(!text.contains(SECRET), "{path} leaked the secret");
     }
-    let store = warren_common::store::open(&pg_url()).await.unwrap();
+    let store = warren_store::open(&pg_url()).await.unwrap();
     let stored = store.list_settings(&name).await.unwrap();
     let token = stored.iter().find(|s| s.name == "API_TOKEN").unwrap();
     assert!(token.secret && token.value.starts_with("enc:v1:") && !token.value.contains(SECRET));

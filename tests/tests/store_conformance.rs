@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use uuid::Uuid;
-use warren_common::manifest::Manifest;
-use warren_common::now_ms;
-use warren_common::store::{
+use warren_store::{
     ApiKey, Claim, InvocationFilter, KeyLevel, LogLine, MinuteCount, NewBatch, NewDelivery, NewInvocation, Outcome,
     Setting, Settled, Status, Store, StoreError, WorkerInfo,
 };
 use warren_tests::{pg_url, require_services, unique};
+use warren_wire::manifest::Manifest;
+use warren_wire::time::now_ms;
 
 fn manifest(name: &str) -> (Manifest, String) {
     let text = format!("name = \"{name}\"\nruntime = \"echo\"\n");
@@ -548,7 +548,7 @@ async fn group_commit(store: &dyn Store) {
 async fn batches_ticks_and_deliveries(store: &dyn Store) {
     let (m, text) = manifest(&unique("batch"));
     store.publish_version(&m, &text, b"pkg", "sha").await.unwrap();
-    let id = uuid::Uuid::now_v7();
+    let id = Uuid::now_v7();
     let nb = NewBatch { id, function: m.name.clone(), version: 1, then: Some("report".into()), created_ms: now_ms() };
     store.create_batch(&nb).await.unwrap();
     let items: Vec<NewInvocation> = (0..450).map(|_| new_inv(&m.name, 1)).collect();
@@ -588,10 +588,10 @@ async fn batches_ticks_and_deliveries(store: &dyn Store) {
     assert!(store.open_batches().await.unwrap().iter().any(|b| b.id == id && b.state == "cancelled"));
     store.end_batch(id, "cancelled", now_ms()).await.unwrap();
     assert!(!store.open_batches().await.unwrap().iter().any(|b| b.id == id));
-    assert!(matches!(store.cancel_batch(uuid::Uuid::now_v7(), now_ms()).await, Ok(None)));
+    assert!(matches!(store.cancel_batch(Uuid::now_v7(), now_ms()).await, Ok(None)));
 
     // Fan-in: of two instances, one wins.
-    let id2 = uuid::Uuid::now_v7();
+    let id2 = Uuid::now_v7();
     store.create_batch(&NewBatch { id: id2, ..nb.clone() }).await.unwrap();
     store.seal_batch(id2, 0, None).await.unwrap();
     let f1 = new_inv(&m.name, 1);
@@ -648,16 +648,16 @@ async fn batches_ticks_and_deliveries(store: &dyn Store) {
 async fn sqlite_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("w.db").display());
-    conformance(warren_common::store::open(&url).await.unwrap()).await;
+    conformance(warren_store::open(&url).await.unwrap()).await;
     // Reopening migrates nothing twice and keeps the data.
-    let again = warren_common::store::open(&url).await.unwrap();
+    let again = warren_store::open(&url).await.unwrap();
     assert!(!again.list_functions().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_conforms() {
     require_services();
-    conformance(warren_common::store::open(&pg_url()).await.unwrap()).await;
+    conformance(warren_store::open(&pg_url()).await.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,7 +665,7 @@ async fn postgres_concurrent_opens_migrate_once() {
     require_services();
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        tasks.push(tokio::spawn(async { warren_common::store::open(&pg_url()).await.map(|_| ()) }));
+        tasks.push(tokio::spawn(async { warren_store::open(&pg_url()).await.map(|_| ()) }));
     }
     for t in tasks {
         t.await.unwrap().expect("concurrent open must succeed");
@@ -677,7 +677,7 @@ async fn postgres_concurrent_opens_migrate_once() {
 async fn mssql_conforms() {
     let url =
         std::env::var("WARREN_TEST_MSSQL_URL").expect("WARREN_TEST_MSSQL_URL must name a SQL Server for this test");
-    conformance(warren_common::store::open(&url).await.unwrap()).await;
+    conformance(warren_store::open(&url).await.unwrap()).await;
 }
 
 /// TLS to PostgreSQL: `sslmode=require` encrypts (the server sees an SSL connection from us),
@@ -688,7 +688,7 @@ async fn postgres_over_tls() {
     require_services();
     let app = unique("warren_tls_");
     let sep = if pg_url().contains('?') { '&' } else { '?' };
-    let store = warren_common::store::open(&format!("{}{sep}sslmode=require&application_name={app}", pg_url()))
+    let store = warren_store::open(&format!("{}{sep}sslmode=require&application_name={app}", pg_url()))
         .await
         .expect("sslmode=require connects (the server must have ssl = on)");
     store.list_functions().await.unwrap();
@@ -701,7 +701,7 @@ async fn postgres_over_tls() {
         .expect("psql is needed to look at the server's side of the connection");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "the store's connections are encrypted");
     drop(store);
-    let refused = warren_common::store::open(&format!("{}{sep}sslmode=verify-full", pg_url())).await;
+    let refused = warren_store::open(&format!("{}{sep}sslmode=verify-full", pg_url())).await;
     let e = refused.err().expect("an untrusted certificate is refused under verify-full").to_string();
     assert!(e.contains("cannot open"), "{e}");
 }

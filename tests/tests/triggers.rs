@@ -546,11 +546,11 @@ async fn a_stopping_management_leaves_no_source_message_half_taken() {
     );
     a.publish_dir(&function_dir(tmp.path(), &manifest, &[])).await;
     // Straight from the store: the API lists 1,000 at most.
-    let store = warren_common::store::open(&pg_url()).await.unwrap();
+    let store = warren_store::open(&pg_url()).await.unwrap();
     let count = || {
         let (store, name) = (&store, name.clone());
         async move {
-            let filter = warren_common::store::InvocationFilter { function: Some(name), status: None, limit: 10_000 };
+            let filter = warren_store::InvocationFilter { function: Some(name), status: None, limit: 10_000 };
             store.list_invocations(&filter).await.unwrap()
         }
     };

@@ -32,9 +32,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, Notify};
-use warren_common::manifest::Manifest;
-use warren_common::now_ms;
-use warren_common::store::{LogLine, Status};
+use warren_wire::invocation::{LogLine, Status};
+use warren_wire::manifest::Manifest;
+use warren_wire::time::now_ms;
 
 use crate::process::{self, Limits, RunOutput};
 

@@ -24,14 +24,15 @@ use std::time::Duration;
 use anyhow::Context;
 use dashmap::DashMap;
 use tracing::Instrument;
-use warren_common::manifest::{Manifest, Mode, RetryPolicy, Runtime};
-use warren_common::message::{
+use warren_store::group::Grouped;
+use warren_store::{Claim, NewDelivery, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
+use warren_transport::{Delivery, Transport};
+use warren_wire::manifest::{Manifest, Mode, RetryPolicy, Runtime};
+use warren_wire::message::{
     CompletionNotice, InvocationMessage, NoticeOutcome, NOTICE_OUTCOME_MAX_BYTES, PROTOCOL_VERSION,
 };
-use warren_common::store::group::Grouped;
-use warren_common::store::{Claim, NewDelivery, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
-use warren_common::transport::{Delivery, Transport};
-use warren_common::{now_ms, package};
+use warren_wire::package;
+use warren_wire::time::now_ms;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -59,12 +60,12 @@ pub struct WorkerConfig {
     /// Size above which the least recently used unpacked packages are evicted from the cache.
     pub cache_max_bytes: u64,
     /// Opens secret settings (the key management sealed them with).
-    pub secret_key: Option<warren_common::secret::SecretKey>,
+    pub secret_key: Option<warren_service::secret::SecretKey>,
 }
 
 impl WorkerConfig {
     pub fn new(pools: Vec<(String, u16)>) -> Self {
-        let host = warren_common::hostname();
+        let host = warren_service::host::hostname();
         WorkerConfig {
             id: format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::now_v7().simple().to_string()[24..]),
             pools,
@@ -281,7 +282,7 @@ impl Worker {
     fn info(&self, state: &str) -> WorkerInfo {
         WorkerInfo {
             id: self.cfg.id.clone(),
-            host: warren_common::hostname(),
+            host: warren_service::host::hostname(),
             pools: self.cfg.pools.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(","),
             concurrency: self.cfg.pools.iter().map(|(_, c)| *c as i32).sum(),
             in_flight: self.running_now.load(Ordering::Relaxed),
@@ -369,7 +370,7 @@ impl Worker {
         let mut running = tokio::task::JoinSet::new();
         let mut backoff = Duration::from_millis(100);
         // The consumer in use, kept past the loop so that its held-back acks go out at the end.
-        let mut last: Option<Box<dyn warren_common::transport::Consumer>> = None;
+        let mut last: Option<Box<dyn warren_transport::Consumer>> = None;
         'outer: while !*shutdown.borrow() {
             let opened = async {
                 self.transport.declare_pool(&pool).await?;
@@ -820,7 +821,7 @@ impl Worker {
         for s in stored {
             let value = if s.secret {
                 let Some(key) = &self.cfg.secret_key else {
-                    return Ok(Err(warren_common::secret::SecretError::NoKey.to_string()));
+                    return Ok(Err(warren_service::secret::SecretError::NoKey.to_string()));
                 };
                 match key.open(&s.value) {
                     Ok(v) => {
@@ -919,7 +920,7 @@ impl Worker {
         let manifest = v.parsed_manifest().map_err(|e| LoadError::Broken(e.to_string()))?;
         let dir = if manifest.runtime == Runtime::Process {
             let dir = self.cfg.cache_dir.join(&v.sha256);
-            if !dir.join(warren_common::manifest::MANIFEST_FILE).exists() {
+            if !dir.join(warren_wire::manifest::MANIFEST_FILE).exists() {
                 let bytes =
                     self.store.get_package(function, version).await.map_err(LoadError::Unavailable)?.ok_or_else(
                         || LoadError::Missing(format!("package of {function} version {version} is gone")),
@@ -948,80 +949,6 @@ impl Worker {
         let loaded = Arc::new(Loaded { manifest, dir, sha256: v.sha256.clone() });
         self.versions.insert(key, loaded.clone());
         Ok(loaded)
-    }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); `WARREN_LOG_FORMAT=json` is not
-/// built in yet, so the format is the readable one.
-pub fn init_tracing() {
-    init_tracing_as(LogFormat::from_env());
-}
-
-/// How the binaries write their logs (on stderr).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, with the fields of the current spans (`invocation` ...).
-    Json,
-}
-
-impl LogFormat {
-    /// `WARREN_LOG_FORMAT=json` asks for JSON; anything else, text.
-    pub fn from_env() -> LogFormat {
-        match std::env::var("WARREN_LOG_FORMAT") {
-            Ok(v) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
-            _ => LogFormat::Text,
-        }
-    }
-}
-
-/// Installs the log subscriber: `RUST_LOG` filters (default info), in the given format.
-pub fn init_tracing_as(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
-    };
-}
-
-/// Resolves when the process is asked to stop: Ctrl-C, SIGTERM on Unix, Ctrl-Break on Windows.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(windows)]
-    {
-        match tokio::signal::windows::ctrl_break() {
-            Ok(mut brk) => {
-                tokio::select! {
-                    _ = brk.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(any(unix, windows)))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

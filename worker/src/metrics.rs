@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use warren_common::metrics::{CounterVec, GaugeVec, HistogramVec, StoreLatency, LATENCY_BUCKETS};
+use warren_service::metrics::{CounterVec, GaugeVec, HistogramVec, StoreLatency, LATENCY_BUCKETS};
 
 use crate::Worker;
 

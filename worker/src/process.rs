@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use warren_common::now_ms;
-use warren_common::store::{LogLine, Status};
+use warren_wire::invocation::{LogLine, Status};
+use warren_wire::time::now_ms;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use warren_common::transport::amqp::AmqpTransport;
+use warren_transport::amqp::AmqpTransport;
 use warren_worker::{Worker, WorkerConfig};
 
 /// A Warren worker: consumes invocations from RabbitMQ, runs the functions, stores results
@@ -67,14 +67,14 @@ struct Args {
     #[arg(long, env = "WARREN_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Log format on stderr: text, or json (one object per line, with the invocation's span).
-    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = warren_worker::LogFormat::Text)]
-    log_format: warren_worker::LogFormat,
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = warren_service::telemetry::LogFormat::Text)]
+    log_format: warren_service::telemetry::LogFormat,
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    warren_worker::init_tracing_as(args.log_format);
+    warren_service::telemetry::init_tracing(args.log_format);
     if let Err(e) = run(args).await {
         eprintln!("warren-worker: {e:#}");
         std::process::exit(1);
@@ -94,12 +94,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None => (p.as_str(), args.concurrency),
         };
         anyhow::ensure!(
-            warren_common::manifest::valid_name(name),
+            warren_wire::manifest::valid_name(name),
             "pool name {name:?} must be 1-64 letters, digits, '-' or '_'"
         );
         pools.push((name.to_string(), conc));
     }
-    let store = warren_common::store::open(&args.store).await?;
+    let store = warren_store::open(&args.store).await?;
     let mut cfg = WorkerConfig::new(pools);
     cfg.prefetch_multiplier = args.prefetch_multiplier;
     if let Some(id) = args.id {
@@ -112,7 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.limits.max_output_bytes = args.max_output_bytes;
     cfg.limits.max_log_lines = args.max_log_lines;
     if let Some(k) = &args.secret_key {
-        cfg.secret_key = Some(warren_common::secret::SecretKey::from_hex(k)?);
+        cfg.secret_key = Some(warren_service::secret::SecretKey::from_hex(k)?);
     }
     let transport = Arc::new(AmqpTransport::connect(&args.amqp, &cfg.id).await?);
     let worker = Worker::new(store, transport, cfg);
@@ -129,7 +129,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(warren_worker::metrics::serve(worker.clone(), listener, stopped));
     }
     tokio::spawn(async move {
-        warren_worker::shutdown_signal().await;
+        warren_service::shutdown::shutdown_signal().await;
         tracing::info!("stop requested: finishing in-flight invocations");
         let _ = tx.send(true);
     });

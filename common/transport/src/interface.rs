@@ -1,0 +1,62 @@
+//! The queue interface both roles use: [`Transport`] and its [`Consumer`]s.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::delivery::Delivery;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("the message broker is unreachable or refused the operation: {0}")]
+    Unavailable(String),
+    #[error("the broker did not confirm the message (nack); it may not be queued")]
+    NotConfirmed,
+    #[error("queue {0} is full; try again later")]
+    Full(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = TransportError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    pub messages: u64,
+    pub consumers: u32,
+}
+
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Declares a pool's queue, its dead-letter queue and the shared exchanges (idempotent).
+    async fn declare_pool(&self, pool: &str) -> Result<()>;
+    /// Queues one invocation for a pool; returns once the broker confirmed it.
+    async fn publish(&self, pool: &str, body: Bytes) -> Result<()>;
+    /// Queues a message for a pool after `delay`, the broker holding it meanwhile. Returns once
+    /// confirmed.
+    async fn publish_delayed(&self, pool: &str, body: Bytes, delay: std::time::Duration) -> Result<()>;
+    /// Moves a message to the pool's dead-letter queue, with the reason. Returns once confirmed.
+    async fn dead_letter(&self, pool: &str, body: Bytes, reason: &str) -> Result<()>;
+    /// Takes up to `max` messages from a pool's dead-letter queue. Each must be acked (gone for
+    /// good) or requeued (kept); dropping one keeps it.
+    async fn take_dead(&self, pool: &str, max: usize) -> Result<Vec<Delivery>>;
+    /// Consumes a pool's queue with at most `prefetch` unacked deliveries.
+    async fn consume(&self, pool: &str, prefetch: u16) -> Result<Box<dyn Consumer>>;
+    /// Opens the completion-notice queue of one management instance.
+    async fn open_notices(&self, instance: &str) -> Result<Box<dyn Consumer>>;
+    /// Sends a completion notice (best effort: a lost notice only delays a waiter until its
+    /// deadline, when it reads the store).
+    async fn notify(&self, notice_queue: &str, body: Bytes) -> Result<()>;
+    /// Depth and consumer count of a pool's queue.
+    async fn queue_stats(&self, pool: &str) -> Result<QueueStats>;
+    /// Depth of a pool's dead-letter queue.
+    async fn dead_count(&self, pool: &str) -> Result<u64>;
+}
+
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next delivery; `None` once the consumer is closed (connection lost, shut down).
+    async fn next(&mut self) -> Option<Result<Delivery>>;
+    /// Sends now whatever acks of its deliveries are still held back (call it once they are
+    /// all settled, before the process ends).
+    async fn flush_acks(&mut self) {}
+}

@@ -1,0 +1,19 @@
+//! Warren's contract between its roles: what management and workers must agree on, and nothing
+//! that talks to a database or a broker.
+//!
+//! - [`message`]: what travels on the queues (MessagePack, versioned).
+//! - [`invocation`]: an invocation's status and log lines, as both the queue and the store
+//!   carry them.
+//! - [`topology`]: the exchange and queue names both roles declare.
+//! - [`manifest`]: a function's `function.toml`.
+//! - [`package`]: packing, checking and unpacking function packages.
+//! - [`schedule`]: cron schedules of timer triggers.
+//! - [`time`]: the one time format of the store and the wire.
+
+pub mod invocation;
+pub mod manifest;
+pub mod message;
+pub mod package;
+pub mod schedule;
+pub mod time;
+pub mod topology;

@@ -1,0 +1,872 @@
+//! The HTTP API. Every error is JSON: `{"error": {"code": "...", "message": "..."}}`, with a
+//! message that says what to do.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET  | /healthz | liveness, backends |
+//! | POST | /api/functions | publish a package (.tar.gz body) → 201 + the new version |
+//! | GET  | /api/functions | functions with their active version |
+//! | GET  | /api/functions/{name} | one function and all its versions |
+//! | POST | /api/functions/{name}/invoke[?mode=async][&timeout_ms=N] | body = input bytes |
+//! | GET  | /api/invocations/{id} | status, result, error, attempts, worker, timings, logs |
+//! | GET  | /api/invocations/{id}/logs | log lines only |
+//! | GET  | /api/functions/{name}/settings | settings; secret values masked |
+//! | PUT  | /api/functions/{name}/settings/{key} | `{"value": "...", "secret": bool}` |
+//! | DELETE | /api/functions/{name}/settings/{key} | |
+//! | GET  | /api/invocations[?function=F][&status=S][&limit=N] | newest first |
+//! | GET  | /api/workers | registered workers, their heartbeats, `lost` when silent too long |
+//! | GET  | /api/dead-letters[?pool=P][&limit=N] | messages kept in the dead-letter queues |
+//! | POST | /api/dead-letters/replay | `{"ids": [...]}` or `{"all": true}` (optional `"pool"`) |
+//! | GET  | /api/stats[?minutes=N] | invocations per minute and status, queue depths, workers online |
+//! | POST | /api/keys | `{"name": "...", "level": "admin"\|"function", "function": "F"}` → 201 + the key, once |
+//! | GET  | /api/keys | keys without their secrets |
+//! | DELETE | /api/keys/{id} | revoke a key |
+//! | GET  | /metrics | Prometheus text |
+//! | GET  | /api/openapi.json | the OpenAPI description of this API |
+//!
+//! Every request goes through [`crate::auth::authorize`] first. [`ROUTES`] lists every route;
+//! the router is checked against it and against the OpenAPI document in tests.
+//!
+//! Batches, timers and deliveries: see [`crate::triggers_api`]. `GET /` and `GET /portal/{file}`
+//! serve the portal ([`crate::portal`]).
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+use warren_store::{AttemptRecord, Invocation, LogLine};
+
+use crate::{Error, Management};
+
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+}
+
+impl ApiError {
+    /// Status, code and message.
+    pub(crate) fn parts(self) -> (StatusCode, &'static str, String) {
+        (self.status, self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response();
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body may have been refused unread: the connection ends with this answer, so
+            // that the client does not send its next request on a connection the server is
+            // closing (it would see the connection cut instead of an answer).
+            r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        r
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let (status, code) = match &e {
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::Store(warren_store::StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
+            Error::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Error::Transport(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let mut message = e.to_string();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            message.push_str("; nothing was accepted, retry later");
+        }
+        ApiError::new(status, code, message)
+    }
+}
+
+impl From<warren_store::StoreError> for ApiError {
+    fn from(e: warren_store::StoreError) -> Self {
+        Error::Store(e).into()
+    }
+}
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// Every route of the API as (method, path): what [`router`] serves, and what the OpenAPI
+/// document (`openapi.json`) must describe.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/openapi.json"),
+    ("POST", "/api/functions"),
+    ("GET", "/api/functions"),
+    ("GET", "/api/functions/{name}"),
+    ("POST", "/api/functions/{name}/invoke"),
+    ("POST", "/api/functions/{name}/invocations"),
+    ("GET", "/api/functions/{name}/settings"),
+    ("PUT", "/api/functions/{name}/settings/{key}"),
+    ("DELETE", "/api/functions/{name}/settings/{key}"),
+    ("GET", "/api/invocations/{id}"),
+    ("GET", "/api/invocations/{id}/logs"),
+    ("GET", "/api/invocations"),
+    ("GET", "/api/workers"),
+    ("GET", "/api/dead-letters"),
+    ("POST", "/api/dead-letters/replay"),
+    ("POST", "/api/keys"),
+    ("GET", "/api/keys"),
+    ("DELETE", "/api/keys/{id}"),
+    ("GET", "/api/stats"),
+    // crate::triggers_api::routes()
+    ("POST", "/api/batches"),
+    ("GET", "/api/batches"),
+    ("GET", "/api/batches/{id}"),
+    ("POST", "/api/batches/{id}/cancel"),
+    ("GET", "/api/batches/{id}/results"),
+    ("GET", "/api/timers"),
+    ("GET", "/api/invocations/{id}/deliveries"),
+    ("POST", "/api/invocations/{id}/deliveries/retry"),
+];
+
+/// The OpenAPI 3 description of the API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn router(m: Arc<Management>) -> Router {
+    let package_limit = m.config.package_limits.max_package_bytes as usize;
+    let payload_limit = m.config.max_payload_bytes;
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/functions", post(publish).layer(DefaultBodyLimit::max(package_limit)).get(list_functions))
+        .route("/api/functions/{name}", get(get_function))
+        .route("/api/functions/{name}/invoke", post(invoke).layer(DefaultBodyLimit::max(payload_limit)))
+        // Its body limit is applied by the handler, which reads the body only once it has a turn.
+        .route("/api/functions/{name}/invocations", post(invoke_many))
+        .route("/api/functions/{name}/settings", get(list_settings))
+        .route("/api/functions/{name}/settings/{key}", axum::routing::put(put_setting).delete(delete_setting))
+        .route("/api/invocations/{id}", get(get_invocation))
+        .route("/api/invocations/{id}/logs", get(get_logs))
+        .route("/api/invocations", get(list_invocations))
+        .route("/api/workers", get(list_workers))
+        .route("/api/dead-letters", get(list_dead))
+        .route("/api/dead-letters/replay", post(replay_dead))
+        .route("/api/keys", post(create_key).get(list_keys))
+        .route("/api/keys/{id}", axum::routing::delete(revoke_key))
+        .route("/api/stats", get(stats))
+        .merge(crate::triggers_api::routes())
+        .merge(crate::portal::routes())
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api (see README)")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see /api/openapi.json for what it takes",
+            )
+        })
+        // Everything else takes small JSON bodies at most.
+        .layer(DefaultBodyLimit::max(1 << 20))
+        // Outermost: no request reaches a handler before its key is checked.
+        .layer(axum::middleware::from_fn_with_state(m.clone(), crate::auth::authorize))
+        .with_state(m)
+}
+
+async fn metrics(State(m): State<Arc<Management>>) -> Response {
+    let text = m.metrics.render(&m).await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[derive(Deserialize)]
+struct NewKeyBody {
+    name: String,
+    level: String,
+    function: Option<String>,
+}
+
+const KEY_BODY_HELP: &str =
+    "send {\"name\": \"...\", \"level\": \"admin\"} or {\"name\": \"...\", \"level\": \"function\", \"function\": \"NAME\"}";
+
+/// Creates a key; the answer is the only place the key is ever shown.
+async fn create_key(
+    State(m): State<Arc<Management>>,
+    body: Result<Json<NewKeyBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let bad = |msg: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg);
+    let Json(b) = body.map_err(|e| bad(format!("{}; {KEY_BODY_HELP}", e.body_text())))?;
+    let name = b.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(bad(format!("a key needs a name of 1 to 200 characters (who or what uses it); {KEY_BODY_HELP}")));
+    }
+    let level = warren_store::KeyLevel::parse(&b.level)
+        .ok_or_else(|| bad(format!("level {:?} is not \"admin\" or \"function\"", b.level)))?;
+    let function = match (level, b.function) {
+        (warren_store::KeyLevel::Function, Some(f)) if warren_wire::manifest::valid_name(&f) => Some(f),
+        (warren_store::KeyLevel::Function, Some(f)) => {
+            return Err(bad(format!("{f:?} is not a function name (letters, digits, '-', '_')")))
+        }
+        (warren_store::KeyLevel::Function, None) => {
+            return Err(bad(format!("a function key names its function; {KEY_BODY_HELP}")))
+        }
+        (warren_store::KeyLevel::Admin, Some(_)) => {
+            return Err(bad("an admin key is not bound to a function: leave out \"function\"".into()))
+        }
+        (warren_store::KeyLevel::Admin, None) => None,
+    };
+    let secret = crate::auth::generate_key();
+    let key = warren_store::ApiKey {
+        id: Uuid::now_v7(),
+        name,
+        level,
+        function,
+        hash: crate::auth::hash_key(&secret),
+        created_ms: warren_wire::time::now_ms(),
+        revoked_ms: None,
+    };
+    m.store.create_key(&key).await?;
+    tracing::info!(key.id = %key.id, key.name = %key.name, level = level.as_str(), "API key created");
+    let mut v = serde_json::to_value(&key).unwrap_or_default();
+    v["key"] = json!(secret);
+    v["message"] = json!("store this key now: it is not shown again (only its hash is kept)");
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn list_keys(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(m.store.list_keys().await?).unwrap_or_default()))
+}
+
+async fn revoke_key(
+    State(m): State<Arc<Management>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let s = name_from(id)?;
+    let id = Uuid::parse_str(&s).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{s:?} is not a key id (a UUID)"))
+    })?;
+    if !m.store.revoke_key(id, warren_wire::time::now_ms()).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no key {id} that is not revoked already; `warren keys list` shows them"),
+        ));
+    }
+    // Refused at once here; other instances drop their cached copy within KEY_CACHE_TTL.
+    m.keys.retain(|_, (_, k)| k.id != id);
+    tracing::info!(key.id = %id, "API key revoked");
+    Ok(Json(json!({"id": id, "revoked": true})))
+}
+
+async fn health(State(m): State<Arc<Management>>) -> Json<Value> {
+    Json(json!({"status": "ok", "store": m.store.backend(), "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// The request body, or a JSON 413/400 that says what the limit is.
+fn body_or_error(body: Result<Bytes, BytesRejection>, limit: u64, what: &str) -> ApiResult<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the {what} is over the limit of {limit} bytes; nothing was stored"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("cannot read the {what}: {}", e.body_text()))
+        }
+    })
+}
+
+async fn publish(
+    State(m): State<Arc<Management>>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = body_or_error(body, m.config.package_limits.max_package_bytes, "package")?;
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "send the function package (.tar.gz with function.toml at its root) as the request body; `warren publish DIR` packs a folder",
+        ));
+    }
+    let v = m.publish(&body).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::to_value(v).unwrap_or_default())))
+}
+
+async fn list_functions(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
+    Ok(Json(serde_json::to_value(m.store.list_functions().await?).unwrap_or_default()))
+}
+
+pub(crate) fn name_from(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    p.map(|Path(n)| n).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+}
+
+async fn get_function(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let name = name_from(name)?;
+    let f = m.store.get_function(&name).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("function {name:?} does not exist"))
+    })?;
+    let versions = m.store.list_versions(&name).await?;
+    Ok(Json(json!({"function": f, "versions": versions})))
+}
+
+#[derive(Deserialize, Default)]
+struct InvokeQuery {
+    /// `sync` (default) or `async`.
+    mode: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+async fn invoke(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+    q: Result<Query<InvokeQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = body_or_error(body, m.config.max_payload_bytes as u64, "input")?;
+    let name = name_from(name)?;
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let wait = match q.mode.as_deref() {
+        None | Some("sync") => Some(m.clamp_wait(q.timeout_ms)),
+        Some("async") => None,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "mode={other:?} is not known: use mode=sync (wait for the result) or mode=async (202 and an id)"
+                ),
+            ))
+        }
+    };
+    // Safe to cancel: a client that leaves cannot cut an async invoke between its record and
+    // its publish (see `Management::invoke_with`).
+    let accepted = m.invoke(&name, body, wait).await?;
+    match accepted.invocation {
+        Some(inv) if inv.status.is_final() => {
+            let (logs, attempts) = match accepted.details {
+                Some(known) => known,
+                // Two reads at once: one round trip of waiting instead of two.
+                None => tokio::try_join!(m.store.get_logs(inv.id), m.store.list_attempts(inv.id))?,
+            };
+            Ok((StatusCode::OK, Json(view(&inv, Some(&logs), Some(&attempts)))).into_response())
+        }
+        Some(inv) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "id": inv.id,
+                "status": inv.status,
+                "message": format!("still {} after the wait; read it later at /api/invocations/{}", inv.status, inv.id),
+            })),
+        )
+            .into_response()),
+        None => Ok((StatusCode::ACCEPTED, Json(json!({"id": accepted.id, "status": "queued"}))).into_response()),
+    }
+}
+
+/// Inputs one bulk invoke may carry.
+pub const MAX_BULK_INPUTS: usize = 10_000;
+/// Bulk invokes read and run at once; more wait (before their body is read) for a turn.
+pub const MAX_BULK_IN_FLIGHT: usize = 4;
+/// The body limit of a bulk invoke: 16 MiB, or one input of the largest size if that is more.
+fn bulk_body_limit(payload_limit: usize) -> usize {
+    (16usize << 20).max(payload_limit + 2)
+}
+
+/// The inputs of a bulk invoke's body: one JSON value per line, blank lines skipped. The
+/// first bad line refuses the whole request (nothing is recorded), naming the line.
+fn bulk_inputs(body: &Bytes, max_input: usize) -> ApiResult<Vec<Bytes>> {
+    let mut inputs = Vec::new();
+    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let no = n + 1;
+        if line.len() > max_input {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "line {no} is {} bytes, over the input limit of {max_input} bytes; nothing was accepted",
+                    line.len()
+                ),
+            ));
+        }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("line {no} is not a JSON value ({e}); each line holds one input; nothing was accepted"),
+            ));
+        }
+        if inputs.len() == MAX_BULK_INPUTS {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("more than {MAX_BULK_INPUTS} inputs; send them in several requests (or as a batch: POST /api/batches); nothing was accepted"),
+            ));
+        }
+        // A slice of the body: no copy.
+        inputs.push(body.slice_ref(line));
+    }
+    Ok(inputs)
+}
+
+/// `POST /api/functions/{name}/invocations`: NDJSON, one input per line, each an independent
+/// asynchronous invocation (as `invoke?mode=async`, without a batch's bookkeeping). 202 with
+/// the ids in input order once every one is recorded and confirmed by the broker.
+async fn invoke_many(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    let name = name_from(name)?;
+    // The body is read only once this request has its turn: waiting requests hold no body.
+    let _turn = m.bulk_in_flight.acquire().await.map_err(|_| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "management is stopping; nothing was accepted")
+    })?;
+    let limit = bulk_body_limit(m.config.max_payload_bytes);
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is over the limit of {limit} bytes; send the inputs in several requests (or as a batch: POST /api/batches); nothing was accepted"),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("cannot read the body: {e}"))
+        }
+    })?;
+    let max_input = m.config.max_payload_bytes;
+    // Checking megabytes of JSON is CPU work: off the async threads when the body is large.
+    let inputs = if body.len() > 64 << 10 {
+        tokio::task::spawn_blocking(move || bulk_inputs(&body, max_input)).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the body check failed: {e}"))
+        })??
+    } else {
+        bulk_inputs(&body, max_input)?
+    };
+    if inputs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the body holds no input: send NDJSON, one JSON input per line",
+        ));
+    }
+    // On a task of its own: a client that goes away mid-way does not stop it between the
+    // records and their publishes (records left `queued` with no message).
+    let out = {
+        let (m, name) = (m.clone(), name.clone());
+        tokio::spawn(async move { m.invoke_many(&name, inputs).await }).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the bulk invoke failed: {e}"))
+        })??
+    };
+    if out.not_queued.is_empty() {
+        return Ok((StatusCode::ACCEPTED, Json(json!({"function": name, "accepted": out.ids.len(), "ids": out.ids})))
+            .into_response());
+    }
+    // Some were recorded but the broker did not take them: they are recorded failed, never
+    // run; the others are queued and will run.
+    let not_queued: Vec<Value> = out.not_queued.iter().map(|(id, e)| json!({"id": id, "error": e})).collect();
+    let message = format!(
+        "{} of {} inputs were not queued ({}); the other {} are queued and will run: do not send the whole body again, only the inputs of not_queued",
+        not_queued.len(),
+        not_queued.len() + out.ids.len(),
+        out.not_queued[0].1,
+        out.ids.len()
+    );
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "error": {"code": "unavailable", "message": message},
+            "function": name,
+            "accepted": out.ids.len(),
+            "ids": out.ids,
+            "not_queued": not_queued,
+        })),
+    )
+        .into_response())
+}
+
+pub(crate) fn id_from(p: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
+    let s = name_from(p)?;
+    Uuid::parse_str(&s).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{s:?} is not an invocation id (a UUID)"))
+    })
+}
+
+async fn get_invocation(
+    State(m): State<Arc<Management>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let id = id_from(id)?;
+    let inv = m
+        .store
+        .get_invocation(id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")))?;
+    let logs = m.store.get_logs(id).await?;
+    let attempts = m.store.list_attempts(id).await?;
+    let mut v = view(&inv, Some(&logs), Some(&attempts));
+    let deliveries = m.store.list_deliveries(id).await?;
+    if !deliveries.is_empty() {
+        v["deliveries"] = serde_json::to_value(deliveries).unwrap_or_default();
+    }
+    Ok(Json(v))
+}
+
+async fn get_logs(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let id = id_from(id)?;
+    if m.store.get_invocation(id).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")));
+    }
+    Ok(Json(serde_json::to_value(m.store.get_logs(id).await?).unwrap_or_default()))
+}
+
+/// Settings, secret values masked: they are never returned, in full or in part.
+async fn list_settings(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let name = name_from(name)?;
+    if m.store.get_function(&name).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("function {name:?} does not exist")));
+    }
+    let list: Vec<Value> = m
+        .store
+        .list_settings(&name)
+        .await?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "value": if s.secret { Value::String("********".into()) } else { Value::String(s.value) },
+                "secret": s.secret,
+                "updated_ms": s.updated_ms,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+#[derive(Deserialize)]
+struct SettingBody {
+    value: String,
+    #[serde(default)]
+    secret: bool,
+}
+
+async fn put_setting(
+    State(m): State<Arc<Management>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<SettingBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path((name, key)) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Json(b) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{}; send {{\"value\": \"...\", \"secret\": true|false}}", e.body_text()),
+        )
+    })?;
+    m.set_setting(&name, &key, &b.value, b.secret).await?;
+    Ok(Json(json!({"name": key, "secret": b.secret, "stored": true})))
+}
+
+async fn delete_setting(
+    State(m): State<Arc<Management>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path((name, key)) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    if !m.store.delete_setting(&name, &key).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("function {name:?} has no setting {key:?}"),
+        ));
+    }
+    Ok(Json(json!({"name": key, "deleted": true})))
+}
+
+/// A worker silent for this long is reported `lost` (three missed heartbeats).
+const LOST_AFTER_MS: i64 = 15_000;
+
+async fn list_workers(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
+    let now = warren_wire::time::now_ms();
+    let workers: Vec<Value> = m
+        .store
+        .list_workers()
+        .await?
+        .into_iter()
+        .map(|w| {
+            let silent = now - w.last_seen_ms;
+            let mut v = serde_json::to_value(&w).unwrap_or_default();
+            if w.state != "gone" && silent > LOST_AFTER_MS {
+                v["state"] = json!("lost");
+            }
+            v["silent_ms"] = json!(silent);
+            v
+        })
+        .collect();
+    Ok(Json(Value::Array(workers)))
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    minutes: Option<u32>,
+}
+
+/// The overview: invocations per minute (of creation) and current status over the last
+/// `minutes` (60 by default, at most 1440), each pool's queue, and the workers heard from lately.
+async fn stats(
+    State(m): State<Arc<Management>>,
+    q: Result<Query<StatsQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let minutes = q.minutes.unwrap_or(60);
+    if !(1..=1440).contains(&minutes) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("minutes={minutes} is out of range: give 1 to 1440 (a day)"),
+        ));
+    }
+    let now = warren_wire::time::now_ms();
+    // Whole minutes: the current one and the `minutes - 1` before it.
+    let since = (now / 60_000 - (minutes as i64 - 1)) * 60_000;
+    let per_minute = m.store.count_per_minute(since, now + 60_000).await?;
+    let mut queues = Vec::new();
+    for pool in m.pools().await? {
+        // Declared once (as an invoke would): reading a missing queue makes the broker close
+        // a channel, which lapin logs as an error at every poll. One pool the broker cannot
+        // tell about does not hide the rest of the overview.
+        let read = async {
+            m.ensure_pool(&pool).await.map_err(|e| e.to_string())?;
+            m.transport.queue_stats(&pool).await.map_err(|e| e.to_string())
+        };
+        let q = match read.await {
+            Ok(s) => json!({"pool": pool, "ready": s.messages, "consumers": s.consumers}),
+            Err(e) => json!({"pool": pool, "ready": null, "consumers": null, "error": e}),
+        };
+        queues.push(q);
+    }
+    let workers_online = m
+        .store
+        .list_workers()
+        .await?
+        .iter()
+        .filter(|w| w.state != "gone" && now - w.last_seen_ms <= LOST_AFTER_MS)
+        .count();
+    Ok(Json(json!({
+        "since_ms": since,
+        "now_ms": now,
+        "per_minute": per_minute,
+        "queues": queues,
+        "workers_online": workers_online,
+    })))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    function: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_invocations(
+    State(m): State<Arc<Management>>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(warren_store::Status::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("status {s:?} is not one of queued, running, succeeded, failed, timed_out, dead, cancelled"),
+            )
+        })?),
+    };
+    let filter =
+        warren_store::InvocationFilter { function: q.function, status, limit: q.limit.unwrap_or(50).min(1000) };
+    let list = m.store.list_invocations(&filter).await?;
+    Ok(Json(Value::Array(list.iter().map(|i| view(i, None, None)).collect())))
+}
+
+#[derive(Deserialize)]
+struct DeadQuery {
+    pool: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn pools_for(m: &Management, pool: Option<String>) -> ApiResult<Vec<String>> {
+    match pool {
+        Some(p) if warren_wire::manifest::valid_name(&p) => Ok(vec![p]),
+        Some(p) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{p:?} is not a pool name"))),
+        None => Ok(m.pools().await?),
+    }
+}
+
+async fn list_dead(
+    State(m): State<Arc<Management>>,
+    q: Result<Query<DeadQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let pools = pools_for(&m, q.pool).await?;
+    let mut counts = serde_json::Map::new();
+    for p in &pools {
+        counts.insert(p.clone(), json!(m.transport.dead_count(p).await.map_err(Error::from)?));
+    }
+    let items = m.dead_letters(&pools, q.limit.unwrap_or(100).min(1000)).await?;
+    Ok(Json(json!({"counts": counts, "items": items})))
+}
+
+#[derive(Deserialize)]
+struct ReplayBody {
+    #[serde(default)]
+    ids: Vec<Uuid>,
+    #[serde(default)]
+    all: bool,
+    pool: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn replay_dead(
+    State(m): State<Arc<Management>>,
+    body: Result<Json<ReplayBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(b) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{}; send {{\"ids\": [\"<invocation id>\", ...]}} or {{\"all\": true}}", e.body_text()),
+        )
+    })?;
+    if b.ids.is_empty() && !b.all {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}",
+        ));
+    }
+    let pools = pools_for(&m, b.pool).await?;
+    let ids = (!b.all).then_some(b.ids.as_slice());
+    let report = m.replay(&pools, ids, b.limit.unwrap_or(10_000).min(10_000)).await?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// Bytes as JSON: the JSON value itself when they are JSON, a string when UTF-8, else base64
+/// under a separate key.
+pub(crate) fn bytes_value(b: &[u8]) -> (Value, Option<String>) {
+    if let Ok(v) = serde_json::from_slice::<Value>(b) {
+        return (v, None);
+    }
+    match std::str::from_utf8(b) {
+        Ok(s) => (Value::String(s.to_string()), None),
+        Err(_) => (Value::Null, Some(base64(b))),
+    }
+}
+
+fn base64(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct InvocationView<'a> {
+    id: Uuid,
+    function: &'a str,
+    version: i64,
+    status: warren_store::Status,
+    attempts: i32,
+    input: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_base64: Option<String>,
+    result: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result_base64: Option<String>,
+    error: Option<&'a str>,
+    worker: Option<&'a str>,
+    created_ms: i64,
+    started_ms: Option<i64>,
+    finished_ms: Option<i64>,
+    duration_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logs: Option<&'a [LogLine]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt_history: Option<&'a [AttemptRecord]>,
+}
+
+pub fn view(inv: &Invocation, logs: Option<&[LogLine]>, attempts: Option<&[AttemptRecord]>) -> Value {
+    let (input, input_base64) = bytes_value(&inv.payload);
+    let (result, result_base64) = inv.result.as_deref().map(bytes_value).unwrap_or((Value::Null, None));
+    serde_json::to_value(InvocationView {
+        id: inv.id,
+        function: &inv.function,
+        version: inv.version,
+        status: inv.status,
+        attempts: inv.attempts,
+        input,
+        input_base64,
+        result,
+        result_base64,
+        error: inv.error.as_deref(),
+        worker: inv.worker.as_deref().filter(|w| !w.is_empty()),
+        created_ms: inv.created_ms,
+        started_ms: inv.started_ms,
+        finished_ms: inv.finished_ms,
+        duration_ms: inv.started_ms.zip(inv.finished_ms).map(|(s, f)| f - s).filter(|_| inv.status.is_final()),
+        logs,
+        attempt_history: attempts,
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_known_vectors() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"\xff\xfe\x00\x01"), "//4AAQ==");
+    }
+}

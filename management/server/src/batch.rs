@@ -1,0 +1,580 @@
+//! Batch fan-out and fan-in.
+//!
+//! **Fan-out** ([`Management::submit_batch`]): items arrive as NDJSON (streamed: a
+//! million-item batch is never held whole) or as a JSON array; every [`CHUNK`] items (or
+//! [`CHUNK_BYTES`]) are recorded `queued` in one multi-row insert, then published
+//! concurrently, each with its confirm; up to [`CHUNKS_IN_FLIGHT`] chunks are on their way at
+//! once. The batch is `submitting` until the last chunk is confirmed, then `running`.
+//!
+//! **Fan-in** ([`sweep`], every instance): a `running` batch whose items are all final gets
+//! its follow-up function invoked once. The store's conditional `running → finishing` update,
+//! made in the same transaction that records the follow-up invocation, picks one instance;
+//! that one publishes it and marks the batch `done`. An instance that died in between leaves
+//! the batch `finishing` with a `queued` follow-up, which any instance publishes after
+//! [`STALE_FINISHING`] (a rare second copy is deduplicated by the worker's claim).
+//!
+//! **Cancel**: queued items become `cancelled` (never run), running ones finish; the batch is
+//! `cancelled` and gets no fan-in.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Weak;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+use uuid::Uuid;
+use warren_store::{Batch, NewBatch, NewInvocation, Status};
+use warren_wire::time::now_ms;
+
+use crate::{Error, Management};
+
+/// Items recorded and published together, at most.
+pub const CHUNK: usize = 500;
+/// A chunk is also cut once its items reach this many bytes, so that a submission holds about
+/// twice [`CHUNKS_IN_FLIGHT`] + 2 times this (each running chunk's items and their records,
+/// one waiting, one being filled, plus one item) in memory, whatever its items' size.
+const CHUNK_BYTES: usize = 4 << 20;
+/// Chunks being submitted at once: the next one is recorded while the earlier ones are being
+/// published and confirmed, so the store and the broker work side by side instead of in turn.
+const CHUNKS_IN_FLIGHT: usize = 3;
+/// How often each instance looks for batches to finish.
+const SWEEP_EVERY: Duration = Duration::from_millis(300);
+/// A `finishing` batch older than this lost its instance before the follow-up was published.
+const STALE_FINISHING: Duration = Duration::from_secs(15);
+
+/// How a batch body is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON value per line (blank lines skipped).
+    Ndjson,
+    /// One JSON array of values.
+    JsonArray,
+}
+
+/// Why a submission stopped; the items before the failure stay submitted.
+#[derive(Debug)]
+pub struct SubmitError {
+    pub batch: Option<Uuid>,
+    pub accepted: i64,
+    pub error: Error,
+}
+
+/// The chunk being filled while a submission's body is read; full chunks go to the task that
+/// records and publishes them ([`Management::feed`]).
+struct Submission<'a> {
+    tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
+    chunk: Vec<Bytes>,
+    chunk_bytes: usize,
+    /// Set once a chunk failed: no further chunk is started.
+    stop: &'a AtomicBool,
+}
+
+/// Whose turn it is to record its items: chunk numbers in the order they were cut.
+#[derive(Default)]
+struct Turn {
+    next: AtomicUsize,
+    moved: tokio::sync::Notify,
+}
+
+impl Turn {
+    async fn wait(&self, i: usize) {
+        loop {
+            // Registered before the check, so an advance in between is not missed.
+            let moved = self.moved.notified();
+            let mut moved = std::pin::pin!(moved);
+            moved.as_mut().enable();
+            if self.next.load(Ordering::Acquire) == i {
+                return;
+            }
+            moved.await;
+        }
+    }
+
+    fn advance(&self) {
+        self.next.fetch_add(1, Ordering::AcqRel);
+        self.moved.notify_waiters();
+    }
+}
+
+/// What the reader answers when a chunk failed; the chunk's own error is the one reported.
+const STOPPED: &str = "the submission stopped";
+
+impl Submission<'_> {
+    /// Adds one item; a full chunk is handed over (after waiting for room).
+    async fn push(&mut self, item: Bytes) -> Result<(), Error> {
+        self.chunk_bytes += item.len();
+        self.chunk.push(item);
+        if self.chunk.len() >= CHUNK || self.chunk_bytes >= CHUNK_BYTES {
+            self.cut().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands over the chunk being filled, if it holds anything.
+    async fn cut(&mut self) -> Result<(), Error> {
+        if self.stop.load(Ordering::Acquire) {
+            return Err(Error::BadRequest(STOPPED.into()));
+        }
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        self.chunk_bytes = 0;
+        self.tx.send(items).await.map_err(|_| Error::BadRequest(STOPPED.into()))
+    }
+}
+
+impl Management {
+    /// Submits a batch: one invocation of `function` per item; `then` is invoked once with the
+    /// results when every item is final. Returns the batch as recorded.
+    pub async fn submit_batch<S, E>(
+        &self,
+        function: &str,
+        then: Option<&str>,
+        format: Format,
+        body: S,
+    ) -> Result<Batch, SubmitError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let early = |error| SubmitError { batch: None, accepted: 0, error };
+        let (version, manifest) = self.active_manifest(function).await.map_err(early)?;
+        if let Some(then) = then {
+            if self.store.get_function(then).await.map_err(|e| early(e.into()))?.is_none() {
+                return Err(early(Error::NotFound(format!(
+                    "follow-up function {then:?} does not exist; publish it first"
+                ))));
+            }
+        }
+        self.ensure_pool(&manifest.pool).await.map_err(early)?;
+        // A lapse of this instance's lease from here on stops the submission (see `lease`):
+        // noted before the batch exists, so that no lapse can fall between its creation and
+        // the first chunk unseen.
+        let lapses = self.settling.lapses();
+        self.settling.still_current(lapses).map_err(early)?;
+        let id = Uuid::now_v7();
+        let batch = NewBatch {
+            id,
+            function: function.to_string(),
+            version,
+            then: then.map(str::to_string),
+            created_ms: now_ms(),
+        };
+        self.store.create_batch(&batch).await.map_err(|e| early(e.into()))?;
+
+        let mut total: i64 = 0;
+        let outcome = self.feed(&batch, &manifest.pool, format, body, lapses, &mut total).await;
+        let stopped = outcome.as_ref().err().map(|e| format!("submission stopped after {total} items: {e}"));
+        self.store.seal_batch(id, total, stopped.as_deref()).await.map_err(|e| SubmitError {
+            batch: Some(id),
+            accepted: total,
+            error: e.into(),
+        })?;
+        if let Err(error) = outcome {
+            return Err(SubmitError { batch: Some(id), accepted: total, error });
+        }
+        tracing::info!(batch = %id, function, total, "batch submitted");
+        match self.store.get_batch(id).await {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err(SubmitError {
+                batch: Some(id),
+                accepted: total,
+                error: Error::NotFound("the batch vanished".into()),
+            }),
+            Err(e) => Err(SubmitError { batch: Some(id), accepted: total, error: e.into() }),
+        }
+    }
+
+    /// Reads items from the body and submits them chunk by chunk, up to [`CHUNKS_IN_FLIGHT`]
+    /// chunks at once while the body is still being read; `total` counts those recorded (and
+    /// published, or recorded failed). Every chunk started is taken to its end before this
+    /// returns, whatever stopped the submission: a chunk left half-way would hold recorded
+    /// items that were never published. After a chunk fails, no other one starts.
+    async fn feed<S, E>(
+        &self,
+        batch: &NewBatch,
+        pool: &str,
+        format: Format,
+        body: S,
+        lapses: u64,
+        total: &mut i64,
+    ) -> Result<(), Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let stop = AtomicBool::new(false);
+        // One chunk waits while CHUNKS_IN_FLIGHT run and the reader fills the next.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(1);
+        let reader = async {
+            let mut sub = Submission { tx, chunk: Vec::with_capacity(CHUNK), chunk_bytes: 0, stop: &stop };
+            // A body that ended well has its last chunk submitted; one that failed loses only
+            // the items of the chunk being filled (never recorded), as the answer's count says.
+            match self.read_items(format, body, &mut sub).await {
+                Ok(()) => sub.cut().await,
+                Err(e) => Err(e),
+            }
+            // `sub`, and with it the sender, is dropped here: the chunks stream ends.
+        };
+        let runner = async {
+            let chunks = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+            let turn = Turn::default();
+            let runs = chunks
+                .enumerate()
+                .map(|(i, items)| {
+                    let (stop, turn) = (&stop, &turn);
+                    async move { self.submit_chunk(batch, pool, items, (i, turn), (stop, lapses)).await }
+                })
+                .buffer_unordered(CHUNKS_IN_FLIGHT);
+            let mut runs = std::pin::pin!(runs);
+            let (mut recorded, mut first) = (0i64, None);
+            while let Some((n, result)) = runs.next().await {
+                recorded += n;
+                if let Err(e) = result {
+                    stop.store(true, Ordering::Release);
+                    first.get_or_insert(e);
+                }
+            }
+            (recorded, first)
+        };
+        // Both in this task: the chunks progress while the body is read.
+        let (read, (recorded, failed)) = tokio::join!(reader, runner);
+        *total = recorded;
+        match failed {
+            Some(e) => Err(e),
+            None => read,
+        }
+    }
+
+    /// Parses the body's items into `sub`, which submits them a chunk at a time.
+    async fn read_items<S, E>(&self, format: Format, mut body: S, sub: &mut Submission<'_>) -> Result<(), Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let max_item = self.config.max_payload_bytes;
+        match format {
+            Format::JsonArray => {
+                // A JSON array has to be read whole; its size is bounded by the route's limit.
+                let mut all = Vec::new();
+                while let Some(part) = body.next().await {
+                    all.extend_from_slice(&part.map_err(|e| Error::BadRequest(format!("cannot read the body: {e}")))?);
+                }
+                // Parsing up to the route's limit is CPU work: keep it off the async threads.
+                let parsed = tokio::task::spawn_blocking(move || {
+                    serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&all)
+                })
+                .await
+                .map_err(|e| Error::BadRequest(format!("cannot parse the body: {e}")))?;
+                let items = parsed.map_err(|e| {
+                    Error::BadRequest(format!(
+                        "the body is not a JSON array of items ({e}); send a JSON array, or NDJSON (one item per line) with Content-Type: application/x-ndjson"
+                    ))
+                })?;
+                for (n, item) in items.iter().enumerate() {
+                    if item.get().len() > max_item {
+                        return Err(Error::TooLarge(format!(
+                            "item {} is {} bytes, over the limit of {max_item} bytes",
+                            n + 1,
+                            item.get().len()
+                        )));
+                    }
+                    sub.push(Bytes::copy_from_slice(item.get().as_bytes())).await?;
+                }
+            }
+            Format::Ndjson => {
+                let mut buf: Vec<u8> = Vec::new();
+                let mut line_no: u64 = 0;
+                let mut ended = false;
+                while !ended {
+                    match body.next().await {
+                        Some(part) => buf.extend_from_slice(
+                            &part.map_err(|e| Error::BadRequest(format!("cannot read the body: {e}")))?,
+                        ),
+                        None => {
+                            ended = true;
+                            if !buf.is_empty() && buf.last() != Some(&b'\n') {
+                                buf.push(b'\n');
+                            }
+                        }
+                    }
+                    let mut start = 0;
+                    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+                        let line = &buf[start..start + nl];
+                        start += nl + 1;
+                        line_no += 1;
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        let bad = if line.len() > max_item {
+                            Some(Error::TooLarge(format!(
+                                "line {line_no} is {} bytes, over the item limit of {max_item} bytes",
+                                line.len()
+                            )))
+                        } else if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+                            Some(Error::BadRequest(format!(
+                                "line {line_no} is not a JSON value ({e}); each line must hold one item"
+                            )))
+                        } else {
+                            None
+                        };
+                        if let Some(bad) = bad {
+                            // The items before the bad line are submitted, as the answer says.
+                            sub.cut().await?;
+                            return Err(bad);
+                        }
+                        sub.push(Bytes::copy_from_slice(line)).await?;
+                    }
+                    buf.drain(..start);
+                    if buf.len() > max_item + 2 {
+                        return Err(Error::TooLarge(format!(
+                            "line {} is over the item limit of {max_item} bytes",
+                            line_no + 1
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records one chunk's items `queued`, then publishes them. Answers how many it recorded
+    /// (all or none), and why it stopped, if it did: recorded items are then published,
+    /// recorded failed, or cancelled, never left queued with no message.
+    ///
+    /// Chunks record their items in the order they were cut (chunk `i` waits for its turn), and
+    /// none records once `stop` is set: the items recorded are always the first ones of the
+    /// body, so "the N items before it were submitted" stays true however the chunks overlap.
+    async fn submit_chunk(
+        &self,
+        batch: &NewBatch,
+        pool: &str,
+        items: Vec<Bytes>,
+        (i, turn): (usize, &Turn),
+        (stop, lapses): (&AtomicBool, u64),
+    ) -> (i64, Result<(), Error>) {
+        // Open until every item is published or recorded failed (see `lease`).
+        let _held = match self.settling.hold() {
+            Ok(h) => h,
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                turn.wait(i).await;
+                turn.advance();
+                return (0, Err(e));
+            }
+        };
+        let records = crate::new_records(&batch.function, batch.version, &items);
+        turn.wait(i).await;
+        if stop.load(Ordering::Acquire) {
+            // An earlier chunk failed: this one is never recorded, not counted.
+            turn.advance();
+            return (0, Ok(()));
+        }
+        // Checked at the last moment, after the turn: the lease may have lapsed while it waited.
+        if let Err(e) = self.settling.still_current(lapses) {
+            stop.store(true, Ordering::Release);
+            turn.advance();
+            return (0, Err(e));
+        }
+        let inserted = self.store.add_batch_items(batch.id, &records).await;
+        if inserted.is_err() {
+            stop.store(true, Ordering::Release);
+        }
+        turn.advance();
+        if let Err(e) = inserted {
+            return (0, Err(e.into()));
+        }
+        let recorded = records.len() as i64;
+        // Cancelled meanwhile (here or on another instance): these items are not to run. Checked
+        // after the insert, so a cancel that comes later still finds them queued and cancels them.
+        // If the state cannot be read, they are published: the worker claims each item before
+        // running it, and a claim finds a cancelled one.
+        if let Ok(Some(state)) = self.store.batch_state(batch.id).await {
+            if state == "cancelled" {
+                let cancelled = self.store.cancel_batch(batch.id, now_ms()).await;
+                let why = match cancelled {
+                    Ok(_) => "the batch was cancelled while it was being submitted".to_string(),
+                    Err(e) => format!("the batch was cancelled while it was being submitted (and its last items could not be marked cancelled: {e})"),
+                };
+                return (recorded, Err(Error::BadRequest(why)));
+            }
+        }
+        // Not fresh: a cancel may turn an item `cancelled` before it runs; the worker claims it first.
+        let messages = records.iter().zip(items).map(|(r, payload)| crate::first_message(r, payload, false)).collect();
+        let published: Vec<Result<(), Error>> =
+            self.publish_all(pool, messages).await.into_iter().map(|(_, r)| r).collect();
+        // Items whose publish failed are recorded failed ("not queued") by publish_recorded:
+        // they are final, so the batch can still finish.
+        let failed = published.iter().filter(|r| r.is_err()).count();
+        if let Some(Err(e)) = published.into_iter().find(|r| r.is_err()) {
+            return (
+                recorded,
+                Err(Error::Transport(warren_transport::TransportError::Unavailable(format!(
+                    "{failed} of a chunk of {recorded} items could not be queued (recorded failed): {e}"
+                )))),
+            );
+        }
+        (recorded, Ok(()))
+    }
+
+    /// Cancels a batch: its queued items are not run.
+    pub async fn cancel_batch(&self, id: Uuid) -> Result<Batch, Error> {
+        let n = self
+            .store
+            .cancel_batch(id, now_ms())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("batch {id} does not exist")))?;
+        tracing::info!(batch = %id, cancelled = n, "batch cancelled");
+        self.store.get_batch(id).await?.ok_or_else(|| Error::NotFound(format!("batch {id} does not exist")))
+    }
+
+    /// The fan-in input: the batch's figures and its items' results inline, or a reference to
+    /// them when they would be over `max_fanin_inline_bytes`.
+    async fn fanin_input(&self, b: &Batch) -> Result<Vec<u8>, Error> {
+        let limit = self.config.max_fanin_inline_bytes;
+        let mut results = Vec::new();
+        let mut size = 0usize;
+        let mut after = None;
+        let mut inline = true;
+        let mut counts = std::collections::BTreeMap::<&'static str, i64>::new();
+        loop {
+            let page = self.store.batch_results(b.id, after, 5000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for item in page {
+                *counts.entry(item.status.as_str()).or_default() += 1;
+                if !inline {
+                    continue;
+                }
+                let result = item.result.as_deref().map(|r| {
+                    serde_json::from_slice::<Value>(r)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(r).into_owned()))
+                });
+                let v = json!({"id": item.id, "status": item.status, "result": result, "error": item.error});
+                size += v.to_string().len() + 1;
+                if size > limit {
+                    inline = false;
+                    results = Vec::new();
+                    continue;
+                }
+                results.push(v);
+            }
+        }
+        let mut input = json!({
+            "batch": b.id,
+            "function": b.function,
+            "total": b.total,
+            "counts": counts,
+            "error": b.error,
+        });
+        if inline {
+            input["results"] = Value::Array(results);
+        } else {
+            input["results_url"] = Value::String(format!("/api/batches/{}/results", b.id));
+        }
+        Ok(serde_json::to_vec(&input).unwrap_or_default())
+    }
+
+    /// Finishes one open batch if it can; returns whether it changed.
+    async fn finish_batch(&self, b: &Batch) -> Result<bool, Error> {
+        match b.state.as_str() {
+            "running" => {
+                if self.store.batch_has_unfinished(b.id).await? {
+                    return Ok(false);
+                }
+                let Some(then) = &b.then else {
+                    self.store.end_batch(b.id, "done", now_ms()).await?;
+                    tracing::info!(batch = %b.id, "batch done");
+                    return Ok(true);
+                };
+                let (version, manifest) = self.active_manifest(then).await?;
+                let payload = self.fanin_input(b).await?;
+                let inv = NewInvocation {
+                    id: Uuid::now_v7(),
+                    function: then.clone(),
+                    version,
+                    payload,
+                    created_ms: now_ms(),
+                };
+                if !self.store.begin_fanin(b.id, &inv).await? {
+                    return Ok(false);
+                }
+                self.publish_fanin(&manifest.pool, inv).await?;
+                self.store.end_batch(b.id, "done", now_ms()).await?;
+                tracing::info!(batch = %b.id, then = %then, "batch done; follow-up invoked");
+                Ok(true)
+            }
+            "finishing" => {
+                let Some(fid) = b.followup_invocation else { return Ok(false) };
+                let Some(f) = self.store.get_invocation(fid).await? else { return Ok(false) };
+                let age = now_ms() - f.created_ms;
+                if f.status == Status::Queued && f.attempts == 0 {
+                    if age < STALE_FINISHING.as_millis() as i64 {
+                        return Ok(false);
+                    }
+                    let manifest = self.version_manifest(&f.function, f.version).await?;
+                    let inv = NewInvocation {
+                        id: f.id,
+                        function: f.function.clone(),
+                        version: f.version,
+                        payload: f.payload,
+                        created_ms: f.created_ms,
+                    };
+                    self.publish_fanin(&manifest.pool, inv).await?;
+                }
+                self.store.end_batch(b.id, "done", now_ms()).await?;
+                Ok(true)
+            }
+            "cancelled" => {
+                // Items recorded after the cancel (a submission still streaming) are cancelled too.
+                self.store.cancel_batch(b.id, now_ms()).await?;
+                if self.store.batch_has_unfinished(b.id).await? {
+                    return Ok(false);
+                }
+                self.store.end_batch(b.id, "cancelled", now_ms()).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn publish_fanin(&self, pool: &str, mut inv: NewInvocation) -> Result<(), Error> {
+        // May be published twice (by the `finishing` branch of another instance): not fresh.
+        // The input (results inline, up to 16 MiB) moves into the message, not copied.
+        let payload = std::mem::take(&mut inv.payload).into();
+        let msg = crate::first_message(&inv, payload, false);
+        // Not publish_recorded: a failed publish must leave the follow-up `queued` (the
+        // `finishing` branch publishes it again), not record it failed for good.
+        self.ensure_pool(pool).await?;
+        self.transport.publish(pool, msg.encode().into()).await?;
+        Ok(())
+    }
+}
+
+/// The fan-in loop of one management instance.
+pub async fn sweep(weak: Weak<Management>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(m) = weak.upgrade() else { return };
+        let open = match m.store.open_batches().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list open batches yet");
+                continue;
+            }
+        };
+        for b in open {
+            if let Err(e) = m.finish_batch(&b).await {
+                tracing::warn!(batch = %b.id, error = %e, "cannot finish the batch yet; will try again");
+            }
+        }
+    }
+}
+
+/// A batch as the API shows it.
+pub fn to_json(b: &Batch) -> Value {
+    serde_json::to_value(b).unwrap_or_default()
+}

@@ -1,0 +1,186 @@
+//! Timer triggers: functions whose active version has a `[timer]` are invoked on its schedule.
+//!
+//! Every management instance runs [`schedule`]. Each looks at the ticks that came due since
+//! its last look and fires each one through [`Store::fire_tick`], which records the tick
+//! (unique per function and instant) and its invocation in one transaction: of several
+//! instances, exactly one fires a tick, and a late instance still fires a tick nobody fired
+//! (no tick is skipped because one instance was slow). Only the firing instance publishes.
+//!
+//! Missed ticks (no instance ran): `catch_up = "skip"` forgets them; `"once"` fires the latest
+//! missed one when an instance starts following the function, if no tick was fired since.
+//!
+//! [`Store::fire_tick`]: warren_store::Store::fire_tick
+
+use std::collections::HashMap;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use uuid::Uuid;
+use warren_store::NewInvocation;
+use warren_wire::manifest::CatchUp;
+use warren_wire::schedule::{rfc3339, Schedule};
+use warren_wire::time::now_ms;
+
+use crate::{Error, Management};
+
+const TICK_EVERY: Duration = Duration::from_millis(100);
+/// How often the set of timer functions is read again (a publish is followed within this).
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// At most this many ticks are fired per function per look (a schedule every second after a
+/// long pause does not flood the queue).
+const MAX_TICKS_PER_LOOK: usize = 100;
+/// A scheduler further behind than this (the store was down) fires only the latest due tick.
+const MAX_CATCH_UP_MS: i64 = 10 * 60_000;
+
+struct Timer {
+    version: i64,
+    pool: String,
+    schedule: Schedule,
+    /// Ticks up to here are handled.
+    checked_ms: i64,
+}
+
+/// A timer as listed by the API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TimerInfo {
+    pub function: String,
+    pub version: i64,
+    pub schedule: String,
+    pub timezone: String,
+    pub catch_up: CatchUp,
+    pub next_tick: Option<String>,
+    pub last_tick: Option<String>,
+}
+
+impl Management {
+    /// The functions with a timer, their next tick and the last one fired.
+    pub async fn timers(&self) -> Result<Vec<TimerInfo>, Error> {
+        let mut out = Vec::new();
+        for (name, version, manifest) in self.active_manifests().await? {
+            let Some(t) = &manifest.timer else { continue };
+            let Ok(s) = Schedule::parse(&t.schedule, t.timezone.as_deref()) else { continue };
+            out.push(TimerInfo {
+                function: name.clone(),
+                version,
+                schedule: t.schedule.clone(),
+                timezone: t.timezone.clone().unwrap_or_else(|| "UTC".into()),
+                catch_up: t.catch_up,
+                next_tick: s.next_after(now_ms()).map(rfc3339),
+                last_tick: self.store.last_tick(&name).await?.map(rfc3339),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn fire(&self, function: &str, t: &Timer, tick_ms: i64, catch_up: bool) -> Result<bool, Error> {
+        let id = Uuid::now_v7();
+        // Open until the tick's message is confirmed or it is recorded failed (see `lease`).
+        let held = self.settling.hold()?;
+        let created_ms = held.ms;
+        let payload = serde_json::to_vec(&json!({
+            "tick": rfc3339(tick_ms),
+            "tick_ms": tick_ms,
+            "schedule": t.schedule.text(),
+            "catch_up": catch_up,
+        }))
+        .unwrap_or_default();
+        let mut inv = NewInvocation { id, function: function.to_string(), version: t.version, payload, created_ms };
+        if !self.store.fire_tick(function, tick_ms, &inv).await? {
+            return Ok(false);
+        }
+        // Each tick is recorded by one instance and published once: fresh.
+        let payload = std::mem::take(&mut inv.payload).into();
+        let msg = crate::first_message(&inv, payload, true);
+        self.publish_recorded(&t.pool, &msg).await?;
+        tracing::info!(function, tick = %rfc3339(tick_ms), invocation = %id, catch_up, "timer fired");
+        Ok(true)
+    }
+}
+
+/// The scheduler of one management instance.
+pub async fn schedule(weak: Weak<Management>) {
+    let mut timers: HashMap<String, Timer> = HashMap::new();
+    let mut refreshed: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(TICK_EVERY).await;
+        let Some(m) = weak.upgrade() else { return };
+        if refreshed.is_none_or(|r| r.elapsed() >= REFRESH_EVERY) {
+            match m.active_manifests().await {
+                Ok(all) => {
+                    refreshed = Some(Instant::now());
+                    let mut seen = HashMap::new();
+                    for (name, version, manifest) in all {
+                        let Some(t) = &manifest.timer else { continue };
+                        let schedule = match Schedule::parse(&t.schedule, t.timezone.as_deref()) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!(function = %name, error = %e, "ignoring an invalid timer");
+                                continue;
+                            }
+                        };
+                        let catch_up = t.catch_up;
+                        let timer = match timers.remove(&name) {
+                            // Same version: keep where we are.
+                            Some(old) if old.version == version => old,
+                            // A new version: its schedule takes over from where the old one was.
+                            Some(old) => {
+                                Timer { version, pool: manifest.pool.clone(), schedule, checked_ms: old.checked_ms }
+                            }
+                            // New here: start from now (and catch up if asked).
+                            None => {
+                                let now = now_ms();
+                                let timer = Timer { version, pool: manifest.pool.clone(), schedule, checked_ms: now };
+                                if catch_up == CatchUp::Once {
+                                    catch_up_once(&m, &name, &timer, now).await;
+                                }
+                                timer
+                            }
+                        };
+                        seen.insert(name, timer);
+                    }
+                    timers = seen;
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read the timer functions yet"),
+            }
+        }
+        let now = now_ms();
+        for (name, t) in timers.iter_mut() {
+            let mut checked = now;
+            // After a long outage, do not walk every tick since: start a bounded way back.
+            let from = match t.schedule.last_at_or_before(now) {
+                Some(last) if now - t.checked_ms > MAX_CATCH_UP_MS => {
+                    tracing::warn!(function = %name, "timer ticks missed during an outage are skipped");
+                    t.checked_ms.max(last - 1)
+                }
+                _ => t.checked_ms,
+            };
+            for tick in t.schedule.ticks_between(from, now, MAX_TICKS_PER_LOOK) {
+                if let Err(e) = m.fire(name, t, tick, false).await {
+                    // Look at this tick again next time (it may fire late, never twice).
+                    tracing::warn!(function = %name, error = %e, "cannot fire a timer tick yet");
+                    checked = tick - 1;
+                    break;
+                }
+            }
+            t.checked_ms = checked;
+        }
+    }
+}
+
+async fn catch_up_once(m: &Management, name: &str, t: &Timer, now: i64) {
+    let last = match m.store.last_tick(name).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(function = %name, error = %e, "cannot read the last tick; no catch-up");
+            return;
+        }
+    };
+    let Some(last) = last else { return };
+    let Some(missed) = t.schedule.last_at_or_before(now) else { return };
+    if missed > last {
+        if let Err(e) = m.fire(name, t, missed, true).await {
+            tracing::warn!(function = %name, error = %e, "cannot fire the catch-up tick");
+        }
+    }
+}
