@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use uuid::Uuid;
-use warren_store::{InvocationFilter, Status, Store};
+use warren_store::{BatchState, InvocationFilter, Status, Store};
 use warren_tests::*;
 use warren_transport::amqp::AmqpTransport;
 use warren_transport::Transport;
@@ -502,7 +502,7 @@ async fn a_killed_management_leaves_nothing_queued_forever() {
         b.state,
         b.counts.values().sum::<i64>()
     );
-    assert_eq!(b.state, "submitting", "killed while it was reading the batch");
+    assert_eq!(b.state, BatchState::Submitting, "killed while it was reading the batch");
 
     // Another instance: it settles the first one's lease once that lapses.
     let _m2 = Management::start_with(&pg_url(), LEASE).await;
@@ -522,7 +522,12 @@ async fn a_killed_management_leaves_nothing_queued_forever() {
         // the queue's count) is final too, until its run replaces it: wait for every 202.
         let answered_done =
             records.iter().filter(|r| answered.contains_key(&r.id) && r.status == Status::Succeeded).count();
-        if unfinished == 0 && answered_done == answered.len() && b.state == "done" && open_items == 0 && queue == 0 {
+        if unfinished == 0
+            && answered_done == answered.len()
+            && b.state == BatchState::Done
+            && open_items == 0
+            && queue == 0
+        {
             break (records, b);
         }
         assert!(

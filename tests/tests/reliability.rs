@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use warren_store::BatchState;
 use warren_tests::*;
 use warren_transport::amqp::AmqpTransport;
 use warren_transport::Transport;
@@ -385,7 +386,7 @@ async fn a_management_paused_past_its_lease_adds_nothing_to_a_batch_sealed_meanw
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     // Its lease lapses; the other instance seals the batch with what was recorded.
     let sealed = eventually(Duration::from_secs(30), "the other instance to seal the batch", || async {
-        store.get_batch(batch).await.ok().flatten().filter(|b| b.state != "submitting")
+        store.get_batch(batch).await.ok().flatten().filter(|b| b.state != BatchState::Submitting)
     })
     .await;
     unsafe { libc::kill(pid, libc::SIGCONT) };

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 use warren_store::{
-    ApiKey, Claim, InvocationFilter, KeyLevel, LogLine, MinuteCount, NewBatch, NewDelivery, NewInvocation, Outcome,
-    Setting, Settled, Status, Store, StoreError, WorkerInfo,
+    ApiKey, BatchState, Claim, DeliveryStatus, InvocationFilter, KeyLevel, LogLine, MinuteCount, NewBatch, NewDelivery,
+    NewInvocation, Outcome, Setting, Settled, Status, Store, StoreError, WorkerInfo, WorkerState,
 };
 use warren_tests::{pg_url, require_services, unique};
 use warren_wire::manifest::Manifest;
@@ -313,11 +313,11 @@ async fn conformance(store: Arc<dyn Store>) {
         version: "0.1.0".into(),
         started_ms: now_ms(),
         last_seen_ms: now_ms(),
-        state: "running".into(),
+        state: WorkerState::Running,
     };
     store.heartbeat(&w).await.unwrap();
     w.in_flight = 5;
-    w.state = "draining".into();
+    w.state = WorkerState::Draining;
     store.heartbeat(&w).await.unwrap();
     let listed: Vec<WorkerInfo> = store.list_workers().await.unwrap().into_iter().filter(|x| x.id == wid).collect();
     assert_eq!(listed, vec![w]);
@@ -553,7 +553,7 @@ async fn batches_ticks_and_deliveries(store: &dyn Store) {
     store.create_batch(&nb).await.unwrap();
     let items: Vec<NewInvocation> = (0..450).map(|_| new_inv(&m.name, 1)).collect();
     store.add_batch_items(id, &items).await.unwrap();
-    assert_eq!(store.get_batch(id).await.unwrap().unwrap().state, "submitting");
+    assert_eq!(store.get_batch(id).await.unwrap().unwrap().state, BatchState::Submitting);
     assert!(!store.open_batches().await.unwrap().iter().any(|b| b.id == id), "not open while submitting");
     store.seal_batch(id, 450, None).await.unwrap();
     let b = store.get_batch(id).await.unwrap().unwrap();
@@ -585,8 +585,8 @@ async fn batches_ticks_and_deliveries(store: &dyn Store) {
     assert!(store.list_attempts(items[449].id).await.unwrap().is_empty(), "a cancelled item never ran");
     assert_eq!(store.batch_unfinished(id).await.unwrap(), 0);
     assert!(!store.batch_has_unfinished(id).await.unwrap());
-    assert!(store.open_batches().await.unwrap().iter().any(|b| b.id == id && b.state == "cancelled"));
-    store.end_batch(id, "cancelled", now_ms()).await.unwrap();
+    assert!(store.open_batches().await.unwrap().iter().any(|b| b.id == id && b.state == BatchState::Cancelled));
+    store.end_batch(id, BatchState::Cancelled, now_ms()).await.unwrap();
     assert!(!store.open_batches().await.unwrap().iter().any(|b| b.id == id));
     assert!(matches!(store.cancel_batch(Uuid::now_v7(), now_ms()).await, Ok(None)));
 
@@ -637,8 +637,8 @@ async fn batches_ticks_and_deliveries(store: &dyn Store) {
     assert_eq!(taken.len(), 2);
     let again = store.take_deliveries(far, 60_000, 1000).await.unwrap();
     assert!(!again.iter().any(|d| d.invocation == inv.id), "leased deliveries are not taken twice");
-    store.record_delivery(inv.id, 0, "delivered", 1, None, far).await.unwrap();
-    store.record_delivery(inv.id, 1, "failed", 3, Some("refused"), far).await.unwrap();
+    store.record_delivery(inv.id, 0, DeliveryStatus::Delivered, 1, None, far).await.unwrap();
+    store.record_delivery(inv.id, 1, DeliveryStatus::Failed, 3, Some("refused"), far).await.unwrap();
     assert_eq!(store.retry_deliveries(inv.id, now_ms()).await.unwrap(), 1);
     let after = store.list_deliveries(inv.id).await.unwrap();
     assert_eq!((after[0].status.as_str(), after[1].status.as_str(), after[1].attempts), ("delivered", "pending", 0));

@@ -25,7 +25,7 @@ use anyhow::Context;
 use dashmap::DashMap;
 use tracing::Instrument;
 use warren_store::group::Grouped;
-use warren_store::{Claim, NewDelivery, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo};
+use warren_store::{Claim, NewDelivery, NewInvocation, Outcome, Status, Store, StoreError, WorkerInfo, WorkerState};
 use warren_transport::{Delivery, Transport};
 use warren_wire::manifest::{Manifest, Mode, RetryPolicy, Runtime};
 use warren_wire::message::{
@@ -279,7 +279,7 @@ impl Worker {
         &self.cfg.id
     }
 
-    fn info(&self, state: &str) -> WorkerInfo {
+    fn info(&self, state: WorkerState) -> WorkerInfo {
         WorkerInfo {
             id: self.cfg.id.clone(),
             host: warren_service::host::hostname(),
@@ -289,7 +289,7 @@ impl Worker {
             version: VERSION.to_string(),
             started_ms: self.started_ms,
             last_seen_ms: now_ms(),
-            state: state.to_string(),
+            state,
         }
     }
 
@@ -303,7 +303,7 @@ impl Worker {
     ) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.cfg.cache_dir)
             .with_context(|| format!("cannot create the package cache {}", self.cfg.cache_dir.display()))?;
-        if let Err(e) = self.store.heartbeat(&self.info("running")).await {
+        if let Err(e) = self.store.heartbeat(&self.info(WorkerState::Running)).await {
             tracing::warn!(error = %e, "cannot register in the store yet; will keep trying");
         }
         if self.groups.get().is_none() {
@@ -323,7 +323,7 @@ impl Worker {
                         _ = tokio::time::sleep(me.cfg.heartbeat_every) => {}
                         _ = stop.changed() => break,
                     }
-                    if let Err(e) = me.store.heartbeat(&me.info("running")).await {
+                    if let Err(e) = me.store.heartbeat(&me.info(WorkerState::Running)).await {
                         tracing::warn!(error = %e, "heartbeat failed");
                     }
                     me.retire_inactive_handlers().await;
@@ -337,7 +337,7 @@ impl Worker {
             }
         }
         tracing::info!(in_flight = self.in_flight.load(Ordering::Relaxed), "draining");
-        let _ = self.store.heartbeat(&self.info("draining")).await;
+        let _ = self.store.heartbeat(&self.info(WorkerState::Draining)).await;
         // Consumers stop at the signal and wait for their in-flight invocations.
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
             tracing::warn!(
@@ -349,7 +349,7 @@ impl Worker {
         }
         beat.abort();
         self.handlers.close_all();
-        let _ = self.store.heartbeat(&self.info("gone")).await;
+        let _ = self.store.heartbeat(&self.info(WorkerState::Gone)).await;
         Ok(())
     }
 

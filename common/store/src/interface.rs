@@ -1,4 +1,6 @@
-//! The store's interface, [`Store`]: what management and workers ask of a database.
+//! The store's interface: one [`Store`] made of a sub-trait per concern, so that a method is
+//! found by what it is about. Callers hold an `Arc<dyn Store>`; every method of every
+//! sub-trait is callable on it without importing the sub-trait.
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -6,11 +8,27 @@ use warren_wire::manifest::Manifest;
 
 use crate::model::*;
 
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
+/// Everything a backend stores. Every backend passes the conformance suite
+/// (`tests/tests/store_conformance.rs`).
+pub trait Store:
+    FunctionStore
+    + InvocationStore
+    + BatchStore
+    + TriggerStore
+    + SettingStore
+    + KeyStore
+    + FleetStore
+    + Send
+    + Sync
+    + 'static
+{
     /// `sqlite`, `postgres` or `mssql`.
     fn backend(&self) -> &'static str;
+}
 
+/// Functions and their immutable versions.
+#[async_trait]
+pub trait FunctionStore: Send + Sync {
     /// Stores a new immutable version and makes it the function's active version, atomically.
     async fn publish_version(
         &self,
@@ -25,14 +43,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list_versions(&self, name: &str) -> Result<Vec<FunctionVersion>>;
     async fn get_version(&self, name: &str, version: i64) -> Result<Option<FunctionVersion>>;
     async fn get_package(&self, name: &str, version: i64) -> Result<Option<Vec<u8>>>;
+}
 
+/// Invocations, their attempts and log lines: recorded, claimed, ended, replayed, read.
+#[async_trait]
+pub trait InvocationStore: Send + Sync {
     /// Records an invocation as `queued` (before its message is published).
     async fn create_invocation(&self, inv: &NewInvocation) -> Result<()>;
-    /// Marks an invocation `running` on `worker` for `attempt` of function version
-    /// `inv.version` (a replay may run a newer version than the first attempt), unless it is
-    /// final already or a later attempt is scheduled. Creates the record if it does not exist (a message
-    /// published by another path).
-    async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim>;
     /// [`create_invocation`](Self::create_invocation) for many at once (a group commit): one
     /// answer per entry, in order: `Ok(true)` recorded, `Ok(false)` where the id exists already
     /// (or came earlier in `invs`; nothing is changed then), or the error that kept this entry
@@ -54,6 +71,11 @@ pub trait Store: Send + Sync + 'static {
         }
         out
     }
+    /// Marks an invocation `running` on `worker` for `attempt` of function version
+    /// `inv.version` (a replay may run a newer version than the first attempt), unless it is
+    /// final already or a later attempt is scheduled. Creates the record if it does not exist (a message
+    /// published by another path).
+    async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim>;
     /// [`claim`](Self::claim) for many messages at once, all by `worker` at `started_ms`: one
     /// verdict per entry, in order. Backends without a faster way claim them one by one.
     async fn claim_many(&self, items: &[(&NewInvocation, i32)], worker: &str, started_ms: i64) -> Result<Vec<Claim>> {
@@ -93,16 +115,107 @@ pub trait Store: Send + Sync + 'static {
     /// The attempts that ended, in order: the failed attempts that were retried, and the last
     /// one once the invocation is final (a cancelled batch item never ran: it has none).
     async fn list_attempts(&self, id: Uuid) -> Result<Vec<AttemptRecord>>;
+    /// Invocations created in `[since_ms, until_ms)`, counted per minute of their creation and
+    /// per current status; by minute, then status. Minutes without invocations are left out.
+    async fn count_per_minute(&self, since_ms: i64, until_ms: i64) -> Result<Vec<MinuteCount>>;
+}
 
+/// Batches: items fanned out, and the fan-in once all are final.
+#[async_trait]
+pub trait BatchStore: Send + Sync {
+    /// Records a batch in state `submitting`.
+    async fn create_batch(&self, batch: &NewBatch) -> Result<()>;
+    /// Records items of a batch as `queued` invocations (before they are published), in one
+    /// multi-row insert.
+    async fn add_batch_items(&self, batch: Uuid, items: &[NewInvocation]) -> Result<()>;
+    /// Ends submission: records the total (and why it stopped early, if it did) and moves
+    /// `submitting` to `running`. A batch cancelled meanwhile stays cancelled.
+    async fn seal_batch(&self, batch: Uuid, total: i64, error: Option<&str>) -> Result<()>;
+    async fn get_batch(&self, batch: Uuid) -> Result<Option<Batch>>;
+    /// Newest first.
+    async fn list_batches(&self, limit: u32) -> Result<Vec<Batch>>;
+    /// Batches whose end is not recorded yet: `running`, `finishing`, and `cancelled` ones with
+    /// items still in flight. Without their counts.
+    async fn open_batches(&self) -> Result<Vec<Batch>>;
+    /// Items not final yet.
+    async fn batch_unfinished(&self, batch: Uuid) -> Result<i64>;
+    /// Whether any item of a batch is still queued or running: what the fan-in sweeper asks
+    /// every few hundred milliseconds, so it must not count a million-item batch each time.
+    async fn batch_has_unfinished(&self, batch: Uuid) -> Result<bool> {
+        Ok(self.batch_unfinished(batch).await? > 0)
+    }
+    /// A batch's state alone (cheap: no counts); `None` when there is no such batch.
+    async fn batch_state(&self, batch: Uuid) -> Result<Option<BatchState>>;
+    /// Cancels a batch that is submitting or running: its queued items become `cancelled`
+    /// (running ones finish). Returns how many were cancelled; `None` if the batch is not
+    /// there; `Conflict` if it ended already.
+    async fn cancel_batch(&self, batch: Uuid, now_ms: i64) -> Result<Option<u64>>;
+    /// Items' outcomes in id order, after `after`, up to `limit`.
+    async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>>;
+    /// Moves a `running` batch to `finishing` and records its fan-in invocation (`queued`), in one
+    /// transaction. `false` when another instance did it first (or the batch is not running).
+    async fn begin_fanin(&self, batch: Uuid, followup: &NewInvocation) -> Result<bool>;
+    /// Records a batch's end (`done`, or the end of a cancelled batch).
+    async fn end_batch(&self, batch: Uuid, state: BatchState, finished_ms: i64) -> Result<()>;
+}
+
+/// Timer ticks (each fired once) and output deliveries (leased, attempted, recorded).
+#[async_trait]
+pub trait TriggerStore: Send + Sync {
+    /// Fires one tick: records (function, tick) and its invocation in one transaction, unless
+    /// that tick was fired already (by any instance). `true` when this call fired it.
+    async fn fire_tick(&self, function: &str, tick_ms: i64, inv: &NewInvocation) -> Result<bool>;
+    /// The newest tick fired for a function.
+    async fn last_tick(&self, function: &str) -> Result<Option<i64>>;
+    /// Leases up to `limit` pending deliveries due by `now_ms` for `lease_ms` (no other instance
+    /// takes them meanwhile) and returns them.
+    async fn take_deliveries(&self, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<DeliveryRecord>>;
+    /// Records one delivery attempt: `delivered`, `failed` (for good), or `pending` again at
+    /// `next_ms`.
+    async fn record_delivery(
+        &self,
+        invocation: Uuid,
+        output: i32,
+        status: DeliveryStatus,
+        attempts: i32,
+        error: Option<&str>,
+        next_ms: i64,
+    ) -> Result<()>;
+    async fn list_deliveries(&self, invocation: Uuid) -> Result<Vec<DeliveryRecord>>;
+    /// Makes an invocation's failed deliveries pending again; returns how many.
+    async fn retry_deliveries(&self, invocation: Uuid, now_ms: i64) -> Result<u64>;
+}
+
+/// Functions' settings (environment variables; secret ones stored sealed).
+#[async_trait]
+pub trait SettingStore: Send + Sync {
     /// Creates or replaces a function's setting.
     async fn set_setting(&self, function: &str, setting: &Setting) -> Result<()>;
     /// `false` when there was no such setting.
     async fn delete_setting(&self, function: &str, name: &str) -> Result<bool>;
     /// By name.
     async fn list_settings(&self, function: &str) -> Result<Vec<Setting>>;
+}
 
+/// API keys, stored as the sha256 of the key only.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Records a new API key (only its hash). A second key with the same hash is a `Conflict`.
+    async fn create_key(&self, key: &ApiKey) -> Result<()>;
+    /// Every key, revoked ones included, oldest first.
+    async fn list_keys(&self) -> Result<Vec<ApiKey>>;
+    /// The key whose hash this is, revoked or not.
+    async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
+    /// Marks a key revoked at `revoked_ms`; `false` when there is no such key or it was revoked
+    /// already.
+    async fn revoke_key(&self, id: Uuid, revoked_ms: i64) -> Result<bool>;
+}
+
+/// The processes of a Warren: workers' heartbeats, management instances' leases, and the settling of what a stopped instance left.
+#[async_trait]
+pub trait FleetStore: Send + Sync {
     async fn heartbeat(&self, worker: &WorkerInfo) -> Result<()>;
-
+    async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
     /// Tags the invocations and batches this handle records `queued` (or `submitting`) with
     /// a management instance's name, so that what the instance leaves unpublished if it stops
     /// for good can be settled by another ([`settle_lapsed`](Self::settle_lapsed)). One
@@ -132,83 +245,4 @@ pub trait Store: Send + Sync + 'static {
     /// `submitting` becomes `running` with the items recorded and `why.batch`. Returns how many
     /// of each, in one transaction.
     async fn abandon_unfinished(&self, now_ms: i64, why: &Settled) -> Result<(u64, u64)>;
-    async fn list_workers(&self) -> Result<Vec<WorkerInfo>>;
-
-    // Batches (fan-out / fan-in).
-
-    /// Records a batch in state `submitting`.
-    async fn create_batch(&self, batch: &NewBatch) -> Result<()>;
-    /// Records items of a batch as `queued` invocations (before they are published), in one
-    /// multi-row insert.
-    async fn add_batch_items(&self, batch: Uuid, items: &[NewInvocation]) -> Result<()>;
-    /// Ends submission: records the total (and why it stopped early, if it did) and moves
-    /// `submitting` to `running`. A batch cancelled meanwhile stays cancelled.
-    async fn seal_batch(&self, batch: Uuid, total: i64, error: Option<&str>) -> Result<()>;
-    async fn get_batch(&self, batch: Uuid) -> Result<Option<Batch>>;
-    /// Newest first.
-    async fn list_batches(&self, limit: u32) -> Result<Vec<Batch>>;
-    /// Batches whose end is not recorded yet: `running`, `finishing`, and `cancelled` ones with
-    /// items still in flight. Without their counts.
-    async fn open_batches(&self) -> Result<Vec<Batch>>;
-    /// Items not final yet.
-    async fn batch_unfinished(&self, batch: Uuid) -> Result<i64>;
-    /// Whether any item of a batch is still queued or running: what the fan-in sweeper asks
-    /// every few hundred milliseconds, so it must not count a million-item batch each time.
-    async fn batch_has_unfinished(&self, batch: Uuid) -> Result<bool> {
-        Ok(self.batch_unfinished(batch).await? > 0)
-    }
-    /// A batch's state alone (cheap: no counts); `None` when there is no such batch.
-    async fn batch_state(&self, batch: Uuid) -> Result<Option<String>>;
-    /// Cancels a batch that is submitting or running: its queued items become `cancelled`
-    /// (running ones finish). Returns how many were cancelled; `None` if the batch is not
-    /// there; `Conflict` if it ended already.
-    async fn cancel_batch(&self, batch: Uuid, now_ms: i64) -> Result<Option<u64>>;
-    /// Items' outcomes in id order, after `after`, up to `limit`.
-    async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>>;
-    /// Moves a `running` batch to `finishing` and records its fan-in invocation (`queued`), in one
-    /// transaction. `false` when another instance did it first (or the batch is not running).
-    async fn begin_fanin(&self, batch: Uuid, followup: &NewInvocation) -> Result<bool>;
-    /// Records a batch's end (`done`, or the end of a cancelled batch).
-    async fn end_batch(&self, batch: Uuid, state: &str, finished_ms: i64) -> Result<()>;
-
-    // Timer triggers.
-
-    /// Fires one tick: records (function, tick) and its invocation in one transaction, unless
-    /// that tick was fired already (by any instance). `true` when this call fired it.
-    async fn fire_tick(&self, function: &str, tick_ms: i64, inv: &NewInvocation) -> Result<bool>;
-    /// The newest tick fired for a function.
-    async fn last_tick(&self, function: &str) -> Result<Option<i64>>;
-
-    // Output deliveries.
-
-    /// Leases up to `limit` pending deliveries due by `now_ms` for `lease_ms` (no other instance
-    /// takes them meanwhile) and returns them.
-    async fn take_deliveries(&self, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<DeliveryRecord>>;
-    /// Records one delivery attempt: `delivered`, `failed` (for good), or `pending` again at
-    /// `next_ms`.
-    async fn record_delivery(
-        &self,
-        invocation: Uuid,
-        output: i32,
-        status: &str,
-        attempts: i32,
-        error: Option<&str>,
-        next_ms: i64,
-    ) -> Result<()>;
-    async fn list_deliveries(&self, invocation: Uuid) -> Result<Vec<DeliveryRecord>>;
-    /// Makes an invocation's failed deliveries pending again; returns how many.
-    async fn retry_deliveries(&self, invocation: Uuid, now_ms: i64) -> Result<u64>;
-    /// Invocations created in `[since_ms, until_ms)`, counted per minute of their creation and
-    /// per current status; by minute, then status. Minutes without invocations are left out.
-    async fn count_per_minute(&self, since_ms: i64, until_ms: i64) -> Result<Vec<MinuteCount>>;
-
-    /// Records a new API key (only its hash). A second key with the same hash is a `Conflict`.
-    async fn create_key(&self, key: &ApiKey) -> Result<()>;
-    /// Every key, revoked ones included, oldest first.
-    async fn list_keys(&self) -> Result<Vec<ApiKey>>;
-    /// The key whose hash this is, revoked or not.
-    async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
-    /// Marks a key revoked at `revoked_ms`; `false` when there is no such key or it was revoked
-    /// already.
-    async fn revoke_key(&self, id: Uuid, revoked_ms: i64) -> Result<bool>;
 }

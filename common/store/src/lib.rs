@@ -12,12 +12,17 @@
 //! out of `queued`/`running` exactly once, by a conditional update ([`Store::complete`]).
 
 pub mod group;
+mod guard;
 mod interface;
+mod migrate;
 mod model;
 pub mod mssql;
 mod open;
+mod rows;
 pub mod sql;
 
-pub use interface::Store;
+pub use interface::{
+    BatchStore, FleetStore, FunctionStore, InvocationStore, KeyStore, SettingStore, Store, TriggerStore,
+};
 pub use model::*;
 pub use open::open;

@@ -143,14 +143,24 @@ pub struct NewDelivery {
     pub target: String,
 }
 
-/// A delivery as recorded: `pending` (due at `next_ms`), `delivered` or `failed` (gave up;
-/// can be retried).
+/// Where a forward of a result is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Due at its `next_ms` (or leased until then by an instance delivering it).
+    Pending,
+    Delivered,
+    /// Given up after its attempts; can be made pending again.
+    Failed,
+}
+
+/// A delivery as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeliveryRecord {
     pub invocation: Uuid,
     pub output: i32,
     pub target: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub next_ms: i64,
@@ -168,8 +178,22 @@ pub struct NewBatch {
     pub created_ms: i64,
 }
 
-/// A batch and where its items are. `state`: `submitting` (items still arriving), `running`,
-/// `finishing` (fan-in being started), `done`, `cancelled`.
+/// Where a batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    /// Its items are still arriving.
+    Submitting,
+    /// Every item is recorded; some may still run.
+    Running,
+    /// Every item is final and its fan-in is being started (by one instance).
+    Finishing,
+    Done,
+    /// Its queued items were cancelled; it ends once the running ones have.
+    Cancelled,
+}
+
+/// A batch and where its items are.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Batch {
     pub id: Uuid,
@@ -177,7 +201,7 @@ pub struct Batch {
     pub version: i64,
     pub then: Option<String>,
     pub total: i64,
-    pub state: String,
+    pub state: BatchState,
     pub followup_invocation: Option<Uuid>,
     /// Why submission stopped early, if it did.
     pub error: Option<String>,
@@ -207,9 +231,56 @@ pub struct WorkerInfo {
     pub version: String,
     pub started_ms: i64,
     pub last_seen_ms: i64,
-    /// `running`, `draining` or `gone`.
-    pub state: String,
+    pub state: WorkerState,
 }
+
+/// What a worker said of itself in its last heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Running,
+    /// Stopping: it takes no new work and finishes what it holds.
+    Draining,
+    /// Stopped.
+    Gone,
+}
+
+/// The words a state is stored as, and back.
+macro_rules! stored_as {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<$ty> {
+                match s {
+                    $($text => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+stored_as!(BatchState {
+    Submitting => "submitting",
+    Running => "running",
+    Finishing => "finishing",
+    Done => "done",
+    Cancelled => "cancelled",
+});
+stored_as!(DeliveryStatus { Pending => "pending", Delivered => "delivered", Failed => "failed" });
+stored_as!(WorkerState { Running => "running", Draining => "draining", Gone => "gone" });
+stored_as!(KeyLevel { Admin => "admin", Function => "function" });
 
 /// What a worker learns when it claims an invocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,23 +332,6 @@ pub enum KeyLevel {
     Function,
 }
 
-impl KeyLevel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyLevel::Admin => "admin",
-            KeyLevel::Function => "function",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<KeyLevel> {
-        match s {
-            "admin" => Some(KeyLevel::Admin),
-            "function" => Some(KeyLevel::Function),
-            _ => None,
-        }
-    }
-}
-
 /// An API key as stored: never the key itself, only the hex sha256 of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiKey {
@@ -321,16 +375,4 @@ pub(crate) fn claim_verdict(status: Status, recorded_attempts: i32, attempt: i32
         // at-least-once side of the contract, and only one outcome will be kept.
         Claim::Run
     }
-}
-
-pub(crate) fn parse_uuid(s: &str) -> Result<Uuid> {
-    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("invocation id {s:?}: {e}")))
-}
-
-pub(crate) fn parse_key_level(s: &str) -> Result<KeyLevel> {
-    KeyLevel::parse(s).ok_or_else(|| StoreError::Corrupt(format!("key level {s:?}")))
-}
-
-pub(crate) fn parse_status(s: &str) -> Result<Status> {
-    Status::parse(s).ok_or_else(|| StoreError::Corrupt(format!("status {s:?}")))
 }

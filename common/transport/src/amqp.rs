@@ -32,7 +32,8 @@ use warren_wire::topology;
 
 use crate::acks::AckBatch;
 use crate::delivery::{Acker, Delivery};
-use crate::interface::{Consumer, QueueStats, Result, Transport, TransportError};
+use crate::error::{Result, TransportError};
+use crate::interface::{Consumer, QueueStats, Transport};
 
 fn unavailable(e: lapin::Error) -> TransportError {
     TransportError::Unavailable(e.to_string())

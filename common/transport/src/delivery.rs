@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use crate::acks::AckBatch;
-use crate::interface::{Result, TransportError};
+use crate::error::{Result, TransportError};
 
 /// One message handed to a consumer. Ack it once its outcome is stored, or requeue it.
 /// Dropping it without either returns it to the queue.

@@ -10,9 +10,11 @@
 mod acks;
 pub mod amqp;
 mod delivery;
+mod error;
 mod interface;
 pub mod memory;
 pub mod peer;
 
 pub use delivery::Delivery;
-pub use interface::{Consumer, QueueStats, Result, Transport, TransportError};
+pub use error::{Result, TransportError};
+pub use interface::{Consumer, QueueStats, Transport};

@@ -14,7 +14,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use warren_wire::topology;
 
 use crate::delivery::{Acker, Delivery, Hold};
-use crate::interface::{Consumer, QueueStats, Result, Transport, TransportError};
+use crate::error::{Result, TransportError};
+use crate::interface::{Consumer, QueueStats, Transport};
 
 /// How long `publish` waits for room in a full queue before answering [`TransportError::Full`].
 const FULL_WAIT: Duration = Duration::from_secs(5);

@@ -42,7 +42,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
-use warren_store::{AttemptRecord, Invocation, LogLine};
+use warren_store::{AttemptRecord, Invocation, LogLine, WorkerState};
 
 use crate::{Error, Management};
 
@@ -626,7 +626,7 @@ async fn list_workers(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>
         .map(|w| {
             let silent = now - w.last_seen_ms;
             let mut v = serde_json::to_value(&w).unwrap_or_default();
-            if w.state != "gone" && silent > LOST_AFTER_MS {
+            if w.state != WorkerState::Gone && silent > LOST_AFTER_MS {
                 v["state"] = json!("lost");
             }
             v["silent_ms"] = json!(silent);
@@ -680,7 +680,7 @@ async fn stats(
         .list_workers()
         .await?
         .iter()
-        .filter(|w| w.state != "gone" && now - w.last_seen_ms <= LOST_AFTER_MS)
+        .filter(|w| w.state != WorkerState::Gone && now - w.last_seen_ms <= LOST_AFTER_MS)
         .count();
     Ok(Json(json!({
         "since_ms": since,

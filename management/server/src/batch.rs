@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use uuid::Uuid;
-use warren_store::{Batch, NewBatch, NewInvocation, Status};
+use warren_store::{Batch, BatchState, NewBatch, NewInvocation, Status};
 use warren_wire::time::now_ms;
 
 use crate::{Error, Management};
@@ -393,7 +393,7 @@ impl Management {
         // If the state cannot be read, they are published: the worker claims each item before
         // running it, and a claim finds a cancelled one.
         if let Ok(Some(state)) = self.store.batch_state(batch.id).await {
-            if state == "cancelled" {
+            if state == BatchState::Cancelled {
                 let cancelled = self.store.cancel_batch(batch.id, now_ms()).await;
                 let why = match cancelled {
                     Ok(_) => "the batch was cancelled while it was being submitted".to_string(),
@@ -480,13 +480,13 @@ impl Management {
 
     /// Finishes one open batch if it can; returns whether it changed.
     async fn finish_batch(&self, b: &Batch) -> Result<bool, Error> {
-        match b.state.as_str() {
-            "running" => {
+        match b.state {
+            BatchState::Running => {
                 if self.store.batch_has_unfinished(b.id).await? {
                     return Ok(false);
                 }
                 let Some(then) = &b.then else {
-                    self.store.end_batch(b.id, "done", now_ms()).await?;
+                    self.store.end_batch(b.id, BatchState::Done, now_ms()).await?;
                     tracing::info!(batch = %b.id, "batch done");
                     return Ok(true);
                 };
@@ -503,11 +503,11 @@ impl Management {
                     return Ok(false);
                 }
                 self.publish_fanin(&manifest.pool, inv).await?;
-                self.store.end_batch(b.id, "done", now_ms()).await?;
+                self.store.end_batch(b.id, BatchState::Done, now_ms()).await?;
                 tracing::info!(batch = %b.id, then = %then, "batch done; follow-up invoked");
                 Ok(true)
             }
-            "finishing" => {
+            BatchState::Finishing => {
                 let Some(fid) = b.followup_invocation else { return Ok(false) };
                 let Some(f) = self.store.get_invocation(fid).await? else { return Ok(false) };
                 let age = now_ms() - f.created_ms;
@@ -525,16 +525,16 @@ impl Management {
                     };
                     self.publish_fanin(&manifest.pool, inv).await?;
                 }
-                self.store.end_batch(b.id, "done", now_ms()).await?;
+                self.store.end_batch(b.id, BatchState::Done, now_ms()).await?;
                 Ok(true)
             }
-            "cancelled" => {
+            BatchState::Cancelled => {
                 // Items recorded after the cancel (a submission still streaming) are cancelled too.
                 self.store.cancel_batch(b.id, now_ms()).await?;
                 if self.store.batch_has_unfinished(b.id).await? {
                     return Ok(false);
                 }
-                self.store.end_batch(b.id, "cancelled", now_ms()).await?;
+                self.store.end_batch(b.id, BatchState::Cancelled, now_ms()).await?;
                 Ok(true)
             }
             _ => Ok(false),

@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use warren_store::{DeliveryRecord, Invocation};
+use warren_store::{DeliveryRecord, DeliveryStatus, Invocation};
 use warren_wire::manifest::{Output, OutputKind};
 use warren_wire::time::now_ms;
 
@@ -62,23 +62,23 @@ pub async fn deliver(weak: Weak<Management>) {
 async fn deliver_one(m: &Arc<Management>, http: &reqwest::Client, d: DeliveryRecord) {
     let mut attempts = d.attempts + 1;
     let (status, error, next_ms) = match attempt(m, http, &d).await {
-        Ok(()) => ("delivered", None, now_ms()),
-        Err(Failure::Never(why)) => ("failed", Some(why), now_ms()),
-        Err(Failure::Later(why, max)) if attempts >= max => ("failed", Some(why), now_ms()),
+        Ok(()) => (DeliveryStatus::Delivered, None, now_ms()),
+        Err(Failure::Never(why)) => (DeliveryStatus::Failed, Some(why), now_ms()),
+        Err(Failure::Later(why, max)) if attempts >= max => (DeliveryStatus::Failed, Some(why), now_ms()),
         Err(Failure::Later(why, max)) => {
             if max == i32::MAX {
                 // Our own store's trouble: not an attempt at the receiver.
                 attempts = d.attempts;
             }
-            ("pending", Some(why), now_ms() + backoff(attempts.max(1)))
+            (DeliveryStatus::Pending, Some(why), now_ms() + backoff(attempts.max(1)))
         }
     };
-    if status != "delivered" {
+    if status != DeliveryStatus::Delivered {
         tracing::warn!(
             invocation = %d.invocation,
             output = d.output + 1,
             attempts,
-            status,
+            status = %status,
             error = error.as_deref().unwrap_or(""),
             "output delivery failed"
         );
