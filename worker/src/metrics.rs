@@ -1,10 +1,6 @@
 //! A worker's metrics, served in the Prometheus text format on `--metrics-addr` (off by default).
 
-use std::sync::Arc;
-
 use warren_service::metrics::{CounterVec, GaugeVec, HistogramVec, StoreLatency, LATENCY_BUCKETS};
-
-use crate::Worker;
 
 /// Buckets of invocation durations, in seconds: 5 ms to 15 minutes.
 const DURATION_BUCKETS: &[f64] =
@@ -72,21 +68,18 @@ impl WorkerMetrics {
     }
 }
 
-/// Serves `GET /metrics` (and `GET /healthz`) on `listener` until `shutdown` resolves.
+/// Serves `GET /metrics` (the page `render` makes) and `GET /healthz` on `listener` until
+/// `shutdown` resolves.
 pub async fn serve(
-    worker: Arc<Worker>,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(|axum::extract::State(w): axum::extract::State<Arc<Worker>>| async move {
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], w.metrics_text())
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(worker);
+    let page = move || {
+        let render = render.clone();
+        async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render()) }
+    };
+    let app = axum::Router::new().route("/metrics", get(page)).route("/healthz", get(|| async { "ok" }));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

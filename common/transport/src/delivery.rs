@@ -18,7 +18,7 @@ pub struct Delivery {
 }
 
 /// How an in-process queue's delivery is settled (see `memory`).
-pub(crate) trait Hold: Send {
+pub(crate) trait Hold: Send + Sync {
     /// Gone for good.
     fn ack(self: Box<Self>);
     /// Back to the front of its queue, marked redelivered.

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use crate::delivery::Delivery;
 use crate::error::Result;
 
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueStats {
     pub messages: u64,

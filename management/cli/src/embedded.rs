@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 use warren_transport::memory::MemoryTransport;
 use warren_wire::package;
 use warren_worker::{Worker, WorkerConfig};
@@ -178,7 +179,7 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
         tracing::info!(function = %v.name, version = v.version, "sample published");
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_workers = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..opts.workers {
         let mut cfg = WorkerConfig::new(opts.pools.iter().map(|p| (p.clone(), opts.concurrency)).collect());
@@ -186,7 +187,7 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
         cfg.cache_dir = opts.data_dir.join("cache");
         cfg.secret_key = Some(secret_key.clone());
         let w = Worker::new(store.clone(), transport.clone(), cfg);
-        workers.spawn(w.run(stop_rx.clone(), Duration::from_secs(10)));
+        workers.spawn(w.run(stop_workers.clone(), Duration::from_secs(10)));
     }
 
     let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| {
@@ -209,7 +210,7 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
     println!("  metrics:   http://{addr}/metrics");
     println!("Stop with Ctrl-C.");
     warren_management::serve(m, listener, shutdown).await?;
-    let _ = stop_tx.send(true);
+    stop_workers.cancel();
     while let Some(r) = workers.join_next().await {
         if let Ok(Err(e)) = r {
             tracing::warn!(error = %e, "worker ended with an error");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 use warren_transport::amqp::AmqpTransport;
 use warren_worker::{Worker, WorkerConfig};
 
@@ -116,22 +117,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let transport = Arc::new(AmqpTransport::connect(&args.amqp, &cfg.id).await?);
     let worker = Worker::new(store, transport, cfg);
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
+    let mut metrics = None;
     if let Some(addr) = args.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}; pick another --metrics-addr"))?;
         tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
-        let mut stop = rx.clone();
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        tokio::spawn(warren_worker::metrics::serve(worker.clone(), listener, stopped));
+        let w = worker.clone();
+        let render = move || w.metrics_text();
+        metrics = Some(tokio::spawn(warren_worker::metrics::serve(render, listener, stop.clone().cancelled_owned())));
     }
+    let signal = stop.clone();
     tokio::spawn(async move {
         warren_service::shutdown::shutdown_signal().await;
         tracing::info!("stop requested: finishing in-flight invocations");
-        let _ = tx.send(true);
+        signal.cancel();
     });
-    worker.run(rx, Duration::from_secs(args.grace_secs)).await
+    worker.run(stop, Duration::from_secs(args.grace_secs)).await?;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
+    Ok(())
 }

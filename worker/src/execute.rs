@@ -1,0 +1,97 @@
+//! How an attempt runs: the built-in echo, a warm handler of the version, or a process of its
+//! own; and, for a run not claimed first, its `running` mark once it lasts.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use warren_store::{Claim, NewInvocation, Status};
+use warren_wire::manifest::{Mode, Runtime};
+use warren_wire::message::InvocationMessage;
+
+use crate::process::{self, RunOutput};
+use crate::settings::Settings;
+use crate::versions::Loaded;
+use crate::worker::Worker;
+
+/// How long an invocation run without a claim may take before it is marked `running` in the
+/// store.
+const RUNNING_MARK_AFTER: Duration = Duration::from_millis(250);
+
+impl Worker {
+    pub(crate) async fn execute(
+        &self,
+        loaded: &Loaded,
+        msg: &InvocationMessage,
+        attempt: i32,
+        settings: &Settings,
+    ) -> RunOutput {
+        match loaded.manifest.runtime {
+            Runtime::Echo => RunOutput {
+                status: Status::Succeeded,
+                result: Some(msg.payload.to_vec()),
+                error: None,
+                logs: Vec::new(),
+            },
+            Runtime::Process => {
+                let dir = loaded.dir.as_deref().expect("process functions are unpacked");
+                let id = msg.id.to_string();
+                let env = process::InvocationEnv {
+                    id: &id,
+                    function: &msg.function,
+                    version: msg.version,
+                    attempt: msg.attempt,
+                    headers: &msg.headers,
+                };
+                let timeout = Duration::from_secs(loaded.manifest.timeout_secs);
+                let settings = settings.vars.clone();
+                if loaded.manifest.mode == Mode::Persistent {
+                    let pool =
+                        self.handlers.pool(&loaded.manifest, msg.version, dir.to_path_buf(), settings, self.cfg.limits);
+                    return pool.invoke(&env, &msg.payload, timeout, attempt).await;
+                }
+                process::run(
+                    &loaded.manifest.command,
+                    dir,
+                    &msg.payload,
+                    timeout,
+                    &env,
+                    &settings,
+                    attempt,
+                    &self.cfg.limits,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Runs an invocation that was not claimed; if it is still running after
+    /// [`RUNNING_MARK_AFTER`], marks it `running` in the store (a claim, made while the run goes
+    /// on) so that listings show what is running. Short runs, most of them, go from `queued` to
+    /// their outcome in one write.
+    pub(crate) async fn run_marked_if_long(
+        &self,
+        run: impl Future<Output = RunOutput>,
+        inv: &Arc<NewInvocation>,
+        attempt: i32,
+    ) -> RunOutput {
+        let mut run = std::pin::pin!(run);
+        tokio::select! {
+            biased;
+            out = &mut run => out,
+            _ = tokio::time::sleep(RUNNING_MARK_AFTER) => {
+                let mark = async {
+                    match self.claim(inv, attempt).await {
+                        Ok(Claim::Run) => {}
+                        Ok(other) => tracing::info!(
+                            verdict = ?other,
+                            "this invocation moved on while it ran (another copy?); its outcome will be stored only if it is still open"
+                        ),
+                        Err(e) => tracing::debug!(error = %e, "cannot mark the invocation running; its outcome is stored all the same"),
+                    }
+                };
+                tokio::join!(run, mark).0
+            }
+        }
+    }
+}
