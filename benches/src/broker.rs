@@ -24,7 +24,7 @@ pub struct RawResult {
     pub body_bytes: usize,
     pub publish_secs: f64,
     pub end_to_end_secs: f64,
-    pub cpu: crate::mesh::CpuUse,
+    pub cpu: crate::measure::CpuUse,
 }
 
 impl RawResult {
@@ -141,7 +141,7 @@ pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, pr
     });
 
     let body = vec![b'x'; body_bytes];
-    let cpu_before = crate::mesh::cpu_snap(0, &[]);
+    let cpu_before = crate::measure::cpu_snap(0, &[]);
     let start = Instant::now();
     let mut confirms = Confirms::new(&pub_ch, &queue, confirm_window);
     for _ in 0..n {
@@ -157,7 +157,7 @@ pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, pr
         }
     };
     let end_to_end_secs = last_ack.duration_since(start).as_secs_f64();
-    let cpu = crate::mesh::cpu_use(&cpu_before, &crate::mesh::cpu_snap(0, &[]));
+    let cpu = crate::measure::cpu_use(&cpu_before, &crate::measure::cpu_snap(0, &[]));
 
     let _ = pub_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     let _ = sub_conn.close(200, "done".into()).await;
@@ -222,7 +222,7 @@ pub struct RoundTrip {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    pub cpu: crate::mesh::CpuUse,
+    pub cpu: crate::measure::CpuUse,
 }
 
 /// A client connection publishes persistent messages with confirms to a fresh durable queue
@@ -288,7 +288,7 @@ pub async fn round_trip(url: &str, rate: f64, secs: f64, body_bytes: usize) -> R
     let total = (rate * secs).round().max(1.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
-    let cpu_before = crate::mesh::cpu_snap(0, &[]);
+    let cpu_before = crate::measure::cpu_snap(0, &[]);
     // Replies carry the offset of their request's scheduled send from `start`.
     let collect = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(total as usize);
@@ -327,13 +327,13 @@ pub async fn round_trip(url: &str, rate: f64, secs: f64, body_bytes: usize) -> R
         .context("the round-trip pacer thread")?
         .map_err(|_| anyhow::anyhow!("the round-trip pacer thread panicked"))?;
     let mut lat = collect.await.context("the round-trip collector")?;
-    let cpu = crate::mesh::cpu_use(&cpu_before, &crate::mesh::cpu_snap(0, &[]));
+    let cpu = crate::measure::cpu_use(&cpu_before, &crate::measure::cpu_snap(0, &[]));
     serve.abort();
     let _ = pub_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     let _ = server.close(200, "done".into()).await;
     let _ = client.close(200, "done".into()).await;
     lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| crate::mesh::percentile(&lat, p);
+    let pct = |p: f64| crate::measure::percentile(&lat, p);
     Ok(RoundTrip {
         offered_rate: rate,
         sent: total,

@@ -95,7 +95,7 @@ pub struct FloorResult {
     pub stored: u64,
     /// Statements the consumer ran (so `stored / statements` is the mean group).
     pub statements: u64,
-    pub cpu: crate::mesh::CpuUse,
+    pub cpu: crate::measure::CpuUse,
 }
 
 impl FloorResult {
@@ -179,7 +179,7 @@ async fn measure(amqp: &str, run: &Run<'_>) -> Result<FloorResult> {
         sub_conns.push(sub_conn);
     }
 
-    let cpu_before = crate::mesh::cpu_snap(0, &[]);
+    let cpu_before = crate::measure::cpu_snap(0, &[]);
     let start = Instant::now();
     let published = publish(&pub_ch, &queue, run).await;
     let publish_secs = start.elapsed().as_secs_f64();
@@ -199,7 +199,7 @@ async fn measure(amqp: &str, run: &Run<'_>) -> Result<FloorResult> {
             Err(e)
         }
     };
-    let cpu = crate::mesh::cpu_use(&cpu_before, &crate::mesh::cpu_snap(0, &[]));
+    let cpu = crate::measure::cpu_use(&cpu_before, &crate::measure::cpu_snap(0, &[]));
     let _ = pub_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     for c in &sub_conns {
         let _ = c.close(200, "done".into()).await;

@@ -6,6 +6,7 @@
 
 mod broker;
 mod floor;
+mod measure;
 mod mesh;
 mod procs;
 mod report;
@@ -19,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use crate::mesh::{BatchResult, Func, LatencyResult, LoadResult, Mesh, Settings, SplitResult, SyncCapacity};
+use crate::mesh::{Func, LoadResult, Mesh, Settings};
+use crate::report::Figures;
 
 /// Warren's benchmark: the raw broker ceiling (1), the mesh end to end with the built-in echo
 /// (2: management + 1, 2 and 4 workers on PostgreSQL and SQLite) and with a warm Python
@@ -268,26 +270,6 @@ async fn fresh_pg(admin: &sqlx::AnyPool, url: &str) -> (String, Option<String>) 
 
 async fn scalar_text(pool: &sqlx::AnyPool, sql: &str) -> Option<String> {
     sqlx::query_scalar::<_, String>(sql).fetch_one(pool).await.ok()
-}
-
-/// Everything measured, for the tables and the JSON.
-pub struct Figures {
-    /// The median of the raw broker runs: the baseline of every ratio.
-    pub raw: Option<broker::RawResult>,
-    /// Every raw broker run's end-to-end rate, in the order they ran.
-    pub raw_rates: Vec<f64>,
-    pub raw_error: Option<String>,
-    /// Rows 1b and 1c: the broker with PostgreSQL writes by hand (no Warren).
-    pub floors: Vec<Result<floor::FloorResult, (floor::Floor, usize, String)>>,
-    pub runs: Vec<Result<LoadResult, (String, usize, String)>>,
-    pub splits: Vec<Result<SplitResult, (String, usize, String)>>,
-    pub warm: Vec<Result<LoadResult, (String, usize, String)>>,
-    /// Row 4: sync invokes per second with --sync-in-flight waiting at once.
-    pub sync_capacity: Option<Result<SyncCapacity, String>>,
-    /// Row 4: one latency run per offered rate.
-    pub latency: Vec<Result<LatencyResult, String>>,
-    pub batch: Option<Result<BatchResult, String>>,
-    pub notes: Vec<String>,
 }
 
 async fn run(args: Args) -> Result<bool> {

@@ -4,9 +4,29 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::mesh::{BatchResult, CpuUse, Func, LoadResult};
+use crate::measure::CpuUse;
+use crate::mesh::{BatchResult, Func, LatencyResult, LoadResult, SplitResult, SyncCapacity};
 use crate::sysinfo::Machine;
-use crate::Figures;
+
+/// Everything measured, for the tables and the JSON.
+pub struct Figures {
+    /// The median of the raw broker runs: the baseline of every ratio.
+    pub raw: Option<crate::broker::RawResult>,
+    /// Every raw broker run's end-to-end rate, in the order they ran.
+    pub raw_rates: Vec<f64>,
+    pub raw_error: Option<String>,
+    /// Rows 1b and 1c: the broker with PostgreSQL writes by hand (no Warren).
+    pub floors: Vec<Result<crate::floor::FloorResult, (crate::floor::Floor, usize, String)>>,
+    pub runs: Vec<Result<LoadResult, (String, usize, String)>>,
+    pub splits: Vec<Result<SplitResult, (String, usize, String)>>,
+    pub warm: Vec<Result<LoadResult, (String, usize, String)>>,
+    /// Row 4: sync invokes per second with --sync-in-flight waiting at once.
+    pub sync_capacity: Option<Result<SyncCapacity, String>>,
+    /// Row 4: one latency run per offered rate.
+    pub latency: Vec<Result<LatencyResult, String>>,
+    pub batch: Option<Result<BatchResult, String>>,
+    pub notes: Vec<String>,
+}
 
 pub struct SettingsView {
     pub amqp: String,
@@ -875,7 +895,7 @@ pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
     };
     json!({
         "benchmark": "warren-bench",
-        "unix_ms": crate::mesh::now_ms(),
+        "unix_ms": crate::measure::now_ms(),
         "took_secs": took.as_secs_f64(),
         "quick": c.quick,
         "machine": c.machine.to_json(),

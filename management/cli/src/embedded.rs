@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
+use warren_management::keys::{generate_key, AuthMode};
 use warren_transport::memory::MemoryTransport;
 use warren_wire::package;
 use warren_worker::{Worker, WorkerConfig};
@@ -100,15 +102,15 @@ fn embedded_key(data_dir: &Path) -> anyhow::Result<warren_service::secret::Secre
 
 /// The admin API key: `WARREN_ADMIN_KEY` if set, else one kept in the data folder (created on
 /// first start, readable by its owner only).
-fn embedded_admin_key(data_dir: &Path) -> anyhow::Result<String> {
+fn embedded_admin_key(data_dir: &Path) -> anyhow::Result<SecretString> {
     if let Ok(k) = std::env::var("WARREN_ADMIN_KEY") {
         if !k.trim().is_empty() {
-            return Ok(k.trim().to_string());
+            return Ok(SecretString::from(k.trim()));
         }
     }
     let path = data_dir.join("admin.key");
     if !path.exists() {
-        std::fs::write(&path, warren_management::auth::generate_key())?;
+        std::fs::write(&path, generate_key().expose_secret())?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -116,7 +118,7 @@ fn embedded_admin_key(data_dir: &Path) -> anyhow::Result<String> {
         }
     }
     let key = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(key.trim().to_string())
+    Ok(SecretString::from(key.trim()))
 }
 
 /// Locks the data folder for this process (`.lock` in it), or says who has it.
@@ -166,8 +168,7 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
     let transport = Arc::new(MemoryTransport::new(100_000));
     let secret_key = embedded_key(&opts.data_dir)?;
     let admin_key = embedded_admin_key(&opts.data_dir)?;
-    let auth = warren_management::auth::AuthMode::with_admin_key(&admin_key)
-        .map_err(|e| anyhow::anyhow!("WARREN_ADMIN_KEY: {e}"))?;
+    let auth = AuthMode::with_admin_key(&admin_key).map_err(|e| anyhow::anyhow!("WARREN_ADMIN_KEY: {e}"))?;
     let config = Config { secret_key: Some(secret_key.clone()), auth, ..Config::default() };
     let m = Management::start(store.clone(), transport.clone(), config).await?;
 
@@ -175,7 +176,7 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
         if already_active(&*store, &pkg).await {
             continue;
         }
-        let v = m.publish(&pkg).await.map_err(|e| anyhow::anyhow!("cannot publish a sample: {e}"))?;
+        let v = m.catalog.publish(&pkg).await.map_err(|e| anyhow::anyhow!("cannot publish a sample: {e}"))?;
         tracing::info!(function = %v.name, version = v.version, "sample published");
     }
 
@@ -194,6 +195,8 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
         format!("cannot listen on {}; is another Warren running? pick another with --listen", opts.listen)
     })?;
     let addr = listener.local_addr()?;
+    // Printed once, for the user to copy: the one place the key is shown.
+    let admin_key = admin_key.expose_secret();
     println!("Warren is up (embedded: management + {} workers, store {}).", opts.workers, db.display());
     println!("  portal:    http://{addr}/   (open it in a browser; sign in with the admin key)");
     println!("  API:       http://{addr}/api/functions");
@@ -209,7 +212,8 @@ pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> +
     println!("  publish:   warren publish ./my-function");
     println!("  metrics:   http://{addr}/metrics");
     println!("Stop with Ctrl-C.");
-    warren_management::serve(m, listener, shutdown).await?;
+    warren_management::serve(m.clone(), listener, shutdown).await?;
+    m.stop().await;
     stop_workers.cancel();
     while let Some(r) = workers.join_next().await {
         if let Ok(Err(e)) = r {

@@ -24,11 +24,11 @@
 //! | GET  | /metrics | Prometheus text |
 //! | GET  | /api/openapi.json | the OpenAPI description of this API |
 //!
-//! Every request goes through [`crate::auth::authorize`] first. [`ROUTES`] lists every route;
-//! the router is checked against it and against the OpenAPI document in tests.
+//! Every request goes through `auth::authorize` first. [`ROUTES`] lists every route; the
+//! router is checked against it and against the OpenAPI document in tests.
 //!
-//! Batches, timers and deliveries: see [`crate::triggers_api`]. `GET /` and `GET /portal/{file}`
-//! serve the portal ([`crate::portal`]).
+//! Batches, timers and deliveries: see `triggers_api`. `GET /` and `GET /portal/{file}` serve
+//! the portal (`portal`). Errors are answered through `reply`.
 
 use std::sync::Arc;
 
@@ -39,76 +39,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
-use warren_store::{AttemptRecord, Invocation, LogLine, WorkerState};
+use warren_store::{ApiKey, InvocationFilter, KeyLevel, Status, WorkerState};
+use warren_wire::manifest::valid_name;
+use warren_wire::time::now_ms;
 
-use crate::{Error, Management};
-
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
-    }
-
-    pub fn status(&self) -> u16 {
-        self.status.as_u16()
-    }
-}
-
-impl ApiError {
-    /// Status, code and message.
-    pub(crate) fn parts(self) -> (StatusCode, &'static str, String) {
-        (self.status, self.code, self.message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response();
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The body may have been refused unread: the connection ends with this answer, so
-            // that the client does not send its next request on a connection the server is
-            // closing (it would see the connection cut instead of an answer).
-            r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
-        }
-        r
-    }
-}
-
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        let (status, code) = match &e {
-            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            Error::Store(warren_store::StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
-            Error::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            Error::Transport(_) => (StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable"),
-            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        let mut message = e.to_string();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            message.push_str("; nothing was accepted, retry later");
-        }
-        ApiError::new(status, code, message)
-    }
-}
-
-impl From<warren_store::StoreError> for ApiError {
-    fn from(e: warren_store::StoreError) -> Self {
-        Error::Store(e).into()
-    }
-}
-
-pub(crate) type ApiResult<T> = Result<T, ApiError>;
+use crate::error::Error;
+use crate::keys::{generate_key, hash_key};
+use crate::management::Management;
+use crate::reply::{body_or_error, id_from, name_from, ApiError, ApiResult};
+use crate::views::view;
+use crate::{auth, portal, triggers_api};
 
 /// Every route of the API as (method, path): what [`router`] serves, and what the OpenAPI
 /// document (`openapi.json`) must describe.
@@ -171,8 +115,8 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/keys", post(create_key).get(list_keys))
         .route("/api/keys/{id}", axum::routing::delete(revoke_key))
         .route("/api/stats", get(stats))
-        .merge(crate::triggers_api::routes())
-        .merge(crate::portal::routes())
+        .merge(triggers_api::routes())
+        .merge(portal::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api (see README)")
         })
@@ -186,12 +130,13 @@ pub fn router(m: Arc<Management>) -> Router {
         // Everything else takes small JSON bodies at most.
         .layer(DefaultBodyLimit::max(1 << 20))
         // Outermost: no request reaches a handler before its key is checked.
-        .layer(axum::middleware::from_fn_with_state(m.clone(), crate::auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(m.clone(), auth::authorize))
         .with_state(m)
 }
 
 async fn metrics(State(m): State<Arc<Management>>) -> Response {
-    let text = m.metrics.render(&m).await;
+    let pools = m.invoker.pools().await.unwrap_or_default();
+    let text = m.metrics.render(&pools, &*m.transport).await;
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
@@ -220,35 +165,33 @@ async fn create_key(
     if name.is_empty() || name.chars().count() > 200 {
         return Err(bad(format!("a key needs a name of 1 to 200 characters (who or what uses it); {KEY_BODY_HELP}")));
     }
-    let level = warren_store::KeyLevel::parse(&b.level)
+    let level = KeyLevel::parse(&b.level)
         .ok_or_else(|| bad(format!("level {:?} is not \"admin\" or \"function\"", b.level)))?;
     let function = match (level, b.function) {
-        (warren_store::KeyLevel::Function, Some(f)) if warren_wire::manifest::valid_name(&f) => Some(f),
-        (warren_store::KeyLevel::Function, Some(f)) => {
+        (KeyLevel::Function, Some(f)) if valid_name(&f) => Some(f),
+        (KeyLevel::Function, Some(f)) => {
             return Err(bad(format!("{f:?} is not a function name (letters, digits, '-', '_')")))
         }
-        (warren_store::KeyLevel::Function, None) => {
-            return Err(bad(format!("a function key names its function; {KEY_BODY_HELP}")))
-        }
-        (warren_store::KeyLevel::Admin, Some(_)) => {
+        (KeyLevel::Function, None) => return Err(bad(format!("a function key names its function; {KEY_BODY_HELP}"))),
+        (KeyLevel::Admin, Some(_)) => {
             return Err(bad("an admin key is not bound to a function: leave out \"function\"".into()))
         }
-        (warren_store::KeyLevel::Admin, None) => None,
+        (KeyLevel::Admin, None) => None,
     };
-    let secret = crate::auth::generate_key();
-    let key = warren_store::ApiKey {
+    let secret = generate_key();
+    let key = ApiKey {
         id: Uuid::now_v7(),
         name,
         level,
         function,
-        hash: crate::auth::hash_key(&secret),
-        created_ms: warren_wire::time::now_ms(),
+        hash: hash_key(secret.expose_secret()),
+        created_ms: now_ms(),
         revoked_ms: None,
     };
     m.store.create_key(&key).await?;
     tracing::info!(key.id = %key.id, key.name = %key.name, level = level.as_str(), "API key created");
     let mut v = serde_json::to_value(&key).unwrap_or_default();
-    v["key"] = json!(secret);
+    v["key"] = json!(secret.expose_secret());
     v["message"] = json!("store this key now: it is not shown again (only its hash is kept)");
     Ok((StatusCode::CREATED, Json(v)))
 }
@@ -265,7 +208,7 @@ async fn revoke_key(
     let id = Uuid::parse_str(&s).map_err(|_| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{s:?} is not a key id (a UUID)"))
     })?;
-    if !m.store.revoke_key(id, warren_wire::time::now_ms()).await? {
+    if !m.store.revoke_key(id, now_ms()).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -273,28 +216,13 @@ async fn revoke_key(
         ));
     }
     // Refused at once here; other instances drop their cached copy within KEY_CACHE_TTL.
-    m.keys.retain(|_, (_, k)| k.id != id);
+    m.keys.forget(id);
     tracing::info!(key.id = %id, "API key revoked");
     Ok(Json(json!({"id": id, "revoked": true})))
 }
 
 async fn health(State(m): State<Arc<Management>>) -> Json<Value> {
     Json(json!({"status": "ok", "store": m.store.backend(), "version": env!("CARGO_PKG_VERSION")}))
-}
-
-/// The request body, or a JSON 413/400 that says what the limit is.
-fn body_or_error(body: Result<Bytes, BytesRejection>, limit: u64, what: &str) -> ApiResult<Bytes> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the {what} is over the limit of {limit} bytes; nothing was stored"),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("cannot read the {what}: {}", e.body_text()))
-        }
-    })
 }
 
 async fn publish(
@@ -309,16 +237,12 @@ async fn publish(
             "send the function package (.tar.gz with function.toml at its root) as the request body; `warren publish DIR` packs a folder",
         ));
     }
-    let v = m.publish(&body).await?;
+    let v = m.catalog.publish(&body).await?;
     Ok((StatusCode::CREATED, Json(serde_json::to_value(v).unwrap_or_default())))
 }
 
 async fn list_functions(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
     Ok(Json(serde_json::to_value(m.store.list_functions().await?).unwrap_or_default()))
-}
-
-pub(crate) fn name_from(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
-    p.map(|Path(n)| n).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
 }
 
 async fn get_function(
@@ -350,7 +274,7 @@ async fn invoke(
     let name = name_from(name)?;
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let wait = match q.mode.as_deref() {
-        None | Some("sync") => Some(m.clamp_wait(q.timeout_ms)),
+        None | Some("sync") => Some(m.invoker.clamp_wait(q.timeout_ms)),
         Some("async") => None,
         Some(other) => {
             return Err(ApiError::new(
@@ -363,8 +287,8 @@ async fn invoke(
         }
     };
     // Safe to cancel: a client that leaves cannot cut an async invoke between its record and
-    // its publish (see `Management::invoke_with`).
-    let accepted = m.invoke(&name, body, wait).await?;
+    // its publish (see `Invoker::invoke_with`).
+    let accepted = m.invoker.invoke(&name, body, wait).await?;
     match accepted.invocation {
         Some(inv) if inv.status.is_final() => {
             let (logs, attempts) = match accepted.details {
@@ -389,8 +313,6 @@ async fn invoke(
 
 /// Inputs one bulk invoke may carry.
 pub const MAX_BULK_INPUTS: usize = 10_000;
-/// Bulk invokes read and run at once; more wait (before their body is read) for a turn.
-pub const MAX_BULK_IN_FLIGHT: usize = 4;
 /// The body limit of a bulk invoke: 16 MiB, or one input of the largest size if that is more.
 fn bulk_body_limit(payload_limit: usize) -> usize {
     (16usize << 20).max(payload_limit + 2)
@@ -446,7 +368,7 @@ async fn invoke_many(
 ) -> ApiResult<Response> {
     let name = name_from(name)?;
     // The body is read only once this request has its turn: waiting requests hold no body.
-    let _turn = m.bulk_in_flight.acquire().await.map_err(|_| {
+    let _turn = m.invoker.bulk_turn().await.ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "management is stopping; nothing was accepted")
     })?;
     let limit = bulk_body_limit(m.config.max_payload_bytes);
@@ -478,14 +400,9 @@ async fn invoke_many(
             "the body holds no input: send NDJSON, one JSON input per line",
         ));
     }
-    // On a task of its own: a client that goes away mid-way does not stop it between the
-    // records and their publishes (records left `queued` with no message).
-    let out = {
-        let (m, name) = (m.clone(), name.clone());
-        tokio::spawn(async move { m.invoke_many(&name, inputs).await }).await.map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the bulk invoke failed: {e}"))
-        })??
-    };
+    // Safe to cancel: a client that goes away mid-way does not stop it between the records
+    // and their publishes (see `Invoker::invoke_many`).
+    let out = m.invoker.invoke_many(&name, inputs).await?;
     if out.not_queued.is_empty() {
         return Ok((StatusCode::ACCEPTED, Json(json!({"function": name, "accepted": out.ids.len(), "ids": out.ids})))
             .into_response());
@@ -511,13 +428,6 @@ async fn invoke_many(
         })),
     )
         .into_response())
-}
-
-pub(crate) fn id_from(p: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
-    let s = name_from(p)?;
-    Uuid::parse_str(&s).map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{s:?} is not an invocation id (a UUID)"))
-    })
 }
 
 async fn get_invocation(
@@ -594,7 +504,7 @@ async fn put_setting(
             format!("{}; send {{\"value\": \"...\", \"secret\": true|false}}", e.body_text()),
         )
     })?;
-    m.set_setting(&name, &key, &b.value, b.secret).await?;
+    m.catalog.set_setting(&name, &key, &b.value, b.secret).await?;
     Ok(Json(json!({"name": key, "secret": b.secret, "stored": true})))
 }
 
@@ -617,7 +527,7 @@ async fn delete_setting(
 const LOST_AFTER_MS: i64 = 15_000;
 
 async fn list_workers(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
-    let now = warren_wire::time::now_ms();
+    let now = now_ms();
     let workers: Vec<Value> = m
         .store
         .list_workers()
@@ -656,17 +566,17 @@ async fn stats(
             format!("minutes={minutes} is out of range: give 1 to 1440 (a day)"),
         ));
     }
-    let now = warren_wire::time::now_ms();
+    let now = now_ms();
     // Whole minutes: the current one and the `minutes - 1` before it.
     let since = (now / 60_000 - (minutes as i64 - 1)) * 60_000;
     let per_minute = m.store.count_per_minute(since, now + 60_000).await?;
     let mut queues = Vec::new();
-    for pool in m.pools().await? {
+    for pool in m.invoker.pools().await? {
         // Declared once (as an invoke would): reading a missing queue makes the broker close
         // a channel, which lapin logs as an error at every poll. One pool the broker cannot
         // tell about does not hide the rest of the overview.
         let read = async {
-            m.ensure_pool(&pool).await.map_err(|e| e.to_string())?;
+            m.invoker.ensure_pool(&pool).await.map_err(|e| e.to_string())?;
             m.transport.queue_stats(&pool).await.map_err(|e| e.to_string())
         };
         let q = match read.await {
@@ -705,7 +615,7 @@ async fn list_invocations(
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let status = match q.status.as_deref() {
         None => None,
-        Some(s) => Some(warren_store::Status::parse(s).ok_or_else(|| {
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -713,8 +623,7 @@ async fn list_invocations(
             )
         })?),
     };
-    let filter =
-        warren_store::InvocationFilter { function: q.function, status, limit: q.limit.unwrap_or(50).min(1000) };
+    let filter = InvocationFilter { function: q.function, status, limit: q.limit.unwrap_or(50).min(1000) };
     let list = m.store.list_invocations(&filter).await?;
     Ok(Json(Value::Array(list.iter().map(|i| view(i, None, None)).collect())))
 }
@@ -727,9 +636,9 @@ struct DeadQuery {
 
 async fn pools_for(m: &Management, pool: Option<String>) -> ApiResult<Vec<String>> {
     match pool {
-        Some(p) if warren_wire::manifest::valid_name(&p) => Ok(vec![p]),
+        Some(p) if valid_name(&p) => Ok(vec![p]),
         Some(p) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{p:?} is not a pool name"))),
-        None => Ok(m.pools().await?),
+        None => Ok(m.invoker.pools().await?),
     }
 }
 
@@ -743,7 +652,7 @@ async fn list_dead(
     for p in &pools {
         counts.insert(p.clone(), json!(m.transport.dead_count(p).await.map_err(Error::from)?));
     }
-    let items = m.dead_letters(&pools, q.limit.unwrap_or(100).min(1000)).await?;
+    let items = m.invoker.dead_letters(&pools, q.limit.unwrap_or(100).min(1000)).await?;
     Ok(Json(json!({"counts": counts, "items": items})))
 }
 
@@ -777,96 +686,6 @@ async fn replay_dead(
     }
     let pools = pools_for(&m, b.pool).await?;
     let ids = (!b.all).then_some(b.ids.as_slice());
-    let report = m.replay(&pools, ids, b.limit.unwrap_or(10_000).min(10_000)).await?;
+    let report = m.invoker.replay(&pools, ids, b.limit.unwrap_or(10_000).min(10_000)).await?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
-}
-
-/// Bytes as JSON: the JSON value itself when they are JSON, a string when UTF-8, else base64
-/// under a separate key.
-pub(crate) fn bytes_value(b: &[u8]) -> (Value, Option<String>) {
-    if let Ok(v) = serde_json::from_slice::<Value>(b) {
-        return (v, None);
-    }
-    match std::str::from_utf8(b) {
-        Ok(s) => (Value::String(s.to_string()), None),
-        Err(_) => (Value::Null, Some(base64(b))),
-    }
-}
-
-fn base64(b: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[derive(Serialize)]
-struct InvocationView<'a> {
-    id: Uuid,
-    function: &'a str,
-    version: i64,
-    status: warren_store::Status,
-    attempts: i32,
-    input: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    input_base64: Option<String>,
-    result: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result_base64: Option<String>,
-    error: Option<&'a str>,
-    worker: Option<&'a str>,
-    created_ms: i64,
-    started_ms: Option<i64>,
-    finished_ms: Option<i64>,
-    duration_ms: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    logs: Option<&'a [LogLine]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    attempt_history: Option<&'a [AttemptRecord]>,
-}
-
-pub fn view(inv: &Invocation, logs: Option<&[LogLine]>, attempts: Option<&[AttemptRecord]>) -> Value {
-    let (input, input_base64) = bytes_value(&inv.payload);
-    let (result, result_base64) = inv.result.as_deref().map(bytes_value).unwrap_or((Value::Null, None));
-    serde_json::to_value(InvocationView {
-        id: inv.id,
-        function: &inv.function,
-        version: inv.version,
-        status: inv.status,
-        attempts: inv.attempts,
-        input,
-        input_base64,
-        result,
-        result_base64,
-        error: inv.error.as_deref(),
-        worker: inv.worker.as_deref().filter(|w| !w.is_empty()),
-        created_ms: inv.created_ms,
-        started_ms: inv.started_ms,
-        finished_ms: inv.finished_ms,
-        duration_ms: inv.started_ms.zip(inv.finished_ms).map(|(s, f)| f - s).filter(|_| inv.status.is_final()),
-        logs,
-        attempt_history: attempts,
-    })
-    .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_known_vectors() {
-        assert_eq!(super::base64(b""), "");
-        assert_eq!(super::base64(b"f"), "Zg==");
-        assert_eq!(super::base64(b"fo"), "Zm8=");
-        assert_eq!(super::base64(b"foo"), "Zm9v");
-        assert_eq!(super::base64(b"\xff\xfe\x00\x01"), "//4AAQ==");
-    }
 }

@@ -1,8 +1,8 @@
-//! API keys and the one layer that authorizes every request.
+//! The one layer that authorizes every request ([`authorize`]).
 //!
-//! Keys travel as `Authorization: Bearer <key>` or `x-warren-key: <key>`. The configured admin
-//! key (`--admin-key`) is never stored; keys made through the API are stored as the sha256 of
-//! the key and shown in clear once, when created. Comparisons of digests run in constant time.
+//! Keys travel as `Authorization: Bearer <key>` or `x-warren-key: <key>`, and are checked
+//! against the configured admin key's digest and the stored ones (see `keys`); comparisons of
+//! digests run in constant time.
 //!
 //! [`authorize`] classifies each request by its method and matched route:
 //! - open: `GET /healthz`, `GET /metrics`, `GET /api/openapi.json`, and the portal's static
@@ -17,71 +17,13 @@ use axum::extract::{FromRequestParts, MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use warren_store::KeyLevel;
 use warren_wire::manifest::AuthLevel;
 
-use crate::api::ApiError;
-use crate::Management;
-
-/// Prefix of every key Warren generates, so a leaked one is recognisable in a scan.
-pub const KEY_PREFIX: &str = "wrn_";
-
-/// The shortest admin key accepted on the command line.
-pub const MIN_ADMIN_KEY_CHARS: usize = 16;
-
-/// How requests are authorized.
-#[derive(Clone, Default)]
-pub enum AuthMode {
-    /// No key is checked: everything is open (`--insecure-no-auth`).
-    #[default]
-    Open,
-    /// Keys are checked; the configured admin key is held as its sha256 only.
-    Keys { admin_digest: [u8; 32] },
-}
-
-impl std::fmt::Debug for AuthMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AuthMode::Open => f.write_str("Open"),
-            AuthMode::Keys { .. } => f.write_str("Keys { admin key: [hidden] }"),
-        }
-    }
-}
-
-impl AuthMode {
-    /// Keys checked, with `admin_key` as the configured admin key.
-    pub fn with_admin_key(admin_key: &str) -> Result<AuthMode, String> {
-        let admin_key = admin_key.trim();
-        if admin_key.chars().count() < MIN_ADMIN_KEY_CHARS {
-            return Err(format!(
-                "the admin key is too short: give at least {MIN_ADMIN_KEY_CHARS} characters (e.g. `openssl rand -hex 32`)"
-            ));
-        }
-        Ok(AuthMode::Keys { admin_digest: digest(admin_key) })
-    }
-}
-
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-/// The hex sha256 of a key: what the store holds.
-pub fn hash_key(key: &str) -> String {
-    hex::encode(digest(key))
-}
-
-/// A new random key: the prefix and 256 random bits in hex.
-pub fn generate_key() -> String {
-    let bytes: [u8; 32] = rand::random();
-    format!("{KEY_PREFIX}{}", hex::encode(bytes))
-}
-
-/// Equality whose time does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::keys::{constant_time_eq, digest, AuthMode};
+use crate::management::Management;
+use crate::reply::ApiError;
 
 /// Who is calling, as far as its key tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,11 +83,6 @@ fn forbidden(message: impl Into<String>) -> ApiError {
 const HOW_TO_SEND: &str =
     "send it as `Authorization: Bearer <key>` or `x-warren-key: <key>` (the CLI: --key or WARREN_API_KEY)";
 
-/// How long a valid API key found in the store is trusted without reading it again: a key
-/// revoked through another management instance is refused by this one within this time (at
-/// once by the instance that revoked it). Unknown keys are never cached.
-pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Who the key of a request belongs to; 401 for a key that is unknown or revoked.
 async fn identify(m: &Management, admin_digest: &[u8; 32], headers: &HeaderMap) -> Result<Caller, ApiError> {
     let Some(key) = presented_key(headers).filter(|k| !k.is_empty()) else { return Ok(Caller::Nobody) };
@@ -154,27 +91,7 @@ async fn identify(m: &Management, admin_digest: &[u8; 32], headers: &HeaderMap) 
         return Ok(Caller::Admin);
     }
     let hash = hex::encode(d);
-    let cached = m.keys.get(&hash).filter(|e| e.0.elapsed() < KEY_CACHE_TTL).map(|e| e.1.clone());
-    let found = match cached {
-        Some(k) => Some(k),
-        None => {
-            let found = m
-                .metrics
-                .store
-                .time("find_key_by_hash", m.store.find_key_by_hash(&hash))
-                .await
-                .map_err(ApiError::from)?;
-            match &found {
-                Some(k) if k.revoked_ms.is_none() => {
-                    m.keys.insert(hash.clone(), (std::time::Instant::now(), k.clone()));
-                }
-                _ => {
-                    m.keys.remove(&hash);
-                }
-            }
-            found
-        }
-    };
+    let found = m.keys.find(&hash).await.map_err(ApiError::from)?;
     match found {
         Some(k) if k.revoked_ms.is_none() && constant_time_eq(k.hash.as_bytes(), hash.as_bytes()) => match k.level {
             KeyLevel::Admin => Ok(Caller::Admin),
@@ -189,7 +106,7 @@ async fn identify(m: &Management, admin_digest: &[u8; 32], headers: &HeaderMap) 
 /// The function's `auth` level; `function` for one that does not exist (so that nothing
 /// tells a caller without a key which functions exist).
 async fn level_of(m: &Management, function: &str) -> Result<AuthLevel, ApiError> {
-    match m.auth_level(function).await {
+    match m.catalog.auth_level(function).await {
         Ok(Some(level)) => Ok(level),
         Ok(None) => Ok(AuthLevel::Function),
         Err(e) => Err(e.into()),
@@ -329,15 +246,5 @@ mod tests {
         assert_eq!(check_function(&f("b"), "a", AuthLevel::Function, "x").unwrap_err().status(), 403);
         assert_eq!(check_function(&f("a"), "a", AuthLevel::Admin, "x").unwrap_err().status(), 403);
         assert!(check_function(&Caller::Admin, "a", AuthLevel::Admin, "x").is_ok());
-    }
-
-    #[test]
-    fn generated_keys_are_long_and_distinct() {
-        let (a, b) = (generate_key(), generate_key());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), KEY_PREFIX.len() + 64);
-        assert_eq!(hash_key(&a).len(), 64);
-        assert!(constant_time_eq(b"same", b"same") && !constant_time_eq(b"same", b"sane"));
-        assert!(AuthMode::with_admin_key("short").is_err());
     }
 }

@@ -1,12 +1,12 @@
 //! Batch fan-out and fan-in.
 //!
-//! **Fan-out** ([`Management::submit_batch`]): items arrive as NDJSON (streamed: a
+//! **Fan-out** ([`Batches::submit_batch`]): items arrive as NDJSON (streamed: a
 //! million-item batch is never held whole) or as a JSON array; every [`CHUNK`] items (or
 //! [`CHUNK_BYTES`]) are recorded `queued` in one multi-row insert, then published
 //! concurrently, each with its confirm; up to [`CHUNKS_IN_FLIGHT`] chunks are on their way at
 //! once. The batch is `submitting` until the last chunk is confirmed, then `running`.
 //!
-//! **Fan-in** ([`sweep`], every instance): a `running` batch whose items are all final gets
+//! **Fan-in** ([`Batches::sweep`], every instance): a `running` batch whose items are all final gets
 //! its follow-up function invoked once. The store's conditional `running → finishing` update,
 //! made in the same transaction that records the follow-up invocation, picks one instance;
 //! that one publishes it and marks the batch `done`. An instance that died in between leaves
@@ -17,17 +17,23 @@
 //! `cancelled` and gets no fan-in.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Weak;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
-use warren_store::{Batch, BatchState, NewBatch, NewInvocation, Status};
+use warren_store::{Batch, BatchState, NewBatch, NewInvocation, Status, Store};
 use warren_wire::time::now_ms;
 
-use crate::{Error, Management};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::error::Error;
+use crate::invoke::{first_message, new_records, Invoker};
+use crate::lease::Lease;
 
 /// Items recorded and published together, at most.
 pub const CHUNK: usize = 500;
@@ -61,7 +67,7 @@ pub struct SubmitError {
 }
 
 /// The chunk being filled while a submission's body is read; full chunks go to the task that
-/// records and publishes them ([`Management::feed`]).
+/// records and publishes them (`Batches::feed`).
 struct Submission<'a> {
     tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
     chunk: Vec<Bytes>,
@@ -125,7 +131,60 @@ impl Submission<'_> {
     }
 }
 
-impl Management {
+/// Batches: their submission, cancellation and fan-in.
+pub struct Batches {
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    invoker: Arc<Invoker>,
+    lease: Arc<Lease>,
+    /// Largest item, in bytes.
+    max_payload_bytes: usize,
+    /// Largest fan-in input with the results inline; past it the follow-up gets a reference.
+    max_fanin_inline_bytes: usize,
+    /// Where submissions run (owned by management's stop).
+    tasks: TaskTracker,
+}
+
+impl Batches {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        invoker: Arc<Invoker>,
+        lease: Arc<Lease>,
+        config: &Config,
+        tasks: TaskTracker,
+    ) -> Batches {
+        Batches {
+            store,
+            catalog,
+            invoker,
+            lease,
+            max_payload_bytes: config.max_payload_bytes,
+            max_fanin_inline_bytes: config.max_fanin_inline_bytes,
+            tasks,
+        }
+    }
+
+    /// [`submit_batch`](Self::submit_batch) on a task of its own: a client that goes away ends
+    /// it between two chunks (its body stops), never in the middle of one.
+    pub async fn submit<S, E>(
+        self: &Arc<Self>,
+        function: String,
+        then: Option<String>,
+        format: Format,
+        body: S,
+    ) -> Result<Result<Batch, SubmitError>, Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let me = self.clone();
+        self.tasks
+            .spawn(async move { me.submit_batch(&function, then.as_deref(), format, body).await })
+            .await
+            .map_err(|e| Error::Internal(format!("the submission failed: {e}")))
+    }
+
     /// Submits a batch: one invocation of `function` per item; `then` is invoked once with the
     /// results when every item is final. Returns the batch as recorded.
     pub async fn submit_batch<S, E>(
@@ -140,7 +199,7 @@ impl Management {
         E: std::fmt::Display,
     {
         let early = |error| SubmitError { batch: None, accepted: 0, error };
-        let (version, manifest) = self.active_manifest(function).await.map_err(early)?;
+        let (version, manifest) = self.catalog.active_manifest(function).await.map_err(early)?;
         if let Some(then) = then {
             if self.store.get_function(then).await.map_err(|e| early(e.into()))?.is_none() {
                 return Err(early(Error::NotFound(format!(
@@ -148,12 +207,12 @@ impl Management {
                 ))));
             }
         }
-        self.ensure_pool(&manifest.pool).await.map_err(early)?;
+        self.invoker.ensure_pool(&manifest.pool).await.map_err(early)?;
         // A lapse of this instance's lease from here on stops the submission (see `lease`):
         // noted before the batch exists, so that no lapse can fall between its creation and
         // the first chunk unseen.
-        let lapses = self.settling.lapses();
-        self.settling.still_current(lapses).map_err(early)?;
+        let lapses = self.lease.lapses();
+        self.lease.still_current(lapses).map_err(early)?;
         let id = Uuid::now_v7();
         let batch = NewBatch {
             id,
@@ -254,7 +313,7 @@ impl Management {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let max_item = self.config.max_payload_bytes;
+        let max_item = self.max_payload_bytes;
         match format {
             Format::JsonArray => {
                 // A JSON array has to be read whole; its size is bounded by the route's limit.
@@ -357,7 +416,7 @@ impl Management {
         (stop, lapses): (&AtomicBool, u64),
     ) -> (i64, Result<(), Error>) {
         // Open until every item is published or recorded failed (see `lease`).
-        let _held = match self.settling.hold() {
+        let _held = match self.lease.hold() {
             Ok(h) => h,
             Err(e) => {
                 stop.store(true, Ordering::Release);
@@ -366,7 +425,7 @@ impl Management {
                 return (0, Err(e));
             }
         };
-        let records = crate::new_records(&batch.function, batch.version, &items);
+        let records = new_records(&batch.function, batch.version, &items);
         turn.wait(i).await;
         if stop.load(Ordering::Acquire) {
             // An earlier chunk failed: this one is never recorded, not counted.
@@ -374,7 +433,7 @@ impl Management {
             return (0, Ok(()));
         }
         // Checked at the last moment, after the turn: the lease may have lapsed while it waited.
-        if let Err(e) = self.settling.still_current(lapses) {
+        if let Err(e) = self.lease.still_current(lapses) {
             stop.store(true, Ordering::Release);
             turn.advance();
             return (0, Err(e));
@@ -403,9 +462,9 @@ impl Management {
             }
         }
         // Not fresh: a cancel may turn an item `cancelled` before it runs; the worker claims it first.
-        let messages = records.iter().zip(items).map(|(r, payload)| crate::first_message(r, payload, false)).collect();
+        let messages = records.iter().zip(items).map(|(r, payload)| first_message(r, payload, false)).collect();
         let published: Vec<Result<(), Error>> =
-            self.publish_all(pool, messages).await.into_iter().map(|(_, r)| r).collect();
+            self.invoker.publish_all(pool, messages).await.into_iter().map(|(_, r)| r).collect();
         // Items whose publish failed are recorded failed ("not queued") by publish_recorded:
         // they are final, so the batch can still finish.
         let failed = published.iter().filter(|r| r.is_err()).count();
@@ -434,7 +493,7 @@ impl Management {
     /// The fan-in input: the batch's figures and its items' results inline, or a reference to
     /// them when they would be over `max_fanin_inline_bytes`.
     async fn fanin_input(&self, b: &Batch) -> Result<Vec<u8>, Error> {
-        let limit = self.config.max_fanin_inline_bytes;
+        let limit = self.max_fanin_inline_bytes;
         let mut results = Vec::new();
         let mut size = 0usize;
         let mut after = None;
@@ -490,7 +549,7 @@ impl Management {
                     tracing::info!(batch = %b.id, "batch done");
                     return Ok(true);
                 };
-                let (version, manifest) = self.active_manifest(then).await?;
+                let (version, manifest) = self.catalog.active_manifest(then).await?;
                 let payload = self.fanin_input(b).await?;
                 let inv = NewInvocation {
                     id: Uuid::now_v7(),
@@ -515,7 +574,7 @@ impl Management {
                     if age < STALE_FINISHING.as_millis() as i64 {
                         return Ok(false);
                     }
-                    let manifest = self.version_manifest(&f.function, f.version).await?;
+                    let manifest = self.catalog.version_manifest(&f.function, f.version).await?;
                     let inv = NewInvocation {
                         id: f.id,
                         function: f.function.clone(),
@@ -545,30 +604,30 @@ impl Management {
         // May be published twice (by the `finishing` branch of another instance): not fresh.
         // The input (results inline, up to 16 MiB) moves into the message, not copied.
         let payload = std::mem::take(&mut inv.payload).into();
-        let msg = crate::first_message(&inv, payload, false);
+        let msg = first_message(&inv, payload, false);
         // Not publish_recorded: a failed publish must leave the follow-up `queued` (the
         // `finishing` branch publishes it again), not record it failed for good.
-        self.ensure_pool(pool).await?;
-        self.transport.publish(pool, msg.encode().into()).await?;
-        Ok(())
+        self.invoker.publish(pool, &msg).await
     }
-}
 
-/// The fan-in loop of one management instance.
-pub async fn sweep(weak: Weak<Management>) {
-    loop {
-        tokio::time::sleep(SWEEP_EVERY).await;
-        let Some(m) = weak.upgrade() else { return };
-        let open = match m.store.open_batches().await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot list open batches yet");
-                continue;
+    /// The fan-in loop of one management instance, until `stop`.
+    pub(crate) async fn sweep(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = stop.cancelled() => return,
             }
-        };
-        for b in open {
-            if let Err(e) = m.finish_batch(&b).await {
-                tracing::warn!(batch = %b.id, error = %e, "cannot finish the batch yet; will try again");
+            let open = match self.store.open_batches().await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list open batches yet");
+                    continue;
+                }
+            };
+            for b in open {
+                if let Err(e) = self.finish_batch(&b).await {
+                    tracing::warn!(batch = %b.id, error = %e, "cannot finish the batch yet; will try again");
+                }
             }
         }
     }

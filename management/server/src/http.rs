@@ -31,7 +31,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use crate::{api, Management};
+use crate::api;
+use crate::management::Management;
 
 /// Serves the API on `listener` until `shutdown` resolves, then waits for the open connections
 /// to finish what they serve.

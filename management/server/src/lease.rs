@@ -6,9 +6,9 @@
 //! batch it was submitting `submitting` forever. So:
 //!
 //! - every record an instance makes `queued` (and every batch) carries its name (the store's
-//!   origin, [`Store::set_origin`](warren_store::Store::set_origin));
+//!   origin, [`FleetStore::set_origin`](warren_store::FleetStore::set_origin));
 //! - each instance keeps the creation times of its records whose publish is not settled yet
-//!   ([`Settling`]), and every [`beat`](lease_beat) writes its lease: seen now, and every record
+//!   ([`Settling`]), and every beat of [`Lease::keep`] writes its lease: seen now, and every record
 //!   it made before the oldest of them settled (published and confirmed, or recorded failed);
 //! - every instance that has itself renewed its lease for a whole lease period (so that, after
 //!   a store outage, none judges another that was merely cut off as well) looks for leases not
@@ -28,13 +28,15 @@
 //! messages confirmed, perhaps waiting in a long queue), are never touched.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use warren_store::Settled;
+use tokio_util::sync::CancellationToken;
+use warren_store::{Settled, Store, StoreError};
 use warren_wire::time::now_ms;
 
-use crate::{Error, Management};
+use crate::error::Error;
 
 /// A lapsed instance's records are settled from this long before its last mark, in case its
 /// clock stepped back after the mark was taken (the mark and the records' creation times are
@@ -179,23 +181,6 @@ impl Open {
     }
 }
 
-impl Management {
-    /// At a clean stop (the API closed, the sources stopped): once every record this instance
-    /// made is settled (waiting up to `grace`, renewing the lease meanwhile), hands its lease
-    /// back, so that no other instance settles its last records, which may be waiting in a
-    /// queue, "not queued". If some are still open then, the lease is left to lapse and be
-    /// settled. The lease loop makes the last write itself, so no renewal can overwrite it.
-    pub async fn release_lease(&self, grace: Duration) {
-        self.lease_release.send_replace(Some(tokio::time::Instant::now() + grace));
-        let task = self.lease_task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
-            if tokio::time::timeout(grace + Duration::from_secs(5), task).await.is_err() {
-                tracing::warn!("the lease loop did not end; the lease will lapse");
-            }
-        }
-    }
-}
-
 impl Drop for Held {
     fn drop(&mut self) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -216,113 +201,180 @@ pub fn beat_every(lease: Duration) -> Duration {
     (lease / 6).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
-/// Writes this instance's lease now (seen now, its mark).
-pub(crate) async fn renew(m: &Management) -> Result<(), warren_store::StoreError> {
-    let lease_ms = m.config.instance_lease.as_millis() as i64;
-    let began = (Instant::now(), now_ms());
-    m.store.instance_alive(&m.instance, m.settling.mark(), lease_ms).await?;
-    m.settling.renewed(began, m.config.instance_lease);
-    Ok(())
+/// One management instance's lease: its name, the holds on what it is publishing
+/// ([`Settling`]), and the loop that renews it ([`Lease::keep`]).
+pub struct Lease {
+    store: Arc<dyn Store>,
+    instance: String,
+    settling: Settling,
+    length: Duration,
+    /// At a stop: how long to wait for the source consumers, then for the holds to clear.
+    grace: Duration,
 }
 
-/// The lease loop of one management instance: the only writer of its lease once started.
-pub async fn lease_beat(
-    weak: Weak<Management>,
-    mut release: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
-) {
-    let Some(lease) = weak.upgrade().map(|m| m.config.instance_lease) else { return };
-    // Since when this instance's beats have all reached the store. Only after a whole lease of
-    // them does it judge others: an instance alive and in touch with the store renews within
-    // its lease, so one that did not is gone (after a store outage every instance first
-    // renews its own lease, and none settles another that was merely cut off too).
-    let mut renewing_since: Option<tokio::time::Instant> = None;
-    let mut renewed_at: Option<tokio::time::Instant> = None;
-    loop {
-        let Some(m) = weak.upgrade() else { return };
-        let releasing = *release.borrow_and_update();
-        if let Some(deadline) = releasing {
-            // Nothing held, and nothing may begin now (a late request, a timer tick: 503).
-            if m.settling.close_if_empty() {
-                // Lapsed at once (a lease of 0 ms), and everything it made settled: the next
-                // settler finds nothing of it to settle and drops the row.
-                match m.store.instance_alive(&m.instance, i64::MAX, 0).await {
-                    Ok(()) => {
-                        tracing::debug!("lease handed back");
-                        return;
-                    }
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        tracing::debug!(error = %e, "cannot hand the lease back yet");
-                        m.settling.reopen();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot hand the lease back; it will lapse");
-                        return;
-                    }
+impl Lease {
+    pub(crate) fn new(store: Arc<dyn Store>, instance: String, length: Duration, grace: Duration) -> Lease {
+        Lease { store, instance, settling: Settling::default(), length, grace }
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// See [`Settling::hold`].
+    pub(crate) fn hold(&self) -> Result<Held, Error> {
+        self.settling.hold()
+    }
+
+    /// See [`Settling::hold_at`].
+    pub(crate) fn hold_at(&self, ms: i64) -> Held {
+        self.settling.hold_at(ms)
+    }
+
+    /// See [`Settling::lapses`].
+    pub(crate) fn lapses(&self) -> u64 {
+        self.settling.lapses()
+    }
+
+    /// See [`Settling::still_current`].
+    pub(crate) fn still_current(&self, since: u64) -> Result<(), Error> {
+        self.settling.still_current(since)
+    }
+
+    /// Writes this instance's lease now (seen now, its mark).
+    pub(crate) async fn renew(&self) -> Result<(), StoreError> {
+        let lease_ms = self.length.as_millis() as i64;
+        let began = (Instant::now(), now_ms());
+        self.store.instance_alive(&self.instance, self.settling.mark(), lease_ms).await?;
+        self.settling.renewed(began, self.length);
+        Ok(())
+    }
+
+    /// The lease loop of one management instance: the only writer of its lease once started.
+    ///
+    /// At `stop` it renews on while the source consumers finish what they hold (`sources_idle`,
+    /// for up to the grace period), then hands the lease back once every record this instance
+    /// made is settled (waiting up to the grace period again), so that no other instance
+    /// settles its last records, which may be waiting in a queue, "not queued". If some are
+    /// still open then, the lease is left to lapse and be settled. The loop makes the last
+    /// write itself, so no renewal can overwrite it.
+    pub(crate) async fn keep(self: Arc<Self>, stop: CancellationToken, sources_idle: Arc<AtomicBool>) {
+        let lease = self.length;
+        // Since when this instance's beats have all reached the store. Only after a whole lease
+        // of them does it judge others: an instance alive and in touch with the store renews
+        // within its lease, so one that did not is gone (after a store outage every instance
+        // first renews its own lease, and none settles another that was merely cut off too).
+        let mut renewing_since: Option<tokio::time::Instant> = None;
+        let mut renewed_at: Option<tokio::time::Instant> = None;
+        // Set at the stop: until when the sources may finish, then until when the holds may clear.
+        let mut sources_by: Option<tokio::time::Instant> = None;
+        let mut release_by: Option<tokio::time::Instant> = None;
+        loop {
+            if stop.is_cancelled() && release_by.is_none() {
+                let now = tokio::time::Instant::now();
+                let sources_by = *sources_by.get_or_insert(now + self.grace);
+                if sources_idle.load(Ordering::Acquire) || now >= sources_by {
+                    release_by = Some(now + self.grace);
                 }
-            } else if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("records still being published at the stop; leaving the lease to lapse");
-                return;
             }
-        }
-        // While releasing, the holds are looked at every 20 ms, the lease renewed at its pace.
-        if renewed_at.is_none_or(|t| t.elapsed() >= beat_every(lease)) {
-            renewed_at = Some(tokio::time::Instant::now());
-            match renew(&m).await {
-                Ok(()) => {
-                    let since = *renewing_since.get_or_insert_with(tokio::time::Instant::now);
-                    if releasing.is_none() && since.elapsed() >= lease {
-                        if let Err(e) = settle_lapsed(&m).await {
-                            tracing::debug!(error = %e, "cannot settle lapsed instances yet");
+            if let Some(deadline) = release_by {
+                if self.hand_back(deadline).await {
+                    return;
+                }
+            }
+            // While stopping, the sources and holds are looked at every 20 ms, the lease renewed
+            // at its pace.
+            if renewed_at.is_none_or(|t| t.elapsed() >= beat_every(lease)) {
+                renewed_at = Some(tokio::time::Instant::now());
+                match self.renew().await {
+                    Ok(()) => {
+                        let since = *renewing_since.get_or_insert_with(tokio::time::Instant::now);
+                        if !stop.is_cancelled() && since.elapsed() >= lease {
+                            if let Err(e) = self.settle_lapsed().await {
+                                tracing::debug!(error = %e, "cannot settle lapsed instances yet");
+                            }
                         }
                     }
+                    Err(e) => {
+                        renewing_since = None;
+                        tracing::debug!(error = %e, "cannot renew this instance's lease yet");
+                    }
                 }
-                Err(e) => {
-                    renewing_since = None;
-                    tracing::debug!(error = %e, "cannot renew this instance's lease yet");
+            }
+            if stop.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(beat_every(lease)) => {}
+                    _ = stop.cancelled() => {}
                 }
             }
         }
-        drop(m);
-        let pause = if releasing.is_some() { Duration::from_millis(20) } else { beat_every(lease) };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = release.changed() => {}
-        }
     }
-}
 
-/// Settles the instances whose lease lapsed.
-async fn settle_lapsed(m: &Management) -> Result<(), warren_store::StoreError> {
-    for (instance, settled_ms) in m.store.lapsed_instances().await? {
-        if instance == m.instance {
-            // Renewed just before; its work is in hand here anyway.
-            continue;
+    /// At a stop, once nothing is held: no record may begin now (a late request, a timer tick:
+    /// 503), and the lease is written lapsed at once (a lease of 0 ms) with everything it made
+    /// settled, so the next settler finds nothing of it to settle and drops the row. Whether
+    /// the loop is done: handed back, or given up at `deadline` (the lease will lapse).
+    async fn hand_back(&self, deadline: tokio::time::Instant) -> bool {
+        if !self.settling.close_if_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("records still being published at the stop; leaving the lease to lapse");
+                return true;
+            }
+            return false;
         }
-        let why = Settled {
-            invocation: format!(
-                "not queued: management instance {instance} stopped (its lease ran out) before the broker \
-                 confirmed this invocation's message; if the message got through, its run replaces this record"
-            ),
-            batch: format!(
-                "the submission stopped: management instance {instance} stopped (its lease ran out) before the \
-                 end of the body; the items recorded before that are the batch"
-            ),
-        };
-        let since = settled_ms.saturating_sub(CLOCK_MARGIN.as_millis() as i64);
-        let (invocations, batches) = m.store.settle_lapsed(&instance, since, now_ms(), &why).await?;
-        if invocations + batches > 0 {
-            tracing::warn!(
-                %instance,
-                invocations,
-                batches,
-                "settled what a stopped management instance left: invocations recorded failed (not queued), batches \
-                 whose submission it was reading"
-            );
-        } else {
-            tracing::info!(%instance, "a stopped management instance left nothing unsettled");
+        match self.store.instance_alive(&self.instance, i64::MAX, 0).await {
+            Ok(()) => {
+                tracing::debug!("lease handed back");
+                true
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "cannot hand the lease back yet");
+                self.settling.reopen();
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the lease back; it will lapse");
+                true
+            }
         }
     }
-    Ok(())
+
+    /// Settles the instances whose lease lapsed.
+    async fn settle_lapsed(&self) -> Result<(), StoreError> {
+        for (instance, settled_ms) in self.store.lapsed_instances().await? {
+            if instance == self.instance {
+                // Renewed just before; its work is in hand here anyway.
+                continue;
+            }
+            let why = Settled {
+                invocation: format!(
+                    "not queued: management instance {instance} stopped (its lease ran out) before the broker \
+                     confirmed this invocation's message; if the message got through, its run replaces this record"
+                ),
+                batch: format!(
+                    "the submission stopped: management instance {instance} stopped (its lease ran out) before the \
+                     end of the body; the items recorded before that are the batch"
+                ),
+            };
+            let since = settled_ms.saturating_sub(CLOCK_MARGIN.as_millis() as i64);
+            let (invocations, batches) = self.store.settle_lapsed(&instance, since, now_ms(), &why).await?;
+            if invocations + batches > 0 {
+                tracing::warn!(
+                    %instance,
+                    invocations,
+                    batches,
+                    "settled what a stopped management instance left: invocations recorded failed (not queued), batches \
+                     whose submission it was reading"
+                );
+            } else {
+                tracing::info!(%instance, "a stopped management instance left nothing unsettled");
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

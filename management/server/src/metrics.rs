@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use warren_service::metrics::{CounterVec, GaugeVec, HistogramVec, StoreLatency, LATENCY_BUCKETS};
 
-use crate::Management;
+use warren_transport::Transport;
 
 pub struct Metrics {
     /// Invocations recorded and confirmed by the broker, by function.
@@ -79,18 +79,16 @@ impl Metrics {
         self.http_duration.observe_duration(&[route], took);
     }
 
-    /// The text exposition, with queue depths read from the broker now (a pool the broker
-    /// cannot answer for is left out).
-    pub async fn render(&self, m: &Management) -> String {
-        if let Ok(pools) = m.pools().await {
-            for pool in pools {
-                if let Ok(stats) = m.transport.queue_stats(&pool).await {
-                    self.queue_depth.set(&[&pool], stats.messages as i64);
-                    self.queue_consumers.set(&[&pool], stats.consumers as i64);
-                }
-                if let Ok(n) = m.transport.dead_count(&pool).await {
-                    self.dead_depth.set(&[&pool], n as i64);
-                }
+    /// The text exposition, with the depths of `pools` read from the broker now (a pool the
+    /// broker cannot answer for is left out).
+    pub async fn render(&self, pools: &[String], transport: &dyn Transport) -> String {
+        for pool in pools {
+            if let Ok(stats) = transport.queue_stats(pool).await {
+                self.queue_depth.set(&[pool], stats.messages as i64);
+                self.queue_consumers.set(&[pool], stats.consumers as i64);
+            }
+            if let Ok(n) = transport.dead_count(pool).await {
+                self.dead_depth.set(&[pool], n as i64);
             }
         }
         let mut out = String::new();

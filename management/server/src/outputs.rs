@@ -2,22 +2,26 @@
 //!
 //! A worker decides which outputs apply (`when` and the JSON-pointer predicate) and stores them
 //! `pending` in the same transaction as the final outcome. Every management instance runs
-//! [`deliver`]: it leases due deliveries (a compare-and-set in the store, so two instances do
+//! [`Outputs::deliver`]: it leases due deliveries (a compare-and-set in the store, so two instances do
 //! not take the same one), POSTs or publishes them, and records each attempt. A failed attempt
 //! is retried with exponential backoff up to the output's `max_attempts`, then recorded
 //! `failed`; `POST /api/invocations/{id}/deliveries/retry` makes it pending again.
 //! Delivery is at-least-once: a receiver may see a result twice (an instance that dies after
 //! sending and before recording), never zero times while a retry is possible.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use warren_store::{DeliveryRecord, DeliveryStatus, Invocation};
+use tokio_util::sync::CancellationToken;
+use warren_service::secret::SecretKey;
+use warren_store::{DeliveryRecord, DeliveryStatus, Invocation, Store};
+use warren_transport::peer::Peers;
 use warren_wire::manifest::{Output, OutputKind};
 use warren_wire::time::now_ms;
 
-use crate::Management;
+use crate::catalog::Catalog;
+use crate::config::Config;
 
 const POLL_EVERY: Duration = Duration::from_millis(200);
 /// A delivery taken by an instance is its own for this long.
@@ -28,64 +32,172 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF_MS: i64 = 500;
 const MAX_BACKOFF_MS: i64 = 5 * 60_000;
 
-/// The delivery loop of one management instance.
-pub async fn deliver(weak: Weak<Management>) {
-    let http = match reqwest::Client::builder().timeout(HTTP_TIMEOUT).build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the HTTP client; outputs will not be delivered");
-            return;
-        }
-    };
-    loop {
-        tokio::time::sleep(POLL_EVERY).await;
-        let Some(m) = weak.upgrade() else { return };
-        let due = match m.store.take_deliveries(now_ms(), LEASE_MS, BATCH).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read pending deliveries yet");
-                continue;
-            }
-        };
-        if due.is_empty() {
-            continue;
-        }
-        futures_util::stream::iter(due)
-            .for_each_concurrent(CONCURRENCY, |d| {
-                let (m, http) = (m.clone(), &http);
-                async move { deliver_one(&m, http, d).await }
-            })
-            .await;
-    }
+/// The output deliveries of one management instance.
+pub(crate) struct Outputs {
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    peers: Peers,
+    /// The broker of `amqp` outputs that name none (Warren's own, in the distributed mode).
+    amqp_url: Option<String>,
+    /// Opens secret settings named in output headers.
+    secret_key: Option<SecretKey>,
 }
 
-async fn deliver_one(m: &Arc<Management>, http: &reqwest::Client, d: DeliveryRecord) {
-    let mut attempts = d.attempts + 1;
-    let (status, error, next_ms) = match attempt(m, http, &d).await {
-        Ok(()) => (DeliveryStatus::Delivered, None, now_ms()),
-        Err(Failure::Never(why)) => (DeliveryStatus::Failed, Some(why), now_ms()),
-        Err(Failure::Later(why, max)) if attempts >= max => (DeliveryStatus::Failed, Some(why), now_ms()),
-        Err(Failure::Later(why, max)) => {
-            if max == i32::MAX {
-                // Our own store's trouble: not an attempt at the receiver.
-                attempts = d.attempts;
-            }
-            (DeliveryStatus::Pending, Some(why), now_ms() + backoff(attempts.max(1)))
-        }
-    };
-    if status != DeliveryStatus::Delivered {
-        tracing::warn!(
-            invocation = %d.invocation,
-            output = d.output + 1,
-            attempts,
-            status = %status,
-            error = error.as_deref().unwrap_or(""),
-            "output delivery failed"
-        );
+impl Outputs {
+    pub(crate) fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, peers: Peers, config: &Config) -> Arc<Outputs> {
+        Arc::new(Outputs {
+            store,
+            catalog,
+            peers,
+            amqp_url: config.amqp_url.clone(),
+            secret_key: config.secret_key.clone(),
+        })
     }
-    if let Err(e) = m.store.record_delivery(d.invocation, d.output, status, attempts, error.as_deref(), next_ms).await {
-        // The lease runs out and the delivery is taken again: at least once.
-        tracing::warn!(invocation = %d.invocation, error = %e, "cannot record a delivery attempt");
+
+    /// The delivery loop, until `stop`.
+    pub(crate) async fn deliver(self: Arc<Self>, stop: CancellationToken) {
+        let http = match reqwest::Client::builder().timeout(HTTP_TIMEOUT).build() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the HTTP client; outputs will not be delivered");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+            let due = match self.store.take_deliveries(now_ms(), LEASE_MS, BATCH).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read pending deliveries yet");
+                    continue;
+                }
+            };
+            if due.is_empty() {
+                continue;
+            }
+            futures_util::stream::iter(due)
+                .for_each_concurrent(CONCURRENCY, |d| {
+                    let (me, http) = (&self, &http);
+                    async move { me.deliver_one(http, d).await }
+                })
+                .await;
+        }
+    }
+
+    async fn deliver_one(&self, http: &reqwest::Client, d: DeliveryRecord) {
+        let mut attempts = d.attempts + 1;
+        let (status, error, next_ms) = match self.attempt(http, &d).await {
+            Ok(()) => (DeliveryStatus::Delivered, None, now_ms()),
+            Err(Failure::Never(why)) => (DeliveryStatus::Failed, Some(why), now_ms()),
+            Err(Failure::Later(why, max)) if attempts >= max => (DeliveryStatus::Failed, Some(why), now_ms()),
+            Err(Failure::Later(why, max)) => {
+                if max == i32::MAX {
+                    // Our own store's trouble: not an attempt at the receiver.
+                    attempts = d.attempts;
+                }
+                (DeliveryStatus::Pending, Some(why), now_ms() + backoff(attempts.max(1)))
+            }
+        };
+        if status != DeliveryStatus::Delivered {
+            tracing::warn!(
+                invocation = %d.invocation,
+                output = d.output + 1,
+                attempts,
+                status = %status,
+                error = error.as_deref().unwrap_or(""),
+                "output delivery failed"
+            );
+        }
+        if let Err(e) =
+            self.store.record_delivery(d.invocation, d.output, status, attempts, error.as_deref(), next_ms).await
+        {
+            // The lease runs out and the delivery is taken again: at least once.
+            tracing::warn!(invocation = %d.invocation, error = %e, "cannot record a delivery attempt");
+        }
+    }
+
+    async fn attempt(&self, http: &reqwest::Client, d: &DeliveryRecord) -> Result<(), Failure> {
+        // Store trouble is not the receiver's fault: it does not use up the output's attempts.
+        let inv = self
+            .store
+            .get_invocation(d.invocation)
+            .await
+            .map_err(|e| Failure::Later(e.to_string(), i32::MAX))?
+            .ok_or_else(|| Failure::Never("the invocation is gone".into()))?;
+        let manifest = self
+            .catalog
+            .version_manifest(&inv.function, inv.version)
+            .await
+            .map_err(|e| Failure::Later(e.to_string(), i32::MAX))?;
+        let output = manifest
+            .outputs
+            .get(d.output as usize)
+            .ok_or_else(|| Failure::Never(format!("version {} has no output {}", inv.version, d.output + 1)))?;
+        self.send(http, output, &inv).await.map_err(|e| Failure::Later(e, output.max_attempts as i32))
+    }
+
+    async fn send(&self, http: &reqwest::Client, o: &Output, inv: &Invocation) -> Result<(), String> {
+        let (body, content_type) = body_of(inv);
+        let facts = [
+            ("x-warren-invocation", inv.id.to_string()),
+            ("x-warren-function", inv.function.clone()),
+            ("x-warren-version", inv.version.to_string()),
+            ("x-warren-status", inv.status.to_string()),
+        ];
+        match o.kind {
+            OutputKind::Http => {
+                let url = o.url.as_deref().unwrap_or_default();
+                let mut req = http.post(url).header("content-type", content_type).body(body);
+                for (k, v) in &facts {
+                    req = req.header(*k, v);
+                }
+                for (k, v) in &o.headers {
+                    req = req.header(k.as_str(), self.header_value(&inv.function, v).await?);
+                }
+                let resp = req.send().await.map_err(|e| format!("POST {url}: {e}"))?;
+                if resp.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("POST {url}: the receiver answered {}", resp.status()))
+                }
+            }
+            OutputKind::Amqp => {
+                let url = o.url.as_deref().or(self.amqp_url.as_deref()).ok_or_else(|| {
+                    "this output names no broker (url) and management has none of its own (embedded mode)".to_string()
+                })?;
+                let exchange = o.exchange.as_deref().unwrap_or_default();
+                // A blocked or unreachable broker must not hold up every other delivery.
+                tokio::time::timeout(
+                    HTTP_TIMEOUT,
+                    self.peers.publish(url, exchange, &o.routing_key, &body, content_type, &facts),
+                )
+                .await
+                .map_err(|_| format!("the broker did not confirm within {} s", HTTP_TIMEOUT.as_secs()))?
+            }
+        }
+    }
+
+    /// A header value as written, or, for `"$NAME"`, the function's setting NAME (a secret one
+    /// unsealed): tokens stay out of the manifest.
+    async fn header_value(&self, function: &str, written: &str) -> Result<String, String> {
+        if let Some(literal) = written.strip_prefix("$$") {
+            // `$$x` stands for a literal `$x`.
+            return Ok(format!("${literal}"));
+        }
+        let Some(name) = written.strip_prefix('$').filter(|n| !n.is_empty()) else { return Ok(written.to_string()) };
+        let settings = self.store.list_settings(function).await.map_err(|e| e.to_string())?;
+        let s = settings
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("the output header refers to setting {name}, which {function} does not have"))?;
+        if !s.secret {
+            return Ok(s.value);
+        }
+        let key = self.secret_key.as_ref().ok_or("a secret setting is used but management has no WARREN_SECRET_KEY")?;
+        key.open(&s.value).map_err(|e| format!("cannot unseal setting {name}: {e}"))
     }
 }
 
@@ -94,23 +206,6 @@ enum Failure {
     Later(String, i32),
     /// No attempt can succeed.
     Never(String),
-}
-
-async fn attempt(m: &Management, http: &reqwest::Client, d: &DeliveryRecord) -> Result<(), Failure> {
-    // Store trouble is not the receiver's fault: it does not use up the output's attempts.
-    let inv = m
-        .store
-        .get_invocation(d.invocation)
-        .await
-        .map_err(|e| Failure::Later(e.to_string(), i32::MAX))?
-        .ok_or_else(|| Failure::Never("the invocation is gone".into()))?;
-    let manifest =
-        m.version_manifest(&inv.function, inv.version).await.map_err(|e| Failure::Later(e.to_string(), i32::MAX))?;
-    let output = manifest
-        .outputs
-        .get(d.output as usize)
-        .ok_or_else(|| Failure::Never(format!("version {} has no output {}", inv.version, d.output + 1)))?;
-    send(m, http, output, &inv).await.map_err(|e| Failure::Later(e, output.max_attempts as i32))
 }
 
 fn backoff(attempts: i32) -> i64 {
@@ -130,65 +225,4 @@ fn body_of(inv: &Invocation) -> (Vec<u8>, &'static str) {
             "application/json",
         ),
     }
-}
-
-async fn send(m: &Management, http: &reqwest::Client, o: &Output, inv: &Invocation) -> Result<(), String> {
-    let (body, content_type) = body_of(inv);
-    let facts = [
-        ("x-warren-invocation", inv.id.to_string()),
-        ("x-warren-function", inv.function.clone()),
-        ("x-warren-version", inv.version.to_string()),
-        ("x-warren-status", inv.status.to_string()),
-    ];
-    match o.kind {
-        OutputKind::Http => {
-            let url = o.url.as_deref().unwrap_or_default();
-            let mut req = http.post(url).header("content-type", content_type).body(body);
-            for (k, v) in &facts {
-                req = req.header(*k, v);
-            }
-            for (k, v) in &o.headers {
-                req = req.header(k.as_str(), header_value(m, &inv.function, v).await?);
-            }
-            let resp = req.send().await.map_err(|e| format!("POST {url}: {e}"))?;
-            if resp.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("POST {url}: the receiver answered {}", resp.status()))
-            }
-        }
-        OutputKind::Amqp => {
-            let url = o.url.as_deref().or(m.config.amqp_url.as_deref()).ok_or_else(|| {
-                "this output names no broker (url) and management has none of its own (embedded mode)".to_string()
-            })?;
-            let exchange = o.exchange.as_deref().unwrap_or_default();
-            // A blocked or unreachable broker must not hold up every other delivery.
-            tokio::time::timeout(
-                HTTP_TIMEOUT,
-                m.peers.publish(url, exchange, &o.routing_key, &body, content_type, &facts),
-            )
-            .await
-            .map_err(|_| format!("the broker did not confirm within {} s", HTTP_TIMEOUT.as_secs()))?
-        }
-    }
-}
-
-/// A header value as written, or, for `"$NAME"`, the function's setting NAME (a secret one
-/// unsealed): tokens stay out of the manifest.
-async fn header_value(m: &Management, function: &str, written: &str) -> Result<String, String> {
-    if let Some(literal) = written.strip_prefix("$$") {
-        // `$$x` stands for a literal `$x`.
-        return Ok(format!("${literal}"));
-    }
-    let Some(name) = written.strip_prefix('$').filter(|n| !n.is_empty()) else { return Ok(written.to_string()) };
-    let settings = m.store.list_settings(function).await.map_err(|e| e.to_string())?;
-    let s = settings
-        .into_iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| format!("the output header refers to setting {name}, which {function} does not have"))?;
-    if !s.secret {
-        return Ok(s.value);
-    }
-    let key = m.config.secret_key.as_ref().ok_or("a secret setting is used but management has no WARREN_SECRET_KEY")?;
-    key.open(&s.value).map_err(|e| format!("cannot unseal setting {name}: {e}"))
 }

@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::Management;
+use crate::management::Management;
+use crate::reply::ApiError;
 
 struct Asset {
     name: &'static str,
@@ -46,7 +47,7 @@ pub fn routes() -> Router<Arc<Management>> {
 async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().find(|a| a.name == file) {
         Some(a) => serve(a, &headers),
-        None => crate::api::ApiError::new(
+        None => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("the portal has no file {file:?}; open / for the portal"),

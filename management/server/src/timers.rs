@@ -1,6 +1,6 @@
 //! Timer triggers: functions whose active version has a `[timer]` are invoked on its schedule.
 //!
-//! Every management instance runs [`schedule`]. Each looks at the ticks that came due since
+//! Every management instance runs [`Timers::schedule`]. Each looks at the ticks that came due since
 //! its last look and fires each one through [`Store::fire_tick`], which records the tick
 //! (unique per function and instant) and its invocation in one transaction: of several
 //! instances, exactly one fires a tick, and a late instance still fires a tick nobody fired
@@ -9,20 +9,24 @@
 //! Missed ticks (no instance ran): `catch_up = "skip"` forgets them; `"once"` fires the latest
 //! missed one when an instance starts following the function, if no tick was fired since.
 //!
-//! [`Store::fire_tick`]: warren_store::Store::fire_tick
+//! [`Store::fire_tick`]: warren_store::TriggerStore::fire_tick
 
 use std::collections::HashMap;
-use std::sync::Weak;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use warren_store::NewInvocation;
+use warren_store::{NewInvocation, Store};
 use warren_wire::manifest::CatchUp;
 use warren_wire::schedule::{rfc3339, Schedule};
 use warren_wire::time::now_ms;
 
-use crate::{Error, Management};
+use crate::catalog::Catalog;
+use crate::error::Error;
+use crate::invoke::{first_message, Invoker};
+use crate::lease::Lease;
 
 const TICK_EVERY: Duration = Duration::from_millis(100);
 /// How often the set of timer functions is read again (a publish is followed within this).
@@ -53,11 +57,28 @@ pub struct TimerInfo {
     pub last_tick: Option<String>,
 }
 
-impl Management {
+/// Timer triggers: listed for the API, fired by [`Timers::schedule`].
+pub struct Timers {
+    store: Arc<dyn Store>,
+    catalog: Arc<Catalog>,
+    invoker: Arc<Invoker>,
+    lease: Arc<Lease>,
+}
+
+impl Timers {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        catalog: Arc<Catalog>,
+        invoker: Arc<Invoker>,
+        lease: Arc<Lease>,
+    ) -> Timers {
+        Timers { store, catalog, invoker, lease }
+    }
+
     /// The functions with a timer, their next tick and the last one fired.
-    pub async fn timers(&self) -> Result<Vec<TimerInfo>, Error> {
+    pub async fn list(&self) -> Result<Vec<TimerInfo>, Error> {
         let mut out = Vec::new();
-        for (name, version, manifest) in self.active_manifests().await? {
+        for (name, version, manifest) in self.catalog.active_manifests().await? {
             let Some(t) = &manifest.timer else { continue };
             let Ok(s) = Schedule::parse(&t.schedule, t.timezone.as_deref()) else { continue };
             out.push(TimerInfo {
@@ -76,7 +97,7 @@ impl Management {
     async fn fire(&self, function: &str, t: &Timer, tick_ms: i64, catch_up: bool) -> Result<bool, Error> {
         let id = Uuid::now_v7();
         // Open until the tick's message is confirmed or it is recorded failed (see `lease`).
-        let held = self.settling.hold()?;
+        let held = self.lease.hold()?;
         let created_ms = held.ms;
         let payload = serde_json::to_vec(&json!({
             "tick": rfc3339(tick_ms),
@@ -91,96 +112,99 @@ impl Management {
         }
         // Each tick is recorded by one instance and published once: fresh.
         let payload = std::mem::take(&mut inv.payload).into();
-        let msg = crate::first_message(&inv, payload, true);
-        self.publish_recorded(&t.pool, &msg).await?;
+        let msg = first_message(&inv, payload, true);
+        self.invoker.publish_recorded(&t.pool, &msg).await?;
         tracing::info!(function, tick = %rfc3339(tick_ms), invocation = %id, catch_up, "timer fired");
         Ok(true)
     }
-}
 
-/// The scheduler of one management instance.
-pub async fn schedule(weak: Weak<Management>) {
-    let mut timers: HashMap<String, Timer> = HashMap::new();
-    let mut refreshed: Option<Instant> = None;
-    loop {
-        tokio::time::sleep(TICK_EVERY).await;
-        let Some(m) = weak.upgrade() else { return };
-        if refreshed.is_none_or(|r| r.elapsed() >= REFRESH_EVERY) {
-            match m.active_manifests().await {
-                Ok(all) => {
-                    refreshed = Some(Instant::now());
-                    let mut seen = HashMap::new();
-                    for (name, version, manifest) in all {
-                        let Some(t) = &manifest.timer else { continue };
-                        let schedule = match Schedule::parse(&t.schedule, t.timezone.as_deref()) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::warn!(function = %name, error = %e, "ignoring an invalid timer");
-                                continue;
-                            }
-                        };
-                        let catch_up = t.catch_up;
-                        let timer = match timers.remove(&name) {
-                            // Same version: keep where we are.
-                            Some(old) if old.version == version => old,
-                            // A new version: its schedule takes over from where the old one was.
-                            Some(old) => {
-                                Timer { version, pool: manifest.pool.clone(), schedule, checked_ms: old.checked_ms }
-                            }
-                            // New here: start from now (and catch up if asked).
-                            None => {
-                                let now = now_ms();
-                                let timer = Timer { version, pool: manifest.pool.clone(), schedule, checked_ms: now };
-                                if catch_up == CatchUp::Once {
-                                    catch_up_once(&m, &name, &timer, now).await;
+    /// The scheduler of one management instance, until `stop`.
+    pub(crate) async fn schedule(self: Arc<Self>, stop: CancellationToken) {
+        let mut timers: HashMap<String, Timer> = HashMap::new();
+        let mut refreshed: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+            if refreshed.is_none_or(|r| r.elapsed() >= REFRESH_EVERY) {
+                match self.catalog.active_manifests().await {
+                    Ok(all) => {
+                        refreshed = Some(Instant::now());
+                        let mut seen = HashMap::new();
+                        for (name, version, manifest) in all {
+                            let Some(t) = &manifest.timer else { continue };
+                            let schedule = match Schedule::parse(&t.schedule, t.timezone.as_deref()) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::warn!(function = %name, error = %e, "ignoring an invalid timer");
+                                    continue;
                                 }
-                                timer
-                            }
-                        };
-                        seen.insert(name, timer);
+                            };
+                            let catch_up = t.catch_up;
+                            let timer = match timers.remove(&name) {
+                                // Same version: keep where we are.
+                                Some(old) if old.version == version => old,
+                                // A new version: its schedule takes over from where the old one was.
+                                Some(old) => {
+                                    Timer { version, pool: manifest.pool.clone(), schedule, checked_ms: old.checked_ms }
+                                }
+                                // New here: start from now (and catch up if asked).
+                                None => {
+                                    let now = now_ms();
+                                    let timer =
+                                        Timer { version, pool: manifest.pool.clone(), schedule, checked_ms: now };
+                                    if catch_up == CatchUp::Once {
+                                        self.catch_up_once(&name, &timer, now).await;
+                                    }
+                                    timer
+                                }
+                            };
+                            seen.insert(name, timer);
+                        }
+                        timers = seen;
                     }
-                    timers = seen;
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot read the timer functions yet"),
-            }
-        }
-        let now = now_ms();
-        for (name, t) in timers.iter_mut() {
-            let mut checked = now;
-            // After a long outage, do not walk every tick since: start a bounded way back.
-            let from = match t.schedule.last_at_or_before(now) {
-                Some(last) if now - t.checked_ms > MAX_CATCH_UP_MS => {
-                    tracing::warn!(function = %name, "timer ticks missed during an outage are skipped");
-                    t.checked_ms.max(last - 1)
-                }
-                _ => t.checked_ms,
-            };
-            for tick in t.schedule.ticks_between(from, now, MAX_TICKS_PER_LOOK) {
-                if let Err(e) = m.fire(name, t, tick, false).await {
-                    // Look at this tick again next time (it may fire late, never twice).
-                    tracing::warn!(function = %name, error = %e, "cannot fire a timer tick yet");
-                    checked = tick - 1;
-                    break;
+                    Err(e) => tracing::debug!(error = %e, "cannot read the timer functions yet"),
                 }
             }
-            t.checked_ms = checked;
+            let now = now_ms();
+            for (name, t) in timers.iter_mut() {
+                let mut checked = now;
+                // After a long outage, do not walk every tick since: start a bounded way back.
+                let from = match t.schedule.last_at_or_before(now) {
+                    Some(last) if now - t.checked_ms > MAX_CATCH_UP_MS => {
+                        tracing::warn!(function = %name, "timer ticks missed during an outage are skipped");
+                        t.checked_ms.max(last - 1)
+                    }
+                    _ => t.checked_ms,
+                };
+                for tick in t.schedule.ticks_between(from, now, MAX_TICKS_PER_LOOK) {
+                    if let Err(e) = self.fire(name, t, tick, false).await {
+                        // Look at this tick again next time (it may fire late, never twice).
+                        tracing::warn!(function = %name, error = %e, "cannot fire a timer tick yet");
+                        checked = tick - 1;
+                        break;
+                    }
+                }
+                t.checked_ms = checked;
+            }
         }
     }
-}
 
-async fn catch_up_once(m: &Management, name: &str, t: &Timer, now: i64) {
-    let last = match m.store.last_tick(name).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(function = %name, error = %e, "cannot read the last tick; no catch-up");
-            return;
-        }
-    };
-    let Some(last) = last else { return };
-    let Some(missed) = t.schedule.last_at_or_before(now) else { return };
-    if missed > last {
-        if let Err(e) = m.fire(name, t, missed, true).await {
-            tracing::warn!(function = %name, error = %e, "cannot fire the catch-up tick");
+    async fn catch_up_once(&self, name: &str, t: &Timer, now: i64) {
+        let last = match self.store.last_tick(name).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(function = %name, error = %e, "cannot read the last tick; no catch-up");
+                return;
+            }
+        };
+        let Some(last) = last else { return };
+        let Some(missed) = t.schedule.last_at_or_before(now) else { return };
+        if missed > last {
+            if let Err(e) = self.fire(name, t, missed, true).await {
+                tracing::warn!(function = %name, error = %e, "cannot fire the catch-up tick");
+            }
         }
     }
 }

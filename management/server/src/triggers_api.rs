@@ -24,10 +24,12 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
+use warren_wire::time::now_ms;
 
-use crate::api::{bytes_value, id_from, ApiError, ApiResult};
 use crate::batch::{self, Format};
-use crate::Management;
+use crate::management::Management;
+use crate::reply::{bad_request, id_from, not_found, query, ApiError, ApiResult};
+use crate::views::bytes_value;
 
 /// Largest JSON-array batch body (NDJSON bodies are streamed and have no overall limit).
 pub const MAX_JSON_BATCH_BYTES: usize = 256 << 20;
@@ -41,14 +43,6 @@ pub fn routes() -> Router<Arc<Management>> {
         .route("/api/timers", get(timers))
         .route("/api/invocations/{id}/deliveries", get(deliveries))
         .route("/api/invocations/{id}/deliveries/retry", post(retry_deliveries))
-}
-
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-}
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    q.map(|Query(q)| q).map_err(|e| bad(e.body_text()))
 }
 
 #[derive(Deserialize)]
@@ -65,7 +59,7 @@ async fn submit(
 ) -> ApiResult<Response> {
     let q = query(q)?;
     let function = q.function.filter(|f| !f.is_empty()).ok_or_else(|| {
-        bad("say which function runs the items: POST /api/batches?function=NAME[&then=FOLLOW_UP], body = NDJSON (one JSON item per line) or a JSON array")
+        bad_request("say which function runs the items: POST /api/batches?function=NAME[&then=FOLLOW_UP], body = NDJSON (one JSON item per line) or a JSON array")
     })?;
     let json_array = headers
         .get(header::CONTENT_TYPE)
@@ -88,10 +82,7 @@ async fn submit(
     // The submission runs on its own task: a client that goes away ends it between two chunks
     // (its body stops), never in the middle of one.
     let then = q.then.filter(|t| !t.is_empty());
-    let task = tokio::spawn(async move { m.submit_batch(&function, then.as_deref(), format, stream).await });
-    let submitted = task.await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the submission failed: {e}"))
-    })?;
+    let submitted = m.batches.submit(function, then, format, stream).await?;
     match submitted {
         Ok(b) => Ok((StatusCode::CREATED, Json(batch::to_json(&b))).into_response()),
         Err(e) => {
@@ -130,22 +121,18 @@ async fn list(State(m): State<Arc<Management>>, q: Result<Query<ListQuery>, Quer
 }
 
 fn batch_id(p: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
-    id_from(p).map_err(|_| bad("that is not a batch id (a UUID)"))
+    id_from(p).map_err(|_| bad_request("that is not a batch id (a UUID)"))
 }
 
 async fn show(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
     let id = batch_id(id)?;
-    let b = m
-        .store
-        .get_batch(id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no batch {id}")))?;
+    let b = m.store.get_batch(id).await?.ok_or_else(|| not_found(format!("no batch {id}")))?;
     Ok(Json(batch::to_json(&b)))
 }
 
 async fn cancel(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
     let id = batch_id(id)?;
-    Ok(Json(batch::to_json(&m.cancel_batch(id).await?)))
+    Ok(Json(batch::to_json(&m.batches.cancel_batch(id).await?)))
 }
 
 #[derive(Deserialize)]
@@ -162,7 +149,7 @@ async fn results(
     let id = batch_id(id)?;
     let q = query(q)?;
     if m.store.get_batch(id).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no batch {id}")));
+        return Err(not_found(format!("no batch {id}")));
     }
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let items = m.store.batch_results(id, q.after, limit).await?;
@@ -178,7 +165,7 @@ async fn results(
 }
 
 async fn timers(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"timers": m.timers().await?})))
+    Ok(Json(json!({"timers": m.timers.list().await?})))
 }
 
 async fn deliveries(
@@ -187,7 +174,7 @@ async fn deliveries(
 ) -> ApiResult<Json<Value>> {
     let id = id_from(id)?;
     if m.store.get_invocation(id).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")));
+        return Err(not_found(format!("no invocation {id}")));
     }
     Ok(Json(json!({"deliveries": m.store.list_deliveries(id).await?})))
 }
@@ -198,8 +185,8 @@ async fn retry_deliveries(
 ) -> ApiResult<Json<Value>> {
     let id = id_from(id)?;
     if m.store.get_invocation(id).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")));
+        return Err(not_found(format!("no invocation {id}")));
     }
-    let n = m.store.retry_deliveries(id, warren_wire::time::now_ms()).await?;
+    let n = m.store.retry_deliveries(id, now_ms()).await?;
     Ok(Json(json!({"retried": n})))
 }

@@ -11,7 +11,8 @@ use proptest::prelude::*;
 use serde_json::Value;
 use tower::ServiceExt;
 use warren_management::api::{OPENAPI, ROUTES};
-use warren_management::{auth::AuthMode, Config, Management};
+use warren_management::keys::AuthMode;
+use warren_management::{Config, Management};
 use warren_transport::memory::MemoryTransport;
 
 const ADMIN_KEY: &str = "router-test-admin-key-0123456789";
@@ -23,7 +24,7 @@ async fn app() -> (axum::Router, tempfile::TempDir) {
     let store = warren_store::open(&format!("sqlite://{}", tmp.path().join("w.db").display())).await.unwrap();
     let transport = Arc::new(MemoryTransport::new(1000));
     let config = Config {
-        auth: AuthMode::with_admin_key(ADMIN_KEY).unwrap(),
+        auth: AuthMode::with_admin_key(&ADMIN_KEY.into()).unwrap(),
         default_sync_timeout: Duration::from_millis(50),
         max_sync_timeout: Duration::from_millis(100),
         ..Config::default()
@@ -32,7 +33,7 @@ async fn app() -> (axum::Router, tempfile::TempDir) {
     let dir = tmp.path().join("echo");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("function.toml"), "name = \"echo\"\nruntime = \"echo\"\n").unwrap();
-    m.publish(&warren_wire::package::pack_dir(&dir).unwrap()).await.unwrap();
+    m.catalog.publish(&warren_wire::package::pack_dir(&dir).unwrap()).await.unwrap();
     (warren_management::api::router(m), tmp)
 }
 

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use secrecy::{ExposeSecret, SecretString};
+use warren_management::keys::AuthMode;
 use warren_management::{Config, Management};
+use warren_service::telemetry::LogFormat;
 use warren_transport::amqp::AmqpTransport;
 
 /// Warren management: the HTTP API that publishes functions and invocations to RabbitMQ and
@@ -33,7 +36,7 @@ struct Args {
     /// Key that seals secret settings (64 hex chars; `openssl rand -hex 32`). Workers need the
     /// same key to open them.
     #[arg(long, env = "WARREN_SECRET_KEY", hide_env_values = true)]
-    secret_key: Option<String>,
+    secret_key: Option<SecretString>,
     /// Largest function package accepted at publish, in bytes.
     #[arg(long, env = "WARREN_MAX_PACKAGE_BYTES", default_value_t = 64 << 20)]
     max_package_bytes: u64,
@@ -47,7 +50,7 @@ struct Args {
     /// `Authorization: Bearer KEY` or `x-warren-key: KEY`. It is never stored; more keys
     /// (admin or per function) are made with `warren keys create`.
     #[arg(long, env = "WARREN_ADMIN_KEY", hide_env_values = true)]
-    admin_key: Option<String>,
+    admin_key: Option<SecretString>,
     /// Serve without checking any key: everyone may do everything. For a closed test network only.
     #[arg(long, conflicts_with = "admin_key")]
     insecure_no_auth: bool,
@@ -75,8 +78,8 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
     client_timeout_secs: u64,
     /// Log format on stderr: text, or json (one object per line, with the invocation's span).
-    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = warren_service::telemetry::LogFormat::Text)]
-    log_format: warren_service::telemetry::LogFormat,
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 /// The exit code of an invalid configuration (EX_USAGE).
@@ -86,9 +89,9 @@ const EXIT_CONFIG: i32 = 64;
 async fn main() {
     let args = Args::parse();
     warren_service::telemetry::init_tracing(args.log_format);
-    let admin_key = args.admin_key.as_deref().filter(|k| !k.trim().is_empty());
+    let admin_key = args.admin_key.as_ref().filter(|k| !k.expose_secret().trim().is_empty());
     let auth = match (admin_key, args.insecure_no_auth) {
-        (Some(k), _) => match warren_management::auth::AuthMode::with_admin_key(k) {
+        (Some(k), _) => match AuthMode::with_admin_key(k) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("warren-management: {e}");
@@ -97,7 +100,7 @@ async fn main() {
         },
         (None, true) => {
             tracing::warn!("--insecure-no-auth: no API key is checked, anyone who reaches this port may do anything");
-            warren_management::auth::AuthMode::Open
+            AuthMode::Open
         }
         (None, false) => {
             eprintln!(
@@ -113,7 +116,7 @@ async fn main() {
     }
 }
 
-async fn run(args: Args, auth: warren_management::auth::AuthMode) -> anyhow::Result<()> {
+async fn run(args: Args, auth: AuthMode) -> anyhow::Result<()> {
     let store = warren_store::open(&args.store).await?;
     let name = format!("warren-management@{}", warren_service::host::hostname());
     let transport = Arc::new(AmqpTransport::connect(&args.amqp, &name).await?);
@@ -124,7 +127,7 @@ async fn run(args: Args, auth: warren_management::auth::AuthMode) -> anyhow::Res
         ..Default::default()
     };
     let secret_key = match &args.secret_key {
-        Some(k) => Some(warren_service::secret::SecretKey::from_hex(k)?),
+        Some(k) => Some(warren_service::secret::SecretKey::from_hex(k.expose_secret())?),
         None => None,
     };
     let config = Config {
@@ -144,8 +147,8 @@ async fn run(args: Args, auth: warren_management::auth::AuthMode) -> anyhow::Res
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "management listening");
     warren_management::serve(m.clone(), listener, warren_service::shutdown::shutdown_signal()).await?;
-    // The API is closed; the source triggers finish what they hold before the process ends.
-    m.stop_sources(Duration::from_secs(10)).await;
-    m.release_lease(Duration::from_secs(10)).await;
+    // The API is closed: the loops stop, the source triggers finish what they hold, and the
+    // lease is handed back before the process ends.
+    m.stop().await;
     Ok(())
 }

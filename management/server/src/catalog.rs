@@ -1,0 +1,146 @@
+//! The function catalog as management reads it: functions' active versions (trusted for
+//! [`ACTIVE_TTL`]) and versions' manifests (immutable, so kept), publishing, and settings.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use warren_service::secret::SecretKey;
+use warren_store::{FunctionVersion, Setting, Store};
+use warren_wire::manifest::{AuthLevel, Manifest};
+use warren_wire::package;
+use warren_wire::time::now_ms;
+
+use crate::error::Error;
+
+/// How long an instance trusts the active version it read. Another management instance's
+/// publish is seen within this delay.
+pub const ACTIVE_TTL: Duration = Duration::from_secs(1);
+
+pub struct Catalog {
+    store: Arc<dyn Store>,
+    limits: package::Limits,
+    /// Seals secret settings; without it, secret settings are refused.
+    secret_key: Option<SecretKey>,
+    /// Active version per function, reused for [`ACTIVE_TTL`]: invoking does not read the
+    /// store for it each time. A publish through this instance updates it at once.
+    active: DashMap<String, (Instant, i64)>,
+    /// Manifests of versions (immutable, so kept).
+    manifests: DashMap<(String, i64), Arc<Manifest>>,
+}
+
+impl Catalog {
+    pub(crate) fn new(store: Arc<dyn Store>, limits: package::Limits, secret_key: Option<SecretKey>) -> Catalog {
+        Catalog { store, limits, secret_key, active: DashMap::new(), manifests: DashMap::new() }
+    }
+
+    /// Checks a package completely, then stores it as the function's new active version.
+    pub async fn publish(&self, package_bytes: &[u8]) -> Result<FunctionVersion, Error> {
+        let limits = self.limits;
+        if package_bytes.len() as u64 > limits.max_package_bytes {
+            return Err(Error::TooLarge(format!(
+                "the package is {} bytes, over the limit of {} bytes",
+                package_bytes.len(),
+                limits.max_package_bytes
+            )));
+        }
+        // Decompressing and checking every entry is CPU work: keep it off the async threads.
+        let bytes = Bytes::copy_from_slice(package_bytes);
+        let checked = bytes.clone();
+        let p = tokio::task::spawn_blocking(move || package::inspect(&checked, &limits))
+            .await
+            .map_err(|e| Error::BadRequest(format!("package check failed: {e}")))?
+            .map_err(|e| Error::BadRequest(format!("package refused: {e}")))?;
+        let v = self.store.publish_version(&p.manifest, &p.manifest_text, &bytes, &p.sha256).await?;
+        self.active.insert(v.name.clone(), (Instant::now(), v.version));
+        tracing::info!(function = %v.name, version = v.version, sha256 = %v.sha256, "published");
+        Ok(v)
+    }
+
+    /// A function's active version and its manifest, from memory when fresh enough.
+    pub async fn active_manifest(&self, function: &str) -> Result<(i64, Arc<Manifest>), Error> {
+        let cached = self.active.get(function).filter(|e| e.0.elapsed() < ACTIVE_TTL).map(|e| e.1);
+        let version = match cached {
+            Some(v) => v,
+            None => {
+                let f = self.store.get_function(function).await?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "function {function:?} does not exist; publish it first (warren publish DIR)"
+                    ))
+                })?;
+                self.active.insert(function.to_string(), (Instant::now(), f.active_version));
+                f.active_version
+            }
+        };
+        Ok((version, self.version_manifest(function, version).await?))
+    }
+
+    /// The manifest of one version (cached: versions are immutable).
+    pub async fn version_manifest(&self, function: &str, version: i64) -> Result<Arc<Manifest>, Error> {
+        let key = (function.to_string(), version);
+        if let Some(m) = self.manifests.get(&key) {
+            return Ok(m.clone());
+        }
+        let v = self
+            .store
+            .get_version(function, version)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("function {function:?} has no version {version}")))?;
+        let manifest = Arc::new(v.parsed_manifest()?);
+        self.manifests.insert(key, manifest.clone());
+        Ok(manifest)
+    }
+
+    /// Every function's active version and its manifest (what the triggers follow).
+    pub async fn active_manifests(&self) -> Result<Vec<(String, i64, Arc<Manifest>)>, Error> {
+        let mut out = Vec::new();
+        for f in self.store.list_functions().await? {
+            match self.version_manifest(&f.name, f.active_version).await {
+                Ok(m) => out.push((f.name, f.active_version, m)),
+                Err(Error::Store(e)) => return Err(Error::Store(e)),
+                Err(e) => {
+                    tracing::warn!(function = %f.name, error = %e, "skipping a function whose manifest is unreadable")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `auth` level of a function's active version; `None` when there is no such function.
+    pub async fn auth_level(&self, function: &str) -> Result<Option<AuthLevel>, Error> {
+        match self.active_manifest(function).await {
+            Ok((_, manifest)) => Ok(Some(manifest.auth)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets one of a function's settings; a secret one is sealed before it is stored.
+    pub async fn set_setting(&self, function: &str, name: &str, value: &str, secret: bool) -> Result<(), Error> {
+        if self.store.get_function(function).await?.is_none() {
+            return Err(Error::NotFound(format!("function {function:?} does not exist; publish it first")));
+        }
+        let valid = name.len() <= 128
+            && name.chars().next().map(|c| c.is_ascii_alphabetic() || c == '_').unwrap_or(false)
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid || name.starts_with("WARREN_") {
+            return Err(Error::BadRequest(format!(
+                "setting name {name:?} must be an environment variable name (letters, digits, '_'; not starting with a digit or WARREN_)"
+            )));
+        }
+        let stored = if secret {
+            let key = self.secret_key.as_ref().ok_or_else(|| {
+                Error::BadRequest(
+                    "secret settings need an encryption key: start management (and workers) with WARREN_SECRET_KEY=<64 hex chars>".into(),
+                )
+            })?;
+            key.seal(value)
+        } else {
+            value.to_string()
+        };
+        let setting = Setting { name: name.to_string(), value: stored, secret, updated_ms: now_ms() };
+        self.store.set_setting(function, &setting).await?;
+        Ok(())
+    }
+}

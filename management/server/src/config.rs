@@ -1,0 +1,63 @@
+//! Management's settings, with their defaults.
+
+use std::time::Duration;
+
+use warren_service::secret::SecretKey;
+use warren_wire::package;
+
+use crate::keys::AuthMode;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest invocation input accepted, in bytes.
+    pub max_payload_bytes: usize,
+    pub package_limits: package::Limits,
+    /// How long a synchronous invoke waits when the caller does not say.
+    pub default_sync_timeout: Duration,
+    pub max_sync_timeout: Duration,
+    /// Seals secret settings; without it, secret settings are refused.
+    pub secret_key: Option<SecretKey>,
+    /// The broker that `[source]` triggers and `amqp` outputs use when they name none (Warren's
+    /// own, in the distributed mode).
+    pub amqp_url: Option<String>,
+    /// Largest fan-in input with the results inline; past it the follow-up gets a reference.
+    pub max_fanin_inline_bytes: usize,
+    /// Runs the timer scheduler, source consumers, output deliveries and batch sweeper.
+    pub triggers: bool,
+    /// Whether and how API keys are checked (open by default: the binaries decide).
+    pub auth: AuthMode,
+    /// An instance whose lease is not renewed for this long has stopped: another settles the
+    /// invocations and batches it left unpublished (see `lease`).
+    pub instance_lease: Duration,
+    /// API connections open at once; at the cap new ones wait in the kernel's backlog (see
+    /// `http`).
+    pub max_connections: usize,
+    /// How long a client may send nothing while the server waits for it (a request head, the
+    /// next request on a keep-alive connection, the rest of a body) before its connection is
+    /// closed or its body read fails (see `http`).
+    pub client_timeout: Duration,
+    /// At a stop, how long the source consumers may take to finish the messages they hold, and
+    /// then how long the records still being published may take before the lease is handed
+    /// back (past either, the lease is left to lapse).
+    pub stop_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_payload_bytes: 1 << 20,
+            package_limits: package::Limits::default(),
+            default_sync_timeout: Duration::from_secs(30),
+            max_sync_timeout: Duration::from_secs(300),
+            secret_key: None,
+            amqp_url: None,
+            max_fanin_inline_bytes: 16 << 20,
+            triggers: true,
+            auth: AuthMode::Open,
+            instance_lease: Duration::from_secs(60),
+            max_connections: 1024,
+            client_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! Invoking: an invocation recorded (asynchronous and bulk invokes) and published with the
+//! broker's confirm, or (synchronous) published and waited for until its worker's notice.
+//!
+//! Safe to cancel: an asynchronous invoke's record and publish run on a task of their own, so a
+//! client that leaves cannot strand a record `queued` with no message; a synchronous one is not
+//! recorded until its wait ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+use warren_service::retry::Backoff;
+use warren_store::group::Grouped;
+use warren_store::{AttemptRecord, Invocation, LogLine, NewInvocation, Outcome, Status, Store, StoreError};
+use warren_transport::{Transport, TransportError};
+use warren_wire::manifest::default_pool;
+use warren_wire::message::{InvocationMessage, PROTOCOL_VERSION};
+use warren_wire::time::now_ms;
+use warren_wire::topology::notice_queue;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::error::Error;
+use crate::lease::{Held, Lease};
+use crate::metrics::Metrics;
+use crate::notices::Waiters;
+
+/// Invocation records inserted in one statement at most, and such inserts running at once.
+/// A lone invoke's insert goes at once; under load, those that arrive while the slots are busy
+/// share the next commit.
+const GROUP_CREATE_MAX: usize = 200;
+const GROUP_CREATES_IN_FLIGHT: usize = 4;
+
+/// Bulk invokes read and run at once; more wait (before their body is read) for a turn.
+pub const MAX_BULK_IN_FLIGHT: usize = 4;
+
+/// An invocation just accepted: its id, and whether its outcome is already known.
+pub struct Accepted {
+    pub id: Uuid,
+    pub invocation: Option<Invocation>,
+    /// Its log lines and attempts, when the worker's notice brought them (else read them).
+    pub details: Option<(Vec<LogLine>, Vec<AttemptRecord>)>,
+}
+
+/// What [`Invoker::invoke_many`] did: the invocations queued, in input order, and those the
+/// broker did not take (recorded failed, with why).
+#[derive(Debug)]
+pub struct BulkAccepted {
+    pub ids: Vec<Uuid>,
+    pub not_queued: Vec<(Uuid, String)>,
+}
+
+pub struct Invoker {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) transport: Arc<dyn Transport>,
+    catalog: Arc<Catalog>,
+    lease: Arc<Lease>,
+    metrics: Arc<Metrics>,
+    /// This instance's notice queue, where workers tell its synchronous invokes they are done.
+    notices: String,
+    waiters: Arc<Waiters>,
+    max_payload_bytes: usize,
+    default_sync_timeout: Duration,
+    max_sync_timeout: Duration,
+    declared_pools: DashMap<String, ()>,
+    /// Invocation records of concurrent invokes, inserted together (one statement, one commit).
+    creates: Grouped<NewInvocation, Result<bool, StoreError>>,
+    /// Bulk invokes being read or run at once: each may hold a body of up to 16 MiB and its
+    /// records, so their number is bounded; others wait.
+    bulk_turns: Semaphore,
+    /// Where invokes' own tasks are spawned (owned by management's stop).
+    tasks: TaskTracker,
+}
+
+impl Invoker {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        transport: Arc<dyn Transport>,
+        catalog: Arc<Catalog>,
+        lease: Arc<Lease>,
+        metrics: Arc<Metrics>,
+        waiters: Arc<Waiters>,
+        config: &Config,
+        tasks: TaskTracker,
+    ) -> Invoker {
+        let creates = {
+            let store = store.clone();
+            Grouped::start(GROUP_CREATE_MAX, GROUP_CREATES_IN_FLIGHT, move |invs: Vec<NewInvocation>| {
+                let store = store.clone();
+                async move { Ok(store.create_invocations(&invs).await) }
+            })
+        };
+        Invoker {
+            notices: notice_queue(lease.instance()),
+            store,
+            transport,
+            catalog,
+            lease,
+            metrics,
+            waiters,
+            max_payload_bytes: config.max_payload_bytes,
+            default_sync_timeout: config.default_sync_timeout,
+            max_sync_timeout: config.max_sync_timeout,
+            declared_pools: DashMap::new(),
+            creates,
+            bulk_turns: Semaphore::new(MAX_BULK_IN_FLIGHT),
+            tasks,
+        }
+    }
+
+    /// The largest input accepted, in bytes.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+
+    /// How long a synchronous invoke waits: what the caller asked, within the limits.
+    pub fn clamp_wait(&self, ms: Option<u64>) -> Duration {
+        ms.map(Duration::from_millis).unwrap_or(self.default_sync_timeout).min(self.max_sync_timeout)
+    }
+
+    /// A turn to read and run a bulk invoke; `None` once management is stopping.
+    pub async fn bulk_turn(&self) -> Option<SemaphorePermit<'_>> {
+        self.bulk_turns.acquire().await.ok()
+    }
+
+    /// Records and publishes one invocation of a function's active version. With `wait`, waits
+    /// for its outcome up to that long (woken by the worker's completion notice).
+    #[tracing::instrument(name = "invocation", skip_all, fields(id = tracing::field::Empty, function = %function))]
+    pub async fn invoke(
+        self: &Arc<Self>,
+        function: &str,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> Result<Accepted, Error> {
+        self.invoke_with(function, payload, wait, Vec::new()).await
+    }
+
+    /// [`invoke`](Self::invoke), with the headers of a triggering message for the function.
+    pub async fn invoke_with(
+        self: &Arc<Self>,
+        function: &str,
+        payload: Bytes,
+        wait: Option<Duration>,
+        headers: Vec<(String, String)>,
+    ) -> Result<Accepted, Error> {
+        if payload.len() > self.max_payload_bytes {
+            return Err(Error::TooLarge(format!(
+                "the input is {} bytes, over the limit of {} bytes",
+                payload.len(),
+                self.max_payload_bytes
+            )));
+        }
+        let (version, manifest) = self.catalog.active_manifest(function).await?;
+        self.ensure_pool(&manifest.pool).await?;
+        let id = Uuid::now_v7();
+        tracing::Span::current().record("id", tracing::field::display(id));
+        // An asynchronous invoke is recorded `queued` before it is published: its id is
+        // answered at once and may be looked up at once. A synchronous one is recorded by the
+        // worker with its outcome, in one write: nobody can ask for it before its answer (and
+        // if the wait ends first, it is recorded here before the 202, its message confirmed).
+        let Some(wait) = wait else {
+            let (me, function) = (self.clone(), function.to_string());
+            let queued =
+                async move { me.record_and_publish(id, &function, version, &manifest.pool, payload, headers).await };
+            return self
+                .tasks
+                .spawn(tracing::Instrument::in_current_span(queued))
+                .await
+                .map_err(|e| Error::Internal(format!("the invoke stopped: {e}")))?;
+        };
+        let new =
+            NewInvocation { id, function: function.to_string(), version, payload: Vec::new(), created_ms: now_ms() };
+        self.invoke_sync(new, &manifest.pool, payload, headers, wait).await
+    }
+
+    /// A synchronous invoke: published unrecorded, answered from the worker's notice (or the
+    /// store) when it comes, or recorded `queued` when the wait ends first.
+    async fn invoke_sync(
+        &self,
+        mut new: NewInvocation,
+        pool: &str,
+        payload: Bytes,
+        headers: Vec<(String, String)>,
+        wait: Duration,
+    ) -> Result<Accepted, Error> {
+        let id = new.id;
+        // A sync answer shows the input (a reference count, not a copy, until then); it is
+        // copied into a record only if this instance records it (the wait ended first).
+        let input = payload.clone();
+        let msg = InvocationMessage {
+            notify: Some(self.notices.clone()),
+            headers,
+            unrecorded: true,
+            ..first_message(&new, payload, true)
+        };
+        let (waiting, mut rx) = self.waiters.register(id);
+        // The broker hands a message to its consumer before it confirms it (the confirm waits
+        // for the broker's disk), so the worker's notice that the outcome is stored can come
+        // first: the answer then does not wait for the confirm, which is awaited on its own.
+        // A publish that fails before any notice is a 503, and nothing was recorded.
+        let publish = {
+            let (m_publish, pool, body) = (self.metrics.publish.clone(), pool.to_string(), Bytes::from(msg.encode()));
+            let transport = self.transport.clone();
+            self.tasks.spawn(async move {
+                let started = std::time::Instant::now();
+                let published = transport.publish(&pool, body).await;
+                m_publish.observe_duration(&[], started.elapsed());
+                if let Err(e) = &published {
+                    tracing::warn!(%id, error = %e, "the broker did not confirm a synchronous invocation");
+                }
+                published
+            })
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let noticed = tokio::select! {
+            notice = &mut rx => Ok(notice),
+            published = publish => match published {
+                Ok(Ok(())) => tokio::time::timeout_at(deadline, rx).await,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(Error::Transport(TransportError::Other(format!("the publish was interrupted: {e}")))),
+            },
+        };
+        self.metrics.invocations_accepted.inc(&[&new.function]);
+        drop(waiting);
+        // The first attempt's outcome, as the worker stored it, came with the notice: the
+        // record, its log lines and its one attempt are known without reading them back.
+        if let Ok(Ok(Some(o))) = noticed {
+            if o.attempt == 1 && o.status.is_final() {
+                let attempt = AttemptRecord {
+                    attempt: o.attempt,
+                    status: o.status,
+                    error: o.error.clone(),
+                    worker: o.worker.clone(),
+                    finished_ms: o.finished_ms,
+                };
+                let inv = Invocation {
+                    id,
+                    function: new.function,
+                    version: o.version,
+                    status: o.status,
+                    attempts: o.attempt,
+                    payload: input.to_vec(),
+                    result: o.result,
+                    error: o.error,
+                    worker: Some(o.worker),
+                    created_ms: new.created_ms,
+                    started_ms: o.started_ms,
+                    finished_ms: Some(o.finished_ms),
+                };
+                return Ok(Accepted { id, invocation: Some(inv), details: Some((o.logs, vec![attempt])) });
+            }
+        }
+        // Read once: after a notice without the outcome, or at the deadline in case a notice
+        // was lost.
+        let inv = self.metrics.store.time("get_invocation", self.store.get_invocation(id)).await?;
+        if inv.is_none() {
+            // Not run yet (a backlog): recorded `queued` now, so that the id answered with the
+            // 202 can be looked up. If the worker recorded it meanwhile, that record stays.
+            new.payload = input.to_vec();
+            self.create(new).await?;
+        }
+        Ok(Accepted { id, invocation: inv, details: None })
+    }
+
+    /// An asynchronous invoke's record (`queued`, through the group commit) and publish, with
+    /// this instance's lease holding it open until the publish is settled.
+    async fn record_and_publish(
+        &self,
+        id: Uuid,
+        function: &str,
+        version: i64,
+        pool: &str,
+        payload: Bytes,
+        headers: Vec<(String, String)>,
+    ) -> Result<Accepted, Error> {
+        let held = self.lease.hold()?;
+        let new = NewInvocation {
+            id,
+            function: function.to_string(),
+            version,
+            payload: payload.to_vec(),
+            created_ms: held.ms,
+        };
+        let msg = InvocationMessage { headers, ..first_message(&new, payload, true) };
+        if !self.create(new).await? {
+            return Err(Error::Store(StoreError::Conflict(format!("invocation {id} exists already"))));
+        }
+        self.publish_recorded(pool, &msg).await?;
+        drop(held);
+        self.metrics.invocations_accepted.inc(&[function]);
+        tracing::debug!("invocation published");
+        Ok(Accepted { id, invocation: None, details: None })
+    }
+
+    /// Records and publishes one independent invocation of a function's active version per
+    /// input (a bulk asynchronous invoke: no batch, no fan-in, each runs and is recorded like
+    /// one `mode=async` invoke). All are recorded `queued` in one commit (PostgreSQL, SQLite),
+    /// or none (the error). Then each is published with its confirm; one the broker does not
+    /// confirm is recorded failed ("not queued") and listed in [`BulkAccepted::not_queued`].
+    ///
+    /// Safe to cancel: the records and their publishes run on a task of their own.
+    pub async fn invoke_many(self: &Arc<Self>, function: &str, inputs: Vec<Bytes>) -> Result<BulkAccepted, Error> {
+        let (me, function) = (self.clone(), function.to_string());
+        self.tasks
+            .spawn(async move { me.record_and_publish_many(&function, inputs).await })
+            .await
+            .map_err(|e| Error::Internal(format!("the bulk invoke stopped: {e}")))?
+    }
+
+    async fn record_and_publish_many(&self, function: &str, inputs: Vec<Bytes>) -> Result<BulkAccepted, Error> {
+        if let Some((n, big)) = inputs.iter().enumerate().find(|(_, b)| b.len() > self.max_payload_bytes) {
+            return Err(Error::TooLarge(format!(
+                "input {} is {} bytes, over the limit of {} bytes",
+                n + 1,
+                big.len(),
+                self.max_payload_bytes
+            )));
+        }
+        let (version, manifest) = self.catalog.active_manifest(function).await?;
+        self.ensure_pool(&manifest.pool).await?;
+        // Open until every input is published or recorded failed (see `lease`).
+        let _held = self.lease.hold()?;
+        let records = new_records(function, version, &inputs);
+        let recorded = self
+            .metrics
+            .store
+            .time("create_invocations", async { self.store.create_invocations(&records).await })
+            .await;
+        // PostgreSQL and SQLite record all or none; a store that records one by one may stop
+        // part-way: what it recorded is published, the rest is answered not queued.
+        let mut out = BulkAccepted { ids: Vec::with_capacity(records.len()), not_queued: Vec::new() };
+        let mut messages = Vec::with_capacity(records.len());
+        let mut first_error = None;
+        for ((r, payload), stored) in records.iter().zip(inputs).zip(recorded) {
+            match stored {
+                Ok(true) => messages.push(first_message(r, payload, true)),
+                Ok(false) => out.not_queued.push((r.id, "not recorded: the id exists already".into())),
+                Err(e) => {
+                    out.not_queued.push((r.id, format!("not recorded: {e}")));
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if messages.is_empty() {
+            // Nothing recorded: the store's error, as for a single invoke.
+            return Err(first_error
+                .unwrap_or_else(|| StoreError::Conflict("none of the new invocation ids could be recorded".into()))
+                .into());
+        }
+        for (id, r) in self.publish_all(&manifest.pool, messages).await {
+            match r {
+                Ok(()) => out.ids.push(id),
+                Err(e) => out.not_queued.push((id, format!("not queued (recorded failed): {e}"))),
+            }
+        }
+        self.metrics.invocations_accepted.add(&[function], out.ids.len() as u64);
+        tracing::debug!(function, accepted = out.ids.len(), not_queued = out.not_queued.len(), "bulk invoke");
+        Ok(out)
+    }
+
+    /// Records a new invocation `queued` through the group commit; `false` when its id is
+    /// recorded already.
+    async fn create(&self, new: NewInvocation) -> Result<bool, Error> {
+        Ok(self.metrics.store.time("create_invocation", async { self.creates.call(new).await? }).await?)
+    }
+
+    /// Declares a pool's queues on the broker, once per instance.
+    pub(crate) async fn ensure_pool(&self, pool: &str) -> Result<(), Error> {
+        if !self.declared_pools.contains_key(pool) {
+            self.transport.declare_pool(pool).await?;
+            self.declared_pools.insert(pool.to_string(), ());
+        }
+        Ok(())
+    }
+
+    /// The pools in use: those of every function's active version, and any declared here.
+    pub async fn pools(&self) -> Result<Vec<String>, Error> {
+        let mut pools: std::collections::BTreeSet<String> =
+            self.declared_pools.iter().map(|e| e.key().clone()).collect();
+        pools.insert(default_pool());
+        for (_, _, manifest) in self.catalog.active_manifests().await? {
+            pools.insert(manifest.pool.clone());
+        }
+        Ok(pools.into_iter().collect())
+    }
+
+    /// Publishes a message, its pool declared first; a failed publish is only answered (no
+    /// record is settled: the caller publishes it again).
+    pub(crate) async fn publish(&self, pool: &str, msg: &InvocationMessage) -> Result<(), Error> {
+        self.ensure_pool(pool).await?;
+        self.transport.publish(pool, msg.encode().into()).await?;
+        Ok(())
+    }
+
+    /// Publishes the message of an invocation already recorded `queued` (or not recorded, for a
+    /// synchronous invoke). If the broker does not confirm it, a recorded invocation is
+    /// recorded failed ("not queued": never reported accepted).
+    pub(crate) async fn publish_recorded(&self, pool: &str, msg: &InvocationMessage) -> Result<(), Error> {
+        // A pool that cannot be declared is a publish that failed: the record is settled too.
+        let published = match self.ensure_pool(pool).await {
+            Ok(()) => {
+                let started = std::time::Instant::now();
+                let published = self.transport.publish(pool, msg.encode().into()).await.map_err(Error::from);
+                self.metrics.publish.observe_duration(&[], started.elapsed());
+                published
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = published {
+            if !msg.unrecorded {
+                let failed = Outcome::unrun(Status::Failed, 0, format!("not queued: {e}"));
+                if let Err(store_error) = self.store.complete(msg.id, &failed).await {
+                    // The record stays `queued` with no message: keep it open (this instance's
+                    // lease mark stays before it) and record the failure when the store is back.
+                    tracing::warn!(id = %msg.id, error = %store_error, "cannot record a publish failure yet; retrying");
+                    self.record_failure_later(msg.id, failed, self.lease.hold_at(msg.created_ms));
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Publishes the messages of invocations recorded `queued`, up to 256 confirms awaited at
+    /// once; each one's result, in order (a failed one is recorded failed by
+    /// [`publish_recorded`](Self::publish_recorded)).
+    pub(crate) async fn publish_all(
+        &self,
+        pool: &str,
+        messages: Vec<InvocationMessage>,
+    ) -> Vec<(Uuid, Result<(), Error>)> {
+        futures_util::stream::iter(messages)
+            .map(|msg| async move { (msg.id, self.publish_recorded(pool, &msg).await) })
+            .buffered(256)
+            .collect()
+            .await
+    }
+
+    /// Records the failure of an invocation recorded `queued` whose message will never be
+    /// published (its publish failed, or its source message was refused), retrying until the
+    /// store takes it; `held` keeps the record open in this instance's lease meanwhile. It
+    /// outlives a stop: if the store never takes it, the lease is not handed back but lapses,
+    /// and another instance settles the record.
+    pub(crate) fn record_failure_later(&self, id: Uuid, failed: Outcome, held: Held) {
+        let store = self.store.clone();
+        self.tasks.spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+            loop {
+                backoff.wait().await;
+                match store.complete(id, &failed).await {
+                    Ok(_) => break,
+                    Err(e) => tracing::debug!(%id, error = %e, "cannot record an unpublished invocation's failure yet"),
+                }
+            }
+            drop(held);
+        });
+    }
+}
+
+/// New invocation records of one version, one per input, created now.
+pub(crate) fn new_records(function: &str, version: i64, inputs: &[Bytes]) -> Vec<NewInvocation> {
+    let created_ms = now_ms();
+    inputs
+        .iter()
+        .map(|p| NewInvocation {
+            id: Uuid::now_v7(),
+            function: function.to_string(),
+            version,
+            payload: p.to_vec(),
+            created_ms,
+        })
+        .collect()
+}
+
+/// The first message of a recorded invocation. `fresh`: its first delivery may run without a
+/// claim (nothing can cancel it); batch items are not fresh, a cancel may reach them.
+pub(crate) fn first_message(r: &NewInvocation, payload: Bytes, fresh: bool) -> InvocationMessage {
+    InvocationMessage {
+        v: PROTOCOL_VERSION,
+        id: r.id,
+        function: r.function.clone(),
+        version: r.version,
+        attempt: 1,
+        payload,
+        notify: None,
+        created_ms: r.created_ms,
+        headers: Vec::new(),
+        fresh,
+        unrecorded: false,
+    }
+}

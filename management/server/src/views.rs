@@ -1,0 +1,97 @@
+//! How invocations look in the API's answers: inputs and results as JSON when they are JSON,
+//! as text when they are text, else as base64.
+
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+use warren_store::{AttemptRecord, Invocation, LogLine, Status};
+
+/// Bytes as JSON: the JSON value itself when they are JSON, a string when UTF-8, else base64
+/// under a separate key.
+pub(crate) fn bytes_value(b: &[u8]) -> (Value, Option<String>) {
+    if let Ok(v) = serde_json::from_slice::<Value>(b) {
+        return (v, None);
+    }
+    match std::str::from_utf8(b) {
+        Ok(s) => (Value::String(s.to_string()), None),
+        Err(_) => (Value::Null, Some(base64(b))),
+    }
+}
+
+fn base64(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct InvocationView<'a> {
+    id: Uuid,
+    function: &'a str,
+    version: i64,
+    status: Status,
+    attempts: i32,
+    input: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_base64: Option<String>,
+    result: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result_base64: Option<String>,
+    error: Option<&'a str>,
+    worker: Option<&'a str>,
+    created_ms: i64,
+    started_ms: Option<i64>,
+    finished_ms: Option<i64>,
+    duration_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logs: Option<&'a [LogLine]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt_history: Option<&'a [AttemptRecord]>,
+}
+
+pub fn view(inv: &Invocation, logs: Option<&[LogLine]>, attempts: Option<&[AttemptRecord]>) -> Value {
+    let (input, input_base64) = bytes_value(&inv.payload);
+    let (result, result_base64) = inv.result.as_deref().map(bytes_value).unwrap_or((Value::Null, None));
+    serde_json::to_value(InvocationView {
+        id: inv.id,
+        function: &inv.function,
+        version: inv.version,
+        status: inv.status,
+        attempts: inv.attempts,
+        input,
+        input_base64,
+        result,
+        result_base64,
+        error: inv.error.as_deref(),
+        worker: inv.worker.as_deref().filter(|w| !w.is_empty()),
+        created_ms: inv.created_ms,
+        started_ms: inv.started_ms,
+        finished_ms: inv.finished_ms,
+        duration_ms: inv.started_ms.zip(inv.finished_ms).map(|(s, f)| f - s).filter(|_| inv.status.is_final()),
+        logs,
+        attempt_history: attempts,
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_known_vectors() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"\xff\xfe\x00\x01"), "//4AAQ==");
+    }
+}
