@@ -19,7 +19,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-pub struct RawResult {
+pub(crate) struct RawResult {
     pub messages: u64,
     pub body_bytes: usize,
     pub publish_secs: f64,
@@ -28,15 +28,15 @@ pub struct RawResult {
 }
 
 impl RawResult {
-    pub fn end_to_end_rate(&self) -> f64 {
+    pub(crate) fn end_to_end_rate(&self) -> f64 {
         self.messages as f64 / self.end_to_end_secs
     }
-    pub fn publish_rate(&self) -> f64 {
+    pub(crate) fn publish_rate(&self) -> f64 {
         self.messages as f64 / self.publish_secs
     }
 }
 
-pub async fn connect(url: &str, name: &str) -> Result<Connection> {
+pub(crate) async fn connect(url: &str, name: &str) -> Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     tokio::time::timeout(Duration::from_secs(15), Connection::connect(url, props))
         .await
@@ -44,13 +44,13 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection> {
         .with_context(|| format!("cannot connect to RabbitMQ at {} (is it running? `rabbitmqctl status`)", redact(url)))
 }
 
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     warren_service::redact::redact_url(url)
 }
 
 /// Persistent messages published to one queue with publisher confirms, at most `window`
 /// of them unconfirmed at once.
-pub struct Confirms<'a> {
+pub(crate) struct Confirms<'a> {
     ch: &'a lapin::Channel,
     queue: &'a str,
     window: usize,
@@ -60,7 +60,7 @@ pub struct Confirms<'a> {
 }
 
 impl<'a> Confirms<'a> {
-    pub fn new(ch: &'a lapin::Channel, queue: &'a str, window: usize) -> Self {
+    pub(crate) fn new(ch: &'a lapin::Channel, queue: &'a str, window: usize) -> Self {
         Confirms {
             ch,
             queue,
@@ -72,7 +72,7 @@ impl<'a> Confirms<'a> {
     }
 
     /// Publishes one message, first waiting for confirms while the window is full.
-    pub async fn publish(&mut self, body: &[u8]) -> Result<()> {
+    pub(crate) async fn publish(&mut self, body: &[u8]) -> Result<()> {
         while self.inflight.len() >= self.window {
             if let Some(c) = self.inflight.next().await {
                 if !c?.is_ack() {
@@ -89,7 +89,7 @@ impl<'a> Confirms<'a> {
     }
 
     /// Waits for every outstanding confirm; fails if the broker nacked any of the `n` sent.
-    pub async fn finish(mut self, n: u64) -> Result<()> {
+    pub(crate) async fn finish(mut self, n: u64) -> Result<()> {
         while let Some(c) = self.inflight.next().await {
             if !c?.is_ack() {
                 self.nacked += 1;
@@ -102,7 +102,13 @@ impl<'a> Confirms<'a> {
     }
 }
 
-pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, prefetch: u16) -> Result<RawResult> {
+pub(crate) async fn run(
+    url: &str,
+    n: u64,
+    body_bytes: usize,
+    confirm_window: usize,
+    prefetch: u16,
+) -> Result<RawResult> {
     let queue = format!("warren-bench.raw.{}", uuid::Uuid::now_v7().simple());
     let pub_conn = connect(url, "warren-bench-raw-publisher").await?;
     let sub_conn = connect(url, "warren-bench-raw-consumer").await?;
@@ -168,7 +174,7 @@ pub async fn run(url: &str, n: u64, body_bytes: usize, confirm_window: usize, pr
 /// Deletes the queues earlier benchmark runs left behind when they were killed (names starting
 /// `warren.pool.bench-`, `warren.dead.bench-` or `warren-bench.raw.`, without consumers). Needs
 /// `rabbitmqctl` to list them, so only for a broker on this machine; returns how many went.
-pub async fn sweep_stale(url: &str) -> usize {
+pub(crate) async fn sweep_stale(url: &str) -> usize {
     let local = url::Url::parse(url)
         .ok()
         .and_then(|u| u.host_str().map(|h| h == "127.0.0.1" || h == "localhost" || h == "::1"))
@@ -214,7 +220,7 @@ pub async fn sweep_stale(url: &str) -> usize {
 /// The latency row's baseline: the broker's own round trip, as a sync invoke uses it, with
 /// lapin directly and no Warren code, at the same offered rate.
 #[derive(Debug, Clone)]
-pub struct RoundTrip {
+pub(crate) struct RoundTrip {
     pub offered_rate: f64,
     pub sent: u64,
     pub answered: u64,
@@ -231,7 +237,7 @@ pub struct RoundTrip {
 /// exclusive reply queue, consumed without acks. Each latency runs from the request's
 /// scheduled send to its answer's arrival: the two broker hops of a sync invoke, without the
 /// HTTP, the function or the store.
-pub async fn round_trip(url: &str, rate: f64, secs: f64, body_bytes: usize) -> Result<RoundTrip> {
+pub(crate) async fn round_trip(url: &str, rate: f64, secs: f64, body_bytes: usize) -> Result<RoundTrip> {
     let queue = format!("warren-bench.raw.{}", uuid::Uuid::now_v7().simple());
     let reply = format!("warren-bench.raw.{}.reply", uuid::Uuid::now_v7().simple());
     let client = connect(url, "warren-bench-rtt-client").await?;

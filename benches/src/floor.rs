@@ -46,7 +46,7 @@ const COMMITS_IN_FLIGHT: usize = 2;
 const ID_LEN: usize = 36;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Floor {
+pub(crate) enum Floor {
     /// 1b: the outcome stored before the ack.
     StoreBeforeAck,
     /// 1c: recorded before the publish, and the outcome stored before the ack.
@@ -54,14 +54,14 @@ pub enum Floor {
 }
 
 impl Floor {
-    pub fn row(self) -> &'static str {
+    pub(crate) fn row(self) -> &'static str {
         match self {
             Floor::StoreBeforeAck => "1b",
             Floor::RecordThenStore => "1c",
         }
     }
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Floor::StoreBeforeAck => "broker + outcome stored before ack (lapin + sqlx)",
             Floor::RecordThenStore => "broker + record + outcome before ack (lapin + sqlx)",
@@ -69,14 +69,14 @@ impl Floor {
     }
 
     /// The label, naming the consumers when there are several.
-    pub fn label_with(self, consumers: usize) -> String {
+    pub(crate) fn label_with(self, consumers: usize) -> String {
         match consumers {
             1 => self.label().to_string(),
             c => format!("{}, {c} consumers", self.label()),
         }
     }
 
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Floor::StoreBeforeAck => "store_before_ack",
             Floor::RecordThenStore => "record_then_store",
@@ -84,7 +84,7 @@ impl Floor {
     }
 }
 
-pub struct FloorResult {
+pub(crate) struct FloorResult {
     pub floor: Floor,
     /// Consumers (each its own connection and commits) that shared the messages.
     pub consumers: usize,
@@ -99,15 +99,15 @@ pub struct FloorResult {
 }
 
 impl FloorResult {
-    pub fn end_to_end_rate(&self) -> f64 {
+    pub(crate) fn end_to_end_rate(&self) -> f64 {
         self.messages as f64 / self.end_to_end_secs
     }
-    pub fn publish_rate(&self) -> f64 {
+    pub(crate) fn publish_rate(&self) -> f64 {
         self.messages as f64 / self.publish_secs
     }
 }
 
-pub async fn run(
+pub(crate) async fn run(
     amqp: &str,
     pg: &str,
     floor: Floor,

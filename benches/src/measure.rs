@@ -6,13 +6,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::procs;
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// CPU seconds used during a measured interval, by role.
 #[derive(Default, Clone, Debug)]
-pub struct CpuUse {
+pub(crate) struct CpuUse {
     pub management: f64,
     /// The worker processes and their children (warm handler processes).
     pub workers: f64,
@@ -48,11 +48,11 @@ pub(crate) fn cpu_snap(mgmt: u32, workers: &[u32]) -> CpuSnap {
     }
 }
 
-pub fn is_rabbitmq(comm: &str) -> bool {
+pub(crate) fn is_rabbitmq(comm: &str) -> bool {
     comm.starts_with("beam.smp")
 }
 
-pub fn is_postgres(comm: &str) -> bool {
+pub(crate) fn is_postgres(comm: &str) -> bool {
     comm == "postgres"
 }
 
@@ -101,4 +101,3 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
-

@@ -1,7 +1,6 @@
 //! Rows 2 to 6: the real `warren-management` and `warren-worker` processes on RabbitMQ and a
 //! store, driven through the HTTP API only.
 
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,7 @@ use crate::measure::{cpu_snap, cpu_use, now_ms, percentile, CpuUse};
 use crate::procs::{self, Child};
 
 /// What every mesh run shares.
-pub struct Settings {
+pub(crate) struct Settings {
     pub amqp_url: String,
     pub bin_dir: PathBuf,
     pub work_dir: PathBuf,
@@ -30,7 +29,7 @@ pub struct Settings {
 
 /// The function a throughput run invokes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Func {
+pub(crate) enum Func {
     /// The built-in `runtime = "echo"`: no process at all (row 2).
     Echo,
     /// `examples/warm-python` as shipped (`mode = "persistent"`, its `[handler]` section): warm
@@ -39,7 +38,7 @@ pub enum Func {
 }
 
 impl Func {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Func::Echo => "echo",
             Func::WarmPython => "warm-python",
@@ -48,7 +47,7 @@ impl Func {
 }
 
 /// The folder of the warm Python example (in the source tree the benchmark was built from).
-pub fn warm_python_dir() -> PathBuf {
+pub(crate) fn warm_python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples").join("warm-python")
 }
 
@@ -67,7 +66,7 @@ fn input(i: u64, len: usize) -> Vec<u8> {
 }
 
 /// One management process on one store, plus the connections the benchmark reads with.
-pub struct Mesh {
+pub(crate) struct Mesh {
     pub label: &'static str,
     pub store_url: String,
     pub mgmt: Child,
@@ -83,7 +82,7 @@ pub struct Mesh {
 
 /// The figures of one end-to-end throughput run.
 #[derive(Debug, Clone)]
-pub struct LoadResult {
+pub(crate) struct LoadResult {
     pub store: &'static str,
     pub func: Func,
     pub workers: usize,
@@ -117,17 +116,17 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.completed as f64 / self.end_to_end_secs.max(1e-9)
     }
-    pub fn publish_rate(&self) -> f64 {
+    pub(crate) fn publish_rate(&self) -> f64 {
         self.accepted as f64 / self.publish_secs.max(1e-9)
     }
 }
 
 /// Row 2 split in halves: management alone, then workers alone.
 #[derive(Debug, Clone)]
-pub struct SplitResult {
+pub(crate) struct SplitResult {
     pub store: &'static str,
     pub workers: usize,
     pub requested: u64,
@@ -147,17 +146,17 @@ pub struct SplitResult {
 }
 
 impl SplitResult {
-    pub fn ingest_rate(&self) -> f64 {
+    pub(crate) fn ingest_rate(&self) -> f64 {
         self.accepted as f64 / self.ingest_secs.max(1e-9)
     }
-    pub fn drain_rate(&self) -> f64 {
+    pub(crate) fn drain_rate(&self) -> f64 {
         self.drained as f64 / self.drain_secs
     }
 }
 
 /// Row 5: one batch of NDJSON items through `POST /api/batches`.
 #[derive(Debug, Clone)]
-pub struct BatchResult {
+pub(crate) struct BatchResult {
     pub store: &'static str,
     pub items: u64,
     /// Workers attached to the pool during the whole row (0: acceptance only).
@@ -191,17 +190,17 @@ pub struct BatchResult {
 }
 
 impl BatchResult {
-    pub fn accept_rate(&self) -> f64 {
+    pub(crate) fn accept_rate(&self) -> f64 {
         self.total as f64 / self.accept_secs.max(1e-9)
     }
-    pub fn done_rate(&self) -> Option<f64> {
+    pub(crate) fn done_rate(&self) -> Option<f64> {
         self.done_secs.map(|s| self.total as f64 / s.max(1e-9))
     }
 }
 
 /// Row 4's capacity: sync invokes answered per second with many waiting at once.
 #[derive(Debug, Clone)]
-pub struct SyncCapacity {
+pub(crate) struct SyncCapacity {
     pub in_flight: usize,
     pub secs: f64,
     pub ok: u64,
@@ -211,13 +210,13 @@ pub struct SyncCapacity {
 }
 
 impl SyncCapacity {
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.ok as f64 / self.secs.max(1e-9)
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct LatencyResult {
+pub(crate) struct LatencyResult {
     /// What the offered rate is half of.
     pub basis: String,
     pub offered_rate: f64,
@@ -240,7 +239,7 @@ pub struct LatencyResult {
     pub broker: Option<Result<crate::broker::RoundTrip, String>>,
 }
 
-pub async fn open_db(url: &str) -> Result<AnyPool> {
+pub(crate) async fn open_db(url: &str) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
     AnyPoolOptions::new()
         .max_connections(2)
@@ -251,7 +250,7 @@ pub async fn open_db(url: &str) -> Result<AnyPool> {
 }
 
 impl Mesh {
-    pub async fn start(label: &'static str, store_url: String, settings: Arc<Settings>) -> Result<Mesh> {
+    pub(crate) async fn start(label: &'static str, store_url: String, settings: Arc<Settings>) -> Result<Mesh> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let tag = label.to_lowercase();
         // The bench measures the API as it runs in production: with a key checked per request.
@@ -299,12 +298,12 @@ impl Mesh {
     }
 
     /// Publishes an echo function on `pool`; returns its name.
-    pub async fn deploy_echo(&self, pool: &str) -> Result<String> {
+    pub(crate) async fn deploy_echo(&self, pool: &str) -> Result<String> {
         self.deploy(pool, Func::Echo).await
     }
 
     /// Publishes a function of kind `func` on `pool`; returns its name.
-    pub async fn deploy(&self, pool: &str, func: Func) -> Result<String> {
+    pub(crate) async fn deploy(&self, pool: &str, func: Func) -> Result<String> {
         let name = pool.replacen("bench-", &format!("bench-{}-", func.as_str()), 1);
         let dir = self.settings.work_dir.join("functions").join(&name);
         std::fs::create_dir_all(&dir)?;
@@ -345,7 +344,7 @@ impl Mesh {
         Ok(name)
     }
 
-    pub fn start_workers(&self, pool: &str, count: usize) -> Result<Vec<Child>> {
+    pub(crate) fn start_workers(&self, pool: &str, count: usize) -> Result<Vec<Child>> {
         let s = &self.settings;
         (0..count)
             .map(|i| {
@@ -406,7 +405,7 @@ impl Mesh {
         }
     }
 
-    pub async fn wait_consumers(&self, pool: &str, workers: &mut [Child]) -> Result<()> {
+    pub(crate) async fn wait_consumers(&self, pool: &str, workers: &mut [Child]) -> Result<()> {
         let want = workers.len() as u32;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -425,7 +424,7 @@ impl Mesh {
 
     /// Deletes a finished run's queues (its pool and dead-letter queues), so runs leave nothing
     /// behind on the broker.
-    pub async fn delete_queues(&self, pool: &str) {
+    pub(crate) async fn delete_queues(&self, pool: &str) {
         use warren_wire::topology::{dead_queue, pool_queue};
         for q in [pool_queue(pool), dead_queue(pool)] {
             // A missing queue closes the channel: one channel per delete.
@@ -442,7 +441,7 @@ impl Mesh {
     }
 
     /// `k` sync invokes, `k` at once: every worker loads the function before measuring.
-    pub async fn warm_up(&self, name: &str, k: usize) -> Result<()> {
+    pub(crate) async fn warm_up(&self, name: &str, k: usize) -> Result<()> {
         let url = self.invoke_url(name, "sync");
         let futs = (0..k).map(|i| {
             let (http, url) = (self.http.clone(), url.clone());
@@ -463,7 +462,7 @@ impl Mesh {
     }
 
     /// (final, succeeded, latest finished_ms) invocations of a function.
-    pub async fn finals(&self, name: &str) -> Result<(u64, u64, Option<i64>)> {
+    pub(crate) async fn finals(&self, name: &str) -> Result<(u64, u64, Option<i64>)> {
         let row: (i64, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT COUNT(*), SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END), MAX(finished_ms)
              FROM warren_invocations WHERE function = $1 AND status NOT IN ('queued', 'running')",
@@ -490,7 +489,7 @@ impl Mesh {
 
     /// Row 2, split in halves: management takes `n` async invokes with no worker attached
     /// (ingest alone), then `workers` fresh workers drain the backlog (workers alone).
-    pub async fn split(&mut self, workers: usize, n: u64) -> Result<SplitResult> {
+    pub(crate) async fn split(&mut self, workers: usize, n: u64) -> Result<SplitResult> {
         let pool = format!("bench-{}", short_id());
         let name = self.deploy_echo(&pool).await?;
         let mut procs = Vec::new();
@@ -583,7 +582,7 @@ impl Mesh {
     /// fresh workers.
     /// Rows 2, 2b and 3: `n` async invocations of `func` with `workers` fresh workers, one
     /// request each (`bulk` 0) or in bulk invokes of `bulk` inputs.
-    pub async fn throughput(&mut self, func: Func, workers: usize, n: u64, bulk: usize) -> Result<LoadResult> {
+    pub(crate) async fn throughput(&mut self, func: Func, workers: usize, n: u64, bulk: usize) -> Result<LoadResult> {
         let pool = format!("bench-{}", short_id());
         let name = self.deploy(&pool, func).await?;
         let mut procs = self.start_workers(&pool, workers)?;
@@ -595,6 +594,7 @@ impl Mesh {
         r
     }
 
+    #[allow(clippy::manual_checked_ops)] // `bulk` is checked for 0 by the branch itself
     async fn throughput_on(
         &mut self,
         pool: &str,
@@ -742,7 +742,7 @@ impl Mesh {
     /// Row 5: a batch of `items` echo items, submitted as one streamed NDJSON body to
     /// `POST /api/batches`, with `workers` fresh workers attached; then, with workers, until
     /// the batch is `done`.
-    pub async fn batch(&mut self, items: u64, workers: usize) -> Result<BatchResult> {
+    pub(crate) async fn batch(&mut self, items: u64, workers: usize) -> Result<BatchResult> {
         let pool = format!("bench-{}", short_id());
         let name = self.deploy(&pool, Func::Echo).await?;
         let mut procs = self.start_workers(&pool, workers)?;
@@ -931,7 +931,7 @@ impl Mesh {
     /// Sync invokes with `in_flight` waiting at once (each task sends its next one when it has
     /// its answer) for `secs`, 1 worker: how many the mesh answers per second, the capacity the
     /// latency row offers half of.
-    pub async fn sync_capacity(&mut self, in_flight: usize, secs: f64) -> Result<SyncCapacity> {
+    pub(crate) async fn sync_capacity(&mut self, in_flight: usize, secs: f64) -> Result<SyncCapacity> {
         let pool = format!("bench-{}", short_id());
         let name = self.deploy_echo(&pool).await?;
         let mut procs = self.start_workers(&pool, 1)?;
@@ -1001,7 +1001,7 @@ impl Mesh {
         r
     }
 
-    pub async fn latency(&mut self, rate: f64, secs: f64) -> Result<LatencyResult> {
+    pub(crate) async fn latency(&mut self, rate: f64, secs: f64) -> Result<LatencyResult> {
         let pool = format!("bench-{}", short_id());
         let name = self.deploy_echo(&pool).await?;
         let mut procs = self.start_workers(&pool, 1)?;

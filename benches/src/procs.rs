@@ -27,7 +27,7 @@ fn unregister(pid: u32) {
 }
 
 /// Kills every child still registered (used by the Ctrl-C handler).
-pub fn kill_all() {
+pub(crate) fn kill_all() {
     let pids: Vec<u32> = LIVE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -42,14 +42,14 @@ pub fn kill_all() {
 }
 
 /// A child process, killed and reaped when dropped. Its stdout and stderr go to `log`.
-pub struct Child {
+pub(crate) struct Child {
     child: Option<std::process::Child>,
     pub name: String,
     pub log: PathBuf,
 }
 
 impl Child {
-    pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Child> {
+    pub(crate) fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> Result<Child> {
         if !program.exists() {
             bail!(
                 "{} is missing: build the binaries first (`cargo build --release --workspace --bins`), \
@@ -78,12 +78,12 @@ impl Child {
         Ok(Child { child: Some(child), name: name.to_string(), log })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     /// `Err` with the tail of its log if the process has exited.
-    pub fn check_alive(&mut self) -> Result<()> {
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
         if let Some(c) = self.child.as_mut() {
             if let Ok(Some(status)) = c.try_wait() {
                 bail!("{} exited unexpectedly ({status}); last lines of its output:\n{}", self.name, self.log_tail(20));
@@ -92,7 +92,7 @@ impl Child {
         Ok(())
     }
 
-    pub fn log_tail(&self, lines: usize) -> String {
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         let from = all.len().saturating_sub(lines);
@@ -100,7 +100,7 @@ impl Child {
     }
 
     /// SIGTERM, then SIGKILL after `grace`.
-    pub fn stop(&mut self, grace: Duration) {
+    pub(crate) fn stop(&mut self, grace: Duration) {
         if let Some(mut c) = self.child.take() {
             unsafe {
                 libc::kill(c.id() as i32, libc::SIGTERM);
@@ -133,14 +133,14 @@ impl Drop for Child {
 }
 
 /// Resident memory (VmRSS) of a process, in bytes.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
-pub fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {
         t as f64
@@ -150,7 +150,7 @@ pub fn clock_ticks() -> f64 {
 }
 
 /// CPU time (user + system) a process has used so far, in seconds.
-pub fn cpu_secs(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = &s[s.rfind(')')? + 1..];
@@ -167,7 +167,7 @@ fn ppid(pid: u32) -> Option<u32> {
 
 /// Every live descendant of `roots` (not the roots themselves): e.g. a worker's warm handler
 /// processes.
-pub fn descendants(roots: &[u32]) -> HashSet<u32> {
+pub(crate) fn descendants(roots: &[u32]) -> HashSet<u32> {
     let mut out = HashSet::new();
     if roots.is_empty() {
         return out;
@@ -197,7 +197,7 @@ fn comm(pid: u32) -> Option<String> {
 }
 
 /// Every process's command name and CPU seconds so far.
-pub fn all_cpu() -> HashMap<u32, (String, f64)> {
+pub(crate) fn all_cpu() -> HashMap<u32, (String, f64)> {
     let mut out = HashMap::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
@@ -211,13 +211,13 @@ pub fn all_cpu() -> HashMap<u32, (String, f64)> {
 }
 
 /// A process family name: kernel threads lose their `/instance` suffix (kworker/1:1H -> kworker).
-pub fn family(comm: &str) -> String {
+pub(crate) fn family(comm: &str) -> String {
     comm.split('/').next().unwrap_or(comm).to_string()
 }
 
 /// CPU seconds per process between two `all_cpu` snapshots (processes born in between count
 /// from zero; processes that died in between are lost).
-pub fn deltas<'a>(
+pub(crate) fn deltas<'a>(
     before: &'a HashMap<u32, (String, f64)>,
     after: &'a HashMap<u32, (String, f64)>,
 ) -> impl Iterator<Item = (u32, &'a str, f64)> + 'a {
@@ -228,7 +228,7 @@ pub fn deltas<'a>(
 }
 
 /// The `k` process families that used the most CPU between two snapshots, leaving out `skip`.
-pub fn top_families(
+pub(crate) fn top_families(
     before: &HashMap<u32, (String, f64)>,
     after: &HashMap<u32, (String, f64)>,
     skip: &dyn Fn(u32, &str) -> bool,
@@ -247,7 +247,7 @@ pub fn top_families(
 }
 
 /// Machine-wide CPU counters from /proc/stat: (busy, total) in ticks.
-pub fn machine_ticks() -> Option<(u64, u64)> {
+pub(crate) fn machine_ticks() -> Option<(u64, u64)> {
     let s = std::fs::read_to_string("/proc/stat").ok()?;
     let line = s.lines().next()?;
     let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();

@@ -9,7 +9,7 @@ use crate::mesh::{BatchResult, Func, LatencyResult, LoadResult, SplitResult, Syn
 use crate::sysinfo::Machine;
 
 /// Everything measured, for the tables and the JSON.
-pub struct Figures {
+pub(crate) struct Figures {
     /// The median of the raw broker runs: the baseline of every ratio.
     pub raw: Option<crate::broker::RawResult>,
     /// Every raw broker run's end-to-end rate, in the order they ran.
@@ -28,7 +28,7 @@ pub struct Figures {
     pub notes: Vec<String>,
 }
 
-pub struct SettingsView {
+pub(crate) struct SettingsView {
     pub amqp: String,
     pub pg: String,
     pub fresh_db: bool,
@@ -51,7 +51,7 @@ pub struct SettingsView {
     pub work_dir: String,
 }
 
-pub struct Context {
+pub(crate) struct Context {
     pub quick: bool,
     pub n: u64,
     pub machine: Machine,
@@ -62,7 +62,7 @@ fn thousands(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -131,7 +131,7 @@ fn table(title: &str, head: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-pub fn print_header(c: &Context) {
+pub(crate) fn print_header(c: &Context) {
     let m = &c.machine;
     let s = &c.settings;
     println!("Warren benchmark{} — N = {} per throughput row", if c.quick { " (--quick)" } else { "" }, thousands(c.n));
@@ -301,7 +301,7 @@ fn batch_rows(b: &BatchResult, ratio: &dyn Fn(f64) -> String) -> Vec<Vec<String>
     rows
 }
 
-pub fn print_tables(c: &Context, f: &Figures) {
+pub(crate) fn print_tables(c: &Context, f: &Figures) {
     let base = f.raw.as_ref().map(|r| r.end_to_end_rate());
     let ratio = |v: f64| base.map(|b| format!("{:.2}", v / b)).unwrap_or_else(|| "-".into());
 
@@ -706,7 +706,7 @@ fn cpu_json(c: &CpuUse) -> Value {
     })
 }
 
-pub fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
+pub(crate) fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
     let s = &c.settings;
     let base = f.raw.as_ref().map(|r| r.end_to_end_rate());
     let raw = match (&f.raw, &f.raw_error) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-pub struct Machine {
+pub(crate) struct Machine {
     pub cores: usize,
     pub cpu: String,
     pub memory: String,
@@ -26,7 +26,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "cores": self.cores,
             "cpu": self.cpu,
@@ -47,7 +47,7 @@ impl Machine {
 }
 
 /// Runs a command with a time limit; its trimmed stdout, or `None`.
-pub fn output(program: &str, args: &[&str], limit: Duration) -> Option<String> {
+pub(crate) fn output(program: &str, args: &[&str], limit: Duration) -> Option<String> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -75,7 +75,7 @@ pub fn output(program: &str, args: &[&str], limit: Duration) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-pub fn rustc_version() -> String {
+pub(crate) fn rustc_version() -> String {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     output(&rustc, &["-V"], Duration::from_secs(10)).unwrap_or_else(|| "unknown".into())
 }
@@ -122,7 +122,7 @@ fn rabbitmq_version() -> String {
     "unknown (rabbitmqctl did not answer)".into()
 }
 
-pub async fn collect(pg_server: Option<String>, sqlite: Option<String>) -> Machine {
+pub(crate) async fn collect(pg_server: Option<String>, sqlite: Option<String>) -> Machine {
     let rabbitmq = tokio::task::spawn_blocking(rabbitmq_version).await.unwrap_or_else(|_| "unknown".into());
     Machine {
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -144,7 +144,7 @@ pub async fn collect(pg_server: Option<String>, sqlite: Option<String>) -> Machi
 
 /// The machine's busy share (all cores, %) over `window`, and the process families that used
 /// the most CPU meanwhile.
-pub async fn busy_pct(window: Duration) -> Option<(f64, Vec<(String, f64)>)> {
+pub(crate) async fn busy_pct(window: Duration) -> Option<(f64, Vec<(String, f64)>)> {
     let a = crate::procs::machine_ticks()?;
     let pa = crate::procs::all_cpu();
     tokio::time::sleep(window).await;
@@ -157,7 +157,7 @@ pub async fn busy_pct(window: Duration) -> Option<(f64, Vec<(String, f64)>)> {
 }
 
 /// The 1, 5 and 15 minute load averages.
-pub fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

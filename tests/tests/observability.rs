@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use warren_tests::*;
 
-/// The value of one sample line (`name{labels} value`) of a Prometheus text page.
+/// The value of one sample line (`name{labels} value`) of an OpenMetrics text page.
 fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
@@ -14,7 +14,7 @@ async fn scrape(url: &str) -> String {
     let r = reqwest::Client::new().get(url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "{url}");
     let kind = r.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(kind.starts_with("text/plain"), "{kind}");
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
     r.text().await.unwrap()
 }
 

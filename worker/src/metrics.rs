@@ -1,70 +1,109 @@
-//! A worker's metrics, served in the Prometheus text format on `--metrics-addr` (off by default).
+//! A worker's metrics, served in the OpenMetrics text format on `--metrics-addr` (off by
+//! default).
 
-use warren_service::metrics::{CounterVec, GaugeVec, HistogramVec, StoreLatency, LATENCY_BUCKETS};
+use std::time::Duration;
+
+use warren_service::metrics::{
+    render, Counter, EncodeLabelSet, Family, Gauge, Histogram, Histograms, Registry, StoreLatency, CONTENT_TYPE,
+};
 
 /// Buckets of invocation durations, in seconds: 5 ms to 15 minutes.
 const DURATION_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0];
 
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS.iter().copied())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabel {
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    function: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadLabels {
+    pool: String,
+    reason: &'static str,
+}
+
 pub struct WorkerMetrics {
+    registry: Registry,
     /// Final outcomes stored by this worker, by function and status.
-    pub invocations: CounterVec,
+    invocations: Family<OutcomeLabels, Counter>,
     /// Run time of attempts (claim to outcome), by function.
-    pub duration: HistogramVec,
+    duration: Histograms<FunctionLabel>,
     /// Failed attempts given another attempt, by function.
-    pub retries: CounterVec,
+    retries: Family<FunctionLabel, Counter>,
     /// Messages this worker sent to a dead-letter queue, by pool and reason.
-    pub dead_letters: CounterVec,
+    dead_letters: Family<DeadLabels, Counter>,
     pub store: StoreLatency,
-    in_flight: GaugeVec,
+    in_flight: Gauge,
 }
 
 impl Default for WorkerMetrics {
     fn default() -> Self {
-        WorkerMetrics {
-            invocations: CounterVec::new(
-                "warren_worker_invocations_total",
-                "Invocation outcomes stored by this worker, by function and status.",
-                &["function", "status"],
-            ),
-            duration: HistogramVec::new(
-                "warren_worker_invocation_duration_seconds",
-                "Time from claim to outcome of each attempt run here, by function.",
-                &["function"],
-                DURATION_BUCKETS,
-            ),
-            retries: CounterVec::new(
-                "warren_worker_retries_total",
-                "Failed attempts scheduled for another attempt, by function.",
-                &["function"],
-            ),
-            dead_letters: CounterVec::new(
-                "warren_worker_dead_letters_total",
-                "Messages dead-lettered by this worker, by pool and reason.",
-                &["pool", "reason"],
-            ),
-            store: StoreLatency(HistogramVec::new(
-                "warren_store_latency_seconds",
-                "Time taken by store calls, by operation.",
-                &["op"],
-                LATENCY_BUCKETS,
-            )),
-            in_flight: GaugeVec::new("warren_worker_in_flight", "Invocations running now (holding a run slot).", &[]),
-        }
+        let mut registry = Registry::default();
+        let invocations = Family::default();
+        registry.register(
+            "warren_worker_invocations",
+            "Invocation outcomes stored by this worker, by function and status",
+            invocations.clone(),
+        );
+        let duration: Histograms<FunctionLabel> = Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "warren_worker_invocation_duration_seconds",
+            "Time from claim to outcome of each attempt run here, by function",
+            duration.clone(),
+        );
+        let retries = Family::default();
+        registry.register(
+            "warren_worker_retries",
+            "Failed attempts scheduled for another attempt, by function",
+            retries.clone(),
+        );
+        let dead_letters = Family::default();
+        registry.register(
+            "warren_worker_dead_letters",
+            "Messages dead-lettered by this worker, by pool and reason",
+            dead_letters.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("warren_worker_in_flight", "Invocations running now (holding a run slot)", in_flight.clone());
+        let store = StoreLatency::registered(&mut registry);
+        WorkerMetrics { registry, invocations, duration, retries, dead_letters, store, in_flight }
     }
 }
 
 impl WorkerMetrics {
+    /// An outcome stored.
+    pub fn stored(&self, function: &str, status: &'static str) {
+        self.invocations.get_or_create(&OutcomeLabels { function: function.to_string(), status }).inc();
+    }
+
+    /// An attempt's run time, from its claim to its outcome.
+    pub fn ran(&self, function: &str, took: Duration) {
+        self.duration.get_or_create(&FunctionLabel { function: function.to_string() }).observe(took.as_secs_f64());
+    }
+
+    /// A failed attempt given another.
+    pub fn retried(&self, function: &str) {
+        self.retries.get_or_create(&FunctionLabel { function: function.to_string() }).inc();
+    }
+
+    /// A message sent to a pool's dead-letter queue, and why.
+    pub fn dead_lettered(&self, pool: &str, reason: &'static str) {
+        self.dead_letters.get_or_create(&DeadLabels { pool: pool.to_string(), reason }).inc();
+    }
+
     pub fn render(&self, in_flight: i64) -> String {
-        self.in_flight.set(&[], in_flight);
-        let mut out = String::new();
-        self.invocations.render(&mut out);
-        self.duration.render(&mut out);
-        self.retries.render(&mut out);
-        self.dead_letters.render(&mut out);
-        self.in_flight.render(&mut out);
-        self.store.0.render(&mut out);
-        out
+        self.in_flight.set(in_flight);
+        render(&self.registry)
     }
 }
 
@@ -78,7 +117,7 @@ pub async fn serve(
     use axum::routing::get;
     let page = move || {
         let render = render.clone();
-        async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render()) }
+        async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render()) }
     };
     let app = axum::Router::new().route("/metrics", get(page)).route("/healthz", get(|| async { "ok" }));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await

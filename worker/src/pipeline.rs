@@ -174,7 +174,7 @@ impl Worker {
             Loadout::Missing(reason) => {
                 drop(slot);
                 let dead = RunOutput { status: Status::Dead, result: None, error: Some(reason), logs: Vec::new() };
-                self.metrics.duration.observe_duration(&[&msg.function], attempt.started.elapsed());
+                self.metrics.ran(&msg.function, attempt.started.elapsed());
                 (Decision::GiveUp { outcome: self.outcome(&attempt, dead, false), why: "missing_version" }, None)
             }
         };
@@ -186,7 +186,7 @@ impl Worker {
         InvocationMessage::decode(&d.body).map_err(|e| {
             let reason = e.to_string();
             tracing::warn!(%pool, %reason, bytes = d.body.len(), "undecodable message; dead-lettering it");
-            self.metrics.dead_letters.inc(&[pool, "undecodable"]);
+            self.metrics.dead_lettered(pool, "undecodable");
             Verdict::DeadLetter { reason }
         })
     }
@@ -287,7 +287,7 @@ impl Worker {
     /// Decide: the attempt's outcome, and whether it is retried (the version's retry policy).
     fn decide(&self, attempt: &Attempt<'_>, run: RunOutput, ran: Option<&Loaded>) -> Decision {
         let outcome = self.outcome(attempt, run, ran.is_some());
-        self.metrics.duration.observe_duration(&[&attempt.msg.function], attempt.started.elapsed());
+        self.metrics.ran(&attempt.msg.function, attempt.started.elapsed());
         let no_retry = RetryPolicy::default();
         let retry = ran.map(|l| &l.manifest.retry).unwrap_or(&no_retry);
         let failed = matches!(outcome.status, Status::Failed | Status::TimedOut);
@@ -343,7 +343,7 @@ impl Worker {
                     tracing::warn!(error = %e, "cannot dead-letter; returning the message");
                     return Verdict::REQUEUE;
                 }
-                self.metrics.dead_letters.inc(&[pool, why]);
+                self.metrics.dead_lettered(pool, why);
                 Outcome { status: Status::Dead, ..outcome }
             }
         };
@@ -362,7 +362,7 @@ impl Worker {
         }
         let Some(stored) = stored else { return Verdict::REQUEUE };
         if stored {
-            self.metrics.invocations.inc(&[&attempt.msg.function, outcome.status.as_str()]);
+            self.metrics.stored(&attempt.msg.function, outcome.status.as_str());
         }
         self.notify(attempt.msg, stored.then_some(&outcome)).await;
         Verdict::Ack

@@ -18,7 +18,7 @@ impl Worker {
     /// Runs a store operation, retrying with backoff while the store is unavailable, for up to
     /// `store_retry_for`. `None` when it never succeeded: the caller returns the message to the
     /// queue instead of acking it.
-    pub(crate) async fn with_store_retry<T, F, Fut>(&self, op_label: &str, what: &str, op: F) -> Option<T>
+    pub(crate) async fn with_store_retry<T, F, Fut>(&self, op_label: &'static str, what: &str, op: F) -> Option<T>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -104,7 +104,7 @@ impl Worker {
         {
             return Verdict::REQUEUE;
         }
-        self.metrics.retries.inc(&[&msg.function]);
+        self.metrics.retried(&msg.function);
         Verdict::Ack
     }
 

@@ -77,12 +77,12 @@ mod imp {
 
 #[cfg(not(windows))]
 mod imp {
-    pub fn contain(_child: &tokio::process::Child) {}
+    pub(crate) fn contain(_child: &tokio::process::Child) {}
     #[allow(dead_code)]
-    pub fn kill(_pid: u32) -> bool {
+    pub(super) fn kill(_pid: u32) -> bool {
         false
     }
-    pub fn release(_pid: u32) {}
+    pub(crate) fn release(_pid: u32) {}
 }
 
 #[cfg(windows)]

@@ -2,8 +2,11 @@
 //! provides (`WARREN_SECRET_KEY`, 64 hex characters) to management, which seals, and to
 //! workers, which open. Sealed values read `enc:v1:<hex of nonce ‖ ciphertext ‖ tag>`.
 
+use std::sync::Arc;
+
 use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use secrecy::{ExposeSecret, SecretBox};
 
 const PREFIX: &str = "enc:v1:";
 
@@ -17,22 +20,15 @@ pub enum SecretError {
     NoKey,
 }
 
-#[derive(Clone)]
-pub struct SecretKey(ChaCha20Poly1305);
-
-impl std::fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretKey(..)")
-    }
-}
+/// The key, held where no `Debug` prints it and zeroed when dropped.
+#[derive(Clone, Debug)]
+pub struct SecretKey(Arc<SecretBox<[u8; 32]>>);
 
 impl SecretKey {
     pub fn from_hex(text: &str) -> Result<Self, SecretError> {
-        let bytes = hex::decode(text.trim()).map_err(|_| SecretError::BadKey)?;
-        if bytes.len() != 32 {
-            return Err(SecretError::BadKey);
-        }
-        Ok(SecretKey(ChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| SecretError::BadKey)?))
+        let mut key = Box::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), &mut key[..]).map_err(|_| SecretError::BadKey)?;
+        Ok(SecretKey(Arc::new(SecretBox::new(key))))
     }
 
     /// Reads `WARREN_SECRET_KEY` if set.
@@ -43,9 +39,14 @@ impl SecretKey {
         }
     }
 
+    fn cipher(&self) -> ChaCha20Poly1305 {
+        ChaCha20Poly1305::new(Key::from_slice(self.0.expose_secret()))
+    }
+
     pub fn seal(&self, plain: &str) -> String {
         let nonce: [u8; 12] = rand::random();
-        let sealed = self.0.encrypt(Nonce::from_slice(&nonce), plain.as_bytes()).expect("encryption of a string");
+        let sealed =
+            self.cipher().encrypt(Nonce::from_slice(&nonce), plain.as_bytes()).expect("encryption of a string");
         let mut out = nonce.to_vec();
         out.extend(sealed);
         format!("{PREFIX}{}", hex::encode(out))
@@ -57,7 +58,7 @@ impl SecretKey {
             return Err(SecretError::Undecryptable);
         }
         let (nonce, ct) = bytes.split_at(12);
-        let plain = self.0.decrypt(Nonce::from_slice(nonce), ct).map_err(|_| SecretError::Undecryptable)?;
+        let plain = self.cipher().decrypt(Nonce::from_slice(nonce), ct).map_err(|_| SecretError::Undecryptable)?;
         String::from_utf8(plain).map_err(|_| SecretError::Undecryptable)
     }
 }
@@ -80,5 +81,6 @@ mod tests {
         let other = SecretKey::from_hex(&"cd".repeat(32)).unwrap();
         assert!(other.open(&k.seal("x")).is_err());
         assert!(SecretKey::from_hex("short").is_err());
+        assert!(!format!("{k:?}").contains("ab"), "Debug never shows the key: {k:?}");
     }
 }

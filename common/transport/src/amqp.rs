@@ -28,6 +28,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio::sync::{watch, Notify};
 
 use warren_service::redact::redact_url;
+use warren_service::retry::{self, Backoff};
 use warren_wire::topology;
 
 use crate::acks::AckBatch;
@@ -110,22 +111,10 @@ impl AmqpTransport {
             hold,
         });
         let deadline = tokio::time::Instant::now() + FIRST_CONNECT;
-        let mut delay = Duration::from_millis(100);
-        let first = loop {
-            match shared.open_link().await {
-                Ok(l) => break l,
-                Err(e) if tokio::time::Instant::now() + delay >= deadline => {
-                    return Err(TransportError::Unavailable(format!(
-                        "cannot connect to RabbitMQ at {}: {e}",
-                        redact_url(url)
-                    )))
-                }
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
-        };
+        let delays = (Duration::from_millis(100), Duration::from_secs(2));
+        let first = retry::until(deadline, delays, || shared.open_link(), |_, _| {}).await.map_err(|e| {
+            TransportError::Unavailable(format!("cannot connect to RabbitMQ at {}: {e}", redact_url(url)))
+        })?;
         shared.link.send_replace(Some(first));
         let supervisor = tokio::spawn(supervise(Arc::downgrade(&shared)));
         Ok(AmqpTransport { shared, supervisor })
@@ -153,22 +142,23 @@ async fn supervise(weak: std::sync::Weak<Shared>) {
         shared.link.send_replace(None);
         tracing::warn!(name = %shared.name, "lost the connection to RabbitMQ; reconnecting");
         drop(shared);
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let Some(shared) = weak.upgrade() else { return };
-            match shared.open_link().await {
+            let delay = match shared.open_link().await {
                 Ok(link) => {
                     tracing::info!(name = %shared.name, generation = link.generation, "reconnected to RabbitMQ");
                     shared.link.send_replace(Some(link));
                     break;
                 }
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconnect failed");
+                    delay
                 }
-            }
+            };
             drop(shared);
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -272,7 +272,7 @@ mod dashmap_lite {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
-    pub struct Map<V>(Mutex<HashMap<String, V>>);
+    pub(super) struct Map<V>(Mutex<HashMap<String, V>>);
 
     impl<V> Default for Map<V> {
         fn default() -> Self {
@@ -281,14 +281,14 @@ mod dashmap_lite {
     }
 
     impl<V: Clone> Map<V> {
-        pub fn get_or_insert_with(&self, k: &str, f: impl FnOnce() -> V) -> V {
+        pub(super) fn get_or_insert_with(&self, k: &str, f: impl FnOnce() -> V) -> V {
             let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
             m.entry(k.to_string()).or_insert_with(f).clone()
         }
-        pub fn insert(&self, k: &str, v: V) {
+        pub(super) fn insert(&self, k: &str, v: V) {
             self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(k.to_string(), v);
         }
-        pub fn get(&self, k: &str) -> Option<V> {
+        pub(super) fn get(&self, k: &str) -> Option<V> {
             self.0.lock().unwrap_or_else(|p| p.into_inner()).get(k).cloned()
         }
     }

@@ -137,10 +137,10 @@ mod serde_bytes_compat {
     use bytes::Bytes;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
         serde_bytes::serialize(b.as_ref(), s)
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
         let v: serde_bytes::ByteBuf = serde_bytes::deserialize(d)?;
         Ok(Bytes::from(v.into_vec()))
     }

@@ -57,6 +57,10 @@ pub enum PackageError {
     Io(#[from] std::io::Error),
 }
 
+/// What a walk over a package's entries calls for each: its path, whether it is a folder, its
+/// mode, and its content.
+type Visit<'a> = dyn FnMut(&Path, bool, u32, &mut dyn Read) -> Result<(), PackageError> + 'a;
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -126,7 +130,7 @@ impl Budget<'_> {
         is_dir: bool,
         mode: u32,
         content: &mut dyn Read,
-        visit: &mut dyn FnMut(&Path, bool, u32, &mut dyn Read) -> Result<(), PackageError>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), PackageError> {
         let mut limited = content.take(self.room() + 1);
         let mut counting = Counting { inner: &mut limited, n: 0 };
@@ -187,11 +191,7 @@ fn walk(
     Ok(())
 }
 
-fn walk_zip(
-    bytes: &[u8],
-    budget: &mut Budget<'_>,
-    visit: &mut dyn FnMut(&Path, bool, u32, &mut dyn Read) -> Result<(), PackageError>,
-) -> Result<(), PackageError> {
+fn walk_zip(bytes: &[u8], budget: &mut Budget<'_>, visit: &mut Visit<'_>) -> Result<(), PackageError> {
     let unreadable = |e: zip::result::ZipError| PackageError::Unreadable(format!("zip: {e}"));
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(unreadable)?;
     for i in 0..archive.len() {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::client::Client;
 
 #[derive(Subcommand, Debug)]
-pub enum BatchCommand {
+pub(crate) enum BatchCommand {
     /// Submit a batch: one invocation per item, then wait and show progress until it ends.
     ///
     /// FILE holds NDJSON (one JSON item per line; streamed, so it can be any size) or one JSON
@@ -141,7 +141,7 @@ async fn follow(api: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> 
     }
 }
 
-pub async fn run(cmd: BatchCommand, api: &Client, json: bool) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(cmd: BatchCommand, api: &Client, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
         BatchCommand::Submit { file, function, then, no_wait } => {
             let sent = Arc::new(AtomicU64::new(0));
@@ -257,7 +257,7 @@ where
 }
 
 /// `warren timers`.
-pub async fn timers(api: &Client, json: bool) -> anyhow::Result<ExitCode> {
+pub(crate) async fn timers(api: &Client, json: bool) -> anyhow::Result<ExitCode> {
     let v = api.timers().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -281,7 +281,7 @@ pub async fn timers(api: &Client, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// `warren deliveries ID [--retry]`.
-pub async fn deliveries(api: &Client, id: &str, retry: bool, json: bool) -> anyhow::Result<ExitCode> {
+pub(crate) async fn deliveries(api: &Client, id: &str, retry: bool, json: bool) -> anyhow::Result<ExitCode> {
     if retry {
         let v = api.retry_deliveries(id).await?;
         if !json {

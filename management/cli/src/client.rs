@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 /// A client of one management API, sending one key (if any) on every request.
-pub struct Client {
+pub(crate) struct Client {
     base: Url,
     http: reqwest::Client,
     /// `Bearer KEY`, marked sensitive (kept out of debug output).
@@ -19,14 +19,14 @@ pub struct Client {
 }
 
 /// What an invoke answered: 200 with the outcome, or 202 with the invocation id.
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: u16,
     pub body: Value,
 }
 
 /// How an invoke waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
+pub(crate) enum Wait {
     /// For the outcome, up to this long.
     Sync(Duration),
     /// Only until the broker has the invocation.
@@ -35,7 +35,7 @@ pub enum Wait {
 
 impl Client {
     /// A client of the API at `base` (`http://host:port`, with or without a path prefix).
-    pub fn new(base: &str, key: Option<&SecretString>) -> anyhow::Result<Client> {
+    pub(crate) fn new(base: &str, key: Option<&SecretString>) -> anyhow::Result<Client> {
         let base = Url::parse(base).map_err(|e| {
             anyhow::anyhow!(
                 "{base:?} is not a URL ({e}); give the management API's address, e.g. http://127.0.0.1:7070"
@@ -104,22 +104,22 @@ impl Client {
     }
 
     /// `POST /api/functions`: publishes a package (`.tar.gz`).
-    pub async fn publish(&self, package: Vec<u8>) -> anyhow::Result<Value> {
+    pub(crate) async fn publish(&self, package: Vec<u8>) -> anyhow::Result<Value> {
         self.json(self.post(&["api", "functions"]).body(package)).await
     }
 
     /// `GET /api/functions`.
-    pub async fn functions(&self) -> anyhow::Result<Value> {
+    pub(crate) async fn functions(&self) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "functions"])).await
     }
 
     /// `GET /api/functions/{name}`: one function and its versions.
-    pub async fn function(&self, name: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn function(&self, name: &str) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "functions", name])).await
     }
 
     /// `POST /api/functions/{name}/invoke`.
-    pub async fn invoke(&self, name: &str, input: Vec<u8>, wait: Wait) -> anyhow::Result<Answer> {
+    pub(crate) async fn invoke(&self, name: &str, input: Vec<u8>, wait: Wait) -> anyhow::Result<Answer> {
         let req = self.post(&["api", "functions", name, "invoke"]).body(input);
         let req = match wait {
             Wait::Async => req.query(&[("mode", "async")]),
@@ -132,7 +132,7 @@ impl Client {
 
     /// `POST /api/functions/{name}/invocations`: NDJSON, one asynchronous invocation per line.
     /// Any answer comes back (a 503 lists what was queued and what was not).
-    pub async fn invoke_lines(&self, name: &str, ndjson: Vec<u8>) -> anyhow::Result<Answer> {
+    pub(crate) async fn invoke_lines(&self, name: &str, ndjson: Vec<u8>) -> anyhow::Result<Answer> {
         let req = self
             .post(&["api", "functions", name, "invocations"])
             .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
@@ -141,49 +141,55 @@ impl Client {
     }
 
     /// `GET /api/invocations/{id}`: status, result, attempts and log lines.
-    pub async fn invocation(&self, id: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn invocation(&self, id: &str) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "invocations", id])).await
     }
 
     /// `POST /api/keys`.
-    pub async fn create_key(&self, name: &str, level: &str, function: Option<&str>) -> anyhow::Result<Value> {
+    pub(crate) async fn create_key(&self, name: &str, level: &str, function: Option<&str>) -> anyhow::Result<Value> {
         let body = json!({"name": name, "level": level, "function": function});
         self.json(self.post(&["api", "keys"]).json(&body)).await
     }
 
     /// `GET /api/keys`.
-    pub async fn keys(&self) -> anyhow::Result<Value> {
+    pub(crate) async fn keys(&self) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "keys"])).await
     }
 
     /// `DELETE /api/keys/{id}`.
-    pub async fn revoke_key(&self, id: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn revoke_key(&self, id: &str) -> anyhow::Result<Value> {
         self.json(self.request(Method::DELETE, &["api", "keys", id])).await
     }
 
     /// `GET /api/functions/{name}/settings`.
-    pub async fn settings(&self, function: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn settings(&self, function: &str) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "functions", function, "settings"])).await
     }
 
     /// `PUT /api/functions/{name}/settings/{key}`.
-    pub async fn set_setting(&self, function: &str, name: &str, value: &str, secret: bool) -> anyhow::Result<Value> {
+    pub(crate) async fn set_setting(
+        &self,
+        function: &str,
+        name: &str,
+        value: &str,
+        secret: bool,
+    ) -> anyhow::Result<Value> {
         let body = json!({"value": value, "secret": secret});
         self.json(self.request(Method::PUT, &["api", "functions", function, "settings", name]).json(&body)).await
     }
 
     /// `DELETE /api/functions/{name}/settings/{key}`.
-    pub async fn remove_setting(&self, function: &str, name: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn remove_setting(&self, function: &str, name: &str) -> anyhow::Result<Value> {
         self.json(self.request(Method::DELETE, &["api", "functions", function, "settings", name])).await
     }
 
     /// `GET /api/workers`.
-    pub async fn workers(&self) -> anyhow::Result<Value> {
+    pub(crate) async fn workers(&self) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "workers"])).await
     }
 
     /// `GET /api/dead-letters`.
-    pub async fn dead_letters(&self, pool: Option<&str>, limit: usize) -> anyhow::Result<Value> {
+    pub(crate) async fn dead_letters(&self, pool: Option<&str>, limit: usize) -> anyhow::Result<Value> {
         let mut req = self.get(&["api", "dead-letters"]).query(&[("limit", limit)]);
         if let Some(p) = pool {
             req = req.query(&[("pool", p)]);
@@ -192,13 +198,13 @@ impl Client {
     }
 
     /// `POST /api/dead-letters/replay`.
-    pub async fn replay(&self, ids: &[String], all: bool, pool: Option<&str>) -> anyhow::Result<Value> {
+    pub(crate) async fn replay(&self, ids: &[String], all: bool, pool: Option<&str>) -> anyhow::Result<Value> {
         let body = json!({"ids": ids, "all": all, "pool": pool});
         self.json(self.post(&["api", "dead-letters", "replay"]).json(&body)).await
     }
 
     /// `POST /api/batches`: the items as a streamed body (NDJSON, or a JSON array).
-    pub async fn submit_batch(
+    pub(crate) async fn submit_batch(
         &self,
         function: &str,
         then: Option<&str>,
@@ -213,38 +219,38 @@ impl Client {
     }
 
     /// `GET /api/batches/{id}`.
-    pub async fn batch(&self, id: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn batch(&self, id: &str) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "batches", id])).await
     }
 
     /// `GET /api/batches`.
-    pub async fn batches(&self, limit: u32) -> anyhow::Result<Value> {
+    pub(crate) async fn batches(&self, limit: u32) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "batches"]).query(&[("limit", limit)])).await
     }
 
     /// `POST /api/batches/{id}/cancel`.
-    pub async fn cancel_batch(&self, id: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn cancel_batch(&self, id: &str) -> anyhow::Result<Value> {
         self.json(self.post(&["api", "batches", id, "cancel"])).await
     }
 
     /// `GET /api/timers`.
-    pub async fn timers(&self) -> anyhow::Result<Value> {
+    pub(crate) async fn timers(&self) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "timers"])).await
     }
 
     /// `GET /api/invocations/{id}/deliveries`.
-    pub async fn deliveries(&self, id: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn deliveries(&self, id: &str) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "invocations", id, "deliveries"])).await
     }
 
     /// `POST /api/invocations/{id}/deliveries/retry`.
-    pub async fn retry_deliveries(&self, id: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn retry_deliveries(&self, id: &str) -> anyhow::Result<Value> {
         self.json(self.post(&["api", "invocations", id, "deliveries", "retry"])).await
     }
 }
 
 /// The API's message in an error answer (`{"error": {"message": ...}}`), or the body itself.
-pub fn error_message(body: &Value) -> String {
+pub(crate) fn error_message(body: &Value) -> String {
     body.pointer("/error/message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| body.to_string())
 }
 

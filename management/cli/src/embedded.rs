@@ -16,7 +16,7 @@ use warren_worker::{Worker, WorkerConfig};
 
 use warren_management::{Config, Management};
 
-pub struct Options {
+pub(crate) struct Options {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub workers: usize,
@@ -141,7 +141,10 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// Runs until `shutdown` resolves.
-pub async fn up(opts: Options, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub(crate) async fn up(
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create the data folder {}", opts.data_dir.display()))?;
     // One process per data folder: its queue is in memory, so what the store says is queued or

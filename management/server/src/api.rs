@@ -137,7 +137,7 @@ pub fn router(m: Arc<Management>) -> Router {
 async fn metrics(State(m): State<Arc<Management>>) -> Response {
     let pools = m.invoker.pools().await.unwrap_or_default();
     let text = m.metrics.render(&pools, &*m.transport).await;
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    ([(axum::http::header::CONTENT_TYPE, warren_service::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 async fn openapi() -> Response {

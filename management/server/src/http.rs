@@ -133,6 +133,7 @@ pub async fn serve(
 /// tokio polls with epoll/kqueue, so high descriptors cost nothing). Returns the soft limit
 /// now in force, if it can be read.
 #[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every Unix
 pub fn raise_open_files_limit() -> Option<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit only read and write the struct given.

@@ -210,7 +210,7 @@ impl Invoker {
             self.tasks.spawn(async move {
                 let started = std::time::Instant::now();
                 let published = transport.publish(&pool, body).await;
-                m_publish.observe_duration(&[], started.elapsed());
+                m_publish.observe(started.elapsed().as_secs_f64());
                 if let Err(e) = &published {
                     tracing::warn!(%id, error = %e, "the broker did not confirm a synchronous invocation");
                 }
@@ -226,7 +226,7 @@ impl Invoker {
                 Err(e) => return Err(Error::Transport(TransportError::Other(format!("the publish was interrupted: {e}")))),
             },
         };
-        self.metrics.invocations_accepted.inc(&[&new.function]);
+        self.metrics.accepted(&new.function, 1);
         drop(waiting);
         // The first attempt's outcome, as the worker stored it, came with the notice: the
         // record, its log lines and its one attempt are known without reading them back.
@@ -293,7 +293,7 @@ impl Invoker {
         }
         self.publish_recorded(pool, &msg).await?;
         drop(held);
-        self.metrics.invocations_accepted.inc(&[function]);
+        self.metrics.accepted(function, 1);
         tracing::debug!("invocation published");
         Ok(Accepted { id, invocation: None, details: None })
     }
@@ -359,7 +359,7 @@ impl Invoker {
                 Err(e) => out.not_queued.push((id, format!("not queued (recorded failed): {e}"))),
             }
         }
-        self.metrics.invocations_accepted.add(&[function], out.ids.len() as u64);
+        self.metrics.accepted(function, out.ids.len() as u64);
         tracing::debug!(function, accepted = out.ids.len(), not_queued = out.not_queued.len(), "bulk invoke");
         Ok(out)
     }
@@ -407,7 +407,7 @@ impl Invoker {
             Ok(()) => {
                 let started = std::time::Instant::now();
                 let published = self.transport.publish(pool, msg.encode().into()).await.map_err(Error::from);
-                self.metrics.publish.observe_duration(&[], started.elapsed());
+                self.metrics.publish.observe(started.elapsed().as_secs_f64());
                 published
             }
             Err(e) => Err(e),

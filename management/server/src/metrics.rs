@@ -1,105 +1,147 @@
-//! Management's metrics, served at `GET /metrics` in the Prometheus text format.
+//! Management's metrics, served at `GET /metrics` in the OpenMetrics text format.
 
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use warren_service::metrics::{CounterVec, GaugeVec, HistogramVec, StoreLatency, LATENCY_BUCKETS};
-
+use warren_service::metrics::{
+    latency_histogram, latency_histograms, render, Counter, EncodeLabelSet, Family, Gauge, Histogram, Histograms,
+    Registry, StoreLatency,
+};
 use warren_transport::Transport;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabel {
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
 pub struct Metrics {
+    registry: Registry,
     /// Invocations recorded and confirmed by the broker, by function.
-    pub invocations_accepted: CounterVec,
-    pub http_requests: CounterVec,
-    pub http_duration: HistogramVec,
+    invocations_accepted: Family<FunctionLabel, Counter>,
+    http_requests: Family<RequestLabels, Counter>,
+    http_duration: Histograms<RouteLabel>,
     pub store: StoreLatency,
-    /// Time from publishing an invocation to the broker's confirm (shared with the tasks that
-    /// await the confirms of synchronous invokes).
-    pub publish: std::sync::Arc<HistogramVec>,
-    queue_depth: GaugeVec,
-    queue_consumers: GaugeVec,
-    dead_depth: GaugeVec,
+    /// Time from publishing an invocation to the broker's confirm (a handle the tasks that
+    /// await the confirms of synchronous invokes share).
+    pub publish: Histogram,
+    queue_depth: Family<PoolLabel, Gauge>,
+    queue_consumers: Family<PoolLabel, Gauge>,
+    dead_depth: Family<PoolLabel, Gauge>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut registry = Registry::default();
+        let invocations_accepted = Family::default();
+        registry.register(
+            "warren_invocations_accepted",
+            "Invocations accepted (recorded, and confirmed by the broker), by function",
+            invocations_accepted.clone(),
+        );
+        let http_requests = Family::default();
+        registry.register(
+            "warren_http_requests",
+            "HTTP requests answered, by method, route and status",
+            http_requests.clone(),
+        );
+        let http_duration = latency_histograms();
+        registry.register(
+            "warren_http_request_duration_seconds",
+            "Time to answer HTTP requests, by route",
+            http_duration.clone(),
+        );
+        let store = StoreLatency::registered(&mut registry);
+        let publish = latency_histogram();
+        registry.register(
+            "warren_broker_publish_seconds",
+            "Time from publishing an invocation's message to the broker's confirm",
+            publish.clone(),
+        );
+        let queue_depth = Family::default();
+        registry.register(
+            "warren_queue_depth",
+            "Messages ready in a pool's queue, read when scraped",
+            queue_depth.clone(),
+        );
+        let queue_consumers = Family::default();
+        registry.register(
+            "warren_queue_consumers",
+            "Consumers (worker channels) on a pool's queue, read when scraped",
+            queue_consumers.clone(),
+        );
+        let dead_depth = Family::default();
+        registry.register(
+            "warren_dead_letters",
+            "Messages in a pool's dead-letter queue, read when scraped",
+            dead_depth.clone(),
+        );
         Metrics {
-            invocations_accepted: CounterVec::new(
-                "warren_invocations_accepted_total",
-                "Invocations accepted (recorded, and confirmed by the broker), by function.",
-                &["function"],
-            ),
-            http_requests: CounterVec::new(
-                "warren_http_requests_total",
-                "HTTP requests answered, by method, route and status.",
-                &["method", "route", "status"],
-            ),
-            http_duration: HistogramVec::new(
-                "warren_http_request_duration_seconds",
-                "Time to answer HTTP requests, by route.",
-                &["route"],
-                LATENCY_BUCKETS,
-            ),
-            store: StoreLatency::default(),
-            publish: std::sync::Arc::new(HistogramVec::new(
-                "warren_broker_publish_seconds",
-                "Time from publishing an invocation's message to the broker's confirm.",
-                &[],
-                LATENCY_BUCKETS,
-            )),
-            queue_depth: GaugeVec::new(
-                "warren_queue_depth",
-                "Messages ready in a pool's queue, read when scraped.",
-                &["pool"],
-            ),
-            queue_consumers: GaugeVec::new(
-                "warren_queue_consumers",
-                "Consumers (worker channels) on a pool's queue, read when scraped.",
-                &["pool"],
-            ),
-            dead_depth: GaugeVec::new(
-                "warren_dead_letters",
-                "Messages in a pool's dead-letter queue, read when scraped.",
-                &["pool"],
-            ),
+            registry,
+            invocations_accepted,
+            http_requests,
+            http_duration,
+            store,
+            publish,
+            queue_depth,
+            queue_consumers,
+            dead_depth,
         }
     }
 }
 
 impl Metrics {
+    /// Counts `n` invocations of `function` accepted.
+    pub fn accepted(&self, function: &str, n: u64) {
+        self.invocations_accepted.get_or_create(&FunctionLabel { function: function.to_string() }).inc_by(n);
+    }
+
     /// Counts one answered request. Unmatched paths share one route label, so that scans of
     /// random paths cannot grow the registry without bound.
     pub fn http_request(&self, method: &Method, route: Option<&str>, status: StatusCode, took: Duration) {
-        let route = route.unwrap_or("unmatched");
+        let route = route.unwrap_or("unmatched").to_string();
         let method = match *method {
-            Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::HEAD | Method::PATCH => method.as_str(),
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::HEAD => "HEAD",
+            Method::PATCH => "PATCH",
             _ => "other",
         };
-        self.http_requests.inc(&[method, route, status.as_str()]);
-        self.http_duration.observe_duration(&[route], took);
+        self.http_duration.get_or_create(&RouteLabel { route: route.clone() }).observe(took.as_secs_f64());
+        self.http_requests.get_or_create(&RequestLabels { method, route, status: status.as_u16() }).inc();
     }
 
     /// The text exposition, with the depths of `pools` read from the broker now (a pool the
     /// broker cannot answer for is left out).
     pub async fn render(&self, pools: &[String], transport: &dyn Transport) -> String {
         for pool in pools {
+            let label = PoolLabel { pool: pool.clone() };
             if let Ok(stats) = transport.queue_stats(pool).await {
-                self.queue_depth.set(&[pool], stats.messages as i64);
-                self.queue_consumers.set(&[pool], stats.consumers as i64);
+                self.queue_depth.get_or_create(&label).set(stats.messages as i64);
+                self.queue_consumers.get_or_create(&label).set(stats.consumers as i64);
             }
             if let Ok(n) = transport.dead_count(pool).await {
-                self.dead_depth.set(&[pool], n as i64);
+                self.dead_depth.get_or_create(&label).set(n as i64);
             }
         }
-        let mut out = String::new();
-        self.invocations_accepted.render(&mut out);
-        self.http_requests.render(&mut out);
-        self.http_duration.render(&mut out);
-        self.store.0.render(&mut out);
-        self.publish.render(&mut out);
-        self.queue_depth.render(&mut out);
-        self.queue_consumers.render(&mut out);
-        self.dead_depth.render(&mut out);
-        out
+        render(&self.registry)
     }
 }

@@ -301,6 +301,6 @@ impl Refuser {
 }
 
 /// The queue a source reads: its own, or Warren's bound to its exchange.
-pub fn source_queue(function: &str, src: &AmqpSource) -> String {
+pub(crate) fn source_queue(function: &str, src: &AmqpSource) -> String {
     src.queue.clone().unwrap_or_else(|| format!("warren.source.{function}"))
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use warren_transport::amqp::AmqpTransport;
 use warren_worker::{Worker, WorkerConfig};
@@ -57,7 +58,7 @@ struct Args {
     max_log_lines: usize,
     /// Key that opens secret settings: the same one management was given.
     #[arg(long, env = "WARREN_SECRET_KEY", hide_env_values = true)]
-    secret_key: Option<String>,
+    secret_key: Option<SecretString>,
     /// Seconds to finish in-flight invocations after a stop signal.
     #[arg(long, env = "WARREN_GRACE_SECS", default_value_t = 30)]
     grace_secs: u64,
@@ -113,7 +114,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.limits.max_output_bytes = args.max_output_bytes;
     cfg.limits.max_log_lines = args.max_log_lines;
     if let Some(k) = &args.secret_key {
-        cfg.secret_key = Some(warren_service::secret::SecretKey::from_hex(k)?);
+        cfg.secret_key = Some(warren_service::secret::SecretKey::from_hex(k.expose_secret())?);
     }
     let transport = Arc::new(AmqpTransport::connect(&args.amqp, &cfg.id).await?);
     let worker = Worker::new(store, transport, cfg);

@@ -368,7 +368,7 @@ pub(super) const ITEM_ROWS_PER_INSERT: usize = 400;
 
 /// Every statement this backend sends (the log insert with two rows as its example).
 #[cfg(test)]
-pub fn statements() -> Vec<String> {
+pub(super) fn statements() -> Vec<String> {
     let mut all: Vec<String> = SCHEMA.iter().map(|(_, s)| s.to_string()).collect();
     all.extend(
         [
