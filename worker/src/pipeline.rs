@@ -135,10 +135,15 @@ impl Worker {
             Ok(msg) => {
                 let span = tracing::info_span!("invocation", id = %msg.id, function = %msg.function, version = msg.version, attempt = msg.attempt);
                 async {
-                    let verdict = match self.stages(pool, &msg, &d, gate, generation).await {
-                        Ok(v) | Err(v) => v,
+                    // One copy of an invocation at a time here, until its delivery is settled.
+                    let (here, verdict) = match self.admit(&msg) {
+                        Ok(here) => match self.stages(pool, &msg, &d, gate, generation).await {
+                            Ok(v) | Err(v) => (Some(here), v),
+                        },
+                        Err(v) => (None, v),
                     };
                     self.settle(pool, d, verdict).await;
+                    drop(here);
                 }
                 .instrument(span)
                 .await
@@ -147,7 +152,7 @@ impl Worker {
         }
     }
 
-    /// The stages after decoding; an `Err` is a stage that ended the path early.
+    /// The stages after decode and admit; an `Err` is a stage that ended the path early.
     async fn stages(
         &self,
         pool: &str,
@@ -156,7 +161,6 @@ impl Worker {
         gate: &Gate,
         generation: u64,
     ) -> Result<Verdict, Verdict> {
-        let _here = self.admit(msg)?;
         let slot = self.take_slot(gate, generation).await?;
         let attempt = Attempt::new(msg, d.redelivered);
         self.claim_stage(&attempt).await?;

@@ -5,8 +5,6 @@
 //! - Windows: the child is put in a job object with `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE` right
 //!   after it starts; `TerminateJobObject` kills everything it started (a grandchild started in
 //!   the instant before the assignment escapes; `taskkill /T` is the fallback for those).
-//!   This Windows code is written to the Win32 API but was not compiled on this project's
-//!   Linux machines.
 
 #[cfg(windows)]
 mod imp {

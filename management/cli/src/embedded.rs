@@ -216,8 +216,9 @@ pub(crate) async fn up(
     println!("  metrics:   http://{addr}/metrics");
     println!("Stop with Ctrl-C.");
     warren_management::serve(m.clone(), listener, shutdown).await?;
-    m.stop().await;
+    // The API is closed: the workers and management stop side by side.
     stop_workers.cancel();
+    m.stop().await;
     while let Some(r) = workers.join_next().await {
         if let Ok(Err(e)) = r {
             tracing::warn!(error = %e, "worker ended with an error");

@@ -379,13 +379,21 @@ impl Invoker {
         Ok(())
     }
 
-    /// The pools in use: those of every function's active version, and any declared here.
+    /// The pools in use: those of every function's active version, and any declared here. A
+    /// function whose active version cannot be read is left out (it names no pool anyone can
+    /// use); a store that cannot answer is an error.
     pub async fn pools(&self) -> Result<Vec<String>, Error> {
         let mut pools: std::collections::BTreeSet<String> =
             self.declared_pools.iter().map(|e| e.key().clone()).collect();
         pools.insert(default_pool());
-        for (_, _, manifest) in self.catalog.active_manifests().await? {
-            pools.insert(manifest.pool.clone());
+        for f in self.store.list_functions().await? {
+            match self.catalog.version_manifest(&f.name, f.active_version).await {
+                Ok(manifest) => {
+                    pools.insert(manifest.pool.clone());
+                }
+                Err(Error::Store(StoreError::Unavailable(e))) => return Err(StoreError::Unavailable(e).into()),
+                Err(_) => {}
+            }
         }
         Ok(pools.into_iter().collect())
     }

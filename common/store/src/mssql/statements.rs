@@ -3,10 +3,10 @@
 
 use crate::guard::open_invocation;
 
-/// Schema steps, each applied once (its number recorded in `warren_schema`). Steps 1 to 3 are
-/// numbered 0 to 8, one statement each; from step 4 on, step N's statements are numbered
-/// N * 100, N * 100 + 1, ... The runner applies every number not recorded yet, in order, so
-/// numbers may leave gaps (step 4 belongs to another branch).
+/// The schema's steps (see `crate::migrate`), one statement each (T-SQL compiles a batch before
+/// running it, so a column added by one statement is not seen by the next in the same batch).
+/// Steps 1 to 3 are numbered 0 to 8; from step 4 on, step N's statements are numbered
+/// N * 100, N * 100 + 1, ...
 pub(super) const SCHEMA: &[(i32, &str)] = &[
     (
         0,

@@ -1,7 +1,6 @@
 //! The PostgreSQL and SQLite schema, as numbered migration steps.
 
-/// The schema's steps (see `crate::migrate`). Step N of the comments is recorded as N - 1;
-/// number 3 (step 4) was never used.
+/// The schema's steps (see `crate::migrate`). Step N of the comments is recorded as N - 1.
 /// `blob`: the type of binary columns (`BYTEA` on PostgreSQL, `BLOB` on SQLite).
 pub(super) fn schema(blob: &str) -> Vec<(i32, String)> {
     vec![
