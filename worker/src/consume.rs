@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use warren_service::retry::Backoff;
+use warren_service::shutdown::pace;
 use warren_store::WorkerState;
 use warren_transport::{Consumer, Delivery};
 
@@ -55,11 +56,7 @@ impl Worker {
 
     /// Heartbeats until the stop signal, retiring warm handlers of versions no longer active.
     async fn beat(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(self.cfg.heartbeat_every) => {}
-                _ = stop.cancelled() => return,
-            }
+        while pace(self.cfg.heartbeat_every, &stop).await {
             if let Err(e) = self.store.heartbeat(&self.info(WorkerState::Running)).await {
                 tracing::warn!(error = %e, "heartbeat failed");
             }

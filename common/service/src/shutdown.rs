@@ -1,4 +1,18 @@
-//! The stop signal every Warren process obeys: Ctrl-C, SIGTERM on Unix, Ctrl-Break on Windows.
+//! Stopping: the signal every Warren process obeys (Ctrl-C, SIGTERM on Unix, Ctrl-Break on
+//! Windows), and the pace of the loops that a stop ends.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Waits `period` between two turns of a loop: `true` to go on, `false` (at once) when `stop`
+/// is cancelled, ending the loop.
+pub async fn pace(period: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(period) => !stop.is_cancelled(),
+        _ = stop.cancelled() => false,
+    }
+}
 
 /// Resolves when the process is asked to stop: Ctrl-C, SIGTERM on Unix, Ctrl-Break on Windows.
 pub async fn shutdown_signal() {

@@ -50,7 +50,7 @@ use warren_wire::time::now_ms;
 use crate::error::Error;
 use crate::keys::{generate_key, hash_key};
 use crate::management::Management;
-use crate::reply::{body_or_error, id_from, name_from, ApiError, ApiResult};
+use crate::reply::{bad_request, body_or_error, id_from, name_from, not_found, query, ApiError, ApiResult};
 use crate::views::view;
 use crate::{auth, portal, triggers_api};
 
@@ -117,9 +117,7 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/stats", get(stats))
         .merge(triggers_api::routes())
         .merge(portal::routes())
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /api (see README)")
-        })
+        .fallback(|| async { not_found("no such endpoint; the API lives under /api (see README)") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -159,7 +157,7 @@ async fn create_key(
     State(m): State<Arc<Management>>,
     body: Result<Json<NewKeyBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let bad = |msg: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg);
+    let bad = |msg: String| bad_request(msg);
     let Json(b) = body.map_err(|e| bad(format!("{}; {KEY_BODY_HELP}", e.body_text())))?;
     let name = b.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 200 {
@@ -205,15 +203,9 @@ async fn revoke_key(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let s = name_from(id)?;
-    let id = Uuid::parse_str(&s).map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{s:?} is not a key id (a UUID)"))
-    })?;
+    let id = Uuid::parse_str(&s).map_err(|_| bad_request(format!("{s:?} is not a key id (a UUID)")))?;
     if !m.store.revoke_key(id, now_ms()).await? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no key {id} that is not revoked already; `warren keys list` shows them"),
-        ));
+        return Err(not_found(format!("no key {id} that is not revoked already; `warren keys list` shows them")));
     }
     // Refused at once here; other instances drop their cached copy within KEY_CACHE_TTL.
     m.keys.forget(id);
@@ -231,10 +223,7 @@ async fn publish(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let body = body_or_error(body, m.config.package_limits.max_package_bytes, "package")?;
     if body.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "send the function package (.tar.gz with function.toml at its root) as the request body; `warren publish DIR` packs a folder",
+        return Err(bad_request("send the function package (.tar.gz with function.toml at its root) as the request body; `warren publish DIR` packs a folder",
         ));
     }
     let v = m.catalog.publish(&body).await?;
@@ -250,9 +239,7 @@ async fn get_function(
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let name = name_from(name)?;
-    let f = m.store.get_function(&name).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("function {name:?} does not exist"))
-    })?;
+    let f = m.store.get_function(&name).await?.ok_or_else(|| not_found(format!("function {name:?} does not exist")))?;
     let versions = m.store.list_versions(&name).await?;
     Ok(Json(json!({"function": f, "versions": versions})))
 }
@@ -272,18 +259,14 @@ async fn invoke(
 ) -> ApiResult<Response> {
     let body = body_or_error(body, m.config.max_payload_bytes as u64, "input")?;
     let name = name_from(name)?;
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let q = query(q)?;
     let wait = match q.mode.as_deref() {
         None | Some("sync") => Some(m.invoker.clamp_wait(q.timeout_ms)),
         Some("async") => None,
         Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!(
-                    "mode={other:?} is not known: use mode=sync (wait for the result) or mode=async (202 and an id)"
-                ),
-            ))
+            return Err(bad_request(format!(
+                "mode={other:?} is not known: use mode=sync (wait for the result) or mode=async (202 and an id)"
+            )))
         }
     };
     // Safe to cancel: a client that leaves cannot cut an async invoke between its record and
@@ -339,11 +322,9 @@ fn bulk_inputs(body: &Bytes, max_input: usize) -> ApiResult<Vec<Bytes>> {
             ));
         }
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("line {no} is not a JSON value ({e}); each line holds one input; nothing was accepted"),
-            ));
+            return Err(bad_request(format!(
+                "line {no} is not a JSON value ({e}); each line holds one input; nothing was accepted"
+            )));
         }
         if inputs.len() == MAX_BULK_INPUTS {
             return Err(ApiError::new(
@@ -381,7 +362,7 @@ async fn invoke_many(
                 format!("the body is over the limit of {limit} bytes; send the inputs in several requests (or as a batch: POST /api/batches); nothing was accepted"),
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("cannot read the body: {e}"))
+            bad_request(format!("cannot read the body: {e}"))
         }
     })?;
     let max_input = m.config.max_payload_bytes;
@@ -394,11 +375,7 @@ async fn invoke_many(
         bulk_inputs(&body, max_input)?
     };
     if inputs.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the body holds no input: send NDJSON, one JSON input per line",
-        ));
+        return Err(bad_request("the body holds no input: send NDJSON, one JSON input per line"));
     }
     // Safe to cancel: a client that goes away mid-way does not stop it between the records
     // and their publishes (see `Invoker::invoke_many`).
@@ -435,11 +412,7 @@ async fn get_invocation(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let id = id_from(id)?;
-    let inv = m
-        .store
-        .get_invocation(id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")))?;
+    let inv = m.store.get_invocation(id).await?.ok_or_else(|| not_found(format!("no invocation {id}")))?;
     let logs = m.store.get_logs(id).await?;
     let attempts = m.store.list_attempts(id).await?;
     let mut v = view(&inv, Some(&logs), Some(&attempts));
@@ -453,7 +426,7 @@ async fn get_invocation(
 async fn get_logs(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
     let id = id_from(id)?;
     if m.store.get_invocation(id).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no invocation {id}")));
+        return Err(not_found(format!("no invocation {id}")));
     }
     Ok(Json(serde_json::to_value(m.store.get_logs(id).await?).unwrap_or_default()))
 }
@@ -465,7 +438,7 @@ async fn list_settings(
 ) -> ApiResult<Json<Value>> {
     let name = name_from(name)?;
     if m.store.get_function(&name).await?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("function {name:?} does not exist")));
+        return Err(not_found(format!("function {name:?} does not exist")));
     }
     let list: Vec<Value> = m
         .store
@@ -496,14 +469,9 @@ async fn put_setting(
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<SettingBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Path((name, key)) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    let Json(b) = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("{}; send {{\"value\": \"...\", \"secret\": true|false}}", e.body_text()),
-        )
-    })?;
+    let Path((name, key)) = path.map_err(|e| bad_request(e.body_text()))?;
+    let Json(b) = body
+        .map_err(|e| bad_request(format!("{}; send {{\"value\": \"...\", \"secret\": true|false}}", e.body_text())))?;
     m.catalog.set_setting(&name, &key, &b.value, b.secret).await?;
     Ok(Json(json!({"name": key, "secret": b.secret, "stored": true})))
 }
@@ -512,13 +480,9 @@ async fn delete_setting(
     State(m): State<Arc<Management>>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Path((name, key)) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Path((name, key)) = path.map_err(|e| bad_request(e.body_text()))?;
     if !m.store.delete_setting(&name, &key).await? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("function {name:?} has no setting {key:?}"),
-        ));
+        return Err(not_found(format!("function {name:?} has no setting {key:?}")));
     }
     Ok(Json(json!({"name": key, "deleted": true})))
 }
@@ -557,14 +521,10 @@ async fn stats(
     State(m): State<Arc<Management>>,
     q: Result<Query<StatsQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let q = query(q)?;
     let minutes = q.minutes.unwrap_or(60);
     if !(1..=1440).contains(&minutes) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("minutes={minutes} is out of range: give 1 to 1440 (a day)"),
-        ));
+        return Err(bad_request(format!("minutes={minutes} is out of range: give 1 to 1440 (a day)")));
     }
     let now = now_ms();
     // Whole minutes: the current one and the `minutes - 1` before it.
@@ -612,15 +572,13 @@ async fn list_invocations(
     State(m): State<Arc<Management>>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let q = query(q)?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("status {s:?} is not one of queued, running, succeeded, failed, timed_out, dead, cancelled"),
-            )
+            bad_request(format!(
+                "status {s:?} is not one of queued, running, succeeded, failed, timed_out, dead, cancelled"
+            ))
         })?),
     };
     let filter = InvocationFilter { function: q.function, status, limit: q.limit.unwrap_or(50).min(1000) };
@@ -637,7 +595,7 @@ struct DeadQuery {
 async fn pools_for(m: &Management, pool: Option<String>) -> ApiResult<Vec<String>> {
     match pool {
         Some(p) if valid_name(&p) => Ok(vec![p]),
-        Some(p) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{p:?} is not a pool name"))),
+        Some(p) => Err(bad_request(format!("{p:?} is not a pool name"))),
         None => Ok(m.invoker.pools().await?),
     }
 }
@@ -646,7 +604,7 @@ async fn list_dead(
     State(m): State<Arc<Management>>,
     q: Result<Query<DeadQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let q = query(q)?;
     let pools = pools_for(&m, q.pool).await?;
     let mut counts = serde_json::Map::new();
     for p in &pools {
@@ -671,18 +629,10 @@ async fn replay_dead(
     body: Result<Json<ReplayBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(b) = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("{}; send {{\"ids\": [\"<invocation id>\", ...]}} or {{\"all\": true}}", e.body_text()),
-        )
+        bad_request(format!("{}; send {{\"ids\": [\"<invocation id>\", ...]}} or {{\"all\": true}}", e.body_text()))
     })?;
     if b.ids.is_empty() && !b.all {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}",
-        ));
+        return Err(bad_request("say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}"));
     }
     let pools = pools_for(&m, b.pool).await?;
     let ids = (!b.all).then_some(b.ids.as_slice());

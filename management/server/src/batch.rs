@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
+use warren_service::shutdown::pace;
 use warren_store::{Batch, BatchState, NewBatch, NewInvocation, Status, Store};
 use warren_wire::time::now_ms;
 
@@ -612,11 +613,7 @@ impl Batches {
 
     /// The fan-in loop of one management instance, until `stop`.
     pub(crate) async fn sweep(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(SWEEP_EVERY) => {}
-                _ = stop.cancelled() => return,
-            }
+        while pace(SWEEP_EVERY, &stop).await {
             let open = match self.store.open_batches().await {
                 Ok(o) => o,
                 Err(e) => {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use warren_service::secret::SecretKey;
+use warren_service::shutdown::pace;
 use warren_store::{DeliveryRecord, DeliveryStatus, Invocation, Store};
 use warren_transport::peer::Peers;
 use warren_wire::manifest::{Output, OutputKind};
@@ -63,11 +64,7 @@ impl Outputs {
                 return;
             }
         };
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(POLL_EVERY) => {}
-                _ = stop.cancelled() => return,
-            }
+        while pace(POLL_EVERY, &stop).await {
             let due = match self.store.take_deliveries(now_ms(), LEASE_MS, BATCH).await {
                 Ok(d) => d,
                 Err(e) => {

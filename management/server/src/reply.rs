@@ -103,20 +103,18 @@ pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>, limit: u64, wha
                 format!("the {what} is over the limit of {limit} bytes; nothing was stored"),
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("cannot read the {what}: {}", e.body_text()))
+            bad_request(format!("cannot read the {what}: {}", e.body_text()))
         }
     })
 }
 
 /// A path parameter, or a 400.
 pub(crate) fn name_from(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
-    p.map(|Path(n)| n).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+    p.map(|Path(n)| n).map_err(|e| bad_request(e.body_text()))
 }
 
 /// An invocation id in the path, or a 400.
 pub(crate) fn id_from(p: Result<Path<String>, PathRejection>) -> ApiResult<Uuid> {
     let s = name_from(p)?;
-    Uuid::parse_str(&s).map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{s:?} is not an invocation id (a UUID)"))
-    })
+    Uuid::parse_str(&s).map_err(|_| bad_request(format!("{s:?} is not an invocation id (a UUID)")))
 }

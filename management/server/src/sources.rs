@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 use warren_service::retry::Backoff;
+use warren_service::shutdown::pace;
 use warren_store::{NewInvocation, Outcome, Status, Store};
 use warren_transport::peer;
 use warren_wire::manifest::AmqpSource;
@@ -63,11 +64,7 @@ impl Sources {
     /// published and acked, or returned); then `idle` is set and this returns.
     pub(crate) async fn supervise(self: Arc<Self>, stop: CancellationToken, idle: Arc<AtomicBool>) {
         let mut running: HashMap<String, (AmqpSource, tokio::task::JoinHandle<()>)> = HashMap::new();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(REFRESH_EVERY) => {}
-                _ = stop.cancelled() => break,
-            }
+        while pace(REFRESH_EVERY, &stop).await {
             let active = match self.catalog.active_manifests().await {
                 Ok(a) => a,
                 Err(e) => {

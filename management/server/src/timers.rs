@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+use warren_service::shutdown::pace;
 use warren_store::{NewInvocation, Store};
 use warren_wire::manifest::CatchUp;
 use warren_wire::schedule::{rfc3339, Schedule};
@@ -122,11 +123,7 @@ impl Timers {
     pub(crate) async fn schedule(self: Arc<Self>, stop: CancellationToken) {
         let mut timers: HashMap<String, Timer> = HashMap::new();
         let mut refreshed: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(TICK_EVERY) => {}
-                _ = stop.cancelled() => return,
-            }
+        while pace(TICK_EVERY, &stop).await {
             if refreshed.is_none_or(|r| r.elapsed() >= REFRESH_EVERY) {
                 match self.catalog.active_manifests().await {
                     Ok(all) => {
