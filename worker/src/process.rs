@@ -78,10 +78,35 @@ fn resolve_program(dir: &Path, program: &str) -> PathBuf {
     let p = Path::new(program);
     // "./run.sh" or "bin/tool" are relative to the package folder; bare names go through PATH.
     if p.is_relative() && p.components().count() > 1 {
-        dir.join(p)
+        with_pathext(dir.join(p))
     } else {
         p.to_path_buf()
     }
+}
+
+/// Windows: a program of the package named without its extension (`./run`) is found as
+/// `cmd.exe` would find it, trying each extension of `PATHEXT` in turn (`run.com`, `run.exe`,
+/// `run.bat`, `run.cmd` by default). A name found as written, or with an extension, stays.
+#[cfg(windows)]
+fn with_pathext(path: PathBuf) -> PathBuf {
+    if path.extension().is_some() || path.is_file() {
+        return path;
+    }
+    let exts = std::env::var("PATHEXT").unwrap_or_else(|_| ".COM;.EXE;.BAT;.CMD".to_string());
+    for ext in exts.split(';').filter(|e| e.starts_with('.')) {
+        let mut candidate = path.clone().into_os_string();
+        candidate.push(ext);
+        let candidate = PathBuf::from(candidate);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    path
+}
+
+#[cfg(not(windows))]
+fn with_pathext(path: PathBuf) -> PathBuf {
+    path
 }
 
 /// A command for a function's process: run in its package folder, with a clean environment
@@ -280,4 +305,114 @@ pub(crate) async fn kill_tree(child: &mut Child) {
     }
     let _ = child.kill().await;
     let _ = child.wait().await;
+}
+
+/// What only Windows can show: run as Windows test executables under Wine by `scripts/windows`.
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn env<'a>() -> InvocationEnv<'a> {
+        InvocationEnv {
+            id: "0190d1a4-0000-7000-8000-000000000000",
+            function: "f",
+            version: 1,
+            attempt: 1,
+            headers: &[],
+        }
+    }
+
+    async fn run_in(dir: &Path, command: &[&str], vars: &[(&str, &str)], timeout: Duration) -> RunOutput {
+        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        run(&command, dir, b"", timeout, &env(), &vars, 1, &Limits::default()).await
+    }
+
+    /// Not a test of its own: the process tree `a_timed_out_tree_is_killed_whole` starts. With
+    /// `WARREN_TREE_HELPER=spawn` it starts a child of itself and says its pid; both sleep.
+    #[test]
+    #[ignore = "started by a_timed_out_tree_is_killed_whole"]
+    fn tree_helper() {
+        match std::env::var("WARREN_TREE_HELPER").as_deref() {
+            Ok("spawn") => {
+                let me = std::env::current_exe().unwrap();
+                let child = std::process::Command::new(me)
+                    .args(std::env::args().skip(1))
+                    .env("WARREN_TREE_HELPER", "sleep")
+                    .spawn()
+                    .unwrap();
+                eprintln!("child {}", child.id());
+                std::thread::sleep(Duration::from_secs(60));
+            }
+            Ok("sleep") => std::thread::sleep(Duration::from_secs(60)),
+            _ => {}
+        }
+    }
+
+    /// Whether a process is still running.
+    fn alive(pid: u32) -> bool {
+        use windows_sys::Win32::Foundation::CloseHandle;
+        use windows_sys::Win32::System::Threading::{
+            GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+        };
+        const STILL_ACTIVE: u32 = 259;
+        // SAFETY: a handle opened here and closed once; the exit code is written into a local.
+        unsafe {
+            let h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+            if h.is_null() {
+                return false;
+            }
+            let mut code = 0u32;
+            let ok = GetExitCodeProcess(h, &mut code);
+            CloseHandle(h);
+            ok != 0 && code == STILL_ACTIVE
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_tree_is_killed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::env::current_exe().unwrap();
+        let me = me.to_str().unwrap();
+        let args =
+            [me, "--exact", "process::windows_tests::tree_helper", "--ignored", "--nocapture", "--test-threads=1"];
+        let out = run_in(dir.path(), &args, &[("WARREN_TREE_HELPER", "spawn")], Duration::from_secs(3)).await;
+        assert_eq!(out.status, Status::TimedOut, "{out:?}");
+        let pid: u32 = out
+            .logs
+            .iter()
+            .find_map(|l| l.line.strip_prefix("child ").and_then(|p| p.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("the helper said its child's pid: {:?}", out.logs));
+        // The job object takes the grandchild with the child; give the kill a moment to land.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(!alive(pid), "the grandchild {pid} outlived its tree's kill");
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_clean_but_for_what_windows_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("WARREN_TEST_WORKER_ONLY", "leak");
+        let out = run_in(dir.path(), &["cmd", "/c", "set"], &[("GREETING", "hi")], Duration::from_secs(20)).await;
+        assert_eq!(out.status, Status::Succeeded, "{out:?}");
+        let text = String::from_utf8_lossy(out.result.as_deref().unwrap_or_default()).to_uppercase();
+        for wanted in ["SYSTEMROOT=", "WINDIR=", "COMSPEC=", "PATHEXT=", "GREETING=HI", "WARREN_FUNCTION=F"] {
+            assert!(text.contains(wanted), "{wanted} missing from the function's environment:\n{text}");
+        }
+        assert!(!text.contains("WARREN_TEST_WORKER_ONLY"), "the worker's own environment leaked:\n{text}");
+    }
+
+    #[tokio::test]
+    async fn a_package_command_without_extension_is_found_through_pathext() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("greet.cmd"), "@echo hello %1\r\n").unwrap();
+        let out = run_in(dir.path(), &["./greet", "world"], &[], Duration::from_secs(20)).await;
+        assert_eq!(out.status, Status::Succeeded, "{out:?}");
+        assert_eq!(String::from_utf8_lossy(out.result.as_deref().unwrap_or_default()).trim(), "hello world");
+    }
 }

@@ -23,7 +23,7 @@ mod imp {
         JOBS.get_or_init(|| Mutex::new(HashMap::new()))
     }
 
-    pub fn contain(child: &tokio::process::Child) {
+    pub(crate) fn contain(child: &tokio::process::Child) {
         let (Some(pid), Some(process)) = (child.id(), child.raw_handle()) else { return };
         // SAFETY: plain Win32 calls on a handle we own (the job) and one tokio owns and keeps
         // open for the child's lifetime (the process); every failure is checked.
@@ -38,7 +38,7 @@ mod imp {
                 job,
                 JobObjectExtendedLimitInformation,
                 &info as *const _ as *const core::ffi::c_void,
-                std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+                size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
             );
             if ok == 0 || AssignProcessToJobObject(job, process as HANDLE) == 0 {
                 CloseHandle(job);
@@ -49,7 +49,7 @@ mod imp {
     }
 
     /// Kills the tree; `false` if the child had no job (then use the fallback).
-    pub fn kill(pid: u32) -> bool {
+    pub(crate) fn kill(pid: u32) -> bool {
         let job = jobs().lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
         match job {
             // SAFETY: the handle came from CreateJobObjectW and is closed exactly once here.
@@ -63,7 +63,7 @@ mod imp {
     }
 
     /// The child ended by itself: drop its job (closing it kills any leftovers).
-    pub fn release(pid: u32) {
+    pub(crate) fn release(pid: u32) {
         if let Some(job) = jobs().lock().unwrap_or_else(|p| p.into_inner()).remove(&pid) {
             // SAFETY: as in `kill`.
             unsafe {

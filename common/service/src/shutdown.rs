@@ -14,7 +14,8 @@ pub async fn pace(period: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-/// Resolves when the process is asked to stop: Ctrl-C, SIGTERM on Unix, Ctrl-Break on Windows.
+/// Resolves when the process is asked to stop: Ctrl-C; SIGTERM on Unix; Ctrl-Break, the console
+/// closing or a system shutdown on Windows.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -33,16 +34,21 @@ pub async fn shutdown_signal() {
     }
     #[cfg(windows)]
     {
-        match tokio::signal::windows::ctrl_break() {
-            Ok(mut brk) => {
-                tokio::select! {
-                    _ = brk.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_shutdown};
+        // Ctrl-Break (a console's signal to a process group), the console closing (`docker stop`
+        // on Windows), a system shutdown. For the last two Windows ends the process once it
+        // returns from its handler or a timeout passes; tokio holds the handler meanwhile, so
+        // the drain runs first.
+        let (brk, close, shutdown) = (ctrl_break(), ctrl_close(), ctrl_shutdown());
+        let (Ok(mut brk), Ok(mut close), Ok(mut shutdown)) = (brk, close, shutdown) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = brk.recv() => {}
+            _ = close.recv() => {}
+            _ = shutdown.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
     }
     #[cfg(not(any(unix, windows)))]
