@@ -10,8 +10,12 @@ fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     if mode == "spawn" {
         let me = std::env::current_exe().expect("the helper's own path");
-        let child = std::process::Command::new(me).arg("sleep").spawn().expect("the child starts");
+        let mut child = std::process::Command::new(me).arg("sleep").spawn().expect("the child starts");
         eprintln!("child {}", child.id());
+        // Waiting on the child keeps this process alive as long as it is: the tree stays
+        // whole until the job object kills both.
+        let _ = child.wait();
+        return;
     }
     std::thread::sleep(Duration::from_secs(60));
 }
