@@ -114,7 +114,9 @@ fn join(prefix: &str, name: &str) -> String {
 /// may reach anywhere).
 fn code(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
-    let text = match text.find("#[cfg(test)]") {
+    // Test modules (`#[cfg(test)]`, `#[cfg(all(test, windows))]`) close a file: what they
+    // import is not the module's.
+    let text = match ["#[cfg(test)]", "#[cfg(all(test"].iter().filter_map(|m| text.find(m)).min() {
         Some(i) => &text[..i],
         None => &text,
     };

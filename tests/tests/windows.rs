@@ -2,7 +2,8 @@
 //! PostgreSQL: `warren-worker.exe` (cross-built by `scripts/windows`, which `scripts/test` runs
 //! first) takes a batch-file function, a warm handler speaking the protocol with `\r\n`, and a
 //! function whose process tree hangs past its timeout (killed whole through its job object); it
-//! keeps its package cache on a Windows path, and a stop drains it.
+//! keeps its package cache on a Windows path, and a stop drains it. A worker killed outright
+//! takes its function's tree with it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,7 +59,7 @@ async fn the_windows_worker_runs_functions_kills_hung_trees_and_drains_under_win
     let pool = unique("win");
     let m = Management::start(&pg_url()).await;
 
-    let (batch, warm, hang) = (unique("wincmd"), unique("winwarm"), unique("winhang"));
+    let (batch, warm, hang, orphan) = (unique("wincmd"), unique("winwarm"), unique("winhang"), unique("winorphan"));
     let manifest = format!("name = \"{batch}\"\nruntime = \"process\"\ncommand = [\"./run\"]\npool = \"{pool}\"\n");
     let script = "@echo off\r\necho a log line from %WARREN_FUNCTION% 1>&2\r\necho hello from %WARREN_FUNCTION%\r\n";
     m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.cmd", script)])).await;
@@ -80,15 +81,18 @@ async fn the_windows_worker_runs_functions_kills_hung_trees_and_drains_under_win
 
     // The package cache on a Windows path (Wine's Z: drive is this machine's root).
     let cache = tmp.path().join("cache");
-    let mut worker = Proc::spawn(
-        "warren-worker.exe",
-        Command::new(WINE)
-            .arg(win.join("warren-worker.exe"))
-            .args(["--amqp", &amqp_url(), "--store", &pg_url(), "--pool", &pool, "--concurrency", "2"])
-            .args(["--cache-dir", &windows_path(&cache), "--grace-secs", "10", "--id", &unique("wine-")])
-            .env("WINEPREFIX", win.join("../../wineprefix"))
-            .env("WINEDEBUG", "-all"),
-    );
+    let start = |id: &str| {
+        Proc::spawn(
+            "warren-worker.exe",
+            Command::new(WINE)
+                .arg(win.join("warren-worker.exe"))
+                .args(["--amqp", &amqp_url(), "--store", &pg_url(), "--pool", &pool, "--concurrency", "2"])
+                .args(["--cache-dir", &windows_path(&cache), "--grace-secs", "10", "--id", id])
+                .env("WINEPREFIX", win.join("../../wineprefix"))
+                .env("WINEDEBUG", "-all"),
+        )
+    };
+    let mut worker = start(&unique("wine-"));
     wait_consumers(&pool, 1).await;
 
     // A batch file found through PATHEXT, its stdout the result and its stderr a log line.
@@ -128,6 +132,28 @@ async fn the_windows_worker_runs_functions_kills_hung_trees_and_drains_under_win
     let (_, workers) = m.get("/api/workers").await;
     let me = workers.as_array().unwrap().iter().find(|w| w["pools"].as_str() == Some(pool.as_str())).cloned();
     assert_eq!(me.as_ref().and_then(|w| w["state"].as_str()), Some("gone"), "{workers}");
+    // A worker killed outright: the job object's last handle closes with it, and
+    // JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE takes the function's whole tree down too.
+    let manifest = format!(
+        "name = \"{orphan}\"\nruntime = \"process\"\ncommand = [\"./tree_helper.exe\", \"spawn\"]\npool = \"{pool}\"\ntimeout_secs = 120\n"
+    );
+    let dir = function_dir(tmp.path(), &manifest, &[]);
+    with_program(&win, "tree_helper.exe", &dir);
+    m.publish_dir(&dir).await;
+    let worker = start(&unique("wine-"));
+    wait_consumers(&pool, 1).await;
+    let (status, v) = m.invoke(&orphan, "async", b"").await;
+    assert_eq!(status, 202, "{v}");
+    eventually(Duration::from_secs(30), "the function and its child to run", || async {
+        (processes_named("tree_helper.exe").len() >= 2).then_some(())
+    })
+    .await;
+    drop(worker); // SIGKILL
+    eventually(Duration::from_secs(15), "the killed worker's function tree to be gone", || async {
+        processes_named("tree_helper.exe").is_empty().then_some(())
+    })
+    .await;
+
     // Wine's server outlives its last program for a few seconds: stop it with the test.
     let _ =
         Command::new("/usr/lib/wine/wineserver64").arg("-k").env("WINEPREFIX", win.join("../../wineprefix")).status();
