@@ -241,7 +241,7 @@ impl Management {
     }
 
     /// With extra command-line arguments (limits, keys, ...). An admin key is added unless
-    /// `extra` gives one or `--insecure-no-auth`.
+    /// `extra` gives one or `--insecure-no-auth`; the test broker unless it gives `--amqp`.
     pub async fn start_with(store_url: &str, extra: &[&str]) -> Management {
         let port = free_port();
         let given = extra.iter().position(|a| *a == "--admin-key").and_then(|i| extra.get(i + 1));
@@ -252,7 +252,10 @@ impl Management {
             (None, false) => new_admin_key(),
         };
         let mut cmd = Command::new(bin("warren-management"));
-        cmd.args(["--amqp", &amqp_url(), "--store", store_url, "--listen", &format!("127.0.0.1:{port}")]).args(extra);
+        if !extra.contains(&"--amqp") {
+            cmd.args(["--amqp", &amqp_url()]);
+        }
+        cmd.args(["--store", store_url, "--listen", &format!("127.0.0.1:{port}")]).args(extra);
         if given.is_none() && !open {
             cmd.args(["--admin-key", &key]);
         }
@@ -335,7 +338,8 @@ pub fn start_worker(store_url: &str, pool: &str, concurrency: u16, cache: &Path)
     start_worker_with(store_url, pool, concurrency, cache, &[], &[])
 }
 
-/// A worker process with extra arguments and environment variables.
+/// A worker process with extra arguments (`--amqp` among them replaces the test broker) and
+/// environment variables.
 pub fn start_worker_with(
     store_url: &str,
     pool: &str,
@@ -344,11 +348,13 @@ pub fn start_worker_with(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Proc {
+    let mut cmd = Command::new(bin("warren-worker"));
+    if !extra.contains(&"--amqp") {
+        cmd.args(["--amqp", &amqp_url()]);
+    }
     Proc::spawn(
         "warren-worker",
-        Command::new(bin("warren-worker")).envs(env.iter().copied()).args(extra).args([
-            "--amqp",
-            &amqp_url(),
+        cmd.envs(env.iter().copied()).args(extra).args([
             "--store",
             store_url,
             "--pool",

@@ -18,6 +18,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use warren_transport::QueueType;
 
 pub(crate) struct RawResult {
     pub messages: u64,
@@ -46,6 +47,32 @@ pub(crate) async fn connect(url: &str, name: &str) -> Result<Connection> {
 
 pub(crate) fn redact(url: &str) -> String {
     warren_service::redact::redact_url(url)
+}
+
+/// Deletes the queues of Warren's default pool when they are empty and unused: every
+/// management declares them at its start, and a queue left by a run with the other queue type
+/// would stop the next one's management (row 7 runs both types on one cluster).
+pub(crate) async fn clear_default_pool(url: &str) {
+    let Ok(conn) = connect(first_node(url), "warren-bench-sweeper").await else { return };
+    for q in [warren_wire::topology::pool_queue("default"), warren_wire::topology::dead_queue("default")] {
+        // A refused delete closes its channel: one channel per queue.
+        // (Quorum queues take no if-empty / if-unused delete: look first.)
+        let Ok(ch) = conn.create_channel().await else { continue };
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let Ok(found) = ch.queue_declare(q.as_str().into(), passive, FieldTable::default()).await else { continue };
+        if found.message_count() == 0
+            && found.consumer_count() == 0
+            && ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await.is_ok()
+        {
+            let _ = ch.close(200, "done".into()).await;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// A comma-separated list of URLs, each without its password.
+pub(crate) fn redact_list(urls: &str) -> String {
+    urls.split(',').map(|u| redact(u.trim())).collect::<Vec<_>>().join(",")
 }
 
 /// Persistent messages published to one queue with publisher confirms, at most `window`
@@ -102,20 +129,30 @@ impl<'a> Confirms<'a> {
     }
 }
 
+/// The first node of a broker URL list (`--cluster` gives several, separated by commas).
+pub(crate) fn first_node(urls: &str) -> &str {
+    urls.split(',').next().unwrap_or(urls).trim()
+}
+
+/// Row 1 (and 7's ceilings): `url` is one node, or a cluster's nodes separated by commas (the
+/// publisher then connects to the first, the consumer to the second, as Warren's roles spread
+/// over the nodes); the queue is of type `queue_type`.
 pub(crate) async fn run(
     url: &str,
     n: u64,
     body_bytes: usize,
     confirm_window: usize,
     prefetch: u16,
+    queue_type: QueueType,
 ) -> Result<RawResult> {
     let queue = format!("warren-bench.raw.{}", uuid::Uuid::now_v7().simple());
-    let pub_conn = connect(url, "warren-bench-raw-publisher").await?;
-    let sub_conn = connect(url, "warren-bench-raw-consumer").await?;
+    let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+    let pub_conn = connect(nodes[0], "warren-bench-raw-publisher").await?;
+    let sub_conn = connect(nodes[1 % nodes.len()], "warren-bench-raw-consumer").await?;
 
     let pub_ch = pub_conn.create_channel().await?;
     pub_ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    pub_ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await?;
+    pub_ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), queue_type.arguments(None)).await?;
 
     let sub_ch = sub_conn.create_channel().await?;
     sub_ch.basic_qos(prefetch, BasicQosOptions::default()).await?;

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
+use warren_transport::QueueType;
+
 use crate::mesh::{Func, LoadResult, Mesh, Settings};
 use crate::report::Figures;
 
@@ -136,6 +138,14 @@ struct Args {
     /// measures acceptance alone (no "until done" figure).
     #[arg(long, default_value_t = 1)]
     batch_workers: usize,
+    /// Row 7: the AMQP URLs of a RabbitMQ cluster's nodes, separated by commas (`scripts/cluster
+    /// start` runs three here and prints them). Row 7 runs the raw broker and row 2 on it, with
+    /// classic and with quorum queues, on PostgreSQL; without this it is skipped.
+    #[arg(long, env = "WARREN_BENCH_CLUSTER")]
+    cluster: Option<String>,
+    /// Row 7: workers of its end-to-end rows.
+    #[arg(long, default_value_t = 2)]
+    cluster_workers: usize,
 }
 
 fn main() -> ExitCode {
@@ -236,7 +246,7 @@ async fn raw_row(args: &Args, n: u64, runs: &mut Vec<broker::RawResult>, error: 
         args.confirm_window,
         args.prefetch
     );
-    match broker::run(&args.amqp, n, args.payload_bytes, args.confirm_window, args.prefetch).await {
+    match broker::run(&args.amqp, n, args.payload_bytes, args.confirm_window, args.prefetch, QueueType::Classic).await {
         Ok(r) => {
             eprintln!("    {:.0} msg/s end to end", r.end_to_end_rate());
             runs.push(r);
@@ -359,6 +369,7 @@ async fn run(args: Args) -> Result<bool> {
 
     let settings = Arc::new(Settings {
         amqp_url: args.amqp.clone(),
+        queue_type: QueueType::Classic,
         bin_dir: bin_dir.clone(),
         work_dir: work_dir.clone(),
         concurrency: args.concurrency,
@@ -390,6 +401,8 @@ async fn run(args: Args) -> Result<bool> {
             batch_workers: args.batch_workers,
             bin_dir: bin_dir.display().to_string(),
             built_by_bench: built,
+            cluster: args.cluster.clone().filter(|c| !c.trim().is_empty()),
+            cluster_workers: args.cluster_workers,
             release,
             work_dir: work_dir.display().to_string(),
         },
@@ -407,6 +420,7 @@ async fn run(args: Args) -> Result<bool> {
         sync_capacity: None,
         latency: Vec::new(),
         batch: None,
+        cluster: Vec::new(),
         notes: Vec::new(),
     };
 
@@ -603,6 +617,18 @@ async fn run(args: Args) -> Result<bool> {
         let _ = amqp.close(200, "done".into()).await;
         mgmt.stop(Duration::from_secs(5));
     }
+    // Row 7: classic against quorum queues on a cluster, each against its own raw ceiling.
+    if let Some(cluster) = args.cluster.as_deref().filter(|c| !c.trim().is_empty()) {
+        match admin.as_ref().filter(|_| want_pg) {
+            Some(admin) => {
+                for qt in [QueueType::Classic, QueueType::Quorum] {
+                    let row = cluster_row(&args, cluster, qt, raw_n, n, admin, &settings).await;
+                    fig.cluster.push(row);
+                }
+            }
+            None => fig.notes.push("row 7 (--cluster) runs on PostgreSQL: add postgres to --stores".into()),
+        }
+    }
     if let (Some(admin), false) = (&admin, args.no_fresh_db) {
         if want_pg {
             drop_fresh_db(admin).await;
@@ -623,7 +649,8 @@ async fn run(args: Args) -> Result<bool> {
         && fig.warm.iter().all(|r| r.as_ref().is_ok_and(|r| !r.incomplete))
         && fig.latency.iter().all(|l| l.is_ok())
         && fig.sync_capacity.as_ref().is_none_or(|c| c.is_ok())
-        && fig.batch.as_ref().is_none_or(|b| b.as_ref().is_ok_and(|b| !b.incomplete));
+        && fig.batch.as_ref().is_none_or(|b| b.as_ref().is_ok_and(|b| !b.incomplete))
+        && fig.cluster.iter().all(|c| c.raw.is_ok() && c.run.as_ref().is_ok_and(|r| !r.incomplete));
     report::print_tables(&ctx, &fig);
     let json = report::to_json(&ctx, &fig, began.elapsed());
     if let Some(dir) = out.parent() {
@@ -633,6 +660,62 @@ async fn run(args: Args) -> Result<bool> {
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("\nfigures written to {} (benchmark time {:.0} s)", out.display(), began.elapsed().as_secs_f64());
     Ok(ok)
+}
+
+/// Row 7 for one queue type: the raw ceiling on the cluster, then row 2 (echo, PostgreSQL,
+/// --cluster-workers) with every role given all the nodes and `--queue-type`.
+async fn cluster_row(
+    args: &Args,
+    cluster: &str,
+    qt: QueueType,
+    raw_n: u64,
+    n: u64,
+    admin: &sqlx::AnyPool,
+    base: &Settings,
+) -> report::ClusterRow {
+    eprintln!("[7] cluster, {qt} queues: raw broker, {raw_n} persistent messages");
+    let raw = broker::run(cluster, raw_n, args.payload_bytes, args.confirm_window, args.prefetch, qt)
+        .await
+        .map_err(|e| format!("{e:#}"));
+    match &raw {
+        Ok(r) => eprintln!("    {:.0} msg/s end to end", r.end_to_end_rate()),
+        Err(e) => eprintln!("    FAILED: {e}"),
+    }
+    let label = match qt {
+        QueueType::Classic => "cluster, classic queues",
+        QueueType::Quorum => "cluster, quorum queues",
+    };
+    let w = args.cluster_workers.max(1);
+    eprintln!("[7] {label}, PostgreSQL, {w} worker(s): {n} async invokes, {} in flight", args.in_flight);
+    let settings = Arc::new(Settings {
+        amqp_url: cluster.to_string(),
+        queue_type: qt,
+        bin_dir: base.bin_dir.clone(),
+        work_dir: base.work_dir.clone(),
+        concurrency: base.concurrency,
+        prefetch_multiplier: base.prefetch_multiplier,
+        in_flight: base.in_flight,
+        input_bytes: base.input_bytes,
+        run_timeout: base.run_timeout,
+    });
+    let url = if args.no_fresh_db { args.pg.clone() } else { fresh_pg(admin, &args.pg).await.0 };
+    broker::clear_default_pool(cluster).await;
+    let run = match Mesh::start(label, url, settings).await {
+        Ok(mut m) => {
+            let r = throughput_row(&mut m, Func::Echo, w, n, 0, label.to_string()).await;
+            let Mesh { mut mgmt, db, amqp, .. } = m;
+            db.close().await;
+            let _ = amqp.close(200, "done".into()).await;
+            mgmt.stop(Duration::from_secs(5));
+            broker::clear_default_pool(cluster).await;
+            r
+        }
+        Err(e) => {
+            eprintln!("    FAILED: {e:#}");
+            Err((label.to_string(), w, format!("{e:#}")))
+        }
+    };
+    report::ClusterRow { queue_type: qt, raw, run }
 }
 
 /// One throughput row (2, 2b or 3): runs it and prints its figures; a failure is kept as

@@ -17,7 +17,9 @@ use crate::procs::{self, Child};
 
 /// What every mesh run shares.
 pub(crate) struct Settings {
+    /// One node, or the nodes of a cluster separated by commas (as `--amqp` takes them).
     pub amqp_url: String,
+    pub queue_type: warren_transport::QueueType,
     pub bin_dir: PathBuf,
     pub work_dir: PathBuf,
     pub concurrency: u16,
@@ -261,6 +263,8 @@ impl Mesh {
             &[
                 "--amqp".into(),
                 settings.amqp_url.clone(),
+                "--queue-type".into(),
+                settings.queue_type.to_string(),
                 "--store".into(),
                 store_url.clone(),
                 "--listen".into(),
@@ -293,7 +297,8 @@ impl Mesh {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let db = open_db(&store_url).await?;
-        let amqp = crate::broker::connect(&settings.amqp_url, "warren-bench-observer").await?;
+        let amqp =
+            crate::broker::connect(crate::broker::first_node(&settings.amqp_url), "warren-bench-observer").await?;
         Ok(Mesh { label, store_url, mgmt, base, http, db, amqp, stats: Default::default(), settings })
     }
 
@@ -355,6 +360,8 @@ impl Mesh {
                     &[
                         "--amqp".into(),
                         s.amqp_url.clone(),
+                        "--queue-type".into(),
+                        s.queue_type.to_string(),
                         "--store".into(),
                         self.store_url.clone(),
                         "--pool".into(),

@@ -25,7 +25,16 @@ pub(crate) struct Figures {
     /// Row 4: one latency run per offered rate.
     pub latency: Vec<Result<LatencyResult, String>>,
     pub batch: Option<Result<BatchResult, String>>,
+    /// Row 7: per queue type, the raw ceiling and row 2 on a cluster (`--cluster`).
+    pub cluster: Vec<ClusterRow>,
     pub notes: Vec<String>,
+}
+
+/// Row 7 for one queue type.
+pub(crate) struct ClusterRow {
+    pub queue_type: warren_transport::QueueType,
+    pub raw: Result<crate::broker::RawResult, String>,
+    pub run: Result<LoadResult, (String, usize, String)>,
 }
 
 pub(crate) struct SettingsView {
@@ -47,6 +56,9 @@ pub(crate) struct SettingsView {
     pub batch_workers: usize,
     pub bin_dir: String,
     pub built_by_bench: bool,
+    /// Row 7's cluster (`--cluster`), if any.
+    pub cluster: Option<String>,
+    pub cluster_workers: usize,
     pub release: bool,
     pub work_dir: String,
 }
@@ -169,6 +181,14 @@ pub(crate) fn print_header(c: &Context) {
         s.batch_workers,
         if s.batch_workers == 1 { "" } else { "s" }
     );
+    if let Some(cluster) = &s.cluster {
+        println!(
+            "          cluster (7): {} ({} worker{} per row)",
+            crate::broker::redact_list(cluster),
+            s.cluster_workers,
+            if s.cluster_workers == 1 { "" } else { "s" }
+        );
+    }
     println!("          work folder (store file, process logs) {}", s.work_dir);
     if let Some(b) = m.busy_before_pct {
         println!("load      machine {b:.0} % busy in the second before the run; load average {}", m.loadavg);
@@ -429,6 +449,10 @@ pub(crate) fn print_tables(c: &Context, f: &Figures) {
         &rows,
     );
 
+    if !f.cluster.is_empty() {
+        cluster_table(c, f);
+    }
+
     // Latency.
     let mut rows = Vec::new();
     match &f.sync_capacity {
@@ -655,6 +679,14 @@ pub(crate) fn print_tables(c: &Context, f: &Figures) {
     for r in f.warm.iter().filter_map(|r| r.as_ref().ok()) {
         rows.push(cpu_row(run_label(r)[3..].to_string(), r.completed, &r.cpu));
     }
+    for r in &f.cluster {
+        if let Ok(raw) = &r.raw {
+            rows.push(cpu_row(format!("raw broker, cluster, {} queue", r.queue_type), raw.messages, &raw.cpu));
+        }
+        if let Ok(run) = &r.run {
+            rows.push(cpu_row(run_label(run)[3..].to_string(), run.completed, &run.cpu));
+        }
+    }
     if let Some(Ok(c)) = &f.sync_capacity {
         rows.push(cpu_row(format!("sync capacity ({} waiting)", c.in_flight), c.ok, &c.cpu));
     }
@@ -690,6 +722,58 @@ pub(crate) fn print_tables(c: &Context, f: &Figures) {
     for n in &f.notes {
         println!("note: {n}");
     }
+}
+
+/// Row 7: each queue type's Warren rate against its own raw ceiling on the same cluster.
+fn cluster_table(c: &Context, f: &Figures) {
+    let classic = f.cluster.iter().find(|r| r.queue_type == warren_transport::QueueType::Classic);
+    let classic_rate = |pick: fn(&ClusterRow) -> Option<f64>| classic.and_then(pick);
+    let raw_of = |r: &ClusterRow| r.raw.as_ref().ok().map(|r| r.end_to_end_rate());
+    let run_of = |r: &ClusterRow| r.run.as_ref().ok().map(|r| r.rate());
+    let mut rows = Vec::new();
+    for r in &f.cluster {
+        let qt = r.queue_type;
+        match &r.raw {
+            Ok(raw) => rows.push(vec![
+                format!("7  raw broker (lapin), {qt} queue"),
+                rate(raw.end_to_end_rate()),
+                "1.00".into(),
+                classic_rate(raw_of).map(|c| format!("{:.2}", raw.end_to_end_rate() / c)).unwrap_or_default(),
+                rate(raw.publish_rate()),
+                format!("{:.2} s", raw.end_to_end_secs),
+                "publisher on the first node, consumer on the second".into(),
+            ]),
+            Err(e) => rows.push(failed_row(format!("7  raw broker (lapin), {qt} queue"), e)),
+        }
+        match &r.run {
+            Ok(run) => rows.push(vec![
+                format!("7  warren e2e PostgreSQL, {qt} queues, {} worker{}", run.workers, plural(run.workers)),
+                rate(run.rate()),
+                raw_of(r).map(|b| format!("{:.2}", run.rate() / b)).unwrap_or_else(|| "-".into()),
+                classic_rate(run_of).map(|c| format!("{:.2}", run.rate() / c)).unwrap_or_default(),
+                rate(run.publish_rate()),
+                format!("{:.2} s", run.end_to_end_secs),
+                {
+                    let mut notes = vec![format!("{}/{} stored", thousands(run.completed), thousands(run.requested))];
+                    if run.incomplete {
+                        notes.push("INCOMPLETE".into());
+                    }
+                    notes.join("; ")
+                },
+            ]),
+            Err((label, _, e)) => rows.push(failed_row(format!("7  warren e2e {label}"), e)),
+        }
+    }
+    table(
+        &format!(
+            "Queue types on a {}-node RabbitMQ cluster (N = {}; ratio = to the same queue type's raw row; \
+             vs classic = to the classic row of the same kind)",
+            c.settings.cluster.as_deref().map(|u| u.split(',').count()).unwrap_or(0),
+            thousands(c.n)
+        ),
+        &["row", "per s", "ratio", "vs classic", "publish-only /s", "time", "notes"],
+        &rows,
+    );
 }
 
 fn cpu_json(c: &CpuUse) -> Value {
@@ -893,6 +977,30 @@ pub(crate) fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
         Some(Err(e)) => json!({"error": e}),
         None => Value::Null,
     };
+    let cluster: Vec<Value> = f
+        .cluster
+        .iter()
+        .map(|r| {
+            let raw_rate = r.raw.as_ref().ok().map(|x| x.end_to_end_rate());
+            json!({
+                "queue_type": r.queue_type.as_str(),
+                "raw_broker": match &r.raw {
+                    Ok(x) => json!({
+                        "messages": x.messages,
+                        "end_to_end_per_s": x.end_to_end_rate(),
+                        "publish_confirmed_per_s": x.publish_rate(),
+                        "cpu_secs": cpu_json(&x.cpu),
+                    }),
+                    Err(e) => json!({"error": e}),
+                },
+                "end_to_end": run_json(&r.run),
+                "end_to_end_ratio_to_own_raw": match (&r.run, raw_rate) {
+                    (Ok(x), Some(b)) => Some(x.rate() / b),
+                    _ => None,
+                },
+            })
+        })
+        .collect();
     json!({
         "benchmark": "warren-bench",
         "unix_ms": crate::measure::now_ms(),
@@ -919,6 +1027,8 @@ pub(crate) fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
             "batch_workers": s.batch_workers,
             "bin_dir": s.bin_dir,
             "binaries_built_by_bench": s.built_by_bench,
+            "cluster": s.cluster.as_deref().map(crate::broker::redact_list),
+            "cluster_workers": s.cluster_workers,
             "release": s.release,
         },
         "raw_broker": raw,
@@ -929,6 +1039,7 @@ pub(crate) fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
         "sync_capacity": sync_capacity,
         "latency": latency,
         "batch": batch,
+        "cluster": cluster,
         "notes": f.notes,
     })
 }

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use uuid::Uuid;
 use warren_store::{BatchState, InvocationFilter, Status, Store};
 use warren_tests::*;
-use warren_transport::amqp::AmqpTransport;
-use warren_transport::Transport;
+use warren_transport::amqp::{first_node, AmqpTransport};
+use warren_transport::{QueueType, Transport};
 
 const N: usize = 5_000;
 
@@ -573,4 +573,273 @@ async fn a_killed_management_leaves_nothing_queued_forever() {
     assert_eq!(b.total, total, "the batch's total is the items recorded");
     assert_eq!(succeeded + failed, total, "every item ran or was settled not queued: {:?}", b.counts);
     assert!(b.error.as_deref().unwrap_or("").contains("stopped"), "the batch says why it ended early: {:?}", b.error);
+}
+
+/// Runs `scripts/cluster` (the three-node RabbitMQ cluster `scripts/test` starts); its output.
+fn cluster(args: &[&str]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster");
+    let out = Command::new(&script).args(args).output().expect("scripts/cluster runs");
+    assert!(
+        out.status.success(),
+        "scripts/cluster {args:?} failed (scripts/test starts the cluster; by hand: scripts/cluster start): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The cluster's URLs, after checking that its three nodes run.
+fn require_cluster() -> String {
+    let running = cluster(&["status"]);
+    assert_eq!(running.split_whitespace().count(), 3, "three RabbitMQ nodes should run: {running}");
+    cluster(&["urls"])
+}
+
+/// How a node is taken away in [`quorum_failover`].
+#[derive(Clone, Copy, Debug)]
+enum NodeLoss {
+    /// `rabbitmqctl stop_app`, later `start_app`.
+    StopApp,
+    /// `kill -9` of its Erlang VM, later a boot on its data.
+    Kill,
+}
+
+/// 5,000 invocations on quorum queues of the three-node cluster (3,000 async invokes and a
+/// batch of 2,000), a tenth failing every attempt (dead-lettered after 3) and a tenth failing
+/// their first attempt only (retried through a retry queue), while the node leading the pool's
+/// queue is lost and comes back. Every invoke answered 202 and every batch item ends once, as
+/// its input says; the dead letters are all in the dead-letter queue.
+async fn quorum_failover(loss: NodeLoss) {
+    require_services();
+    let urls = require_cluster();
+    let label = format!("quorum queues, leader {loss:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("ha"), unique("ha"));
+    // Input `item-N` (or the JSON string "item-N" of a batch item): N % 10 == 0 fails every
+    // attempt, N % 10 == 1 fails its first; the rest echo their input after ~10 ms.
+    let script = "input=$(cat)\nn=$(printf '%s' \"$input\" | tr -dc 0-9)\nsleep 0.01\n\
+                  if [ $((n % 10)) -eq 0 ]; then echo \"always fails\" >&2; exit 1; fi\n\
+                  if [ $((n % 10)) -eq 1 ] && [ \"$WARREN_ATTEMPT\" = 1 ]; then echo \"first attempt fails\" >&2; exit 1; fi\n\
+                  printf '%s' \"$input\"\n";
+    let manifest = format!(
+        "name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\ntimeout_secs = 60\npool = \"{pool}\"\n\
+         [retry]\nmax_attempts = 3\ninitial_delay_ms = 200\nmax_delay_ms = 400\njitter = 0.0\n"
+    );
+    let ha: &[&str] = &["--amqp", &urls, "--queue-type", "quorum"];
+    let m = Management::start_with(&pg_url(), ha).await;
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", script)])).await;
+    let store = warren_store::open(&pg_url()).await.unwrap();
+    let _workers: Vec<Proc> = (0..3)
+        .map(|i| start_worker_with(&pg_url(), &pool, 4, &tmp.path().join(format!("cache{i}")), ha, &[]))
+        .collect();
+    let urls_list: Vec<String> = urls.split(',').map(String::from).collect();
+    let t =
+        AmqpTransport::connect_to(&urls_list, "fault-test", QueueType::Quorum, Duration::from_secs(30)).await.unwrap();
+    eventually(Duration::from_secs(60), "3 consumers on the pool", || async {
+        t.queue_stats(&pool).await.ok().filter(|s| s.consumers >= 3).map(|_| ())
+    })
+    .await;
+
+    // Async invokes, 32 in flight; an answer other than 202 is kept as such.
+    const INVOKES: usize = 3_000;
+    const ITEMS: usize = 2_000;
+    let answered = Arc::new(std::sync::Mutex::new((HashMap::<Uuid, String>::new(), 0usize)));
+    let invoker = {
+        let (http, url, answered) =
+            (m.http.clone(), format!("{}/api/functions/{name}/invoke?mode=async", m.base), answered.clone());
+        tokio::spawn(async move {
+            let mut pending = tokio::task::JoinSet::new();
+            let mut next = 0;
+            while next < INVOKES || !pending.is_empty() {
+                while next < INVOKES && pending.len() < 32 {
+                    let (http, url, input) = (http.clone(), url.clone(), format!("item-{next}"));
+                    next += 1;
+                    pending.spawn(async move {
+                        let r = http.post(url).body(input.clone()).send().await.expect("management answers");
+                        if r.status().as_u16() != 202 {
+                            return None;
+                        }
+                        let v: serde_json::Value = r.json().await.unwrap();
+                        Some((v["id"].as_str().unwrap().parse::<Uuid>().unwrap(), input))
+                    });
+                }
+                if let Some(r) = pending.join_next().await {
+                    let mut a = answered.lock().unwrap();
+                    match r.unwrap() {
+                        Some((id, input)) => drop(a.0.insert(id, input)),
+                        None => a.1 += 1,
+                    }
+                }
+            }
+        })
+    };
+    // The batch, as NDJSON in chunks of 100 every 20 ms: it is still arriving at the fault.
+    let batch_request = {
+        let (http, url) = (m.http.clone(), format!("{}/api/batches?function={name}", m.base));
+        tokio::spawn(async move {
+            let body = futures_util::stream::unfold(INVOKES, |n| async move {
+                if n >= INVOKES + ITEMS {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let chunk: String = (n..n + 100).map(|i| format!("\"item-{i}\"\n")).collect();
+                Some((Ok::<_, std::io::Error>(chunk), n + 100))
+            });
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-ndjson")
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .expect("the batch reaches management");
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        })
+    };
+    let filter = InvocationFilter { function: Some(name.clone()), status: None, limit: 10_000 };
+    let finals = || async {
+        let all = store.list_invocations(&filter).await.unwrap_or_default();
+        all.iter().filter(|i| i.status.is_final()).count()
+    };
+    eventually(Duration::from_secs(60), "some progress", || async { (finals().await >= 500).then_some(()) }).await;
+    // Take the pool queue's leader away while invokes and the batch still come in; meanwhile
+    // a sampler notes when the count of final records changes.
+    let queue = warren_wire::topology::pool_queue(&pool);
+    let leader = cluster(&["leader", &queue]);
+    // One more worker, named so that it connects to the leader's node first: at least one
+    // role must move to another node mid-run.
+    let node: usize = leader.parse().unwrap();
+    let id =
+        std::iter::repeat_with(|| unique("ha-worker-")).find(|id| first_node(id, urls_list.len()) == node - 1).unwrap();
+    let extra: Vec<&str> = ha.iter().copied().chain(["--id", id.as_str()]).collect();
+    let _moved = start_worker_with(&pg_url(), &pool, 4, &tmp.path().join("cache-moved"), &extra, &[]);
+    eventually(Duration::from_secs(60), "the fourth worker on the leader's node", || async {
+        cluster(&["clients", &leader]).contains(&id).then_some(())
+    })
+    .await;
+    let on_leader = cluster(&["clients", &leader]);
+    let before = finals().await;
+    assert!(before < INVOKES + ITEMS, "{label}: the run ended before the fault");
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (store, filter, sampling) = (store.clone(), filter.clone(), sampling.clone());
+        tokio::spawn(async move {
+            // The longest time without a new final record while some were still to come.
+            let (mut last, mut since, mut stall) = (0, Instant::now(), Duration::ZERO);
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let all = store.list_invocations(&filter).await.unwrap_or_default();
+                let now = all.iter().filter(|i| i.status.is_final()).count();
+                if now != last || now >= INVOKES + ITEMS {
+                    stall = stall.max(since.elapsed());
+                    (last, since) = (now, Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stall.max(since.elapsed())
+        })
+    };
+    let lost_at = Instant::now();
+    match loss {
+        NodeLoss::StopApp => cluster(&["stop-app", &leader]),
+        NodeLoss::Kill => cluster(&["kill", &leader]),
+    };
+    let new_leader = eventually(Duration::from_secs(60), "a new leader", || async {
+        let l = cluster(&["leader", &queue]);
+        (l != leader).then_some(l)
+    })
+    .await;
+    let clients = on_leader.lines().count();
+    println!(
+        "{label}: node {leader} ({clients} connections) lost after {before} final; node {new_leader} leads, seen {} ms later",
+        lost_at.elapsed().as_millis()
+    );
+    // The node stays away 10 s, then comes back.
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(lost_at.elapsed())).await;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let stall = sampler.await.unwrap();
+    match loss {
+        NodeLoss::StopApp => cluster(&["start-app", &leader]),
+        NodeLoss::Kill => cluster(&["boot", &leader]),
+    };
+    invoker.await.unwrap();
+    let (batch_status, batch) = batch_request.await.unwrap();
+    let (answered, refused) = answered.lock().unwrap().clone();
+    println!(
+        "{label}: node {leader} back; longest stretch without a final record while it was away: {} ms; \
+         invokes answered 202: {}, refused: {refused}; batch answered {batch_status}",
+        stall.as_millis(),
+        answered.len()
+    );
+    assert_eq!(batch_status, 201, "the batch is accepted whole: {batch}");
+    let batch_id: Uuid = batch["id"].as_str().unwrap().parse().unwrap();
+
+    // Everything final, the batch done.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let records = loop {
+        let records = store.list_invocations(&filter).await.unwrap_or_default();
+        let b = store.get_batch(batch_id).await.ok().flatten();
+        let done =
+            records.iter().all(|r| r.status.is_final()) && b.map(|b| b.state == BatchState::Done).unwrap_or(false);
+        if done && records.len() >= answered.len() + ITEMS {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: after 300 s, {} of {} records final",
+            records.iter().filter(|r| r.status.is_final()).count(),
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let distinct: HashSet<Uuid> = records.iter().map(|r| r.id).collect();
+    let (mut succeeded, mut dead, mut retried, mut not_queued) = (0, 0, 0, 0);
+    for r in &records {
+        let input = String::from_utf8(r.payload.clone()).unwrap();
+        let n: usize = input.chars().filter(char::is_ascii_digit).collect::<String>().parse().unwrap();
+        if let Some(sent) = answered.get(&r.id) {
+            assert_eq!(sent, &input, "{label}: an answered invoke keeps its own input");
+        } else if r.status == Status::Failed && r.error.as_deref().unwrap_or("").starts_with("not queued") {
+            // An invoke refused (not 202) during the failover, recorded as not queued.
+            not_queued += 1;
+            continue;
+        } else {
+            assert!(n >= INVOKES || refused > 0, "{label}: a record nobody was answered about: {r:?}");
+        }
+        if n.is_multiple_of(10) {
+            assert_eq!(r.status, Status::Dead, "{label}: item-{n} fails every attempt: {r:?}");
+            assert_eq!(r.attempts, 3, "{label}: item-{n} is tried 3 times: {r:?}");
+            dead += 1;
+        } else {
+            assert_eq!(r.status, Status::Succeeded, "{label}: item-{n} succeeds: {r:?}");
+            assert_eq!(r.result.as_deref(), Some(input.as_bytes()), "{label}: item-{n} has its own result");
+            if n % 10 == 1 {
+                assert!(r.attempts >= 2, "{label}: item-{n} failed its first attempt: {r:?}");
+                retried += 1;
+            }
+            succeeded += 1;
+        }
+    }
+    let dead_letters = t.dead_count(&pool).await.unwrap();
+    println!(
+        "{label}: records {} (distinct {}), succeeded {succeeded} ({retried} after a retry), dead {dead}, \
+         not queued {not_queued}, dead letters in the queue {dead_letters}",
+        records.len(),
+        distinct.len()
+    );
+    assert_eq!(distinct.len(), records.len(), "{label}: no duplicate records");
+    assert!(answered.keys().all(|id| distinct.contains(id)), "{label}: every invoke answered 202 has its record");
+    let items = records.iter().filter(|r| !answered.contains_key(&r.id)).count() - not_queued;
+    assert!(items >= ITEMS, "{label}: every batch item has its record ({items})");
+    assert_eq!(dead_letters, dead as u64, "{label}: every dead invocation's message is in the dead-letter queue");
+    let b = store.get_batch(batch_id).await.unwrap().unwrap();
+    assert_eq!(b.total, ITEMS as i64, "{label}: the batch holds all its items: {:?}", b.counts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_leader_stopped_mid_run_loses_nothing() {
+    quorum_failover(NodeLoss::StopApp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_leader_killed_mid_run_loses_nothing() {
+    quorum_failover(NodeLoss::Kill).await;
 }

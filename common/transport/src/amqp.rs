@@ -4,14 +4,16 @@
 //! confirm-mode publishing channel) through a `watch` channel; when the link breaks (an
 //! operation fails on it, or a periodic check finds it closed) the supervisor reconnects with
 //! exponential backoff, re-declares the topology it declared before, and publishes the new
-//! link. Operations wait for a link for at most `hold` (then fail as `Unavailable`), so a
+//! link. Given several nodes of one cluster, each connection attempt tries them in turn,
+//! starting after the node of the last link, so a role whose node is lost moves to another. Operations wait for a link for at most `hold` (then fail as `Unavailable`), so a
 //! publish during an outage either goes through once the broker is back or reports failure —
 //! never success without a confirm. Consumers end when their link breaks; callers open them
 //! again (the worker does so in its consume loop).
 //!
-//! Messages are persistent, queues durable, every publish (but notices) confirmed.
+//! Messages are persistent, queues durable (classic or quorum, see [`crate::queues`]), every
+//! publish (but notices) confirmed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ use crate::acks::AckBatch;
 use crate::delivery::{Acker, Delivery};
 use crate::error::{Result, TransportError};
 use crate::interface::{Consumer, QueueStats, Transport};
+use crate::queues::{type_mismatch, QueueType};
 
 fn unavailable(e: lapin::Error) -> TransportError {
     TransportError::Unavailable(e.to_string())
@@ -42,6 +45,49 @@ fn unavailable(e: lapin::Error) -> TransportError {
 
 /// How long the first connection is retried before `connect` gives up.
 const FIRST_CONNECT: Duration = Duration::from_secs(20);
+/// How long one node may take to accept a connection before the next one is tried (a host
+/// that is gone answers nothing at all).
+const NODE_CONNECT: Duration = Duration::from_secs(5);
+
+/// Which of `nodes` nodes a transport named `name` tries first: a hash of the name, so that
+/// roles (named by host and id) spread over the nodes of a cluster.
+pub fn first_node(name: &str, nodes: usize) -> usize {
+    name.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % nodes.max(1)
+}
+
+/// The nodes of one broker (a single node, or the nodes of a cluster), as `--amqp` gives them.
+#[derive(Clone, Debug)]
+pub struct Brokers(pub Vec<String>);
+
+impl std::str::FromStr for Brokers {
+    type Err = String;
+
+    fn from_str(list: &str) -> std::result::Result<Self, String> {
+        broker_urls(list).map(Brokers)
+    }
+}
+
+impl Brokers {
+    /// The list as given: the nodes separated by commas.
+    pub fn joined(&self) -> String {
+        self.0.join(",")
+    }
+}
+
+/// The nodes of one broker (a single node, or the nodes of a cluster) from a list separated by
+/// commas, each checked as an AMQP URI (`amqp://user:password@host:port/vhost`). A comma in a
+/// password must be written `%2C`.
+pub fn broker_urls(list: &str) -> std::result::Result<Vec<String>, String> {
+    let urls: Vec<String> = list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+    if urls.is_empty() {
+        return Err("no RabbitMQ URL given".into());
+    }
+    for u in &urls {
+        u.parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| format!("{} is not an AMQP URL (amqp://user:password@host:port/vhost): {e}", redact_url(u)))?;
+    }
+    Ok(urls)
+}
 
 struct Link {
     conn: Connection,
@@ -50,6 +96,8 @@ struct Link {
     /// unawaited confirm would be kept by lapin for the life of the connection.
     notifier: Channel,
     generation: u64,
+    /// The node this link is to (an index into `Shared::urls`).
+    node: usize,
 }
 
 impl Link {
@@ -66,7 +114,10 @@ enum Declared {
 }
 
 struct Shared {
-    url: String,
+    urls: Vec<String>,
+    /// The node the next connection attempt starts with.
+    next: AtomicUsize,
+    queue_type: QueueType,
     name: String,
     link: watch::Sender<Option<Arc<Link>>>,
     broken: Notify,
@@ -95,14 +146,21 @@ fn long(s: &str) -> AMQPValue {
 }
 
 impl AmqpTransport {
-    /// Connects (retrying for up to 20 s, so a worker may start before its broker) and
-    /// declares the shared exchanges. `url` is an AMQP URI such as
-    /// `amqp://guest:guest@127.0.0.1:5672/%2f`. `hold`: how long an operation waits for the
-    /// broker to come back during an outage before it fails.
-    pub async fn connect_with(url: &str, name: &str, hold: Duration) -> Result<Self> {
+    /// Connects to one of `urls` (retrying for up to 20 s, so a worker may start before its
+    /// broker) and declares the shared exchanges. `urls` are the nodes of one broker, each an
+    /// AMQP URI such as `amqp://guest:guest@127.0.0.1:5672/%2f`; which one is tried first
+    /// depends on `name`, so that roles spread over the nodes. `hold`: how long an operation
+    /// waits for the broker to come back during an outage before it fails.
+    pub async fn connect_to(urls: &[String], name: &str, queue_type: QueueType, hold: Duration) -> Result<Self> {
+        if urls.is_empty() {
+            return Err(TransportError::Other("no RabbitMQ URL given".into()));
+        }
+        let first = first_node(name, urls.len());
         let (tx, _) = watch::channel(None);
         let shared = Arc::new(Shared {
-            url: url.to_string(),
+            urls: urls.to_vec(),
+            next: AtomicUsize::new(first),
+            queue_type,
             name: name.to_string(),
             link: tx,
             broken: Notify::new(),
@@ -112,17 +170,31 @@ impl AmqpTransport {
         });
         let deadline = tokio::time::Instant::now() + FIRST_CONNECT;
         let delays = (Duration::from_millis(100), Duration::from_secs(2));
-        let first = retry::until(deadline, delays, || shared.open_link(), |_, _| {}).await.map_err(|e| {
-            TransportError::Unavailable(format!("cannot connect to RabbitMQ at {}: {e}", redact_url(url)))
+        let first = retry::until(deadline, delays, || shared.open_link(), |_, _| {}).await.map_err(|e| match e {
+            TransportError::QueueType(_) => e,
+            e => TransportError::Unavailable(format!("cannot connect to RabbitMQ at {}: {e}", shared.nodes())),
         })?;
         shared.link.send_replace(Some(first));
         let supervisor = tokio::spawn(supervise(Arc::downgrade(&shared)));
         Ok(AmqpTransport { shared, supervisor })
     }
 
+    /// [`connect_to`](Self::connect_to) one node (or a comma-separated list of them), with
+    /// classic queues.
+    pub async fn connect_with(url: &str, name: &str, hold: Duration) -> Result<Self> {
+        let urls = broker_urls(url).map_err(TransportError::Other)?;
+        Self::connect_to(&urls, name, QueueType::Classic, hold).await
+    }
+
     /// [`connect_with`](Self::connect_with) holding operations for up to 10 s during outages.
     pub async fn connect(url: &str, name: &str) -> Result<Self> {
         Self::connect_with(url, name, Duration::from_secs(10)).await
+    }
+
+    /// The node the transport is connected to now (its URL without password), if any.
+    pub fn node(&self) -> Option<String> {
+        let link = self.shared.link.borrow().clone()?;
+        Some(redact_url(&self.shared.urls[link.node]))
     }
 }
 
@@ -164,24 +236,72 @@ async fn supervise(weak: std::sync::Weak<Shared>) {
 }
 
 impl Shared {
+    /// The nodes, for messages (without passwords).
+    fn nodes(&self) -> String {
+        self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// A link to the first node, in turn from `next`, that accepts one.
     async fn open_link(&self) -> Result<Arc<Link>> {
+        let n = self.urls.len();
+        let start = self.next.load(Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for i in 0..n {
+            let node = (start + i) % n;
+            match self.open_link_to(node).await {
+                Ok(link) => {
+                    // The next attempt (after this link breaks) starts with the node after it.
+                    self.next.store((node + 1) % n, Ordering::Relaxed);
+                    return Ok(link);
+                }
+                Err(e @ TransportError::QueueType(_)) => return Err(e),
+                Err(e) if n == 1 => return Err(e),
+                Err(e) => errors.push(format!("{}: {e}", redact_url(&self.urls[node]))),
+            }
+        }
+        Err(TransportError::Unavailable(format!("no node answered ({})", errors.join("; "))))
+    }
+
+    async fn open_link_to(&self, node: usize) -> Result<Arc<Link>> {
         let props = ConnectionProperties::default().with_connection_name(self.name.clone().into());
-        let conn = Connection::connect(&self.url, props).await.map_err(unavailable)?;
+        let conn = tokio::time::timeout(NODE_CONNECT, Connection::connect(&self.urls[node], props))
+            .await
+            .map_err(|_| TransportError::Unavailable(format!("no answer within {} s", NODE_CONNECT.as_secs())))?
+            .map_err(unavailable)?;
         let publisher = conn.create_channel().await.map_err(unavailable)?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
         let notifier = conn.create_channel().await.map_err(unavailable)?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let link = Link { conn, publisher, notifier, generation };
+        let link = Link { conn, publisher, notifier, generation, node };
         declare_shared(&link.publisher).await?;
         let declared: Vec<(String, Declared)> =
             self.declared.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
         for (name, what) in declared {
             match what {
-                Declared::Pool => declare_pool_on(&link.publisher, &name).await?,
-                Declared::Retry { pool, bucket_ms } => declare_retry_on(&link.publisher, &pool, bucket_ms).await?,
+                Declared::Pool => declare_pool_on(&link.publisher, &name, self.queue_type).await?,
+                Declared::Retry { pool, bucket_ms } => {
+                    declare_retry_on(&link.publisher, &pool, bucket_ms, self.queue_type).await?
+                }
             }
         }
         Ok(Arc::new(link))
+    }
+
+    /// Runs a declaration on a channel of its own: a refused one closes its channel, and the
+    /// publishing channel must not go with it.
+    async fn declare<F, Fut>(&self, op: F) -> Result<()>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let op = &op;
+        self.with_link(|l| async move {
+            let ch = l.conn.create_channel().await.map_err(unavailable)?;
+            op(ch.clone()).await?;
+            let _ = ch.close(200, "declared".into()).await;
+            Ok(())
+        })
+        .await
     }
 
     /// The current link, waiting up to `hold` for one during an outage.
@@ -250,27 +370,26 @@ async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()
         .map_err(unavailable)
 }
 
-async fn declare_pool_on(ch: &Channel, pool: &str) -> Result<()> {
+/// Declares a durable queue of type `qt`; a queue of the other type is a [`TransportError::QueueType`].
+async fn declare_queue(ch: &Channel, queue: &str, qt: QueueType, args: FieldTable) -> Result<()> {
+    ch.queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
+        .await
+        .map(|_| ())
+        .map_err(|e| type_mismatch(queue, qt, &e).unwrap_or_else(|| unavailable(e)))
+}
+
+async fn declare_pool_on(ch: &Channel, pool: &str, qt: QueueType) -> Result<()> {
     let queue = topology::pool_queue(pool);
-    let mut args = FieldTable::default();
-    args.insert("x-dead-letter-exchange".into(), long(topology::DEAD_EXCHANGE));
-    args.insert("x-dead-letter-routing-key".into(), long(pool));
-    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args).await.map_err(unavailable)?;
+    declare_queue(ch, &queue, qt, qt.arguments(Some((topology::DEAD_EXCHANGE, pool)))).await?;
     bind(ch, &queue, topology::INVOKE_EXCHANGE, pool).await?;
     let dead = topology::dead_queue(pool);
-    ch.queue_declare(dead.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
-        .await
-        .map_err(unavailable)?;
+    declare_queue(ch, &dead, qt, qt.arguments(None)).await?;
     bind(ch, &dead, topology::DEAD_EXCHANGE, pool).await
 }
 
-async fn declare_retry_on(ch: &Channel, pool: &str, bucket_ms: u64) -> Result<()> {
-    let mut args = FieldTable::default();
-    args.insert("x-dead-letter-exchange".into(), long(topology::INVOKE_EXCHANGE));
-    args.insert("x-dead-letter-routing-key".into(), long(pool));
+async fn declare_retry_on(ch: &Channel, pool: &str, bucket_ms: u64, qt: QueueType) -> Result<()> {
     let q = topology::retry_queue(pool, bucket_ms);
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::durable(), args).await.map_err(unavailable)?;
-    Ok(())
+    declare_queue(ch, &q, qt, qt.arguments(Some((topology::INVOKE_EXCHANGE, pool)))).await
 }
 
 /// Publishes one message (mandatory) and waits for its confirm; a nack or a returned
@@ -366,7 +485,8 @@ impl Consumer for AmqpConsumer {
 #[async_trait]
 impl Transport for AmqpTransport {
     async fn declare_pool(&self, pool: &str) -> Result<()> {
-        self.shared.with_link(|l| async move { declare_pool_on(&l.publisher, pool).await }).await?;
+        let qt = self.shared.queue_type;
+        self.shared.declare(|ch| async move { declare_pool_on(&ch, pool, qt).await }).await?;
         self.shared.declared.insert(pool.to_string(), Declared::Pool);
         Ok(())
     }
@@ -384,7 +504,8 @@ impl Transport for AmqpTransport {
         let bucket_ms = topology::retry_bucket(delay);
         let queue = topology::retry_queue(pool, bucket_ms);
         if !self.shared.declared.contains_key(&queue) {
-            self.shared.with_link(|l| async move { declare_retry_on(&l.publisher, pool, bucket_ms).await }).await?;
+            let qt = self.shared.queue_type;
+            self.shared.declare(|ch| async move { declare_retry_on(&ch, pool, bucket_ms, qt).await }).await?;
             self.shared.declared.insert(queue.clone(), Declared::Retry { pool: pool.to_string(), bucket_ms });
         }
         let props = persistent().with_expiration(delay.as_millis().max(1).to_string().into());
@@ -531,5 +652,25 @@ async fn passive(shared: &Shared, queue: &str) -> Result<(u64, u32)> {
         }
         Err(_) if link.healthy() => Ok((0, 0)),
         Err(e) => Err(unavailable(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_list_is_split_on_commas_and_each_node_checked() {
+        let urls = broker_urls(" amqp://a:5672/%2f , amqp://b:5673/%2f,").unwrap();
+        assert_eq!(urls, ["amqp://a:5672/%2f", "amqp://b:5673/%2f"]);
+        assert!(broker_urls("amqp://a/%2f,http://b").unwrap_err().contains("http://b is not an AMQP URL"));
+        assert!(broker_urls(" , ").is_err());
+    }
+
+    #[test]
+    fn names_spread_over_the_nodes() {
+        let firsts: std::collections::HashSet<usize> = (0..30).map(|i| first_node(&format!("worker-{i}"), 3)).collect();
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+        assert_eq!(first_node("anything", 1), 0);
     }
 }

@@ -8,6 +8,10 @@ pub enum TransportError {
     NotConfirmed,
     #[error("queue {0} is full; try again later")]
     Full(String),
+    /// A queue exists with another type (classic or quorum) than this role declares: a
+    /// configuration error, not an outage.
+    #[error("{0}")]
+    QueueType(String),
     #[error("{0}")]
     Other(String),
 }

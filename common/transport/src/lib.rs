@@ -14,7 +14,9 @@ mod error;
 mod interface;
 pub mod memory;
 pub mod peer;
+pub mod queues;
 
 pub use delivery::Delivery;
 pub use error::{Result, TransportError};
 pub use interface::{Consumer, QueueStats, Transport};
+pub use queues::QueueType;

@@ -5,6 +5,7 @@
 //! the next use opens a new one. Callers retry with their own backoff.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use lapin::options::ConfirmSelectOptions;
@@ -24,10 +25,22 @@ pub struct Peers {
     links: DashMap<String, Arc<PeerLink>>,
 }
 
-/// Opens a connection to `url`, named for the broker's connection list.
+/// Opens a connection to `url`, named for the broker's connection list. `url` may list the
+/// nodes of a cluster separated by commas: they are tried in turn.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, String> {
-    let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
-    Connection::connect(url, props).await.map_err(|e| format!("cannot connect to {}: {e}", redact_url(url)))
+    let mut errors = Vec::new();
+    for node in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
+        match tokio::time::timeout(Duration::from_secs(5), Connection::connect(node, props)).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => errors.push(format!("cannot connect to {}: {e}", redact_url(node))),
+            Err(_) => errors.push(format!("{} did not answer within 5 s", redact_url(node))),
+        }
+    }
+    if errors.is_empty() {
+        return Err("no broker URL given".into());
+    }
+    Err(errors.join("; "))
 }
 
 impl Peers {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use warren_service::secret::SecretKey;
+use warren_transport::QueueType;
 use warren_wire::package;
 
 use crate::keys::AuthMode;
@@ -18,8 +19,11 @@ pub struct Config {
     /// Seals secret settings; without it, secret settings are refused.
     pub secret_key: Option<SecretKey>,
     /// The broker that `[source]` triggers and `amqp` outputs use when they name none (Warren's
-    /// own, in the distributed mode).
+    /// own, in the distributed mode; the nodes of a cluster separated by commas).
     pub amqp_url: Option<String>,
+    /// The type of the queues source triggers declare (`warren.source.<function>`), as for
+    /// Warren's own queues.
+    pub queue_type: QueueType,
     /// Largest fan-in input with the results inline; past it the follow-up gets a reference.
     pub max_fanin_inline_bytes: usize,
     /// Runs the timer scheduler, source consumers, output deliveries and batch sweeper.
@@ -51,6 +55,7 @@ impl Default for Config {
             max_sync_timeout: Duration::from_secs(300),
             secret_key: None,
             amqp_url: None,
+            queue_type: QueueType::Classic,
             max_fanin_inline_bytes: 16 << 20,
             triggers: true,
             auth: AuthMode::Open,

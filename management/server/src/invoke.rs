@@ -379,6 +379,15 @@ impl Invoker {
         Ok(())
     }
 
+    /// Declares the queues of every pool in use. Run at the start, it stops an instance whose
+    /// `--queue-type` differs from the queues already on the broker before it takes work.
+    pub async fn declare_pools(&self) -> Result<(), Error> {
+        for pool in self.pools().await? {
+            self.ensure_pool(&pool).await?;
+        }
+        Ok(())
+    }
+
     /// The pools in use: those of every function's active version, and any declared here. A
     /// function whose active version cannot be read is left out (it names no pool anyone can
     /// use); a store that cannot answer is an error.

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use warren_service::retry::Backoff;
 use warren_service::shutdown::pace;
 use warren_store::{NewInvocation, Outcome, Status, Store};
-use warren_transport::peer;
+use warren_transport::{peer, QueueType};
 use warren_wire::manifest::AmqpSource;
 
 use crate::catalog::Catalog;
@@ -43,6 +43,8 @@ pub(crate) struct Sources {
     lease: Arc<Lease>,
     /// The broker of sources that name none (Warren's own, in the distributed mode).
     amqp_url: Option<String>,
+    /// The type of the queues this declares.
+    queue_type: QueueType,
     /// Where the consumers and the records of refused messages run (owned by management's stop).
     tasks: TaskTracker,
 }
@@ -56,7 +58,15 @@ impl Sources {
         config: &Config,
         tasks: TaskTracker,
     ) -> Arc<Sources> {
-        Arc::new(Sources { store, catalog, invoker, lease, amqp_url: config.amqp_url.clone(), tasks })
+        Arc::new(Sources {
+            store,
+            catalog,
+            invoker,
+            lease,
+            amqp_url: config.amqp_url.clone(),
+            queue_type: config.queue_type,
+            tasks,
+        })
     }
 
     /// Starts and stops source consumers (on `tasks`) as functions' active versions change.
@@ -128,11 +138,12 @@ impl Sources {
         let conn = peer::connect(url, &format!("warren-source-{function}")).await?;
         let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
         let queue = source_queue(function, src);
-        let declared =
-            ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default()).await;
+        let args = self.queue_type.arguments(None);
+        let declared = ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args).await;
         let ch = match declared {
             Ok(_) => ch,
-            // The queue exists with other arguments (its owner's): use it as it is.
+            // The queue exists with other arguments (its owner's, or of another queue type):
+            // use it as it is.
             Err(_) => {
                 let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
                 ch.queue_declare(

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
-use warren_transport::amqp::AmqpTransport;
+use warren_transport::amqp::{AmqpTransport, Brokers};
+use warren_transport::{QueueType, Transport, TransportError};
 use warren_worker::{Worker, WorkerConfig};
 
 /// A Warren worker: consumes invocations from RabbitMQ, runs the functions, stores results
@@ -23,9 +24,16 @@ use warren_worker::{Worker, WorkerConfig};
 #[derive(Parser, Debug)]
 #[command(name = "warren-worker", version, verbatim_doc_comment)]
 struct Args {
-    /// RabbitMQ URL (amqp://user:password@host:port/vhost; the default vhost is %2f).
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost; the default vhost is %2f). For a
+    /// cluster, list its nodes separated by commas: the worker connects to one and moves to
+    /// another when it is lost.
     #[arg(long, env = "WARREN_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    amqp: String,
+    amqp: Brokers,
+    /// The type of Warren's queues on RabbitMQ: classic (one node holds each queue) or quorum
+    /// (replicated across a cluster, RabbitMQ 3.10 or later). Every management and worker of
+    /// one deployment must use the same; see "High availability" in the README.
+    #[arg(long, env = "WARREN_QUEUE_TYPE", default_value = "classic")]
+    queue_type: QueueType,
     /// Store URL: postgres://…, mssql://USER:PASSWORD@HOST:PORT/DB, or sqlite://PATH.
     #[arg(long, env = "WARREN_STORE_URL")]
     store: String,
@@ -116,7 +124,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(k) = &args.secret_key {
         cfg.secret_key = Some(warren_service::secret::SecretKey::from_hex(k.expose_secret())?);
     }
-    let transport = Arc::new(AmqpTransport::connect(&args.amqp, &cfg.id).await?);
+    let hold = Duration::from_secs(10);
+    let transport = Arc::new(AmqpTransport::connect_to(&args.amqp.0, &cfg.id, args.queue_type, hold).await?);
+    // Queues of another type than --queue-type stop the worker now, before it takes work.
+    for (pool, _) in &cfg.pools {
+        match transport.declare_pool(pool).await {
+            Err(e @ TransportError::QueueType(_)) => anyhow::bail!("{e}"),
+            Err(e) => tracing::warn!(%pool, error = %e, "cannot declare the pool's queues yet"),
+            Ok(()) => {}
+        }
+    }
     let worker = Worker::new(store, transport, cfg);
     let stop = CancellationToken::new();
     let mut metrics = None;

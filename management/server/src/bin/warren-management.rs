@@ -9,7 +9,8 @@ use secrecy::{ExposeSecret, SecretString};
 use warren_management::keys::AuthMode;
 use warren_management::{Config, Management};
 use warren_service::telemetry::LogFormat;
-use warren_transport::amqp::AmqpTransport;
+use warren_transport::amqp::{AmqpTransport, Brokers};
+use warren_transport::{QueueType, TransportError};
 
 /// Warren management: the HTTP API that publishes functions and invocations to RabbitMQ and
 /// reads outcomes from the store. Run one or several behind a load balancer; they share nothing
@@ -21,9 +22,16 @@ use warren_transport::amqp::AmqpTransport;
 #[derive(Parser, Debug)]
 #[command(name = "warren-management", version, verbatim_doc_comment)]
 struct Args {
-    /// RabbitMQ URL (amqp://user:password@host:port/vhost; the default vhost is %2f).
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost; the default vhost is %2f). For a
+    /// cluster, list its nodes separated by commas: management connects to one and moves to
+    /// another when it is lost.
     #[arg(long, env = "WARREN_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    amqp: String,
+    amqp: Brokers,
+    /// The type of Warren's queues on RabbitMQ: classic (one node holds each queue) or quorum
+    /// (replicated across a cluster, RabbitMQ 3.10 or later). Every management and worker of
+    /// one deployment must use the same; see "High availability" in the README.
+    #[arg(long, env = "WARREN_QUEUE_TYPE", default_value = "classic")]
+    queue_type: QueueType,
     /// Store URL: postgres://…, mssql://USER:PASSWORD@HOST:PORT/DB, or sqlite://PATH.
     #[arg(long, env = "WARREN_STORE_URL")]
     store: String,
@@ -119,7 +127,8 @@ async fn main() {
 async fn run(args: Args, auth: AuthMode) -> anyhow::Result<()> {
     let store = warren_store::open(&args.store).await?;
     let name = format!("warren-management@{}", warren_service::host::hostname());
-    let transport = Arc::new(AmqpTransport::connect(&args.amqp, &name).await?);
+    let hold = Duration::from_secs(10);
+    let transport = Arc::new(AmqpTransport::connect_to(&args.amqp.0, &name, args.queue_type, hold).await?);
     let package_limits = warren_wire::package::Limits {
         max_package_bytes: args.max_package_bytes,
         max_unpacked_bytes: args.max_unpacked_bytes,
@@ -135,13 +144,23 @@ async fn run(args: Args, auth: AuthMode) -> anyhow::Result<()> {
         package_limits,
         secret_key,
         auth,
-        amqp_url: Some(args.amqp.clone()),
+        amqp_url: Some(args.amqp.joined()),
+        queue_type: args.queue_type,
         instance_lease: Duration::from_secs(args.instance_lease_secs),
         max_connections: args.max_connections as usize,
         client_timeout: Duration::from_secs(args.client_timeout_secs),
         ..Config::default()
     };
     let m = Management::start(store, transport, config).await?;
+    // Queues of another type than --queue-type stop this instance now, not each invoke later.
+    match m.invoker.declare_pools().await {
+        Err(warren_management::Error::Transport(e @ TransportError::QueueType(_))) => {
+            m.stop().await;
+            anyhow::bail!("{e}");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot check the pools' queues yet"),
+        Ok(()) => {}
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
