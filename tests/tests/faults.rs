@@ -639,6 +639,21 @@ async fn quorum_failover(loss: NodeLoss) {
     })
     .await;
 
+    // The node that leads the pool's queue, and one more worker, named so that it connects to
+    // that node first: at least one role must move to another node mid-run. Started before
+    // the load, so that the run cannot end while it starts.
+    let queue = warren_wire::topology::pool_queue(&pool);
+    let leader = cluster(&["leader", &queue]);
+    let node: usize = leader.parse().unwrap();
+    let id =
+        std::iter::repeat_with(|| unique("ha-worker-")).find(|id| first_node(id, urls_list.len()) == node - 1).unwrap();
+    let extra: Vec<&str> = ha.iter().copied().chain(["--id", id.as_str()]).collect();
+    let _moved = start_worker_with(&pg_url(), &pool, 4, &tmp.path().join("cache-moved"), &extra, &[]);
+    eventually(Duration::from_secs(60), "the fourth worker on the leader's node", || async {
+        cluster(&["clients", &leader]).contains(&id).then_some(())
+    })
+    .await;
+
     // Async invokes, 32 in flight; an answer other than 202 is kept as such.
     const INVOKES: usize = 3_000;
     const ITEMS: usize = 2_000;
@@ -703,19 +718,6 @@ async fn quorum_failover(loss: NodeLoss) {
     eventually(Duration::from_secs(60), "some progress", || async { (finals().await >= 500).then_some(()) }).await;
     // Take the pool queue's leader away while invokes and the batch still come in; meanwhile
     // a sampler notes when the count of final records changes.
-    let queue = warren_wire::topology::pool_queue(&pool);
-    let leader = cluster(&["leader", &queue]);
-    // One more worker, named so that it connects to the leader's node first: at least one
-    // role must move to another node mid-run.
-    let node: usize = leader.parse().unwrap();
-    let id =
-        std::iter::repeat_with(|| unique("ha-worker-")).find(|id| first_node(id, urls_list.len()) == node - 1).unwrap();
-    let extra: Vec<&str> = ha.iter().copied().chain(["--id", id.as_str()]).collect();
-    let _moved = start_worker_with(&pg_url(), &pool, 4, &tmp.path().join("cache-moved"), &extra, &[]);
-    eventually(Duration::from_secs(60), "the fourth worker on the leader's node", || async {
-        cluster(&["clients", &leader]).contains(&id).then_some(())
-    })
-    .await;
     let on_leader = cluster(&["clients", &leader]);
     let before = finals().await;
     assert!(before < INVOKES + ITEMS, "{label}: the run ended before the fault");

@@ -140,6 +140,11 @@ fn dir_size(p: &Path) -> u64 {
 /// Removes the least recently used package folders until the cache fits in `max` bytes.
 /// Returns the sha256 of each folder removed.
 fn evict_cache(dir: &Path, max: u64, recent: &HashMap<String, Instant>) -> Vec<String> {
+    evict_cache_at(dir, max, recent, Instant::now())
+}
+
+/// [`evict_cache`] as seen at `now`.
+fn evict_cache_at(dir: &Path, max: u64, recent: &HashMap<String, Instant>, now: Instant) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut folders: Vec<(String, u64, std::time::SystemTime)> = entries
         .flatten()
@@ -154,7 +159,6 @@ fn evict_cache(dir: &Path, max: u64, recent: &HashMap<String, Instant>) -> Vec<S
         return Vec::new();
     }
     // Oldest use first: in-memory use times where known, else the folder's time on disk.
-    let now = Instant::now();
     let sys_now = std::time::SystemTime::now();
     folders.sort_by_key(|(sha, _, modified)| match recent.get(sha) {
         Some(t) => sys_now - now.duration_since(*t),
@@ -185,15 +189,18 @@ mod tests {
             std::fs::create_dir(tmp.path().join(name)).unwrap();
             std::fs::write(tmp.path().join(name).join("f"), vec![0u8; size]).unwrap();
         }
-        let now = std::time::Instant::now();
+        // Later instants, not earlier ones: an `Instant` cannot go back past the host's boot,
+        // which on a fresh Windows (or Wine) session may be minutes ago.
+        let then = std::time::Instant::now();
         let mut recent = std::collections::HashMap::new();
-        recent.insert("old".to_string(), now - std::time::Duration::from_secs(3600));
-        recent.insert("mid".to_string(), now - std::time::Duration::from_secs(1800));
-        recent.insert("hot".to_string(), now);
+        recent.insert("old".to_string(), then);
+        recent.insert("mid".to_string(), then + std::time::Duration::from_secs(1800));
+        recent.insert("hot".to_string(), then + std::time::Duration::from_secs(3600));
         // 1,800 bytes in all; 1,000 allowed: "old" goes, then "mid"; "hot" is in use.
-        let removed = super::evict_cache(tmp.path(), 1000, &recent);
+        let now = then + std::time::Duration::from_secs(3600);
+        let removed = super::evict_cache_at(tmp.path(), 1000, &recent, now);
         assert_eq!(removed, vec!["old".to_string(), "mid".to_string()]);
         assert!(tmp.path().join("hot").exists());
-        assert!(super::evict_cache(tmp.path(), 1000, &recent).is_empty());
+        assert!(super::evict_cache_at(tmp.path(), 1000, &recent, now).is_empty());
     }
 }
