@@ -9,6 +9,8 @@ use warren_store::{Claim, NewInvocation, Status};
 use warren_wire::manifest::{Mode, Runtime};
 use warren_wire::message::InvocationMessage;
 
+use crate::azure;
+use crate::handler::Call;
 use crate::process::{self, RunOutput};
 use crate::settings::Settings;
 use crate::versions::Loaded;
@@ -33,6 +35,35 @@ impl Worker {
                 error: None,
                 logs: Vec::new(),
             },
+            Runtime::Azure => {
+                let dir = loaded.dir.as_deref().expect("app functions are unpacked");
+                let Some(az) = loaded.manifest.azure.as_ref() else {
+                    return RunOutput {
+                        status: Status::Failed,
+                        result: None,
+                        error: Some("runtime \"azure\" without its [azure] section".into()),
+                        logs: Vec::new(),
+                    };
+                };
+                let id = msg.id.to_string();
+                let env = process::InvocationEnv {
+                    id: &id,
+                    function: &msg.function,
+                    version: msg.version,
+                    attempt: msg.attempt,
+                    headers: &msg.headers,
+                };
+                let timeout = Duration::from_secs(loaded.manifest.timeout_secs);
+                let pool = self.handlers.pool(
+                    &loaded.manifest,
+                    msg.version,
+                    dir.to_path_buf(),
+                    settings.vars.clone(),
+                    self.cfg.limits,
+                );
+                let out = pool.call(&env, Call::Http(azure::request(az, msg)), timeout, attempt).await;
+                azure::outcome(az, out, attempt, self.cfg.limits.max_log_lines)
+            }
             Runtime::Process => {
                 let dir = loaded.dir.as_deref().expect("process functions are unpacked");
                 let id = msg.id.to_string();

@@ -36,7 +36,11 @@ use warren_wire::invocation::{LogLine, Status};
 use warren_wire::manifest::Manifest;
 use warren_wire::time::now_ms;
 
+use crate::http;
 use crate::process::{self, Limits, RunOutput};
+
+/// How long a custom handler's broken connection waits for the handler's exit to be seen.
+const EXIT_SEEN_WITHIN: Duration = Duration::from_secs(1);
 
 /// Longest header line accepted from a handler.
 const MAX_HEADER: usize = 64 << 10;
@@ -69,8 +73,29 @@ struct HandlerFrame {
     len: Option<usize>,
 }
 
+/// What an invocation sends its handler.
+pub(crate) enum Call<'a> {
+    /// The input, in an `invoke` frame.
+    Frame(&'a [u8]),
+    /// A request to a custom handler's port.
+    Http(http::Request),
+}
+
+/// A handler's answer to a [`Call`].
+pub(crate) enum Answer {
+    Bytes(Vec<u8>),
+    Http(http::Response),
+}
+
+/// How a [`Call`] went, with the log lines of the invocation.
+pub(crate) struct Outcome {
+    pub answer: Result<Answer, (Status, String)>,
+    pub logs: Vec<LogLine>,
+}
+
 enum Reply {
     Result(Vec<u8>),
+    Http(http::Response),
     Error(String),
     /// The handler died or was killed while holding the invocation.
     Lost(String),
@@ -85,6 +110,8 @@ struct Pending {
 /// One handler process.
 struct Proc {
     pid: Option<u32>,
+    /// An Azure Functions custom handler's port: it is called over HTTP, not framed stdio.
+    port: Option<u16>,
     to_stdin: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     pending: Mutex<HashMap<String, Pending>>,
     in_flight: AtomicUsize,
@@ -169,7 +196,7 @@ impl Pool {
         self.slots.close();
     }
 
-    /// Runs one invocation on a warm handler.
+    /// Runs one invocation on a warm handler of the framed protocol.
     pub async fn invoke(
         self: &Arc<Self>,
         env: &process::InvocationEnv<'_>,
@@ -177,8 +204,27 @@ impl Pool {
         timeout: Duration,
         log_attempt: i32,
     ) -> RunOutput {
+        let out = self.call(env, Call::Frame(input), timeout, log_attempt).await;
+        match out.answer {
+            Ok(Answer::Bytes(bytes)) => {
+                RunOutput { status: Status::Succeeded, result: Some(bytes), error: None, logs: out.logs }
+            }
+            Ok(Answer::Http(_)) => unreachable!("a framed call is answered by a frame"),
+            Err((status, error)) => RunOutput { status, result: None, error: Some(error), logs: out.logs },
+        }
+    }
+
+    /// Runs one invocation on a warm handler: a frame on its stdin, or an HTTP request to its
+    /// port (custom handlers).
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        env: &process::InvocationEnv<'_>,
+        input: Call<'_>,
+        timeout: Duration,
+        log_attempt: i32,
+    ) -> Outcome {
         let id = env.id;
-        let failed = |status, error: String, logs| RunOutput { status, result: None, error: Some(error), logs };
+        let failed = |status, error: String, logs| Outcome { answer: Err((status, error)), logs };
         let Ok(_slot) = self.slots.clone().acquire_owned().await else {
             return failed(Status::Failed, "the worker is shutting down this function's handlers".into(), Vec::new());
         };
@@ -186,7 +232,7 @@ impl Pool {
             Ok(p) => p,
             Err(e) => return failed(Status::Failed, e, Vec::new()),
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         proc.lock_pending().insert(id.to_string(), Pending { tx, logs: Vec::new(), attempt: log_attempt });
         // `fail_all` marks the process dead before it drains `pending`: if it died in between,
         // this entry may never be answered.
@@ -196,36 +242,81 @@ impl Pool {
             self.changed.notify_waiters();
             return failed(Status::Failed, "the handler died as it was given the invocation".into(), Vec::new());
         }
-        let header = InvokeFrame {
-            kind: "invoke",
-            id,
-            function: env.function,
-            version: env.version,
-            attempt: env.attempt,
-            timeout_ms: timeout.as_millis() as u64,
-            len: input.len(),
-            headers: if env.headers.is_empty() { serde_json::Value::Null } else { env.headers_json() },
-        };
-        let mut frame = serde_json::to_vec(&header).expect("frame serialises");
-        frame.push(b'\n');
-        frame.extend_from_slice(input);
-        let sender = proc.to_stdin.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let sent = match sender {
-            Some(s) => s.send(frame).await.is_ok(),
-            None => false,
-        };
-        if !sent {
-            proc.lock_pending().remove(id);
-            proc.in_flight.fetch_sub(1, Ordering::SeqCst);
-            self.changed.notify_waiters();
-            return failed(Status::Failed, "the handler stopped before it took the invocation".into(), Vec::new());
-        }
-        let out = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok((Reply::Result(bytes), logs))) => {
-                RunOutput { status: Status::Succeeded, result: Some(bytes), error: None, logs }
+        let answered = match (input, proc.port) {
+            (Call::Http(request), Some(port)) => {
+                // The answer is the response; a handler that dies meanwhile answers through `rx`.
+                let limit = self.limits.max_output_bytes;
+                let exchange = async {
+                    let response = tokio::select! {
+                        response = http::send(port, request, limit) => response,
+                        lost = &mut rx => return lost,
+                    };
+                    let failed = match response {
+                        Ok(r) => {
+                            let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
+                            return Ok((Reply::Http(r), logs));
+                        }
+                        Err(e) => e,
+                    };
+                    // A connection cut short is most often the handler dying: its exit, seen
+                    // in a moment, says more than the broken connection.
+                    if let Ok(lost) = tokio::time::timeout(EXIT_SEEN_WITHIN, &mut rx).await {
+                        return lost;
+                    }
+                    let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
+                    Ok((Reply::Lost(format!("the custom handler did not answer: {failed}")), logs))
+                };
+                tokio::time::timeout(timeout, exchange).await
             }
+            (Call::Frame(input), None) => {
+                let header = InvokeFrame {
+                    kind: "invoke",
+                    id,
+                    function: env.function,
+                    version: env.version,
+                    attempt: env.attempt,
+                    timeout_ms: timeout.as_millis() as u64,
+                    len: input.len(),
+                    headers: if env.headers.is_empty() { serde_json::Value::Null } else { env.headers_json() },
+                };
+                let mut frame = serde_json::to_vec(&header).expect("frame serialises");
+                frame.push(b'\n');
+                frame.extend_from_slice(input);
+                let sender = proc.to_stdin.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let sent = match sender {
+                    Some(s) => s.send(frame).await.is_ok(),
+                    None => false,
+                };
+                if !sent {
+                    proc.lock_pending().remove(id);
+                    proc.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    self.changed.notify_waiters();
+                    return failed(
+                        Status::Failed,
+                        "the handler stopped before it took the invocation".into(),
+                        Vec::new(),
+                    );
+                }
+                tokio::time::timeout(timeout, rx).await
+            }
+            _ => {
+                proc.lock_pending().remove(id);
+                proc.in_flight.fetch_sub(1, Ordering::SeqCst);
+                self.changed.notify_waiters();
+                return failed(Status::Failed, "this handler does not speak that protocol".into(), Vec::new());
+            }
+        };
+        let out = match answered {
+            Ok(Ok((Reply::Result(bytes), logs))) => Outcome { answer: Ok(Answer::Bytes(bytes)), logs },
+            Ok(Ok((Reply::Http(r), logs))) => Outcome { answer: Ok(Answer::Http(r)), logs },
             Ok(Ok((Reply::Error(msg), logs))) => failed(Status::Failed, format!("the handler reported: {msg}"), logs),
-            Ok(Ok((Reply::Lost(why), logs))) => failed(Status::Failed, why, logs),
+            Ok(Ok((Reply::Lost(why), logs))) => {
+                // A custom handler that cannot be talked to is replaced, like one that died.
+                if proc.port.is_some() {
+                    proc.fail_all(&why);
+                }
+                failed(Status::Failed, why, logs)
+            }
             Ok(Err(_)) => failed(Status::Failed, "the handler went away".into(), Vec::new()),
             Err(_) => {
                 let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
@@ -321,7 +412,25 @@ impl Pool {
         let mut vars = self.vars.clone();
         vars.push(("WARREN_FUNCTION".into(), self.manifest.name.clone()));
         vars.push(("WARREN_HANDLER".into(), "1".into()));
-        let mut child = process::command(&self.manifest.command, &self.dir, &vars)
+        let mut command = self.manifest.command.clone();
+        let mut dir = self.dir.clone();
+        let port = match &self.manifest.azure {
+            Some(az) => {
+                // As the Azure Functions host starts a custom handler: its program found in the
+                // app's root first, run in its working folder, told its port.
+                let port = http::free_port().map_err(|e| format!("no free port for the custom handler: {e}"))?;
+                for name in ["FUNCTIONS_CUSTOMHANDLER_PORT", "FUNCTIONS_HTTPWORKER_PORT"] {
+                    vars.push((name.into(), port.to_string()));
+                }
+                command[0] = http::app_program(&self.dir, &command[0]);
+                if let Some(w) = &az.working_directory {
+                    dir = dir.join(w);
+                }
+                Some(port)
+            }
+            None => None,
+        };
+        let mut child = process::command(&command, &dir, &vars)
             .spawn()
             .map_err(|e| format!("could not start the handler {:?}: {e}", self.manifest.command[0]))?;
         crate::tree::contain(&child);
@@ -331,6 +440,7 @@ impl Pool {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
         let proc = Arc::new(Proc {
             pid: child.id(),
+            port,
             to_stdin: Mutex::new(Some(tx)),
             pending: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
@@ -348,8 +458,17 @@ impl Pool {
             }
         });
         let (ready_tx, ready_rx) = oneshot::channel();
-        tokio::spawn(read_frames(proc.clone(), stdout, ready_tx, self.limits));
-        tokio::spawn(read_stderr(proc.clone(), stderr, self.limits));
+        match port {
+            // A custom handler's stdout is log lines like its stderr; it is ready once its port
+            // takes a connection.
+            Some(port) => {
+                tokio::spawn(read_lines(proc.clone(), stdout, self.limits));
+                let p = proc.clone();
+                tokio::spawn(http::wait_listening(port, ready_tx, move || p.dead.load(Ordering::SeqCst)));
+            }
+            None => drop(tokio::spawn(read_frames(proc.clone(), stdout, ready_tx, self.limits))),
+        }
+        tokio::spawn(read_lines(proc.clone(), stderr, self.limits));
         // Owner of the child: kills it when asked, reaps it when it exits, then fails whatever
         // it still held.
         {
@@ -381,11 +500,22 @@ impl Pool {
             }
             Ok(Err(_)) => {
                 proc.fail_all("the handler exited before it was ready");
-                Err("the handler exited before saying it was ready (a {\"type\":\"ready\"} line on stdout)".into())
+                Err(match port {
+                    Some(port) => format!("the custom handler exited before it listened on port {port}"),
+                    None => {
+                        "the handler exited before saying it was ready (a {\"type\":\"ready\"} line on stdout)".into()
+                    }
+                })
             }
             Err(_) => {
                 proc.fail_all("the handler was not ready in time");
-                Err(format!("the handler did not say it was ready within {} s", limit.as_secs()))
+                Err(match port {
+                    Some(port) => format!(
+                        "the custom handler did not listen on port {port} (FUNCTIONS_CUSTOMHANDLER_PORT) within {} s; it was killed",
+                        limit.as_secs()
+                    ),
+                    None => format!("the handler did not say it was ready within {} s", limit.as_secs()),
+                })
             }
         }
     }
@@ -468,7 +598,7 @@ async fn read_frames(proc: Arc<Proc>, stdout: tokio::process::ChildStdout, ready
     }
 }
 
-async fn read_stderr(proc: Arc<Proc>, stderr: tokio::process::ChildStderr, limits: Limits) {
+async fn read_lines(proc: Arc<Proc>, stderr: impl tokio::io::AsyncRead + Unpin, limits: Limits) {
     // Lines are cut at the log line limit and decoded lossily; reading never stops before EOF,
     // so a handler can never block on a full stderr pipe.
     let mut r = BufReader::new(stderr);

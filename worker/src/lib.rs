@@ -9,13 +9,16 @@
 //! - `versions`, `settings`, `groups`: loaded versions and the package cache, functions'
 //!   settings, the group commits of claims and outcomes.
 //! - [`process`], [`handler`], `tree`: one process per invocation, warm handlers, process trees.
+//! - `azure`, `http`: Azure Functions custom handlers: their payloads, and HTTP to their port.
 //! - [`metrics`]: the worker's metrics and their listener.
 
+mod azure;
 pub mod config;
 mod consume;
 mod execute;
 mod groups;
 pub mod handler;
+mod http;
 pub mod metrics;
 mod pipeline;
 pub mod process;

@@ -72,7 +72,7 @@ impl Versions {
             .ok_or_else(|| LoadError::Missing(format!("function {function} version {version} does not exist")))?;
         let manifest = v.parsed_manifest().map_err(|e| LoadError::Broken(e.to_string()))?;
         let dir = match manifest.runtime {
-            Runtime::Process => Some(self.unpacked(function, version, &v.sha256).await?),
+            Runtime::Process | Runtime::Azure => Some(self.unpacked(function, version, &v.sha256).await?),
             Runtime::Echo => None,
         };
         let loaded = Arc::new(Loaded { manifest, dir, sha256: v.sha256 });

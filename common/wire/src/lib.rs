@@ -6,10 +6,12 @@
 //!   carry them.
 //! - [`topology`]: the exchange and queue names both roles declare.
 //! - [`manifest`]: a function's `function.toml`.
+//! - [`azure`]: Azure Functions apps (custom handlers) turned into manifests.
 //! - [`package`]: packing, checking and unpacking function packages.
 //! - [`schedule`]: cron schedules of timer triggers.
 //! - [`time`]: the one time format of the store and the wire.
 
+pub mod azure;
 pub mod invocation;
 pub mod manifest;
 pub mod message;

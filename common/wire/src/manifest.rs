@@ -56,6 +56,10 @@ pub enum Runtime {
     Process,
     /// Built in: the result is the input. Measures the mesh itself.
     Echo,
+    /// A function of an Azure Functions app: its custom handler (`command`) runs as a warm web
+    /// server and is called as the Azure Functions host calls it (see `[azure]`). Written by
+    /// [`crate::azure`] when an app is published, not by hand.
+    Azure,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +92,66 @@ pub struct Manifest {
     /// Who may invoke the function and read its invocations (see [`AuthLevel`]).
     #[serde(default)]
     pub auth: AuthLevel,
+    /// `runtime = "azure"` only: how the function is bound in its Azure Functions app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureFunction>,
+}
+
+/// `[azure]`: one function of an Azure Functions app, as its `function.json` binds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureFunction {
+    /// The trigger binding's name: the key of the trigger's data in the handler's `Data`.
+    pub trigger: String,
+    pub trigger_type: AzureTrigger,
+    /// The `http` output binding's name (`res`, or `$return` for the handler's `ReturnValue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_output: Option<String>,
+    /// `enableForwardingHttpRequest`: the HTTP request goes to the handler as it came, and its
+    /// answer goes back as it is.
+    #[serde(default)]
+    pub forward: bool,
+    /// HTTP trigger: the route template under `/api/` (the function's name when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// HTTP trigger: the methods it answers, lower case (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// The handler's working folder, relative to the app's root (the root when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+}
+
+/// The triggers of Azure Functions apps that Warren serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AzureTrigger {
+    Http,
+    Timer,
+    RabbitMq,
+}
+
+impl AzureTrigger {
+    /// The binding type as `function.json` names it.
+    pub fn binding(self) -> &'static str {
+        match self {
+            AzureTrigger::Http => "httpTrigger",
+            AzureTrigger::Timer => "timerTrigger",
+            AzureTrigger::RabbitMq => "rabbitMQTrigger",
+        }
+    }
+}
+
+impl AzureFunction {
+    /// The path under `/api/` the function answers at.
+    pub fn route_or<'a>(&'a self, name: &'a str) -> &'a str {
+        self.route.as_deref().unwrap_or(name).trim_matches('/')
+    }
+
+    /// Whether the HTTP trigger answers this method.
+    pub fn allows(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    }
 }
 
 /// `[timer]`: invoke the function on a cron schedule.
@@ -99,6 +163,10 @@ pub struct TimerTrigger {
     pub timezone: Option<String>,
     #[serde(default)]
     pub catch_up: CatchUp,
+    /// Fire once when a management instance starts following the timer (its start, or a new
+    /// version's publish).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_on_startup: bool,
 }
 
 /// What to do with ticks that passed while no management instance ran.
@@ -127,6 +195,9 @@ pub struct AmqpSource {
     pub routing_key: String,
     #[serde(default = "default_source_prefetch")]
     pub prefetch: u16,
+    /// The name of a function setting holding the broker's URL (instead of `url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_setting: Option<String>,
 }
 
 fn default_source_prefetch() -> u16 {
@@ -170,6 +241,13 @@ pub struct Output {
     pub equals: Option<toml::Value>,
     #[serde(default = "default_delivery_attempts")]
     pub max_attempts: u32,
+    /// amqp only: the name of a function setting holding the broker's URL (instead of `url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_setting: Option<String>,
+    /// A JSON pointer into the result: send only that part (a string as its text, anything
+    /// else as JSON) instead of the whole result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 fn default_delivery_attempts() -> u32 {
@@ -297,12 +375,44 @@ pub enum ManifestError {
     Invalid(String),
 }
 
+/// Whether a text holds a `%NAME%` reference to a setting, resolved where it is used.
+pub fn has_setting_reference(text: &str) -> bool {
+    let mut parts = text.split('%');
+    parts.next();
+    parts.next().is_some_and(|name| !name.is_empty()) && text.matches('%').count() >= 2
+}
+
 /// Names of functions and pools: what can go in a URL path and a queue name unescaped.
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl Manifest {
+    /// What starts the function, in a few words for listings: `http GET /api/products/{id}`,
+    /// `timer 0 */5 * * * *`, `queue orders`, `exchange events/order.#`, or `invoke` (the API
+    /// only).
+    pub fn trigger(&self) -> String {
+        if let Some(az) = self.azure.as_ref().filter(|a| a.trigger_type == AzureTrigger::Http) {
+            let methods = if az.methods.is_empty() {
+                "ANY".to_string()
+            } else {
+                az.methods.iter().map(|m| m.to_ascii_uppercase()).collect::<Vec<_>>().join(",")
+            };
+            return format!("http {methods} /api/{}", az.route_or(&self.name));
+        }
+        if let Some(t) = &self.timer {
+            return format!("timer {}", t.schedule);
+        }
+        if let Some(src) = &self.source {
+            return match (&src.queue, &src.exchange) {
+                (Some(q), _) => format!("queue {q}"),
+                (None, Some(x)) => format!("exchange {x}/{}", src.routing_key),
+                (None, None) => "queue".to_string(),
+            };
+        }
+        "invoke".to_string()
+    }
+
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string()))?;
         m.validate()?;
@@ -334,7 +444,7 @@ impl Manifest {
         if !(1.0..=10.0).contains(&r.multiplier) || !(0.0..=1.0).contains(&r.jitter) {
             return bad("retry.multiplier must be in [1, 10] and retry.jitter in [0, 1]".into());
         }
-        if let Some(t) = &self.timer {
+        if let Some(t) = self.timer.as_ref().filter(|t| !has_setting_reference(&t.schedule)) {
             crate::schedule::Schedule::parse(&t.schedule, t.timezone.as_deref())
                 .map_err(|e| ManifestError::Invalid(format!("timer: {e}")))?;
         }
@@ -372,6 +482,9 @@ impl Manifest {
                     return bad(format!("outputs[{n}]: pointer {p:?} must be a JSON pointer such as \"/status\""));
                 }
             }
+            if o.body.as_deref().is_some_and(|b| !b.is_empty() && !b.starts_with('/')) {
+                return bad(format!("outputs[{n}]: body must be a JSON pointer such as \"/Outputs/message\""));
+            }
             if o.equals.is_some() && o.pointer.is_none() {
                 return bad(format!("outputs[{n}]: equals needs a pointer"));
             }
@@ -388,6 +501,13 @@ impl Manifest {
             }
             Runtime::Echo if self.mode == Mode::Persistent => {
                 bad("mode = \"persistent\" needs runtime = \"process\"".into())
+            }
+            Runtime::Azure if self.command.is_empty() || self.command[0].is_empty() || self.azure.is_none() => {
+                bad("runtime \"azure\" needs the handler's command and an [azure] section (publish the app's folder)"
+                    .into())
+            }
+            _ if self.runtime != Runtime::Azure && self.azure.is_some() => {
+                bad("[azure] belongs to runtime \"azure\" only".into())
             }
             _ => Ok(()),
         }

@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::azure;
 use crate::manifest::{Manifest, MANIFEST_FILE};
 
 #[derive(Debug, Clone, Copy)]
@@ -45,8 +46,10 @@ pub enum PackageError {
     EscapingPath { path: String },
     #[error("package entry {path:?} is a {kind}; only regular files and folders are allowed")]
     ForbiddenEntry { path: String, kind: &'static str },
-    #[error("package has no {MANIFEST_FILE} at its root")]
+    #[error("package has no {MANIFEST_FILE} at its root (nor, for an Azure Functions app, host.json)")]
     MissingManifest,
+    #[error("the Azure Functions app cannot run on Warren:\n  - {}", .0.join("\n  - "))]
+    App(Vec<String>),
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
     #[error("package is not a readable .tar.gz or .zip archive: {0}")]
@@ -222,25 +225,67 @@ pub struct Inspected {
     pub sha256: String,
 }
 
+/// What a good package holds: one function, or the functions of an Azure Functions app (each
+/// with the whole package as its own).
+#[derive(Debug, Clone)]
+pub enum Contents {
+    Function(Inspected),
+    App { functions: Vec<Inspected>, notes: Vec<String> },
+}
+
 /// Checks a package completely and returns its manifest and sha256. Nothing is written.
 pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Inspected, PackageError> {
+    match inspect_contents(bytes, limits, None)? {
+        Contents::Function(i) => Ok(i),
+        Contents::App { .. } => Err(PackageError::MissingManifest),
+    }
+}
+
+/// Checks a package completely and returns what it holds: a function (`function.toml` at its
+/// root) or an Azure Functions app (`host.json` at its root, `*/function.json`). Nothing is
+/// written. An app's functions run on `app_pool` (the default pool when `None`).
+pub fn inspect_contents(bytes: &[u8], limits: &Limits, app_pool: Option<&str>) -> Result<Contents, PackageError> {
     let mut manifest_text: Option<String> = None;
+    let mut host: Option<String> = None;
+    let mut functions: Vec<(String, String)> = Vec::new();
+    let mut local_settings = false;
     walk(bytes, limits, |path, is_dir, _, content| {
-        if !is_dir && path == Path::new(MANIFEST_FILE) {
+        let parts: Vec<&str> = path.iter().filter_map(|p| p.to_str()).collect();
+        let small_text = |content: &mut dyn Read, what: &str| -> Result<String, PackageError> {
             let mut s = String::new();
             content
                 .take(1 << 20)
                 .read_to_string(&mut s)
-                .map_err(|e| PackageError::Unreadable(format!("{MANIFEST_FILE}: {e}")))?;
-            manifest_text = Some(s);
-        } else {
-            std::io::copy(content, &mut std::io::sink()).map_err(|e| PackageError::Unreadable(e.to_string()))?;
+                .map_err(|e| PackageError::Unreadable(format!("{what}: {e}")))?;
+            Ok(s)
+        };
+        match (is_dir, parts.as_slice()) {
+            (false, [MANIFEST_FILE]) => manifest_text = Some(small_text(&mut *content, MANIFEST_FILE)?),
+            (false, [azure::HOST_FILE]) => host = Some(small_text(&mut *content, azure::HOST_FILE)?),
+            (false, [azure::LOCAL_SETTINGS_FILE]) => local_settings = true,
+            (false, [folder, azure::FUNCTION_FILE]) => {
+                let text = small_text(&mut *content, &format!("{folder}/{}", azure::FUNCTION_FILE))?;
+                functions.push((folder.to_string(), text));
+            }
+            _ => {}
         }
+        std::io::copy(content, &mut std::io::sink()).map_err(|e| PackageError::Unreadable(e.to_string()))?;
         Ok(())
     })?;
-    let manifest_text = manifest_text.ok_or(PackageError::MissingManifest)?;
-    let manifest = Manifest::parse(&manifest_text)?;
-    Ok(Inspected { manifest, manifest_text, sha256: sha256_hex(bytes) })
+    let sha256 = sha256_hex(bytes);
+    if let Some(manifest_text) = manifest_text {
+        let manifest = Manifest::parse(&manifest_text)?;
+        return Ok(Contents::Function(Inspected { manifest, manifest_text, sha256 }));
+    }
+    let host = host.ok_or(PackageError::MissingManifest)?;
+    functions.sort();
+    let app = azure::convert(&host, &functions, local_settings, app_pool).map_err(PackageError::App)?;
+    let functions = app
+        .functions
+        .into_iter()
+        .map(|(manifest, manifest_text)| Inspected { manifest, manifest_text, sha256: sha256.clone() })
+        .collect();
+    Ok(Contents::App { functions, notes: app.notes })
 }
 
 /// Verifies `expected_sha256`, then unpacks into `dest` (which must not exist yet): into a
@@ -287,7 +332,7 @@ pub fn unpack(bytes: &[u8], expected_sha256: &str, dest: &Path, limits: &Limits)
     match std::fs::rename(&tmp, dest) {
         Ok(()) => Ok(()),
         // Another task unpacked the same version first: theirs is identical.
-        Err(_) if dest.join(MANIFEST_FILE).exists() => {
+        Err(_) if dest.is_dir() => {
             let _ = std::fs::remove_dir_all(&tmp);
             Ok(())
         }
@@ -298,10 +343,12 @@ pub fn unpack(bytes: &[u8], expected_sha256: &str, dest: &Path, limits: &Limits)
     }
 }
 
-/// Packs a folder into a package (what `warren publish DIR` sends). Links are followed as the
+/// Packs a folder into a package (what `warren publish DIR` sends): a function's folder, or an
+/// Azure Functions app's (whose `local.settings.json` stays behind). Links are followed as the
 /// files they point to; hidden folders such as `.git` are left out.
 pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
-    if !dir.join(MANIFEST_FILE).is_file() {
+    let app = !dir.join(MANIFEST_FILE).is_file() && dir.join(azure::HOST_FILE).is_file();
+    if !app && !dir.join(MANIFEST_FILE).is_file() {
         return Err(PackageError::MissingManifest);
     }
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -313,7 +360,9 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
         children.sort_by_key(|e| e.file_name());
         for child in children {
             let name = child.file_name();
-            if name.to_string_lossy().starts_with('.') {
+            if name.to_string_lossy().starts_with('.')
+                || (app && rel.as_os_str().is_empty() && name == azure::LOCAL_SETTINGS_FILE)
+            {
                 continue;
             }
             let rel_child = rel.join(&name);

@@ -103,9 +103,14 @@ impl Client {
         Ok(self.send(req).await?.body)
     }
 
-    /// `POST /api/functions`: publishes a package (`.tar.gz`).
-    pub(crate) async fn publish(&self, package: Vec<u8>) -> anyhow::Result<Value> {
-        self.json(self.post(&["api", "functions"]).body(package)).await
+    /// `POST /api/functions`: publishes a package (`.tar.gz` or `.zip`); an Azure Functions
+    /// app's functions on `pool`.
+    pub(crate) async fn publish(&self, package: Vec<u8>, pool: Option<&str>) -> anyhow::Result<Value> {
+        let mut req = self.post(&["api", "functions"]).body(package);
+        if let Some(pool) = pool {
+            req = req.query(&[("pool", pool)]);
+        }
+        self.json(req).await
     }
 
     /// `GET /api/functions`.

@@ -75,9 +75,18 @@ fn sample_packages(dir: Option<&Path>) -> anyhow::Result<Vec<Vec<u8>>> {
 
 /// Whether this exact package is its function's active version already (a restart).
 async fn already_active(store: &dyn warren_store::Store, pkg: &[u8]) -> bool {
-    let Ok(p) = package::inspect(pkg, &package::Limits::default()) else { return false };
-    let Ok(Some(f)) = store.get_function(&p.manifest.name).await else { return false };
-    matches!(store.get_version(&f.name, f.active_version).await, Ok(Some(v)) if v.sha256 == p.sha256)
+    let functions = match package::inspect_contents(pkg, &package::Limits::default(), None) {
+        Ok(package::Contents::Function(p)) => vec![p],
+        Ok(package::Contents::App { functions, .. }) => functions,
+        Err(_) => return false,
+    };
+    for p in functions {
+        let Ok(Some(f)) = store.get_function(&p.manifest.name).await else { return false };
+        if !matches!(store.get_version(&f.name, f.active_version).await, Ok(Some(v)) if v.sha256 == p.sha256) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The key sealing secret settings: `WARREN_SECRET_KEY` if set, else one kept in the data
@@ -179,8 +188,11 @@ pub(crate) async fn up(
         if already_active(&*store, &pkg).await {
             continue;
         }
-        let v = m.catalog.publish(&pkg).await.map_err(|e| anyhow::anyhow!("cannot publish a sample: {e}"))?;
-        tracing::info!(function = %v.name, version = v.version, "sample published");
+        let published =
+            m.catalog.publish(&pkg, None).await.map_err(|e| anyhow::anyhow!("cannot publish a sample: {e}"))?;
+        for v in published.versions {
+            tracing::info!(function = %v.name, version = v.version, "sample published");
+        }
     }
 
     let stop_workers = CancellationToken::new();

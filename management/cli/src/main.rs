@@ -84,13 +84,17 @@ enum Command {
         #[arg(long)]
         examples: Option<PathBuf>,
     },
-    /// Pack a function folder (function.toml at its root) and publish it as a new version.
+    /// Pack a function folder (function.toml at its root), or an Azure Functions app (host.json
+    /// at its root, a folder per function), and publish it as a new version.
     #[command(
-        after_help = "Example:\n  warren publish ./resize      # prints: published resize version 3 (sha256 ...), now active\n\nThe manifest's `auth` (\"anonymous\", \"function\" or \"admin\") says who may invoke it."
+        after_help = "Examples:\n  warren publish ./resize      # prints: published resize version 3 (sha256 ...), now active\n  warren publish ./my-func-app # an Azure Functions app (custom handler): each function becomes a Warren function\n  warren publish app.zip       # a package made elsewhere\n\nThe manifest's `auth` (\"anonymous\", \"function\" or \"admin\") says who may invoke it; an app's local.settings.json\nis not published (give its values with `warren settings set`)."
     )]
     Publish {
-        /// The function's folder.
+        /// The function's or the app's folder, or a package (.tar.gz or .zip) made elsewhere.
         dir: PathBuf,
+        /// An Azure Functions app only: the worker pool its functions run on (default: default).
+        #[arg(long)]
+        pool: Option<String>,
     },
     /// Invoke a function's active version; waits for the result unless --async.
     #[command(
@@ -314,19 +318,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Publish { dir } => {
-            let pkg = warren_wire::package::pack_dir(&dir)
-                .map_err(|e| anyhow::anyhow!("cannot pack {}: {e}", dir.display()))?;
-            let v = api.publish(pkg).await?;
+        Command::Publish { dir, pool } => {
+            let pkg = if dir.is_file() {
+                // A package made elsewhere (.tar.gz or .zip, as `func pack` or `zip` makes one).
+                std::fs::read(&dir).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.display()))?
+            } else {
+                if dir.join("host.json").is_file() && dir.join("local.settings.json").is_file() {
+                    eprintln!(
+                        "note: local.settings.json is a developer's file and is not published; give the functions \
+                         their settings with `warren settings set FUNCTION NAME VALUE` (--secret for connection strings)"
+                    );
+                }
+                warren_wire::package::pack_dir(&dir)
+                    .map_err(|e| anyhow::anyhow!("cannot pack {}: {e}", dir.display()))?
+            };
+            let v = api.publish(pkg, pool.as_deref()).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!(
-                    "published {} version {} (sha256 {}), now active",
-                    v["name"].as_str().unwrap_or("?"),
-                    v["version"],
-                    v["sha256"].as_str().unwrap_or("?")
-                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let shown = |f: &Value| {
+                format!(
+                    "{} version {} (sha256 {})",
+                    f["name"].as_str().unwrap_or("?"),
+                    f["version"],
+                    f["sha256"].as_str().unwrap_or("?")
+                )
+            };
+            match v["functions"].as_array() {
+                Some(functions) => {
+                    println!("published the Azure Functions app, {} functions, now active:", functions.len());
+                    for f in functions {
+                        println!("  {}", shown(f));
+                    }
+                }
+                None => println!("published {}, now active", shown(&v)),
+            }
+            for note in v["notes"].as_array().into_iter().flatten() {
+                eprintln!("note: {}", note.as_str().unwrap_or_default());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -451,9 +480,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if name.is_some() {
                 println!(
-                    "{} (active version {})",
+                    "{} (active version {}, trigger: {})",
                     v["function"]["name"].as_str().unwrap_or("?"),
-                    v["function"]["active_version"]
+                    v["function"]["active_version"],
+                    v["trigger"].as_str().unwrap_or("?")
                 );
                 for ver in v["versions"].as_array().into_iter().flatten() {
                     println!(
@@ -469,7 +499,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("no functions yet: warren publish DIR");
                 }
                 for f in list {
-                    println!("{:<32} v{}", f["name"].as_str().unwrap_or("?"), f["active_version"]);
+                    println!(
+                        "{:<32} v{:<5} {}",
+                        f["name"].as_str().unwrap_or("?"),
+                        f["active_version"],
+                        f["trigger"].as_str().unwrap_or("")
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -52,7 +52,7 @@ use crate::keys::{generate_key, hash_key};
 use crate::management::Management;
 use crate::reply::{bad_request, body_or_error, id_from, name_from, not_found, query, ApiError, ApiResult};
 use crate::views::view;
-use crate::{auth, portal, triggers_api};
+use crate::{auth, azure_http, portal, triggers_api};
 
 /// Every route of the API as (method, path): what [`router`] serves, and what the OpenAPI
 /// document (`openapi.json`) must describe.
@@ -117,7 +117,8 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/stats", get(stats))
         .merge(triggers_api::routes())
         .merge(portal::routes())
-        .fallback(|| async { not_found("no such endpoint; the API lives under /api (see README)") })
+        // Paths no route here takes: Azure Functions apps' HTTP triggers under /api/, else 404.
+        .fallback(azure_http::serve)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -217,21 +218,49 @@ async fn health(State(m): State<Arc<Management>>) -> Json<Value> {
     Json(json!({"status": "ok", "store": m.store.backend(), "version": env!("CARGO_PKG_VERSION")}))
 }
 
+#[derive(Deserialize, Default)]
+struct PublishQuery {
+    /// An Azure Functions app's worker pool.
+    pool: Option<String>,
+}
+
 async fn publish(
     State(m): State<Arc<Management>>,
+    q: Result<Query<PublishQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let q = query(q)?;
+    if let Some(pool) = q.pool.as_deref().filter(|p| !valid_name(p)) {
+        return Err(bad_request(format!("pool {pool:?} must be 1-64 letters, digits, '-' or '_'")));
+    }
     let body = body_or_error(body, m.config.package_limits.max_package_bytes, "package")?;
     if body.is_empty() {
         return Err(bad_request("send the function package (.tar.gz with function.toml at its root) as the request body; `warren publish DIR` packs a folder",
         ));
     }
-    let v = m.catalog.publish(&body).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::to_value(v).unwrap_or_default())))
+    let published = m.catalog.publish(&body, q.pool.as_deref()).await?;
+    if !published.app {
+        // One function: its version, as it always was, and any notes beside.
+        let mut v = serde_json::to_value(&published.versions[0]).unwrap_or_default();
+        if !published.notes.is_empty() {
+            v["notes"] = json!(published.notes);
+        }
+        return Ok((StatusCode::CREATED, Json(v)));
+    }
+    Ok((StatusCode::CREATED, Json(json!({"app": true, "functions": published.versions, "notes": published.notes}))))
 }
 
 async fn list_functions(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
-    Ok(Json(serde_json::to_value(m.store.list_functions().await?).unwrap_or_default()))
+    let functions = m.store.list_functions().await?;
+    let mut out = Vec::with_capacity(functions.len());
+    for f in functions {
+        // What starts each function, from its active version's manifest (cached).
+        let trigger = m.catalog.version_manifest(&f.name, f.active_version).await.ok().map(|mf| mf.trigger());
+        let mut v = serde_json::to_value(&f).unwrap_or_default();
+        v["trigger"] = json!(trigger);
+        out.push(v);
+    }
+    Ok(Json(Value::Array(out)))
 }
 
 async fn get_function(
@@ -241,7 +270,8 @@ async fn get_function(
     let name = name_from(name)?;
     let f = m.store.get_function(&name).await?.ok_or_else(|| not_found(format!("function {name:?} does not exist")))?;
     let versions = m.store.list_versions(&name).await?;
-    Ok(Json(json!({"function": f, "versions": versions})))
+    let trigger = m.catalog.version_manifest(&name, f.active_version).await.ok().map(|mf| mf.trigger());
+    Ok(Json(json!({"function": f, "trigger": trigger, "versions": versions})))
 }
 
 #[derive(Deserialize, Default)]

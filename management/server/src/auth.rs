@@ -1,13 +1,15 @@
 //! The one layer that authorizes every request ([`authorize`]).
 //!
-//! Keys travel as `Authorization: Bearer <key>` or `x-warren-key: <key>`, and are checked
+//! Keys travel as `Authorization: Bearer <key>` or `x-warren-key: <key>` (or, as Azure Functions
+//! clients send them, `x-functions-key: <key>` or `?code=<key>`), and are checked
 //! against the configured admin key's digest and the stored ones (see `keys`); comparisons of
 //! digests run in constant time.
 //!
 //! [`authorize`] classifies each request by its method and matched route:
 //! - open: `GET /healthz`, `GET /metrics`, `GET /api/openapi.json`, and the portal's static
 //!   files (`GET /`, `GET /portal/...`);
-//! - by the function's `auth` level: invoking it, and reading its invocations and their logs;
+//! - by the function's `auth` level: invoking it, reading its invocations and their logs, and
+//!   calling an Azure Functions HTTP trigger at its route under `/api/` (`azure_http`);
 //! - everything else, including routes added later and unknown paths: an admin key.
 
 use std::collections::HashMap;
@@ -44,6 +46,9 @@ enum Need {
     Function(String),
     /// Whatever the `auth` level of the invocation's function asks.
     Invocation(String),
+    /// A path under `/api/` no route of Warren's own matched: an Azure Functions HTTP trigger's
+    /// route, perhaps.
+    AppRoute(String, String),
 }
 
 fn classify(method: &Method, route: Option<&str>, path: &str, params: &HashMap<String, String>) -> Need {
@@ -58,18 +63,25 @@ fn classify(method: &Method, route: Option<&str>, path: &str, params: &HashMap<S
             Need::Function(param("name"))
         }
         (true, _, Some("/api/invocations/{id}" | "/api/invocations/{id}/logs")) => Need::Invocation(param("id")),
+        (_, _, None) if path.starts_with("/api/") => Need::AppRoute(method.to_string(), path.to_string()),
         _ => Need::Admin,
     }
 }
 
 /// The key a request carries, if any.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get("x-warren-key").and_then(|v| v.to_str().ok()) {
-        return Some(v.trim());
+fn presented_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<std::borrow::Cow<'a, str>> {
+    for name in ["x-warren-key", "x-functions-key"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            return Some(v.trim().into());
+        }
+    }
+    let code = query.and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "code").map(|(_, v)| v));
+    if code.is_some() {
+        return code;
     }
     let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, rest) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().into())
 }
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -84,9 +96,14 @@ const HOW_TO_SEND: &str =
     "send it as `Authorization: Bearer <key>` or `x-warren-key: <key>` (the CLI: --key or WARREN_API_KEY)";
 
 /// Who the key of a request belongs to; 401 for a key that is unknown or revoked.
-async fn identify(m: &Management, admin_digest: &[u8; 32], headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let Some(key) = presented_key(headers).filter(|k| !k.is_empty()) else { return Ok(Caller::Nobody) };
-    let d = digest(key);
+async fn identify(
+    m: &Management,
+    admin_digest: &[u8; 32],
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let Some(key) = presented_key(headers, query).filter(|k| !k.is_empty()) else { return Ok(Caller::Nobody) };
+    let d = digest(&key);
     if constant_time_eq(&d, admin_digest) {
         return Ok(Caller::Admin);
     }
@@ -145,6 +162,13 @@ async fn check(m: &Management, caller: &Caller, need: Need) -> Result<(), ApiErr
             let level = level_of(m, &f).await?;
             check_function(caller, &f, level, &format!("invoking {f:?}"))
         }
+        Need::AppRoute(method, path) => match m.routes.find(&m.catalog, &method, &path).await? {
+            Some(found) => {
+                check_function(caller, &found.function, found.auth, &format!("calling {:?}", found.function))
+            }
+            // No such route: the handler answers 404, to anyone.
+            None => Ok(()),
+        },
         Need::Invocation(id) => {
             let inv = match Uuid::parse_str(&id) {
                 Ok(id) => {
@@ -179,7 +203,7 @@ pub async fn authorize(State(m): State<Arc<Management>>, req: Request, next: Nex
                 .map(|Path(p)| p)
                 .unwrap_or_default();
             let need = classify(&parts.method, route.as_deref(), parts.uri.path(), &params);
-            let allowed = match identify(&m, admin_digest, &parts.headers).await {
+            let allowed = match identify(&m, admin_digest, &parts.headers, parts.uri.query()).await {
                 Ok(caller) => check(&m, &caller, need).await,
                 Err(e) => Err(e),
             };
@@ -211,6 +235,10 @@ mod tests {
         assert_eq!(classify(&Method::GET, Some("/api/batches"), "/api/batches", &none), Need::Admin);
         assert_eq!(classify(&Method::GET, None, "/nowhere", &none), Need::Admin);
         assert_eq!(
+            classify(&Method::GET, None, "/api/products/7", &none),
+            Need::AppRoute("GET".into(), "/api/products/7".into())
+        );
+        assert_eq!(
             classify(&Method::POST, Some("/api/functions/{name}/invoke"), "/x", &params(&[("name", "f")])),
             Need::Function("f".into())
         );
@@ -229,12 +257,15 @@ mod tests {
     fn keys_are_read_from_either_header() {
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer  abc ".parse().unwrap());
-        assert_eq!(presented_key(&h), Some("abc"));
+        assert_eq!(presented_key(&h, None).as_deref(), Some("abc"));
+        assert_eq!(presented_key(&h, Some("x=1&code=c%2Bd")).as_deref(), Some("c+d"));
+        h.insert("x-functions-key", "fk".parse().unwrap());
+        assert_eq!(presented_key(&h, None).as_deref(), Some("fk"));
         h.insert("x-warren-key", "def".parse().unwrap());
-        assert_eq!(presented_key(&h), Some("def"));
+        assert_eq!(presented_key(&h, None).as_deref(), Some("def"));
         let mut basic = HeaderMap::new();
         basic.insert("authorization", "Basic abc".parse().unwrap());
-        assert_eq!(presented_key(&basic), None);
+        assert_eq!(presented_key(&basic, None), None);
     }
 
     #[test]

@@ -18,6 +18,15 @@ use crate::error::Error;
 /// publish is seen within this delay.
 pub const ACTIVE_TTL: Duration = Duration::from_secs(1);
 
+/// What a publish stored: one version, or one per function of an Azure Functions app, and
+/// what the publisher should be told.
+#[derive(Debug, serde::Serialize)]
+pub struct Published {
+    pub versions: Vec<FunctionVersion>,
+    pub notes: Vec<String>,
+    pub app: bool,
+}
+
 pub struct Catalog {
     store: Arc<dyn Store>,
     limits: package::Limits,
@@ -35,8 +44,9 @@ impl Catalog {
         Catalog { store, limits, secret_key, active: DashMap::new(), manifests: DashMap::new() }
     }
 
-    /// Checks a package completely, then stores it as the function's new active version.
-    pub async fn publish(&self, package_bytes: &[u8]) -> Result<FunctionVersion, Error> {
+    /// Checks a package completely, then stores it as the function's new active version; for
+    /// an Azure Functions app, as a new version of each of its functions, run on `app_pool`.
+    pub async fn publish(&self, package_bytes: &[u8], app_pool: Option<&str>) -> Result<Published, Error> {
         let limits = self.limits;
         if package_bytes.len() as u64 > limits.max_package_bytes {
             return Err(Error::TooLarge(format!(
@@ -48,14 +58,77 @@ impl Catalog {
         // Decompressing and checking every entry is CPU work: keep it off the async threads.
         let bytes = Bytes::copy_from_slice(package_bytes);
         let checked = bytes.clone();
-        let p = tokio::task::spawn_blocking(move || package::inspect(&checked, &limits))
-            .await
-            .map_err(|e| Error::BadRequest(format!("package check failed: {e}")))?
-            .map_err(|e| Error::BadRequest(format!("package refused: {e}")))?;
-        let v = self.store.publish_version(&p.manifest, &p.manifest_text, &bytes, &p.sha256).await?;
-        self.active.insert(v.name.clone(), (Instant::now(), v.version));
-        tracing::info!(function = %v.name, version = v.version, sha256 = %v.sha256, "published");
-        Ok(v)
+        let pool = app_pool.map(str::to_string);
+        let contents =
+            tokio::task::spawn_blocking(move || package::inspect_contents(&checked, &limits, pool.as_deref()))
+                .await
+                .map_err(|e| Error::BadRequest(format!("package check failed: {e}")))?
+                .map_err(|e| Error::BadRequest(format!("package refused: {e}")))?;
+        let (functions, notes, app) = match contents {
+            package::Contents::Function(p) if app_pool.is_some_and(|pool| pool != p.manifest.pool) => {
+                return Err(Error::BadRequest(format!(
+                    "pool={} is for Azure Functions apps; {}'s pool is {:?}, set in its {}",
+                    app_pool.unwrap_or_default(),
+                    p.manifest.name,
+                    p.manifest.pool,
+                    warren_wire::manifest::MANIFEST_FILE
+                )))
+            }
+            package::Contents::Function(p) => (vec![p], Vec::new(), false),
+            package::Contents::App { functions, notes } => (functions, notes, true),
+        };
+        // Every function of an app was checked above before the first is stored.
+        let mut versions = Vec::with_capacity(functions.len());
+        for p in functions {
+            let v = self.store.publish_version(&p.manifest, &p.manifest_text, &bytes, &p.sha256).await?;
+            self.active.insert(v.name.clone(), (Instant::now(), v.version));
+            tracing::info!(function = %v.name, version = v.version, sha256 = %v.sha256, app, "published");
+            versions.push(v);
+        }
+        Ok(Published { versions, notes, app })
+    }
+
+    /// The value of one of a function's settings (a secret one unsealed).
+    pub async fn setting_value(&self, function: &str, name: &str) -> Result<String, Error> {
+        let settings = self.store.list_settings(function).await?;
+        let s = settings.into_iter().find(|s| s.name == name).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "{function} refers to setting {name}, which it does not have: `warren settings set {function} {name} VALUE`"
+            ))
+        })?;
+        if !s.secret {
+            return Ok(s.value);
+        }
+        let key = self.secret_key.as_ref().ok_or_else(|| {
+            Error::BadRequest(format!("setting {name} of {function} is secret but management has no WARREN_SECRET_KEY"))
+        })?;
+        key.open(&s.value).map_err(|e| Error::BadRequest(format!("cannot unseal setting {name} of {function}: {e}")))
+    }
+
+    /// A text with each `%NAME%` replaced by the function's setting NAME (`%%` is a `%`).
+    pub async fn expand(&self, function: &str, text: &str) -> Result<String, Error> {
+        if !text.contains('%') {
+            return Ok(text.to_string());
+        }
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find('%') {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            let Some(end) = after.find('%') else {
+                out.push_str(&rest[start..]);
+                return Ok(out);
+            };
+            let name = &after[..end];
+            if name.is_empty() {
+                out.push('%');
+            } else {
+                out.push_str(&self.setting_value(function, name).await?);
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
     }
 
     /// A function's active version and its manifest, from memory when fresh enough.

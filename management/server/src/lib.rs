@@ -12,10 +12,12 @@
 //! - [`batch`], [`timers`], `sources`, `outputs`: the triggers and their loops.
 //!
 //! The HTTP side: [`http`] (the accept loop), [`api`] and [`triggers_api`] (the routes),
-//! [`portal`] (the web page), with `reply` (errors) and `views` (how invocations look).
+//! `azure_http` and `routes` (Azure Functions apps' HTTP triggers under `/api/`), [`portal`]
+//! (the web page), with `reply` (errors) and `views` (how invocations look).
 
 pub mod api;
 pub mod auth;
+mod azure_http;
 pub mod batch;
 pub mod catalog;
 mod config;
@@ -31,6 +33,7 @@ mod notices;
 mod outputs;
 pub mod portal;
 mod reply;
+mod routes;
 mod sources;
 pub mod timers;
 pub mod triggers_api;

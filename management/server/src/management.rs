@@ -25,6 +25,7 @@ use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::notices::{self, Waiters};
 use crate::outputs::Outputs;
+use crate::routes::Routes;
 use crate::sources::Sources;
 use crate::timers::Timers;
 
@@ -43,6 +44,8 @@ pub struct Management {
     pub lease: Arc<Lease>,
     pub batches: Arc<Batches>,
     pub timers: Arc<Timers>,
+    /// The routes of Azure Functions apps' HTTP triggers.
+    pub(crate) routes: Routes,
     /// Cancelled at a stop (or when this is dropped): every loop ends, every task stops taking
     /// new work.
     stop: CancellationToken,
@@ -116,6 +119,7 @@ impl Management {
             lease,
             batches,
             timers,
+            routes: Routes::default(),
             stop,
             tasks,
         }))

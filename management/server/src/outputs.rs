@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
-use warren_service::secret::SecretKey;
 use warren_service::shutdown::pace;
 use warren_store::{DeliveryRecord, DeliveryStatus, Invocation, Store};
 use warren_transport::peer::Peers;
@@ -40,19 +39,11 @@ pub(crate) struct Outputs {
     peers: Peers,
     /// The broker of `amqp` outputs that name none (Warren's own, in the distributed mode).
     amqp_url: Option<String>,
-    /// Opens secret settings named in output headers.
-    secret_key: Option<SecretKey>,
 }
 
 impl Outputs {
     pub(crate) fn new(store: Arc<dyn Store>, catalog: Arc<Catalog>, peers: Peers, config: &Config) -> Arc<Outputs> {
-        Arc::new(Outputs {
-            store,
-            catalog,
-            peers,
-            amqp_url: config.amqp_url.clone(),
-            secret_key: config.secret_key.clone(),
-        })
+        Arc::new(Outputs { store, catalog, peers, amqp_url: config.amqp_url.clone() })
     }
 
     /// The delivery loop, until `stop`.
@@ -137,7 +128,10 @@ impl Outputs {
     }
 
     async fn send(&self, http: &reqwest::Client, o: &Output, inv: &Invocation) -> Result<(), String> {
-        let (body, content_type) = body_of(inv);
+        let (body, content_type) = match &o.body {
+            Some(pointer) => part_of(inv, pointer)?,
+            None => body_of(inv),
+        };
         let facts = [
             ("x-warren-invocation", inv.id.to_string()),
             ("x-warren-function", inv.function.clone()),
@@ -162,14 +156,24 @@ impl Outputs {
                 }
             }
             OutputKind::Amqp => {
-                let url = o.url.as_deref().or(self.amqp_url.as_deref()).ok_or_else(|| {
-                    "this output names no broker (url) and management has none of its own (embedded mode)".to_string()
-                })?;
+                let from_setting = match &o.url_setting {
+                    Some(setting) => {
+                        Some(self.catalog.setting_value(&inv.function, setting).await.map_err(|e| e.to_string())?)
+                    }
+                    None => None,
+                };
+                let url =
+                    from_setting.as_deref().or(o.url.as_deref()).or(self.amqp_url.as_deref()).ok_or_else(|| {
+                        "this output names no broker (url) and management has none of its own (embedded mode)"
+                            .to_string()
+                    })?;
                 let exchange = o.exchange.as_deref().unwrap_or_default();
+                let routing_key =
+                    self.catalog.expand(&inv.function, &o.routing_key).await.map_err(|e| e.to_string())?;
                 // A blocked or unreachable broker must not hold up every other delivery.
                 tokio::time::timeout(
                     HTTP_TIMEOUT,
-                    self.peers.publish(url, exchange, &o.routing_key, &body, content_type, &facts),
+                    self.peers.publish(url, exchange, &routing_key, &body, content_type, &facts),
                 )
                 .await
                 .map_err(|_| format!("the broker did not confirm within {} s", HTTP_TIMEOUT.as_secs()))?
@@ -185,16 +189,7 @@ impl Outputs {
             return Ok(format!("${literal}"));
         }
         let Some(name) = written.strip_prefix('$').filter(|n| !n.is_empty()) else { return Ok(written.to_string()) };
-        let settings = self.store.list_settings(function).await.map_err(|e| e.to_string())?;
-        let s = settings
-            .into_iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| format!("the output header refers to setting {name}, which {function} does not have"))?;
-        if !s.secret {
-            return Ok(s.value);
-        }
-        let key = self.secret_key.as_ref().ok_or("a secret setting is used but management has no WARREN_SECRET_KEY")?;
-        key.open(&s.value).map_err(|e| format!("cannot unseal setting {name}: {e}"))
+        self.catalog.setting_value(function, name).await.map_err(|e| e.to_string())
     }
 }
 
@@ -207,6 +202,24 @@ enum Failure {
 
 fn backoff(attempts: i32) -> i64 {
     (FIRST_BACKOFF_MS << (attempts - 1).clamp(0, 20)).min(MAX_BACKOFF_MS)
+}
+
+/// What is sent of a result when the output picks a part of it (`body`): a string as its text,
+/// anything else as JSON.
+fn part_of(inv: &Invocation, pointer: &str) -> Result<(Vec<u8>, &'static str), String> {
+    let result: serde_json::Value = inv
+        .result
+        .as_deref()
+        .and_then(|r| serde_json::from_slice(r).ok())
+        .ok_or("the result is not JSON, so the output's body pointer finds nothing")?;
+    match result.pointer(pointer) {
+        Some(serde_json::Value::String(text)) => {
+            let json = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+            Ok((text.clone().into_bytes(), if json { "application/json" } else { "text/plain" }))
+        }
+        Some(other) => Ok((serde_json::to_vec(other).unwrap_or_default(), "application/json")),
+        None => Err(format!("the result has nothing at {pointer}")),
+    }
 }
 
 /// What is sent: the result as it is, or (no result: a failure) a JSON description.

@@ -113,13 +113,16 @@ impl Sources {
     async fn consume(self: Arc<Self>, function: String, src: AmqpSource, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         while !stop.is_cancelled() {
-            let Some(url) = src.url.clone().or_else(|| self.amqp_url.clone()) else {
-                tracing::warn!(function = %function, "source trigger names no broker (url) and management has none of its own");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                    _ = stop.cancelled() => return,
+            let (src, url) = match self.resolve(&function, &src).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(function = %function, error = %e, "source trigger cannot start yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    continue;
                 }
-                continue;
             };
             match self.run(&function, &src, &url, &stop).await {
                 Ok(()) => return,
@@ -130,6 +133,22 @@ impl Sources {
                 _ = stop.cancelled() => return,
             }
         }
+    }
+
+    /// The source with `%NAME%` in its queue name resolved from the function's settings, and its
+    /// broker: `url_setting`'s value, `url`, or Warren's own.
+    async fn resolve(&self, function: &str, src: &AmqpSource) -> Result<(AmqpSource, String), Error> {
+        let mut src = src.clone();
+        if let Some(q) = &src.queue {
+            src.queue = Some(self.catalog.expand(function, q).await?);
+        }
+        let url = match &src.url_setting {
+            Some(setting) => self.catalog.setting_value(function, setting).await?,
+            None => src.url.clone().or_else(|| self.amqp_url.clone()).ok_or_else(|| {
+                Error::BadRequest("the source names no broker (url) and management has none of its own".into())
+            })?,
+        };
+        Ok((src, url))
     }
 
     /// One connection's worth of consuming: declares (or finds) the queue, binds it, and takes

@@ -32,6 +32,9 @@ use crate::lease::Lease;
 const TICK_EVERY: Duration = Duration::from_millis(100);
 /// How often the set of timer functions is read again (a publish is followed within this).
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// A tick fired later than this after its time is past due (Azure's `IsPastDue`).
+const PAST_DUE_MS: i64 = 1_000;
+
 /// At most this many ticks are fired per function per look (a schedule every second after a
 /// long pause does not flood the queue).
 const MAX_TICKS_PER_LOOK: usize = 100;
@@ -105,6 +108,9 @@ impl Timers {
             "tick_ms": tick_ms,
             "schedule": t.schedule.text(),
             "catch_up": catch_up,
+            "last": t.schedule.last_at_or_before(tick_ms - 1).map(rfc3339),
+            "next": t.schedule.next_after(tick_ms).map(rfc3339),
+            "past_due": catch_up || now_ms() - tick_ms > PAST_DUE_MS,
         }))
         .unwrap_or_default();
         let mut inv = NewInvocation { id, function: function.to_string(), version: t.version, payload, created_ms };
@@ -131,7 +137,15 @@ impl Timers {
                         let mut seen = HashMap::new();
                         for (name, version, manifest) in all {
                             let Some(t) = &manifest.timer else { continue };
-                            let schedule = match Schedule::parse(&t.schedule, t.timezone.as_deref()) {
+                            // `%NAME%` in a schedule (Azure Functions apps) is a setting of the function.
+                            let pattern = match self.catalog.expand(&name, &t.schedule).await {
+                                Ok(p) => p,
+                                Err(e) => {
+                                    tracing::warn!(function = %name, error = %e, "timer waits for its schedule");
+                                    continue;
+                                }
+                            };
+                            let schedule = match Schedule::parse(&pattern, t.timezone.as_deref()) {
                                 Ok(s) => s,
                                 Err(e) => {
                                     tracing::warn!(function = %name, error = %e, "ignoring an invalid timer");
@@ -140,8 +154,8 @@ impl Timers {
                             };
                             let catch_up = t.catch_up;
                             let timer = match timers.remove(&name) {
-                                // Same version: keep where we are.
-                                Some(old) if old.version == version => old,
+                                // Same version and schedule: keep where we are.
+                                Some(old) if old.version == version && old.schedule.text() == schedule.text() => old,
                                 // A new version: its schedule takes over from where the old one was.
                                 Some(old) => {
                                     Timer { version, pool: manifest.pool.clone(), schedule, checked_ms: old.checked_ms }
@@ -153,6 +167,14 @@ impl Timers {
                                         Timer { version, pool: manifest.pool.clone(), schedule, checked_ms: now };
                                     if catch_up == CatchUp::Once {
                                         self.catch_up_once(&name, &timer, now).await;
+                                    }
+                                    if t.run_on_startup {
+                                        // Once per second at most across instances: the tick's
+                                        // key is the second this instance started following it.
+                                        let tick = now - now.rem_euclid(1000);
+                                        if let Err(e) = self.fire(&name, &timer, tick, false).await {
+                                            tracing::warn!(function = %name, error = %e, "cannot fire the startup tick");
+                                        }
                                     }
                                     timer
                                 }

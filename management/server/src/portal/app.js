@@ -356,9 +356,13 @@
       out.replaceChildren(h('p', { class: 'muted' }, `Publishing ${f.name} (${bytes(f.size)})…`));
       try {
         const v = (await api('/api/functions', { method: 'POST', body: f, headers: { 'Content-Type': 'application/octet-stream' } })).body;
-        out.replaceChildren(h('p', { class: 'ok published' }, 'Published ',
-          h('a', { href: `#/functions/${enc(v.name)}` }, v.name), ` version ${v.version}`,
-          h('span', { class: 'muted mono' }, ` sha256 ${String(v.sha256).slice(0, 16)}…`)));
+        // One function, or each function of an Azure Functions app; notes (such as an app's
+        // local.settings.json left out) beside.
+        const published = v.functions || [v];
+        out.replaceChildren(...published.map((p) => h('p', { class: 'ok published' }, 'Published ',
+          h('a', { href: `#/functions/${enc(p.name)}` }, p.name), ` version ${p.version}`,
+          h('span', { class: 'muted mono' }, ` sha256 ${String(p.sha256).slice(0, 16)}…`))),
+        ...(v.notes || []).map((n) => h('p', { class: 'muted note' }, n)));
         file.value = '';
         tick(true);
       } catch (e) {
@@ -369,16 +373,17 @@
     } },
     h('h2', null, 'Publish a package'),
     h('p', { class: 'muted' }, 'A .tar.gz or .zip of a function folder, function.toml at its root (', h('code', null, 'warren publish DIR'),
-      ' packs one). It becomes the function\'s new active version.'),
+      ' packs one), or of an Azure Functions app, host.json at its root. It becomes the new active version of each function it holds.'),
     h('div', { class: 'row' }, file, btn), out);
     root.append(h('h1', null, 'Functions'), form, h('div', { class: 'card' }, list));
     return {
       async refresh() {
         const fns = (await api('/api/functions')).body;
-        update(list, fns, () => table(['name', '#active version', 'first published', 'last published'], fns.length
+        update(list, fns, () => table(['name', '#active version', 'trigger', 'first published', 'last published'], fns.length
           ? fns.map((f) => h('tr', null, h('td', null, h('a', { href: `#/functions/${enc(f.name)}` }, f.name)),
-            h('td', { class: 'num' }, `v${f.active_version}`), h('td', null, fmtTime(f.created_ms)), h('td', null, fmtTime(f.updated_ms))))
-          : empty(4, 'Nothing published yet: publish a package above.')));
+            h('td', { class: 'num' }, `v${f.active_version}`), h('td', { class: 'mono trigger' }, f.trigger || ''),
+            h('td', null, fmtTime(f.created_ms)), h('td', null, fmtTime(f.updated_ms))))
+          : empty(5, 'Nothing published yet: publish a package above.')));
       },
     };
   }
@@ -464,8 +469,9 @@
         drawVersions();
         showManifest();
         const desc = (/^description\s*=\s*"(.*)"\s*$/m.exec((data.versions.find((v) => v.version === active) || {}).manifest || '') || [])[1];
-        update(info, [active, desc, data.function.updated_ms], () => h('p', { class: 'muted' },
-          `Active version ${active}, published ${fmtTime(data.function.updated_ms)}.`, desc ? ` ${desc.replace(/\\"/g, '"')}` : ''));
+        update(info, [active, desc, data.function.updated_ms, data.trigger], () => h('p', { class: 'muted' },
+          `Active version ${active}, published ${fmtTime(data.function.updated_ms)}.`, desc ? ` ${desc.replace(/\\"/g, '"')}` : '',
+          data.trigger ? h('span', null, ' Trigger: ', h('code', { class: 'trigger' }, data.trigger), '.') : ''));
         update(recent, inv.body, invocationRows);
       },
     };
