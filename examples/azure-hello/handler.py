@@ -8,8 +8,8 @@ import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def hello(data):
-    """HTTP trigger `req` (route hello/{name?}) answered through the `res` output."""
+def greet(data):
+    """HTTP trigger `req` (route greet/{name?}) answered through the `res` output."""
     req = data.get("req") or {}
     query_name = (req.get("Query") or {}).get("name")
     if isinstance(query_name, list):
@@ -29,7 +29,7 @@ def nightly(data):
     return {"Outputs": {}, "Logs": ["nightly job ran"], "ReturnValue": timer}
 
 
-FUNCTIONS = {"hello": hello, "nightly": nightly}
+FUNCTIONS = {"greet": greet, "nightly": nightly}
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -229,14 +229,14 @@ pub struct Inspected {
 /// with the whole package as its own).
 #[derive(Debug, Clone)]
 pub enum Contents {
-    Function(Inspected),
+    Function(Box<Inspected>),
     App { functions: Vec<Inspected>, notes: Vec<String> },
 }
 
 /// Checks a package completely and returns its manifest and sha256. Nothing is written.
 pub fn inspect(bytes: &[u8], limits: &Limits) -> Result<Inspected, PackageError> {
     match inspect_contents(bytes, limits, None)? {
-        Contents::Function(i) => Ok(i),
+        Contents::Function(i) => Ok(*i),
         Contents::App { .. } => Err(PackageError::MissingManifest),
     }
 }
@@ -275,7 +275,7 @@ pub fn inspect_contents(bytes: &[u8], limits: &Limits, app_pool: Option<&str>) -
     let sha256 = sha256_hex(bytes);
     if let Some(manifest_text) = manifest_text {
         let manifest = Manifest::parse(&manifest_text)?;
-        return Ok(Contents::Function(Inspected { manifest, manifest_text, sha256 }));
+        return Ok(Contents::Function(Box::new(Inspected { manifest, manifest_text, sha256 })));
     }
     let host = host.ok_or(PackageError::MissingManifest)?;
     functions.sort();

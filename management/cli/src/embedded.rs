@@ -53,7 +53,8 @@ fn sample_packages(dir: Option<&Path>) -> anyhow::Result<Vec<Vec<u8>>> {
             .collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
-            if e.path().join(warren_wire::manifest::MANIFEST_FILE).is_file() {
+            let app = e.path().join(warren_wire::azure::HOST_FILE).is_file();
+            if app || e.path().join(warren_wire::manifest::MANIFEST_FILE).is_file() {
                 out.push(package::pack_dir(&e.path()).with_context(|| format!("cannot pack {}", e.path().display()))?);
             }
         }
@@ -76,7 +77,7 @@ fn sample_packages(dir: Option<&Path>) -> anyhow::Result<Vec<Vec<u8>>> {
 /// Whether this exact package is its function's active version already (a restart).
 async fn already_active(store: &dyn warren_store::Store, pkg: &[u8]) -> bool {
     let functions = match package::inspect_contents(pkg, &package::Limits::default(), None) {
-        Ok(package::Contents::Function(p)) => vec![p],
+        Ok(package::Contents::Function(p)) => vec![*p],
         Ok(package::Contents::App { functions, .. }) => functions,
         Err(_) => return false,
     };

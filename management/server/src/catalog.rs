@@ -74,7 +74,7 @@ impl Catalog {
                     warren_wire::manifest::MANIFEST_FILE
                 )))
             }
-            package::Contents::Function(p) => (vec![p], Vec::new(), false),
+            package::Contents::Function(p) => (vec![*p], Vec::new(), false),
             package::Contents::App { functions, notes } => (functions, notes, true),
         };
         // Every function of an app was checked above before the first is stored.
