@@ -92,7 +92,9 @@ async fn a_python_custom_handler_app_serves_http_timers_and_queues_unchanged() {
     assert_eq!(anyone.get(&secret).header("x-functions-key", &secret_key).send().await.unwrap().status(), 403);
     let r = anyone.get(&secret).header("x-functions-key", &m.key).send().await.unwrap();
     assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "admin only".to_string()));
-    assert_eq!(anyone.get(format!("{}/api/nothing-here", m.base)).send().await.unwrap().status(), 404);
+    // An unknown path: only an admin learns that it is not there.
+    assert_eq!(anyone.get(format!("{}/api/nothing-here", m.base)).send().await.unwrap().status(), 401);
+    assert_eq!(m.http.get(format!("{}/api/nothing-here", m.base)).send().await.unwrap().status(), 404);
 
     // A handler that dies mid-invocation: the invocation fails, the handler is replaced, and
     // the retry policy of its function.json runs it again.

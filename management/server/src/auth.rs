@@ -162,12 +162,12 @@ async fn check(m: &Management, caller: &Caller, need: Need) -> Result<(), ApiErr
             let level = level_of(m, &f).await?;
             check_function(caller, &f, level, &format!("invoking {f:?}"))
         }
-        Need::AppRoute(method, path) => match m.routes.find(&m.catalog, &method, &path).await? {
-            Some(found) => {
-                check_function(caller, &found.function, found.auth, &format!("calling {:?}", found.function))
-            }
-            // No such route: the handler answers 404, to anyone.
-            None => Ok(()),
+        Need::AppRoute(method, path) => match m.routes.lookup(&m.catalog, &method, &path).await? {
+            Ok(found) => check_function(caller, &found.function, found.auth, &format!("calling {:?}", found.function)),
+            // A route that takes other methods: the handler answers 405, to anyone.
+            Err(allowed) if !allowed.is_empty() => Ok(()),
+            // No route at all: as for any unknown path, only an admin learns it is not there.
+            Err(_) => check_admin(caller, "this endpoint"),
         },
         Need::Invocation(id) => {
             let inv = match Uuid::parse_str(&id) {

@@ -76,11 +76,6 @@ impl Routes {
         Ok(table)
     }
 
-    /// The function whose route takes this path (`/api/...`) and method, if any.
-    pub(crate) async fn find(&self, catalog: &Catalog, method: &str, path: &str) -> Result<Option<Found>, Error> {
-        Ok(self.lookup(catalog, method, path).await?.ok())
-    }
-
     /// The route taking this path and method; else the methods the path's routes take.
     pub(crate) async fn lookup(
         &self,
