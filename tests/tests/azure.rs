@@ -29,6 +29,13 @@ async fn publish_app(name: &str) -> (Management, Proc, String, tempfile::TempDir
     (m, worker, pool, tmp, out)
 }
 
+/// Whether a process runs (a zombie nobody reaped yet does not).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
 async fn function_key(m: &Management, function: &str) -> String {
     let r = m
         .http
@@ -53,7 +60,7 @@ fn set_setting(m: &Management, function: &str, name: &str, value: &str, secret: 
 
 #[tokio::test]
 async fn a_python_custom_handler_app_serves_http_timers_and_queues_unchanged() {
-    let (m, _worker, _pool, _tmp, published) = publish_app("py-app").await;
+    let (m, worker, _pool, _tmp, published) = publish_app("py-app").await;
     let said = String::from_utf8_lossy(&published.stdout);
     for f in ["crashy", "hello", "product", "relay", "secret", "tick"] {
         assert!(said.contains(&format!("  {f} version 1")), "publish lists {f}: {said}");
@@ -103,7 +110,9 @@ async fn a_python_custom_handler_app_serves_http_timers_and_queues_unchanged() {
         anyone.post(format!("{}/api/crashy", m.base)).body(json!({"token": token}).to_string()).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let id = r.headers()["x-warren-invocation"].to_str().unwrap().to_string();
-    assert_eq!(r.json::<Value>().await.unwrap()["token"], token.as_str());
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["token"], token.as_str());
+    let handler_pid = answer["pid"].as_u64().unwrap();
     let (_, inv) = m.get(&format!("/api/invocations/{id}")).await;
     assert_eq!((inv["status"].as_str(), inv["attempts"].as_i64()), (Some("succeeded"), Some(2)), "{inv}");
     let first = &inv["attempt_history"][0];
@@ -146,6 +155,14 @@ async fn a_python_custom_handler_app_serves_http_timers_and_queues_unchanged() {
     })
     .await;
     assert_eq!(serde_json::from_slice::<Value>(&relayed).unwrap(), json!({"relayed": {"order": 42}}));
+
+    // A worker killed outright takes its custom handlers with it.
+    assert!(alive(handler_pid), "the handler that answered is running");
+    drop(worker);
+    eventually(Duration::from_secs(10), "the handler to end with its worker", || async {
+        (!alive(handler_pid)).then_some(())
+    })
+    .await;
 
     // Each function's trigger, as the CLI lists them.
     let listed = m.cli().arg("functions").output().unwrap();

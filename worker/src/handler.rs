@@ -137,9 +137,15 @@ impl Proc {
     }
 
     /// Closes stdin: the handler should exit once it has answered what it holds; if it has
-    /// not after 10 s, it is killed.
+    /// not after 10 s, it is killed. A custom handler, called only when it holds nothing, is
+    /// killed at once.
     fn close(&self) {
         if self.to_stdin.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+            // A custom handler does not read its stdin: nothing would tell it to go.
+            if self.port.is_some() {
+                self.kill.notify_one();
+                return;
+            }
             let kill = self.kill.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(10)).await;

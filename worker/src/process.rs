@@ -131,6 +131,26 @@ pub(crate) fn command(command: &[String], dir: &Path, vars: &[(String, String)])
     }
     #[cfg(unix)]
     cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    {
+        // A worker that dies (even by SIGKILL) takes its function processes with it: a warm
+        // handler that never reads its stdin (a custom handler) would otherwise live on.
+        let worker = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (prctl, getppid), allocating nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The worker died before the line above: nobody would kill this process.
+                if libc::getppid() as u32 != worker {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
     #[cfg(windows)]
     {
         // CREATE_NEW_PROCESS_GROUP: the tree can be signalled and killed apart from the worker.
