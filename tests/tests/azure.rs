@@ -70,8 +70,10 @@ async fn a_python_custom_handler_app_serves_http_timers_and_queues_unchanged() {
 
     // The documented request and `res` answer: status, headers and body, log lines from the
     // handler's Logs and its stdout.
-    let r = anyone.get(format!("{}/api/hello?name=Ada", m.base)).send().await.unwrap();
+    // An anonymous function takes credentials Warren does not know (an app's own OAuth code).
+    let r = anyone.get(format!("{}/api/hello?name=Ada&code=not-a-warren-key", m.base)).send().await.unwrap();
     assert_eq!(r.status(), 201);
+    assert!(r.headers()["content-security-policy"].to_str().unwrap().starts_with("sandbox"), "answers are sandboxed");
     assert_eq!(r.headers()["x-hello"], "Ada");
     assert_eq!(r.headers()["content-type"], "application/json");
     let id = r.headers()["x-warren-invocation"].to_str().unwrap().to_string();
@@ -89,9 +91,20 @@ async fn a_python_custom_handler_app_serves_http_timers_and_queues_unchanged() {
     let url = format!("{}/api/products/7", m.base);
     assert_eq!(anyone.get(&url).send().await.unwrap().status(), 401);
     assert_eq!(anyone.get(format!("{url}?code={hello_key}")).send().await.unwrap().status(), 403);
-    let r = anyone.get(format!("{url}?code={product_key}")).send().await.unwrap();
+    let r = anyone.get(format!("{url}?x=1&code={product_key}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    let by_code = r.headers()["x-warren-invocation"].to_str().unwrap().to_string();
     assert_eq!(r.text().await.unwrap(), "product 7");
+    let r = anyone.get(&url).bearer_auth(&m.key).send().await.unwrap();
+    let by_bearer = r.headers()["x-warren-invocation"].to_str().unwrap().to_string();
+    assert_eq!(r.text().await.unwrap(), "product 7");
+    // The function never sees the Warren key it was called with, in its URL, query or headers.
+    for id in [by_code, by_bearer] {
+        let (_, inv) = m.get(&format!("/api/invocations/{id}")).await;
+        let input = inv["input"].to_string();
+        assert!(!input.contains(&product_key) && !input.contains(&m.key), "a key reached the function: {input}");
+        assert_eq!(inv["input"]["Params"]["id"], "7", "{input}");
+    }
     let r = anyone.get(&url).header("x-functions-key", &product_key).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "product 7");
     let secret = format!("{}/api/secret", m.base);

@@ -24,7 +24,10 @@ pub(crate) fn request(az: &AzureFunction, msg: &InvocationMessage) -> http::Requ
     if az.trigger_type == AzureTrigger::Http {
         let req = http_request(payload);
         if az.forward {
-            return forwarded(&req);
+            // An input given through Warren's own API has no URL: the function's own path.
+            let route = az.route_or(&msg.function);
+            let own = if route.contains('{') { format!("/api/{}", msg.function) } else { format!("/api/{route}") };
+            return forwarded(&req, &own);
         }
         let mut data = req.clone();
         if let Some(o) = data.as_object_mut() {
@@ -82,14 +85,15 @@ fn http_request(payload: &[u8]) -> Value {
     json!({"Url": "", "Method": "POST", "Query": {}, "Headers": {}, "Params": {}, "Body": body, "BodyBase64": base64})
 }
 
-/// The request as it came to management, for a handler that takes it forwarded.
-fn forwarded(req: &Value) -> http::Request {
+/// The request as it came to management, for a handler that takes it forwarded (to
+/// `default_target` when it came with no URL).
+fn forwarded(req: &Value, default_target: &str) -> http::Request {
     let url = req.get("Url").and_then(Value::as_str).unwrap_or("");
     // The path and query of the URL: from the first '/' after the scheme and authority.
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let target = match rest.find('/') {
         Some(i) => rest[i..].to_string(),
-        None => "/".to_string(),
+        None => default_target.to_string(),
     };
     let mut headers = Vec::new();
     if let Some(h) = req.get("Headers").and_then(Value::as_object) {
@@ -211,9 +215,10 @@ mod tests {
     fn a_forwarded_request_keeps_its_path_query_headers_and_body() {
         let req = json!({"Url": "http://warren:7070/api/echo/a/b?x=1", "Method": "PUT",
             "Headers": {"X-Test": ["yes"]}, "Body": "aGk=", "BodyBase64": true});
-        let r = forwarded(&req);
+        let r = forwarded(&req, "/api/echo");
         assert_eq!((r.method.as_str(), r.target.as_str(), r.body.as_slice()), ("PUT", "/api/echo/a/b?x=1", &b"hi"[..]));
         assert_eq!(r.headers, vec![("X-Test".to_string(), "yes".to_string())]);
+        assert_eq!(forwarded(&http_request(b"in"), "/api/echo").target, "/api/echo");
     }
 
     #[test]

@@ -270,7 +270,17 @@ impl Pool {
                         return lost;
                     }
                     let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
-                    Ok((Reply::Lost(format!("the custom handler did not answer: {failed}")), logs))
+                    Ok((
+                        match failed {
+                            // Nothing listens any more: replace the handler.
+                            http::SendError::Connect(e) => {
+                                Reply::Lost(format!("the custom handler did not answer: {e}"))
+                            }
+                            // A live handler botched this one exchange: fail it alone.
+                            http::SendError::Exchange(e) => Reply::Error(format!("no usable answer: {e}")),
+                        },
+                        logs,
+                    ))
                 };
                 tokio::time::timeout(timeout, exchange).await
             }

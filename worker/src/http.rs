@@ -62,9 +62,32 @@ pub(crate) async fn wait_listening(port: u16, ready: oneshot::Sender<()>, dead: 
     }
 }
 
+/// Why a request got no answer.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Nothing took the connection: the handler is gone or broken.
+    Connect(String),
+    /// The exchange went wrong (cut short, malformed, too large): this request only.
+    Exchange(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) | SendError::Exchange(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Sends one request and reads the answer, its body up to `max_body` bytes.
-pub(crate) async fn send(port: u16, req: Request, max_body: usize) -> Result<Response, String> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect to port {port}: {e}"))?;
+pub(crate) async fn send(port: u16, req: Request, max_body: usize) -> Result<Response, SendError> {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| SendError::Connect(format!("connect to port {port}: {e}")))?;
+    exchange(stream, port, req, max_body).await.map_err(SendError::Exchange)
+}
+
+async fn exchange(stream: TcpStream, port: u16, req: Request, max_body: usize) -> Result<Response, String> {
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

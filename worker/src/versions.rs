@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use warren_store::{Store, StoreError};
-use warren_wire::manifest::{Manifest, Runtime, MANIFEST_FILE};
+use warren_wire::manifest::{Manifest, Runtime};
 use warren_wire::package;
 
 /// A loaded function version: its manifest and, for process functions, its unpacked folder.
@@ -83,7 +83,8 @@ impl Versions {
     /// The folder of a version's package, unpacked now if it is not in the cache yet.
     async fn unpacked(&self, function: &str, version: i64, sha256: &str) -> Result<PathBuf, LoadError> {
         let dir = self.cache_dir.join(sha256);
-        if !dir.join(MANIFEST_FILE).exists() {
+        // Only complete folders are renamed into place (an app's has no function.toml).
+        if !dir.is_dir() {
             let bytes = self
                 .store
                 .get_package(function, version)

@@ -104,8 +104,11 @@ pub fn convert(
         }
     }
     if has_local_settings {
-        notes.push(format!(
-            "{LOCAL_SETTINGS_FILE} is a developer's file and is not published: give the functions their settings with \
+        // `warren publish DIR` leaves it out; a package made elsewhere must too: it holds a
+        // developer's connection strings, which would be stored and unpacked on every worker.
+        refusals.push(format!(
+            "the package holds {LOCAL_SETTINGS_FILE}, a developer's file (often with secrets) that is not published: \
+             take it out of the package (`warren publish DIR` leaves it out) and give its values with \
              `warren settings set FUNCTION NAME VALUE` (--secret for connection strings)"
         ));
     }
@@ -137,6 +140,24 @@ pub fn convert(
     Ok(App { functions: out, notes })
 }
 
+/// The first path segments under `/api/` that are Warren's own API (management's `api::ROUTES`;
+/// a test there keeps the two lists in step): an app route there would never be reached.
+pub const RESERVED_ROUTES: &[&str] =
+    &["functions", "invocations", "workers", "dead-letters", "keys", "stats", "batches", "timers", "openapi.json"];
+
+/// A segment of a route template that Warren's matcher does not take: a parameter inside a
+/// literal (`{id}.json`) or with a constraint other than `int`.
+fn unsupported_segment(route: &str) -> Option<&str> {
+    route.split('/').find(|seg| {
+        let param = seg.starts_with('{') && seg.ends_with('}');
+        if !param {
+            return seg.contains('{') || seg.contains('}');
+        }
+        let inner = seg[1..seg.len() - 1].trim_start_matches('*').trim_end_matches('?');
+        inner.contains('{') || inner.split_once(':').is_some_and(|(_, c)| !c.eq_ignore_ascii_case("int"))
+    })
+}
+
 /// What every function of an app shares.
 struct Base {
     command: Vec<String>,
@@ -164,8 +185,11 @@ pub fn timespan_secs(text: &str) -> Option<u64> {
     };
     let parts: Vec<&str> = rest.split(':').collect();
     let [h, m, s] = parts.as_slice() else { return None };
-    let secs: f64 = s.parse().ok()?;
-    Some(days * 86400 + h.parse::<u64>().ok()? * 3600 + m.parse::<u64>().ok()? * 60 + secs.ceil() as u64)
+    let secs: f64 = s.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e12)?;
+    days.checked_mul(86400)?
+        .checked_add(h.parse::<u64>().ok()?.checked_mul(3600)?)?
+        .checked_add(m.parse::<u64>().ok()?.checked_mul(60)?)?
+        .checked_add(secs.ceil() as u64)
 }
 
 fn text_of<'a>(b: &'a Value, key: &str) -> Option<&'a str> {
@@ -282,12 +306,26 @@ fn function(base: &Base, name: &str, text: &str) -> Result<Option<Manifest>, Vec
                 }
             };
             az.route = text_of(tb, "route").map(|r| r.trim_matches('/').to_string()).filter(|r| !r.is_empty());
+            let first = az.route_or(name).split('/').next().unwrap_or("").to_ascii_lowercase();
+            if RESERVED_ROUTES.contains(&first.as_str()) {
+                refusals.push(format!(
+                    "{name}: its route /api/{} is Warren's own API (/api/{first}/...); give it a route = \"...\" \
+                     that starts otherwise",
+                    az.route_or(name)
+                ));
+            }
+            if let Some(bad) = unsupported_segment(az.route_or(name)) {
+                refusals.push(format!(
+                    "{name}: route segment {bad:?} is not supported (whole-segment parameters {{id}}, {{id:int}}, {{id?}} \
+                     and {{*rest}} are)"
+                ));
+            }
             if let Some(ms) = tb.get("methods").and_then(Value::as_array) {
                 az.methods = ms.iter().filter_map(Value::as_str).map(str::to_ascii_lowercase).collect();
             }
             // As the Azure Functions host does: forwarding only for a function bound to
             // nothing but its request and its answer.
-            az.forward = base.forward_all && bindings.len() <= 2 && m.outputs.is_empty();
+            az.forward = base.forward_all && bindings.len() == 2 && http_out.is_some();
         }
         AzureTrigger::Timer => {
             let schedule = text_of(tb, "schedule").unwrap_or("");
@@ -384,10 +422,13 @@ fn pointer_token(name: &str) -> String {
 fn retry_policy(r: &Value) -> Result<RetryPolicy, String> {
     let count = r.get("maxRetryCount").and_then(Value::as_i64).ok_or("needs maxRetryCount")?;
     // -1 is "for ever" in Azure; Warren's attempts are bounded.
-    let max_attempts = if count < 0 { 100 } else { (count + 1).min(100) as u32 };
+    let max_attempts = if count < 0 { 100 } else { count.saturating_add(1).min(100) as u32 };
     let ms = |key: &str| -> Result<u64, String> {
         let t = r.get(key).and_then(Value::as_str).ok_or(format!("needs {key}"))?;
-        timespan_secs(t).map(|s| (s * 1000).max(1)).ok_or(format!("{key} {t:?} is not a duration such as \"00:00:10\""))
+        timespan_secs(t)
+            .and_then(|s| s.checked_mul(1000))
+            .map(|ms| ms.max(1))
+            .ok_or(format!("{key} {t:?} is not a duration such as \"00:00:10\""))
     };
     let strategy = r.get("strategy").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
     let (initial, max, multiplier) = match strategy.as_str() {
@@ -479,7 +520,7 @@ mod tests {
                         .into(),
                 ),
             ],
-            true,
+            false,
             None,
         )
         .unwrap_err();
@@ -511,13 +552,45 @@ mod tests {
                     {"type": "http", "direction": "out", "name": "res"}]}"#
                     .into(),
             )],
-            true,
+            false,
             Some("apps"),
         )
         .unwrap();
         assert_eq!(app.functions[0].0.pool, "apps");
         assert!(app.functions[0].0.azure.as_ref().unwrap().forward);
-        assert!(app.notes[0].contains("local.settings.json"));
+    }
+
+    #[test]
+    fn routes_warren_cannot_serve_and_developer_files_are_refused() {
+        let http = |route: &str| {
+            format!(
+                r#"{{"bindings": [{{"type": "httpTrigger", "direction": "in", "name": "req", "route": "{route}"}}]}}"#
+            )
+        };
+        let e = one("f", &http("keys/{id}")).unwrap_err();
+        assert!(e[0].contains("Warren's own API"), "{e:?}");
+        let e = one("f", &http("files/{name}.json")).unwrap_err();
+        assert!(e[0].contains("{name}.json"), "{e:?}");
+        let e = one("f", &http("files/{id:guid}")).unwrap_err();
+        assert!(e[0].contains("{id:guid}"), "{e:?}");
+        assert!(one("f", &http("files/{id:int}/{*rest}")).is_ok());
+        let e = convert(HOST, &[("f".into(), http("x"))], true, None).unwrap_err();
+        assert!(e[0].contains("local.settings.json"), "{e:?}");
+        assert_eq!(timespan_secs("99999999999999999:00:00"), None);
+        assert_eq!(timespan_secs("00:00:inf"), None);
+    }
+
+    #[test]
+    fn a_lone_http_trigger_is_not_forwarded() {
+        let host = HOST.replace("\"customHandler\": {", "\"customHandler\": {\"enableForwardingHttpRequest\": true, ");
+        let app = convert(
+            &host,
+            &[("f".into(), r#"{"bindings": [{"type": "httpTrigger", "direction": "in", "name": "req"}]}"#.into())],
+            false,
+            None,
+        )
+        .unwrap();
+        assert!(!app.functions[0].0.azure.as_ref().unwrap().forward);
     }
 
     #[test]

@@ -163,8 +163,8 @@ pub struct TimerTrigger {
     pub timezone: Option<String>,
     #[serde(default)]
     pub catch_up: CatchUp,
-    /// Fire once when a management instance starts following the timer (its start, or a new
-    /// version's publish).
+    /// Fire once when a management instance starts following the timer (at its start, or when
+    /// the function is first published while it runs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub run_on_startup: bool,
 }

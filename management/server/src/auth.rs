@@ -68,20 +68,28 @@ fn classify(method: &Method, route: Option<&str>, path: &str, params: &HashMap<S
     }
 }
 
-/// The key a request carries, if any.
-fn presented_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<std::borrow::Cow<'a, str>> {
+/// Where a request carried its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyFrom {
+    Header,
+    Code,
+    Bearer,
+}
+
+/// The key a request carries, if any, and where.
+fn presented_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<(KeyFrom, std::borrow::Cow<'a, str>)> {
     for name in ["x-warren-key", "x-functions-key"] {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            return Some(v.trim().into());
+            return Some((KeyFrom::Header, v.trim().into()));
         }
     }
     let code = query.and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "code").map(|(_, v)| v));
-    if code.is_some() {
-        return code;
+    if let Some(code) = code {
+        return Some((KeyFrom::Code, code));
     }
     let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, rest) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().into())
+    scheme.eq_ignore_ascii_case("bearer").then(|| (KeyFrom::Bearer, rest.trim().into()))
 }
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -102,7 +110,9 @@ async fn identify(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Caller, ApiError> {
-    let Some(key) = presented_key(headers, query).filter(|k| !k.is_empty()) else { return Ok(Caller::Nobody) };
+    let Some((_, key)) = presented_key(headers, query).filter(|(_, k)| !k.is_empty()) else {
+        return Ok(Caller::Nobody);
+    };
     let d = digest(&key);
     if constant_time_eq(&d, admin_digest) {
         return Ok(Caller::Admin);
@@ -203,8 +213,20 @@ pub async fn authorize(State(m): State<Arc<Management>>, req: Request, next: Nex
                 .map(|Path(p)| p)
                 .unwrap_or_default();
             let need = classify(&parts.method, route.as_deref(), parts.uri.path(), &params);
+            let app_route = matches!(need, Need::AppRoute(..));
             let allowed = match identify(&m, admin_digest, &parts.headers, parts.uri.query()).await {
-                Ok(caller) => check(&m, &caller, need).await,
+                Ok(caller) => {
+                    // An app's function must not see the Warren key it was called with.
+                    if caller != Caller::Nobody {
+                        if let Some((from, _)) = presented_key(&parts.headers, parts.uri.query()) {
+                            parts.extensions.insert(from);
+                        }
+                    }
+                    check(&m, &caller, need).await
+                }
+                // A credential Warren does not know may be the app's own (an OAuth `code`, its
+                // own bearer token): an app route decides by its level, as for no key at all.
+                Err(_) if app_route => check(&m, &Caller::Nobody, need).await,
                 Err(e) => Err(e),
             };
             allowed.map(|()| Request::from_parts(parts, body))
@@ -257,12 +279,13 @@ mod tests {
     fn keys_are_read_from_either_header() {
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer  abc ".parse().unwrap());
-        assert_eq!(presented_key(&h, None).as_deref(), Some("abc"));
-        assert_eq!(presented_key(&h, Some("x=1&code=c%2Bd")).as_deref(), Some("c+d"));
+        let key = |h: &HeaderMap, q: Option<&str>| presented_key(h, q).map(|(f, k)| (f, k.into_owned()));
+        assert_eq!(key(&h, None), Some((KeyFrom::Bearer, "abc".into())));
+        assert_eq!(key(&h, Some("x=1&code=c%2Bd")), Some((KeyFrom::Code, "c+d".into())));
         h.insert("x-functions-key", "fk".parse().unwrap());
-        assert_eq!(presented_key(&h, None).as_deref(), Some("fk"));
+        assert_eq!(key(&h, None), Some((KeyFrom::Header, "fk".into())));
         h.insert("x-warren-key", "def".parse().unwrap());
-        assert_eq!(presented_key(&h, None).as_deref(), Some("def"));
+        assert_eq!(key(&h, None), Some((KeyFrom::Header, "def".into())));
         let mut basic = HeaderMap::new();
         basic.insert("authorization", "Basic abc".parse().unwrap());
         assert_eq!(presented_key(&basic, None), None);

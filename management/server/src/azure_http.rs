@@ -14,8 +14,12 @@ use serde_json::{json, Map, Value};
 use warren_store::{Invocation, Status};
 use warren_wire::manifest::AzureFunction;
 
+use crate::auth::KeyFrom;
 use crate::management::Management;
 use crate::reply::{not_found, ApiError};
+
+/// Set on every answer of an app: a unique origin, as if served from a host of its own.
+const APP_CSP: &str = "sandbox allow-scripts allow-forms allow-popups allow-downloads";
 
 /// The router's fallback: an app's HTTP trigger, or the API's 404.
 pub(crate) async fn serve(State(m): State<Arc<Management>>, req: Request) -> Response {
@@ -48,15 +52,25 @@ async fn answer(m: &Management, req: Request) -> Result<Response, ApiError> {
         )
     })?;
     let host = parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(&path);
+    // Keys presented to Warren are not the function's business: `code` (Azure's key in the
+    // URL), the key headers, and a bearer token that was a Warren key.
+    let kept: Vec<(String, String)> = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| k != "code")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     let mut query = Map::new();
-    for (k, v) in url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
-        query.insert(k.into_owned(), Value::String(v.into_owned()));
+    for (k, v) in &kept {
+        query.insert(k.clone(), Value::String(v.clone()));
     }
+    let target = if kept.is_empty() {
+        path.clone()
+    } else {
+        format!("{path}?{}", url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&kept).finish())
+    };
+    let bearer_was_key = parts.extensions.get::<KeyFrom>() == Some(&KeyFrom::Bearer);
     let mut headers: Map<String, Value> = Map::new();
     for (k, v) in &parts.headers {
-        // Keys presented to Warren are not the function's business.
-        if k == "x-warren-key" || k == "x-functions-key" {
+        if k == "x-warren-key" || k == "x-functions-key" || (bearer_was_key && k == "authorization") {
             continue;
         }
         let value = Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned());
@@ -126,9 +140,14 @@ fn http_answer(az: &AzureFunction, inv: &Invocation) -> Response {
             None => StatusCode::NO_CONTENT.into_response(),
         }
     };
+    let h = response.headers_mut();
     if let Some(id) = id {
-        response.headers_mut().insert("x-warren-invocation", id);
+        h.insert("x-warren-invocation", id);
     }
+    // An app's answer is served from the portal's origin: sandboxed, its scripts cannot read
+    // what the portal keeps there (the signed-in key).
+    h.append("content-security-policy", HeaderValue::from_static(APP_CSP));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     response
 }
 

@@ -117,12 +117,7 @@ fn parse_template(template: &str) -> Vec<Segment> {
 
 /// The route parameters when the template takes these segments (decoded from the URL).
 fn matches(template: &[Segment], path: &[&str]) -> Option<Vec<(String, String)>> {
-    let decode = |s: &str| {
-        url::form_urlencoded::parse(s.replace('+', "%2B").as_bytes())
-            .map(|(k, _)| k.into_owned())
-            .next()
-            .unwrap_or_default()
-    };
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
     let path: Vec<&str> = path.iter().copied().filter(|s| !s.is_empty()).collect();
     let mut params = Vec::new();
     let mut i = 0;
@@ -176,6 +171,8 @@ mod tests {
         assert_eq!(params("hello/{name?}", "hello/Ada%20L"), Some(vec![p("name", "Ada L")]));
         assert_eq!(params("echo/{*rest}", "echo/a/b"), Some(vec![p("rest", "a/b")]));
         assert_eq!(params("echo", "echo/a"), None);
+        assert_eq!(params("products/{id:int}", "products/7=x"), None);
+        assert_eq!(params("files/{name}", "files/a&b+c"), Some(vec![p("name", "a&b+c")]));
         assert_eq!(params("hello", "hello"), Some(vec![]));
     }
 }

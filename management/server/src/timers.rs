@@ -84,14 +84,16 @@ impl Timers {
         let mut out = Vec::new();
         for (name, version, manifest) in self.catalog.active_manifests().await? {
             let Some(t) = &manifest.timer else { continue };
-            let Ok(s) = Schedule::parse(&t.schedule, t.timezone.as_deref()) else { continue };
+            // A `%NAME%` schedule as it is in force; one whose setting is missing has no next tick.
+            let schedule = self.catalog.expand(&name, &t.schedule).await.unwrap_or_else(|_| t.schedule.clone());
+            let next_tick = Schedule::parse(&schedule, t.timezone.as_deref()).ok().and_then(|s| s.next_after(now_ms()));
             out.push(TimerInfo {
                 function: name.clone(),
                 version,
-                schedule: t.schedule.clone(),
+                schedule,
                 timezone: t.timezone.clone().unwrap_or_else(|| "UTC".into()),
                 catch_up: t.catch_up,
-                next_tick: s.next_after(now_ms()).map(rfc3339),
+                next_tick: next_tick.map(rfc3339),
                 last_tick: self.store.last_tick(&name).await?.map(rfc3339),
             });
         }
@@ -140,6 +142,15 @@ impl Timers {
                             // `%NAME%` in a schedule (Azure Functions apps) is a setting of the function.
                             let pattern = match self.catalog.expand(&name, &t.schedule).await {
                                 Ok(p) => p,
+                                // The store is out: go on as before (a timer dropped here would
+                                // start over as new, missing ticks meanwhile).
+                                Err(Error::Store(e)) => {
+                                    tracing::debug!(function = %name, error = %e, "cannot read the timer's settings yet");
+                                    if let Some(old) = timers.remove(&name) {
+                                        seen.insert(name, old);
+                                    }
+                                    continue;
+                                }
                                 Err(e) => {
                                     tracing::warn!(function = %name, error = %e, "timer waits for its schedule");
                                     continue;

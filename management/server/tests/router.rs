@@ -87,6 +87,16 @@ fn openapi_describes_exactly_the_routes() {
     assert_eq!(documented_routes(), listed, "openapi.json must describe exactly api::ROUTES");
 }
 
+#[test]
+fn azure_apps_may_not_take_warrens_own_api_paths() {
+    // An app route starting with one of these would never be reached: publish refuses them.
+    for (_, path) in ROUTES {
+        let Some(rest) = path.strip_prefix("/api/") else { continue };
+        let first = rest.split('/').next().unwrap();
+        assert!(warren_wire::azure::RESERVED_ROUTES.contains(&first), "{first} (of {path}) is in RESERVED_ROUTES");
+    }
+}
+
 #[tokio::test]
 async fn every_listed_route_is_served() {
     let (app, _tmp) = app().await;
