@@ -28,66 +28,50 @@ impl Worker {
         attempt: i32,
         settings: &Settings,
     ) -> RunOutput {
-        match loaded.manifest.runtime {
-            Runtime::Echo => RunOutput {
-                status: Status::Succeeded,
-                result: Some(msg.payload.to_vec()),
-                error: None,
-                logs: Vec::new(),
-            },
-            Runtime::Azure => {
-                let dir = loaded.dir.as_deref().expect("app functions are unpacked");
-                let Some(az) = loaded.manifest.azure.as_ref() else {
-                    return RunOutput {
-                        status: Status::Failed,
-                        result: None,
-                        error: Some("runtime \"azure\" without its [azure] section".into()),
-                        logs: Vec::new(),
-                    };
-                };
-                let id = msg.id.to_string();
-                let env = process::InvocationEnv {
-                    id: &id,
-                    function: &msg.function,
-                    version: msg.version,
-                    attempt: msg.attempt,
-                    headers: &msg.headers,
-                };
-                let timeout = Duration::from_secs(loaded.manifest.timeout_secs);
-                let pool = self.handlers.pool(
-                    &loaded.manifest,
-                    msg.version,
-                    dir.to_path_buf(),
-                    settings.vars.clone(),
-                    self.cfg.limits,
-                );
-                let out = pool.call(&env, Call::Http(azure::request(az, msg)), timeout, attempt).await;
+        // Everything but echo runs from the unpacked package, as this invocation.
+        let (dir, id) = match (loaded.manifest.runtime, loaded.dir.as_deref()) {
+            (Runtime::Echo, _) => {
+                return RunOutput {
+                    status: Status::Succeeded,
+                    result: Some(msg.payload.to_vec()),
+                    error: None,
+                    logs: Vec::new(),
+                }
+            }
+            (_, Some(dir)) => (dir, msg.id.to_string()),
+            (_, None) => unreachable!("process and app functions are unpacked"),
+        };
+        let env = process::InvocationEnv {
+            id: &id,
+            function: &msg.function,
+            version: msg.version,
+            attempt: msg.attempt,
+            headers: &msg.headers,
+        };
+        let timeout = Duration::from_secs(loaded.manifest.timeout_secs);
+        let warm = || {
+            self.handlers.pool(&loaded.manifest, msg.version, dir.to_path_buf(), settings.vars.clone(), self.cfg.limits)
+        };
+        match (loaded.manifest.runtime, loaded.manifest.azure.as_ref()) {
+            (Runtime::Azure, Some(az)) => {
+                let out = warm().call(&env, Call::Http(azure::request(az, msg)), timeout, attempt).await;
                 azure::outcome(az, out, attempt, self.cfg.limits.max_log_lines)
             }
-            Runtime::Process => {
-                let dir = loaded.dir.as_deref().expect("process functions are unpacked");
-                let id = msg.id.to_string();
-                let env = process::InvocationEnv {
-                    id: &id,
-                    function: &msg.function,
-                    version: msg.version,
-                    attempt: msg.attempt,
-                    headers: &msg.headers,
-                };
-                let timeout = Duration::from_secs(loaded.manifest.timeout_secs);
-                let settings = settings.vars.clone();
-                if loaded.manifest.mode == Mode::Persistent {
-                    let pool =
-                        self.handlers.pool(&loaded.manifest, msg.version, dir.to_path_buf(), settings, self.cfg.limits);
-                    return pool.invoke(&env, &msg.payload, timeout, attempt).await;
-                }
+            (Runtime::Azure, None) => RunOutput {
+                status: Status::Failed,
+                result: None,
+                error: Some("runtime \"azure\" without its [azure] section".into()),
+                logs: Vec::new(),
+            },
+            _ if loaded.manifest.mode == Mode::Persistent => warm().invoke(&env, &msg.payload, timeout, attempt).await,
+            _ => {
                 process::run(
                     &loaded.manifest.command,
                     dir,
                     &msg.payload,
                     timeout,
                     &env,
-                    &settings,
+                    &settings.vars,
                     attempt,
                     &self.cfg.limits,
                 )
