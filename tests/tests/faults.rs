@@ -577,14 +577,20 @@ async fn a_killed_management_leaves_nothing_queued_forever() {
 
 /// Runs `scripts/cluster` (the three-node RabbitMQ cluster `scripts/test` starts); its output.
 fn cluster(args: &[&str]) -> String {
+    try_cluster(args).unwrap_or_else(|e| {
+        panic!("scripts/cluster {args:?} failed (scripts/test starts the cluster; by hand: scripts/cluster start): {e}")
+    })
+}
+
+/// [`cluster`] for questions asked while the cluster changes (a node going, a leader being
+/// elected), where a failed answer is asked again: its output, or its error output.
+fn try_cluster(args: &[&str]) -> Result<String, String> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster");
     let out = Command::new(&script).args(args).output().expect("scripts/cluster runs");
-    assert!(
-        out.status.success(),
-        "scripts/cluster {args:?} failed (scripts/test starts the cluster; by hand: scripts/cluster start): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    }
 }
 
 /// The cluster's URLs, after checking that its three nodes run.
@@ -650,7 +656,7 @@ async fn quorum_failover(loss: NodeLoss) {
     let extra: Vec<&str> = ha.iter().copied().chain(["--id", id.as_str()]).collect();
     let _moved = start_worker_with(&pg_url(), &pool, 4, &tmp.path().join("cache-moved"), &extra, &[]);
     eventually(Duration::from_secs(60), "the fourth worker on the leader's node", || async {
-        cluster(&["clients", &leader]).contains(&id).then_some(())
+        try_cluster(&["clients", &leader]).ok().filter(|c| c.contains(&id)).map(|_| ())
     })
     .await;
 
@@ -744,9 +750,9 @@ async fn quorum_failover(loss: NodeLoss) {
         NodeLoss::StopApp => cluster(&["stop-app", &leader]),
         NodeLoss::Kill => cluster(&["kill", &leader]),
     };
+    // While the queue elects, the nodes may name no leader, or the lost one, for a while.
     let new_leader = eventually(Duration::from_secs(60), "a new leader", || async {
-        let l = cluster(&["leader", &queue]);
-        (l != leader).then_some(l)
+        try_cluster(&["leader", &queue]).ok().filter(|l| *l != leader)
     })
     .await;
     let clients = on_leader.lines().count();
