@@ -593,6 +593,16 @@ fn try_cluster(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// [`try_cluster`] off the runtime's threads, for the polls that run beside the load (the
+/// `leader` question may take seconds while a queue elects, and the invoker and the progress
+/// sampler share those threads).
+async fn ask_cluster(args: &[&str]) -> Result<String, String> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || try_cluster(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .expect("scripts/cluster is asked")
+}
+
 /// The cluster's URLs, after checking that its three nodes run.
 fn require_cluster() -> String {
     let running = cluster(&["status"]);
@@ -656,7 +666,7 @@ async fn quorum_failover(loss: NodeLoss) {
     let extra: Vec<&str> = ha.iter().copied().chain(["--id", id.as_str()]).collect();
     let _moved = start_worker_with(&pg_url(), &pool, 4, &tmp.path().join("cache-moved"), &extra, &[]);
     eventually(Duration::from_secs(60), "the fourth worker on the leader's node", || async {
-        try_cluster(&["clients", &leader]).ok().filter(|c| c.contains(&id)).map(|_| ())
+        ask_cluster(&["clients", &leader]).await.ok().filter(|c| c.contains(&id)).map(|_| ())
     })
     .await;
 
@@ -752,7 +762,7 @@ async fn quorum_failover(loss: NodeLoss) {
     };
     // While the queue elects, the nodes may name no leader, or the lost one, for a while.
     let new_leader = eventually(Duration::from_secs(60), "a new leader", || async {
-        try_cluster(&["leader", &queue]).ok().filter(|l| *l != leader)
+        ask_cluster(&["leader", &queue]).await.ok().filter(|l| *l != leader)
     })
     .await;
     let clients = on_leader.lines().count();
