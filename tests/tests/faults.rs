@@ -665,8 +665,10 @@ async fn quorum_failover(loss: NodeLoss) {
         std::iter::repeat_with(|| unique("ha-worker-")).find(|id| first_node(id, urls_list.len()) == node - 1).unwrap();
     let extra: Vec<&str> = ha.iter().copied().chain(["--id", id.as_str()]).collect();
     let _moved = start_worker_with(&pg_url(), &pool, 4, &tmp.path().join("cache-moved"), &extra, &[]);
-    eventually(Duration::from_secs(60), "the fourth worker on the leader's node", || async {
-        ask_cluster(&["clients", &leader]).await.ok().filter(|c| c.contains(&id)).map(|_| ())
+    // The connections the node has when it is lost: asked now, so that no question to the
+    // cluster (seconds for rabbitmqctl on a busy machine) stands between the load and the fault.
+    let on_leader = eventually(Duration::from_secs(60), "the fourth worker on the leader's node", || async {
+        ask_cluster(&["clients", &leader]).await.ok().filter(|c| c.contains(&id))
     })
     .await;
 
@@ -734,7 +736,6 @@ async fn quorum_failover(loss: NodeLoss) {
     eventually(Duration::from_secs(60), "some progress", || async { (finals().await >= 500).then_some(()) }).await;
     // Take the pool queue's leader away while invokes and the batch still come in; meanwhile
     // a sampler notes when the count of final records changes.
-    let on_leader = cluster(&["clients", &leader]);
     let before = finals().await;
     assert!(before < INVOKES + ITEMS, "{label}: the run ended before the fault");
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -756,10 +757,13 @@ async fn quorum_failover(loss: NodeLoss) {
         })
     };
     let lost_at = Instant::now();
-    match loss {
-        NodeLoss::StopApp => cluster(&["stop-app", &leader]),
-        NodeLoss::Kill => cluster(&["kill", &leader]),
+    let lose = match loss {
+        NodeLoss::StopApp => "stop-app",
+        NodeLoss::Kill => "kill",
     };
+    if let Err(e) = ask_cluster(&[lose, &leader]).await {
+        panic!("{label}: scripts/cluster {lose} {leader} failed: {e}");
+    }
     // While the queue elects, the nodes may name no leader, or the lost one, for a while.
     let new_leader = eventually(Duration::from_secs(60), "a new leader", || async {
         ask_cluster(&["leader", &queue]).await.ok().filter(|l| *l != leader)
@@ -774,10 +778,13 @@ async fn quorum_failover(loss: NodeLoss) {
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(lost_at.elapsed())).await;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let stall = sampler.await.unwrap();
-    match loss {
-        NodeLoss::StopApp => cluster(&["start-app", &leader]),
-        NodeLoss::Kill => cluster(&["boot", &leader]),
+    let back = match loss {
+        NodeLoss::StopApp => "start-app",
+        NodeLoss::Kill => "boot",
     };
+    if let Err(e) = ask_cluster(&[back, &leader]).await {
+        panic!("{label}: scripts/cluster {back} {leader} failed: {e}");
+    }
     invoker.await.unwrap();
     let (batch_status, batch) = batch_request.await.unwrap();
     let (answered, refused) = answered.lock().unwrap().clone();

@@ -12,8 +12,8 @@
 //! the other tasks of the same wake-up finish theirs (a group commit ends many at once), then
 //! sends one multiple ack for what is under the floor and single acks for what waited too long.
 //! Both sets are bounded by the channel's prefetch. A delivery returned to the queue (nack) or
-//! dropped unsettled is never covered by a multiple ack: a nack settles it first, and a dropped
-//! one stays the floor until the channel closes.
+//! dropped unsettled is never covered by a multiple ack: it leaves the floor only once its nack
+//! has been sent, and a dropped one stays the floor until the channel closes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -74,7 +74,8 @@ impl AckBatch {
         self.wake.notify_one();
     }
 
-    /// The consumer returned a delivery (nacked it itself): no multiple ack may cover it.
+    /// The consumer returned a delivery and its nack has been sent: it no longer holds the
+    /// floor (the broker, seeing the nack first, leaves it out of a later multiple ack).
     pub(crate) fn returned(&self, tag: u64) {
         self.lock().outstanding.remove(&tag);
         self.wake.notify_one();

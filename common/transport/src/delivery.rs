@@ -70,12 +70,17 @@ impl Delivery {
                 .map(|_| ())
                 .map_err(|e| TransportError::Unavailable(e.to_string())),
             Acker::Batched { batch, tag, acker } => {
-                batch.returned(tag);
-                acker
+                // The nack goes out before the tag stops holding the channel's floor: lapin
+                // sends each settlement from a task of its own, so a multiple ack taken after
+                // `returned` could reach the broker first, ack this message (lost), and make
+                // the nack an unknown delivery tag that closes the channel.
+                let sent = acker
                     .nack(lapin::options::BasicNackOptions { requeue: true, multiple: false })
                     .await
                     .map(|_| ())
-                    .map_err(|e| TransportError::Unavailable(e.to_string()))
+                    .map_err(|e| TransportError::Unavailable(e.to_string()));
+                batch.returned(tag);
+                sent
             }
             Acker::Held(h) => {
                 h.requeue();
