@@ -141,7 +141,7 @@ async fn returned_deliveries_come_back_while_later_ones_are_acked() {
         // seventh message is returned once, the rest are acked.
         tasks.spawn(async move {
             tokio::time::sleep(Duration::from_micros((i as u64 * 7919) % 3000)).await;
-            if i % 7 == 0 && !d.redelivered {
+            if i.is_multiple_of(7) && !d.redelivered {
                 returned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 d.requeue().await.unwrap();
             } else {
