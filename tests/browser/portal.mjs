@@ -104,6 +104,20 @@ try {
   await waitText('.inv-detail', 'Timings');
   await shot('4-invocation');
 
+  log('rolling back: a second publish, then version 1 made active again from its Activate button');
+  await go('#/functions');
+  await page.setInputFiles('#publish-file', pkgPath);
+  await page.click('#publish-btn');
+  await waitText('#publish-out', `${name} version 2`, 30_000);
+  await go(`#/functions/${name}`);
+  await waitText('#view', 'Active version 2');
+  page.once('dialog', (d) => d.accept());
+  await page.click('#view button[data-activate="1"]');
+  await waitText('#banner', `Version 1 of ${name} is active`);
+  await waitText('#view', 'Active version 1');
+  await page.waitForSelector('#view button[data-activate="2"]');
+  await shot('3b-function-rolled-back');
+
   log('invocations, filtered');
   await go(`#/invocations?function=${name}`);
   await waitText('#view table', 'succeeded');
@@ -200,6 +214,17 @@ try {
   await page.unroute('**/api/workers');
   await page.click('#signin-cancel');
   await page.click('#signout');
+
+  log('deleting the function from its page, after a confirmation');
+  await signIn(key);
+  await go(`#/functions/${name}`);
+  await waitText('#view', 'Active version 1');
+  page.once('dialog', (d) => d.accept());
+  await page.click('#delete-function');
+  await waitText('#banner', `${name} is deleted`);
+  await page.waitForFunction(() => location.hash === '#/functions');
+  await page.waitForFunction((n) => !document.querySelector('#view table')?.textContent.includes(n), name);
+  await shot('11-function-deleted');
 
   if (problems.length) throw new Error(`the page reported errors:\n  ${problems.join('\n  ')}`);
   console.log(`portal.mjs: all steps passed; screenshots in ${shots}`);

@@ -115,6 +115,8 @@ async fn portal_publishes_invokes_and_shows_result_and_logs_in_a_browser() {
         shots.display()
     );
 
+    // The function was rolled back to version 1, then deleted from the page; its history stays.
+    assert_eq!(m.get(&format!("/api/functions/{name}")).await.0, 404, "deleted from the page");
     // What the page did is in the store: one invocation of the function, from the page's payload.
     let (_, list) = m.get(&format!("/api/invocations?function={name}")).await;
     let list = list.as_array().expect("a list").clone();

@@ -81,8 +81,80 @@ async fn keys_conform(store: &dyn Store) {
     assert_eq!(store.find_key_by_hash(&hash).await.unwrap().unwrap().revoked_ms, Some(at));
 }
 
+/// Rollback and removal: an existing version activated in one statement; a function deleted
+/// with its versions, settings and ticks only when nothing of it (nor a batch fanning in to it)
+/// is open, its finished invocations kept.
+async fn rollback_and_removal(store: &dyn Store) {
+    let (m, text) = manifest(&unique("rb"));
+    let name = m.name.clone();
+    store.publish_version(&m, &text, b"one", "sha-1").await.unwrap();
+    store.publish_version(&m, &text, b"two", "sha-2").await.unwrap();
+    assert!(store.activate_version(&name, 1).await.unwrap());
+    assert_eq!(store.get_function(&name).await.unwrap().unwrap().active_version, 1);
+    assert!(!store.activate_version(&name, 9).await.unwrap(), "no version 9");
+    assert!(!store.activate_version(&unique("nope"), 1).await.unwrap(), "no such function");
+    assert_eq!(store.get_function(&name).await.unwrap().unwrap().active_version, 1);
+    // A publish after a rollback numbers on from the newest version.
+    assert_eq!(store.publish_version(&m, &text, b"three", "sha-3").await.unwrap().version, 3);
+
+    let inv = new_inv(&name, 3);
+    store.create_invocation(&inv).await.unwrap();
+    let refused = |e: StoreError, what: &str| match e {
+        StoreError::Conflict(m) => assert!(m.contains(what), "{m:?} should say {what:?}"),
+        other => panic!("a delete with {what} should be a conflict: {other:?}"),
+    };
+    refused(store.delete_function(&name).await.unwrap_err(), "1 open invocation");
+    assert_eq!(store.claim(&inv, 1, "w", now_ms()).await.unwrap(), Claim::Run);
+    refused(store.delete_function(&name).await.unwrap_err(), "1 open invocation");
+    assert!(store.complete(inv.id, &outcome(Status::Succeeded, "w", 1)).await.unwrap());
+    // A batch of another function fanning in to this one keeps it too.
+    let (other, other_text) = manifest(&unique("rb-items"));
+    store.publish_version(&other, &other_text, b"pkg", "sha").await.unwrap();
+    let batch = Uuid::now_v7();
+    let nb = NewBatch {
+        id: batch,
+        function: other.name.clone(),
+        version: 1,
+        then: Some(name.clone()),
+        created_ms: now_ms(),
+    };
+    store.create_batch(&nb).await.unwrap();
+    refused(store.delete_function(&name).await.unwrap_err(), "1 open batch");
+    store.seal_batch(batch, 0, None).await.unwrap();
+    refused(store.delete_function(&name).await.unwrap_err(), "1 open batch");
+    store.end_batch(batch, BatchState::Done, now_ms()).await.unwrap();
+    assert!(store.get_function(&name).await.unwrap().is_some(), "a refused delete removes nothing");
+
+    let setting = Setting { name: "TOKEN".into(), value: "v".into(), secret: false, updated_ms: now_ms() };
+    store.set_setting(&name, &setting).await.unwrap();
+    let ticked = new_inv(&name, 3);
+    assert!(store.fire_tick(&name, 60_000, &ticked).await.unwrap());
+    refused(store.delete_function(&name).await.unwrap_err(), "1 open invocation");
+    assert!(store.complete(ticked.id, &outcome(Status::Failed, "w", 0)).await.unwrap());
+    assert!(store.delete_function(&name).await.unwrap());
+    assert!(store.get_function(&name).await.unwrap().is_none());
+    assert!(store.list_versions(&name).await.unwrap().is_empty());
+    assert!(store.get_package(&name, 1).await.unwrap().is_none());
+    assert!(store.list_settings(&name).await.unwrap().is_empty());
+    assert_eq!(store.last_tick(&name).await.unwrap(), None);
+    assert_eq!(store.get_invocation(inv.id).await.unwrap().unwrap().status, Status::Succeeded, "history stays");
+    assert!(!store.delete_function(&name).await.unwrap(), "deleted once");
+    assert!(!store.list_functions().await.unwrap().iter().any(|f| f.name == name), "not listed once deleted");
+    assert!(!store.activate_version(&name, 3).await.unwrap(), "nothing to activate once deleted");
+    assert!(store.get_function(&other.name).await.unwrap().is_some(), "other functions stay");
+    // Published again, the name numbers on after its last version: (function, version) never
+    // names two packages.
+    let again = store.publish_version(&m, &text, b"four", "sha-4").await.unwrap();
+    assert_eq!(again.version, 4);
+    let f = store.get_function(&name).await.unwrap().expect("published again");
+    assert_eq!(f.active_version, 4);
+    assert!(f.created_ms >= again.created_ms, "first published anew");
+    assert_eq!(store.list_versions(&name).await.unwrap().len(), 1);
+}
+
 async fn conformance(store: Arc<dyn Store>) {
     keys_conform(&*store).await;
+    rollback_and_removal(&*store).await;
     // Versions: immutable, numbered from 1, the newest active, atomically.
     let name = unique("fn");
     let (m, text) = manifest(&name);

@@ -43,6 +43,31 @@ pub trait FunctionStore: Send + Sync {
     async fn list_versions(&self, name: &str) -> Result<Vec<FunctionVersion>>;
     async fn get_version(&self, name: &str, version: i64) -> Result<Option<FunctionVersion>>;
     async fn get_package(&self, name: &str, version: i64) -> Result<Option<Vec<u8>>>;
+    /// Makes an existing version the function's active one, in one statement (as a publish
+    /// does): `false` when the function has no such version.
+    async fn activate_version(&self, name: &str, version: i64) -> Result<bool>;
+    /// Deletes a function with its versions, settings and timer ticks (its finished invocations
+    /// stay, for their history), in one transaction: `Conflict` saying what is open when it has
+    /// open invocations or an open batch (of it or fanning in to it); `false` when there is no
+    /// such function.
+    async fn delete_function(&self, name: &str) -> Result<bool>;
+}
+
+/// The refusal of a delete that finds work open, for every backend.
+pub(crate) fn still_in_use(name: &str, invocations: i64, batches: i64) -> Option<StoreError> {
+    let mut open = Vec::new();
+    if invocations > 0 {
+        open.push(format!("{invocations} open invocation{}", if invocations == 1 { "" } else { "s" }));
+    }
+    if batches > 0 {
+        open.push(format!("{batches} open batch{}", if batches == 1 { "" } else { "es" }));
+    }
+    (!open.is_empty()).then(|| {
+        StoreError::Conflict(format!(
+            "function {name} has {}; wait until they end, or cancel them (warren batches cancel ID), then delete it",
+            open.join(" and ")
+        ))
+    })
 }
 
 /// Invocations, their attempts and log lines: recorded, claimed, ended, replayed, read.

@@ -123,6 +123,16 @@ impl Client {
         self.json(self.get(&["api", "functions", name])).await
     }
 
+    /// `POST /api/functions/{name}/activate`: an earlier (or later) version made active.
+    pub(crate) async fn activate(&self, name: &str, version: i64) -> anyhow::Result<Value> {
+        self.json(self.post(&["api", "functions", name, "activate"]).json(&json!({"version": version}))).await
+    }
+
+    /// `DELETE /api/functions/{name}`.
+    pub(crate) async fn delete_function(&self, name: &str) -> anyhow::Result<Value> {
+        self.json(self.request(Method::DELETE, &["api", "functions", name])).await
+    }
+
     /// `POST /api/functions/{name}/invoke`.
     pub(crate) async fn invoke(&self, name: &str, input: Vec<u8>, wait: Wait) -> anyhow::Result<Answer> {
         let req = self.post(&["api", "functions", name, "invoke"]).body(input);

@@ -141,10 +141,17 @@ enum Command {
     /// invocations. A key is shown once, when created; only its hash is kept.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// List published functions, or show one with its versions.
+    /// List published functions, or show one with its versions; activate an earlier version
+    /// (rollback), or delete a function.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  warren functions                    # every function, its active version and trigger\n  warren functions resize             # one function and its versions\n  warren functions activate resize 2  # roll back: version 2 serves from the next invoke\n  warren functions delete resize      # refused while it has open invocations, batches or a source"
+    )]
     Functions {
         /// A function name, to show its versions.
         name: Option<String>,
+        #[command(subcommand)]
+        action: Option<FunctionsCommand>,
     },
     /// List workers and their last heartbeat (`lost` when silent for 15 s).
     Workers,
@@ -168,6 +175,20 @@ enum Command {
         #[arg(long)]
         retry: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum FunctionsCommand {
+    /// Make a published version the active one again (or a later one), atomically, as a
+    /// publish does: invokes from then on run it, and its triggers follow.
+    Activate {
+        name: String,
+        /// The version number (`warren functions NAME` lists them).
+        version: i64,
+    },
+    /// Delete a function with its versions and settings; its finished invocations stay.
+    /// Refused while it has open invocations or batches, or consumes a source queue.
+    Delete { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -471,7 +492,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Functions { name } => {
+        Command::Functions { action: Some(FunctionsCommand::Activate { name, version }), .. } => {
+            let v = api.activate(&name, version).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{name}: version {version} is active");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Functions { action: Some(FunctionsCommand::Delete { name }), .. } => {
+            let v = api.delete_function(&name).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("deleted {name} (its finished invocations stay)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Functions { name, action: None } => {
             let v = match &name {
                 Some(n) => api.function(n).await?,
                 None => api.functions().await?,

@@ -100,7 +100,8 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi))
         .route("/api/functions", post(publish).layer(DefaultBodyLimit::max(package_limit)).get(list_functions))
-        .route("/api/functions/{name}", get(get_function))
+        .route("/api/functions/{name}", get(get_function).delete(delete_function))
+        .route("/api/functions/{name}/activate", post(activate_function))
         .route("/api/functions/{name}/invoke", post(invoke).layer(DefaultBodyLimit::max(payload_limit)))
         // Its body limit is applied by the handler, which reads the body only once it has a turn.
         .route("/api/functions/{name}/invocations", post(invoke_many))
@@ -272,6 +273,33 @@ async fn get_function(
     let versions = m.store.list_versions(&name).await?;
     let trigger = m.catalog.version_manifest(&name, f.active_version).await.ok().map(|mf| mf.trigger());
     Ok(Json(json!({"function": f, "trigger": trigger, "versions": versions})))
+}
+
+#[derive(Deserialize)]
+struct ActivateBody {
+    version: i64,
+}
+
+async fn activate_function(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<ActivateBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let name = name_from(name)?;
+    let Json(b) = body.map_err(|e| bad_request(format!("{}; send {{\"version\": N}}", e.body_text())))?;
+    let v = m.catalog.activate(&name, b.version).await?;
+    Ok(Json(json!({"name": name, "active_version": v.version, "version": v})))
+}
+
+async fn delete_function(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let name = name_from(name)?;
+    if !m.catalog.delete(&name).await? {
+        return Err(not_found(format!("function {name:?} does not exist")));
+    }
+    Ok(Json(json!({"name": name, "deleted": true})))
 }
 
 #[derive(Deserialize, Default)]

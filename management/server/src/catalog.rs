@@ -88,6 +88,48 @@ impl Catalog {
         Ok(Published { versions, notes, app })
     }
 
+    /// Makes an earlier (or later) published version the function's active one, as a publish
+    /// does: callers get it from the next invoke here, from other instances within
+    /// [`ACTIVE_TTL`]; triggers follow it at their next refresh.
+    pub async fn activate(&self, function: &str, version: i64) -> Result<FunctionVersion, Error> {
+        let v = self.store.get_version(function, version).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "function {function:?} has no version {version}; `warren functions show {function}` lists them"
+            ))
+        })?;
+        if !self.store.activate_version(function, version).await? {
+            return Err(Error::NotFound(format!("function {function:?} has no version {version}")));
+        }
+        self.active.insert(function.to_string(), (Instant::now(), version));
+        tracing::info!(function, version, "activated");
+        Ok(v)
+    }
+
+    /// Deletes a function, its versions and its settings; refused while it consumes a source
+    /// queue or has open invocations or batches. `false` when there is no such function.
+    pub async fn delete(&self, function: &str) -> Result<bool, Error> {
+        match self.active_manifest(function).await {
+            Ok((version, manifest)) => {
+                if let Some(source) = &manifest.source {
+                    let queue = source.queue.as_deref().or(source.exchange.as_deref()).unwrap_or("?");
+                    return Err(Error::Store(warren_store::StoreError::Conflict(format!(
+                        "function {function} consumes {queue} (the AMQP source of its active version {version}); \
+                         publish or activate a version without [source] first, so that nothing it takes is left behind"
+                    ))));
+                }
+            }
+            Err(Error::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let deleted = self.store.delete_function(function).await?;
+        self.active.remove(function);
+        self.manifests.retain(|(name, _), _| name != function);
+        if deleted {
+            tracing::info!(function, "deleted");
+        }
+        Ok(deleted)
+    }
+
     /// The value of one of a function's settings (a secret one unsealed).
     pub async fn setting_value(&self, function: &str, name: &str) -> Result<String, Error> {
         let settings = self.store.list_settings(function).await?;

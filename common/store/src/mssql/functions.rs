@@ -71,4 +71,35 @@ impl FunctionStore for MssqlStore {
         let rows = self.rows(GET_PACKAGE, &[&name, &version]).await?;
         rows.first().map(|r| r.bytes(0)).transpose()
     }
+
+    async fn activate_version(&self, name: &str, version: i64) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let done = c.execute(ACTIVATE_EXISTING, &[&name, &version, &now_ms()]).await.map_err(unavailable)?;
+        Ok(done.total() == 1)
+    }
+
+    async fn delete_function(&self, name: &str) -> Result<bool> {
+        let mut c = self.conn().await?;
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            if c.execute(TOMBSTONE_FUNCTION, &[&name, &now_ms()]).await.map_err(unavailable)?.total() == 0 {
+                return Ok(false);
+            }
+            let mut counts = [0i64; 2];
+            for (n, sql) in counts.iter_mut().zip([COUNT_OPEN_INVOCATIONS, COUNT_OPEN_BATCHES]) {
+                let row = c.query(sql, &[&name]).await.map_err(unavailable)?.into_row().await.map_err(unavailable)?;
+                *n = row.map(|r| r.int(0)).transpose()?.unwrap_or(0);
+            }
+            if let Some(refused) = crate::interface::still_in_use(name, counts[0], counts[1]) {
+                return Err(refused);
+            }
+            for sql in DELETE_FUNCTION_ROWS {
+                c.execute(*sql, &[&name]).await.map_err(unavailable)?;
+            }
+            Ok(true)
+        }
+        .await;
+        finish(&mut c, matches!(result, Ok(true))).await?;
+        result
+    }
 }

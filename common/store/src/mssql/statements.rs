@@ -173,24 +173,49 @@ pub(super) const MIGRATE_LOCK: &str =
     "EXEC sp_getapplock @Resource = 'warren_migrate', @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 60000";
 pub(super) const MIGRATE_UNLOCK: &str = "EXEC sp_releaseapplock @Resource = 'warren_migrate', @LockOwner = 'Session'";
 
-pub(super) const NEXT_VERSION: &str =
-    "SELECT COALESCE(MAX(version), 0) + 1 FROM warren_versions WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1";
+/// After the newest version, or after the newest a deleted function had (its tombstone: see
+/// `TOMBSTONE_FUNCTION`).
+pub(super) const NEXT_VERSION: &str = "SELECT COALESCE(MAX(v), 0) + 1 FROM (
+       SELECT MAX(version) AS v FROM warren_versions WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1
+       UNION ALL SELECT -active_version FROM warren_functions WITH (UPDLOCK, HOLDLOCK)
+         WHERE name = @P1 AND active_version < 0) AS t";
 pub(super) const INSERT_VERSION: &str =
     "INSERT INTO warren_versions (name, version, sha256, manifest, package, size, created_ms)
      VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)";
-pub(super) const ACTIVATE_VERSION: &str =
-    "UPDATE warren_functions SET active_version = @P2, updated_ms = @P3 WHERE name = @P1";
+pub(super) const ACTIVATE_VERSION: &str = "UPDATE warren_functions SET active_version = @P2, updated_ms = @P3,
+       created_ms = CASE WHEN active_version < 0 THEN @P3 ELSE created_ms END
+     WHERE name = @P1";
 pub(super) const INSERT_FUNCTION: &str =
     "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES (@P1, @P2, @P3, @P3)";
 pub(super) const LIST_FUNCTIONS: &str =
-    "SELECT name, active_version, created_ms, updated_ms FROM warren_functions ORDER BY name";
+    "SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE active_version > 0 ORDER BY name";
 pub(super) const GET_FUNCTION: &str =
-    "SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = @P1";
+    "SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = @P1 AND active_version > 0";
 pub(super) const LIST_VERSIONS: &str = "SELECT name, version, sha256, manifest, size, created_ms FROM warren_versions
      WHERE name = @P1 ORDER BY version DESC";
 pub(super) const GET_VERSION: &str = "SELECT name, version, sha256, manifest, size, created_ms FROM warren_versions
      WHERE name = @P1 AND version = @P2";
 pub(super) const GET_PACKAGE: &str = "SELECT package FROM warren_versions WHERE name = @P1 AND version = @P2";
+pub(super) const ACTIVATE_EXISTING: &str = "UPDATE warren_functions SET active_version = @P2, updated_ms = @P3
+     WHERE name = @P1 AND EXISTS (SELECT 1 FROM warren_versions WHERE name = @P1 AND version = @P2)";
+/// A deleted function keeps its row as a tombstone, `active_version` set to minus its newest
+/// version, which no read returns: a later publish numbers on after it, so a version number is
+/// never reused (workers keep what they read of a version for good). Also locks the row until
+/// commit, so that a publish of the name waits for the delete's outcome.
+pub(super) const TOMBSTONE_FUNCTION: &str = "UPDATE warren_functions
+     SET active_version = -COALESCE((SELECT MAX(version) FROM warren_versions WHERE name = @P1), active_version),
+       updated_ms = @P2
+     WHERE name = @P1 AND active_version > 0";
+pub(super) const COUNT_OPEN_INVOCATIONS: &str =
+    concat!("SELECT COUNT_BIG(*) FROM warren_invocations WHERE function_name = @P1 AND ", open_invocation!());
+pub(super) const COUNT_OPEN_BATCHES: &str = "SELECT COUNT_BIG(*) FROM warren_batches
+     WHERE (function_name = @P1 OR then_function = @P1)
+     AND (state IN ('submitting', 'running', 'finishing') OR (state = 'cancelled' AND finished_ms IS NULL))";
+pub(super) const DELETE_FUNCTION_ROWS: &[&str] = &[
+    "DELETE FROM warren_settings WHERE function_name = @P1",
+    "DELETE FROM warren_ticks WHERE function_name = @P1",
+    "DELETE FROM warren_versions WHERE name = @P1",
+];
 pub(super) const CREATE_INVOCATION: &str =
     "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms, origin)
      VALUES (@P1, @P2, @P3, 'queued', 0, @P4, @P5, @P6)";
@@ -394,6 +419,10 @@ pub(super) fn statements() -> Vec<String> {
             LIST_VERSIONS,
             GET_VERSION,
             GET_PACKAGE,
+            ACTIVATE_EXISTING,
+            TOMBSTONE_FUNCTION,
+            COUNT_OPEN_INVOCATIONS,
+            COUNT_OPEN_BATCHES,
             CREATE_INVOCATION,
             CLAIM_UPDATE,
             CLAIM_INSERT,
@@ -447,6 +476,7 @@ pub(super) fn statements() -> Vec<String> {
         .iter()
         .map(|s| s.to_string()),
     );
+    all.extend(DELETE_FUNCTION_ROWS.iter().map(|s| s.to_string()));
     all.push(insert_logs_sql(2));
     all.push(insert_items_sql(2));
     all.push(insert_items_sql(ITEM_ROWS_PER_INSERT));

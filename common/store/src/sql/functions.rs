@@ -3,6 +3,7 @@
 use warren_wire::manifest::Manifest;
 
 use super::*;
+use crate::guard::open_invocation;
 use crate::interface::FunctionStore;
 
 #[async_trait]
@@ -18,7 +19,7 @@ impl FunctionStore for SqlxStore {
         // the second, which then tries again with the next number.
         for _ in 0..5 {
             let mut tx = self.begin().await?;
-            let next: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM warren_versions WHERE name = $1")
+            let next: i64 = sqlx::query(NEXT_VERSION)
                 .bind(&manifest.name)
                 .fetch_one(&mut *tx)
                 .await
@@ -45,7 +46,9 @@ impl FunctionStore for SqlxStore {
             }
             sqlx::query(
                 "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES ($1, $2, $3, $3)
-                 ON CONFLICT (name) DO UPDATE SET active_version = excluded.active_version, updated_ms = excluded.updated_ms",
+                 ON CONFLICT (name) DO UPDATE SET active_version = excluded.active_version, updated_ms = excluded.updated_ms,
+                   created_ms = CASE WHEN warren_functions.active_version < 0 THEN excluded.created_ms
+                     ELSE warren_functions.created_ms END",
             )
             .bind(&manifest.name)
             .bind(next)
@@ -75,7 +78,7 @@ impl FunctionStore for SqlxStore {
 
     async fn list_functions(&self) -> Result<Vec<FunctionInfo>> {
         let rows =
-            sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions ORDER BY name")
+            sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE active_version > 0 ORDER BY name")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
@@ -84,7 +87,7 @@ impl FunctionStore for SqlxStore {
 
     async fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>> {
         let row =
-            sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = $1")
+            sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = $1 AND active_version > 0")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await
@@ -123,4 +126,79 @@ impl FunctionStore for SqlxStore {
             .map_err(unavailable)?;
         row.map(|r| r.try_get(0).map_err(unavailable)).transpose()
     }
+
+    async fn activate_version(&self, name: &str, version: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE warren_functions SET active_version = $2, updated_ms = $3
+             WHERE name = $1 AND EXISTS (SELECT 1 FROM warren_versions WHERE name = $1 AND version = $2)",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_function(&self, name: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        // Marked first: the row stays locked until commit (PostgreSQL), so a publish of the
+        // name waits for the outcome; a refusal below rolls the mark back.
+        let marked = sqlx::query(TOMBSTONE)
+            .bind(name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        if marked == 0 {
+            return Ok(false);
+        }
+        let open_invocations =
+            format!("SELECT COUNT(*) FROM warren_invocations WHERE function = $1 AND {}", open_invocation!());
+        let open_batches = format!("SELECT COUNT(*) FROM warren_batches WHERE {OPEN_BATCH_OF}");
+        let mut counts = [0i64; 2];
+        for (n, sql) in counts.iter_mut().zip([&open_invocations, &open_batches]) {
+            *n = sqlx::query(sql)
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(unavailable)?;
+        }
+        let [invocations, batches] = counts;
+        if let Some(refused) = crate::interface::still_in_use(name, invocations, batches) {
+            return Err(refused);
+        }
+        for sql in [
+            "DELETE FROM warren_settings WHERE function = $1",
+            "DELETE FROM warren_ticks WHERE function = $1",
+            "DELETE FROM warren_versions WHERE name = $1",
+        ] {
+            sqlx::query(sql).bind(name).execute(&mut *tx).await.map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
+    }
 }
+
+/// A deleted function keeps its row, with `active_version` set to minus its newest version (a
+/// tombstone no read returns), so that a later publish of the name numbers on after it: a
+/// version number is never reused, and workers and other instances, which keep what they read
+/// of a (function, version) for good, never run an old package for a new version.
+const TOMBSTONE: &str = "UPDATE warren_functions
+     SET active_version = -COALESCE((SELECT MAX(version) FROM warren_versions WHERE name = $1), active_version),
+       updated_ms = $2
+     WHERE name = $1 AND active_version > 0";
+
+/// The next version number of function `$1`: after its newest version, or after the newest
+/// it had before it was deleted.
+const NEXT_VERSION: &str = "SELECT COALESCE(MAX(v), 0) + 1 FROM (
+       SELECT MAX(version) AS v FROM warren_versions WHERE name = $1
+       UNION ALL SELECT -active_version FROM warren_functions WHERE name = $1 AND active_version < 0) AS t";
+
+/// A batch still open (items arriving or running, fan-in not done, or cancelled with items
+/// still running) that runs the function `$1` or fans in to it.
+const OPEN_BATCH_OF: &str = "(function = $1 OR then_function = $1)
+     AND (state IN ('submitting', 'running', 'finishing') OR (state = 'cancelled' AND finished_ms IS NULL))";

@@ -173,13 +173,17 @@
     return { parts, query: new URLSearchParams(i < 0 ? '' : raw.slice(i + 1)) };
   }
 
+  /** A message for the next page shown (after an action that leaves its page). */
+  let flash = null;
+
   function route() {
     const { parts, query } = parseHash();
     const name = parts[0] || 'overview';
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('on', a.dataset.view === name);
     const root = $('#view');
     root.replaceChildren();
-    banner(null);
+    banner(flash, 'info');
+    flash = null;
     const make = {
       overview: () => overview(root),
       functions: () => (parts[1] ? functionPage(root, parts[1]) : functionsPage(root)),
@@ -440,9 +444,32 @@
     h('p', { class: 'muted' }, 'The input is sent as it is (JSON or any text); the page waits for the result. Ctrl+Enter invokes.'),
     payload, h('div', { class: 'row', style: 'margin-top:8px' }, btn), out);
 
+    const activate = async (version) => {
+      if (!confirm(`Make version ${version} of ${name} the active one? Invokes from now on run it; its triggers follow.`)) return;
+      try {
+        await api(`/api/functions/${enc(name)}/activate`, { method: 'POST', body: JSON.stringify({ version }), headers: { 'Content-Type': 'application/json' } });
+        banner(`Version ${version} of ${name} is active.`, 'info');
+      } catch (e) {
+        banner(e.message);
+      }
+      tick(true);
+    };
+    const remove = async () => {
+      if (!confirm(`Delete ${name} with all its versions and settings? Its finished invocations stay. This cannot be undone.`)) return;
+      try {
+        await api(`/api/functions/${enc(name)}`, { method: 'DELETE' });
+        flash = `${name} is deleted.`;
+        location.hash = '#/functions';
+      } catch (e) {
+        banner(e.message);
+      }
+    };
+
     root.append(
       h('div', { class: 'crumbs' }, h('a', { href: '#/functions' }, 'Functions'), ' / ', name),
-      h('h1', null, name), info, form,
+      h('div', { class: 'spread' }, h('h1', null, name),
+        h('button', { type: 'button', class: 'danger', id: 'delete-function', onclick: remove }, 'Delete function')),
+      info, form,
       h('div', { class: 'grid cols-2' },
         h('div', { class: 'card' }, h('h2', null, 'Versions'), versions),
         h('div', { class: 'card' }, h('h2', null, 'Manifest'), manifest)),
@@ -459,13 +486,15 @@
         const active = data.function.active_version;
         if (shown == null || !data.versions.some((v) => v.version === shown)) shown = active;
         const drawVersions = () => update(versions, [data.versions.map((v) => v.version), active, shown], () =>
-          table(['version', 'sha256', '#size', 'published'], data.versions.map((v) => h('tr', {
+          table(['version', 'sha256', '#size', 'published', ''], data.versions.map((v) => h('tr', {
             class: v.version === shown ? 'sel' : '',
           },
           h('td', null, h('a', { href: `#/functions/${enc(name)}`, onclick: (ev) => { ev.preventDefault(); shown = v.version; showManifest(); drawVersions(); } },
             `v${v.version}`), ' ', v.version === active ? badge('active', 'active') : null, v.version === shown ? h('span', { class: 'muted' }, ' ◂') : null),
           h('td', { class: 'mono', title: v.sha256 }, `${v.sha256.slice(0, 12)}…`),
-          h('td', { class: 'num' }, bytes(v.size)), h('td', null, fmtTime(v.created_ms))))));
+          h('td', { class: 'num' }, bytes(v.size)), h('td', null, fmtTime(v.created_ms)),
+          h('td', null, v.version === active ? '' : h('button', { type: 'button', class: 'small ghost', 'data-activate': String(v.version),
+            onclick: () => activate(v.version) }, 'Activate'))))));
         drawVersions();
         showManifest();
         const desc = (/^description\s*=\s*"(.*)"\s*$/m.exec((data.versions.find((v) => v.version === active) || {}).manifest || '') || [])[1];
