@@ -152,8 +152,43 @@ async fn rollback_and_removal(store: &dyn Store) {
     assert_eq!(store.list_versions(&name).await.unwrap().len(), 1);
 }
 
+/// Idempotency keys: taken once per function; a repeat gets the first invocation and its
+/// body's digest; past the window, or once freed, the key is taken anew.
+async fn idempotency_keys(store: &dyn Store) {
+    let (f, g) = (unique("idem"), unique("idem"));
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let now = now_ms();
+    let window = now - 60_000;
+    assert_eq!(store.take_idempotency_key(&f, "k1", "sha-a", a, now, window).await.unwrap(), None);
+    let repeat = store.take_idempotency_key(&f, "k1", "sha-b", b, now, window).await.unwrap();
+    assert_eq!(repeat, Some((a, "sha-a".to_string())), "the first invocation, with its body's digest");
+    assert_eq!(store.take_idempotency_key(&g, "k1", "sha-b", b, now, window).await.unwrap(), None, "per function");
+    // Freed only by the invocation it names.
+    store.forget_idempotency_key(&f, "k1", b).await.unwrap();
+    assert_eq!(store.take_idempotency_key(&f, "k1", "sha-c", c, now, window).await.unwrap().map(|r| r.0), Some(a));
+    store.forget_idempotency_key(&f, "k1", a).await.unwrap();
+    assert_eq!(store.take_idempotency_key(&f, "k1", "sha-c", c, now, window).await.unwrap(), None);
+    // Past the window it names nothing any more.
+    let later = now + 120_000;
+    assert_eq!(store.take_idempotency_key(&f, "k1", "sha-a", a, later, later - 60_000).await.unwrap(), None);
+    assert_eq!(
+        store.take_idempotency_key(&f, "k1", "sha-x", b, later, later - 60_000).await.unwrap(),
+        Some((a, "sha-a".to_string()))
+    );
+    // Concurrent takers of one key: exactly one gets it.
+    let key = unique("race");
+    let ids: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();
+    let takes = ids.iter().map(|id| store.take_idempotency_key(&f, &key, "sha", *id, now, window));
+    let results = futures_util::future::join_all(takes).await;
+    let winners: Vec<Uuid> =
+        ids.iter().zip(&results).filter(|(_, r)| r.as_ref().unwrap().is_none()).map(|(id, _)| *id).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(results.iter().all(|r| r.as_ref().unwrap().as_ref().is_none_or(|(id, _)| *id == winners[0])));
+}
+
 async fn conformance(store: Arc<dyn Store>) {
     keys_conform(&*store).await;
+    idempotency_keys(&*store).await;
     rollback_and_removal(&*store).await;
     // Versions: immutable, numbered from 1, the newest active, atomically.
     let name = unique("fn");

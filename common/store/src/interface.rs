@@ -129,6 +129,20 @@ pub trait InvocationStore: Send + Sync {
     /// `outcome.attempt + 1`: the invocation goes back to `queued`. `false` when the invocation
     /// is final or moved past this attempt already.
     async fn retry_later(&self, id: Uuid, outcome: &Outcome) -> Result<bool>;
+    /// Takes an idempotency key of `function` for invocation `id` of a body with this digest:
+    /// `None` when it was free (or named only something recorded before `since_ms`, past the
+    /// window), else the invocation it names and that body's digest. Atomic across instances.
+    async fn take_idempotency_key(
+        &self,
+        function: &str,
+        key: &str,
+        body_sha256: &str,
+        id: Uuid,
+        now_ms: i64,
+        since_ms: i64,
+    ) -> Result<Option<(Uuid, String)>>;
+    /// Frees a key that names `id` (its invoke was not accepted), so that a retry may take it.
+    async fn forget_idempotency_key(&self, function: &str, key: &str, id: Uuid) -> Result<()>;
     /// Turns a `dead` invocation back to `queued` for one more attempt; returns that attempt's
     /// number, or `None` when the invocation is not dead (any more).
     async fn replay(&self, id: Uuid) -> Result<Option<i32>>;

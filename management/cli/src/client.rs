@@ -134,8 +134,17 @@ impl Client {
     }
 
     /// `POST /api/functions/{name}/invoke`.
-    pub(crate) async fn invoke(&self, name: &str, input: Vec<u8>, wait: Wait) -> anyhow::Result<Answer> {
-        let req = self.post(&["api", "functions", name, "invoke"]).body(input);
+    pub(crate) async fn invoke(
+        &self,
+        name: &str,
+        input: Vec<u8>,
+        wait: Wait,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<Answer> {
+        let mut req = self.post(&["api", "functions", name, "invoke"]).body(input);
+        if let Some(key) = idempotency_key {
+            req = req.header("Idempotency-Key", key);
+        }
         let req = match wait {
             Wait::Async => req.query(&[("mode", "async")]),
             Wait::Sync(timeout) => req

@@ -120,6 +120,12 @@ enum Command {
         /// Seconds to wait for the result (sync only).
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Sent as `Idempotency-Key`: run at most once for this key (within management's
+        /// window, 24 h by default). Repeating the command with the same key and input gets
+        /// the first invocation (its id, and its result when waiting); another input is
+        /// refused. Use it when a retry must not run the function twice.
+        #[arg(long, value_name = "KEY", conflicts_with = "each_line")]
+        idempotency_key: Option<String>,
     },
     /// Show one invocation: status, result, error, timings, worker and log lines.
     Get {
@@ -381,7 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Invoke { name, each_line: Some(path), .. } => invoke_each_line(&api, &name, &path).await,
-        Command::Invoke { name, data, data_file, asynchronous, timeout, each_line: None } => {
+        Command::Invoke { name, data, data_file, asynchronous, timeout, each_line: None, idempotency_key } => {
             let input = match (data, data_file) {
                 (Some(d), _) => d.into_bytes(),
                 (None, Some(p)) if p.as_os_str() == "-" => {
@@ -395,7 +401,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) => Vec::new(),
             };
             let wait = if asynchronous { Wait::Async } else { Wait::Sync(Duration::from_secs(timeout)) };
-            let Answer { status, body: v } = api.invoke(&name, input, wait).await?;
+            let Answer { status, body: v } = api.invoke(&name, input, wait, idempotency_key.as_deref()).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if status == 202 {

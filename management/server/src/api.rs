@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -309,10 +309,22 @@ struct InvokeQuery {
     timeout_ms: Option<u64>,
 }
 
+/// The request's `Idempotency-Key`, if it has one: 1 to 255 printable ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let key =
+        v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x20..0x7f).contains(&b)));
+    match key {
+        Some(k) => Ok(Some(k.to_string())),
+        None => Err(bad_request("Idempotency-Key must be 1 to 255 printable ASCII characters (a UUID is a good key)")),
+    }
+}
+
 async fn invoke(
     State(m): State<Arc<Management>>,
     name: Result<Path<String>, PathRejection>,
     q: Result<Query<InvokeQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = body_or_error(body, m.config.max_payload_bytes as u64, "input")?;
@@ -329,7 +341,28 @@ async fn invoke(
     };
     // Safe to cancel: a client that leaves cannot cut an async invoke between its record and
     // its publish (see `Invoker::invoke_with`).
-    let accepted = m.invoker.invoke(&name, body, wait).await?;
+    let key = idempotency_key(&headers)?;
+    let (accepted, repeat) = match &key {
+        Some(key) => m.invoker.invoke_keyed(&name, key, body, wait).await?,
+        None => (m.invoker.invoke(&name, body, wait).await?, false),
+    };
+    let mut answer = match wait {
+        // Asynchronous: the id (a repeat's invocation may have ended already: its status).
+        None => {
+            let status = accepted.invocation.as_ref().map(|i| i.status).unwrap_or(Status::Queued);
+            (StatusCode::ACCEPTED, Json(json!({"id": accepted.id, "status": status}))).into_response()
+        }
+        Some(_) => invoke_answer(&m, accepted).await?,
+    };
+    if repeat {
+        // As other APIs with idempotency keys say it: this is the first request's invocation.
+        answer.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    }
+    Ok(answer)
+}
+
+/// An invoke's answer: 200 with the outcome when it is final, else 202 with the id.
+async fn invoke_answer(m: &Management, accepted: crate::invoke::Accepted) -> ApiResult<Response> {
     match accepted.invocation {
         Some(inv) if inv.status.is_final() => {
             let (logs, attempts) = match accepted.details {

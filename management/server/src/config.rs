@@ -44,6 +44,9 @@ pub struct Config {
     /// then how long the records still being published may take before the lease is handed
     /// back (past either, the lease is left to lapse).
     pub stop_grace: Duration,
+    /// How long an invoke's `Idempotency-Key` names its invocation: a repeat within it gets
+    /// that invocation instead of a new run.
+    pub idempotency_window: Duration,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             max_connections: 1024,
             client_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
+            idempotency_window: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -36,6 +36,9 @@ use crate::notices::Waiters;
 const GROUP_CREATE_MAX: usize = 200;
 const GROUP_CREATES_IN_FLIGHT: usize = 4;
 
+/// How often a repeated keyed invoke that waits reads its first invocation again.
+const KEYED_REPEAT_POLL: Duration = Duration::from_millis(100);
+
 /// Bulk invokes read and run at once; more wait (before their body is read) for a turn.
 pub const MAX_BULK_IN_FLIGHT: usize = 4;
 
@@ -67,6 +70,8 @@ pub struct Invoker {
     max_payload_bytes: usize,
     default_sync_timeout: Duration,
     max_sync_timeout: Duration,
+    /// How long an idempotency key names its invocation.
+    idempotency_window: Duration,
     declared_pools: DashMap<String, ()>,
     /// Invocation records of concurrent invokes, inserted together (one statement, one commit).
     creates: Grouped<NewInvocation, Result<bool, StoreError>>,
@@ -107,6 +112,7 @@ impl Invoker {
             max_payload_bytes: config.max_payload_bytes,
             default_sync_timeout: config.default_sync_timeout,
             max_sync_timeout: config.max_sync_timeout,
+            idempotency_window: config.idempotency_window,
             declared_pools: DashMap::new(),
             creates,
             bulk_turns: Semaphore::new(MAX_BULK_IN_FLIGHT),
@@ -149,6 +155,91 @@ impl Invoker {
         wait: Option<Duration>,
         headers: Vec<(String, String)>,
     ) -> Result<Accepted, Error> {
+        self.invoke_as(Uuid::now_v7(), function, payload, wait, headers).await
+    }
+
+    /// An invoke under an idempotency key: the first with this key for the function within
+    /// the window runs; a repeat with the same input is answered with the first one's id (and,
+    /// when it waits, the first one's outcome), and nothing runs again; a repeat with another
+    /// input is a conflict. The key is taken in the store, so repeats through any instance
+    /// agree. An invoke answered with an error frees its key: nothing was accepted under it.
+    /// Returns whether this was a repeat.
+    ///
+    /// Safe to cancel: the key is taken and its invocation started on a task of its own, so a
+    /// client that leaves cannot leave a key naming an invocation that was never published.
+    pub async fn invoke_keyed(
+        self: &Arc<Self>,
+        function: &str,
+        key: &str,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> Result<(Accepted, bool), Error> {
+        let (me, function, key) = (self.clone(), function.to_string(), key.to_string());
+        self.tasks
+            .spawn(async move { me.keyed(&function, &key, payload, wait).await })
+            .await
+            .map_err(|e| Error::Internal(format!("the invoke stopped: {e}")))?
+    }
+
+    async fn keyed(
+        self: &Arc<Self>,
+        function: &str,
+        key: &str,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> Result<(Accepted, bool), Error> {
+        if payload.len() > self.max_payload_bytes {
+            return Err(Error::TooLarge(format!(
+                "the input is {} bytes, over the limit of {} bytes",
+                payload.len(),
+                self.max_payload_bytes
+            )));
+        }
+        self.catalog.active_manifest(function).await?;
+        let digest = warren_wire::package::sha256_hex(&payload);
+        let (id, now) = (Uuid::now_v7(), now_ms());
+        let since = now - self.idempotency_window.as_millis() as i64;
+        let first = match self.store.take_idempotency_key(function, key, &digest, id, now, since).await? {
+            None => {
+                let done = self.invoke_as(id, function, payload, wait, Vec::new()).await;
+                if done.is_err() {
+                    if let Err(e) = self.store.forget_idempotency_key(function, key, id).await {
+                        tracing::warn!(%id, error = %e, "cannot free the idempotency key of a refused invoke");
+                    }
+                }
+                return done.map(|a| (a, false));
+            }
+            Some((_, other)) if other != digest => {
+                return Err(Error::Store(StoreError::Conflict(format!(
+                    "Idempotency-Key {key:?} of {function} was used with another input within the last {} s; \
+                     use a new key for a new input",
+                    self.idempotency_window.as_secs()
+                ))))
+            }
+            Some((first, _)) => first,
+        };
+        // The first invocation as it is now; a waiting caller waits for its end (a synchronous
+        // first one is recorded only once it ends or its own wait does).
+        let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+        loop {
+            let inv = self.store.get_invocation(first).await?;
+            let done = inv.as_ref().is_some_and(|i| i.status.is_final());
+            if done || wait.is_none() || tokio::time::Instant::now() >= deadline {
+                return Ok((Accepted { id: first, invocation: inv, details: None }, true));
+            }
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + KEYED_REPEAT_POLL)).await;
+        }
+    }
+
+    /// [`invoke_with`](Self::invoke_with) under a given id.
+    async fn invoke_as(
+        self: &Arc<Self>,
+        id: Uuid,
+        function: &str,
+        payload: Bytes,
+        wait: Option<Duration>,
+        headers: Vec<(String, String)>,
+    ) -> Result<Accepted, Error> {
         if payload.len() > self.max_payload_bytes {
             return Err(Error::TooLarge(format!(
                 "the input is {} bytes, over the limit of {} bytes",
@@ -158,7 +249,6 @@ impl Invoker {
         }
         let (version, manifest) = self.catalog.active_manifest(function).await?;
         self.ensure_pool(&manifest.pool).await?;
-        let id = Uuid::now_v7();
         tracing::Span::current().record("id", tracing::field::display(id));
         // An asynchronous invoke is recorded `queued` before it is published: its id is
         // answered at once and may be looked up at once. A synchronous one is recorded by the

@@ -156,6 +156,43 @@ impl InvocationStore for MssqlStore {
         self.end_attempt(id, o, RETRY_LATER, Status::Queued).await
     }
 
+    async fn take_idempotency_key(
+        &self,
+        function: &str,
+        key: &str,
+        body_sha256: &str,
+        id: Uuid,
+        now_ms: i64,
+        since_ms: i64,
+    ) -> Result<Option<(Uuid, String)>> {
+        let mut c = self.conn().await?;
+        let id = id.to_string();
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            let params: [&dyn ToSql; 6] = [&function, &key, &body_sha256, &id.as_str(), &now_ms, &since_ms];
+            if c.execute(IDEM_RENEW, &params).await.map_err(unavailable)?.total() == 1 {
+                return Ok(None);
+            }
+            if c.execute(IDEM_INSERT, &params[..5]).await.map_err(unavailable)?.total() == 1 {
+                return Ok(None);
+            }
+            let row = c.query(IDEM_GET, &[&function, &key]).await.map_err(unavailable)?.into_row().await;
+            match row.map_err(unavailable)? {
+                Some(r) => Ok(Some((rows::uuid(&r.text(0)?)?, r.text(1)?))),
+                None => Err(StoreError::Unavailable(format!("idempotency key {key:?} of {function} vanished; retry"))),
+            }
+        }
+        .await;
+        finish(&mut c, result.is_ok()).await?;
+        result
+    }
+
+    async fn forget_idempotency_key(&self, function: &str, key: &str, id: Uuid) -> Result<()> {
+        let mut c = self.conn().await?;
+        c.execute(IDEM_FORGET, &[&function, &key, &id.to_string()]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn replay(&self, id: Uuid) -> Result<Option<i32>> {
         let Some(inv) = self.get_invocation(id).await? else { return Ok(None) };
         if inv.status != Status::Dead {

@@ -162,6 +162,17 @@ pub(super) const SCHEMA: &[(i32, &str)] = &[
         700,
         "ALTER TABLE warren_instances ADD lease_ms BIGINT NOT NULL CONSTRAINT df_warren_instances_lease DEFAULT 60000",
     ),
+    // Step 8: idempotency keys of invokes: which invocation a key named, for which body.
+    (
+        800,
+        "CREATE TABLE warren_idempotency (
+        function_name NVARCHAR(64) NOT NULL,
+        idem_key NVARCHAR(255) NOT NULL,
+        body_sha256 NVARCHAR(64) NOT NULL,
+        invocation NVARCHAR(36) NOT NULL,
+        created_ms BIGINT NOT NULL,
+        CONSTRAINT pk_warren_idempotency PRIMARY KEY (function_name, idem_key))",
+    ),
 ];
 
 pub(super) const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -216,6 +227,17 @@ pub(super) const DELETE_FUNCTION_ROWS: &[&str] = &[
     "DELETE FROM warren_ticks WHERE function_name = @P1",
     "DELETE FROM warren_versions WHERE name = @P1",
 ];
+/// A key taken anew when it names nothing, or only what it named before `@P6` (past the window).
+pub(super) const IDEM_RENEW: &str = "UPDATE warren_idempotency WITH (UPDLOCK, HOLDLOCK)
+     SET body_sha256 = @P3, invocation = @P4, created_ms = @P5
+     WHERE function_name = @P1 AND idem_key = @P2 AND created_ms < @P6";
+pub(super) const IDEM_INSERT: &str = "INSERT INTO warren_idempotency (function_name, idem_key, body_sha256, invocation, created_ms)
+     SELECT @P1, @P2, @P3, @P4, @P5
+     WHERE NOT EXISTS (SELECT 1 FROM warren_idempotency WITH (UPDLOCK, HOLDLOCK) WHERE function_name = @P1 AND idem_key = @P2)";
+pub(super) const IDEM_GET: &str =
+    "SELECT invocation, body_sha256 FROM warren_idempotency WHERE function_name = @P1 AND idem_key = @P2";
+pub(super) const IDEM_FORGET: &str =
+    "DELETE FROM warren_idempotency WHERE function_name = @P1 AND idem_key = @P2 AND invocation = @P3";
 pub(super) const CREATE_INVOCATION: &str =
     "INSERT INTO warren_invocations (id, function_name, version, status, attempts, payload, created_ms, origin)
      VALUES (@P1, @P2, @P3, 'queued', 0, @P4, @P5, @P6)";
@@ -423,6 +445,10 @@ pub(super) fn statements() -> Vec<String> {
             TOMBSTONE_FUNCTION,
             COUNT_OPEN_INVOCATIONS,
             COUNT_OPEN_BATCHES,
+            IDEM_RENEW,
+            IDEM_INSERT,
+            IDEM_GET,
+            IDEM_FORGET,
             CREATE_INVOCATION,
             CLAIM_UPDATE,
             CLAIM_INSERT,

@@ -5,6 +5,7 @@ use uuid::Uuid;
 use super::*;
 use crate::guard::open_invocation;
 use crate::interface::InvocationStore;
+use crate::rows::Columns;
 
 /// Records an invocation that has no record yet as `running` (a claim, or an outcome that
 /// brings its record): $1 id, $2 function, $3 version, $4 attempt, $5 payload, $6 worker,
@@ -399,7 +400,7 @@ impl InvocationStore for SqlxStore {
             .fetch_one(&self.pool)
             .await
             .map_err(unavailable)?;
-        Ok(claim_verdict(rows::status(&row, 0)?, rows::Columns::int32(&row, 1)?, attempt))
+        Ok(claim_verdict(rows::status(&row, 0)?, Columns::int32(&row, 1)?, attempt))
     }
 
     async fn claim_many(&self, items: &[(&NewInvocation, i32)], worker: &str, started_ms: i64) -> Result<Vec<Claim>> {
@@ -555,6 +556,60 @@ impl InvocationStore for SqlxStore {
 
     async fn retry_later(&self, id: Uuid, o: &Outcome) -> Result<bool> {
         self.end_attempt(id, o, RETRY_LATER, Status::Queued, o.attempt).await
+    }
+
+    async fn take_idempotency_key(
+        &self,
+        function: &str,
+        key: &str,
+        body_sha256: &str,
+        id: Uuid,
+        now_ms: i64,
+        since_ms: i64,
+    ) -> Result<Option<(Uuid, String)>> {
+        // Taken when free or past the window, in one statement; otherwise what it names.
+        let taken = sqlx::query(
+            "INSERT INTO warren_idempotency (function, idem_key, body_sha256, invocation, created_ms)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (function, idem_key) DO UPDATE SET body_sha256 = excluded.body_sha256,
+               invocation = excluded.invocation, created_ms = excluded.created_ms
+             WHERE warren_idempotency.created_ms < $6",
+        )
+        .bind(function)
+        .bind(key)
+        .bind(body_sha256)
+        .bind(id.to_string())
+        .bind(now_ms)
+        .bind(since_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if taken.rows_affected() == 1 {
+            return Ok(None);
+        }
+        let row =
+            sqlx::query("SELECT invocation, body_sha256 FROM warren_idempotency WHERE function = $1 AND idem_key = $2")
+                .bind(function)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        match row {
+            Some(r) => Ok(Some((rows::uuid(&r.text(0)?)?, r.text(1)?))),
+            // Freed between the two statements: take it again.
+            None => Box::pin(self.take_idempotency_key(function, key, body_sha256, id, now_ms, since_ms)).await,
+        }
+    }
+
+    async fn forget_idempotency_key(&self, function: &str, key: &str, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM warren_idempotency WHERE function = $1 AND idem_key = $2 AND invocation = $3")
+            .bind(function)
+            .bind(key)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn replay(&self, id: Uuid) -> Result<Option<i32>> {

@@ -145,5 +145,17 @@ pub(super) fn schema(blob: &str) -> Vec<(i32, String)> {
         ),
         // Step 7: each lease's own length (instances may be started with different ones).
         (6, "ALTER TABLE warren_instances ADD COLUMN lease_ms BIGINT NOT NULL DEFAULT 60000;".to_string()),
+        // Step 8: idempotency keys of invokes: which invocation a key named, for which body.
+        (
+            7,
+            "CREATE TABLE IF NOT EXISTS warren_idempotency (
+            function TEXT NOT NULL,
+            idem_key TEXT NOT NULL,
+            body_sha256 TEXT NOT NULL,
+            invocation TEXT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            PRIMARY KEY (function, idem_key));"
+                .to_string(),
+        ),
     ]
 }

@@ -85,6 +85,11 @@ struct Args {
     #[arg(long, env = "WARREN_CLIENT_TIMEOUT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
     client_timeout_secs: u64,
+    /// Seconds an invoke's `Idempotency-Key` names its invocation: a repeat within them (same
+    /// function, same key) gets the first invocation's id and outcome instead of a new run.
+    #[arg(long, env = "WARREN_IDEMPOTENCY_WINDOW_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    idempotency_window_secs: u64,
     /// Log format on stderr: text, or json (one object per line, with the invocation's span).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -149,6 +154,7 @@ async fn run(args: Args, auth: AuthMode) -> anyhow::Result<()> {
         instance_lease: Duration::from_secs(args.instance_lease_secs),
         max_connections: args.max_connections as usize,
         client_timeout: Duration::from_secs(args.client_timeout_secs),
+        idempotency_window: Duration::from_secs(args.idempotency_window_secs),
         ..Config::default()
     };
     let m = Management::start(store, transport, config).await?;
