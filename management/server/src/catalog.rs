@@ -94,7 +94,7 @@ impl Catalog {
     pub async fn activate(&self, function: &str, version: i64) -> Result<FunctionVersion, Error> {
         let v = self.store.get_version(function, version).await?.ok_or_else(|| {
             Error::NotFound(format!(
-                "function {function:?} has no version {version}; `warren functions show {function}` lists them"
+                "function {function:?} has no version {version}; `warren functions {function}` lists them"
             ))
         })?;
         if !self.store.activate_version(function, version).await? {
