@@ -216,7 +216,11 @@ try {
   await page.click('#signout');
 
   log('deleting the function from its page, after a confirmation');
-  await signIn(key);
+  // Signed out above: the next poll is refused and the page asks for a key by itself.
+  await page.waitForSelector('#signin:not([hidden])');
+  await page.fill('#signin-key', key);
+  await page.click('#signin-form button[type="submit"]');
+  await page.waitForSelector('#signin', { state: 'hidden' });
   await go(`#/functions/${name}`);
   await waitText('#view', 'Active version 1');
   page.once('dialog', (d) => d.accept());

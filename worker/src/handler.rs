@@ -119,9 +119,69 @@ struct Proc {
     dead: AtomicBool,
     retired: AtomicBool,
     kill: Arc<Notify>,
+    /// The handler's stdout and stderr as their line readers see them (custom handlers only).
+    outputs: Vec<Output>,
 }
 
+/// One output pipe of a handler: whether its reader has attributed all it read, and (on
+/// Unix) a duplicate of the pipe's read end, to ask how many bytes wait unread in it.
+struct Output {
+    idle: Arc<AtomicBool>,
+    #[cfg(unix)]
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Output {
+    #[cfg(unix)]
+    fn new(pipe: &impl std::os::fd::AsFd) -> Output {
+        Output { idle: Arc::new(AtomicBool::new(true)), fd: pipe.as_fd().try_clone_to_owned().ok() }
+    }
+
+    #[cfg(not(unix))]
+    fn new<T>(_pipe: &T) -> Output {
+        Output { idle: Arc::new(AtomicBool::new(true)) }
+    }
+
+    /// Everything written to the pipe so far has been read and attributed.
+    fn settled(&self) -> bool {
+        if !self.idle.load(Ordering::SeqCst) {
+            return false;
+        }
+        #[cfg(unix)]
+        if let Some(fd) = &self.fd {
+            use std::os::fd::AsRawFd;
+            let mut unread: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int through the pointer, on a descriptor we own.
+            let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) };
+            return r != 0 || unread == 0;
+        }
+        true
+    }
+}
+
+/// How long an answered custom-handler invocation waits for the handler's output lines written
+/// before its answer to be read and attributed to it.
+const OUTPUT_SETTLE_MAX: Duration = Duration::from_millis(50);
+
 impl Proc {
+    /// Waits (at most [`OUTPUT_SETTLE_MAX`]) until what the handler wrote on stdout and stderr
+    /// so far has been read: a line printed just before the answer is then the invocation's.
+    async fn settle_output(&self) {
+        let deadline = tokio::time::Instant::now() + OUTPUT_SETTLE_MAX;
+        let settled = || self.outputs.iter().all(Output::settled);
+        while tokio::time::Instant::now() < deadline {
+            if settled() {
+                // Once more after a yield: a reader that has just emptied the pipe marks
+                // itself busy a moment after the pipe reads empty.
+                tokio::task::yield_now().await;
+                if settled() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -259,6 +319,7 @@ impl Pool {
                     };
                     let failed = match response {
                         Ok(r) => {
+                            proc.settle_output().await;
                             let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
                             return Ok((Reply::Http(r), logs));
                         }
@@ -454,6 +515,11 @@ impl Pool {
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+        let outputs = match port {
+            Some(_) => vec![Output::new(&stdout), Output::new(&stderr)],
+            None => vec![Output::new(&stderr)],
+        };
+        let idle: Vec<Arc<AtomicBool>> = outputs.iter().map(|o| o.idle.clone()).collect();
         let proc = Arc::new(Proc {
             pid: child.id(),
             port,
@@ -464,6 +530,7 @@ impl Pool {
             dead: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             kill: Arc::new(Notify::new()),
+            outputs,
         });
         // Writer: frames in order; closing the channel closes stdin.
         tokio::spawn(async move {
@@ -478,13 +545,13 @@ impl Pool {
             // A custom handler's stdout is log lines like its stderr; it is ready once its port
             // takes a connection.
             Some(port) => {
-                tokio::spawn(read_lines(proc.clone(), stdout, self.limits));
+                tokio::spawn(read_lines(proc.clone(), stdout, idle[0].clone(), self.limits));
                 let p = proc.clone();
                 tokio::spawn(http::wait_listening(port, ready_tx, move || p.dead.load(Ordering::SeqCst)));
             }
             None => drop(tokio::spawn(read_frames(proc.clone(), stdout, ready_tx, self.limits))),
         }
-        tokio::spawn(read_lines(proc.clone(), stderr, self.limits));
+        tokio::spawn(read_lines(proc.clone(), stderr, idle[idle.len() - 1].clone(), self.limits));
         // Owner of the child: kills it when asked, reaps it when it exits, then fails whatever
         // it still held.
         {
@@ -614,15 +681,22 @@ async fn read_frames(proc: Arc<Proc>, stdout: tokio::process::ChildStdout, ready
     }
 }
 
-async fn read_lines(proc: Arc<Proc>, stderr: impl tokio::io::AsyncRead + Unpin, limits: Limits) {
+async fn read_lines(proc: Arc<Proc>, stderr: impl tokio::io::AsyncRead + Unpin, idle: Arc<AtomicBool>, limits: Limits) {
     // Lines are cut at the log line limit and decoded lossily; reading never stops before EOF,
-    // so a handler can never block on a full stderr pipe.
+    // so a handler can never block on a full stderr pipe. `idle` says that all read so far is
+    // attributed (nothing left in the reader's buffer).
     let mut r = BufReader::new(stderr);
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match (&mut r).take(limits.max_log_line_bytes as u64).read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
+        idle.store(r.buffer().is_empty(), Ordering::SeqCst);
+        let read = (&mut r).take(limits.max_log_line_bytes as u64).read_until(b'\n', &mut buf).await;
+        idle.store(false, Ordering::SeqCst);
+        match read {
+            Ok(0) | Err(_) => {
+                idle.store(true, Ordering::SeqCst);
+                return;
+            }
             Ok(_) => {}
         }
         let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();

@@ -63,6 +63,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/functions"),
     ("GET", "/api/functions"),
     ("GET", "/api/functions/{name}"),
+    ("DELETE", "/api/functions/{name}"),
+    ("POST", "/api/functions/{name}/activate"),
     ("POST", "/api/functions/{name}/invoke"),
     ("POST", "/api/functions/{name}/invocations"),
     ("GET", "/api/functions/{name}/settings"),

@@ -125,6 +125,18 @@ impl Invoker {
         self.max_payload_bytes
     }
 
+    /// An input within the size limit, or the 413 that says so.
+    fn input_fits(&self, payload: &[u8]) -> Result<(), Error> {
+        if payload.len() > self.max_payload_bytes {
+            return Err(Error::TooLarge(format!(
+                "the input is {} bytes, over the limit of {} bytes",
+                payload.len(),
+                self.max_payload_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// How long a synchronous invoke waits: what the caller asked, within the limits.
     pub fn clamp_wait(&self, ms: Option<u64>) -> Duration {
         ms.map(Duration::from_millis).unwrap_or(self.default_sync_timeout).min(self.max_sync_timeout)
@@ -188,13 +200,7 @@ impl Invoker {
         payload: Bytes,
         wait: Option<Duration>,
     ) -> Result<(Accepted, bool), Error> {
-        if payload.len() > self.max_payload_bytes {
-            return Err(Error::TooLarge(format!(
-                "the input is {} bytes, over the limit of {} bytes",
-                payload.len(),
-                self.max_payload_bytes
-            )));
-        }
+        self.input_fits(&payload)?;
         self.catalog.active_manifest(function).await?;
         let digest = warren_wire::package::sha256_hex(&payload);
         let (id, now) = (Uuid::now_v7(), now_ms());
@@ -240,13 +246,7 @@ impl Invoker {
         wait: Option<Duration>,
         headers: Vec<(String, String)>,
     ) -> Result<Accepted, Error> {
-        if payload.len() > self.max_payload_bytes {
-            return Err(Error::TooLarge(format!(
-                "the input is {} bytes, over the limit of {} bytes",
-                payload.len(),
-                self.max_payload_bytes
-            )));
-        }
+        self.input_fits(&payload)?;
         let (version, manifest) = self.catalog.active_manifest(function).await?;
         self.ensure_pool(&manifest.pool).await?;
         tracing::Span::current().record("id", tracing::field::display(id));
