@@ -127,6 +127,8 @@ async fn rollback_and_removal(store: &dyn Store) {
 
     let setting = Setting { name: "TOKEN".into(), value: "v".into(), secret: false, updated_ms: now_ms() };
     store.set_setting(&name, &setting).await.unwrap();
+    let keyed = Uuid::now_v7();
+    assert_eq!(store.take_idempotency_key(&name, "k", "sha", keyed, now_ms(), 0).await.unwrap(), None);
     let ticked = new_inv(&name, 3);
     assert!(store.fire_tick(&name, 60_000, &ticked).await.unwrap());
     refused(store.delete_function(&name).await.unwrap_err(), "1 open invocation");
@@ -137,6 +139,8 @@ async fn rollback_and_removal(store: &dyn Store) {
     assert!(store.get_package(&name, 1).await.unwrap().is_none());
     assert!(store.list_settings(&name).await.unwrap().is_empty());
     assert_eq!(store.last_tick(&name).await.unwrap(), None);
+    let key_again = store.take_idempotency_key(&name, "k", "sha", Uuid::now_v7(), now_ms(), 0).await.unwrap();
+    assert_eq!(key_again, None, "its idempotency keys went with it");
     assert_eq!(store.get_invocation(inv.id).await.unwrap().unwrap().status, Status::Succeeded, "history stays");
     assert!(!store.delete_function(&name).await.unwrap(), "deleted once");
     assert!(!store.list_functions().await.unwrap().iter().any(|f| f.name == name), "not listed once deleted");
@@ -175,6 +179,21 @@ async fn idempotency_keys(store: &dyn Store) {
         store.take_idempotency_key(&f, "k1", "sha-x", b, later, later - 60_000).await.unwrap(),
         Some((a, "sha-a".to_string()))
     );
+    // Expired keys are removed in chunks; keys within the window stay.
+    let h = unique("idem");
+    for (k, at) in [("old-1", now - 90_000), ("old-2", now - 80_000), ("new", now)] {
+        assert_eq!(store.take_idempotency_key(&h, k, "sha", Uuid::now_v7(), at, at - 60_000).await.unwrap(), None);
+    }
+    let mut removed = 0;
+    while let n @ 1.. = store.expire_idempotency_keys(now - 60_000, 1).await.unwrap() {
+        assert_eq!(n, 1, "one per chunk");
+        removed += n;
+    }
+    assert!(removed >= 2, "both old keys removed ({removed})");
+    let kept = store.take_idempotency_key(&h, "new", "sha-other", Uuid::now_v7(), now, now - 60_000).await.unwrap();
+    assert!(kept.is_some(), "a key within its window stays");
+    let old = store.take_idempotency_key(&h, "old-1", "sha-other", Uuid::now_v7(), now, now - 60_000).await.unwrap();
+    assert_eq!(old, None, "an expired key is gone");
     // Concurrent takers of one key: exactly one gets it.
     let key = unique("race");
     let ids: Vec<Uuid> = (0..8).map(|_| Uuid::now_v7()).collect();

@@ -64,7 +64,7 @@ pub(crate) fn still_in_use(name: &str, invocations: i64, batches: i64) -> Option
     }
     (!open.is_empty()).then(|| {
         StoreError::Conflict(format!(
-            "function {name} has {}; wait until they end, or cancel them (warren batches cancel ID), then delete it",
+            "function {name} has {}; wait until they end (a batch may be cancelled: warren batch cancel ID), then delete it",
             open.join(" and ")
         ))
     })
@@ -143,6 +143,9 @@ pub trait InvocationStore: Send + Sync {
     ) -> Result<Option<(Uuid, String)>>;
     /// Frees a key that names `id` (its invoke was not accepted), so that a retry may take it.
     async fn forget_idempotency_key(&self, function: &str, key: &str, id: Uuid) -> Result<()>;
+    /// Removes up to `limit` idempotency keys taken before `before_ms` (past their window);
+    /// returns how many.
+    async fn expire_idempotency_keys(&self, before_ms: i64, limit: u32) -> Result<u64>;
     /// Turns a `dead` invocation back to `queued` for one more attempt; returns that attempt's
     /// number, or `None` when the invocation is not dead (any more).
     async fn replay(&self, id: Uuid) -> Result<Option<i32>>;

@@ -108,7 +108,10 @@ impl Catalog {
     /// Deletes a function, its versions and its settings; refused while it consumes a source
     /// queue or has open invocations or batches. `false` when there is no such function.
     pub async fn delete(&self, function: &str) -> Result<bool, Error> {
-        match self.active_manifest(function).await {
+        // The active version as the store has it now (not this instance's cached one: another
+        // instance may have just activated a version with a source).
+        let Some(f) = self.store.get_function(function).await? else { return Ok(false) };
+        match self.version_manifest(function, f.active_version).await.map(|m| (f.active_version, m)) {
             Ok((version, manifest)) => {
                 if let Some(source) = &manifest.source {
                     let queue = source.queue.as_deref().or(source.exchange.as_deref()).unwrap_or("?");

@@ -36,6 +36,14 @@ use crate::notices::Waiters;
 const GROUP_CREATE_MAX: usize = 200;
 const GROUP_CREATES_IN_FLIGHT: usize = 4;
 
+/// How long after the longest synchronous wait a key naming an invocation with no record is
+/// taken anew (its instance stopped before publishing).
+const KEY_ORPHANED_AFTER: Duration = Duration::from_secs(60);
+
+/// How often expired idempotency keys are removed, and how many per statement.
+const KEY_SWEEP_EVERY: Duration = Duration::from_secs(600);
+const KEY_SWEEP_CHUNK: u32 = 1_000;
+
 /// How often a repeated keyed invoke that waits reads its first invocation again.
 const KEYED_REPEAT_POLL: Duration = Duration::from_millis(100);
 
@@ -188,7 +196,7 @@ impl Invoker {
     ) -> Result<(Accepted, bool), Error> {
         let (me, function, key) = (self.clone(), function.to_string(), key.to_string());
         self.tasks
-            .spawn(async move { me.keyed(&function, &key, payload, wait).await })
+            .spawn(tracing::Instrument::in_current_span(async move { me.keyed(&function, &key, payload, wait).await }))
             .await
             .map_err(|e| Error::Internal(format!("the invoke stopped: {e}")))?
     }
@@ -206,15 +214,7 @@ impl Invoker {
         let (id, now) = (Uuid::now_v7(), now_ms());
         let since = now - self.idempotency_window.as_millis() as i64;
         let first = match self.store.take_idempotency_key(function, key, &digest, id, now, since).await? {
-            None => {
-                let done = self.invoke_as(id, function, payload, wait, Vec::new()).await;
-                if done.is_err() {
-                    if let Err(e) = self.store.forget_idempotency_key(function, key, id).await {
-                        tracing::warn!(%id, error = %e, "cannot free the idempotency key of a refused invoke");
-                    }
-                }
-                return done.map(|a| (a, false));
-            }
+            None => return self.run_keyed(id, function, key, payload, wait).await,
             Some((_, other)) if other != digest => {
                 return Err(Error::Store(StoreError::Conflict(format!(
                     "Idempotency-Key {key:?} of {function} was used with another input within the last {} s; \
@@ -224,6 +224,15 @@ impl Invoker {
             }
             Some((first, _)) => first,
         };
+        // A key whose invocation was never recorded, long after any wait for it could have
+        // ended (its instance stopped between taking the key and publishing): taken anew.
+        if self.store.get_invocation(first).await?.is_none() {
+            let orphaned = now - (self.max_sync_timeout + KEY_ORPHANED_AFTER).as_millis() as i64;
+            if self.store.take_idempotency_key(function, key, &digest, id, now, orphaned).await?.is_none() {
+                tracing::info!(%first, "idempotency key named an invocation never recorded; taken anew");
+                return self.run_keyed(id, function, key, payload, wait).await;
+            }
+        }
         // The first invocation as it is now; a waiting caller waits for its end (a synchronous
         // first one is recorded only once it ends or its own wait does).
         let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
@@ -234,6 +243,57 @@ impl Invoker {
                 return Ok((Accepted { id: first, invocation: inv, details: None }, true));
             }
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + KEYED_REPEAT_POLL)).await;
+        }
+    }
+
+    /// The first invoke under a key just taken. A refusal before anything was published (no
+    /// such function, no lease, a bad request) frees the key; after a publish was tried, the
+    /// message may have reached the broker and run, so the key keeps naming that invocation.
+    async fn run_keyed(
+        self: &Arc<Self>,
+        id: Uuid,
+        function: &str,
+        key: &str,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> Result<(Accepted, bool), Error> {
+        let done = self.invoke_as(id, function, payload, wait, Vec::new()).await;
+        if let Err(Error::NotFound(_) | Error::BadRequest(_) | Error::TooLarge(_) | Error::Unavailable(_)) = &done {
+            if let Err(e) = self.store.forget_idempotency_key(function, key, id).await {
+                tracing::warn!(%id, error = %e, "cannot free the idempotency key of a refused invoke");
+            }
+        }
+        done.map(|a| (a, false))
+    }
+
+    /// Removes idempotency keys past their window, every [`KEY_SWEEP_EVERY`], in chunks (each
+    /// its own short statement), until `stop`. Instances may sweep at once: a key is removed
+    /// once whoever does it.
+    pub(crate) async fn sweep_keys(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let before = now_ms() - self.idempotency_window.as_millis() as i64;
+            let mut removed = 0u64;
+            loop {
+                match self.store.expire_idempotency_keys(before, KEY_SWEEP_CHUNK).await {
+                    Ok(n) => {
+                        removed += n;
+                        if n < KEY_SWEEP_CHUNK as u64 || stop.is_cancelled() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot remove expired idempotency keys now");
+                        break;
+                    }
+                }
+            }
+            if removed > 0 {
+                tracing::info!(removed, "expired idempotency keys removed");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(KEY_SWEEP_EVERY) => {}
+            }
         }
     }
 

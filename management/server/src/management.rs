@@ -98,6 +98,7 @@ impl Management {
         let sources_idle = Arc::new(AtomicBool::new(!config.triggers));
         tasks.spawn(lease.clone().keep(stop.clone(), sources_idle.clone()));
         tasks.spawn(notices::listen(waiters, transport.clone(), instance, notice_consumer, stop.clone()));
+        tasks.spawn(invoker.clone().sweep_keys(stop.clone()));
         if config.triggers {
             tasks.spawn(batches.clone().sweep(stop.clone()));
             tasks.spawn(timers.clone().schedule(stop.clone()));

@@ -193,6 +193,12 @@ impl InvocationStore for MssqlStore {
         Ok(())
     }
 
+    async fn expire_idempotency_keys(&self, before_ms: i64, limit: u32) -> Result<u64> {
+        let mut c = self.conn().await?;
+        let done = c.execute(IDEM_EXPIRE, &[&before_ms, &(limit as i64)]).await.map_err(unavailable)?;
+        Ok(done.total())
+    }
+
     async fn replay(&self, id: Uuid) -> Result<Option<i32>> {
         let Some(inv) = self.get_invocation(id).await? else { return Ok(None) };
         if inv.status != Status::Dead {

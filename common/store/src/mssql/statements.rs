@@ -173,6 +173,7 @@ pub(super) const SCHEMA: &[(i32, &str)] = &[
         created_ms BIGINT NOT NULL,
         CONSTRAINT pk_warren_idempotency PRIMARY KEY (function_name, idem_key))",
     ),
+    (801, "CREATE INDEX warren_idempotency_created ON warren_idempotency (created_ms)"),
 ];
 
 pub(super) const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -208,7 +209,8 @@ pub(super) const GET_VERSION: &str = "SELECT name, version, sha256, manifest, si
      WHERE name = @P1 AND version = @P2";
 pub(super) const GET_PACKAGE: &str = "SELECT package FROM warren_versions WHERE name = @P1 AND version = @P2";
 pub(super) const ACTIVATE_EXISTING: &str = "UPDATE warren_functions SET active_version = @P2, updated_ms = @P3
-     WHERE name = @P1 AND EXISTS (SELECT 1 FROM warren_versions WHERE name = @P1 AND version = @P2)";
+     WHERE name = @P1 AND active_version > 0
+       AND EXISTS (SELECT 1 FROM warren_versions WHERE name = @P1 AND version = @P2)";
 /// A deleted function keeps its row as a tombstone, `active_version` set to minus its newest
 /// version, which no read returns: a later publish numbers on after it, so a version number is
 /// never reused (workers keep what they read of a version for good). Also locks the row until
@@ -217,14 +219,16 @@ pub(super) const TOMBSTONE_FUNCTION: &str = "UPDATE warren_functions
      SET active_version = -COALESCE((SELECT MAX(version) FROM warren_versions WHERE name = @P1), active_version),
        updated_ms = @P2
      WHERE name = @P1 AND active_version > 0";
+/// Queued or running: a record failed "not queued" never ends, and does not keep the function.
 pub(super) const COUNT_OPEN_INVOCATIONS: &str =
-    concat!("SELECT COUNT_BIG(*) FROM warren_invocations WHERE function_name = @P1 AND ", open_invocation!());
+    "SELECT COUNT_BIG(*) FROM warren_invocations WHERE function_name = @P1 AND status IN ('queued', 'running')";
 pub(super) const COUNT_OPEN_BATCHES: &str = "SELECT COUNT_BIG(*) FROM warren_batches
      WHERE (function_name = @P1 OR then_function = @P1)
      AND (state IN ('submitting', 'running', 'finishing') OR (state = 'cancelled' AND finished_ms IS NULL))";
 pub(super) const DELETE_FUNCTION_ROWS: &[&str] = &[
     "DELETE FROM warren_settings WHERE function_name = @P1",
     "DELETE FROM warren_ticks WHERE function_name = @P1",
+    "DELETE FROM warren_idempotency WHERE function_name = @P1",
     "DELETE FROM warren_versions WHERE name = @P1",
 ];
 /// A key taken anew when it names nothing, or only what it named before `@P6` (past the window).
@@ -236,6 +240,9 @@ pub(super) const IDEM_INSERT: &str = "INSERT INTO warren_idempotency (function_n
      WHERE NOT EXISTS (SELECT 1 FROM warren_idempotency WITH (UPDLOCK, HOLDLOCK) WHERE function_name = @P1 AND idem_key = @P2)";
 pub(super) const IDEM_GET: &str =
     "SELECT invocation, body_sha256 FROM warren_idempotency WHERE function_name = @P1 AND idem_key = @P2";
+pub(super) const IDEM_EXPIRE: &str = "DELETE w FROM warren_idempotency AS w
+     INNER JOIN (SELECT TOP (@P2) function_name, idem_key FROM warren_idempotency WHERE created_ms < @P1) AS o
+       ON w.function_name = o.function_name AND w.idem_key = o.idem_key";
 pub(super) const IDEM_FORGET: &str =
     "DELETE FROM warren_idempotency WHERE function_name = @P1 AND idem_key = @P2 AND invocation = @P3";
 pub(super) const CREATE_INVOCATION: &str =
@@ -449,6 +456,7 @@ pub(super) fn statements() -> Vec<String> {
             IDEM_INSERT,
             IDEM_GET,
             IDEM_FORGET,
+            IDEM_EXPIRE,
             CREATE_INVOCATION,
             CLAIM_UPDATE,
             CLAIM_INSERT,

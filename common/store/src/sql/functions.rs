@@ -3,7 +3,6 @@
 use warren_wire::manifest::Manifest;
 
 use super::*;
-use crate::guard::open_invocation;
 use crate::interface::FunctionStore;
 
 #[async_trait]
@@ -130,7 +129,8 @@ impl FunctionStore for SqlxStore {
     async fn activate_version(&self, name: &str, version: i64) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE warren_functions SET active_version = $2, updated_ms = $3
-             WHERE name = $1 AND EXISTS (SELECT 1 FROM warren_versions WHERE name = $1 AND version = $2)",
+             WHERE name = $1 AND active_version > 0
+               AND EXISTS (SELECT 1 FROM warren_versions WHERE name = $1 AND version = $2)",
         )
         .bind(name)
         .bind(version)
@@ -155,8 +155,11 @@ impl FunctionStore for SqlxStore {
         if marked == 0 {
             return Ok(false);
         }
+        // Queued or running: a record failed "not queued" (its publish unconfirmed) never ends,
+        // and does not keep the function.
         let open_invocations =
-            format!("SELECT COUNT(*) FROM warren_invocations WHERE function = $1 AND {}", open_invocation!());
+            "SELECT COUNT(*) FROM warren_invocations WHERE function = $1 AND status IN ('queued', 'running')"
+                .to_string();
         let open_batches = format!("SELECT COUNT(*) FROM warren_batches WHERE {OPEN_BATCH_OF}");
         let mut counts = [0i64; 2];
         for (n, sql) in counts.iter_mut().zip([&open_invocations, &open_batches]) {
@@ -174,6 +177,7 @@ impl FunctionStore for SqlxStore {
         for sql in [
             "DELETE FROM warren_settings WHERE function = $1",
             "DELETE FROM warren_ticks WHERE function = $1",
+            "DELETE FROM warren_idempotency WHERE function = $1",
             "DELETE FROM warren_versions WHERE name = $1",
         ] {
             sqlx::query(sql).bind(name).execute(&mut *tx).await.map_err(unavailable)?;

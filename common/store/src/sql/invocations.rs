@@ -612,6 +612,19 @@ impl InvocationStore for SqlxStore {
         Ok(())
     }
 
+    async fn expire_idempotency_keys(&self, before_ms: i64, limit: u32) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM warren_idempotency WHERE (function, idem_key) IN (
+               SELECT function, idem_key FROM warren_idempotency WHERE created_ms < $1 LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+
     async fn replay(&self, id: Uuid) -> Result<Option<i32>> {
         let Some(inv) = self.get_invocation(id).await? else { return Ok(None) };
         if inv.status != Status::Dead {

@@ -154,7 +154,8 @@ pub(super) fn schema(blob: &str) -> Vec<(i32, String)> {
             body_sha256 TEXT NOT NULL,
             invocation TEXT NOT NULL,
             created_ms BIGINT NOT NULL,
-            PRIMARY KEY (function, idem_key));"
+            PRIMARY KEY (function, idem_key));
+        CREATE INDEX IF NOT EXISTS warren_idempotency_created ON warren_idempotency (created_ms);"
                 .to_string(),
         ),
     ]
