@@ -182,7 +182,7 @@ impl Invoker {
     /// the window runs; a repeat with the same input is answered with the first one's id (and,
     /// when it waits, the first one's outcome), and nothing runs again; a repeat with another
     /// input is a conflict. The key is taken in the store, so repeats through any instance
-    /// agree. An invoke answered with an error frees its key: nothing was accepted under it.
+    /// agree. A refusal before any publish frees the key (see [`run_keyed`](Self::run_keyed)).
     /// Returns whether this was a repeat.
     ///
     /// Safe to cancel: the key is taken and its invocation started on a task of its own, so a
