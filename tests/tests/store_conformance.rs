@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 use warren_store::{
     ApiKey, BatchState, Claim, DeliveryStatus, InvocationFilter, KeyLevel, LogLine, MinuteCount, NewBatch, NewDelivery,
-    NewInvocation, Outcome, Setting, Settled, Status, Store, StoreError, WorkerInfo, WorkerState,
+    NewInvocation, Outcome, Purged, Setting, Settled, Status, Store, StoreError, WorkerInfo, WorkerState,
 };
 use warren_tests::{pg_url, require_services, unique};
 use warren_wire::manifest::Manifest;
@@ -156,6 +156,171 @@ async fn rollback_and_removal(store: &dyn Store) {
     assert_eq!(store.list_versions(&name).await.unwrap().len(), 1);
 }
 
+/// Retention: only final work past its time goes, in chunks, with its children; versions beyond
+/// the newest that nothing uses; old ticks but the newest; duties held by one holder at a time.
+async fn retention(store: &dyn Store) {
+    const DAY: i64 = 86_400_000;
+    let (m, text) = manifest(&unique("ret"));
+    let name = m.name.clone();
+    for v in 1..=4 {
+        store.publish_version(&m, &text, format!("pkg{v}").as_bytes(), "sha").await.unwrap();
+    }
+    assert!(store.activate_version(&name, 2).await.unwrap());
+    let old = now_ms() - 10 * DAY;
+    // An invocation that ended `at`, with `logs` log lines.
+    let ended = |version: i64, status: Status, at: i64, logs: usize| {
+        let mut inv = new_inv(&name, version);
+        inv.created_ms = at - 1000;
+        let mut o = outcome(status, "w", logs);
+        o.finished_ms = at;
+        (inv, o)
+    };
+    let record = |inv: NewInvocation, o: Outcome| async move {
+        store.create_invocation(&inv).await.unwrap();
+        assert_eq!(store.claim(&inv, 1, "w", inv.created_ms).await.unwrap(), Claim::Run);
+        assert!(store.complete(inv.id, &o).await.unwrap());
+        inv.id
+    };
+
+    // Versions: 3 goes; 1 is used by a queued invocation, 2 is active, 4 is the newest.
+    let queued_v1 = new_inv(&name, 1);
+    store.create_invocation(&NewInvocation { created_ms: old, ..queued_v1.clone() }).await.unwrap();
+    assert_eq!(store.purge_versions(&name, 1).await.unwrap(), 1);
+    let versions = |vs: Vec<warren_store::FunctionVersion>| vs.iter().map(|v| v.version).collect::<Vec<_>>();
+    assert_eq!(versions(store.list_versions(&name).await.unwrap()), [4, 2, 1], "in use, active, newest");
+    assert_eq!(store.purge_versions(&name, 0).await.unwrap(), 0, "keep 0 keeps all");
+
+    // Invocations past their time go with their logs and attempts; the rest stay.
+    let mut gone = Vec::new();
+    for i in 0..5 {
+        let (inv, o) = ended(2, Status::Succeeded, old + i, if i == 0 { 3 } else { 0 });
+        gone.push(record(inv, o).await);
+    }
+    let (inv, o) = ended(2, Status::Succeeded, now_ms(), 1);
+    let recent = record(inv, o).await;
+    let (inv, o) = ended(2, Status::Failed, old, 1);
+    let failed_old = record(inv, o).await;
+    let (inv, o) = ended(2, Status::TimedOut, old, 0);
+    let timed_out_old = record(inv, o).await;
+    let (inv, mut o) = ended(2, Status::Succeeded, old, 0);
+    o.deliveries = vec![NewDelivery { output: 0, target: "http x".into() }];
+    let delivering = record(inv, o).await;
+    let (inv, o) = ended(2, Status::Dead, old, 0);
+    let replayed = record(inv, o).await;
+    assert!(store.replay(replayed).await.unwrap().is_some());
+    let (other, other_text) = manifest(&unique("ret-other"));
+    store.publish_version(&other, &other_text, b"p", "sha").await.unwrap();
+    let mut foreign = new_inv(&other.name, 1);
+    foreign.created_ms = old - 1000;
+    let mut fo = outcome(Status::Succeeded, "w", 0);
+    fo.finished_ms = old;
+    let foreign = record(foreign, fo).await;
+
+    let cutoff = now_ms() - 7 * DAY;
+    let mut removed = Purged::default();
+    loop {
+        let p = store.purge_invocations(&name, true, cutoff, 2).await.unwrap();
+        assert!(p.invocations <= 2, "a chunk holds at most the limit: {p:?}");
+        if p.is_empty() {
+            break;
+        }
+        removed += p;
+    }
+    assert_eq!((removed.invocations, removed.log_lines, removed.batches), (5, 3, 0));
+    for id in &gone {
+        assert!(store.get_invocation(*id).await.unwrap().is_none());
+        assert!(store.get_logs(*id).await.unwrap().is_empty());
+        assert!(store.list_attempts(*id).await.unwrap().is_empty());
+    }
+    for id in [recent, failed_old, timed_out_old, delivering, replayed, foreign, queued_v1.id] {
+        assert!(store.get_invocation(id).await.unwrap().is_some(), "{id} must stay");
+    }
+    let p = store.purge_invocations(&name, false, cutoff, 100).await.unwrap();
+    assert_eq!((p.invocations, p.log_lines), (2, 1), "the failed and the timed out one");
+    assert!(store.get_invocation(failed_old).await.unwrap().is_none());
+    assert!(store.get_invocation(timed_out_old).await.unwrap().is_none());
+    assert_eq!(store.get_invocation(replayed).await.unwrap().unwrap().status, Status::Queued, "not final: stays");
+    assert_eq!(store.get_invocation(queued_v1.id).await.unwrap().unwrap().status, Status::Queued);
+    assert!(store.purge_invocations(&name, true, now_ms() + DAY, 100).await.unwrap().invocations >= 1);
+    assert!(store.get_invocation(delivering).await.unwrap().is_some(), "a pending delivery keeps it");
+    store.record_delivery(delivering, 0, DeliveryStatus::Delivered, 1, None, 0).await.unwrap();
+    assert_eq!(store.purge_invocations(&name, true, cutoff, 100).await.unwrap().invocations, 1);
+    assert!(store.list_deliveries(delivering).await.unwrap().is_empty(), "its deliveries went with it");
+    // The queued one ends: version 1 is no longer used.
+    assert!(store.claim(&queued_v1, 1, "w", now_ms()).await.is_ok());
+    assert!(store.complete(queued_v1.id, &outcome(Status::Succeeded, "w", 0)).await.unwrap());
+    assert_eq!(store.purge_versions(&name, 1).await.unwrap(), 1);
+    assert_eq!(versions(store.list_versions(&name).await.unwrap()), [4, 2]);
+
+    // Batches: an ended one goes item by item, then itself; an open one is not touched.
+    let ended_batch = Uuid::now_v7();
+    let nb = NewBatch { id: ended_batch, function: name.clone(), version: 2, then: None, created_ms: old - 5000 };
+    store.create_batch(&nb).await.unwrap();
+    let items: Vec<NewInvocation> = (0..3).map(|_| new_inv(&name, 2)).collect();
+    store.add_batch_items(ended_batch, &items).await.unwrap();
+    store.seal_batch(ended_batch, 3, None).await.unwrap();
+    let open_batch = Uuid::now_v7();
+    store.create_batch(&NewBatch { id: open_batch, ..nb.clone() }).await.unwrap();
+    let open_items: Vec<NewInvocation> = (0..2).map(|_| new_inv(&name, 2)).collect();
+    store.add_batch_items(open_batch, &open_items).await.unwrap();
+    store.seal_batch(open_batch, 2, None).await.unwrap();
+    for inv in items.iter().chain(&open_items) {
+        assert_eq!(store.claim(inv, 1, "w", old).await.unwrap(), Claim::Run);
+        let mut o = outcome(Status::Succeeded, "w", 1);
+        o.finished_ms = old;
+        assert!(store.complete(inv.id, &o).await.unwrap());
+    }
+    store.end_batch(ended_batch, BatchState::Done, old).await.unwrap();
+    let first = store.purge_batches(&name, cutoff, 2).await.unwrap();
+    assert_eq!((first.invocations, first.log_lines, first.batches), (2, 2, 0));
+    let second = store.purge_batches(&name, cutoff, 2).await.unwrap();
+    assert_eq!((second.invocations, second.batches), (1, 1));
+    assert!(store.purge_batches(&name, cutoff, 2).await.unwrap().is_empty());
+    assert!(store.get_batch(ended_batch).await.unwrap().is_none());
+    let still = store.get_batch(open_batch).await.unwrap().expect("the open batch stays");
+    assert_eq!(still.counts["succeeded"], 2);
+    for inv in &open_items {
+        assert!(store.get_invocation(inv.id).await.unwrap().is_some());
+    }
+    assert!(store.get_invocation(items[0].id).await.unwrap().is_none());
+
+    // Ticks: old ones go, never the newest.
+    let t0 = 1_600_000_000_000;
+    for k in 0..3 {
+        assert!(store.fire_tick(&name, t0 + k * 1000, &new_inv(&name, 2)).await.unwrap());
+    }
+    assert_eq!(store.purge_ticks(&name, now_ms(), 1).await.unwrap(), 1);
+    assert_eq!(store.purge_ticks(&name, now_ms(), 10).await.unwrap(), 1);
+    assert_eq!(store.purge_ticks(&name, now_ms(), 10).await.unwrap(), 0);
+    assert_eq!(store.last_tick(&name).await.unwrap(), Some(t0 + 2000));
+
+    // Subjects: every function, a deleted one without a manifest.
+    let (gone_fn, gone_text) = manifest(&unique("ret-deleted"));
+    store.publish_version(&gone_fn, &gone_text, b"p", "sha").await.unwrap();
+    assert!(store.delete_function(&gone_fn.name).await.unwrap());
+    let subjects = store.retention_subjects().await.unwrap();
+    assert!(subjects.contains(&(name.clone(), Some(text.clone()))));
+    assert!(subjects.contains(&(gone_fn.name.clone(), None)));
+
+    // Duties: one holder at a time; a lapsed lease is taken over; only the holder reports.
+    let duty = unique("duty");
+    assert!(store.take_duty(&duty, "a", 60_000).await.unwrap());
+    assert!(!store.take_duty(&duty, "b", 60_000).await.unwrap());
+    assert!(store.take_duty(&duty, "a", 0).await.unwrap(), "the holder renews");
+    let mut tries = 0;
+    while !store.take_duty(&duty, "b", 60_000).await.unwrap() {
+        tries += 1;
+        assert!(tries < 1000, "a lapsed duty is taken over");
+        tokio::task::yield_now().await;
+    }
+    assert!(!store.take_duty(&duty, "a", 60_000).await.unwrap());
+    store.report_duty(&duty, "b", "{\"n\":1}", 42).await.unwrap();
+    store.report_duty(&duty, "a", "{\"n\":2}", 43).await.unwrap();
+    let d = store.get_duty(&duty).await.unwrap().unwrap();
+    assert_eq!((d.holder.as_str(), d.report.as_deref(), d.report_ms), ("b", Some("{\"n\":1}"), Some(42)));
+    assert!(store.get_duty(&unique("no-duty")).await.unwrap().is_none());
+}
+
 /// Idempotency keys: taken once per function; a repeat gets the first invocation and its
 /// body's digest; past the window, or once freed, the key is taken anew.
 async fn idempotency_keys(store: &dyn Store) {
@@ -209,6 +374,7 @@ async fn conformance(store: Arc<dyn Store>) {
     keys_conform(&*store).await;
     idempotency_keys(&*store).await;
     rollback_and_removal(&*store).await;
+    retention(&*store).await;
     // Versions: immutable, numbered from 1, the newest active, atomically.
     let name = unique("fn");
     let (m, text) = manifest(&name);

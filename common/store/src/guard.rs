@@ -23,6 +23,28 @@ macro_rules! open_invocation {
 
 pub(crate) use open_invocation;
 
+/// An invocation that retention may remove: final with this outcome (any final one for a batch
+/// `item`), not a batch item (unless `item`), no delivery still pending, ended before the
+/// parameter `before`. Same text in every dialect but for the placeholder.
+pub(crate) fn removable(succeeded: bool, item: bool, before: &str) -> String {
+    format!(
+        "{} AND finished_ms < {before} AND batch IS {}NULL
+         AND NOT EXISTS (SELECT 1 FROM warren_deliveries d WHERE d.invocation = warren_invocations.id AND d.status = 'pending')",
+        if item { "status IN ('succeeded', 'failed', 'timed_out', 'dead', 'cancelled')" } else { final_outcomes(succeeded) },
+        if item { "NOT " } else { "" }
+    )
+}
+
+/// The final outcomes a retention span covers: `succeeded`, or every other final one. Same text
+/// in every dialect.
+pub(crate) fn final_outcomes(succeeded: bool) -> &'static str {
+    if succeeded {
+        "status = 'succeeded'"
+    } else {
+        "status IN ('failed', 'timed_out', 'dead', 'cancelled')"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -18,6 +18,7 @@ pub trait Store:
     + SettingStore
     + KeyStore
     + FleetStore
+    + RetentionStore
     + Send
     + Sync
     + 'static
@@ -287,4 +288,37 @@ pub trait FleetStore: Send + Sync {
     /// `submitting` becomes `running` with the items recorded and `why.batch`. Returns how many
     /// of each, in one transaction.
     async fn abandon_unfinished(&self, now_ms: i64, why: &Settled) -> Result<(u64, u64)>;
+}
+
+/// Retention: finished work removed once past its time, in short chunks, and the duties that
+/// one management instance does at a time.
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Takes, or renews, the lease of `duty` for `holder` for `lease_ms` by the store's clock:
+    /// `true` when `holder` has it now (it was free, lapsed, or its own already).
+    async fn take_duty(&self, duty: &str, holder: &str, lease_ms: i64) -> Result<bool>;
+    /// Records what `holder` did of `duty` (JSON text) at `now_ms`, if it holds the duty still.
+    async fn report_duty(&self, duty: &str, holder: &str, report: &str, now_ms: i64) -> Result<()>;
+    async fn get_duty(&self, duty: &str) -> Result<Option<Duty>>;
+    /// Every function with a row, deleted ones included (their invocations stay until their
+    /// time is up), with the manifest text of its active version (`None` once deleted).
+    async fn retention_subjects(&self) -> Result<Vec<(String, Option<String>)>>;
+    /// Removes up to `limit` invocations of `function` that are final (`succeeded` ones, or
+    /// else the failed, dead and cancelled ones), not items of a batch, with no delivery still
+    /// pending, and that finished before `before_ms`, with their log lines, attempts and
+    /// deliveries, in one short transaction. An invocation that is not final (a replayed one)
+    /// is never removed.
+    async fn purge_invocations(&self, function: &str, succeeded: bool, before_ms: i64, limit: u32) -> Result<Purged>;
+    /// Removes up to `limit` items (as [`purge_invocations`](Self::purge_invocations) does)
+    /// of one ended batch of `function` (`done`, or cancelled with its end recorded) that ended
+    /// before `before_ms`, and the batch itself once it has no items left. An open batch is
+    /// never touched. Nothing removed means nothing is left to remove.
+    async fn purge_batches(&self, function: &str, before_ms: i64, limit: u32) -> Result<Purged>;
+    /// Removes the versions of `function` numbered `keep` or more below its newest that
+    /// nothing uses: not the active one, none of a queued or running invocation or an open
+    /// batch. `keep` 0 removes none. Returns how many.
+    async fn purge_versions(&self, function: &str, keep: u32) -> Result<u64>;
+    /// Removes up to `limit` of the oldest timer ticks of `function` fired before `before_ms`,
+    /// never its newest (which the timer's catch-up reads). Returns how many.
+    async fn purge_ticks(&self, function: &str, before_ms: i64, limit: u32) -> Result<u64>;
 }

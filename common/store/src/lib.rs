@@ -22,7 +22,7 @@ mod rows;
 pub mod sql;
 
 pub use interface::{
-    BatchStore, FleetStore, FunctionStore, InvocationStore, KeyStore, SettingStore, Store, TriggerStore,
+    BatchStore, FleetStore, FunctionStore, InvocationStore, KeyStore, RetentionStore, SettingStore, Store, TriggerStore,
 };
 pub use model::*;
 pub use open::open;

@@ -376,3 +376,37 @@ pub(crate) fn claim_verdict(status: Status, recorded_attempts: i32, attempt: i32
         Claim::Run
     }
 }
+
+/// What one purge call removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    pub invocations: u64,
+    pub log_lines: u64,
+    pub batches: u64,
+}
+
+impl Purged {
+    pub fn is_empty(&self) -> bool {
+        *self == Purged::default()
+    }
+}
+
+impl std::ops::AddAssign for Purged {
+    fn add_assign(&mut self, o: Purged) {
+        self.invocations += o.invocations;
+        self.log_lines += o.log_lines;
+        self.batches += o.batches;
+    }
+}
+
+/// A duty that one management instance does at a time (see [`crate::RetentionStore::take_duty`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Duty {
+    /// The instance that holds (or last held) it.
+    pub holder: String,
+    /// When its lease runs out, by the store's clock.
+    pub until_ms: i64,
+    /// What the holder last reported of it (JSON text), and when (its own clock).
+    pub report: Option<String>,
+    pub report_ms: Option<i64>,
+}

@@ -284,6 +284,7 @@ fn function(base: &Base, name: &str, text: &str) -> Result<Option<Manifest>, Vec
         outputs,
         auth: AuthLevel::Function,
         azure: None,
+        retention: None,
     };
     let mut az = AzureFunction {
         trigger: text_of(tb, "name").unwrap_or("").to_string(),

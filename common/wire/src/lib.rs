@@ -9,6 +9,7 @@
 //! - [`azure`]: Azure Functions apps (custom handlers) turned into manifests.
 //! - [`package`]: packing, checking and unpacking function packages.
 //! - [`schedule`]: cron schedules of timer triggers.
+//! - [`retention`]: how long finished work is kept.
 //! - [`time`]: the one time format of the store and the wire.
 
 pub mod azure;
@@ -16,6 +17,7 @@ pub mod invocation;
 pub mod manifest;
 pub mod message;
 pub mod package;
+pub mod retention;
 pub mod schedule;
 pub mod time;
 pub mod topology;

@@ -43,6 +43,11 @@
 //! initial_delay_ms = 1000    # delay before the second attempt
 //! max_delay_ms = 60000       # the delay doubles per attempt up to this
 //! jitter = 0.2               # each delay is shortened by a random 0..20 %
+//!
+//! [retention]                # optional: management's defaults where absent (see crate::retention)
+//! succeeded = "7d"           # succeeded invocations, counted from their end
+//! failed = "30d"             # failed, dead and cancelled ones
+//! versions = 10              # the newest version numbers kept (0: all); older ones go unless in use
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -95,6 +100,9 @@ pub struct Manifest {
     /// `runtime = "azure"` only: how the function is bound in its Azure Functions app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureFunction>,
+    /// How long its finished work is kept (management's defaults where absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::retention::Retention>,
 }
 
 /// `[azure]`: one function of an Azure Functions app, as its `function.json` binds it.

@@ -12,6 +12,7 @@ mod fleet;
 mod functions;
 mod invocations;
 mod keys;
+mod retention;
 mod settings;
 mod statements;
 mod triggers;

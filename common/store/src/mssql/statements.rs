@@ -174,6 +174,16 @@ pub(super) const SCHEMA: &[(i32, &str)] = &[
         CONSTRAINT pk_warren_idempotency PRIMARY KEY (function_name, idem_key))",
     ),
     (801, "CREATE INDEX warren_idempotency_created ON warren_idempotency (created_ms)"),
+    (
+        900,
+        "CREATE TABLE warren_duties (
+        name NVARCHAR(64) NOT NULL PRIMARY KEY,
+        holder NVARCHAR(200) NOT NULL,
+        until_ms BIGINT NOT NULL,
+        report NVARCHAR(MAX) NULL,
+        report_ms BIGINT NULL)",
+    ),
+    (901, "CREATE INDEX warren_batches_function_finished ON warren_batches (function_name, finished_ms)"),
 ];
 
 pub(super) const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -328,6 +338,40 @@ pub(super) const INSTANCE_INSERT: &str = concat!(
 );
 pub(super) const LAPSED_INSTANCES: &str =
     concat!("SELECT id, settled_ms FROM warren_instances WHERE seen_ms + lease_ms < ", clock_ms!(), " ORDER BY id");
+/// A duty's lease renewed by its holder, or taken over once lapsed (by the store's clock).
+pub(super) const DUTY_RENEW: &str = concat!(
+    "UPDATE warren_duties WITH (UPDLOCK, HOLDLOCK) SET holder = @P2, until_ms = ",
+    clock_ms!(),
+    " + @P3 WHERE name = @P1 AND (holder = @P2 OR until_ms < ",
+    clock_ms!(),
+    ")"
+);
+pub(super) const DUTY_INSERT: &str = concat!(
+    "INSERT INTO warren_duties (name, holder, until_ms) SELECT @P1, @P2, ",
+    clock_ms!(),
+    " + @P3 WHERE NOT EXISTS (SELECT 1 FROM warren_duties WITH (UPDLOCK, HOLDLOCK) WHERE name = @P1)"
+);
+pub(super) const DUTY_REPORT: &str =
+    "UPDATE warren_duties SET report = @P3, report_ms = @P4 WHERE name = @P1 AND holder = @P2";
+pub(super) const DUTY_GET: &str = "SELECT holder, until_ms, report, report_ms FROM warren_duties WHERE name = @P1";
+pub(super) const RETENTION_SUBJECTS: &str = "SELECT f.name, v.manifest FROM warren_functions f
+     LEFT JOIN warren_versions v ON v.name = f.name AND v.version = f.active_version ORDER BY f.name";
+pub(super) const ENDED_BATCHES: &str = "SELECT TOP (8) id FROM warren_batches
+     WHERE function_name = @P1 AND finished_ms < @P2 AND (state = 'done' OR state = 'cancelled') ORDER BY finished_ms";
+pub(super) const DELETE_EMPTY_BATCH: &str = "DELETE FROM warren_batches WHERE id = @P1
+     AND NOT EXISTS (SELECT 1 FROM warren_invocations WHERE batch = @P1)";
+pub(super) const PURGE_VERSIONS: &str = "DELETE FROM warren_versions WHERE name = @P1
+       AND version <= (SELECT MAX(version) FROM warren_versions WHERE name = @P1) - @P2
+       AND version <> (SELECT active_version FROM warren_functions WHERE name = @P1)
+       AND NOT EXISTS (SELECT 1 FROM warren_invocations i WHERE i.status IN ('queued', 'running')
+         AND i.function_name = @P1 AND i.version = warren_versions.version)
+       AND NOT EXISTS (SELECT 1 FROM warren_batches b WHERE b.function_name = @P1 AND b.version = warren_versions.version
+         AND (b.state IN ('submitting', 'running', 'finishing') OR (b.state = 'cancelled' AND b.finished_ms IS NULL)))";
+pub(super) const PURGE_TICKS: &str = "DELETE t FROM warren_ticks AS t
+     INNER JOIN (SELECT TOP (@P3) tick_ms FROM warren_ticks WHERE function_name = @P1 AND tick_ms < @P2
+         AND tick_ms < (SELECT MAX(tick_ms) FROM warren_ticks WHERE function_name = @P1) ORDER BY tick_ms) AS o
+       ON o.tick_ms = t.tick_ms
+     WHERE t.function_name = @P1";
 pub(super) const SETTLE_INVOCATIONS: &str =
     "UPDATE warren_invocations SET status = 'failed', error = @P1, finished_ms = @P2
      WHERE status = 'queued' AND attempts = 0 AND created_ms >= @P3 AND origin = @P4";
@@ -430,6 +474,15 @@ pub(super) fn statements() -> Vec<String> {
             SCHEMA_CREATE,
             INSTANCE_UPDATE,
             INSTANCE_INSERT,
+            DUTY_RENEW,
+            DUTY_INSERT,
+            DUTY_REPORT,
+            DUTY_GET,
+            RETENTION_SUBJECTS,
+            ENDED_BATCHES,
+            DELETE_EMPTY_BATCH,
+            PURGE_VERSIONS,
+            PURGE_TICKS,
             LAPSED_INSTANCES,
             SETTLE_INVOCATIONS,
             SEAL_SUBMITTING,
@@ -512,6 +565,12 @@ pub(super) fn statements() -> Vec<String> {
     );
     all.extend(DELETE_FUNCTION_ROWS.iter().map(|s| s.to_string()));
     all.push(insert_logs_sql(2));
+    for (succeeded, item) in [(true, false), (false, false), (true, true)] {
+        let cond = purge_condition(succeeded, item);
+        all.push(purge_select_sql(&cond));
+        all.push(purge_delete_sql(&cond, 3));
+    }
+    all.extend(["warren_logs", "warren_attempts", "warren_deliveries"].map(|t| purge_children_sql(t, 3)));
     all.push(insert_items_sql(2));
     all.push(insert_items_sql(ITEM_ROWS_PER_INSERT));
     for (f, st) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -533,6 +592,34 @@ pub(super) fn list_invocations_sql(function: bool, status: bool) -> String {
     }
     sql.push_str(" ORDER BY created_ms DESC, id DESC");
     sql
+}
+
+/// The invocations retention may remove, of function @P1 (or, for an `item`, of batch @P1),
+/// ended before @P2: a chunk of at most @P3 of their ids.
+pub(super) fn purge_condition(succeeded: bool, item: bool) -> String {
+    let owner = if item { "batch = @P1" } else { "function_name = @P1" };
+    format!("{owner} AND {}", crate::guard::removable(succeeded, item, "@P2"))
+}
+
+pub(super) fn purge_select_sql(cond: &str) -> String {
+    format!("SELECT TOP (@P3) id FROM warren_invocations WHERE {cond} AND created_ms < @P2")
+}
+
+/// Those of `ids` ids (from @P3 on) that still match `cond`.
+pub(super) fn purge_delete_sql(cond: &str, ids: usize) -> String {
+    format!("DELETE FROM warren_invocations WHERE {cond} AND id IN ({})", id_params(3, ids))
+}
+
+/// An invocation's rows in `table` once the invocation is gone: of `ids` ids from @P1 on.
+pub(super) fn purge_children_sql(table: &str, ids: usize) -> String {
+    format!(
+        "DELETE FROM {table} WHERE invocation IN ({}) AND NOT EXISTS (SELECT 1 FROM warren_invocations i WHERE i.id = {table}.invocation)",
+        id_params(1, ids)
+    )
+}
+
+fn id_params(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("@P{i}")).collect::<Vec<_>>().join(", ")
 }
 
 pub(super) fn insert_logs_sql(rows: usize) -> String {

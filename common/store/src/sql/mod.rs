@@ -13,6 +13,7 @@ mod fleet;
 mod functions;
 mod invocations;
 mod keys;
+mod retention;
 mod schema;
 mod settings;
 mod triggers;

@@ -158,5 +158,18 @@ pub(super) fn schema(blob: &str) -> Vec<(i32, String)> {
         CREATE INDEX IF NOT EXISTS warren_idempotency_created ON warren_idempotency (created_ms);"
                 .to_string(),
         ),
+        // Step 9: duties one management instance does at a time (retention's cleanup), and the
+        // index that finds ended batches by age.
+        (
+            8,
+            "CREATE TABLE IF NOT EXISTS warren_duties (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            until_ms BIGINT NOT NULL,
+            report TEXT,
+            report_ms BIGINT);
+        CREATE INDEX IF NOT EXISTS warren_batches_function_finished ON warren_batches (function, finished_ms);"
+                .to_string(),
+        ),
     ]
 }
