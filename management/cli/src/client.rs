@@ -208,6 +208,11 @@ impl Client {
     }
 
     /// `GET /api/workers`.
+    /// `GET /api/retention`: the defaults, each function's policy, the last cleanup.
+    pub(crate) async fn retention(&self) -> anyhow::Result<Value> {
+        self.json(self.get(&["api", "retention"])).await
+    }
+
     pub(crate) async fn workers(&self) -> anyhow::Result<Value> {
         self.json(self.get(&["api", "workers"])).await
     }

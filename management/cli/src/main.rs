@@ -161,6 +161,12 @@ enum Command {
     },
     /// List workers and their last heartbeat (`lost` when silent for 15 s).
     Workers,
+    /// How long finished work is kept: management's defaults, each function's policy (its
+    /// manifest's [retention] over the defaults), and what the last cleanup removed.
+    #[command(
+        after_help = "A function keeps its own spans in function.toml:\n  [retention]\n  succeeded = \"1d\"   # succeeded invocations, from their end\n  failed = \"90d\"     # failed, timed-out, dead and cancelled ones\n  versions = 5        # newest version numbers kept (0: all)\nThe defaults are warren-management's --retain-succeeded, --retain-failed and --retain-versions."
+    )]
+    Retention,
     /// A function's settings: environment variables given to its processes. Secret values are
     /// stored encrypted and never shown again.
     #[command(subcommand)]
@@ -530,6 +536,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     v["function"]["active_version"],
                     v["trigger"].as_str().unwrap_or("?")
                 );
+                let r = &v["retention"];
+                println!(
+                    "  keeps succeeded {}, failed {}, {} versions",
+                    r["succeeded"].as_str().unwrap_or("?"),
+                    r["failed"].as_str().unwrap_or("?"),
+                    versions_kept(&r["versions"])
+                );
                 for ver in v["versions"].as_array().into_iter().flatten() {
                     println!(
                         "  v{:<4} sha256 {}  {} bytes",
@@ -629,6 +642,51 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Retention => {
+            let v = api.retention().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let d = &v["defaults"];
+            println!(
+                "defaults: succeeded {}, failed {}, {} versions",
+                d["succeeded"].as_str().unwrap_or("?"),
+                d["failed"].as_str().unwrap_or("?"),
+                versions_kept(&d["versions"])
+            );
+            let c = &v["cleanup"];
+            let last = &c["last"];
+            if last.is_object() {
+                let took = last["finished_ms"].as_i64().unwrap_or(0) - last["started_ms"].as_i64().unwrap_or(0);
+                println!(
+                    "last cleanup: {} s ago by {}, took {} ms: removed {} invocations ({} log lines), {} batches, {} versions, {} ticks{}",
+                    (warren_wire::time::now_ms() - last["finished_ms"].as_i64().unwrap_or(0)) / 1000,
+                    c["holder"].as_str().unwrap_or("?"),
+                    took,
+                    last["invocations"],
+                    last["log_lines"],
+                    last["batches"],
+                    last["versions"],
+                    last["ticks"],
+                    last["error"].as_str().map(|e| format!(" (stopped early: {e})")).unwrap_or_default()
+                );
+            } else {
+                println!("no cleanup has run yet (every {} s)", c["every_secs"]);
+            }
+            println!("{:<32} {:>10} {:>10} {:>9}", "FUNCTION", "SUCCEEDED", "FAILED", "VERSIONS");
+            for f in v["functions"].as_array().into_iter().flatten() {
+                let r = &f["retention"];
+                println!(
+                    "{:<32} {:>10} {:>10} {:>9}",
+                    f["name"].as_str().unwrap_or("?"),
+                    r["succeeded"].as_str().unwrap_or("?"),
+                    r["failed"].as_str().unwrap_or("?"),
+                    versions_kept(&r["versions"])
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Workers => {
             let v = api.workers().await?;
             if cli.json {
@@ -654,6 +712,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A policy's `versions`, with 0 said as "all".
+fn versions_kept(v: &Value) -> String {
+    match v.as_u64() {
+        Some(0) => "all".into(),
+        Some(n) => n.to_string(),
+        None => "?".into(),
     }
 }
 

@@ -80,6 +80,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/keys"),
     ("DELETE", "/api/keys/{id}"),
     ("GET", "/api/stats"),
+    ("GET", "/api/retention"),
     // crate::triggers_api::routes()
     ("POST", "/api/batches"),
     ("GET", "/api/batches"),
@@ -118,6 +119,7 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/keys", post(create_key).get(list_keys))
         .route("/api/keys/{id}", axum::routing::delete(revoke_key))
         .route("/api/stats", get(stats))
+        .route("/api/retention", get(retention))
         .merge(triggers_api::routes())
         .merge(portal::routes())
         // Paths no route here takes: Azure Functions apps' HTTP triggers under /api/, else 404.
@@ -273,8 +275,35 @@ async fn get_function(
     let name = name_from(name)?;
     let f = m.store.get_function(&name).await?.ok_or_else(|| not_found(format!("function {name:?} does not exist")))?;
     let versions = m.store.list_versions(&name).await?;
-    let trigger = m.catalog.version_manifest(&name, f.active_version).await.ok().map(|mf| mf.trigger());
-    Ok(Json(json!({"function": f, "trigger": trigger, "versions": versions})))
+    let manifest = m.catalog.version_manifest(&name, f.active_version).await.ok();
+    let trigger = manifest.as_ref().map(|mf| mf.trigger());
+    let retention = m.cleaner.defaults.over(manifest.as_ref().and_then(|mf| mf.retention.as_ref()));
+    Ok(Json(json!({"function": f, "trigger": trigger, "retention": retention, "versions": versions})))
+}
+
+/// Retention: management's defaults, each function's policy, and the last cleanup (by
+/// whichever instance ran it).
+async fn retention(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
+    let mut functions = Vec::new();
+    for f in m.store.list_functions().await? {
+        let manifest = m.catalog.version_manifest(&f.name, f.active_version).await.ok();
+        let own = manifest.as_ref().and_then(|mf| mf.retention.clone());
+        let policy = m.cleaner.defaults.over(own.as_ref());
+        functions.push(json!({"name": f.name, "retention": policy, "own": own.unwrap_or_default()}));
+    }
+    let duty = m.store.get_duty(crate::retention::DUTY).await?;
+    let last = duty.as_ref().and_then(|d| d.report.as_deref()).and_then(|r| serde_json::from_str::<Value>(r).ok());
+    Ok(Json(json!({
+        "defaults": m.cleaner.defaults,
+        "cleanup": {
+            "enabled": m.config.triggers,
+            "every_secs": m.cleaner.every.as_secs(),
+            "chunk": crate::retention::CHUNK,
+            "holder": duty.as_ref().map(|d| &d.holder),
+            "last": last,
+        },
+        "functions": functions,
+    })))
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@ use std::time::Duration;
 use warren_service::secret::SecretKey;
 use warren_transport::QueueType;
 use warren_wire::package;
+use warren_wire::retention::{Keep, Policy};
 
 use crate::keys::AuthMode;
 
@@ -47,6 +48,11 @@ pub struct Config {
     /// How long an invoke's `Idempotency-Key` names its invocation: a repeat within it gets
     /// that invocation instead of a new run.
     pub idempotency_window: Duration,
+    /// How long finished work is kept where a function's `[retention]` does not say (see
+    /// `retention`).
+    pub retention: Policy,
+    /// How often the instance holding the cleanup duty runs it.
+    pub cleanup_every: Duration,
 }
 
 impl Default for Config {
@@ -67,6 +73,12 @@ impl Default for Config {
             client_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
             idempotency_window: Duration::from_secs(24 * 3600),
+            retention: Policy {
+                succeeded: Keep::For(Duration::from_secs(7 * 86_400)),
+                failed: Keep::For(Duration::from_secs(30 * 86_400)),
+                versions: 10,
+            },
+            cleanup_every: Duration::from_secs(600),
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   and dead letters (`dead_letters`);
 //! - [`lease`]: this instance's lease, and the settling of what a stopped one left;
 //! - [`keys`]: API keys; [`auth`]: the layer that checks them on every request;
-//! - [`batch`], [`timers`], `sources`, `outputs`: the triggers and their loops.
+//! - [`batch`], [`timers`], `sources`, `outputs`: the triggers and their loops;
+//! - [`retention`]: the cleanup of finished work past its time.
 //!
 //! The HTTP side: [`http`] (the accept loop), [`api`] and [`triggers_api`] (the routes),
 //! `azure_http` and `routes` (Azure Functions apps' HTTP triggers under `/api/`), [`portal`]
@@ -33,6 +34,7 @@ mod notices;
 mod outputs;
 pub mod portal;
 mod reply;
+pub mod retention;
 mod routes;
 mod sources;
 pub mod timers;

@@ -25,6 +25,7 @@ use crate::lease::Lease;
 use crate::metrics::Metrics;
 use crate::notices::{self, Waiters};
 use crate::outputs::Outputs;
+use crate::retention::Cleaner;
 use crate::routes::Routes;
 use crate::sources::Sources;
 use crate::timers::Timers;
@@ -44,6 +45,8 @@ pub struct Management {
     pub lease: Arc<Lease>,
     pub batches: Arc<Batches>,
     pub timers: Arc<Timers>,
+    /// Retention's cleanup (run by one instance at a time).
+    pub cleaner: Arc<Cleaner>,
     /// The routes of Azure Functions apps' HTTP triggers.
     pub(crate) routes: Routes,
     /// Cancelled at a stop (or when this is dropped): every loop ends, every task stops taking
@@ -89,6 +92,13 @@ impl Management {
             tasks.clone(),
         ));
         let timers = Arc::new(Timers::new(store.clone(), catalog.clone(), invoker.clone(), lease.clone()));
+        let cleaner = Arc::new(Cleaner::new(
+            store.clone(),
+            instance.clone(),
+            config.retention,
+            config.cleanup_every,
+            metrics.clone(),
+        ));
         // The lease exists before the first record is made (if the store answers now; else
         // the loop writes it as soon as it does).
         if let Err(e) = lease.renew().await {
@@ -102,6 +112,7 @@ impl Management {
         if config.triggers {
             tasks.spawn(batches.clone().sweep(stop.clone()));
             tasks.spawn(timers.clone().schedule(stop.clone()));
+            tasks.spawn(cleaner.clone().run(stop.clone()));
             let outputs = Outputs::new(store.clone(), catalog.clone(), Peers::default(), &config);
             tasks.spawn(outputs.deliver(stop.clone()));
             let sources =
@@ -120,6 +131,7 @@ impl Management {
             lease,
             batches,
             timers,
+            cleaner,
             routes: Routes::default(),
             stop,
             tasks,

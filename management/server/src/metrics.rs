@@ -27,6 +27,11 @@ struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabel {
     pool: String,
 }
@@ -44,6 +49,9 @@ pub struct Metrics {
     queue_depth: Family<PoolLabel, Gauge>,
     queue_consumers: Family<PoolLabel, Gauge>,
     dead_depth: Family<PoolLabel, Gauge>,
+    /// Rows retention's cleanup removed, by kind.
+    retention_removed: Family<KindLabel, Counter>,
+    retention_runs: Counter,
 }
 
 impl Default for Metrics {
@@ -92,8 +100,18 @@ impl Default for Metrics {
             "Messages in a pool's dead-letter queue, read when scraped",
             dead_depth.clone(),
         );
+        let retention_removed = Family::default();
+        registry.register(
+            "warren_retention_removed",
+            "What retention's cleanup removed on this instance, by kind (invocations, log_lines, batches, versions, ticks)",
+            retention_removed.clone(),
+        );
+        let retention_runs = Counter::default();
+        registry.register("warren_retention_runs", "Cleanups this instance ran", retention_runs.clone());
         Metrics {
             registry,
+            retention_removed,
+            retention_runs,
             invocations_accepted,
             http_requests,
             http_duration,
@@ -110,6 +128,20 @@ impl Metrics {
     /// Counts `n` invocations of `function` accepted.
     pub fn accepted(&self, function: &str, n: u64) {
         self.invocations_accepted.get_or_create(&FunctionLabel { function: function.to_string() }).inc_by(n);
+    }
+
+    /// Counts one cleanup and what it removed.
+    pub fn retention_removed(&self, r: &crate::retention::Report) {
+        self.retention_runs.inc();
+        for (kind, n) in [
+            ("invocations", r.invocations),
+            ("log_lines", r.log_lines),
+            ("batches", r.batches),
+            ("versions", r.versions),
+            ("ticks", r.ticks),
+        ] {
+            self.retention_removed.get_or_create(&KindLabel { kind }).inc_by(n);
+        }
     }
 
     /// Counts one answered request. Unmatched paths share one route label, so that scans of

@@ -11,6 +11,7 @@ use warren_management::{Config, Management};
 use warren_service::telemetry::LogFormat;
 use warren_transport::amqp::{AmqpTransport, Brokers};
 use warren_transport::{QueueType, TransportError};
+use warren_wire::retention::{Keep, Policy};
 
 /// Warren management: the HTTP API that publishes functions and invocations to RabbitMQ and
 /// reads outcomes from the store. Run one or several behind a load balancer; they share nothing
@@ -90,9 +91,32 @@ struct Args {
     #[arg(long, env = "WARREN_IDEMPOTENCY_WINDOW_SECS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     idempotency_window_secs: u64,
+    /// How long succeeded invocations are kept, with their logs, counted from their end: a
+    /// whole number with s, m, h or d ("7d", "12h"), or "forever". A function's manifest may
+    /// say otherwise in its [retention] section.
+    #[arg(long, env = "WARREN_RETAIN_SUCCEEDED", default_value = "7d", value_parser = parse_keep)]
+    retain_succeeded: Keep,
+    /// How long failed, timed-out, dead and cancelled invocations are kept (and ended batches:
+    /// the longer of the two).
+    #[arg(long, env = "WARREN_RETAIN_FAILED", default_value = "30d", value_parser = parse_keep)]
+    retain_failed: Keep,
+    /// How many of each function's newest version numbers are kept; older versions are removed
+    /// unless active or still used by a queued or running invocation or an open batch. 0 keeps
+    /// every version.
+    #[arg(long, env = "WARREN_RETAIN_VERSIONS", default_value_t = 10)]
+    retain_versions: u32,
+    /// Seconds between two cleanups. One instance at a time cleans (the store decides); it
+    /// deletes in chunks of 1,000 rows, each its own short transaction.
+    #[arg(long, env = "WARREN_CLEANUP_EVERY_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    cleanup_every_secs: u64,
     /// Log format on stderr: text, or json (one object per line, with the invocation's span).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+fn parse_keep(s: &str) -> Result<Keep, String> {
+    s.parse()
 }
 
 /// The exit code of an invalid configuration (EX_USAGE).
@@ -155,6 +179,12 @@ async fn run(args: Args, auth: AuthMode) -> anyhow::Result<()> {
         max_connections: args.max_connections as usize,
         client_timeout: Duration::from_secs(args.client_timeout_secs),
         idempotency_window: Duration::from_secs(args.idempotency_window_secs),
+        retention: Policy {
+            succeeded: args.retain_succeeded,
+            failed: args.retain_failed,
+            versions: args.retain_versions,
+        },
+        cleanup_every: Duration::from_secs(args.cleanup_every_secs),
         ..Config::default()
     };
     let m = Management::start(store, transport, config).await?;
