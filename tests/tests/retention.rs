@@ -67,10 +67,9 @@ async fn the_cleanup_removes_200k_old_rows_while_invocations_keep_succeeding() {
         insert(&name, "dead", 50, 10 * DAY, "kept"),
         insert(&name, "queued", 20, 100 * DAY, "kept"),
         insert(&other, "succeeded", 30, 2 * DAY, "old"),
-        format!(
-            "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line)
-             SELECT id, 1, 0, created_ms, 'a line of long ago' FROM warren_invocations WHERE worker = 'old'"
-        ),
+        "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line)
+         SELECT id, 1, 0, created_ms, 'a line of long ago' FROM warren_invocations WHERE worker = 'old'"
+            .to_string(),
     ] {
         sqlx::query(&sql).execute(&mut *tx).await.unwrap();
     }
