@@ -142,8 +142,18 @@ pub fn convert(
 
 /// The first path segments under `/api/` that are Warren's own API (management's `api::ROUTES`;
 /// a test there keeps the two lists in step): an app route there would never be reached.
-pub const RESERVED_ROUTES: &[&str] =
-    &["functions", "invocations", "workers", "dead-letters", "keys", "stats", "batches", "timers", "openapi.json"];
+pub const RESERVED_ROUTES: &[&str] = &[
+    "functions",
+    "invocations",
+    "workers",
+    "dead-letters",
+    "keys",
+    "stats",
+    "retention",
+    "batches",
+    "timers",
+    "openapi.json",
+];
 
 /// A segment of a route template that Warren's matcher does not take: a parameter inside a
 /// literal (`{id}.json`) or with a constraint other than `int`.
