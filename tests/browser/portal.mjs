@@ -80,12 +80,15 @@ try {
   await page.click('#publish-btn');
   await waitText('#publish-out', `${name} version 1`, 30_000);
   await waitText('#view table', name);
+  await waitText('#retention-card', 'Defaults: succeeded 7d, failed, timed out, dead and cancelled 30d, 10 newest versions');
+  await waitText('#retention-card table', name);
   await shot('2-functions');
 
   log('the function page: versions and manifest');
   await page.click(`#publish-out a[href="#/functions/${name}"]`);
   await waitText('#manifest', `name = "${name}"`);
   await waitText('#view', 'v1');
+  await waitText('#retention', 'Keeps succeeded invocations 7d, failed ones 30d, the newest 10 versions');
 
   log('invoking from the page with a payload');
   await page.fill('#payload', '{"name": "Ada"}');

@@ -130,16 +130,10 @@ impl Metrics {
         self.invocations_accepted.get_or_create(&FunctionLabel { function: function.to_string() }).inc_by(n);
     }
 
-    /// Counts one cleanup and what it removed.
-    pub fn retention_removed(&self, r: &crate::retention::Report) {
+    /// Counts one cleanup and what it removed, by kind.
+    pub fn retention_removed(&self, removed: &[(&'static str, u64)]) {
         self.retention_runs.inc();
-        for (kind, n) in [
-            ("invocations", r.invocations),
-            ("log_lines", r.log_lines),
-            ("batches", r.batches),
-            ("versions", r.versions),
-            ("ticks", r.ticks),
-        ] {
+        for &(kind, n) in removed {
             self.retention_removed.get_or_create(&KindLabel { kind }).inc_by(n);
         }
     }

@@ -131,7 +131,13 @@ impl Cleaner {
             report.error = Some(e.to_string());
         }
         report.finished_ms = now_ms();
-        self.metrics.retention_removed(&report);
+        self.metrics.retention_removed(&[
+            ("invocations", report.invocations),
+            ("log_lines", report.log_lines),
+            ("batches", report.batches),
+            ("versions", report.versions),
+            ("ticks", report.ticks),
+        ]);
         report
     }
 }

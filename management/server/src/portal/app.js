@@ -379,10 +379,30 @@
     h('p', { class: 'muted' }, 'A .tar.gz or .zip of a function folder, function.toml at its root (', h('code', null, 'warren publish DIR'),
       ' packs one), or of an Azure Functions app, host.json at its root. It becomes the new active version of each function it holds.'),
     h('div', { class: 'row' }, file, btn), out);
-    root.append(h('h1', null, 'Functions'), form, h('div', { class: 'card' }, list));
+    const retention = h('div', { id: 'retention-card' });
+    root.append(h('h1', null, 'Functions'), form, h('div', { class: 'card' }, list),
+      h('div', { class: 'card' }, h('h2', null, 'Retention'), retention));
+    const kept = (n) => (n ? String(n) : 'all');
+    const retentionView = (r) => {
+      const last = r.cleanup.last;
+      return h('div', null,
+        h('p', { class: 'muted' }, `Finished work is kept for a time, then removed by a cleanup every ${r.cleanup.every_secs} s `,
+          '(one management instance at a time, in chunks). Defaults: succeeded ', h('b', null, r.defaults.succeeded), ', failed, timed out, dead and cancelled ',
+          h('b', null, r.defaults.failed), ', ', h('b', null, kept(r.defaults.versions)), ' newest versions. A function\'s ',
+          h('code', null, '[retention]'), ' in function.toml sets its own.'),
+        last ? h('p', { id: 'last-cleanup' }, `Last cleanup ${fmtTime(last.finished_ms)} by ${r.cleanup.holder}, ${last.finished_ms - last.started_ms} ms: removed `,
+          `${last.invocations} invocations (${last.log_lines} log lines), ${last.batches} batches, ${last.versions} versions, ${last.ticks} ticks.`,
+          last.error ? h('span', { class: 'error' }, ` Stopped early: ${last.error}`) : '')
+          : h('p', { class: 'muted' }, 'No cleanup has run yet.'),
+        table(['function', 'succeeded', 'failed', '#versions kept'], r.functions.length
+          ? r.functions.map((f) => h('tr', null, h('td', null, h('a', { href: `#/functions/${enc(f.name)}` }, f.name)),
+            h('td', null, f.retention.succeeded), h('td', null, f.retention.failed), h('td', { class: 'num' }, kept(f.retention.versions))))
+          : empty(4, 'No functions.')));
+    };
     return {
       async refresh() {
-        const fns = (await api('/api/functions')).body;
+        const [fns, ret] = await Promise.all([api('/api/functions').then((r) => r.body), api('/api/retention').then((r) => r.body)]);
+        update(retention, ret, retentionView);
         update(list, fns, () => table(['name', '#active version', 'trigger', 'first published', 'last published'], fns.length
           ? fns.map((f) => h('tr', null, h('td', null, h('a', { href: `#/functions/${enc(f.name)}` }, f.name)),
             h('td', { class: 'num' }, `v${f.active_version}`), h('td', { class: 'mono trigger' }, f.trigger || ''),
@@ -498,9 +518,12 @@
         drawVersions();
         showManifest();
         const desc = (/^description\s*=\s*"(.*)"\s*$/m.exec((data.versions.find((v) => v.version === active) || {}).manifest || '') || [])[1];
-        update(info, [active, desc, data.function.updated_ms, data.trigger], () => h('p', { class: 'muted' },
+        const r = data.retention;
+        update(info, [active, desc, data.function.updated_ms, data.trigger, r], () => h('div', null, h('p', { class: 'muted' },
           `Active version ${active}, published ${fmtTime(data.function.updated_ms)}.`, desc ? ` ${desc.replace(/\\"/g, '"')}` : '',
-          data.trigger ? h('span', null, ' Trigger: ', h('code', { class: 'trigger' }, data.trigger), '.') : ''));
+          data.trigger ? h('span', null, ' Trigger: ', h('code', { class: 'trigger' }, data.trigger), '.') : ''),
+          r ? h('p', { class: 'muted', id: 'retention' }, `Keeps succeeded invocations ${r.succeeded}, failed ones ${r.failed}, `,
+            r.versions ? `the newest ${r.versions} versions` : 'every version', ' (', h('a', { href: '#/functions' }, 'retention'), ').') : null));
         update(recent, inv.body, invocationRows);
       },
     };
