@@ -121,6 +121,18 @@ try {
   await page.waitForSelector('#view button[data-activate="2"]');
   await shot('3b-function-rolled-back');
 
+  log('pausing from its Pause button (confirmed), then resuming');
+  page.once('dialog', (d) => d.accept());
+  await page.click('#pause-function');
+  await waitText('#banner', `${name} is paused`);
+  await waitText('#paused-note', 'Paused since');
+  await waitText('#pause-function', 'Resume');
+  await shot('3c-function-paused');
+  await page.click('#pause-function');
+  await waitText('#banner', `${name} is resumed`);
+  await waitText('#pause-function', 'Pause');
+  await page.waitForSelector('#paused-note', { state: 'detached' });
+
   log('invocations, filtered');
   await go(`#/invocations?function=${name}`);
   await waitText('#view table', 'succeeded');

@@ -1,7 +1,38 @@
 //! Day-2 operations through the API and the CLI: rolling a function back to an earlier version,
-//! and deleting one, refused while anything of it is open.
+//! deleting one (refused while anything of it is open), idempotency keys, pausing and resuming.
+
+use std::time::Duration;
 
 use warren_tests::*;
+use warren_transport::amqp::AmqpTransport;
+use warren_transport::Transport;
+
+/// Async invokes of `name` (inputs `tag0`, `tag1`, ...) until one is set aside in its hold
+/// (those before it may have run: a worker reads a pause within a second). Their ids; the last
+/// one is held.
+async fn probe_until_held(m: &Management, name: &str, broker: &AmqpTransport, tag: &str) -> Vec<String> {
+    let held = warren_wire::topology::held_pool(name);
+    let depth = broker.queue_stats(&held).await.map(|s| s.messages).unwrap_or(0);
+    let (mut probes, from) = (Vec::new(), std::time::Instant::now());
+    loop {
+        let (status, v) = m.invoke(name, "async", format!("{tag}{}", probes.len()).as_bytes()).await;
+        assert_eq!(status, 202, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        probes.push(id.clone());
+        let held_it = eventually(Duration::from_secs(30), "the probe to run or be set aside", || async {
+            if broker.queue_stats(&held).await.map(|s| s.messages).unwrap_or(0) > depth {
+                return Some(true);
+            }
+            let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+            (v["status"] == "succeeded").then_some(false)
+        })
+        .await;
+        if held_it {
+            println!("probe {} was set aside, {:?} after the first", probes.len(), from.elapsed());
+            return probes;
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_rolls_back_to_an_earlier_version_and_is_deleted_once_nothing_is_open() {
@@ -149,7 +180,7 @@ async fn an_idempotency_key_runs_an_invoke_once_across_instances() {
     assert!(ids.iter().all(|id| *id == ids[0]), "one invocation for one key: {ids:?}");
     assert_eq!(repeats, 2, "two of the three are repeats");
     let id = ids[0].clone();
-    eventually(std::time::Duration::from_secs(30), "the keyed invocation to end", || async {
+    eventually(Duration::from_secs(30), "the keyed invocation to end", || async {
         (a.get(&format!("/api/invocations/{id}")).await.1["status"] == "succeeded").then_some(())
     })
     .await;
@@ -181,4 +212,98 @@ async fn an_idempotency_key_runs_an_invoke_once_across_instances() {
     }
     let ran = std::fs::read_to_string(&runs).unwrap();
     assert_eq!(ran.lines().filter(|l| *l == "five").count(), 1, "the CLI's repeat did not run again");
+}
+
+/// Pause and resume: while a function is paused its invocations are accepted and set aside in
+/// its hold, none runs; resumed, every one runs; a pause for a span ends by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_function_holds_its_invocations_until_it_resumes() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("pz"));
+    let m = Management::start(&pg_url()).await;
+    // Each run appends its input to a file: the file is what ran, in order.
+    let runs = tmp.path().join("runs");
+    let manifest =
+        format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n");
+    let script = format!("input=$(cat)\necho \"$input\" >> '{}'\nprintf 'ran %s' \"$input\"\n", runs.display());
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", &script)])).await;
+    let _w = start_worker(&pg_url(), &pool, 1, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+    let ran = || std::fs::read_to_string(&runs).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    let invoke_async = |input: String| {
+        let m = &m;
+        let name = &name;
+        async move {
+            let (status, v) = m.invoke(name, "async", input.as_bytes()).await;
+            assert_eq!(status, 202, "{v}");
+            v["id"].as_str().unwrap().to_string()
+        }
+    };
+    let broker = AmqpTransport::connect(&amqp_url(), "warren-tests").await.unwrap();
+    let held = warren_wire::topology::held_pool(&name);
+    let held_now = || async { broker.queue_stats(&held).await.map(|s| s.messages).unwrap_or(0) };
+
+    let cli = |args: &[&str]| m.cli().args(args).output().unwrap();
+    let out = cli(&["functions", "pause", &name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is paused"));
+    let (_, f) = m.get(&format!("/api/functions/{name}")).await;
+    assert!(f["function"]["paused_ms"].is_i64(), "{f}");
+    let probes = probe_until_held(&m, &name, &broker, "probe").await;
+    let before = ran();
+    let mut ids = Vec::new();
+    for i in 1..=8 {
+        ids.push(invoke_async(format!("item{i}")).await);
+    }
+    eventually(Duration::from_secs(30), "9 invocations set aside", || async { (held_now().await == 9).then_some(()) })
+        .await;
+    assert_eq!(ran(), before, "nothing ran while paused");
+    for id in &ids {
+        let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+        assert_eq!(v["status"], "queued", "{v}");
+    }
+
+    // Resumed: everything held runs, once.
+    let r = m.http.post(format!("{}/api/functions/{name}/resume", m.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = m.http.post(format!("{}/api/functions/{name}/resume", m.base)).send().await.unwrap();
+    assert_eq!(r.status(), 409, "not paused any more");
+    for id in ids.iter().chain(probes.last()) {
+        m.wait_status(id, "succeeded").await;
+    }
+    let after = ran();
+    let mut resumed: Vec<String> = after[before.len()..].to_vec();
+    println!("ran after the resume, in this order: {resumed:?}");
+    resumed.sort();
+    let mut want: Vec<String> = (1..=8).map(|i| format!("item{i}")).collect();
+    want.push(format!("probe{}", probes.len() - 1));
+    want.sort();
+    assert_eq!(resumed, want, "each held invocation ran once");
+    eventually(Duration::from_secs(30), "the hold to be empty", || async { (held_now().await == 0).then_some(()) })
+        .await;
+
+    // A pause for a span ends by itself, and what it held runs after its end.
+    let out = cli(&["functions", "pause", &name, "--for", "3s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, f) = m.get(&format!("/api/functions/{name}")).await;
+    let resume_at = f["function"]["resume_at_ms"].as_i64().expect("a resume time");
+    let probes = probe_until_held(&m, &name, &broker, "later").await;
+    let v = m.wait_status(probes.last().unwrap(), "succeeded").await;
+    let started = v["started_ms"].as_i64().unwrap();
+    println!("paused until {resume_at}; the held invocation started {} ms after", started - resume_at);
+    assert!(started >= resume_at, "held until the pause ended");
+    let (_, f) = m.get(&format!("/api/functions/{name}")).await;
+    assert!(f["function"]["paused_ms"].is_null(), "resumed by itself: {f}");
+
+    // Clear refusals.
+    let r = m.http.post(format!("{}/api/functions/{}/pause", m.base, unique("nope"))).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r =
+        m.http.post(format!("{}/api/functions/{name}/pause", m.base)).body("{\"for_secs\": 0}").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = m.http.post(format!("{}/api/functions/{name}/pause", m.base)).body("{\"hours\": 2}").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let (_, f) = m.get(&format!("/api/functions/{name}")).await;
+    assert!(f["function"]["paused_ms"].is_null(), "a refused pause changes nothing: {f}");
 }

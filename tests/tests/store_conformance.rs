@@ -321,6 +321,39 @@ async fn retention(store: &dyn Store) {
     assert!(store.get_duty(&unique("no-duty")).await.unwrap().is_none());
 }
 
+/// Pauses: a paused function is listed as held and says so; a resume keeps the hold until a
+/// drain ends it, and only a drain of the same resume; a due resume only once due.
+async fn pauses(store: &dyn Store) {
+    let (m, text) = manifest(&unique("pz"));
+    let name = m.name.clone();
+    store.publish_version(&m, &text, b"p", "sha").await.unwrap();
+    let held = |holds: Vec<warren_store::Hold>| holds.into_iter().find(|h| h.function == name);
+    assert_eq!(held(store.holds().await.unwrap()), None);
+    assert!(!store.pause_function(&unique("nope"), 1000, None).await.unwrap());
+    assert!(!store.resume_function(&name, 1000, false).await.unwrap(), "not paused");
+    assert!(store.pause_function(&name, 1000, Some(5000)).await.unwrap());
+    let f = store.get_function(&name).await.unwrap().unwrap();
+    assert_eq!((f.paused_ms, f.resume_at_ms), (Some(1000), Some(5000)));
+    // Paused again: the start stays, the end moves.
+    assert!(store.pause_function(&name, 2000, Some(9000)).await.unwrap());
+    let h = held(store.holds().await.unwrap()).expect("held");
+    assert_eq!((h.paused_ms, h.resume_at_ms, h.since_ms), (Some(1000), Some(9000), 1000));
+    assert!(!store.drained(&name, 1000).await.unwrap(), "a paused function's hold stays");
+    assert!(!store.resume_function(&name, 8999, true).await.unwrap(), "not due yet");
+    assert!(store.resume_function(&name, 9000, true).await.unwrap(), "due");
+    let f = store.get_function(&name).await.unwrap().unwrap();
+    assert_eq!((f.paused_ms, f.resume_at_ms), (None, None));
+    let h = held(store.holds().await.unwrap()).expect("still held until drained");
+    assert_eq!((h.paused_ms, h.since_ms), (None, 9000));
+    // A pause and resume in between: the older drain does not end the newer hold.
+    assert!(store.pause_function(&name, 10_000, None).await.unwrap());
+    assert!(store.resume_function(&name, 11_000, false).await.unwrap());
+    assert!(!store.drained(&name, 9000).await.unwrap());
+    assert!(store.drained(&name, 11_000).await.unwrap());
+    assert_eq!(held(store.holds().await.unwrap()), None);
+    assert!(store.list_functions().await.unwrap().iter().any(|f| f.name == name && f.paused_ms.is_none()));
+}
+
 /// Idempotency keys: taken once per function; a repeat gets the first invocation and its
 /// body's digest; past the window, or once freed, the key is taken anew.
 async fn idempotency_keys(store: &dyn Store) {
@@ -375,6 +408,7 @@ async fn conformance(store: Arc<dyn Store>) {
     idempotency_keys(&*store).await;
     rollback_and_removal(&*store).await;
     retention(&*store).await;
+    pauses(&*store).await;
     // Versions: immutable, numbered from 1, the newest active, atomically.
     let name = unique("fn");
     let (m, text) = manifest(&name);

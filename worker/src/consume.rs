@@ -36,6 +36,10 @@ impl Worker {
         }
         tracing::info!(worker = %self.cfg.id, pools = ?self.cfg.pools, "worker started");
         let beat = tokio::spawn(self.clone().beat(stop.clone()));
+        let follow = tokio::spawn({
+            let (w, stop) = (self.clone(), stop.clone());
+            async move { w.paused.follow(w.store.clone(), stop).await }
+        });
         stop.cancelled().await;
         tracing::info!(in_flight = self.in_flight.load(Ordering::Relaxed), "draining");
         let _ = self.store.heartbeat(&self.info(WorkerState::Draining)).await;
@@ -49,6 +53,7 @@ impl Worker {
             while consumers.join_next().await.is_some() {}
         }
         beat.abort();
+        follow.abort();
         self.handlers.close_all();
         let _ = self.store.heartbeat(&self.info(WorkerState::Gone)).await;
         Ok(())

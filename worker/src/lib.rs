@@ -20,6 +20,7 @@ mod groups;
 pub mod handler;
 mod http;
 pub mod metrics;
+mod paused;
 mod pipeline;
 pub mod process;
 mod record;

@@ -62,6 +62,8 @@ pub(crate) enum Verdict {
     Abandon,
     /// No worker can take it: to the pool's dead-letter queue with the reason, then acked.
     DeadLetter { reason: String },
+    /// Its function is paused: `body` to the function's hold (confirmed), then acked.
+    Hold { function: String, body: bytes::Bytes },
 }
 
 impl Verdict {
@@ -161,6 +163,9 @@ impl Worker {
         gate: &Gate,
         generation: u64,
     ) -> Result<Verdict, Verdict> {
+        if self.paused.contains(&msg.function) {
+            return Err(self.hold_verdict(msg, d));
+        }
         let slot = self.take_slot(gate, generation).await?;
         let attempt = Attempt::new(msg, d.redelivered);
         self.claim_stage(&attempt).await?;
@@ -183,6 +188,29 @@ impl Worker {
             }
         };
         Ok(self.store(pool, &attempt, &d.body, decision, ran.as_deref()).await)
+    }
+
+    /// Hold: the message as it goes to its paused function's hold. A redelivered copy of a
+    /// fresh message loses its `fresh` mark: whoever had it before may have run it, so it is
+    /// claimed when it comes back.
+    fn hold_verdict(&self, msg: &InvocationMessage, d: &Delivery) -> Verdict {
+        tracing::debug!("function paused: setting the invocation aside until it resumes");
+        let body = if msg.fresh && d.redelivered {
+            InvocationMessage { fresh: false, ..msg.clone() }.encode().into()
+        } else {
+            d.body.clone()
+        };
+        Verdict::Hold { function: msg.function.clone(), body }
+    }
+
+    /// Puts a message in its paused function's hold (declared once), confirmed.
+    async fn hold(&self, function: &str, body: bytes::Bytes) -> Result<(), warren_transport::TransportError> {
+        let pool = warren_wire::topology::held_pool(function);
+        if !self.holds_declared.contains_key(&pool) {
+            self.transport.declare_pool(&pool).await?;
+            self.holds_declared.insert(pool.clone(), ());
+        }
+        self.transport.publish(&pool, body).await
     }
 
     /// Decode: a message that cannot be read (garbage, a newer protocol) is dead-lettered.
@@ -389,6 +417,16 @@ impl Worker {
                 let _ = d.requeue().await;
             }
             Verdict::Abandon => drop(d),
+            Verdict::Hold { function, body } => match self.hold(&function, body).await {
+                Ok(()) => {
+                    let _ = d.ack().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set the invocation of a paused function aside; returning it");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = d.requeue().await;
+                }
+            },
             Verdict::DeadLetter { reason } => match self.transport.dead_letter(pool, d.body.clone(), &reason).await {
                 Ok(()) => {
                     let _ = d.ack().await;

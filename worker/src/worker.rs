@@ -14,6 +14,7 @@ use crate::config::WorkerConfig;
 use crate::groups::Groups;
 use crate::handler::Handlers;
 use crate::metrics::WorkerMetrics;
+use crate::paused::Paused;
 use crate::settings::SettingsCache;
 use crate::versions::Versions;
 
@@ -35,6 +36,10 @@ pub struct Worker {
     /// channel held while it may still be running here: such a copy waits its turn.
     pub(crate) running: DashMap<Uuid, ()>,
     pub metrics: WorkerMetrics,
+    /// The functions paused now: their invocations are set aside in their hold.
+    pub(crate) paused: Paused,
+    /// The holds this worker has declared on the broker.
+    pub(crate) holds_declared: DashMap<String, ()>,
     /// The group commits, once [`Worker::run`] started them.
     pub(crate) groups: OnceLock<Groups>,
     started_ms: i64,
@@ -52,6 +57,8 @@ impl Worker {
             in_flight: AtomicI32::new(0),
             running_now: AtomicI32::new(0),
             running: DashMap::new(),
+            paused: Paused::default(),
+            holds_declared: DashMap::new(),
             metrics: WorkerMetrics::default(),
             groups: OnceLock::new(),
             started_ms: now_ms(),

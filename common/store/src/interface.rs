@@ -52,6 +52,17 @@ pub trait FunctionStore: Send + Sync {
     /// open invocations or an open batch (of it or fanning in to it); `false` when there is no
     /// such function.
     async fn delete_function(&self, name: &str) -> Result<bool>;
+    /// Pauses a function at `now_ms` (until `resume_at_ms`, if given; a pause of a paused
+    /// function moves only that end): `false` when there is no such function.
+    async fn pause_function(&self, name: &str, now_ms: i64, resume_at_ms: Option<i64>) -> Result<bool>;
+    /// Resumes a paused function at `now_ms` (`due`: only if its `resume_at_ms` has come). Its
+    /// hold stays until a drain ends it. `false` when it was not paused (or not due).
+    async fn resume_function(&self, name: &str, now_ms: i64, due: bool) -> Result<bool>;
+    /// The functions whose invocations are held, or may still be (deleted ones aside).
+    async fn holds(&self) -> Result<Vec<Hold>>;
+    /// Ends the hold of a resumed function whose held invocations are all back in its pool,
+    /// unless it was paused or resumed again since `since_ms`. `true` when it ended.
+    async fn drained(&self, name: &str, since_ms: i64) -> Result<bool>;
 }
 
 /// The refusal of a delete that finds work open, for every backend.

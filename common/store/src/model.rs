@@ -61,6 +61,12 @@ pub struct FunctionInfo {
     pub active_version: i64,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Paused since then: its invocations are held, none starts (see [`Hold`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_ms: Option<i64>,
+    /// When a pause ends by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_at_ms: Option<i64>,
 }
 
 /// What management records before publishing an invocation.
@@ -409,4 +415,17 @@ pub struct Duty {
     /// What the holder last reported of it (JSON text), and when (its own clock).
     pub report: Option<String>,
     pub report_ms: Option<i64>,
+}
+
+/// A function whose invocations are held, or may still be: paused, or resumed at `since_ms`
+/// with its held invocations not all moved back to its pool yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hold {
+    pub function: String,
+    /// `Some` while paused (since then).
+    pub paused_ms: Option<i64>,
+    pub resume_at_ms: Option<i64>,
+    /// The pause's time while paused, the resume's once resumed: a drain that finds the held
+    /// queue empty ends the hold only if nothing changed since ([`crate::FunctionStore::drained`]).
+    pub since_ms: i64,
 }

@@ -98,9 +98,21 @@ pub(crate) fn version(r: &impl Columns) -> Result<FunctionVersion> {
     })
 }
 
-/// `name, active_version, created_ms, updated_ms`
+/// `name, active_version, created_ms, updated_ms, paused_ms, resume_at_ms`
 pub(crate) fn function(r: &impl Columns) -> Result<FunctionInfo> {
-    Ok(FunctionInfo { name: r.text(0)?, active_version: r.int(1)?, created_ms: r.int(2)?, updated_ms: r.int(3)? })
+    Ok(FunctionInfo {
+        name: r.text(0)?,
+        active_version: r.int(1)?,
+        created_ms: r.int(2)?,
+        updated_ms: r.int(3)?,
+        paused_ms: r.opt_int(4)?,
+        resume_at_ms: r.opt_int(5)?,
+    })
+}
+
+/// `name, paused_ms, resume_at_ms, held_ms`
+pub(crate) fn hold(r: &impl Columns) -> Result<Hold> {
+    Ok(Hold { function: r.text(0)?, paused_ms: r.opt_int(1)?, resume_at_ms: r.opt_int(2)?, since_ms: r.int(3)? })
 }
 
 /// `id, function, version, status, attempts, payload, result, error, worker, created_ms,

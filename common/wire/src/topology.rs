@@ -12,6 +12,10 @@
 //!   `<pool>`. `<bucket>` is the power of two (in ms) at or below the delay, so messages in one
 //!   queue expire in nearly the order they arrive (a message never waits more than its bucket's
 //!   width behind another).
+//! - `warren.pool.held.<function>` (durable queue, a pool of its own named `held.<function>`):
+//!   the invocations of a paused function that workers set aside, in order of arrival, until
+//!   management moves them back to the function's pool once it resumes. (Pool names of
+//!   functions have no dot: no function's pool is called so.)
 //! - `warren.notice.<instance>` (exclusive, auto-delete): one per management instance, where
 //!   workers send completion notices for synchronous invocations.
 
@@ -38,6 +42,11 @@ pub fn retry_bucket(delay: Duration) -> u64 {
 
 pub fn retry_queue(pool: &str, bucket_ms: u64) -> String {
     format!("warren.retry.{pool}.{bucket_ms}")
+}
+
+/// The pool where a paused function's invocations are held.
+pub fn held_pool(function: &str) -> String {
+    format!("held.{function}")
 }
 
 pub fn notice_queue(instance: &str) -> String {

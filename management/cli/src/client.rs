@@ -128,6 +128,20 @@ impl Client {
         self.json(self.post(&["api", "functions", name, "activate"]).json(&json!({"version": version}))).await
     }
 
+    /// `POST /api/functions/{name}/pause`, for `for_secs` if given.
+    pub(crate) async fn pause(&self, name: &str, for_secs: Option<u64>) -> anyhow::Result<Value> {
+        let body = match for_secs {
+            Some(s) => json!({"for_secs": s}),
+            None => json!({}),
+        };
+        self.json(self.post(&["api", "functions", name, "pause"]).json(&body)).await
+    }
+
+    /// `POST /api/functions/{name}/resume`.
+    pub(crate) async fn resume(&self, name: &str) -> anyhow::Result<Value> {
+        self.json(self.post(&["api", "functions", name, "resume"])).await
+    }
+
     /// `DELETE /api/functions/{name}`.
     pub(crate) async fn delete_function(&self, name: &str) -> anyhow::Result<Value> {
         self.json(self.request(Method::DELETE, &["api", "functions", name])).await

@@ -148,10 +148,10 @@ enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// List published functions, or show one with its versions; activate an earlier version
-    /// (rollback), or delete a function.
+    /// (rollback), pause and resume a function, or delete one.
     #[command(
         args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  warren functions                    # every function, its active version and trigger\n  warren functions resize             # one function and its versions\n  warren functions activate resize 2  # roll back: version 2 serves from the next invoke\n  warren functions delete resize      # refused while it has open invocations, batches or a source"
+        after_help = "Examples:\n  warren functions                    # every function, its active version and trigger\n  warren functions resize             # one function and its versions\n  warren functions activate resize 2  # roll back: version 2 serves from the next invoke\n  warren functions delete resize      # refused while it has open invocations, batches or a source\n  warren functions pause resize --for 2h   # its invocations wait; resume NAME starts them"
     )]
     Functions {
         /// A function name, to show its versions.
@@ -201,6 +201,29 @@ enum FunctionsCommand {
     /// Delete a function with its versions and settings; its finished invocations stay.
     /// Refused while it has open invocations or batches, or consumes a source queue.
     Delete { name: String },
+    /// Pause a function: its invocations are still accepted and queued, but none starts
+    /// (workers set them aside, in order); its timer does not fire and its source does not
+    /// consume. Invocations already running finish.
+    #[command(
+        after_help = "Examples:\n  warren functions pause sync-crm            # until warren functions resume sync-crm\n  warren functions pause sync-crm --for 2h   # resumes by itself in two hours"
+    )]
+    Pause {
+        name: String,
+        /// Resume by itself after this span: a whole number with s, m, h or d.
+        #[arg(long = "for", value_name = "SPAN", value_parser = parse_span)]
+        for_: Option<u64>,
+    },
+    /// Resume a paused function: what it held starts, in order of arrival, and its timer and
+    /// source start again.
+    Resume { name: String },
+}
+
+/// A span such as `90m` or `2h`, in seconds.
+fn parse_span(s: &str) -> Result<u64, String> {
+    match s.parse::<warren_wire::retention::Keep>()? {
+        warren_wire::retention::Keep::For(d) => Ok(d.as_secs()),
+        warren_wire::retention::Keep::Forever => Err("a pause for good needs no --for".into()),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -513,6 +536,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Functions { action: Some(FunctionsCommand::Pause { name, for_ }), .. } => {
+            let v = api.pause(&name, for_).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(at) = v["resume_at_ms"].as_i64() {
+                let secs = (at - warren_wire::time::now_ms()).max(0) / 1000;
+                println!("{name} is paused: its invocations wait until it resumes by itself in {secs} s");
+            } else {
+                println!("{name} is paused: its invocations wait until warren functions resume {name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Functions { action: Some(FunctionsCommand::Resume { name }), .. } => {
+            let v = api.resume(&name).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{name} is resumed: what it held starts now");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Functions { action: Some(FunctionsCommand::Delete { name }), .. } => {
             let v = api.delete_function(&name).await?;
             if cli.json {
@@ -531,10 +575,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if name.is_some() {
                 println!(
-                    "{} (active version {}, trigger: {})",
+                    "{} (active version {}, trigger: {}){}",
                     v["function"]["name"].as_str().unwrap_or("?"),
                     v["function"]["active_version"],
-                    v["trigger"].as_str().unwrap_or("?")
+                    v["trigger"].as_str().unwrap_or("?"),
+                    if v["function"]["paused_ms"].is_i64() { ", paused" } else { "" }
                 );
                 let r = &v["retention"];
                 println!(
@@ -558,10 +603,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 for f in list {
                     println!(
-                        "{:<32} v{:<5} {}",
+                        "{:<32} v{:<5} {}{}",
                         f["name"].as_str().unwrap_or("?"),
                         f["active_version"],
-                        f["trigger"].as_str().unwrap_or("")
+                        f["trigger"].as_str().unwrap_or(""),
+                        if f["paused_ms"].is_i64() { "  (paused)" } else { "" }
                     );
                 }
             }

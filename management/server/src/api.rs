@@ -65,6 +65,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/functions/{name}"),
     ("DELETE", "/api/functions/{name}"),
     ("POST", "/api/functions/{name}/activate"),
+    ("POST", "/api/functions/{name}/pause"),
+    ("POST", "/api/functions/{name}/resume"),
     ("POST", "/api/functions/{name}/invoke"),
     ("POST", "/api/functions/{name}/invocations"),
     ("GET", "/api/functions/{name}/settings"),
@@ -105,6 +107,8 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/functions", post(publish).layer(DefaultBodyLimit::max(package_limit)).get(list_functions))
         .route("/api/functions/{name}", get(get_function).delete(delete_function))
         .route("/api/functions/{name}/activate", post(activate_function))
+        .route("/api/functions/{name}/pause", post(pause_function))
+        .route("/api/functions/{name}/resume", post(resume_function))
         .route("/api/functions/{name}/invoke", post(invoke).layer(DefaultBodyLimit::max(payload_limit)))
         // Its body limit is applied by the handler, which reads the body only once it has a turn.
         .route("/api/functions/{name}/invocations", post(invoke_many))
@@ -320,6 +324,64 @@ async fn activate_function(
     let Json(b) = body.map_err(|e| bad_request(format!("{}; send {{\"version\": N}}", e.body_text())))?;
     let v = m.catalog.activate(&name, b.version).await?;
     Ok(Json(json!({"name": name, "active_version": v.version, "version": v})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PauseBody {
+    /// Resume by itself at this time (ms since the epoch)...
+    resume_at_ms: Option<i64>,
+    /// ...or this many seconds from now.
+    for_secs: Option<u64>,
+}
+
+/// The longest pause that ends by itself.
+const MAX_PAUSE_SECS: u64 = 366 * 86_400;
+
+async fn pause_function(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let name = name_from(name)?;
+    let body = body.map_err(|e| bad_request(e.body_text()))?;
+    let how = "send nothing, {\"for_secs\": N} or {\"resume_at_ms\": MS}";
+    let b: PauseBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PauseBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("{e}; {how}")))?
+    };
+    let now = now_ms();
+    let resume_at = match (b.resume_at_ms, b.for_secs) {
+        (Some(_), Some(_)) => return Err(bad_request(format!("give one of for_secs and resume_at_ms; {how}"))),
+        (None, Some(s)) if s == 0 || s > MAX_PAUSE_SECS => {
+            return Err(bad_request(format!("for_secs must be 1 to {MAX_PAUSE_SECS}")))
+        }
+        (None, Some(s)) => Some(now + s as i64 * 1000),
+        (Some(at), None) if at <= now || at > now + MAX_PAUSE_SECS as i64 * 1000 => {
+            return Err(bad_request("resume_at_ms must be in the future, within a year"))
+        }
+        (at, None) => at,
+    };
+    if !m.catalog.pause(&name, resume_at).await? {
+        return Err(not_found(format!("function {name:?} does not exist")));
+    }
+    let f = m.store.get_function(&name).await?.ok_or_else(|| not_found(format!("function {name:?} does not exist")))?;
+    Ok(Json(json!({"name": name, "paused": true, "paused_ms": f.paused_ms, "resume_at_ms": f.resume_at_ms})))
+}
+
+async fn resume_function(
+    State(m): State<Arc<Management>>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let name = name_from(name)?;
+    if !m.catalog.resume(&name).await? {
+        if m.store.get_function(&name).await?.is_none() {
+            return Err(not_found(format!("function {name:?} does not exist")));
+        }
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("function {name:?} is not paused")));
+    }
+    Ok(Json(json!({"name": name, "resumed": true})))
 }
 
 async fn delete_function(

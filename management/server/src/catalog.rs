@@ -226,6 +226,28 @@ impl Catalog {
     }
 
     /// The `auth` level of a function's active version; `None` when there is no such function.
+    /// The functions paused now (none when the store cannot say: triggers go on as they were
+    /// until it can).
+    pub async fn paused(&self) -> std::collections::HashSet<String> {
+        match self.store.holds().await {
+            Ok(h) => h.into_iter().filter(|h| h.paused_ms.is_some()).map(|h| h.function).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the paused functions now");
+                Default::default()
+            }
+        }
+    }
+
+    /// Pauses a function (until `resume_at_ms`, if given).
+    pub async fn pause(&self, function: &str, resume_at_ms: Option<i64>) -> Result<bool, Error> {
+        Ok(self.store.pause_function(function, now_ms(), resume_at_ms).await?)
+    }
+
+    /// Resumes a paused function: `false` when it was not paused.
+    pub async fn resume(&self, function: &str) -> Result<bool, Error> {
+        Ok(self.store.resume_function(function, now_ms(), false).await?)
+    }
+
     pub async fn auth_level(&self, function: &str) -> Result<Option<AuthLevel>, Error> {
         match self.active_manifest(function).await {
             Ok((_, manifest)) => Ok(Some(manifest.auth)),

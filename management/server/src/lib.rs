@@ -10,7 +10,8 @@
 //! - [`lease`]: this instance's lease, and the settling of what a stopped one left;
 //! - [`keys`]: API keys; [`auth`]: the layer that checks them on every request;
 //! - [`batch`], [`timers`], `sources`, `outputs`: the triggers and their loops;
-//! - [`retention`]: the cleanup of finished work past its time.
+//! - [`retention`]: the cleanup of finished work past its time; `holds`: paused functions'
+//!   held invocations moved back once they resume.
 //!
 //! The HTTP side: [`http`] (the accept loop), [`api`] and [`triggers_api`] (the routes),
 //! `azure_http` and `routes` (Azure Functions apps' HTTP triggers under `/api/`), [`portal`]
@@ -24,6 +25,7 @@ pub mod catalog;
 mod config;
 mod dead_letters;
 mod error;
+mod holds;
 pub mod http;
 pub mod invoke;
 pub mod keys;

@@ -19,6 +19,7 @@ use warren_transport::Transport;
 use crate::batch::Batches;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::holds::Holds;
 use crate::invoke::Invoker;
 use crate::keys::Keys;
 use crate::lease::Lease;
@@ -107,12 +108,14 @@ impl Management {
         // The lease is handed back once the source consumers are done with what they hold.
         let sources_idle = Arc::new(AtomicBool::new(!config.triggers));
         tasks.spawn(lease.clone().keep(stop.clone(), sources_idle.clone()));
-        tasks.spawn(notices::listen(waiters, transport.clone(), instance, notice_consumer, stop.clone()));
+        tasks.spawn(notices::listen(waiters, transport.clone(), instance.clone(), notice_consumer, stop.clone()));
         tasks.spawn(invoker.clone().sweep_keys(stop.clone()));
         if config.triggers {
             tasks.spawn(batches.clone().sweep(stop.clone()));
             tasks.spawn(timers.clone().schedule(stop.clone()));
             tasks.spawn(cleaner.clone().run(stop.clone()));
+            let holds = Holds::new(store.clone(), transport.clone(), catalog.clone(), instance.clone());
+            tasks.spawn(Arc::new(holds).run(stop.clone()));
             let outputs = Outputs::new(store.clone(), catalog.clone(), Peers::default(), &config);
             tasks.spawn(outputs.deliver(stop.clone()));
             let sources =

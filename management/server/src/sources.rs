@@ -82,8 +82,11 @@ impl Sources {
                     continue;
                 }
             };
+            // A paused function's source stops consuming until it resumes.
+            let paused = self.catalog.paused().await;
             let wanted: HashMap<String, AmqpSource> = active
                 .into_iter()
+                .filter(|(name, _, _)| !paused.contains(name))
                 .filter_map(|(name, _, manifest)| manifest.source.clone().map(|s| (name, s)))
                 .collect();
             running.retain(|name, (src, task)| {

@@ -136,9 +136,15 @@ impl Timers {
                 match self.catalog.active_manifests().await {
                     Ok(all) => {
                         refreshed = Some(Instant::now());
+                        // A paused function's timer is dropped: resumed, it starts from then,
+                        // as a new one does (with its catch-up, if it has one).
+                        let paused = self.catalog.paused().await;
                         let mut seen = HashMap::new();
                         for (name, version, manifest) in all {
                             let Some(t) = &manifest.timer else { continue };
+                            if paused.contains(&name) {
+                                continue;
+                            }
                             // `%NAME%` in a schedule (Azure Functions apps) is a setting of the function.
                             let pattern = match self.catalog.expand(&name, &t.schedule).await {
                                 Ok(p) => p,

@@ -102,4 +102,24 @@ impl FunctionStore for MssqlStore {
         finish(&mut c, matches!(result, Ok(true))).await?;
         result
     }
+
+    async fn pause_function(&self, name: &str, now_ms: i64, resume_at_ms: Option<i64>) -> Result<bool> {
+        let mut c = self.conn().await?;
+        Ok(c.execute(PAUSE, &[&name, &now_ms, &resume_at_ms]).await.map_err(unavailable)?.total() == 1)
+    }
+
+    async fn resume_function(&self, name: &str, now_ms: i64, due: bool) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let sql = if due { RESUME_DUE } else { RESUME };
+        Ok(c.execute(sql, &[&name, &now_ms]).await.map_err(unavailable)?.total() == 1)
+    }
+
+    async fn holds(&self) -> Result<Vec<Hold>> {
+        self.rows(HOLDS, &[]).await?.iter().map(rows::hold).collect()
+    }
+
+    async fn drained(&self, name: &str, since_ms: i64) -> Result<bool> {
+        let mut c = self.conn().await?;
+        Ok(c.execute(DRAINED, &[&name, &since_ms]).await.map_err(unavailable)?.total() == 1)
+    }
 }

@@ -184,6 +184,7 @@ pub(super) const SCHEMA: &[(i32, &str)] = &[
         report_ms BIGINT NULL)",
     ),
     (901, "CREATE INDEX warren_batches_function_finished ON warren_batches (function_name, finished_ms)"),
+    (1000, "ALTER TABLE warren_functions ADD paused_ms BIGINT NULL, resume_at_ms BIGINT NULL, held_ms BIGINT NULL"),
 ];
 
 pub(super) const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -210,9 +211,9 @@ pub(super) const ACTIVATE_VERSION: &str = "UPDATE warren_functions SET active_ve
 pub(super) const INSERT_FUNCTION: &str =
     "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES (@P1, @P2, @P3, @P3)";
 pub(super) const LIST_FUNCTIONS: &str =
-    "SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE active_version > 0 ORDER BY name";
+    "SELECT name, active_version, created_ms, updated_ms, paused_ms, resume_at_ms FROM warren_functions WHERE active_version > 0 ORDER BY name";
 pub(super) const GET_FUNCTION: &str =
-    "SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = @P1 AND active_version > 0";
+    "SELECT name, active_version, created_ms, updated_ms, paused_ms, resume_at_ms FROM warren_functions WHERE name = @P1 AND active_version > 0";
 pub(super) const LIST_VERSIONS: &str = "SELECT name, version, sha256, manifest, size, created_ms FROM warren_versions
      WHERE name = @P1 ORDER BY version DESC";
 pub(super) const GET_VERSION: &str = "SELECT name, version, sha256, manifest, size, created_ms FROM warren_versions
@@ -338,6 +339,19 @@ pub(super) const INSTANCE_INSERT: &str = concat!(
 );
 pub(super) const LAPSED_INSTANCES: &str =
     concat!("SELECT id, settled_ms FROM warren_instances WHERE seen_ms + lease_ms < ", clock_ms!(), " ORDER BY id");
+/// Pauses @P1 at @P2 until @P3 (a paused one keeps its start).
+pub(super) const PAUSE: &str = "UPDATE warren_functions SET paused_ms = COALESCE(paused_ms, @P2), resume_at_ms = @P3,
+       held_ms = COALESCE(paused_ms, @P2)
+     WHERE name = @P1 AND active_version > 0";
+/// Resumes @P1 at @P2; its hold stays (from @P2) until a drain ends it.
+pub(super) const RESUME: &str = "UPDATE warren_functions SET paused_ms = NULL, resume_at_ms = NULL, held_ms = @P2
+     WHERE name = @P1 AND paused_ms IS NOT NULL";
+pub(super) const RESUME_DUE: &str = "UPDATE warren_functions SET paused_ms = NULL, resume_at_ms = NULL, held_ms = @P2
+     WHERE name = @P1 AND paused_ms IS NOT NULL AND resume_at_ms <= @P2";
+pub(super) const HOLDS: &str = "SELECT name, paused_ms, resume_at_ms, held_ms FROM warren_functions
+     WHERE held_ms IS NOT NULL AND active_version > 0 ORDER BY name";
+pub(super) const DRAINED: &str = "UPDATE warren_functions SET held_ms = NULL
+     WHERE name = @P1 AND paused_ms IS NULL AND held_ms = @P2";
 /// A duty's lease renewed by its holder, or taken over once lapsed (by the store's clock).
 pub(super) const DUTY_RENEW: &str = concat!(
     "UPDATE warren_duties WITH (UPDLOCK, HOLDLOCK) SET holder = @P2, until_ms = ",
@@ -474,6 +488,11 @@ pub(super) fn statements() -> Vec<String> {
             SCHEMA_CREATE,
             INSTANCE_UPDATE,
             INSTANCE_INSERT,
+            PAUSE,
+            RESUME,
+            RESUME_DUE,
+            HOLDS,
+            DRAINED,
             DUTY_RENEW,
             DUTY_INSERT,
             DUTY_REPORT,

@@ -77,7 +77,7 @@ impl FunctionStore for SqlxStore {
 
     async fn list_functions(&self) -> Result<Vec<FunctionInfo>> {
         let rows =
-            sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE active_version > 0 ORDER BY name")
+            sqlx::query("SELECT name, active_version, created_ms, updated_ms, paused_ms, resume_at_ms FROM warren_functions WHERE active_version > 0 ORDER BY name")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
@@ -86,7 +86,7 @@ impl FunctionStore for SqlxStore {
 
     async fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>> {
         let row =
-            sqlx::query("SELECT name, active_version, created_ms, updated_ms FROM warren_functions WHERE name = $1 AND active_version > 0")
+            sqlx::query("SELECT name, active_version, created_ms, updated_ms, paused_ms, resume_at_ms FROM warren_functions WHERE name = $1 AND active_version > 0")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await
@@ -185,7 +185,41 @@ impl FunctionStore for SqlxStore {
         tx.commit().await.map_err(unavailable)?;
         Ok(true)
     }
+
+    async fn pause_function(&self, name: &str, now_ms: i64, resume_at_ms: Option<i64>) -> Result<bool> {
+        let q = sqlx::query(PAUSE).bind(name).bind(now_ms).bind(resume_at_ms);
+        Ok(q.execute(&self.pool).await.map_err(unavailable)?.rows_affected() == 1)
+    }
+
+    async fn resume_function(&self, name: &str, now_ms: i64, due: bool) -> Result<bool> {
+        let q = sqlx::query(if due { RESUME_DUE } else { RESUME }).bind(name).bind(now_ms);
+        Ok(q.execute(&self.pool).await.map_err(unavailable)?.rows_affected() == 1)
+    }
+
+    async fn holds(&self) -> Result<Vec<Hold>> {
+        let rows = sqlx::query(HOLDS).fetch_all(&self.pool).await.map_err(unavailable)?;
+        rows.iter().map(rows::hold).collect()
+    }
+
+    async fn drained(&self, name: &str, since_ms: i64) -> Result<bool> {
+        let q = sqlx::query(DRAINED).bind(name).bind(since_ms);
+        Ok(q.execute(&self.pool).await.map_err(unavailable)?.rows_affected() == 1)
+    }
 }
+
+/// Pauses `$1` at `$2` until `$3` (a paused one keeps its start).
+const PAUSE: &str = "UPDATE warren_functions SET paused_ms = COALESCE(paused_ms, $2), resume_at_ms = $3,
+       held_ms = COALESCE(paused_ms, $2)
+     WHERE name = $1 AND active_version > 0";
+/// Resumes `$1` at `$2`; its hold stays (from `$2`) until a drain ends it.
+const RESUME: &str = "UPDATE warren_functions SET paused_ms = NULL, resume_at_ms = NULL, held_ms = $2
+     WHERE name = $1 AND paused_ms IS NOT NULL";
+const RESUME_DUE: &str = "UPDATE warren_functions SET paused_ms = NULL, resume_at_ms = NULL, held_ms = $2
+     WHERE name = $1 AND paused_ms IS NOT NULL AND resume_at_ms <= $2";
+const HOLDS: &str = "SELECT name, paused_ms, resume_at_ms, held_ms FROM warren_functions
+     WHERE held_ms IS NOT NULL AND active_version > 0 ORDER BY name";
+const DRAINED: &str = "UPDATE warren_functions SET held_ms = NULL
+     WHERE name = $1 AND paused_ms IS NULL AND held_ms = $2";
 
 /// A deleted function keeps its row, with `active_version` set to minus its newest version (a
 /// tombstone no read returns), so that a later publish of the name numbers on after it: a

@@ -171,5 +171,13 @@ pub(super) fn schema(blob: &str) -> Vec<(i32, String)> {
         CREATE INDEX IF NOT EXISTS warren_batches_function_finished ON warren_batches (function, finished_ms);"
                 .to_string(),
         ),
+        // Step 10: pausing a function (its invocations held until it resumes).
+        (
+            9,
+            "ALTER TABLE warren_functions ADD COLUMN paused_ms BIGINT;
+        ALTER TABLE warren_functions ADD COLUMN resume_at_ms BIGINT;
+        ALTER TABLE warren_functions ADD COLUMN held_ms BIGINT;"
+                .to_string(),
+        ),
     ]
 }

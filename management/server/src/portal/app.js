@@ -405,7 +405,8 @@
         update(retention, ret, retentionView);
         update(list, fns, () => table(['name', '#active version', 'trigger', 'first published', 'last published'], fns.length
           ? fns.map((f) => h('tr', null, h('td', null, h('a', { href: `#/functions/${enc(f.name)}` }, f.name)),
-            h('td', { class: 'num' }, `v${f.active_version}`), h('td', { class: 'mono trigger' }, f.trigger || ''),
+            h('td', { class: 'num' }, `v${f.active_version}`), h('td', { class: 'mono trigger' }, f.trigger || '',
+              f.paused_ms != null ? h('span', null, ' ', badge('paused', 'paused')) : null),
             h('td', null, fmtTime(f.created_ms)), h('td', null, fmtTime(f.updated_ms))))
           : empty(5, 'Nothing published yet: publish a package above.')));
       },
@@ -474,6 +475,18 @@
       }
       tick(true);
     };
+    const pauseOrResume = async () => {
+      const paused = data && data.function.paused_ms != null;
+      if (!paused && !confirm(`Pause ${name}? Its invocations are still accepted, but none starts until it resumes; its timer does not fire and its source does not consume. Running ones finish.`)) return;
+      try {
+        await api(`/api/functions/${enc(name)}/${paused ? 'resume' : 'pause'}`, { method: 'POST', body: '{}', headers: { 'Content-Type': 'application/json' } });
+        banner(paused ? `${name} is resumed: what it held starts now.` : `${name} is paused.`, 'info');
+      } catch (e) {
+        banner(e.message);
+      }
+      tick(true);
+    };
+    const pauseBtn = h('button', { type: 'button', class: 'ghost', id: 'pause-function', onclick: pauseOrResume }, 'Pause');
     const remove = async () => {
       if (!confirm(`Delete ${name} with all its versions and settings? Its finished invocations stay. This cannot be undone.`)) return;
       try {
@@ -488,7 +501,8 @@
     root.append(
       h('div', { class: 'crumbs' }, h('a', { href: '#/functions' }, 'Functions'), ' / ', name),
       h('div', { class: 'spread' }, h('h1', null, name),
-        h('button', { type: 'button', class: 'danger', id: 'delete-function', onclick: remove }, 'Delete function')),
+        h('div', { class: 'row' }, pauseBtn,
+          h('button', { type: 'button', class: 'danger', id: 'delete-function', onclick: remove }, 'Delete function'))),
       info, form,
       h('div', { class: 'grid cols-2' },
         h('div', { class: 'card' }, h('h2', null, 'Versions'), versions),
@@ -518,8 +532,14 @@
         drawVersions();
         showManifest();
         const desc = (/^description\s*=\s*"(.*)"\s*$/m.exec((data.versions.find((v) => v.version === active) || {}).manifest || '') || [])[1];
+        const paused = data.function.paused_ms != null;
+        pauseBtn.textContent = paused ? 'Resume' : 'Pause';
         const r = data.retention;
-        update(info, [active, desc, data.function.updated_ms, data.trigger, r], () => h('div', null, h('p', { class: 'muted' },
+        update(info, [active, desc, data.function.updated_ms, data.trigger, r, data.function.paused_ms, data.function.resume_at_ms], () => h('div', null,
+          paused ? h('p', { id: 'paused-note' }, badge('paused', 'paused'), ` Paused since ${fmtTime(data.function.paused_ms)}`,
+            data.function.resume_at_ms ? `, resumes by itself at ${fmtTime(data.function.resume_at_ms)}` : ', until resumed',
+            ': its invocations are accepted and wait; none starts.') : null,
+          h('p', { class: 'muted' },
           `Active version ${active}, published ${fmtTime(data.function.updated_ms)}.`, desc ? ` ${desc.replace(/\\"/g, '"')}` : '',
           data.trigger ? h('span', null, ' Trigger: ', h('code', { class: 'trigger' }, data.trigger), '.') : ''),
           r ? h('p', { class: 'muted', id: 'retention' }, `Keeps succeeded invocations ${r.succeeded}, failed ones ${r.failed}, `,
