@@ -352,6 +352,12 @@ async fn pauses(store: &dyn Store) {
     assert!(store.drained(&name, 11_000).await.unwrap());
     assert_eq!(held(store.holds().await.unwrap()), None);
     assert!(store.list_functions().await.unwrap().iter().any(|f| f.name == name && f.paused_ms.is_none()));
+    // Deleted while paused, then published again: it starts unpaused.
+    assert!(store.pause_function(&name, 12_000, None).await.unwrap());
+    assert!(store.delete_function(&name).await.unwrap());
+    assert_eq!(held(store.holds().await.unwrap()), None);
+    store.publish_version(&m, &text, b"p2", "sha").await.unwrap();
+    assert_eq!(store.get_function(&name).await.unwrap().unwrap().paused_ms, None);
 }
 
 /// Idempotency keys: taken once per function; a repeat gets the first invocation and its

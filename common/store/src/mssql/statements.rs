@@ -228,7 +228,7 @@ pub(super) const ACTIVATE_EXISTING: &str = "UPDATE warren_functions SET active_v
 /// commit, so that a publish of the name waits for the delete's outcome.
 pub(super) const TOMBSTONE_FUNCTION: &str = "UPDATE warren_functions
      SET active_version = -COALESCE((SELECT MAX(version) FROM warren_versions WHERE name = @P1), active_version),
-       updated_ms = @P2
+       updated_ms = @P2, paused_ms = NULL, resume_at_ms = NULL, held_ms = NULL
      WHERE name = @P1 AND active_version > 0";
 /// Queued or running: a record failed "not queued" never ends, and does not keep the function.
 pub(super) const COUNT_OPEN_INVOCATIONS: &str =

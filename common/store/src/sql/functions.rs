@@ -227,7 +227,7 @@ const DRAINED: &str = "UPDATE warren_functions SET held_ms = NULL
 /// of a (function, version) for good, never run an old package for a new version.
 const TOMBSTONE: &str = "UPDATE warren_functions
      SET active_version = -COALESCE((SELECT MAX(version) FROM warren_versions WHERE name = $1), active_version),
-       updated_ms = $2
+       updated_ms = $2, paused_ms = NULL, resume_at_ms = NULL, held_ms = NULL
      WHERE name = $1 AND active_version > 0";
 
 /// The next version number of function `$1`: after its newest version, or after the newest
