@@ -220,9 +220,12 @@ enum FunctionsCommand {
 
 /// A span such as `90m` or `2h`, in seconds.
 fn parse_span(s: &str) -> Result<u64, String> {
-    match s.parse::<warren_wire::retention::Keep>()? {
-        warren_wire::retention::Keep::For(d) => Ok(d.as_secs()),
-        warren_wire::retention::Keep::Forever => Err("a pause for good needs no --for".into()),
+    match s.parse::<warren_wire::retention::Keep>() {
+        Ok(warren_wire::retention::Keep::For(d)) => Ok(d.as_secs()),
+        Ok(warren_wire::retention::Keep::Forever) => Err("a pause until resumed needs no --for".into()),
+        Err(_) => {
+            Err(format!("{s:?} is not a span: write a whole number with s, m, h or d (\"90m\", \"2h\"), at least 1s"))
+        }
     }
 }
 
@@ -305,6 +308,13 @@ enum DeadCommand {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Output piped into a reader that stops early (`warren get ID | head`) ends the command
+    // quietly, as it does other Unix tools, instead of a panic on the closed pipe.
+    #[cfg(unix)]
+    // SAFETY: at the start of main, before any thread or I/O; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     warren_service::telemetry::init_tracing(LogFormat::from_env());
     let cli = Cli::parse();
     match run(cli).await {
