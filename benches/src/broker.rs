@@ -2,8 +2,9 @@
 //!
 //! N persistent messages (delivery_mode 2) are published with publisher confirms to a fresh
 //! durable queue, keeping up to `confirm_window` confirms outstanding, on one connection; a
-//! consumer on a second connection (prefetch `prefetch`, manual acks, one ack per message)
-//! drains the queue at the same time. End to end = first publish to last ack.
+//! consumer on a second connection (prefetch `prefetch`, manual acks: one `basic.ack` with
+//! `multiple` per `ack_every` deliveries, 1 = one ack per message) drains the queue at the
+//! same time. End to end = first publish to last ack.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,9 @@ use warren_transport::QueueType;
 
 pub(crate) struct RawResult {
     pub messages: u64,
+    /// The consumer's prefetch and deliveries per (multiple) ack.
+    pub prefetch: u16,
+    pub ack_every: u16,
     pub body_bytes: usize,
     pub publish_secs: f64,
     pub end_to_end_secs: f64,
@@ -143,8 +147,10 @@ pub(crate) async fn run(
     body_bytes: usize,
     confirm_window: usize,
     prefetch: u16,
+    ack_every: u16,
     queue_type: QueueType,
 ) -> Result<RawResult> {
+    let ack_every = u64::from(ack_every.clamp(1, prefetch.max(1)));
     let queue = format!("warren-bench.raw.{}", uuid::Uuid::now_v7().simple());
     let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
     let pub_conn = connect(nodes[0], "warren-bench-raw-publisher").await?;
@@ -168,13 +174,19 @@ pub(crate) async fn run(
     let acked = Arc::new(AtomicU64::new(0));
     let acked2 = acked.clone();
     let consume = tokio::spawn(async move {
-        let mut last = Instant::now();
+        let (mut last, mut taken, mut unacked) = (Instant::now(), 0u64, 0u64);
         while acked2.load(Ordering::Relaxed) < n {
             match consumer.next().await {
                 Some(Ok(d)) => {
-                    d.acker.ack(BasicAckOptions::default()).await?;
-                    acked2.fetch_add(1, Ordering::Relaxed);
-                    last = Instant::now();
+                    taken += 1;
+                    unacked += 1;
+                    if unacked >= ack_every || taken == n {
+                        // Acks this delivery and every earlier one on the channel.
+                        d.acker.ack(BasicAckOptions { multiple: ack_every > 1 }).await?;
+                        acked2.fetch_add(unacked, Ordering::Relaxed);
+                        unacked = 0;
+                        last = Instant::now();
+                    }
                 }
                 Some(Err(e)) => return Err(anyhow::Error::from(e).context("consumer failed")),
                 None => bail!("the consumer was closed after {} messages", acked2.load(Ordering::Relaxed)),
@@ -205,7 +217,7 @@ pub(crate) async fn run(
     let _ = pub_ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     let _ = sub_conn.close(200, "done".into()).await;
     let _ = pub_conn.close(200, "done".into()).await;
-    Ok(RawResult { messages: n, body_bytes, publish_secs, end_to_end_secs, cpu })
+    Ok(RawResult { messages: n, prefetch, ack_every: ack_every as u16, publish_secs, end_to_end_secs, body_bytes, cpu })
 }
 
 /// Deletes the queues earlier benchmark runs left behind when they were killed (names starting

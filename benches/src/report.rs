@@ -10,10 +10,15 @@ use crate::sysinfo::Machine;
 
 /// Everything measured, for the tables and the JSON.
 pub(crate) struct Figures {
-    /// The median of the raw broker runs: the baseline of every ratio.
+    /// The median of the ceiling's runs (row 1): the baseline of every ratio.
     pub raw: Option<crate::broker::RawResult>,
-    /// Every raw broker run's end-to-end rate, in the order they ran.
+    /// Every run of the ceiling's setting: end-to-end rates, in the order they ran.
     pub raw_rates: Vec<f64>,
+    /// Each setting tried for the ceiling: (prefetch, ack every, rate of its first run).
+    pub raw_tried: Vec<(u16, u16, f64)>,
+    /// Row 1a: one ack per message (the better of its runs), and every run's rate.
+    pub raw_per_message: Option<crate::broker::RawResult>,
+    pub raw_per_message_rates: Vec<f64>,
     pub raw_error: Option<String>,
     /// Rows 1b and 1c: the broker with PostgreSQL writes by hand (no Warren).
     pub floors: Vec<Result<crate::floor::FloorResult, (crate::floor::Floor, usize, String)>>,
@@ -157,7 +162,7 @@ pub(crate) fn print_header(c: &Context) {
     }
     println!("sqlite    {} (sqlx's bundled library in this binary; the workers link the same)", m.sqlite);
     println!(
-        "settings  worker --concurrency {} --prefetch-multiplier {}, {} HTTP requests in flight, {} B inputs; raw broker: {} confirms in flight, prefetch {}; \
+        "settings  worker --concurrency {} --prefetch-multiplier {}, {} HTTP requests in flight, {} B inputs; raw broker: {} confirms in flight, row 1a prefetch {}; \
          latency {} s; row timeout {} s",
         s.concurrency, s.prefetch_multiplier, s.in_flight, s.payload_bytes, s.confirm_window, s.prefetch, s.latency_secs, s.run_timeout_secs
     );
@@ -327,19 +332,44 @@ pub(crate) fn print_tables(c: &Context, f: &Figures) {
 
     let mut rows = Vec::new();
     match (&f.raw, &f.raw_error) {
-        (Some(r), _) => rows.push(vec![
-            "1  raw broker (lapin): publish+consume end to end".into(),
-            rate(r.end_to_end_rate()),
-            "1.00".into(),
-            rate(r.publish_rate()),
-            format!("{}/{}", thousands(r.messages), thousands(r.messages)),
-            format!("{:.2} s", r.end_to_end_secs),
-            format!(
-                "median of {} runs (two before the Warren rows, one after): {} msg/s",
-                f.raw_rates.len(),
-                f.raw_rates.iter().map(|&x| rate(x)).collect::<Vec<_>>().join(" / ")
-            ),
-        ]),
+        (Some(r), _) => {
+            rows.push(vec![
+                "1  true ceiling (lapin): publish+consume end to end".into(),
+                rate(r.end_to_end_rate()),
+                "1.00".into(),
+                rate(r.publish_rate()),
+                format!("{}/{}", thousands(r.messages), thousands(r.messages)),
+                format!("{:.2} s", r.end_to_end_secs),
+                format!(
+                    "prefetch {}, one multiple ack per {}: the best of {}; median of {} runs (two before the Warren rows, one after): {} msg/s",
+                    r.prefetch,
+                    r.ack_every,
+                    f.raw_tried
+                        .iter()
+                        .map(|(p, k, x)| format!("{p}/{k} {}", rate(*x)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    f.raw_rates.len(),
+                    f.raw_rates.iter().map(|&x| rate(x)).collect::<Vec<_>>().join(" / ")
+                ),
+            ]);
+            if let Some(p) = &f.raw_per_message {
+                rows.push(vec![
+                    "1a raw broker, one ack per message".into(),
+                    rate(p.end_to_end_rate()),
+                    ratio(p.end_to_end_rate()),
+                    rate(p.publish_rate()),
+                    format!("{}/{}", thousands(p.messages), thousands(p.messages)),
+                    format!("{:.2} s", p.end_to_end_secs),
+                    format!(
+                        "prefetch {}; the better of {} runs: {} msg/s",
+                        p.prefetch,
+                        f.raw_per_message_rates.len(),
+                        f.raw_per_message_rates.iter().map(|&x| rate(x)).collect::<Vec<_>>().join(" / ")
+                    ),
+                ]);
+            }
+        }
         (None, e) => rows.push(vec![
             "1  raw broker (lapin)".into(),
             "FAILED".into(),
@@ -441,7 +471,7 @@ pub(crate) fn print_tables(c: &Context, f: &Figures) {
     }
     table(
         &format!(
-            "Throughput (N = {} each, batch {} items; ratio = to row 1; publish-only = until the last 202 / confirm)",
+            "Throughput (N = {} each, batch {} items; ratio = to row 1, the true ceiling; publish-only = until the last 202 / confirm)",
             thousands(c.n),
             thousands(c.settings.batch_items)
         ),
@@ -660,7 +690,7 @@ pub(crate) fn print_tables(c: &Context, f: &Figures) {
     };
     let mut rows = Vec::new();
     if let Some(r) = &f.raw {
-        rows.push(cpu_row("raw broker (lapin)".into(), r.messages, &r.cpu));
+        rows.push(cpu_row("true ceiling (lapin)".into(), r.messages, &r.cpu));
     }
     for r in f.floors.iter().filter_map(|r| r.as_ref().ok()) {
         rows.push(cpu_row(format!("{} (bench client = both)", r.floor.label_with(r.consumers)), r.messages, &r.cpu));
@@ -802,6 +832,14 @@ pub(crate) fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
             "end_to_end_secs": r.end_to_end_secs,
             "publish_secs": r.publish_secs,
             "runs_end_to_end_per_s": f.raw_rates,
+            "prefetch": r.prefetch,
+            "ack_every": r.ack_every,
+            "tried": f.raw_tried.iter().map(|(p, k, x)| json!({"prefetch": p, "ack_every": k, "end_to_end_per_s": x})).collect::<Vec<_>>(),
+            "per_message": f.raw_per_message.as_ref().map(|p| json!({
+                "prefetch": p.prefetch,
+                "end_to_end_per_s": p.end_to_end_rate(),
+                "runs_end_to_end_per_s": f.raw_per_message_rates,
+            })),
             "cpu_secs": cpu_json(&r.cpu),
         }),
         (None, e) => json!({"error": e}),

@@ -184,7 +184,9 @@ pub(super) const SCHEMA: &[(i32, &str)] = &[
         report_ms BIGINT NULL)",
     ),
     (901, "CREATE INDEX warren_batches_function_finished ON warren_batches (function_name, finished_ms)"),
-    (1000, "ALTER TABLE warren_functions ADD paused_ms BIGINT NULL, resume_at_ms BIGINT NULL, held_ms BIGINT NULL"),
+    (1000, "ALTER TABLE warren_functions ADD paused_ms BIGINT NULL"),
+    (1001, "ALTER TABLE warren_functions ADD resume_at_ms BIGINT NULL"),
+    (1002, "ALTER TABLE warren_functions ADD held_ms BIGINT NULL"),
 ];
 
 pub(super) const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
