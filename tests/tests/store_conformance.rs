@@ -349,8 +349,15 @@ async fn pauses(store: &dyn Store) {
     assert!(store.pause_function(&name, 10_000, None).await.unwrap());
     assert!(store.resume_function(&name, 11_000, false).await.unwrap());
     assert!(!store.drained(&name, 9000).await.unwrap());
-    assert!(store.drained(&name, 11_000).await.unwrap());
+    // Something set aside after the resume: the hold starts again from then.
+    store.mark_held(&name, 11_500).await.unwrap();
+    assert!(!store.drained(&name, 11_000).await.unwrap());
+    assert_eq!(held(store.holds().await.unwrap()).map(|h| (h.paused_ms, h.since_ms)), Some((None, 11_500)));
+    assert!(store.drained(&name, 11_500).await.unwrap());
     assert_eq!(held(store.holds().await.unwrap()), None);
+    store.mark_held(&name, 11_600).await.unwrap();
+    assert_eq!(held(store.holds().await.unwrap()).map(|h| h.since_ms), Some(11_600), "a hold reopened");
+    assert!(store.drained(&name, 11_600).await.unwrap());
     assert!(store.list_functions().await.unwrap().iter().any(|f| f.name == name && f.paused_ms.is_none()));
     // Deleted while paused, then published again: it starts unpaused.
     assert!(store.pause_function(&name, 12_000, None).await.unwrap());

@@ -26,6 +26,10 @@ use crate::settings::Settings;
 use crate::versions::{LoadError, Loaded};
 use crate::worker::Worker;
 
+/// How often a worker setting invocations aside tells the store so (management ends a hold only
+/// once it has been empty for twice as long since the last mark).
+const MARK_HELD_EVERY: Duration = Duration::from_secs(5);
+
 /// How long a second copy of an invocation running here waits before it goes back.
 const SECOND_COPY_WAIT: Duration = Duration::from_millis(500);
 
@@ -203,14 +207,21 @@ impl Worker {
         Verdict::Hold { function: msg.function.clone(), body }
     }
 
-    /// Puts a message in its paused function's hold (declared once), confirmed.
-    async fn hold(&self, function: &str, body: bytes::Bytes) -> Result<(), warren_transport::TransportError> {
+    /// Puts a message in its paused function's hold, confirmed. First (at most every
+    /// [`MARK_HELD_EVERY`]) the store is told that the hold has something from now on, so that
+    /// management drains it even if the function was resumed meanwhile, and ends it only once
+    /// it finds it empty well after this; the hold is declared the first time.
+    async fn hold(&self, function: &str, body: bytes::Bytes) -> Result<(), String> {
         let pool = warren_wire::topology::held_pool(function);
-        if !self.holds_declared.contains_key(&pool) {
-            self.transport.declare_pool(&pool).await?;
-            self.holds_declared.insert(pool.clone(), ());
+        let marked = self.holds_marked.get(&pool).map(|t| *t);
+        if marked.is_none_or(|t| t.elapsed() >= MARK_HELD_EVERY) {
+            self.store.mark_held(function, now_ms()).await.map_err(|e| e.to_string())?;
+            if marked.is_none() {
+                self.transport.declare_pool(&pool).await.map_err(|e| e.to_string())?;
+            }
+            self.holds_marked.insert(pool.clone(), Instant::now());
         }
-        self.transport.publish(&pool, body).await
+        self.transport.publish(&pool, body).await.map_err(|e| e.to_string())
     }
 
     /// Decode: a message that cannot be read (garbage, a newer protocol) is dead-lettered.

@@ -38,8 +38,9 @@ pub struct Worker {
     pub metrics: WorkerMetrics,
     /// The functions paused now: their invocations are set aside in their hold.
     pub(crate) paused: Paused,
-    /// The holds this worker has declared on the broker.
-    pub(crate) holds_declared: DashMap<String, ()>,
+    /// The holds this worker has declared on the broker, with when it last marked each held in
+    /// the store.
+    pub(crate) holds_marked: DashMap<String, std::time::Instant>,
     /// The group commits, once [`Worker::run`] started them.
     pub(crate) groups: OnceLock<Groups>,
     started_ms: i64,
@@ -58,7 +59,7 @@ impl Worker {
             running_now: AtomicI32::new(0),
             running: DashMap::new(),
             paused: Paused::default(),
-            holds_declared: DashMap::new(),
+            holds_marked: DashMap::new(),
             metrics: WorkerMetrics::default(),
             groups: OnceLock::new(),
             started_ms: now_ms(),

@@ -60,6 +60,9 @@ pub trait FunctionStore: Send + Sync {
     async fn resume_function(&self, name: &str, now_ms: i64, due: bool) -> Result<bool>;
     /// The functions whose invocations are held, or may still be (deleted ones aside).
     async fn holds(&self) -> Result<Vec<Hold>>;
+    /// Marks that something was just set aside in a function's hold (`since_ms` moves to
+    /// `now_ms`), so that the hold is drained and does not end before it is found empty again.
+    async fn mark_held(&self, name: &str, now_ms: i64) -> Result<()>;
     /// Ends the hold of a resumed function whose held invocations are all back in its pool,
     /// unless it was paused or resumed again since `since_ms`. `true` when it ended.
     async fn drained(&self, name: &str, since_ms: i64) -> Result<bool>;

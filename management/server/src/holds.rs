@@ -7,9 +7,9 @@
 //! resumes, one instance at a time (the `drain:<function>` duty) takes the held messages in
 //! order and publishes each back to the function's pool, confirmed, before acking it. The hold
 //! ends (in the store) once its queue has been found empty more than [`SETTLED`] after the
-//! resume: by then no worker still holds by a list that said "paused". Every minute each
-//! function's hold queue is looked at too, so that a message set aside later than that (a
-//! worker cut off from the store) is moved back all the same.
+//! resume and after the last time a worker marked it (a worker marks a hold in the store before
+//! it sets something aside, at most every 5 s): by then no worker still holds by a list that
+//! said "paused", and a hold a worker fills later is opened again by its mark.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,10 +27,9 @@ use crate::catalog::Catalog;
 
 /// How often paused functions are looked at.
 const EVERY: Duration = Duration::from_secs(1);
-/// How often every function's hold queue is looked at.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// How long after a resume a hold found empty ends: longer than a worker trusts its list of
-/// paused functions (3 s, read each second).
+/// How long after a resume (or a worker's last mark that it set something aside) a hold found
+/// empty ends: longer than a worker trusts its list of paused functions (3 s, read each second)
+/// and twice as long as a worker goes between two marks (5 s).
 const SETTLED: Duration = Duration::from_secs(10);
 /// How long a drain waits for the next held message before it looks at the queue's depth.
 const IDLE: Duration = Duration::from_millis(500);
@@ -58,7 +57,6 @@ impl Holds {
 
     /// Resumes due pauses and drains resumed functions' holds, until `stop`.
     pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let mut swept = Instant::now();
         while pace(EVERY, &stop).await {
             let holds = match self.store.holds().await {
                 Ok(h) => h,
@@ -78,33 +76,16 @@ impl Holds {
                         }
                     }
                     (Some(_), _) => {}
-                    (None, _) => self.drain(&h.function, Some(h), &stop).await,
+                    (None, _) => self.drain(h, &stop).await,
                 }
             }
-            if swept.elapsed() >= SWEEP_EVERY {
-                swept = Instant::now();
-                self.sweep(&holds, &stop).await;
-            }
         }
     }
 
-    /// Drains the hold queue of every function that has messages there and is neither paused
-    /// nor held in the store (those are seen to each second).
-    async fn sweep(&self, holds: &[Hold], stop: &CancellationToken) {
-        let Ok(functions) = self.store.list_functions().await else { return };
-        for f in functions {
-            if f.paused_ms.is_some() || holds.iter().any(|h| h.function == f.name) {
-                continue;
-            }
-            if matches!(self.transport.queue_stats(&held_pool(&f.name)).await, Ok(s) if s.messages > 0) {
-                self.drain(&f.name, None, stop).await;
-            }
-        }
-    }
-
-    /// Moves `function`'s held messages back to its pool, in order, if this instance holds the
-    /// drain duty; ends the hold `h` in the store once its queue is empty and settled.
-    async fn drain(&self, function: &str, h: Option<&Hold>, stop: &CancellationToken) {
+    /// Moves the held messages of `h`'s function back to its pool, in order, if this instance holds the
+    /// drain duty; ends the hold in the store once its queue is empty and settled.
+    async fn drain(&self, h: &Hold, stop: &CancellationToken) {
+        let function = h.function.as_str();
         let duty = format!("drain:{function}");
         match self.store.take_duty(&duty, &self.instance, DUTY_LEASE.as_millis() as i64).await {
             Ok(true) => {}
@@ -122,7 +103,6 @@ impl Holds {
                 return;
             }
         }
-        let Some(h) = h else { return };
         if Duration::from_millis((now_ms() - h.since_ms).max(0) as u64) < SETTLED {
             return;
         }

@@ -118,6 +118,12 @@ impl FunctionStore for MssqlStore {
         self.rows(HOLDS, &[]).await?.iter().map(rows::hold).collect()
     }
 
+    async fn mark_held(&self, name: &str, now_ms: i64) -> Result<()> {
+        let mut c = self.conn().await?;
+        c.execute(MARK_HELD, &[&name, &now_ms]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn drained(&self, name: &str, since_ms: i64) -> Result<bool> {
         let mut c = self.conn().await?;
         Ok(c.execute(DRAINED, &[&name, &since_ms]).await.map_err(unavailable)?.total() == 1)

@@ -352,6 +352,8 @@ pub(super) const RESUME_DUE: &str = "UPDATE warren_functions SET paused_ms = NUL
      WHERE name = @P1 AND paused_ms IS NOT NULL AND resume_at_ms <= @P2";
 pub(super) const HOLDS: &str = "SELECT name, paused_ms, resume_at_ms, held_ms FROM warren_functions
      WHERE held_ms IS NOT NULL AND active_version > 0 ORDER BY name";
+pub(super) const MARK_HELD: &str = "UPDATE warren_functions SET held_ms = @P2
+     WHERE name = @P1 AND active_version > 0 AND (held_ms IS NULL OR held_ms < @P2)";
 pub(super) const DRAINED: &str = "UPDATE warren_functions SET held_ms = NULL
      WHERE name = @P1 AND paused_ms IS NULL AND held_ms = @P2";
 /// A duty's lease renewed by its holder, or taken over once lapsed (by the store's clock).
@@ -495,6 +497,7 @@ pub(super) fn statements() -> Vec<String> {
             RESUME_DUE,
             HOLDS,
             DRAINED,
+            MARK_HELD,
             DUTY_RENEW,
             DUTY_INSERT,
             DUTY_REPORT,

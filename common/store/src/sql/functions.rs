@@ -201,6 +201,12 @@ impl FunctionStore for SqlxStore {
         rows.iter().map(rows::hold).collect()
     }
 
+    async fn mark_held(&self, name: &str, now_ms: i64) -> Result<()> {
+        let q = sqlx::query(MARK_HELD).bind(name).bind(now_ms);
+        q.execute(&self.pool).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn drained(&self, name: &str, since_ms: i64) -> Result<bool> {
         let q = sqlx::query(DRAINED).bind(name).bind(since_ms);
         Ok(q.execute(&self.pool).await.map_err(unavailable)?.rows_affected() == 1)
@@ -218,6 +224,8 @@ const RESUME_DUE: &str = "UPDATE warren_functions SET paused_ms = NULL, resume_a
      WHERE name = $1 AND paused_ms IS NOT NULL AND resume_at_ms <= $2";
 const HOLDS: &str = "SELECT name, paused_ms, resume_at_ms, held_ms FROM warren_functions
      WHERE held_ms IS NOT NULL AND active_version > 0 ORDER BY name";
+const MARK_HELD: &str = "UPDATE warren_functions SET held_ms = $2
+     WHERE name = $1 AND active_version > 0 AND (held_ms IS NULL OR held_ms < $2)";
 const DRAINED: &str = "UPDATE warren_functions SET held_ms = NULL
      WHERE name = $1 AND paused_ms IS NULL AND held_ms = $2";
 
