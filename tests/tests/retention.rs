@@ -15,7 +15,8 @@ async fn the_cleanup_removes_200k_old_rows_while_invocations_keep_succeeding() {
     require_services();
     let tmp = tempfile::tempdir().unwrap();
     let (pool, name, other) = (unique("p"), unique("ret"), unique("ret-own"));
-    let m = Management::start_with(&pg_url(), &["--cleanup-every-secs", "1"]).await;
+    let m =
+        Management::start_with(&pg_url(), &["--cleanup-every-secs", "1", "--retain-versions-quiet-secs", "1"]).await;
     let manifest = format!("name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\n");
     m.publish_dir(&function_dir(&tmp.path().join("a"), &manifest, &[])).await;
     // Its own retention: succeeded kept 1 day (not the default 7), 2 versions.

@@ -185,10 +185,12 @@ async fn retention(store: &dyn Store) {
     // Versions: 3 goes; 1 is used by a queued invocation, 2 is active, 4 is the newest.
     let queued_v1 = new_inv(&name, 1);
     store.create_invocation(&NewInvocation { created_ms: old, ..queued_v1.clone() }).await.unwrap();
-    assert_eq!(store.purge_versions(&name, 1).await.unwrap(), 1);
+    let activated = store.get_function(&name).await.unwrap().unwrap().updated_ms;
+    assert_eq!(store.purge_versions(&name, 1, activated).await.unwrap(), 0, "none just after an activation");
+    assert_eq!(store.purge_versions(&name, 1, now_ms() + 1).await.unwrap(), 1);
     let versions = |vs: Vec<warren_store::FunctionVersion>| vs.iter().map(|v| v.version).collect::<Vec<_>>();
     assert_eq!(versions(store.list_versions(&name).await.unwrap()), [4, 2, 1], "in use, active, newest");
-    assert_eq!(store.purge_versions(&name, 0).await.unwrap(), 0, "keep 0 keeps all");
+    assert_eq!(store.purge_versions(&name, 0, now_ms() + 1).await.unwrap(), 0, "keep 0 keeps all");
 
     // Invocations past their time go with their logs and attempts; the rest stay.
     let mut gone = Vec::new();
@@ -249,7 +251,7 @@ async fn retention(store: &dyn Store) {
     // The queued one ends: version 1 is no longer used.
     assert!(store.claim(&queued_v1, 1, "w", now_ms()).await.is_ok());
     assert!(store.complete(queued_v1.id, &outcome(Status::Succeeded, "w", 0)).await.unwrap());
-    assert_eq!(store.purge_versions(&name, 1).await.unwrap(), 1);
+    assert_eq!(store.purge_versions(&name, 1, now_ms() + 1).await.unwrap(), 1);
     assert_eq!(versions(store.list_versions(&name).await.unwrap()), [4, 2]);
 
     // Batches: an ended one goes item by item, then itself; an open one is not touched.

@@ -30,6 +30,8 @@ impl Worker {
         if self.groups.get().is_none() {
             let _ = self.groups.set(Groups::start(self.store.clone(), self.cfg.id.clone()));
         }
+        // Paused functions are known before the first delivery (if the store answers now).
+        self.paused.read(&*self.store).await;
         let mut consumers = JoinSet::new();
         for (pool, concurrency) in self.cfg.pools.clone() {
             consumers.spawn(self.clone().consume_loop(pool, concurrency, stop.clone()));

@@ -30,20 +30,28 @@ impl Paused {
         matches!(&*known, Some((at, set)) if at.elapsed() < TRUSTED_FOR && set.contains(function))
     }
 
+    /// Reads the paused functions once; `false` when the store could not say.
+    pub(crate) async fn read(&self, store: &dyn Store) -> bool {
+        // Timed from before the query: the list is as old as the moment it was asked for.
+        let asked = Instant::now();
+        match store.holds().await {
+            Ok(holds) => {
+                let set: HashSet<String> =
+                    holds.into_iter().filter(|h| h.paused_ms.is_some()).map(|h| h.function).collect();
+                *self.known.write().unwrap_or_else(|p| p.into_inner()) = Some((asked, Arc::new(set)));
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the paused functions now");
+                false
+            }
+        }
+    }
+
     /// Reads the paused functions every second until `stop`.
     pub(crate) async fn follow(&self, store: Arc<dyn Store>, stop: CancellationToken) {
-        loop {
-            match store.holds().await {
-                Ok(holds) => {
-                    let set: HashSet<String> =
-                        holds.into_iter().filter(|h| h.paused_ms.is_some()).map(|h| h.function).collect();
-                    *self.known.write().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), Arc::new(set)));
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot read the paused functions now"),
-            }
-            if !pace(EVERY, &stop).await {
-                return;
-            }
+        while pace(EVERY, &stop).await {
+            self.read(&*store).await;
         }
     }
 }

@@ -194,16 +194,13 @@ impl Worker {
         Ok(self.store(pool, &attempt, &d.body, decision, ran.as_deref()).await)
     }
 
-    /// Hold: the message as it goes to its paused function's hold. A redelivered copy of a
-    /// fresh message loses its `fresh` mark: whoever had it before may have run it, so it is
-    /// claimed when it comes back.
+    /// Hold: the message as it goes to its paused function's hold. It loses its `fresh` mark:
+    /// a connection lost between a confirmed publish and the ack (here, or in management's
+    /// drain) leaves two copies, so it is claimed when it comes back.
     fn hold_verdict(&self, msg: &InvocationMessage, d: &Delivery) -> Verdict {
         tracing::debug!("function paused: setting the invocation aside until it resumes");
-        let body = if msg.fresh && d.redelivered {
-            InvocationMessage { fresh: false, ..msg.clone() }.encode().into()
-        } else {
-            d.body.clone()
-        };
+        let body =
+            if msg.fresh { InvocationMessage { fresh: false, ..msg.clone() }.encode().into() } else { d.body.clone() };
         Verdict::Hold { function: msg.function.clone(), body }
     }
 
@@ -221,7 +218,15 @@ impl Worker {
             }
             self.holds_marked.insert(pool.clone(), Instant::now());
         }
-        self.transport.publish(&pool, body).await.map_err(|e| e.to_string())
+        let started = Instant::now();
+        self.transport.publish(&pool, body).await.map_err(|e| e.to_string())?;
+        // A slow publish (a broker reconnect) may land after management found the hold empty
+        // and ended it: marked again, the hold opens anew and is drained.
+        if started.elapsed() >= Duration::from_secs(1) {
+            self.store.mark_held(function, now_ms()).await.map_err(|e| e.to_string())?;
+            self.holds_marked.insert(pool, Instant::now());
+        }
+        Ok(())
     }
 
     /// Decode: a message that cannot be read (garbage, a newer protocol) is dead-lettered.

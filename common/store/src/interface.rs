@@ -330,8 +330,11 @@ pub trait RetentionStore: Send + Sync {
     async fn purge_batches(&self, function: &str, before_ms: i64, limit: u32) -> Result<Purged>;
     /// Removes the versions of `function` numbered `keep` or more below its newest that
     /// nothing uses: not the active one, none of a queued or running invocation or an open
-    /// batch. `keep` 0 removes none. Returns how many.
-    async fn purge_versions(&self, function: &str, keep: u32) -> Result<u64>;
+    /// batch; and none at all while the function was published or activated at `quiet_since_ms`
+    /// or later (a message sent without a record, a synchronous invoke's, may still name the
+    /// version active before). The function's row is locked meanwhile, so an activation waits
+    /// and then finds the version gone. `keep` 0 removes none. Returns how many.
+    async fn purge_versions(&self, function: &str, keep: u32, quiet_since_ms: i64) -> Result<u64>;
     /// Removes up to `limit` of the oldest timer ticks of `function` fired before `before_ms`,
     /// never its newest (which the timer's catch-up reads). Returns how many.
     async fn purge_ticks(&self, function: &str, before_ms: i64, limit: u32) -> Result<u64>;

@@ -225,7 +225,6 @@ impl Catalog {
         Ok(out)
     }
 
-    /// The `auth` level of a function's active version; `None` when there is no such function.
     /// The functions paused now (none when the store cannot say: triggers go on as they were
     /// until it can).
     pub async fn paused(&self) -> std::collections::HashSet<String> {
@@ -248,6 +247,7 @@ impl Catalog {
         Ok(self.store.resume_function(function, now_ms(), false).await?)
     }
 
+    /// The `auth` level of a function's active version; `None` when there is no such function.
     pub async fn auth_level(&self, function: &str) -> Result<Option<AuthLevel>, Error> {
         match self.active_manifest(function).await {
             Ok((_, manifest)) => Ok(Some(manifest.auth)),

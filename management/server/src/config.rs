@@ -53,6 +53,8 @@ pub struct Config {
     pub retention: Policy,
     /// How often the instance holding the cleanup duty runs it.
     pub cleanup_every: Duration,
+    /// How long after a publish or an activation no version of the function is removed.
+    pub versions_quiet: Duration,
 }
 
 impl Default for Config {
@@ -79,6 +81,7 @@ impl Default for Config {
                 versions: 10,
             },
             cleanup_every: Duration::from_secs(600),
+            versions_quiet: Duration::from_secs(600),
         }
     }
 }

@@ -95,19 +95,30 @@ impl Holds {
                 return;
             }
         }
-        match self.move_back(function, &duty, stop).await {
-            Ok(0) => {}
-            Ok(moved) => tracing::info!(function, moved, "held invocations moved back to the pool"),
+        let idle = match self.move_back(function, &duty, stop).await {
+            Ok((moved, idle)) => {
+                if moved > 0 {
+                    tracing::info!(function, moved, "held invocations moved back to the pool");
+                }
+                idle
+            }
             Err(e) => {
                 tracing::warn!(function, error = %e, "cannot move the held invocations back now; trying again");
                 return;
             }
+        };
+        // Stopped early (paused again, the duty lost, a stop): what the consumer held goes back
+        // to the hold as its channel closes, so the hold stays.
+        if !idle {
+            return;
         }
         if Duration::from_millis((now_ms() - h.since_ms).max(0) as u64) < SETTLED {
             return;
         }
         match self.transport.queue_stats(&held_pool(function)).await {
-            Ok(s) if s.messages == 0 => {
+            // No consumer either: the drain's own channel has closed (its unacked messages, if
+            // any, are back in the queue).
+            Ok(s) if s.messages == 0 && s.consumers == 0 => {
                 if let Err(e) = self.store.drained(function, h.since_ms).await {
                     tracing::debug!(error = %e, "cannot end a hold now");
                 }
@@ -121,20 +132,27 @@ impl Holds {
     /// [`WINDOW`]), puts each window back in the order the invocations were made (their ids are
     /// UUIDv7: a worker sets aside the deliveries it holds at once in any order), and publishes
     /// each to the function's pool before acking it, until the queue stays empty for [`IDLE`],
-    /// the function is paused again, or a stop. How many it moved.
-    async fn move_back(&self, function: &str, duty: &str, stop: &CancellationToken) -> anyhow::Result<u64> {
+    /// the function is paused again, or a stop. How many it moved, and whether it stopped because the hold was idle.
+    async fn move_back(&self, function: &str, duty: &str, stop: &CancellationToken) -> anyhow::Result<(u64, bool)> {
         let held = held_pool(function);
         self.transport.declare_pool(&held).await?;
         let (_, manifest) = self.catalog.active_manifest(function).await?;
         let pool = manifest.pool.clone();
         let mut consumer = self.transport.consume(&held, WINDOW as u16).await?;
-        let (mut moved, mut looked) = (0u64, Instant::now());
+        let (mut moved, mut looked, mut idle) = (0u64, Instant::now(), false);
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => break,
                 n = tokio::time::timeout(IDLE, consumer.next()) => n,
             };
-            let Ok(Some(d)) = next else { break };
+            let d = match next {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(_) => {
+                    idle = true;
+                    break;
+                }
+            };
             let mut window = vec![d?];
             while window.len() < WINDOW {
                 match tokio::time::timeout(Duration::from_millis(20), consumer.next()).await {
@@ -166,6 +184,6 @@ impl Holds {
             }
         }
         consumer.flush_acks().await;
-        Ok(moved)
+        Ok((moved, idle))
     }
 }

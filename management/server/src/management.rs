@@ -98,6 +98,8 @@ impl Management {
             instance.clone(),
             config.retention,
             config.cleanup_every,
+            config.idempotency_window,
+            config.versions_quiet,
             metrics.clone(),
         ));
         // The lease exists before the first record is made (if the store answers now; else

@@ -61,6 +61,13 @@ pub struct Cleaner {
     /// Management's defaults, under each function's own `[retention]`.
     pub defaults: Policy,
     pub every: Duration,
+    /// The idempotency keys' window: no invocation goes sooner than this after its end, so
+    /// that a key still in its window always finds the invocation it names.
+    keys_window: Duration,
+    /// How long after a publish or an activation no version of the function is removed: a
+    /// synchronous invoke's message names its version without a record, and instances trust
+    /// the active version they read for a second.
+    versions_quiet: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -70,15 +77,18 @@ impl Cleaner {
         instance: String,
         defaults: Policy,
         every: Duration,
+        keys_window: Duration,
+        versions_quiet: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Cleaner { store, instance, defaults, every, metrics }
+        Cleaner { store, instance, defaults, every, keys_window, versions_quiet, metrics }
     }
 
-    /// The duty's lease: long enough to outlast the pause between two runs, so that the holder
-    /// keeps it while it lives, and another instance takes over about a minute after it stops.
+    /// The duty's lease: twice the pause between two runs and a minute, renewed at the end of
+    /// each run, so that the holder keeps it while it lives; another instance, asking once per
+    /// pause, takes over within about three pauses after it stops.
     fn lease(&self) -> Duration {
-        self.every + Duration::from_secs(60)
+        self.every * 2 + Duration::from_secs(60)
     }
 
     /// A function's policy: its own `[retention]` (from its active version's manifest text)
@@ -96,7 +106,8 @@ impl Cleaner {
             match self.store.take_duty(DUTY, &self.instance, self.lease().as_millis() as i64).await {
                 Ok(true) => {
                     let report = self.clean(&stop).await;
-                    if report.error.is_some() || report != Report::default() {
+                    let removed = report.invocations + report.batches + report.versions + report.ticks;
+                    if report.error.is_some() || removed > 0 {
                         tracing::info!(
                             invocations = report.invocations,
                             log_lines = report.log_lines,
@@ -112,6 +123,8 @@ impl Cleaner {
                     if let Err(e) = self.store.report_duty(DUTY, &self.instance, &text, now_ms()).await {
                         tracing::debug!(error = %e, "cannot record the cleanup's report");
                     }
+                    // Renewed for the pause to come.
+                    let _ = self.store.take_duty(DUTY, &self.instance, self.lease().as_millis() as i64).await;
                 }
                 Ok(false) => {}
                 Err(e) => tracing::debug!(error = %e, "cannot ask for the cleanup duty now"),
@@ -166,8 +179,9 @@ impl Run<'_> {
         for (function, manifest) in store.retention_subjects().await? {
             let policy = self.cleaner.policy(manifest.as_deref());
             let now = now_ms();
+            let keys_before = now - self.cleaner.keys_window.as_millis() as i64;
             for (succeeded, keep) in [(true, policy.succeeded), (false, policy.failed)] {
-                if let Some(before) = keep.cutoff(now) {
+                if let Some(before) = keep.cutoff(now).map(|b| b.min(keys_before)) {
                     self.chunks(report, |s| {
                         let f = function.clone();
                         async move { s.purge_invocations(&f, succeeded, before, CHUNK).await }
@@ -190,7 +204,8 @@ impl Run<'_> {
                     }
                 }
             }
-            report.versions += store.purge_versions(&function, policy.versions).await?;
+            let quiet_since = now - self.cleaner.versions_quiet.as_millis() as i64;
+            report.versions += store.purge_versions(&function, policy.versions, quiet_since).await?;
         }
         Ok(())
     }

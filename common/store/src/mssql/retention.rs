@@ -105,12 +105,22 @@ impl RetentionStore for MssqlStore {
         Ok(Purged::default())
     }
 
-    async fn purge_versions(&self, function: &str, keep: u32) -> Result<u64> {
+    async fn purge_versions(&self, function: &str, keep: u32, quiet_since_ms: i64) -> Result<u64> {
         if keep == 0 {
             return Ok(0);
         }
         let mut c = self.conn().await?;
-        Ok(c.execute(PURGE_VERSIONS, &[&function, &i64::from(keep)]).await.map_err(unavailable)?.total())
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            // The function's row first: an activation of an old version waits for this commit.
+            if c.execute(LOCK_QUIET_FUNCTION, &[&function, &quiet_since_ms]).await.map_err(unavailable)?.total() == 0 {
+                return Ok(0);
+            }
+            Ok(c.execute(PURGE_VERSIONS, &[&function, &i64::from(keep)]).await.map_err(unavailable)?.total())
+        }
+        .await;
+        finish(&mut c, matches!(result, Ok(n) if n > 0)).await?;
+        result
     }
 
     async fn purge_ticks(&self, function: &str, before_ms: i64, limit: u32) -> Result<u64> {

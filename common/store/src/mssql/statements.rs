@@ -177,7 +177,7 @@ pub(super) const SCHEMA: &[(i32, &str)] = &[
     (
         900,
         "CREATE TABLE warren_duties (
-        name NVARCHAR(64) NOT NULL PRIMARY KEY,
+        name NVARCHAR(200) NOT NULL PRIMARY KEY,
         holder NVARCHAR(200) NOT NULL,
         until_ms BIGINT NOT NULL,
         report NVARCHAR(MAX) NULL,
@@ -378,6 +378,8 @@ pub(super) const ENDED_BATCHES: &str = "SELECT TOP (8) id FROM warren_batches
      WHERE function_name = @P1 AND finished_ms < @P2 AND (state = 'done' OR state = 'cancelled') ORDER BY finished_ms";
 pub(super) const DELETE_EMPTY_BATCH: &str = "DELETE FROM warren_batches WHERE id = @P1
      AND NOT EXISTS (SELECT 1 FROM warren_invocations WHERE batch = @P1)";
+pub(super) const LOCK_QUIET_FUNCTION: &str =
+    "UPDATE warren_functions SET updated_ms = updated_ms WHERE name = @P1 AND updated_ms < @P2";
 pub(super) const PURGE_VERSIONS: &str = "DELETE FROM warren_versions WHERE name = @P1
        AND version <= (SELECT MAX(version) FROM warren_versions WHERE name = @P1) - @P2
        AND version <> (SELECT active_version FROM warren_functions WHERE name = @P1)
@@ -506,6 +508,7 @@ pub(super) fn statements() -> Vec<String> {
             ENDED_BATCHES,
             DELETE_EMPTY_BATCH,
             PURGE_VERSIONS,
+            LOCK_QUIET_FUNCTION,
             PURGE_TICKS,
             LAPSED_INSTANCES,
             SETTLE_INVOCATIONS,

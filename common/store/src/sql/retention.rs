@@ -173,8 +173,22 @@ impl RetentionStore for SqlxStore {
         Ok(Purged::default())
     }
 
-    async fn purge_versions(&self, function: &str, keep: u32) -> Result<u64> {
+    async fn purge_versions(&self, function: &str, keep: u32, quiet_since_ms: i64) -> Result<u64> {
         if keep == 0 {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        // The function's row first: an activation of an old version waits for this commit.
+        let quiet =
+            sqlx::query("UPDATE warren_functions SET updated_ms = updated_ms WHERE name = $1 AND updated_ms < $2")
+                .bind(function)
+                .bind(quiet_since_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+        if quiet == 0 {
+            tx.rollback().await.map_err(unavailable)?;
             return Ok(0);
         }
         let done = sqlx::query(
@@ -188,10 +202,12 @@ impl RetentionStore for SqlxStore {
         )
         .bind(function)
         .bind(i64::from(keep))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(unavailable)?;
-        Ok(done.rows_affected())
+        .map_err(unavailable)?
+        .rows_affected();
+        tx.commit().await.map_err(unavailable)?;
+        Ok(done)
     }
 
     async fn purge_ticks(&self, function: &str, before_ms: i64, limit: u32) -> Result<u64> {

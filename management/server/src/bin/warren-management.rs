@@ -110,6 +110,10 @@ struct Args {
     #[arg(long, env = "WARREN_CLEANUP_EVERY_SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     cleanup_every_secs: u64,
+    /// Seconds after a function's publish or activation during which none of its versions is
+    /// removed (a synchronous invoke's message names its version without a record).
+    #[arg(long, env = "WARREN_RETAIN_VERSIONS_QUIET_SECS", default_value_t = 600)]
+    retain_versions_quiet_secs: u64,
     /// Log format on stderr: text, or json (one object per line, with the invocation's span).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -185,6 +189,7 @@ async fn run(args: Args, auth: AuthMode) -> anyhow::Result<()> {
             versions: args.retain_versions,
         },
         cleanup_every: Duration::from_secs(args.cleanup_every_secs),
+        versions_quiet: Duration::from_secs(args.retain_versions_quiet_secs),
         ..Config::default()
     };
     let m = Management::start(store, transport, config).await?;
