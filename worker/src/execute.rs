@@ -5,7 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use warren_store::{Claim, NewInvocation, Status};
+use warren_wire::invocation::LogLine;
 use warren_wire::manifest::{Mode, Runtime};
 use warren_wire::message::InvocationMessage;
 
@@ -19,6 +21,14 @@ use crate::worker::Worker;
 /// How long an invocation run without a claim may take before it is marked `running` in the
 /// store.
 const RUNNING_MARK_AFTER: Duration = Duration::from_millis(250);
+
+/// A run's log lines are stored while it runs once it has run this long (after its
+/// `running` mark, so that its record exists)...
+const LIVE_AFTER: Duration = Duration::from_secs(1);
+/// ...at most this often...
+const LIVE_EVERY: Duration = Duration::from_millis(500);
+/// ...and at most this many lines wait between two writes (more are read from the outcome).
+const LIVE_LINES: usize = 256;
 
 impl Worker {
     pub(crate) async fn execute(
@@ -65,7 +75,8 @@ impl Worker {
             },
             _ if loaded.manifest.mode == Mode::Persistent => warm().invoke(&env, &msg.payload, timeout, attempt).await,
             _ => {
-                process::run(
+                let (tx, rx) = mpsc::channel(LIVE_LINES);
+                let run = process::run(
                     &loaded.manifest.command,
                     dir,
                     &msg.payload,
@@ -74,9 +85,43 @@ impl Worker {
                     &settings.vars,
                     attempt,
                     &self.cfg.limits,
-                )
-                .await
+                    Some(tx),
+                );
+                tokio::select! {
+                    biased;
+                    out = run => out,
+                    never = self.store_lines_while_running(msg.id, rx) => match never {},
+                }
             }
+        }
+    }
+
+    /// Stores the log lines of a run that lasts, as they come (at most every
+    /// [`LIVE_EVERY`], from [`LIVE_AFTER`] on), so that they can be followed before the
+    /// outcome: short runs, most of them, store their lines with their outcome only. Never
+    /// ends by itself: it is dropped when the run ends (its outcome brings every line).
+    async fn store_lines_while_running(
+        &self,
+        id: uuid::Uuid,
+        mut rx: mpsc::Receiver<LogLine>,
+    ) -> std::convert::Infallible {
+        let first = tokio::time::Instant::now() + LIVE_AFTER;
+        let mut lines = Vec::new();
+        loop {
+            match rx.recv().await {
+                Some(l) => lines.push(l),
+                None => return std::future::pending().await,
+            }
+            tokio::time::sleep_until(first).await;
+            // What came meanwhile: at most the channel's room.
+            while let Ok(l) = rx.try_recv() {
+                lines.push(l);
+            }
+            if let Err(e) = self.store.append_logs(id, &lines).await {
+                tracing::debug!(error = %e, "cannot store log lines of a running invocation now; they come with its outcome");
+            }
+            lines.clear();
+            tokio::time::sleep(LIVE_EVERY).await;
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 use warren_wire::invocation::{LogLine, Status};
 use warren_wire::time::now_ms;
 
@@ -169,6 +170,7 @@ pub async fn run(
     settings: &[(String, String)],
     attempt: i32,
     limits: &Limits,
+    live: Option<mpsc::Sender<LogLine>>,
 ) -> RunOutput {
     let mut vars: Vec<(String, String)> = settings.to_vec();
     vars.push(("WARREN_INVOCATION_ID".into(), env.id.to_string()));
@@ -237,7 +239,12 @@ pub async fn run(
                 line.truncate(cut);
                 line.push_str(" [line truncated]");
             }
-            logs.push(LogLine { attempt, seq: logs.len() as i32, ts_ms: now_ms(), line });
+            let l = LogLine { attempt, seq: logs.len() as i32, ts_ms: now_ms(), line };
+            if let Some(tx) = &live {
+                // Read while it runs when there is room; the outcome brings every line anyway.
+                let _ = tx.try_send(l.clone());
+            }
+            logs.push(l);
         }
         if dropped > 0 {
             logs.push(LogLine {
@@ -348,7 +355,7 @@ mod windows_tests {
     async fn run_in(dir: &Path, command: &[&str], vars: &[(&str, &str)], timeout: Duration) -> RunOutput {
         let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
         let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        run(&command, dir, b"", timeout, &env(), &vars, 1, &Limits::default()).await
+        run(&command, dir, b"", timeout, &env(), &vars, 1, &Limits::default(), None).await
     }
 
     /// Not a test of its own: the process tree `a_timed_out_tree_is_killed_whole` starts. With

@@ -37,6 +37,20 @@ pub trait FunctionStore: Send + Sync {
         manifest_text: &str,
         package: &[u8],
         sha256: &str,
+    ) -> Result<FunctionVersion> {
+        self.store_version(manifest, manifest_text, package, sha256, true).await
+    }
+    /// Stores a new immutable version; with `activate`, makes it the function's active
+    /// version in the same transaction. Without, it is a draft that only a pinned invoke runs,
+    /// unless the function has no active version (new, or deleted): then it becomes active,
+    /// as there is nothing callers get that it could change.
+    async fn store_version(
+        &self,
+        manifest: &Manifest,
+        manifest_text: &str,
+        package: &[u8],
+        sha256: &str,
+        activate: bool,
     ) -> Result<FunctionVersion>;
     async fn list_functions(&self) -> Result<Vec<FunctionInfo>>;
     async fn get_function(&self, name: &str) -> Result<Option<FunctionInfo>>;
@@ -169,6 +183,9 @@ pub trait InvocationStore: Send + Sync {
     async fn list_invocations(&self, filter: &InvocationFilter) -> Result<Vec<Invocation>>;
     /// In attempt, then line order.
     async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>>;
+    /// Stores log lines of a run still going, so that they can be read before its outcome
+    /// (which brings every line again: a line stored twice is kept once).
+    async fn append_logs(&self, id: Uuid, lines: &[LogLine]) -> Result<()>;
     /// The attempts that ended, in order: the failed attempts that were retried, and the last
     /// one once the invocation is final (a cancelled batch item never ran: it has none).
     async fn list_attempts(&self, id: Uuid) -> Result<Vec<AttemptRecord>>;

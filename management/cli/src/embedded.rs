@@ -190,7 +190,7 @@ pub(crate) async fn up(
             continue;
         }
         let published =
-            m.catalog.publish(&pkg, None).await.map_err(|e| anyhow::anyhow!("cannot publish a sample: {e}"))?;
+            m.catalog.publish(&pkg, None, true).await.map_err(|e| anyhow::anyhow!("cannot publish a sample: {e}"))?;
         for v in published.versions {
             tracing::info!(function = %v.name, version = v.version, "sample published");
         }

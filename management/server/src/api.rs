@@ -4,10 +4,11 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET  | /healthz | liveness, backends |
-//! | POST | /api/functions | publish a package (.tar.gz body) → 201 + the new version |
+//! | POST | /api/functions[?activate=false] | publish a package (.tar.gz body) → 201 + the new version (a draft with activate=false) |
 //! | GET  | /api/functions | functions with their active version |
 //! | GET  | /api/functions/{name} | one function and all its versions |
-//! | POST | /api/functions/{name}/invoke[?mode=async][&timeout_ms=N] | body = input bytes |
+//! | GET  | /api/functions/{name}/versions/{version}/package | a version's package, as published |
+//! | POST | /api/functions/{name}/invoke[?mode=async][&timeout_ms=N][&version=N] | body = input bytes |
 //! | GET  | /api/invocations/{id} | status, result, error, attempts, worker, timings, logs |
 //! | GET  | /api/invocations/{id}/logs | log lines only |
 //! | GET  | /api/functions/{name}/settings | settings; secret values masked |
@@ -64,6 +65,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/functions"),
     ("GET", "/api/functions/{name}"),
     ("DELETE", "/api/functions/{name}"),
+    ("GET", "/api/functions/{name}/versions/{version}/package"),
     ("POST", "/api/functions/{name}/activate"),
     ("POST", "/api/functions/{name}/pause"),
     ("POST", "/api/functions/{name}/resume"),
@@ -106,6 +108,7 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/openapi.json", get(openapi))
         .route("/api/functions", post(publish).layer(DefaultBodyLimit::max(package_limit)).get(list_functions))
         .route("/api/functions/{name}", get(get_function).delete(delete_function))
+        .route("/api/functions/{name}/versions/{version}/package", get(get_package))
         .route("/api/functions/{name}/activate", post(activate_function))
         .route("/api/functions/{name}/pause", post(pause_function))
         .route("/api/functions/{name}/resume", post(resume_function))
@@ -231,6 +234,8 @@ async fn health(State(m): State<Arc<Management>>) -> Json<Value> {
 struct PublishQuery {
     /// An Azure Functions app's worker pool.
     pool: Option<String>,
+    /// `false`: store a draft, run only by invokes that name its version.
+    activate: Option<bool>,
 }
 
 async fn publish(
@@ -247,7 +252,7 @@ async fn publish(
         return Err(bad_request("send the function package (.tar.gz with function.toml at its root) as the request body; `warren publish DIR` packs a folder",
         ));
     }
-    let published = m.catalog.publish(&body, q.pool.as_deref()).await?;
+    let published = m.catalog.publish(&body, q.pool.as_deref(), q.activate.unwrap_or(true)).await?;
     if !published.app {
         // One function: its version, as it always was, and any notes beside.
         let mut v = serde_json::to_value(&published.versions[0]).unwrap_or_default();
@@ -308,6 +313,28 @@ async fn retention(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
         },
         "functions": functions,
     })))
+}
+
+/// A version's package as it was published (a `.tar.gz`, or an Azure Functions app's `.zip`).
+async fn get_package(
+    State(m): State<Arc<Management>>,
+    path: Result<Path<(String, i64)>, PathRejection>,
+) -> ApiResult<Response> {
+    let Path((name, version)) =
+        path.map_err(|e| bad_request(format!("{}; the path is /api/functions/NAME/versions/N/package", e.body_text())))?;
+    let bytes = m.store.get_package(&name, version).await?.ok_or_else(|| {
+        not_found(format!("function {name:?} has no version {version}; GET /api/functions/{name} lists them"))
+    })?;
+    let zip = bytes.starts_with(b"PK\x03\x04");
+    let (kind, ext) = if zip { ("application/zip", "zip") } else { ("application/gzip", "tar.gz") };
+    let disposition = format!("attachment; filename=\"{name}-v{version}.{ext}\"");
+    let mut r = bytes.into_response();
+    let h = r.headers_mut();
+    h.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(kind));
+    if let Ok(v) = axum::http::HeaderValue::from_str(&disposition) {
+        h.insert(axum::http::header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
 }
 
 #[derive(Deserialize)]
@@ -400,6 +427,8 @@ struct InvokeQuery {
     /// `sync` (default) or `async`.
     mode: Option<String>,
     timeout_ms: Option<u64>,
+    /// Runs this version instead of the active one (a draft, to try it).
+    version: Option<i64>,
 }
 
 /// The request's `Idempotency-Key`, if it has one: 1 to 255 printable ASCII characters.
@@ -435,9 +464,15 @@ async fn invoke(
     // Safe to cancel: a client that leaves cannot cut an async invoke between its record and
     // its publish (see `Invoker::invoke_with`).
     let key = idempotency_key(&headers)?;
-    let (accepted, repeat) = match &key {
-        Some(key) => m.invoker.invoke_keyed(&name, key, body, wait).await?,
-        None => (m.invoker.invoke(&name, body, wait).await?, false),
+    let (accepted, repeat) = match (&key, q.version) {
+        (Some(_), Some(_)) => {
+            return Err(bad_request(
+                "an Idempotency-Key is for the function's callers, version= for trying a version: send one of them",
+            ))
+        }
+        (Some(key), None) => m.invoker.invoke_keyed(&name, key, body, wait).await?,
+        (None, Some(v)) => (m.invoker.invoke_version(&name, v, body, wait).await?, false),
+        (None, None) => (m.invoker.invoke(&name, body, wait).await?, false),
     };
     let mut answer = match wait {
         // Asynchronous: the id (a repeat's invocation may have ended already: its status).

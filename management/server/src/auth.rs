@@ -8,7 +8,8 @@
 //! [`authorize`] classifies each request by its method and matched route:
 //! - open: `GET /healthz`, `GET /metrics`, `GET /api/openapi.json`, and the portal's static
 //!   files (`GET /`, `GET /portal/...`);
-//! - by the function's `auth` level: invoking it, reading its invocations and their logs, and
+//! - by the function's `auth` level: invoking it (its active version; `?version=N` needs an
+//!   admin key), reading its invocations and their logs, and
 //!   calling an Azure Functions HTTP trigger at its route under `/api/` (`azure_http`);
 //! - everything else, including routes added later and unknown paths: an admin key.
 
@@ -66,6 +67,11 @@ fn classify(method: &Method, route: Option<&str>, path: &str, params: &HashMap<S
         (_, _, None) if path.starts_with("/api/") => Need::AppRoute(method.to_string(), path.to_string()),
         _ => Need::Admin,
     }
+}
+
+/// Whether a query names a `version` (an invoke of a version other than the active one).
+fn pins_version(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some("version")))
 }
 
 /// Where a request carried its key.
@@ -212,7 +218,11 @@ pub async fn authorize(State(m): State<Arc<Management>>, req: Request, next: Nex
                 .await
                 .map(|Path(p)| p)
                 .unwrap_or_default();
-            let need = classify(&parts.method, route.as_deref(), parts.uri.path(), &params);
+            let mut need = classify(&parts.method, route.as_deref(), parts.uri.path(), &params);
+            if route.as_deref() == Some("/api/functions/{name}/invoke") && pins_version(parts.uri.query()) {
+                // Running a version other than the active one (a draft) is part of editing.
+                need = Need::Admin;
+            }
             let app_route = matches!(need, Need::AppRoute(..));
             let allowed = match identify(&m, admin_digest, &parts.headers, parts.uri.query()).await {
                 Ok(caller) => {

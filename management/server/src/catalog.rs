@@ -46,7 +46,7 @@ impl Catalog {
 
     /// Checks a package completely, then stores it as the function's new active version; for
     /// an Azure Functions app, as a new version of each of its functions, run on `app_pool`.
-    pub async fn publish(&self, package_bytes: &[u8], app_pool: Option<&str>) -> Result<Published, Error> {
+    pub async fn publish(&self, package_bytes: &[u8], app_pool: Option<&str>, activate: bool) -> Result<Published, Error> {
         let limits = self.limits;
         if package_bytes.len() as u64 > limits.max_package_bytes {
             return Err(Error::TooLarge(format!(
@@ -80,9 +80,14 @@ impl Catalog {
         // Every function of an app was checked above before the first is stored.
         let mut versions = Vec::with_capacity(functions.len());
         for p in functions {
-            let v = self.store.publish_version(&p.manifest, &p.manifest_text, &bytes, &p.sha256).await?;
-            self.active.insert(v.name.clone(), (Instant::now(), v.version));
-            tracing::info!(function = %v.name, version = v.version, sha256 = %v.sha256, app, "published");
+            let v = self.store.store_version(&p.manifest, &p.manifest_text, &bytes, &p.sha256, activate).await?;
+            if activate {
+                self.active.insert(v.name.clone(), (Instant::now(), v.version));
+            } else {
+                // A draft of a new function is its active version: read it again.
+                self.active.remove(&v.name);
+            }
+            tracing::info!(function = %v.name, version = v.version, sha256 = %v.sha256, app, activate, "published");
             versions.push(v);
         }
         Ok(Published { versions, notes, app })

@@ -297,6 +297,19 @@ impl Invoker {
         }
     }
 
+    /// [`invoke`](Self::invoke) of one version of the function, active or not (a draft, to
+    /// try it before it is activated: callers of the function still get the active one).
+    #[tracing::instrument(name = "invocation", skip_all, fields(id = tracing::field::Empty, function = %function, version = version))]
+    pub async fn invoke_version(
+        self: &Arc<Self>,
+        function: &str,
+        version: i64,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> Result<Accepted, Error> {
+        self.invoke_pinned(Uuid::now_v7(), function, Some(version), payload, wait, Vec::new()).await
+    }
+
     /// [`invoke_with`](Self::invoke_with) under a given id.
     async fn invoke_as(
         self: &Arc<Self>,
@@ -306,8 +319,24 @@ impl Invoker {
         wait: Option<Duration>,
         headers: Vec<(String, String)>,
     ) -> Result<Accepted, Error> {
+        self.invoke_pinned(id, function, None, payload, wait, headers).await
+    }
+
+    /// An invoke of `version`, or of the active version when `None`.
+    async fn invoke_pinned(
+        self: &Arc<Self>,
+        id: Uuid,
+        function: &str,
+        version: Option<i64>,
+        payload: Bytes,
+        wait: Option<Duration>,
+        headers: Vec<(String, String)>,
+    ) -> Result<Accepted, Error> {
         self.input_fits(&payload)?;
-        let (version, manifest) = self.catalog.active_manifest(function).await?;
+        let (version, manifest) = match version {
+            Some(v) => (v, self.catalog.version_manifest(function, v).await?),
+            None => self.catalog.active_manifest(function).await?,
+        };
         self.ensure_pool(&manifest.pool).await?;
         tracing::Span::current().record("id", tracing::field::display(id));
         // An asynchronous invoke is recorded `queued` before it is published: its id is

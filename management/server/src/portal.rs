@@ -1,5 +1,7 @@
-//! The portal: a single page (plain HTML, CSS and JavaScript, no build step) that management
-//! serves from its own binary. `GET /` is the page, `GET /portal/{file}` its assets. The page
+//! The portal: a single page (plain HTML, CSS and JavaScript) that management serves from its
+//! own binary. Only the code editor is built: `editor.js` is CodeMirror 6 bundled by
+//! `management/server/portal-editor/build.sh` and committed, so building Warren needs no
+//! Node.js. `GET /` is the page, `GET /portal/{file}` its assets. The page
 //! reads and drives the JSON API like any other client (with the API key the user signs in
 //! with, kept in the tab's `sessionStorage`); nothing here reads the store.
 //!
@@ -28,6 +30,8 @@ const INDEX: Asset =
 
 const ASSETS: &[Asset] = &[
     Asset { name: "app.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("portal/app.js") },
+    Asset { name: "develop.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("portal/develop.js") },
+    Asset { name: "editor.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("portal/editor.js") },
     Asset { name: "app.css", content_type: "text/css; charset=utf-8", body: include_bytes!("portal/app.css") },
     Asset { name: "icon.svg", content_type: "image/svg+xml", body: include_bytes!("portal/icon.svg") },
 ];

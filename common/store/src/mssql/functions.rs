@@ -7,12 +7,13 @@ use crate::interface::FunctionStore;
 
 #[async_trait]
 impl FunctionStore for MssqlStore {
-    async fn publish_version(
+    async fn store_version(
         &self,
         manifest: &Manifest,
         manifest_text: &str,
         package: &[u8],
         sha256: &str,
+        activate: bool,
     ) -> Result<FunctionVersion> {
         let mut c = self.conn().await?;
         let now = now_ms();
@@ -32,7 +33,9 @@ impl FunctionStore for MssqlStore {
             .await
             .map_err(unavailable)?;
             let updated =
-                c.execute(ACTIVATE_VERSION, &[&manifest.name.as_str(), &next, &now]).await.map_err(unavailable)?;
+                c.execute(if activate { ACTIVATE_VERSION } else { DRAFT_VERSION }, &[&manifest.name.as_str(), &next, &now])
+                    .await
+                    .map_err(unavailable)?;
             if updated.total() == 0 {
                 c.execute(INSERT_FUNCTION, &[&manifest.name.as_str(), &next, &now]).await.map_err(unavailable)?;
             }

@@ -67,6 +67,10 @@ impl MssqlStore {
             )
             .await
             .map_err(unavailable)?;
+            if !o.logs.is_empty() {
+                // Lines stored while the run went on (`append_logs`) come again with it.
+                c.execute(DELETE_ATTEMPT_LOGS, &[&id.as_str(), &o.attempt]).await.map_err(unavailable)?;
+            }
             for chunk in o.logs.chunks(LOG_ROWS_PER_INSERT) {
                 let sql = insert_logs_sql(chunk.len());
                 let mut params: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 5);
@@ -228,6 +232,16 @@ impl InvocationStore for MssqlStore {
             params.push(st);
         }
         self.rows(&sql, &params).await?.iter().map(rows::invocation).collect()
+    }
+
+    async fn append_logs(&self, id: Uuid, lines: &[LogLine]) -> Result<()> {
+        let id = id.to_string();
+        let mut c = self.conn().await?;
+        for l in lines {
+            let params: [&dyn ToSql; 5] = [&id.as_str(), &l.attempt, &l.seq, &l.ts_ms, &l.line.as_str()];
+            c.execute(APPEND_LOG, &params).await.map_err(unavailable)?;
+        }
+        Ok(())
     }
 
     async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>> {

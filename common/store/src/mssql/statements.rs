@@ -210,6 +210,11 @@ pub(super) const INSERT_VERSION: &str =
 pub(super) const ACTIVATE_VERSION: &str = "UPDATE warren_functions SET active_version = @P2, updated_ms = @P3,
        created_ms = CASE WHEN active_version < 0 THEN @P3 ELSE created_ms END
      WHERE name = @P1";
+/// A draft: active only where nothing is (a deleted function).
+pub(super) const DRAFT_VERSION: &str = "UPDATE warren_functions SET
+       active_version = CASE WHEN active_version < 0 THEN @P2 ELSE active_version END, updated_ms = @P3,
+       created_ms = CASE WHEN active_version < 0 THEN @P3 ELSE created_ms END
+     WHERE name = @P1";
 pub(super) const INSERT_FUNCTION: &str =
     "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES (@P1, @P2, @P3, @P3)";
 pub(super) const LIST_FUNCTIONS: &str =
@@ -306,6 +311,12 @@ pub(super) const SETTING_LIST: &str =
 pub(super) const INVOCATION_SELECT: &str =
     "SELECT TOP (@P1) id, function_name, version, status, attempts, payload, result,
      error, worker, created_ms, started_ms, finished_ms FROM warren_invocations WHERE 1 = 1";
+/// One line of a run still going, unless it is stored already.
+pub(super) const APPEND_LOG: &str = "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line)
+     SELECT @P1, @P2, @P3, @P4, @P5 WHERE NOT EXISTS
+       (SELECT 1 FROM warren_logs WHERE invocation = @P1 AND attempt = @P2 AND seq = @P3)";
+/// An attempt's lines stored while it ran, replaced by all of them with its outcome.
+pub(super) const DELETE_ATTEMPT_LOGS: &str = "DELETE FROM warren_logs WHERE invocation = @P1 AND attempt = @P2";
 pub(super) const INSERT_LOGS_PREFIX: &str = "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ";
 pub(super) const GET_INVOCATION: &str =
     "SELECT id, function_name, version, status, attempts, payload, result, error, worker,
@@ -522,6 +533,9 @@ pub(super) fn statements() -> Vec<String> {
             NEXT_VERSION,
             INSERT_VERSION,
             ACTIVATE_VERSION,
+            DRAFT_VERSION,
+            APPEND_LOG,
+            DELETE_ATTEMPT_LOGS,
             INSERT_FUNCTION,
             LIST_FUNCTIONS,
             GET_FUNCTION,

@@ -5,14 +5,29 @@ use warren_wire::manifest::Manifest;
 use super::*;
 use crate::interface::FunctionStore;
 
+/// A published version becomes the active one.
+const UPSERT_ACTIVE: &str = "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES ($1, $2, $3, $3)
+     ON CONFLICT (name) DO UPDATE SET active_version = excluded.active_version, updated_ms = excluded.updated_ms,
+       created_ms = CASE WHEN warren_functions.active_version < 0 THEN excluded.created_ms
+         ELSE warren_functions.created_ms END";
+/// A draft becomes active only where nothing is (a new or deleted function).
+const UPSERT_DRAFT: &str = "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES ($1, $2, $3, $3)
+     ON CONFLICT (name) DO UPDATE SET
+       active_version = CASE WHEN warren_functions.active_version < 0 THEN excluded.active_version
+         ELSE warren_functions.active_version END,
+       updated_ms = excluded.updated_ms,
+       created_ms = CASE WHEN warren_functions.active_version < 0 THEN excluded.created_ms
+         ELSE warren_functions.created_ms END";
+
 #[async_trait]
 impl FunctionStore for SqlxStore {
-    async fn publish_version(
+    async fn store_version(
         &self,
         manifest: &Manifest,
         manifest_text: &str,
         package: &[u8],
         sha256: &str,
+        activate: bool,
     ) -> Result<FunctionVersion> {
         // Two publishers of one function may pick the same number; the primary key refuses
         // the second, which then tries again with the next number.
@@ -43,12 +58,7 @@ impl FunctionStore for SqlxStore {
                 Err(e) => return Err(unavailable(e)),
                 Ok(_) => {}
             }
-            sqlx::query(
-                "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES ($1, $2, $3, $3)
-                 ON CONFLICT (name) DO UPDATE SET active_version = excluded.active_version, updated_ms = excluded.updated_ms,
-                   created_ms = CASE WHEN warren_functions.active_version < 0 THEN excluded.created_ms
-                     ELSE warren_functions.created_ms END",
-            )
+            sqlx::query(if activate { UPSERT_ACTIVE } else { UPSERT_DRAFT })
             .bind(&manifest.name)
             .bind(next)
             .bind(now)

@@ -695,6 +695,14 @@ impl InvocationStore for SqlxStore {
         rows.iter().map(rows::invocation).collect()
     }
 
+    async fn append_logs(&self, id: Uuid, lines: &[LogLine]) -> Result<()> {
+        let id = id.to_string();
+        let lines: Vec<(&str, &LogLine)> = lines.iter().map(|l| (id.as_str(), l)).collect();
+        let mut tx = self.begin().await?;
+        insert_logs(&mut tx, &lines).await?;
+        tx.commit().await.map_err(unavailable)
+    }
+
     async fn get_logs(&self, id: Uuid) -> Result<Vec<LogLine>> {
         let rows = sqlx::query(
             "SELECT attempt, seq, ts_ms, line FROM warren_logs WHERE invocation = $1 ORDER BY attempt, seq",

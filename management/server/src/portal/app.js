@@ -176,7 +176,23 @@
   /** A message for the next page shown (after an action that leaves its page). */
   let flash = null;
 
+  /** Views other scripts add (develop.js): name → (root, parts, query) → view. */
+  const added = {};
+  /** The current view's question before it is left (unsaved changes), if it has one. */
+  let guard = null;
+  let shownHash = null;
+
   function route() {
+    if (guard && location.hash !== shownHash) {
+      if (!guard()) {
+        // Stay: put the address back without showing the page again.
+        history.replaceState(null, '', shownHash || '#/overview');
+        return;
+      }
+    }
+    guard = null;
+    if (current && current.leave) current.leave();
+    shownHash = location.hash;
     const { parts, query } = parseHash();
     const name = parts[0] || 'overview';
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('on', a.dataset.view === name);
@@ -191,6 +207,7 @@
       batches: () => (parts[1] ? batchPage(root, parts[1]) : batchesPage(root)),
       workers: () => workersPage(root),
       dead: () => deadPage(root),
+      ...Object.fromEntries(Object.entries(added).map(([k, make]) => [k, () => make(root, parts, query)])),
     }[name];
     if (!make) {
       root.append(h('div', { class: 'card' }, 'No such page. ', h('a', { href: '#/overview' }, 'Go to the overview.')));
@@ -202,6 +219,16 @@
     busy = false;
     tick(true);
   }
+
+  // What develop.js (loaded after this file) uses of the page.
+  window.WarrenPortal = {
+    h, api, ApiError, banner, update, badge, enc, idLink,
+    invocationDetail: (inv) => invocationDetail(inv),
+    setFlash: (text) => { flash = text; },
+    guard: (fn) => { guard = fn; },
+    register: (views) => Object.assign(added, views),
+    currentView: () => current,
+  };
 
   // ---- invocation detail (the invocation page and the invoke result) ------------------------
 
@@ -380,7 +407,8 @@
       ' packs one), or of an Azure Functions app, host.json at its root. It becomes the new active version of each function it holds.'),
     h('div', { class: 'row' }, file, btn), out);
     const retention = h('div', { id: 'retention-card' });
-    root.append(h('h1', null, 'Functions'), form, h('div', { class: 'card' }, list),
+    root.append(h('div', { class: 'spread' }, h('h1', null, 'Functions'),
+      h('a', { class: 'button', id: 'new-function', href: '#/new' }, 'New function')), form, h('div', { class: 'card' }, list),
       h('div', { class: 'card' }, h('h2', null, 'Retention'), retention));
     const kept = (n) => (n ? String(n) : 'all');
     const retentionView = (r) => {
@@ -501,7 +529,7 @@
     root.append(
       h('div', { class: 'crumbs' }, h('a', { href: '#/functions' }, 'Functions'), ' / ', name),
       h('div', { class: 'spread' }, h('h1', null, name),
-        h('div', { class: 'row' }, pauseBtn,
+        h('div', { class: 'row' }, h('a', { class: 'button', id: 'develop-function', href: `#/develop/${enc(name)}` }, 'Edit code'), pauseBtn,
           h('button', { type: 'button', class: 'danger', id: 'delete-function', onclick: remove }, 'Delete function'))),
       info, form,
       h('div', { class: 'grid cols-2' },
@@ -527,8 +555,9 @@
             `v${v.version}`), ' ', v.version === active ? badge('active', 'active') : null, v.version === shown ? h('span', { class: 'muted' }, ' ◂') : null),
           h('td', { class: 'mono', title: v.sha256 }, `${v.sha256.slice(0, 12)}…`),
           h('td', { class: 'num' }, bytes(v.size)), h('td', null, fmtTime(v.created_ms)),
-          h('td', null, v.version === active ? '' : h('button', { type: 'button', class: 'small ghost', 'data-activate': String(v.version),
-            onclick: () => activate(v.version) }, 'Activate'))))));
+          h('td', null, h('a', { href: `#/develop/${enc(name)}/${v.version}`, class: 'small', 'data-open': String(v.version) }, 'Code'), ' ',
+            v.version === active ? '' : h('button', { type: 'button', class: 'small ghost', 'data-activate': String(v.version),
+              onclick: () => activate(v.version) }, 'Activate'))))));
         drawVersions();
         showManifest();
         const desc = (/^description\s*=\s*"(.*)"\s*$/m.exec((data.versions.find((v) => v.version === active) || {}).manifest || '') || [])[1];
@@ -818,6 +847,7 @@
     route();
   }
 
-  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
-  else start();
+  // After every deferred script (develop.js adds its views before the first route).
+  if (document.readyState === 'complete') start();
+  else document.addEventListener('DOMContentLoaded', start);
 })();
