@@ -98,6 +98,14 @@ async fn keys_decide_who_may_do_what() {
     assert_error(&invoke_with(&with_fb, &m, fa, "x").await, 403, "this key is for function");
     assert_error(&invoke_with(&with_fb, &m, adm, "x").await, 403, "admin key");
     assert_error(&get_with(&with_fb, &m, "/api/functions").await, 403, "admin key");
+    // Trying a version other than the active one (a draft) and reading packages: admin only.
+    let pinned =
+        with_fb.post(format!("{}/api/functions/{fb}/invoke?version=1", m.base)).body("x").send().await.unwrap();
+    assert_error(&answer(pinned).await, 403, "admin key");
+    assert_error(&get_with(&with_fb, &m, &format!("/api/functions/{fb}/versions/1/package")).await, 403, "admin key");
+    let pinned = m.http.post(format!("{}/api/functions/{fb}/invoke?version=1", m.base)).body("x").send().await.unwrap();
+    let (status, v) = answer(pinned).await;
+    assert_eq!((status, v["version"].as_i64()), (200, Some(1)), "{v}");
     assert_error(&get_with(&with_fb, &m, "/api/keys").await, 403, "admin key");
     let (_, v) = invoke_with(&m.http, &m, fa, "by admin").await;
     let fa_id = v["id"].as_str().unwrap().to_string();

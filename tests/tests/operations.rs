@@ -77,6 +77,29 @@ async fn a_function_rolls_back_to_an_earlier_version_and_is_deleted_once_nothing
     assert_eq!(r.status(), 400);
     assert_eq!(invoke().await, ("version 1".to_string(), 1));
 
+    // A draft: stored as version 3 without becoming active; an invoke naming it runs it (and
+    // names no idempotency key with it), the others still run version 1; its package reads back.
+    let draft = warren_wire::package::pack_dir(&version(3)).unwrap();
+    let r = m.http.post(format!("{}/api/functions?activate=false", m.base)).body(draft.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["version"], 3);
+    assert_eq!(invoke().await, ("version 1".to_string(), 1));
+    let r = m.http.post(format!("{}/api/functions/{name}/invoke?version=3", m.base)).send().await.unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((v["result"].as_str(), v["version"].as_i64()), (Some("version 3"), Some(3)), "{v}");
+    let r = m.http.post(format!("{}/api/functions/{name}/invoke?version=3", m.base)).header("idempotency-key", "k1");
+    assert_eq!(r.send().await.unwrap().status(), 400);
+    let r = m.http.post(format!("{}/api/functions/{name}/invoke?version=8", m.base)).send().await.unwrap();
+    assert_eq!(r.status(), 404, "no version 8");
+    let r = m.http.get(format!("{}/api/functions/{name}/versions/3/package", m.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-disposition"], format!("attachment; filename=\"{name}-v3.tar.gz\""));
+    assert_eq!(r.bytes().await.unwrap(), draft, "the package as published");
+    let r = m.http.get(format!("{}/api/functions/{name}/versions/8/package", m.base)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let (_, f) = m.get(&format!("/api/functions/{name}")).await;
+    assert_eq!(f["function"]["active_version"], 1, "{f}");
+
     // Delete: refused while an invocation is open (queued on a pool nobody consumes).
     let idle = unique("idle");
     let dir = tmp.path().join("idle");
@@ -118,9 +141,9 @@ async fn a_function_rolls_back_to_an_earlier_version_and_is_deleted_once_nothing
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("404"));
     // Published again, it numbers on after its last version (the worker still holds version 1
     // of the deleted function: a reused number would run that).
-    let v = m.publish_dir(&version(3)).await;
-    assert_eq!(v["version"], 3, "{v}");
-    assert_eq!(invoke().await, ("version 3".to_string(), 3));
+    let v = m.publish_dir(&version(4)).await;
+    assert_eq!(v["version"], 4, "{v}");
+    assert_eq!(invoke().await, ("version 4".to_string(), 4));
 }
 
 /// `Idempotency-Key`: a repeat with the same key and input gets the first invocation (its id,

@@ -154,3 +154,131 @@ async fn portal_publishes_invokes_and_shows_result_and_logs_in_a_browser() {
         assert!(shots.join(format!("{file}.png")).exists(), "screenshot {file}.png is missing");
     }
 }
+
+/// Developing in the portal (`tests/browser/develop.mjs`): a function from every template in
+/// every language, then one of them edited, refused at the right manifest line, tested as a
+/// draft while callers keep version 1, published; what the page did is then checked here in
+/// the store, through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_develops_tests_and_publishes_a_function_in_a_browser() {
+    require_services();
+    let chromium = browser_prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", tmp.path().join("develop.db").display());
+    let pool = unique("develop");
+    let m = Management::start(&store).await;
+    let _worker = start_worker(&store, &pool, 2, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let prefix = unique("dev");
+    let shots = screenshot_dir();
+    let mut cmd = Command::new("node");
+    cmd.arg(workspace_root().join("tests/browser/develop.mjs"))
+        .args([m.base.as_str(), &shots.display().to_string(), &pool, &prefix])
+        .env("WARREN_CHROMIUM", &chromium)
+        .env("WARREN_API_KEY", &m.key);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "the browser test failed ({}); screenshots (develop-failure.png) in {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status,
+        shots.display()
+    );
+
+    // Every template made a function (the batch ones with their follow-up), on the pool given.
+    let made = [
+        "http-python",
+        "http-node",
+        "http-shell",
+        "timer-python",
+        "timer-node",
+        "source-python",
+        "source-node",
+        "batch-python",
+        "batch-python-report",
+        "batch-node",
+        "batch-node-report",
+        "azure-python",
+    ];
+    for suffix in made {
+        let name = format!("{prefix}-{suffix}");
+        let (status, f) = m.get(&format!("/api/functions/{name}")).await;
+        assert_eq!(status, 200, "{name} was not created: {f}");
+        let manifest = f["versions"][0]["manifest"].as_str().unwrap_or_default();
+        assert!(manifest.contains(&format!("pool = \"{pool}\"")), "{name} is not on {pool}: {manifest}");
+    }
+    let (_, timer) = m.get(&format!("/api/functions/{prefix}-timer-python")).await;
+    assert_eq!(timer["trigger"], "timer 0 0 3 * * *", "{timer}");
+    let (_, source) = m.get(&format!("/api/functions/{prefix}-source-node")).await;
+    assert_eq!(source["trigger"], format!("queue {prefix}-q-node"), "{source}");
+    let (_, app) = m.get(&format!("/api/functions/{prefix}-azure-python")).await;
+    assert!(app["trigger"].as_str().unwrap_or_default().starts_with("http "), "{app}");
+
+    // The edited function: the refused save made no version; drafts 2, 3 (a file added and
+    // renamed) and 4 (it deleted), version 2 published.
+    let name = format!("{prefix}-http-python");
+    let (_, f) = m.get(&format!("/api/functions/{name}")).await;
+    assert_eq!(f["function"]["active_version"], 2, "{f}");
+    let versions: Vec<i64> = f["versions"].as_array().unwrap().iter().map(|v| v["version"].as_i64().unwrap()).collect();
+    assert_eq!(versions, [4, 3, 2, 1], "{f}");
+    // The draft's test run ran version 2 while version 1 was active; its lines were all kept.
+    let (_, list) = m.get(&format!("/api/invocations?function={name}&limit=20")).await;
+    let list = list.as_array().unwrap().clone();
+    let test_run =
+        list.iter().find(|i| i["input"] == serde_json::json!({"name": "Grace"})).expect("the draft's test run");
+    assert_eq!(test_run["version"], 2, "{test_run}");
+    assert_eq!(test_run["status"], "succeeded", "{test_run}");
+    let id = test_run["id"].as_str().unwrap();
+    let (_, logs) = m.get(&format!("/api/invocations/{id}/logs")).await;
+    let lines: Vec<&str> = logs.as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert_eq!(lines, ["first step", "second step"], "each line once, in order");
+    // Three invokes over the API: two of version 1 (before and after the draft), one of 2.
+    let mut by_version: Vec<(i64, i64)> = Vec::new();
+    for i in list.iter().filter(|i| i["input"] == serde_json::json!({"name": "Ada"})) {
+        by_version.push((i["version"].as_i64().unwrap(), i["created_ms"].as_i64().unwrap()));
+    }
+    by_version.sort_by_key(|v| v.1);
+    assert_eq!(by_version.iter().map(|v| v.0).collect::<Vec<_>>(), [1, 1, 2], "{list:?}");
+    // The packages the page packed are ordinary ones: version 3 holds the renamed file with
+    // its text, version 4 no longer; the package route answers them as they were stored.
+    let unpacked = |version: i64| {
+        let (m, name, tmp) = (&m, &name, tmp.path());
+        async move {
+            let url = format!("{}/api/functions/{name}/versions/{version}/package", m.base);
+            let r = m.http.get(&url).send().await.expect("get the package");
+            assert_eq!(r.status(), 200, "version {version}'s package");
+            assert_eq!(r.headers()["content-type"], "application/gzip");
+            let bytes = r.bytes().await.unwrap();
+            let (_, f) = m.get(&format!("/api/functions/{name}")).await;
+            let sha = f["versions"].as_array().unwrap().iter().find(|v| v["version"] == version).unwrap()["sha256"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let dest = tmp.join(format!("v{version}"));
+            warren_wire::package::unpack(&bytes, &sha, &dest, &Default::default()).expect("an ordinary package");
+            dest
+        }
+    };
+    let v3 = unpacked(3).await;
+    assert_eq!(std::fs::read_to_string(v3.join("lib/answer.py")).unwrap(), "ANSWER = 42\n");
+    assert!(!v3.join("lib/util.py").exists());
+    assert!(std::fs::read_to_string(v3.join("main.py")).unwrap().contains("Howdy"));
+    assert!(!unpacked(4).await.join("lib/answer.py").exists());
+    let (status, _) = m.get(&format!("/api/functions/{name}/versions/9/package")).await;
+    assert_eq!(status, 404);
+    for file in [
+        "1-new-http",
+        "2-editor-http",
+        "3-refused-at-line",
+        "4-test-running",
+        "5-test-done",
+        "6-published",
+        "8-read-only",
+    ] {
+        assert!(shots.join(format!("develop-{file}.png")).exists(), "screenshot develop-{file}.png is missing");
+    }
+}

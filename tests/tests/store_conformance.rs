@@ -156,6 +156,43 @@ async fn rollback_and_removal(store: &dyn Store) {
     assert_eq!(store.list_versions(&name).await.unwrap().len(), 1);
 }
 
+/// Drafts and lines of running work: a version stored without activation leaves the active
+/// one (unless there is none: a new or deleted function's draft is what it runs); log lines
+/// stored while a run goes on are read at once and kept once when its outcome brings them all.
+async fn drafts_and_live_lines(store: &dyn Store) {
+    let (m, text) = manifest(&unique("draft"));
+    let name = m.name.clone();
+    let first = store.store_version(&m, &text, b"one", "sha-1", false).await.unwrap();
+    assert_eq!(first.version, 1);
+    assert_eq!(store.get_function(&name).await.unwrap().unwrap().active_version, 1, "a new function's draft runs");
+    let draft = store.store_version(&m, &text, b"two", "sha-2", false).await.unwrap();
+    assert_eq!(draft.version, 2);
+    assert_eq!(store.get_function(&name).await.unwrap().unwrap().active_version, 1, "a draft leaves the active one");
+    assert_eq!(store.get_package(&name, 2).await.unwrap().as_deref(), Some(&b"two"[..]));
+    assert!(store.activate_version(&name, 2).await.unwrap());
+    assert_eq!(store.store_version(&m, &text, b"three", "sha-3", true).await.unwrap().version, 3);
+    assert_eq!(store.get_function(&name).await.unwrap().unwrap().active_version, 3);
+    assert!(store.delete_function(&name).await.unwrap());
+    assert_eq!(store.store_version(&m, &text, b"four", "sha-4", false).await.unwrap().version, 4);
+    assert_eq!(store.get_function(&name).await.unwrap().unwrap().active_version, 4, "a deleted function's draft runs");
+
+    let inv = new_inv(&name, 4);
+    store.create_invocation(&inv).await.unwrap();
+    assert_eq!(store.claim(&inv, 1, "w", now_ms()).await.unwrap(), Claim::Run);
+    let done = outcome(Status::Succeeded, "w", 3);
+    store.append_logs(inv.id, &done.logs[..2]).await.unwrap();
+    store.append_logs(inv.id, &done.logs[1..2]).await.unwrap();
+    let so_far: Vec<String> = store.get_logs(inv.id).await.unwrap().into_iter().map(|l| l.line).collect();
+    assert_eq!(so_far, ["line 0 é", "line 1 é"], "read while it runs, each once");
+    assert!(store.complete(inv.id, &done).await.unwrap());
+    let all: Vec<(i32, String)> = store.get_logs(inv.id).await.unwrap().into_iter().map(|l| (l.seq, l.line)).collect();
+    assert_eq!(
+        all,
+        [(0, "line 0 é".into()), (1, "line 1 é".into()), (2, "line 2 é".into())],
+        "the outcome's lines, once"
+    );
+}
+
 /// Retention: only final work past its time goes, in chunks, with its children; versions beyond
 /// the newest that nothing uses; old ticks but the newest; duties held by one holder at a time.
 async fn retention(store: &dyn Store) {
@@ -422,6 +459,7 @@ async fn conformance(store: Arc<dyn Store>) {
     keys_conform(&*store).await;
     idempotency_keys(&*store).await;
     rollback_and_removal(&*store).await;
+    drafts_and_live_lines(&*store).await;
     retention(&*store).await;
     pauses(&*store).await;
     // Versions: immutable, numbered from 1, the newest active, atomically.

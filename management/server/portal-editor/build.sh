@@ -7,6 +7,8 @@ cd "$(dirname "$0")"
 npm ci --no-audit --no-fund --ignore-scripts
 node node_modules/esbuild/bin/esbuild editor.mjs --bundle --minify --format=iife --target=es2020 \
   --legal-comments=none --outfile=../src/portal/editor.js
-printf '// CodeMirror 6 (MIT, https://codemirror.net), bundled by management/server/portal-editor/build.sh.\n' |
+# The sources' digest, checked by a test: a bundle older than its sources fails it.
+sources=$(cat editor.mjs package-lock.json | sha256sum | cut -d' ' -f1)
+printf '// CodeMirror 6 (MIT, https://codemirror.net), bundled by management/server/portal-editor/build.sh\n// from editor.mjs and package-lock.json, sha256 %s\n' "$sources" |
   cat - ../src/portal/editor.js > ../src/portal/editor.js.tmp
 mv ../src/portal/editor.js.tmp ../src/portal/editor.js

@@ -320,8 +320,8 @@ async fn get_package(
     State(m): State<Arc<Management>>,
     path: Result<Path<(String, i64)>, PathRejection>,
 ) -> ApiResult<Response> {
-    let Path((name, version)) =
-        path.map_err(|e| bad_request(format!("{}; the path is /api/functions/NAME/versions/N/package", e.body_text())))?;
+    let Path((name, version)) = path
+        .map_err(|e| bad_request(format!("{}; the path is /api/functions/NAME/versions/N/package", e.body_text())))?;
     let bytes = m.store.get_package(&name, version).await?.ok_or_else(|| {
         not_found(format!("function {name:?} has no version {version}; GET /api/functions/{name} lists them"))
     })?;

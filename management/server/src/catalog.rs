@@ -46,7 +46,12 @@ impl Catalog {
 
     /// Checks a package completely, then stores it as the function's new active version; for
     /// an Azure Functions app, as a new version of each of its functions, run on `app_pool`.
-    pub async fn publish(&self, package_bytes: &[u8], app_pool: Option<&str>, activate: bool) -> Result<Published, Error> {
+    pub async fn publish(
+        &self,
+        package_bytes: &[u8],
+        app_pool: Option<&str>,
+        activate: bool,
+    ) -> Result<Published, Error> {
         let limits = self.limits;
         if package_bytes.len() as u64 > limits.max_package_bytes {
             return Err(Error::TooLarge(format!(

@@ -30,8 +30,16 @@ const INDEX: Asset =
 
 const ASSETS: &[Asset] = &[
     Asset { name: "app.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("portal/app.js") },
-    Asset { name: "develop.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("portal/develop.js") },
-    Asset { name: "editor.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("portal/editor.js") },
+    Asset {
+        name: "develop.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("portal/develop.js"),
+    },
+    Asset {
+        name: "editor.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("portal/editor.js"),
+    },
     Asset { name: "app.css", content_type: "text/css; charset=utf-8", body: include_bytes!("portal/app.css") },
     Asset { name: "icon.svg", content_type: "image/svg+xml", body: include_bytes!("portal/icon.svg") },
 ];
@@ -103,6 +111,19 @@ mod tests {
             assert!(page.contains(&format!("/portal/{}", a.name)), "index.html does not use {}", a.name);
         }
         assert!(!page.contains("<script>"), "no inline script: the CSP forbids it");
+    }
+
+    #[test]
+    fn the_editor_bundle_is_built_from_its_sources() {
+        let bundle = std::str::from_utf8(include_bytes!("portal/editor.js")).unwrap();
+        let mut sources = include_bytes!("../portal-editor/editor.mjs").to_vec();
+        sources.extend_from_slice(include_bytes!("../portal-editor/package-lock.json"));
+        let digest = warren_wire::package::sha256_hex(&sources);
+        assert!(
+            bundle.lines().take(2).any(|l| l.ends_with(&format!("sha256 {digest}"))),
+            "portal/editor.js is older than portal-editor/editor.mjs or its package-lock.json: run \
+             management/server/portal-editor/build.sh and commit the bundle"
+        );
     }
 
     #[test]

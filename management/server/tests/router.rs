@@ -33,7 +33,7 @@ async fn app() -> (axum::Router, tempfile::TempDir) {
     let dir = tmp.path().join("echo");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("function.toml"), "name = \"echo\"\nruntime = \"echo\"\n").unwrap();
-    m.catalog.publish(&warren_wire::package::pack_dir(&dir).unwrap(), None).await.unwrap();
+    m.catalog.publish(&warren_wire::package::pack_dir(&dir).unwrap(), None, true).await.unwrap();
     (warren_management::api::router(m), tmp)
 }
 

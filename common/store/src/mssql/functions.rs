@@ -32,10 +32,13 @@ impl FunctionStore for MssqlStore {
             )
             .await
             .map_err(unavailable)?;
-            let updated =
-                c.execute(if activate { ACTIVATE_VERSION } else { DRAFT_VERSION }, &[&manifest.name.as_str(), &next, &now])
-                    .await
-                    .map_err(unavailable)?;
+            let updated = c
+                .execute(
+                    if activate { ACTIVATE_VERSION } else { DRAFT_VERSION },
+                    &[&manifest.name.as_str(), &next, &now],
+                )
+                .await
+                .map_err(unavailable)?;
             if updated.total() == 0 {
                 c.execute(INSERT_FUNCTION, &[&manifest.name.as_str(), &next, &now]).await.map_err(unavailable)?;
             }

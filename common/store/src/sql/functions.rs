@@ -6,12 +6,14 @@ use super::*;
 use crate::interface::FunctionStore;
 
 /// A published version becomes the active one.
-const UPSERT_ACTIVE: &str = "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES ($1, $2, $3, $3)
+const UPSERT_ACTIVE: &str =
+    "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES ($1, $2, $3, $3)
      ON CONFLICT (name) DO UPDATE SET active_version = excluded.active_version, updated_ms = excluded.updated_ms,
        created_ms = CASE WHEN warren_functions.active_version < 0 THEN excluded.created_ms
          ELSE warren_functions.created_ms END";
 /// A draft becomes active only where nothing is (a new or deleted function).
-const UPSERT_DRAFT: &str = "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES ($1, $2, $3, $3)
+const UPSERT_DRAFT: &str =
+    "INSERT INTO warren_functions (name, active_version, created_ms, updated_ms) VALUES ($1, $2, $3, $3)
      ON CONFLICT (name) DO UPDATE SET
        active_version = CASE WHEN warren_functions.active_version < 0 THEN excluded.active_version
          ELSE warren_functions.active_version END,
@@ -59,12 +61,12 @@ impl FunctionStore for SqlxStore {
                 Ok(_) => {}
             }
             sqlx::query(if activate { UPSERT_ACTIVE } else { UPSERT_DRAFT })
-            .bind(&manifest.name)
-            .bind(next)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+                .bind(&manifest.name)
+                .bind(next)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
             match tx.commit().await {
                 Err(e) if is_unique_violation(&e) => continue,
                 Err(e) => return Err(unavailable(e)),
