@@ -330,3 +330,74 @@ async fn a_paused_function_holds_its_invocations_until_it_resumes() {
     let (_, f) = m.get(&format!("/api/functions/{name}")).await;
     assert!(f["function"]["paused_ms"].is_null(), "a refused pause changes nothing: {f}");
 }
+
+/// Cancel: a running invocation's process tree is killed and it stays `cancelled` (its run's
+/// outcome is not stored over it); a queued one is never run; a final one is a 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_invocation_never_runs_or_is_stopped_where_it_runs() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let marks = tmp.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let (pool, name) = (unique("p"), unique("cancel"));
+    let m = Management::start(&pg_url()).await;
+    // Each run leaves its pid and its child's; "quick" answers at once, anything else sleeps.
+    let script = format!(
+        "input=$(cat)\n[ \"$input\" = quick ] && {{ printf quick; exit 0; }}\nm={}/$WARREN_INVOCATION_ID\n\
+         echo $$ > $m.pid\nsleep 60 &\necho $! > $m.child\necho started >&2\nwait\nprintf finished\n",
+        marks.display()
+    );
+    let manifest = format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\ntimeout_secs = 120\n");
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", &script)])).await;
+    let _w = start_worker(&pg_url(), &pool, 1, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    // A runs (the only run slot); B waits behind it.
+    let (status, a) = m.invoke(&name, "async", b"slow").await;
+    assert_eq!(status, 202, "{a}");
+    let a = a["id"].as_str().unwrap().to_string();
+    let child_file = marks.join(format!("{a}.child"));
+    eventually(Duration::from_secs(30), "A to start its child", || async { child_file.exists().then_some(()) }).await;
+    let child: i32 = eventually(Duration::from_secs(5), "the child's pid", || async {
+        std::fs::read_to_string(&child_file).ok().and_then(|s| s.trim().parse().ok())
+    })
+    .await;
+    let (status, b) = m.invoke(&name, "async", b"slow too").await;
+    assert_eq!(status, 202, "{b}");
+    let b = b["id"].as_str().unwrap().to_string();
+
+    // B, queued: cancelled, it is never run.
+    let r = m.http.post(format!("{}/api/invocations/{b}/cancel", m.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((v["status"].as_str(), v["workers_told"].as_u64()), (Some("cancelled"), Some(1)), "{v}");
+    // A, running: cancelled with the CLI, its process tree is killed.
+    let out = m.cli().args(["cancel", &a]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{a} is cancelled (1 workers told)"));
+    eventually(Duration::from_secs(10), "A's child process to be killed", || async {
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        (unsafe { libc::kill(child, 0) } != 0).then_some(())
+    })
+    .await;
+    // C, behind both in the queue, runs: B's delivery came before it and did not run.
+    let (status, c) = m.invoke(&name, "sync", b"quick").await;
+    assert_eq!((status, c["result"].as_str()), (200, Some("quick")), "{c}");
+    assert!(!marks.join(format!("{b}.pid")).exists(), "the cancelled queued invocation ran");
+    for id in [&a, &b] {
+        let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+        assert_eq!(v["status"], "cancelled", "{v}");
+        assert_eq!(v["error"], "cancelled before it ended", "{v}");
+    }
+
+    // Final ones: 409 saying how they ended; unknown: 404.
+    let c = c["id"].as_str().unwrap();
+    for (id, how) in [(a.as_str(), "cancelled already"), (c, "succeeded already")] {
+        let r = m.http.post(format!("{}/api/invocations/{id}/cancel", m.base)).send().await.unwrap();
+        assert_eq!(r.status(), 409);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains(how), "{v}");
+    }
+    let r = m.http.post(format!("{}/api/invocations/{}/cancel", m.base, uuid::Uuid::now_v7())).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -191,6 +191,27 @@ async fn drafts_and_live_lines(store: &dyn Store) {
         [(0, "line 0 é".into()), (1, "line 1 é".into()), (2, "line 2 é".into())],
         "the outcome's lines, once"
     );
+
+    // Cancel: queued or running ones only; a run's outcome is not stored over it.
+    let (queued, running) = (new_inv(&name, 4), new_inv(&name, 4));
+    store.create_invocation(&queued).await.unwrap();
+    store.create_invocation(&running).await.unwrap();
+    assert_eq!(store.claim(&running, 1, "w", now_ms()).await.unwrap(), Claim::Run);
+    for inv in [&queued, &running] {
+        assert_eq!(store.cancel_invocation(inv.id, now_ms()).await.unwrap(), Some(true));
+        let got = store.get_invocation(inv.id).await.unwrap().unwrap();
+        assert_eq!(got.status, Status::Cancelled);
+        assert!(got.finished_ms.is_some());
+    }
+    assert!(
+        !store.complete(running.id, &outcome(Status::Succeeded, "w", 1)).await.unwrap(),
+        "no outcome over a cancel"
+    );
+    assert_eq!(store.get_invocation(running.id).await.unwrap().unwrap().status, Status::Cancelled);
+    assert_eq!(store.claim(&queued, 1, "w", now_ms()).await.unwrap(), Claim::AlreadyFinal(Status::Cancelled));
+    assert_eq!(store.cancel_invocation(running.id, now_ms()).await.unwrap(), Some(false), "final already");
+    assert_eq!(store.cancel_invocation(inv.id, now_ms()).await.unwrap(), Some(false), "succeeded already");
+    assert_eq!(store.cancel_invocation(Uuid::now_v7(), now_ms()).await.unwrap(), None);
 }
 
 /// Retention: only final work past its time goes, in chunks, with its children; versions beyond

@@ -42,6 +42,8 @@ impl Worker {
             let (w, stop) = (self.clone(), stop.clone());
             async move { w.paused.follow(w.store.clone(), stop).await }
         });
+        let cancels =
+            tokio::spawn(self.cancels.clone().follow(self.transport.clone(), self.cfg.id.clone(), stop.clone()));
         stop.cancelled().await;
         tracing::info!(in_flight = self.in_flight.load(Ordering::Relaxed), "draining");
         let _ = self.store.heartbeat(&self.info(WorkerState::Draining)).await;
@@ -56,6 +58,7 @@ impl Worker {
         }
         beat.abort();
         follow.abort();
+        cancels.abort();
         self.handlers.close_all();
         let _ = self.store.heartbeat(&self.info(WorkerState::Gone)).await;
         Ok(())

@@ -62,10 +62,23 @@ impl Worker {
         let warm = || {
             self.handlers.pool(&loaded.manifest, msg.version, dir.to_path_buf(), settings.vars.clone(), self.cfg.limits)
         };
+        // A cancel of this invocation while it runs here stops it.
+        let tracked = self.cancels.track(msg.id);
+        let stop = tracked.token.clone();
+        let stopped = || RunOutput {
+            status: Status::Cancelled,
+            result: None,
+            error: Some("cancelled while it ran; its warm handler's answer is not awaited".into()),
+            logs: Vec::new(),
+        };
         match (loaded.manifest.runtime, loaded.manifest.azure.as_ref()) {
             (Runtime::Azure, Some(az)) => {
-                let out = warm().call(&env, Call::Http(azure::request(az, msg)), timeout, attempt).await;
-                azure::outcome(az, out, attempt, self.cfg.limits.max_log_lines)
+                let handlers = warm();
+                let call = handlers.call(&env, Call::Http(azure::request(az, msg)), timeout, attempt);
+                tokio::select! {
+                    out = call => azure::outcome(az, out, attempt, self.cfg.limits.max_log_lines),
+                    _ = stop.cancelled() => stopped(),
+                }
             }
             (Runtime::Azure, None) => RunOutput {
                 status: Status::Failed,
@@ -73,7 +86,13 @@ impl Worker {
                 error: Some("runtime \"azure\" without its [azure] section".into()),
                 logs: Vec::new(),
             },
-            _ if loaded.manifest.mode == Mode::Persistent => warm().invoke(&env, &msg.payload, timeout, attempt).await,
+            _ if loaded.manifest.mode == Mode::Persistent => {
+                let handlers = warm();
+                tokio::select! {
+                    out = handlers.invoke(&env, &msg.payload, timeout, attempt) => out,
+                    _ = stop.cancelled() => stopped(),
+                }
+            }
             _ => {
                 let (tx, rx) = mpsc::channel(LIVE_LINES);
                 let run = process::run(
@@ -85,7 +104,7 @@ impl Worker {
                     &settings.vars,
                     attempt,
                     &self.cfg.limits,
-                    Some(tx),
+                    process::Watch { live: Some(tx), cancel: Some(stop) },
                 );
                 tokio::select! {
                     biased;

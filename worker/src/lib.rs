@@ -13,6 +13,7 @@
 //! - [`metrics`]: the worker's metrics and their listener.
 
 mod azure;
+mod cancels;
 pub mod config;
 mod consume;
 mod execute;

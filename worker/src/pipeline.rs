@@ -173,6 +173,12 @@ impl Worker {
         let slot = self.take_slot(gate, generation).await?;
         let attempt = Attempt::new(msg, d.redelivered);
         self.claim_stage(&attempt).await?;
+        if self.cancels.is_cancelled(msg.id) {
+            // Its record says so: a fresh first delivery is not claimed, so this is what keeps
+            // it from running.
+            tracing::info!("cancelled before it ran; not running it");
+            return Err(Verdict::Ack);
+        }
         let (decision, ran) = match self.load(&attempt).await? {
             Loadout::Ready(loaded, settings) => {
                 let run = self.run_attempt(&attempt, &loaded, &settings).await;

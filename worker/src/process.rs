@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use warren_wire::invocation::{LogLine, Status};
 use warren_wire::time::now_ms;
 
@@ -35,6 +36,14 @@ pub struct RunOutput {
     pub result: Option<Vec<u8>>,
     pub error: Option<String>,
     pub logs: Vec<LogLine>,
+}
+
+/// What may follow a run from outside: its log lines as they come (when there is room in the
+/// channel), and a token that stops it (its process tree killed, the run `cancelled`).
+#[derive(Default)]
+pub struct Watch {
+    pub live: Option<mpsc::Sender<LogLine>>,
+    pub cancel: Option<CancellationToken>,
 }
 
 /// Facts about the invocation given to the process as environment variables.
@@ -170,8 +179,9 @@ pub async fn run(
     settings: &[(String, String)],
     attempt: i32,
     limits: &Limits,
-    live: Option<mpsc::Sender<LogLine>>,
+    watch: Watch,
 ) -> RunOutput {
+    let Watch { live, cancel } = watch;
     let mut vars: Vec<(String, String)> = settings.to_vec();
     vars.push(("WARREN_INVOCATION_ID".into(), env.id.to_string()));
     vars.push(("WARREN_FUNCTION".into(), env.function.to_string()));
@@ -258,10 +268,21 @@ pub async fn run(
     });
 
     let pid = child.id();
-    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    let cancelled = async {
+        match &cancel {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let waited = tokio::select! {
+        w = tokio::time::timeout(timeout, child.wait()) => w.map_err(|_| false),
+        _ = cancelled => Err(true),
+    };
+    let mut stopped = false;
     let exit = match waited {
         Ok(r) => Some(r),
-        Err(_) => {
+        Err(cancelled) => {
+            stopped = cancelled;
             kill_tree(&mut child).await;
             None
         }
@@ -284,6 +305,7 @@ pub async fn run(
         return fail(Status::Failed, format!("the function's output is over the limit of {max_out} bytes"), logs);
     }
     match exit {
+        None if stopped => fail(Status::Cancelled, "cancelled while it ran; the process tree was killed".into(), logs),
         None => fail(
             Status::TimedOut,
             format!("timed out after {} s; the process tree was killed", timeout.as_secs_f64()),
@@ -355,7 +377,7 @@ mod windows_tests {
     async fn run_in(dir: &Path, command: &[&str], vars: &[(&str, &str)], timeout: Duration) -> RunOutput {
         let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
         let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        run(&command, dir, b"", timeout, &env(), &vars, 1, &Limits::default(), None).await
+        run(&command, dir, b"", timeout, &env(), &vars, 1, &Limits::default(), Watch::default()).await
     }
 
     /// Not a test of its own: the process tree `a_timed_out_tree_is_killed_whole` starts. With

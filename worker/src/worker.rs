@@ -10,6 +10,7 @@ use warren_store::{Claim, NewInvocation, Outcome, Store, StoreError, WorkerInfo,
 use warren_transport::Transport;
 use warren_wire::time::now_ms;
 
+use crate::cancels::Cancels;
 use crate::config::WorkerConfig;
 use crate::groups::Groups;
 use crate::handler::Handlers;
@@ -38,6 +39,8 @@ pub struct Worker {
     pub metrics: WorkerMetrics,
     /// The functions paused now: their invocations are set aside in their hold.
     pub(crate) paused: Paused,
+    /// Invocations cancelled (as management told this worker) and the runs here to stop.
+    pub(crate) cancels: Arc<Cancels>,
     /// The holds this worker has declared on the broker, with when it last marked each held in
     /// the store.
     pub(crate) holds_marked: DashMap<String, std::time::Instant>,
@@ -59,6 +62,7 @@ impl Worker {
             running_now: AtomicI32::new(0),
             running: DashMap::new(),
             paused: Paused::default(),
+            cancels: Arc::new(Cancels::default()),
             holds_marked: DashMap::new(),
             metrics: WorkerMetrics::default(),
             groups: OnceLock::new(),

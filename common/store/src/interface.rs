@@ -178,6 +178,11 @@ pub trait InvocationStore: Send + Sync {
     /// Turns a `dead` invocation back to `queued` for one more attempt; returns that attempt's
     /// number, or `None` when the invocation is not dead (any more).
     async fn replay(&self, id: Uuid) -> Result<Option<i32>>;
+    /// Cancels an invocation that is not final (queued, waiting for a retry, or running): it
+    /// becomes `cancelled` at `now_ms`, and no outcome of a run is stored over it. `Some(true)`
+    /// when this call cancelled it, `Some(false)` when it was final already, `None` when there
+    /// is no such invocation.
+    async fn cancel_invocation(&self, id: Uuid, now_ms: i64) -> Result<Option<bool>>;
     async fn get_invocation(&self, id: Uuid) -> Result<Option<Invocation>>;
     /// Newest first.
     async fn list_invocations(&self, filter: &InvocationFilter) -> Result<Vec<Invocation>>;

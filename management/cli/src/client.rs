@@ -137,6 +137,11 @@ impl Client {
         self.json(self.post(&["api", "functions", name, "pause"]).json(&body)).await
     }
 
+    /// `POST /api/invocations/{id}/cancel`.
+    pub(crate) async fn cancel(&self, id: &str) -> anyhow::Result<Value> {
+        self.json(self.post(&["api", "invocations", id, "cancel"])).await
+    }
+
     /// `POST /api/functions/{name}/resume`.
     pub(crate) async fn resume(&self, name: &str) -> anyhow::Result<Value> {
         self.json(self.post(&["api", "functions", name, "resume"])).await

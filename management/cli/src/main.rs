@@ -26,6 +26,7 @@ use warren_service::telemetry::LogFormat;
 ///   warren invoke hello --async --data '{}'          print the invocation id at once
 ///   warren invoke hello --each-line inputs.ndjson    one async invocation per line
 ///   warren get ID                                    status, result, logs of one invocation
+///   warren cancel ID                                 it never runs, or it is stopped
 ///   warren publish ./my-function                     pack a folder and publish it
 ///   warren functions                                 what is published
 ///   warren workers                                   who is serving
@@ -129,6 +130,13 @@ enum Command {
     },
     /// Show one invocation: status, result, error, timings, worker and log lines.
     Get {
+        /// The invocation id.
+        id: String,
+    },
+    /// Cancel an invocation that is queued or running: it never runs, or its process tree is
+    /// killed (a warm handler's answer is not awaited); it is recorded `cancelled`. An
+    /// invocation that has ended already is refused (409), saying how it ended.
+    Cancel {
         /// The invocation id.
         id: String,
     },
@@ -462,6 +470,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_invocation(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id } => {
+            let v = api.cancel(&id).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{id} is cancelled ({} workers told)", v["workers_told"]);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -11,6 +11,7 @@
 //! | POST | /api/functions/{name}/invoke[?mode=async][&timeout_ms=N][&version=N] | body = input bytes |
 //! | GET  | /api/invocations/{id} | status, result, error, attempts, worker, timings, logs |
 //! | GET  | /api/invocations/{id}/logs | log lines only |
+//! | POST | /api/invocations/{id}/cancel | cancel one not final (409 when it is) |
 //! | GET  | /api/functions/{name}/settings | settings; secret values masked |
 //! | PUT  | /api/functions/{name}/settings/{key} | `{"value": "...", "secret": bool}` |
 //! | DELETE | /api/functions/{name}/settings/{key} | |
@@ -76,6 +77,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/functions/{name}/settings/{key}"),
     ("GET", "/api/invocations/{id}"),
     ("GET", "/api/invocations/{id}/logs"),
+    ("POST", "/api/invocations/{id}/cancel"),
     ("GET", "/api/invocations"),
     ("GET", "/api/workers"),
     ("GET", "/api/dead-letters"),
@@ -119,6 +121,7 @@ pub fn router(m: Arc<Management>) -> Router {
         .route("/api/functions/{name}/settings/{key}", axum::routing::put(put_setting).delete(delete_setting))
         .route("/api/invocations/{id}", get(get_invocation))
         .route("/api/invocations/{id}/logs", get(get_logs))
+        .route("/api/invocations/{id}/cancel", post(cancel_invocation))
         .route("/api/invocations", get(list_invocations))
         .route("/api/workers", get(list_workers))
         .route("/api/dead-letters", get(list_dead))
@@ -648,6 +651,51 @@ async fn get_logs(State(m): State<Arc<Management>>, id: Result<Path<String>, Pat
         return Err(not_found(format!("no invocation {id}")));
     }
     Ok(Json(serde_json::to_value(m.store.get_logs(id).await?).unwrap_or_default()))
+}
+
+/// Cancels an invocation that is not final: recorded `cancelled` at once, then every worker
+/// running now is told, so that a delivery of it is acked without running and a run of it is
+/// stopped. A final one is a 409 naming its status.
+async fn cancel_invocation(
+    State(m): State<Arc<Management>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let id = id_from(id)?;
+    match m.store.cancel_invocation(id, now_ms()).await? {
+        None => Err(not_found(format!("no invocation {id}"))),
+        Some(false) => {
+            let status = m.store.get_invocation(id).await?.map(|i| i.status.as_str()).unwrap_or("final");
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("invocation {id} is {status} already: only a queued or running one can be cancelled"),
+            ))
+        }
+        Some(true) => {
+            let told = tell_workers_cancelled(&m, id).await?;
+            tracing::info!(invocation = %id, workers = told, "cancelled");
+            Ok(Json(json!({"id": id, "status": Status::Cancelled, "workers_told": told})))
+        }
+    }
+}
+
+/// Sends `{"cancel": ID}` to the notice queue of every worker heard from lately; answers how
+/// many were told. A worker that misses it (cut off from the broker) still finds the record
+/// final when it claims a delivery, and its outcome is never stored over the cancel.
+async fn tell_workers_cancelled(m: &Management, id: Uuid) -> ApiResult<usize> {
+    let now = now_ms();
+    let body = Bytes::from(json!({"cancel": id}).to_string());
+    let mut told = 0;
+    for w in m.store.list_workers().await? {
+        if w.state == WorkerState::Gone || now - w.last_seen_ms > LOST_AFTER_MS {
+            continue;
+        }
+        match m.transport.notify(&warren_wire::topology::notice_queue(&w.id), body.clone()).await {
+            Ok(()) => told += 1,
+            Err(e) => tracing::warn!(worker = %w.id, error = %e, "cannot tell a worker of a cancel"),
+        }
+    }
+    Ok(told)
 }
 
 /// Settings, secret values masked: they are never returned, in full or in part.

@@ -215,6 +215,16 @@ impl InvocationStore for MssqlStore {
         Ok((r.total() == 1).then_some(next))
     }
 
+    async fn cancel_invocation(&self, id: Uuid, now_ms: i64) -> Result<Option<bool>> {
+        let mut c = self.conn().await?;
+        let key = id.to_string();
+        if c.execute(CANCEL_INVOCATION, &[&now_ms, &key.as_str()]).await.map_err(unavailable)?.total() == 1 {
+            return Ok(Some(true));
+        }
+        drop(c);
+        Ok(self.get_invocation(id).await?.map(|_| false))
+    }
+
     async fn get_invocation(&self, id: Uuid) -> Result<Option<Invocation>> {
         let id = id.to_string();
         self.rows(GET_INVOCATION, &[&id.as_str()]).await?.first().map(rows::invocation).transpose()

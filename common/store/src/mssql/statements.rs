@@ -318,6 +318,9 @@ pub(super) const APPEND_LOG: &str = "INSERT INTO warren_logs (invocation, attemp
 /// An attempt's lines stored while it ran, replaced by all of them with its outcome.
 pub(super) const DELETE_ATTEMPT_LOGS: &str = "DELETE FROM warren_logs WHERE invocation = @P1 AND attempt = @P2";
 pub(super) const INSERT_LOGS_PREFIX: &str = "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ";
+pub(super) const CANCEL_INVOCATION: &str = "UPDATE warren_invocations SET status = 'cancelled', finished_ms = @P1,
+       error = 'cancelled before it ended'
+     WHERE id = @P2 AND status IN ('queued', 'running')";
 pub(super) const GET_INVOCATION: &str =
     "SELECT id, function_name, version, status, attempts, payload, result, error, worker,
      created_ms, started_ms, finished_ms FROM warren_invocations WHERE id = @P1";
@@ -536,6 +539,7 @@ pub(super) fn statements() -> Vec<String> {
             DRAFT_VERSION,
             APPEND_LOG,
             DELETE_ATTEMPT_LOGS,
+            CANCEL_INVOCATION,
             INSERT_FUNCTION,
             LIST_FUNCTIONS,
             GET_FUNCTION,

@@ -663,6 +663,22 @@ impl InvocationStore for SqlxStore {
         Ok(Some(next))
     }
 
+    async fn cancel_invocation(&self, id: Uuid, now_ms: i64) -> Result<Option<bool>> {
+        let done = sqlx::query(
+            "UPDATE warren_invocations SET status = 'cancelled', finished_ms = $1, error = 'cancelled before it ended'
+             WHERE id = $2 AND status IN ('queued', 'running')",
+        )
+        .bind(now_ms)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if done.rows_affected() == 1 {
+            return Ok(Some(true));
+        }
+        Ok(self.get_invocation(id).await?.map(|_| false))
+    }
+
     async fn get_invocation(&self, id: Uuid) -> Result<Option<Invocation>> {
         let row = sqlx::query(&format!("SELECT {INVOCATION_COLUMNS} FROM warren_invocations WHERE id = $1"))
             .bind(id.to_string())

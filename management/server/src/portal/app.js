@@ -636,11 +636,22 @@
 
   function invocationPage(root, id) {
     const box = h('div', { class: 'card' }, h('p', { class: 'muted' }, 'Loading…'));
+    const cancel = h('button', { type: 'button', class: 'danger', id: 'cancel-invocation', hidden: true, onclick: async () => {
+      if (!confirm('Cancel this invocation? A queued one never runs; a running one is stopped (its processes killed). It is recorded cancelled.')) return;
+      try {
+        await api(`/api/invocations/${enc(id)}/cancel`, { method: 'POST' });
+        banner('The invocation is cancelled.', 'info');
+      } catch (e) {
+        banner(e.message);
+      }
+      tick(true);
+    } }, 'Cancel invocation');
     root.append(h('div', { class: 'crumbs' }, h('a', { href: '#/invocations' }, 'Invocations'), ' / ', h('span', { class: 'mono' }, id)),
-      h('h1', null, 'Invocation'), box);
+      h('div', { class: 'spread' }, h('h1', null, 'Invocation'), cancel), box);
     return {
       async refresh() {
         const inv = (await api(`/api/invocations/${enc(id)}`)).body;
+        cancel.hidden = !['queued', 'running'].includes(inv.status);
         update(box, inv, invocationDetail);
       },
     };
