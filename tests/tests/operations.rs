@@ -400,4 +400,35 @@ async fn a_cancelled_invocation_never_runs_or_is_stopped_where_it_runs() {
     }
     let r = m.http.post(format!("{}/api/invocations/{}/cancel", m.base, uuid::Uuid::now_v7())).send().await.unwrap();
     assert_eq!(r.status(), 404);
+
+    // A batch cancelled with running=true: its running item is stopped too, the rest never run.
+    let r = m.http.post(format!("{}/api/batches?function={name}", m.base)).body("\"one\"\n\"two\"\n\"three\"\n");
+    let batch: serde_json::Value = r.send().await.unwrap().json().await.unwrap();
+    let batch = batch["id"].as_str().expect("a batch id").to_string();
+    let running = eventually(Duration::from_secs(30), "an item of the batch to run", || async {
+        let (_, page) = m.get(&format!("/api/batches/{batch}/results")).await;
+        let items = page["items"].as_array().or(page.as_array()).cloned().unwrap_or_default();
+        let id = items.iter().find(|i| i["status"] == "running")?["id"].as_str()?.to_string();
+        let child = std::fs::read_to_string(marks.join(format!("{id}.child"))).ok()?.trim().parse::<i32>().ok()?;
+        Some((id, child))
+    })
+    .await;
+    let r = m.http.post(format!("{}/api/batches/{batch}/cancel?running=true", m.base)).send().await.unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((v["state"].as_str(), v["stopped"].as_u64()), (Some("cancelled"), Some(1)), "{v}");
+    assert_eq!(v["counts"]["cancelled"], 3, "{v}");
+    eventually(Duration::from_secs(10), "the running item's child to be killed", || async {
+        // SAFETY: as above.
+        (unsafe { libc::kill(running.1, 0) } != 0).then_some(())
+    })
+    .await;
+    let (status, c) = m.invoke(&name, "sync", b"quick").await;
+    assert_eq!((status, c["result"].as_str()), (200, Some("quick")), "{c}");
+    let ran = std::fs::read_dir(&marks)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("pid".as_ref()))
+        .count();
+    assert_eq!(ran, 2, "A and the batch's first item ran; nothing else did");
+    let (_, inv) = m.get(&format!("/api/invocations/{}", running.0)).await;
+    assert_eq!(inv["status"], "cancelled", "{inv}");
 }

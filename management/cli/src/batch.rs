@@ -48,10 +48,14 @@ pub(crate) enum BatchCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
-    /// Cancel a batch: queued items are not run; running ones finish.
+    /// Cancel a batch: queued items are not run; running ones finish (or, with --running,
+    /// are stopped: their process trees killed, recorded cancelled).
     Cancel {
         /// The batch id.
         id: String,
+        /// Stop the items running now too.
+        #[arg(long)]
+        running: bool,
     },
 }
 
@@ -224,10 +228,16 @@ pub(crate) async fn run(cmd: BatchCommand, api: &Client, json: bool) -> anyhow::
             }
             Ok(ExitCode::SUCCESS)
         }
-        BatchCommand::Cancel { id } => {
-            let b = api.cancel_batch(&id).await?;
+        BatchCommand::Cancel { id, running } => {
+            let b = api.cancel_batch(&id, running).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&b)?);
+            } else if running {
+                println!(
+                    "cancelled: {} items will not run or were stopped ({} running ones)",
+                    count(&b, "cancelled"),
+                    b["stopped"]
+                );
             } else {
                 println!("cancelled: {} items will not run; running ones finish", count(&b, "cancelled"));
             }

@@ -277,8 +277,9 @@ impl Client {
     }
 
     /// `POST /api/batches/{id}/cancel`.
-    pub(crate) async fn cancel_batch(&self, id: &str) -> anyhow::Result<Value> {
-        self.json(self.post(&["api", "batches", id, "cancel"])).await
+    pub(crate) async fn cancel_batch(&self, id: &str, running: bool) -> anyhow::Result<Value> {
+        let req = self.post(&["api", "batches", id, "cancel"]);
+        self.json(if running { req.query(&[("running", "true")]) } else { req }).await
     }
 
     /// `GET /api/timers`.

@@ -49,6 +49,7 @@ use warren_store::{ApiKey, InvocationFilter, KeyLevel, Status, WorkerState};
 use warren_wire::manifest::valid_name;
 use warren_wire::time::now_ms;
 
+use crate::cancel::{self, LOST_AFTER_MS};
 use crate::error::Error;
 use crate::keys::{generate_key, hash_key};
 use crate::management::Management;
@@ -672,30 +673,11 @@ async fn cancel_invocation(
             ))
         }
         Some(true) => {
-            let told = tell_workers_cancelled(&m, id).await?;
+            let told = cancel::tell_workers(&*m.store, &*m.transport, &[id]).await?;
             tracing::info!(invocation = %id, workers = told, "cancelled");
             Ok(Json(json!({"id": id, "status": Status::Cancelled, "workers_told": told})))
         }
     }
-}
-
-/// Sends `{"cancel": ID}` to the notice queue of every worker heard from lately; answers how
-/// many were told. A worker that misses it (cut off from the broker) still finds the record
-/// final when it claims a delivery, and its outcome is never stored over the cancel.
-async fn tell_workers_cancelled(m: &Management, id: Uuid) -> ApiResult<usize> {
-    let now = now_ms();
-    let body = Bytes::from(json!({"cancel": id}).to_string());
-    let mut told = 0;
-    for w in m.store.list_workers().await? {
-        if w.state == WorkerState::Gone || now - w.last_seen_ms > LOST_AFTER_MS {
-            continue;
-        }
-        match m.transport.notify(&warren_wire::topology::notice_queue(&w.id), body.clone()).await {
-            Ok(()) => told += 1,
-            Err(e) => tracing::warn!(worker = %w.id, error = %e, "cannot tell a worker of a cancel"),
-        }
-    }
-    Ok(told)
 }
 
 /// Settings, secret values masked: they are never returned, in full or in part.
@@ -753,9 +735,6 @@ async fn delete_setting(
     }
     Ok(Json(json!({"name": key, "deleted": true})))
 }
-
-/// A worker silent for this long is reported `lost` (three missed heartbeats).
-const LOST_AFTER_MS: i64 = 15_000;
 
 async fn list_workers(State(m): State<Arc<Management>>) -> ApiResult<Json<Value>> {
     let now = now_ms();

@@ -13,7 +13,8 @@
 //! the batch `finishing` with a `queued` follow-up, which any instance publishes after
 //! [`STALE_FINISHING`] (a rare second copy is deduplicated by the worker's claim).
 //!
-//! **Cancel**: queued items become `cancelled` (never run), running ones finish; the batch is
+//! **Cancel**: queued items become `cancelled` (never run), running ones finish (the API's
+//! `?running=true` cancels and stops them too, in `triggers_api`); the batch is
 //! `cancelled` and gets no fan-in.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

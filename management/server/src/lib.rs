@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 mod azure_http;
 pub mod batch;
+mod cancel;
 pub mod catalog;
 mod config;
 mod dead_letters;

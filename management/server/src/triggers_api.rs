@@ -5,7 +5,7 @@
 //! | POST | /api/batches?function=F[&then=G] | body: NDJSON (streamed; default) or a JSON array (`Content-Type: application/json`) → 201 + the batch |
 //! | GET  | /api/batches[?limit=N] | newest first, with counts per status |
 //! | GET  | /api/batches/{id} | total, counts per status, state, follow-up |
-//! | POST | /api/batches/{id}/cancel | queued items are not run; running ones finish |
+//! | POST | /api/batches/{id}/cancel[?running=true] | queued items are not run; running ones finish, or are stopped with running=true |
 //! | GET  | /api/batches/{id}/results[?after=ID][&limit=N] | items' outcomes in id order (paging) |
 //! | GET  | /api/timers | functions with a timer, next and last tick |
 //! | GET  | /api/invocations/{id}/deliveries | forwards of its result, and how they went |
@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
+use warren_store::Status;
 use warren_wire::time::now_ms;
 
 use crate::batch::{self, Format};
@@ -130,9 +131,44 @@ async fn show(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRej
     Ok(Json(batch::to_json(&b)))
 }
 
-async fn cancel(State(m): State<Arc<Management>>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+#[derive(Deserialize, Default)]
+struct CancelQuery {
+    /// Stop the items running now too (else they finish).
+    running: Option<bool>,
+}
+
+async fn cancel(
+    State(m): State<Arc<Management>>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<CancelQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
     let id = batch_id(id)?;
-    Ok(Json(batch::to_json(&m.batches.cancel_batch(id).await?)))
+    let q = query(q)?;
+    let b = m.batches.cancel_batch(id).await?;
+    let mut v = batch::to_json(&b);
+    if q.running.unwrap_or(false) {
+        // Its queued items are cancelled; the running ones, found page by page, are cancelled
+        // one by one and their workers told.
+        let (mut stopped, mut after) = (Vec::new(), None);
+        loop {
+            let page = m.store.batch_results(id, after, 10_000).await?;
+            let Some(last) = page.last().map(|r| r.id) else { break };
+            after = Some(last);
+            for item in page.iter().filter(|r| r.status == Status::Running) {
+                if m.store.cancel_invocation(item.id, now_ms()).await? == Some(true) {
+                    stopped.push(item.id);
+                }
+            }
+        }
+        if !stopped.is_empty() {
+            crate::cancel::tell_workers(&*m.store, &*m.transport, &stopped).await?;
+        }
+        tracing::info!(batch = %id, stopped = stopped.len(), "running items of a cancelled batch stopped");
+        let b = m.store.get_batch(id).await?.unwrap_or(b);
+        v = batch::to_json(&b);
+        v["stopped"] = json!(stopped.len());
+    }
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]

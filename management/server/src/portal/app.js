@@ -686,9 +686,11 @@
 
   async function cancelBatch(id) {
     if (!confirm('Cancel this batch? Its invocations still queued will not run.')) return;
+    // A second question: the running ones finish unless they are stopped too.
+    const running = confirm('Stop its invocations running now too (their processes killed)? Cancel lets them finish.');
     try {
-      await api(`/api/batches/${enc(id)}/cancel`, { method: 'POST' });
-      banner('Batch cancelled.', 'info');
+      await api(`/api/batches/${enc(id)}/cancel${running ? '?running=true' : ''}`, { method: 'POST' });
+      banner(running ? 'Batch cancelled; its running invocations are stopped.' : 'Batch cancelled.', 'info');
     } catch (e) {
       banner(e.message);
     }
