@@ -241,6 +241,7 @@ async fn ten_thousand_garbage_messages_are_dead_lettered_and_real_work_completes
         headers: Vec::new(),
         fresh: false,
         unrecorded: false,
+        not_before_ms: None,
     }
     .encode();
     // Garbage goes in while the real invocations are published.

@@ -189,6 +189,7 @@ async fn a_redelivered_message_whose_outcome_is_stored_does_not_run_again() {
         headers: Vec::new(),
         fresh: false,
         unrecorded: false,
+        not_before_ms: None,
     };
     t.publish(&pool, again.encode().into()).await.unwrap();
     let notice =
@@ -348,6 +349,7 @@ async fn sync_answers_match_the_stored_records_and_unclaimed_runs_are_recorded()
         headers: Vec::new(),
         fresh: true,
         unrecorded: false,
+        not_before_ms: None,
     };
     t.publish(&pool, stray.encode().into()).await.unwrap();
     let notice =

@@ -432,3 +432,66 @@ async fn a_cancelled_invocation_never_runs_or_is_stopped_where_it_runs() {
     let (_, inv) = m.get(&format!("/api/invocations/{}", running.0)).await;
     assert_eq!(inv["status"], "cancelled", "{inv}");
 }
+
+/// Scheduled invocations: `scheduled` until their time, held by the broker's hop queues (no
+/// worker sleeps on them), run at their time, cancellable meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_invocation_runs_at_its_time_and_can_be_cancelled_before() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let marks = tmp.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let (pool, name) = (unique("p"), unique("later"));
+    let m = Management::start(&pg_url()).await;
+    // Each run leaves a mark named by its invocation, holding when it started (ms).
+    let script = format!("date +%s%3N > {}/$WARREN_INVOCATION_ID\ncat\n", marks.display());
+    let manifest =
+        format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n");
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", &script)])).await;
+    let _w = start_worker(&pg_url(), &pool, 2, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+    let post = |query: String, body: &'static str| {
+        let m = &m;
+        let name = &name;
+        async move {
+            let r =
+                m.http.post(format!("{}/api/functions/{name}/invoke?{query}", m.base)).body(body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+
+    // With the CLI, 3 s from now: scheduled until then, run at its time, not before.
+    let out = m.cli().args(["invoke", &name, "--in", "3s", "--data", "later"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+    assert_eq!(v["status"], "scheduled", "{v}");
+    let run_at = v["run_at_ms"].as_i64().expect("its time");
+    let done = m.wait_status(&id, "succeeded").await;
+    assert_eq!(done["result"], "later");
+    assert_eq!(done["run_at_ms"], run_at);
+    let started: i64 = std::fs::read_to_string(marks.join(&id)).unwrap().trim().parse().unwrap();
+    assert!(started >= run_at - warren_wire::topology::SCHEDULE_EARLY_MS, "ran {} ms early", run_at - started);
+    println!("ran {} ms after its time", started - run_at);
+
+    // Through the API at a time (RFC 3339), cancelled before it: it never runs; one after it does.
+    let at = warren_wire::schedule::rfc3339(warren_wire::time::now_ms() + 1500);
+    let (status, x) = post(format!("mode=async&run_at={at}"), "x").await;
+    assert_eq!((status, x["status"].as_str()), (202, Some("scheduled")), "{x}");
+    let x = x["id"].as_str().unwrap().to_string();
+    let r = m.http.post(format!("{}/api/invocations/{x}/cancel", m.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, y) = post("mode=async&delay_ms=2500".into(), "y").await;
+    assert_eq!(status, 202, "{y}");
+    let y = y["id"].as_str().unwrap().to_string();
+    m.wait_status(&y, "succeeded").await;
+    assert!(!marks.join(&x).exists(), "the cancelled scheduled invocation ran");
+    assert_eq!(m.get(&format!("/api/invocations/{x}")).await.1["status"], "cancelled");
+
+    // Refused: a scheduled sync invoke, both delay_ms and run_at, a time that is not one, too far.
+    for query in ["mode=sync&delay_ms=1000", "delay_ms=1&run_at=1", "run_at=tomorrow", "delay_ms=8640000000"] {
+        let (status, v) = post(query.into(), "z").await;
+        assert_eq!(status, 400, "{query}: {v}");
+    }
+}

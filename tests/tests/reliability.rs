@@ -141,6 +141,7 @@ async fn poison_messages_are_dead_lettered_with_a_reason_and_the_worker_carries_
         headers: Vec::new(),
         fresh: false,
         unrecorded: false,
+        not_before_ms: None,
     };
     let encoded = good.encode();
     let future = InvocationMessage { v: PROTOCOL_VERSION + 1, id: uuid::Uuid::now_v7(), ..good.clone() }.encode();

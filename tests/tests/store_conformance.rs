@@ -212,6 +212,19 @@ async fn drafts_and_live_lines(store: &dyn Store) {
     assert_eq!(store.cancel_invocation(running.id, now_ms()).await.unwrap(), Some(false), "final already");
     assert_eq!(store.cancel_invocation(inv.id, now_ms()).await.unwrap(), Some(false), "succeeded already");
     assert_eq!(store.cancel_invocation(Uuid::now_v7(), now_ms()).await.unwrap(), None);
+
+    // Scheduled: queued with its time, in one transaction; others have none.
+    let later = new_inv(&name, 4);
+    store.create_scheduled(&later, 4_000_000_000_000).await.unwrap();
+    let got = store.get_invocation(later.id).await.unwrap().unwrap();
+    assert_eq!((got.status, got.run_at_ms), (Status::Queued, Some(4_000_000_000_000)));
+    assert!(matches!(store.create_scheduled(&later, 1).await, Err(StoreError::Conflict(_))), "one record per id");
+    assert_eq!(store.get_invocation(later.id).await.unwrap().unwrap().run_at_ms, Some(4_000_000_000_000));
+    assert_eq!(store.get_invocation(inv.id).await.unwrap().unwrap().run_at_ms, None);
+    let filter = InvocationFilter { function: Some(name.clone()), status: None, limit: 50 };
+    let listed = store.list_invocations(&filter).await.unwrap();
+    assert_eq!(listed.iter().find(|i| i.id == later.id).and_then(|i| i.run_at_ms), Some(4_000_000_000_000));
+    assert_eq!(store.cancel_invocation(later.id, now_ms()).await.unwrap(), Some(true));
 }
 
 /// Retention: only final work past its time goes, in chunks, with its children; versions beyond

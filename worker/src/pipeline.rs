@@ -20,6 +20,7 @@ use warren_transport::Delivery;
 use warren_wire::manifest::{Output, RetryPolicy};
 use warren_wire::message::InvocationMessage;
 use warren_wire::time::now_ms;
+use warren_wire::topology;
 
 use crate::process::RunOutput;
 use crate::settings::Settings;
@@ -167,6 +168,9 @@ impl Worker {
         gate: &Gate,
         generation: u64,
     ) -> Result<Verdict, Verdict> {
+        if let Some(hop) = msg.not_before_ms.and_then(|at| topology::schedule_hop(at - now_ms())) {
+            return Err(self.next_hop(pool, msg, d, hop).await);
+        }
         if self.paused.contains(&msg.function) {
             return Err(self.hold_verdict(msg, d));
         }
@@ -215,7 +219,7 @@ impl Worker {
     /// management drains it even if the function was resumed meanwhile, and ends it only once
     /// it finds it empty well after this; the hold is declared the first time.
     async fn hold(&self, function: &str, body: bytes::Bytes) -> Result<(), String> {
-        let pool = warren_wire::topology::held_pool(function);
+        let pool = topology::held_pool(function);
         let marked = self.holds_marked.get(&pool).map(|t| *t);
         if marked.is_none_or(|t| t.elapsed() >= MARK_HELD_EVERY) {
             self.store.mark_held(function, now_ms()).await.map_err(|e| e.to_string())?;
@@ -272,6 +276,25 @@ impl Worker {
         }
         self.running_now.fetch_add(1, Ordering::Relaxed);
         Ok(RunSlot { _permit: permit, count: &self.running_now })
+    }
+
+    /// A scheduled invocation that came before its time: sent on its next hop (confirmed, then
+    /// this delivery acked), or dropped if it was cancelled meanwhile (its record says so).
+    async fn next_hop(&self, pool: &str, msg: &InvocationMessage, d: &Delivery, hop: Duration) -> Verdict {
+        if self.cancels.is_cancelled(msg.id) {
+            tracing::info!("a scheduled invocation was cancelled; not sending it on");
+            return Verdict::Ack;
+        }
+        match self.transport.publish_later(pool, d.body.clone(), hop).await {
+            Ok(()) => {
+                tracing::debug!(hop_ms = hop.as_millis() as u64, "scheduled invocation sent on its next hop");
+                Verdict::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot send a scheduled invocation on its next hop; returning it");
+                Verdict::REQUEUE
+            }
+        }
     }
 
     /// Claim, unless the message is a fresh one's first delivery (management published it once

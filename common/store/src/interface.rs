@@ -178,6 +178,8 @@ pub trait InvocationStore: Send + Sync {
     /// Turns a `dead` invocation back to `queued` for one more attempt; returns that attempt's
     /// number, or `None` when the invocation is not dead (any more).
     async fn replay(&self, id: Uuid) -> Result<Option<i32>>;
+    /// Records a scheduled invocation: `queued`, to run at `run_at_ms`, in one transaction.
+    async fn create_scheduled(&self, inv: &NewInvocation, run_at_ms: i64) -> Result<()>;
     /// Cancels an invocation that is not final (queued, waiting for a retry, or running): it
     /// becomes `cancelled` at `now_ms`, and no outcome of a run is stored over it. `Some(true)`
     /// when this call cancelled it, `Some(false)` when it was final already, `None` when there

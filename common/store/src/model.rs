@@ -93,6 +93,8 @@ pub struct Invocation {
     pub created_ms: i64,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// When a scheduled invocation is to run (it is `queued` meanwhile).
+    pub run_at_ms: Option<i64>,
 }
 
 /// The final outcome of one attempt, stored with its log lines in one transaction.

@@ -116,7 +116,7 @@ pub(crate) fn hold(r: &impl Columns) -> Result<Hold> {
 }
 
 /// `id, function, version, status, attempts, payload, result, error, worker, created_ms,
-/// started_ms, finished_ms`
+/// started_ms, finished_ms, run_at_ms`
 pub(crate) fn invocation(r: &impl Columns) -> Result<Invocation> {
     Ok(Invocation {
         id: uuid(&r.text(0)?)?,
@@ -131,6 +131,7 @@ pub(crate) fn invocation(r: &impl Columns) -> Result<Invocation> {
         created_ms: r.int(9)?,
         started_ms: r.opt_int(10)?,
         finished_ms: r.opt_int(11)?,
+        run_at_ms: r.opt_int(12)?,
     })
 }
 

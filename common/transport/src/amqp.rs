@@ -111,6 +111,7 @@ impl Link {
 enum Declared {
     Pool,
     Retry { pool: String, bucket_ms: u64 },
+    Later { pool: String, hop_ms: u64 },
 }
 
 struct Shared {
@@ -282,6 +283,9 @@ impl Shared {
                 Declared::Retry { pool, bucket_ms } => {
                     declare_retry_on(&link.publisher, &pool, bucket_ms, self.queue_type).await?
                 }
+                Declared::Later { pool, hop_ms } => {
+                    declare_later_on(&link.publisher, &pool, hop_ms, self.queue_type).await?
+                }
             }
         }
         Ok(Arc::new(link))
@@ -390,6 +394,15 @@ async fn declare_pool_on(ch: &Channel, pool: &str, qt: QueueType) -> Result<()> 
 async fn declare_retry_on(ch: &Channel, pool: &str, bucket_ms: u64, qt: QueueType) -> Result<()> {
     let q = topology::retry_queue(pool, bucket_ms);
     declare_queue(ch, &q, qt, qt.arguments(Some((topology::INVOKE_EXCHANGE, pool)))).await
+}
+
+/// A hop queue of a scheduled invocation: its messages expire after exactly `hop_ms` (the
+/// queue's TTL) into the pool, through the invoke exchange as retries do.
+async fn declare_later_on(ch: &Channel, pool: &str, hop_ms: u64, qt: QueueType) -> Result<()> {
+    let q = topology::later_queue(pool, hop_ms);
+    let mut args = qt.arguments(Some((topology::INVOKE_EXCHANGE, pool)));
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(hop_ms as i64));
+    declare_queue(ch, &q, qt, args).await
 }
 
 /// Publishes one message (mandatory) and waits for its confirm; a nack or a returned
@@ -511,6 +524,21 @@ impl Transport for AmqpTransport {
         let props = persistent().with_expiration(delay.as_millis().max(1).to_string().into());
         let (body, queue, props) = (&body, &queue, &props);
         // Straight to the bucket queue through the default exchange.
+        self.shared
+            .with_link(|l| async move { publish_confirmed(&l.publisher, "", queue, body, props.clone()).await })
+            .await
+    }
+
+    async fn publish_later(&self, pool: &str, body: Bytes, hop: Duration) -> Result<()> {
+        let hop_ms = hop.as_millis().max(1) as u64;
+        let queue = topology::later_queue(pool, hop_ms);
+        if !self.shared.declared.contains_key(&queue) {
+            let qt = self.shared.queue_type;
+            self.shared.declare(|ch| async move { declare_later_on(&ch, pool, hop_ms, qt).await }).await?;
+            self.shared.declared.insert(queue.clone(), Declared::Later { pool: pool.to_string(), hop_ms });
+        }
+        let props = persistent();
+        let (body, queue, props) = (&body, &queue, &props);
         self.shared
             .with_link(|l| async move { publish_confirmed(&l.publisher, "", queue, body, props.clone()).await })
             .await

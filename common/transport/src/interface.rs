@@ -21,6 +21,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Queues a message for a pool after `delay`, the broker holding it meanwhile. Returns once
     /// confirmed.
     async fn publish_delayed(&self, pool: &str, body: Bytes, delay: std::time::Duration) -> Result<()>;
+    /// Queues a message for a pool after exactly `hop` (a power of two of milliseconds, see
+    /// `topology::schedule_hop`), the broker holding it meanwhile: every message waiting for one
+    /// hop length waits as long, so none waits behind a longer one. Returns once confirmed.
+    async fn publish_later(&self, pool: &str, body: Bytes, hop: std::time::Duration) -> Result<()> {
+        self.publish_delayed(pool, body, hop).await
+    }
     /// Moves a message to the pool's dead-letter queue, with the reason. Returns once confirmed.
     async fn dead_letter(&self, pool: &str, body: Bytes, reason: &str) -> Result<()>;
     /// Takes up to `max` messages from a pool's dead-letter queue. Each must be acked (gone for

@@ -32,9 +32,9 @@ pub struct InvocationMessage {
     /// Headers of the message that triggered it (AMQP source trigger), given to the function.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
-    /// Set by management on the one message it publishes for a new invocation that nothing can
-    /// cancel (HTTP, source and timer invocations; not batch items, fan-ins, replays or
-    /// retries). A first delivery of such a message (not marked redelivered by the broker)
+    /// Set by management on the one message it publishes for a new invocation (HTTP, source
+    /// and timer invocations; not batch items, fan-ins, replays, retries or scheduled ones; a
+    /// cancel reaches workers as a notice, `worker::cancels`). A first delivery of such a message (not marked redelivered by the broker)
     /// cannot have an outcome stored yet, so a worker runs it without claiming it in the store
     /// first; its outcome is then stored by the same guarded update as any other. Absent (an
     /// older sender) means `false`: claim first.
@@ -45,6 +45,10 @@ pub struct InvocationMessage {
     /// write (or records it `running` when it claims it or marks a long run).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unrecorded: bool,
+    /// A scheduled invocation's time (ms since epoch): a worker that gets it earlier sends it on
+    /// its next hop (`topology::schedule_hop`) instead of running it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<i64>,
 }
 
 /// A notice sent to the waiting management instance once an outcome is stored.
@@ -192,6 +196,7 @@ mod tests {
             headers: Vec::new(),
             fresh: true,
             unrecorded: false,
+            not_before_ms: None,
         }
     }
 

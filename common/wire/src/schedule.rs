@@ -98,6 +98,11 @@ pub fn rfc3339(ms: i64) -> String {
     Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default()
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time (`2026-12-24T06:00:00Z`, or with an offset).
+pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
+    text.parse::<Timestamp>().map(|t| t.as_millisecond()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,28 @@ pub fn retry_queue(pool: &str, bucket_ms: u64) -> String {
     format!("warren.retry.{pool}.{bucket_ms}")
 }
 
+/// Where a scheduled invocation waits one hop of `hop_ms` (a power of two) on its way to
+/// `pool`: every message in it waits exactly that long (the queue's own TTL).
+pub fn later_queue(pool: &str, hop_ms: u64) -> String {
+    format!("warren.later.{pool}.{hop_ms}")
+}
+
+/// A scheduled invocation this close to its time (or past it) runs now.
+pub const SCHEDULE_EARLY_MS: i64 = 20;
+/// The longest single hop: 2^31 ms, about 24.9 days.
+const LONGEST_HOP_MS: i64 = 1 << 31;
+
+/// The next hop of a scheduled invocation `remaining_ms` before its time: the longest power of
+/// two of milliseconds that does not pass it, or `None` when it is due. A wait of d takes about
+/// log2(d) hops, each a pass through the pool's queue.
+pub fn schedule_hop(remaining_ms: i64) -> Option<Duration> {
+    if remaining_ms <= SCHEDULE_EARLY_MS {
+        return None;
+    }
+    let ms = remaining_ms.min(LONGEST_HOP_MS) as u64;
+    Some(Duration::from_millis(1u64 << (63 - ms.leading_zeros())))
+}
+
 /// The pool where a paused function's invocations are held.
 pub fn held_pool(function: &str) -> String {
     format!("held.{function}")
@@ -62,5 +84,22 @@ mod tests {
         assert_eq!(super::retry_bucket(Duration::from_millis(1000)), 512);
         assert_eq!(super::retry_bucket(Duration::from_millis(1024)), 1024);
         assert_eq!(super::retry_bucket(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn a_schedule_hops_by_powers_of_two_never_past_its_time() {
+        use std::time::Duration;
+        assert_eq!(super::schedule_hop(-5), None, "past its time: due");
+        assert_eq!(super::schedule_hop(super::SCHEDULE_EARLY_MS), None, "close enough: due");
+        assert_eq!(super::schedule_hop(1000), Some(Duration::from_millis(512)));
+        assert_eq!(super::schedule_hop(1024), Some(Duration::from_millis(1024)));
+        assert_eq!(super::schedule_hop(i64::MAX), Some(Duration::from_millis(1 << 31)), "the longest hop");
+        // Hop after hop, a wait of 100 s ends within the early margin of its time, never past it.
+        let (mut left, mut hops) = (100_000i64, 0);
+        while let Some(h) = super::schedule_hop(left) {
+            left -= h.as_millis() as i64;
+            hops += 1;
+        }
+        assert!((0..=super::SCHEDULE_EARLY_MS).contains(&left) && hops <= 17, "{left} ms left after {hops} hops");
     }
 }

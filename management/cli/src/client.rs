@@ -25,12 +25,16 @@ pub(crate) struct Answer {
 }
 
 /// How an invoke waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Wait {
     /// For the outcome, up to this long.
     Sync(Duration),
     /// Only until the broker has the invocation.
     Async,
+    /// Asynchronous, to run this many seconds from now.
+    In(u64),
+    /// Asynchronous, to run at this time (RFC 3339, or milliseconds since the epoch).
+    At(String),
 }
 
 impl Client {
@@ -166,6 +170,8 @@ impl Client {
         }
         let req = match wait {
             Wait::Async => req.query(&[("mode", "async")]),
+            Wait::In(secs) => req.query(&[("mode", "async".to_string()), ("delay_ms", (secs * 1000).to_string())]),
+            Wait::At(ref at) => req.query(&[("mode", "async"), ("run_at", at.as_str())]),
             Wait::Sync(timeout) => req
                 .query(&[("mode", "sync".to_string()), ("timeout_ms", timeout.as_millis().to_string())])
                 .timeout(timeout + Duration::from_secs(10)),

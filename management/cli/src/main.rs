@@ -24,6 +24,7 @@ use warren_service::telemetry::LogFormat;
 /// Then, from another terminal:
 ///   warren invoke hello --data '{"name": "Ada"}'     wait for the result
 ///   warren invoke hello --async --data '{}'          print the invocation id at once
+///   warren invoke report --in 2h                     run it in two hours (or --at TIME)
 ///   warren invoke hello --each-line inputs.ndjson    one async invocation per line
 ///   warren get ID                                    status, result, logs of one invocation
 ///   warren cancel ID                                 it never runs, or it is stopped
@@ -127,6 +128,13 @@ enum Command {
         /// refused. Use it when a retry must not run the function twice.
         #[arg(long, value_name = "KEY", conflicts_with = "each_line")]
         idempotency_key: Option<String>,
+        /// Run it later, this long from now (30s, 10m, 2h, 1d): printed is its id; it shows
+        /// `scheduled` until then and can be cancelled (warren cancel ID). At most 90 days.
+        #[arg(long = "in", value_name = "SPAN", value_parser = parse_span, conflicts_with_all = ["each_line", "idempotency_key", "at"])]
+        in_: Option<u64>,
+        /// Run it later, at this time: RFC 3339 (2026-12-24T06:00:00Z) or milliseconds since the epoch.
+        #[arg(long, value_name = "TIME", conflicts_with_all = ["each_line", "idempotency_key"])]
+        at: Option<String>,
     },
     /// Show one invocation: status, result, error, timings, worker and log lines.
     Get {
@@ -230,7 +238,7 @@ enum FunctionsCommand {
 fn parse_span(s: &str) -> Result<u64, String> {
     match s.parse::<warren_wire::retention::Keep>() {
         Ok(warren_wire::retention::Keep::For(d)) => Ok(d.as_secs()),
-        Ok(warren_wire::retention::Keep::Forever) => Err("a pause until resumed needs no --for".into()),
+        Ok(warren_wire::retention::Keep::Forever) => Err("give a span such as 2h (\"forever\" is not one)".into()),
         Err(_) => {
             Err(format!("{s:?} is not a span: write a whole number with s, m, h or d (\"90m\", \"2h\"), at least 1s"))
         }
@@ -434,7 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Invoke { name, each_line: Some(path), .. } => invoke_each_line(&api, &name, &path).await,
-        Command::Invoke { name, data, data_file, asynchronous, timeout, each_line: None, idempotency_key } => {
+        Command::Invoke { name, data, data_file, asynchronous, timeout, each_line: None, idempotency_key, in_, at } => {
             let input = match (data, data_file) {
                 (Some(d), _) => d.into_bytes(),
                 (None, Some(p)) if p.as_os_str() == "-" => {
@@ -447,7 +455,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 (None, None) => Vec::new(),
             };
-            let wait = if asynchronous { Wait::Async } else { Wait::Sync(Duration::from_secs(timeout)) };
+            let later = in_.is_some() || at.is_some();
+            let wait = match (in_, at) {
+                (Some(secs), _) => Wait::In(secs),
+                (None, Some(at)) => Wait::At(at),
+                _ if asynchronous => Wait::Async,
+                _ => Wait::Sync(Duration::from_secs(timeout)),
+            };
+            let asynchronous = asynchronous || later;
             let Answer { status, body: v } = api.invoke(&name, input, wait, idempotency_key.as_deref()).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);

@@ -8,7 +8,7 @@
 //! | GET  | /api/functions | functions with their active version |
 //! | GET  | /api/functions/{name} | one function and all its versions |
 //! | GET  | /api/functions/{name}/versions/{version}/package | a version's package, as published |
-//! | POST | /api/functions/{name}/invoke[?mode=async][&timeout_ms=N][&version=N] | body = input bytes |
+//! | POST | /api/functions/{name}/invoke[?mode=async][&timeout_ms=N][&version=N][&delay_ms=N\|&run_at=T] | body = input bytes |
 //! | GET  | /api/invocations/{id} | status, result, error, attempts, worker, timings, logs |
 //! | GET  | /api/invocations/{id}/logs | log lines only |
 //! | POST | /api/invocations/{id}/cancel | cancel one not final (409 when it is) |
@@ -433,6 +433,35 @@ struct InvokeQuery {
     timeout_ms: Option<u64>,
     /// Runs this version instead of the active one (a draft, to try it).
     version: Option<i64>,
+    /// Runs it this many milliseconds from now (an asynchronous invoke, held by the broker).
+    delay_ms: Option<u64>,
+    /// Runs it at this time: RFC 3339 (`2026-12-24T06:00:00Z`) or milliseconds since the epoch.
+    run_at: Option<String>,
+}
+
+/// The longest a scheduled invocation may wait.
+const MAX_SCHEDULE_MS: i64 = 90 * 24 * 3600 * 1000;
+
+/// When an invoke with `delay_ms` or `run_at` is to run, if it has one.
+fn scheduled_at(q: &InvokeQuery) -> ApiResult<Option<i64>> {
+    let now = now_ms();
+    let at = match (q.delay_ms, q.run_at.as_deref()) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => return Err(bad_request("send delay_ms or run_at, not both")),
+        (Some(d), None) => now.saturating_add(d.min(i64::MAX as u64) as i64),
+        (None, Some(t)) => match t.parse::<i64>() {
+            Ok(ms) => ms,
+            Err(_) => warren_wire::schedule::parse_rfc3339(t).map_err(|e| {
+                bad_request(format!(
+                    "run_at={t:?} is not a time ({e}): give RFC 3339 such as 2026-12-24T06:00:00Z, or milliseconds since the epoch"
+                ))
+            })?,
+        },
+    };
+    if at - now > MAX_SCHEDULE_MS {
+        return Err(bad_request("a scheduled invocation runs within 90 days; schedule it later, or use a timer"));
+    }
+    Ok(Some(at))
 }
 
 /// The request's `Idempotency-Key`, if it has one: 1 to 255 printable ASCII characters.
@@ -468,6 +497,17 @@ async fn invoke(
     // Safe to cancel: a client that leaves cannot cut an async invoke between its record and
     // its publish (see `Invoker::invoke_with`).
     let key = idempotency_key(&headers)?;
+    if let Some(at) = scheduled_at(&q)? {
+        // A time of the caller's: asynchronous by nature (the answer comes long before it runs).
+        if matches!(q.mode.as_deref(), Some("sync")) || key.is_some() || q.version.is_some() {
+            return Err(bad_request(
+                "a scheduled invoke (delay_ms, run_at) is asynchronous, of the active version, without an Idempotency-Key",
+            ));
+        }
+        let accepted = m.invoker.invoke_scheduled(&name, body, at).await?;
+        return Ok((StatusCode::ACCEPTED, Json(json!({"id": accepted.id, "status": "scheduled", "run_at_ms": at})))
+            .into_response());
+    }
     let (accepted, repeat) = match (&key, q.version) {
         (Some(_), Some(_)) => {
             return Err(bad_request(

@@ -104,6 +104,7 @@ impl Invoker {
                     notify: None,
                     fresh: false,
                     unrecorded: false,
+                    not_before_ms: None,
                     ..msg
                 };
                 match self.transport.publish(pool, again.encode().into()).await {

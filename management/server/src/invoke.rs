@@ -21,7 +21,7 @@ use warren_transport::{Transport, TransportError};
 use warren_wire::manifest::default_pool;
 use warren_wire::message::{InvocationMessage, PROTOCOL_VERSION};
 use warren_wire::time::now_ms;
-use warren_wire::topology::notice_queue;
+use warren_wire::topology::{self, notice_queue};
 
 use crate::catalog::Catalog;
 use crate::config::Config;
@@ -376,6 +376,7 @@ impl Invoker {
             notify: Some(self.notices.clone()),
             headers,
             unrecorded: true,
+            not_before_ms: None,
             ..first_message(&new, payload, true)
         };
         let (waiting, mut rx) = self.waiters.register(id);
@@ -431,6 +432,7 @@ impl Invoker {
                     created_ms: new.created_ms,
                     started_ms: o.started_ms,
                     finished_ms: Some(o.finished_ms),
+                    run_at_ms: None,
                 };
                 return Ok(Accepted { id, invocation: Some(inv), details: Some((o.logs, vec![attempt])) });
             }
@@ -475,6 +477,43 @@ impl Invoker {
         self.metrics.accepted(function, 1);
         tracing::debug!("invocation published");
         Ok(Accepted { id, invocation: None, details: None })
+    }
+
+    /// An asynchronous invoke of the function's active version that runs at `run_at_ms`:
+    /// recorded `queued` with its time, and published to wait in the broker's hop queues
+    /// (`topology::schedule_hop`) until then; not fresh, so that the worker that runs it claims
+    /// it first (a cancel meanwhile is found in the store even by a worker it did not reach).
+    pub async fn invoke_scheduled(
+        self: &Arc<Self>,
+        function: &str,
+        payload: Bytes,
+        run_at_ms: i64,
+    ) -> Result<Accepted, Error> {
+        self.input_fits(&payload)?;
+        let (version, manifest) = self.catalog.active_manifest(function).await?;
+        self.ensure_pool(&manifest.pool).await?;
+        let (me, function) = (self.clone(), function.to_string());
+        let scheduled = async move {
+            let held = me.lease.hold()?;
+            let new = NewInvocation {
+                id: Uuid::now_v7(),
+                function: function.clone(),
+                version,
+                payload: payload.to_vec(),
+                created_ms: held.ms,
+            };
+            let msg = InvocationMessage { not_before_ms: Some(run_at_ms), ..first_message(&new, payload, false) };
+            me.store.create_scheduled(&new, run_at_ms).await?;
+            me.publish_recorded(&manifest.pool, &msg).await?;
+            drop(held);
+            me.metrics.accepted(&function, 1);
+            tracing::debug!(id = %new.id, run_at_ms, "scheduled invocation published");
+            Ok(Accepted { id: new.id, invocation: None, details: None })
+        };
+        self.tasks
+            .spawn(tracing::Instrument::in_current_span(scheduled))
+            .await
+            .map_err(|e| Error::Internal(format!("the invoke stopped: {e}")))?
     }
 
     /// Records and publishes one independent invocation of a function's active version per
@@ -602,7 +641,14 @@ impl Invoker {
         let published = match self.ensure_pool(pool).await {
             Ok(()) => {
                 let started = std::time::Instant::now();
-                let published = self.transport.publish(pool, msg.encode().into()).await.map_err(Error::from);
+                // A scheduled one takes its first hop toward its time.
+                let hop = msg.not_before_ms.and_then(|at| topology::schedule_hop(at - now_ms()));
+                let body = msg.encode().into();
+                let published = match hop {
+                    Some(hop) => self.transport.publish_later(pool, body, hop).await,
+                    None => self.transport.publish(pool, body).await,
+                }
+                .map_err(Error::from);
                 self.metrics.publish.observe(started.elapsed().as_secs_f64());
                 published
             }
@@ -689,5 +735,6 @@ pub(crate) fn first_message(r: &NewInvocation, payload: Bytes, fresh: bool) -> I
         headers: Vec::new(),
         fresh,
         unrecorded: false,
+        not_before_ms: None,
     }
 }

@@ -2,9 +2,10 @@
 //! as text when they are text, else as base64.
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use uuid::Uuid;
 use warren_store::{AttemptRecord, Invocation, LogLine, Status};
+use warren_wire::time::now_ms;
 
 /// Bytes as JSON: the JSON value itself when they are JSON, a string when UTF-8, else base64
 /// under a separate key.
@@ -51,7 +52,7 @@ struct InvocationView<'a> {
 pub fn view(inv: &Invocation, logs: Option<&[LogLine]>, attempts: Option<&[AttemptRecord]>) -> Value {
     let (input, input_base64) = bytes_value(&inv.payload);
     let (result, result_base64) = inv.result.as_deref().map(bytes_value).unwrap_or((Value::Null, None));
-    serde_json::to_value(InvocationView {
+    let mut v = serde_json::to_value(InvocationView {
         id: inv.id,
         function: &inv.function,
         version: inv.version,
@@ -70,7 +71,16 @@ pub fn view(inv: &Invocation, logs: Option<&[LogLine]>, attempts: Option<&[Attem
         logs,
         attempt_history: attempts,
     })
-    .unwrap_or_default()
+    .unwrap_or_default();
+    if let Some(at) = inv.run_at_ms {
+        // A scheduled invocation: `scheduled` until its time comes, `queued` after (the record
+        // itself is `queued` throughout: cancellable, never removed, counted as open).
+        v["run_at_ms"] = json!(at);
+        if inv.status == Status::Queued && at > now_ms() {
+            v["status"] = json!("scheduled");
+        }
+    }
+    v
 }
 
 #[cfg(test)]

@@ -115,6 +115,27 @@ impl InvocationStore for MssqlStore {
         Ok(())
     }
 
+    async fn create_scheduled(&self, inv: &NewInvocation, run_at_ms: i64) -> Result<()> {
+        let mut c = self.conn().await?;
+        let origin = self.origin();
+        c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
+        let result = async {
+            insert_invocation(&mut c, inv, origin.as_deref()).await.map_err(|e| {
+                if is_duplicate(&e) {
+                    StoreError::Conflict(format!("invocation {} exists already", inv.id))
+                } else {
+                    unavailable(e)
+                }
+            })?;
+            let id = inv.id.to_string();
+            c.execute(SET_RUN_AT, &[&run_at_ms, &id.as_str()]).await.map_err(unavailable)?;
+            Ok(())
+        }
+        .await;
+        finish(&mut c, result.is_ok()).await?;
+        result
+    }
+
     async fn claim(&self, inv: &NewInvocation, attempt: i32, worker: &str, started_ms: i64) -> Result<Claim> {
         let mut c = self.conn().await?;
         let id = inv.id.to_string();

@@ -187,6 +187,7 @@ pub(super) const SCHEMA: &[(i32, &str)] = &[
     (1000, "ALTER TABLE warren_functions ADD paused_ms BIGINT NULL"),
     (1001, "ALTER TABLE warren_functions ADD resume_at_ms BIGINT NULL"),
     (1002, "ALTER TABLE warren_functions ADD held_ms BIGINT NULL"),
+    (1100, "ALTER TABLE warren_invocations ADD run_at_ms BIGINT NULL"),
 ];
 
 pub(super) const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -310,7 +311,7 @@ pub(super) const SETTING_LIST: &str =
     "SELECT name, value, secret, updated_ms FROM warren_settings WHERE function_name = @P1 ORDER BY name";
 pub(super) const INVOCATION_SELECT: &str =
     "SELECT TOP (@P1) id, function_name, version, status, attempts, payload, result,
-     error, worker, created_ms, started_ms, finished_ms FROM warren_invocations WHERE 1 = 1";
+     error, worker, created_ms, started_ms, finished_ms, run_at_ms FROM warren_invocations WHERE 1 = 1";
 /// One line of a run still going, unless it is stored already.
 pub(super) const APPEND_LOG: &str = "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line)
      SELECT @P1, @P2, @P3, @P4, @P5 WHERE NOT EXISTS
@@ -318,12 +319,14 @@ pub(super) const APPEND_LOG: &str = "INSERT INTO warren_logs (invocation, attemp
 /// An attempt's lines stored while it ran, replaced by all of them with its outcome.
 pub(super) const DELETE_ATTEMPT_LOGS: &str = "DELETE FROM warren_logs WHERE invocation = @P1 AND attempt = @P2";
 pub(super) const INSERT_LOGS_PREFIX: &str = "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ";
+/// A scheduled invocation's time, set in the transaction that records it.
+pub(super) const SET_RUN_AT: &str = "UPDATE warren_invocations SET run_at_ms = @P1 WHERE id = @P2";
 pub(super) const CANCEL_INVOCATION: &str = "UPDATE warren_invocations SET status = 'cancelled', finished_ms = @P1,
        error = 'cancelled before it ended'
      WHERE id = @P2 AND status IN ('queued', 'running')";
 pub(super) const GET_INVOCATION: &str =
     "SELECT id, function_name, version, status, attempts, payload, result, error, worker,
-     created_ms, started_ms, finished_ms FROM warren_invocations WHERE id = @P1";
+     created_ms, started_ms, finished_ms, run_at_ms FROM warren_invocations WHERE id = @P1";
 pub(super) const GET_LOGS: &str =
     "SELECT attempt, seq, ts_ms, line FROM warren_logs WHERE invocation = @P1 ORDER BY attempt, seq";
 pub(super) const HEARTBEAT_UPDATE: &str =
@@ -540,6 +543,7 @@ pub(super) fn statements() -> Vec<String> {
             APPEND_LOG,
             DELETE_ATTEMPT_LOGS,
             CANCEL_INVOCATION,
+            SET_RUN_AT,
             INSERT_FUNCTION,
             LIST_FUNCTIONS,
             GET_FUNCTION,

@@ -352,6 +352,27 @@ impl InvocationStore for SqlxStore {
         Ok(())
     }
 
+    async fn create_scheduled(&self, inv: &NewInvocation, run_at_ms: i64) -> Result<()> {
+        let origin = self.origin();
+        let mut tx = self.begin().await?;
+        bind_invocation(sqlx::query(INSERT_INVOCATION), inv, origin.as_deref()).execute(&mut *tx).await.map_err(
+            |e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("invocation {} exists already", inv.id))
+                } else {
+                    unavailable(e)
+                }
+            },
+        )?;
+        sqlx::query("UPDATE warren_invocations SET run_at_ms = $1 WHERE id = $2")
+            .bind(run_at_ms)
+            .bind(inv.id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
     async fn create_invocations(&self, invs: &[NewInvocation]) -> Vec<Result<bool>> {
         // One statement (or one transaction) for all: every entry shares its fate.
         match self.insert_invocations(invs).await {

@@ -67,7 +67,7 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 
 const VERSION_COLUMNS: &str = "name, version, sha256, manifest, size, created_ms";
 const INVOCATION_COLUMNS: &str =
-    "id, function, version, status, attempts, payload, result, error, worker, created_ms, started_ms, finished_ms";
+    "id, function, version, status, attempts, payload, result, error, worker, created_ms, started_ms, finished_ms, run_at_ms";
 const BATCH_COLUMNS: &str =
     "id, function, version, then_function, total, state, followup, error, created_ms, finished_ms";
 const DELIVERY_COLUMNS: &str = "invocation, output, target, status, attempts, last_error, next_ms, updated_ms";

@@ -179,5 +179,7 @@ pub(super) fn schema(blob: &str) -> Vec<(i32, String)> {
         ALTER TABLE warren_functions ADD COLUMN held_ms BIGINT;"
                 .to_string(),
         ),
+        // Step 11: scheduled invocations (run at a time of their caller's).
+        (10, "ALTER TABLE warren_invocations ADD COLUMN run_at_ms BIGINT;".to_string()),
     ]
 }

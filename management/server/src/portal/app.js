@@ -10,7 +10,7 @@
   const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'timed_out', 'dead', 'cancelled'];
   const COLORS = {
     queued: '#8a9bb0', running: '#2f7fd1', succeeded: '#2e9b5b', failed: '#d64545',
-    timed_out: '#e08a1e', dead: '#7a1f4f', cancelled: '#a3a3a3',
+    timed_out: '#e08a1e', dead: '#7a1f4f', cancelled: '#a3a3a3', scheduled: '#6b5fb5',
   };
   const SVG = 'http://www.w3.org/2000/svg';
 
@@ -233,7 +233,7 @@
   // ---- invocation detail (the invocation page and the invoke result) ------------------------
 
   function invocationDetail(inv) {
-    const final = !['queued', 'running'].includes(inv.status);
+    const final = !['queued', 'running', 'scheduled'].includes(inv.status);
     // Queue wait of the first attempt (started_ms is the newest attempt's start).
     const wait = inv.started_ms != null && inv.attempts <= 1 ? inv.started_ms - inv.created_ms : null;
     const result = inv.result_base64 != null
@@ -257,6 +257,7 @@
           h('h3', null, 'Timings'),
           h('dl', { class: 'kv' },
             h('dt', null, 'created'), h('dd', null, fmtTime(inv.created_ms)),
+            inv.run_at_ms != null ? [h('dt', null, 'runs at'), h('dd', { class: 'run-at' }, fmtTime(inv.run_at_ms))] : null,
             h('dt', null, 'started'), h('dd', null, fmtTime(inv.started_ms), wait != null ? h('span', { class: 'muted' }, ` (waited ${dur(wait)})`) : null),
             h('dt', null, 'finished'), h('dd', null, fmtTime(inv.finished_ms)),
             h('dt', null, 'duration'), h('dd', null, dur(inv.duration_ms)),
@@ -651,7 +652,7 @@
     return {
       async refresh() {
         const inv = (await api(`/api/invocations/${enc(id)}`)).body;
-        cancel.hidden = !['queued', 'running'].includes(inv.status);
+        cancel.hidden = !['queued', 'running', 'scheduled'].includes(inv.status);
         update(box, inv, invocationDetail);
       },
     };
