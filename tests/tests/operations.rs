@@ -495,3 +495,60 @@ async fn a_scheduled_invocation_runs_at_its_time_and_can_be_cancelled_before() {
         assert_eq!(status, 400, "{query}: {v}");
     }
 }
+
+/// `max_concurrency`: with three workers of eight run slots each, no more than the limit of a
+/// function's invocations run at once, ever (as the function itself records its runs), and
+/// every one of them still runs: those over the limit wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_holds_across_workers_and_nothing_fails_for_it() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let spans = tmp.path().join("spans");
+    let (pool, name) = (unique("p"), unique("limited"));
+    let m = Management::start(&pg_url()).await;
+    // Each run appends "start end" (ns) to one file: short appends are atomic.
+    let script = format!("s=$(date +%s%N)\nsleep 0.3\necho \"$s $(date +%s%N)\" >> {}\ncat\n", spans.display());
+    let version = |limit: u32| {
+        let dir = tmp.path().join(format!("limit{limit}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let manifest = format!(
+            "name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\nmax_concurrency = {limit}\n"
+        );
+        function_dir(&dir, &manifest, &[("run.sh", &script)])
+    };
+    let workers: Vec<_> =
+        (0..3).map(|i| start_worker(&pg_url(), &pool, 8, &tmp.path().join(format!("cache{i}")))).collect();
+    wait_consumers(&pool, 3).await;
+
+    for (limit, n) in [(2usize, 16usize), (1, 6)] {
+        m.publish_dir(&version(limit as u32)).await;
+        let _ = std::fs::remove_file(&spans);
+        let body: String = (0..n).map(|i| format!("{i}\n")).collect();
+        let r = m.http.post(format!("{}/api/functions/{name}/invocations", m.base)).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        let v: serde_json::Value = r.json().await.unwrap();
+        for id in v["ids"].as_array().unwrap() {
+            m.wait_status(id.as_str().unwrap(), "succeeded").await;
+        }
+        // The most runs at once, from the runs' own start and end times.
+        let mut events: Vec<(i64, i32)> = std::fs::read_to_string(&spans)
+            .unwrap()
+            .lines()
+            .flat_map(|l| {
+                let (s, e) = l.split_once(' ').unwrap();
+                [(s.parse::<i64>().unwrap(), 1), (e.parse::<i64>().unwrap(), -1)]
+            })
+            .collect();
+        assert_eq!(events.len(), 2 * n, "every invocation ran once");
+        events.sort_by_key(|&(t, d)| (t, d)); // an end before a start at the same instant
+        let (mut now, mut most) = (0, 0);
+        for (_, d) in events {
+            now += d;
+            most = most.max(now);
+        }
+        println!("limit {limit}: at most {most} of {n} ran at once on 3 workers x 8 slots");
+        assert!(most <= limit as i32, "{most} ran at once over a limit of {limit}");
+        assert_eq!(most, limit as i32, "the limit is also reached: they did run side by side");
+    }
+    drop(workers);
+}

@@ -225,6 +225,20 @@ async fn drafts_and_live_lines(store: &dyn Store) {
     let listed = store.list_invocations(&filter).await.unwrap();
     assert_eq!(listed.iter().find(|i| i.id == later.id).and_then(|i| i.run_at_ms), Some(4_000_000_000_000));
     assert_eq!(store.cancel_invocation(later.id, now_ms()).await.unwrap(), Some(true));
+
+    // Run turns: at most `limit` held at once; held again by its holder; given back; a lapsed
+    // one taken over.
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (now, until) = (now_ms(), now_ms() + 60_000);
+    assert!(store.take_turn(&name, 2, a, now, until).await.unwrap());
+    assert!(store.take_turn(&name, 2, b, now, until).await.unwrap());
+    assert!(!store.take_turn(&name, 2, c, now, until).await.unwrap(), "both turns are taken");
+    assert!(store.take_turn(&name, 2, a, now, until).await.unwrap(), "its holder holds it still");
+    assert!(store.take_turn(&unique("other"), 2, c, now, until).await.unwrap(), "turns are per function");
+    store.give_turn(&name, a).await.unwrap();
+    assert!(store.take_turn(&name, 2, c, now, until).await.unwrap(), "a turn given back is free");
+    assert!(!store.take_turn(&name, 2, a, now, until).await.unwrap());
+    assert!(store.take_turn(&name, 2, a, until + 1, until + 60_000).await.unwrap(), "a lapsed turn is free again");
 }
 
 /// Retention: only final work past its time goes, in chunks, with its children; versions beyond

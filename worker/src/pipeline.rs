@@ -123,6 +123,10 @@ impl Drop for RunSlot<'_> {
     }
 }
 
+/// How long an invocation whose function has every run turn taken waits (in the broker's hop
+/// queue) before it tries again.
+const TURN_WAIT: Duration = Duration::from_millis(256);
+
 /// Takes an invocation id out of [`Worker::running`] when its run ends, however it ends.
 struct RunningHere<'a> {
     map: &'a DashMap<Uuid, ()>,
@@ -185,8 +189,20 @@ impl Worker {
         }
         let (decision, ran) = match self.load(&attempt).await? {
             Loadout::Ready(loaded, settings) => {
+                let turn = match self.take_turn(pool, &attempt, &loaded, d).await {
+                    Ok(turn) => turn,
+                    Err(wait) => {
+                        drop(slot);
+                        return Err(wait);
+                    }
+                };
                 let run = self.run_attempt(&attempt, &loaded, &settings).await;
                 drop(slot);
+                if turn {
+                    if let Err(e) = self.store.give_turn(&msg.function, msg.id).await {
+                        tracing::debug!(error = %e, "cannot give the run turn back; it lapses by itself");
+                    }
+                }
                 (self.decide(&attempt, run, Some(&loaded)), Some(loaded))
             }
             Loadout::Unrunnable(error) => {
@@ -276,6 +292,40 @@ impl Worker {
         }
         self.running_now.fetch_add(1, Ordering::Relaxed);
         Ok(RunSlot { _permit: permit, count: &self.running_now })
+    }
+
+    /// A turn to run, for a function with a `max_concurrency`: `Ok(true)` when taken (give it
+    /// back after the run), `Ok(false)` when the function has no limit; with every turn taken,
+    /// the message waits [`TURN_WAIT`] in the broker and comes back (`Err(Ack)` once it is on
+    /// its way). A turn is held at most the function's timeout and a minute: a worker that
+    /// stops holding one does not hold it for ever.
+    async fn take_turn(
+        &self,
+        pool: &str,
+        attempt: &Attempt<'_>,
+        loaded: &Loaded,
+        d: &Delivery,
+    ) -> Result<bool, Verdict> {
+        let Some(limit) = loaded.manifest.max_concurrency else { return Ok(false) };
+        let now = now_ms();
+        let until = now + loaded.manifest.timeout_secs as i64 * 1000 + 60_000;
+        match self.store.take_turn(&attempt.msg.function, limit, attempt.msg.id, now, until).await {
+            Ok(true) => Ok(true),
+            Ok(false) => match self.transport.publish_later(pool, d.body.clone(), TURN_WAIT).await {
+                Ok(()) => {
+                    tracing::debug!(limit, "every run turn of the function is taken; waiting for one");
+                    Err(Verdict::Ack)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot send an invocation waiting for a run turn back; returning it");
+                    Err(Verdict::REQUEUE)
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take a run turn in the store; returning the message");
+                Err(Verdict::REQUEUE)
+            }
+        }
     }
 
     /// A scheduled invocation that came before its time: sent on its next hop (confirmed, then

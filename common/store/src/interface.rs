@@ -178,6 +178,13 @@ pub trait InvocationStore: Send + Sync {
     /// Turns a `dead` invocation back to `queued` for one more attempt; returns that attempt's
     /// number, or `None` when the invocation is not dead (any more).
     async fn replay(&self, id: Uuid) -> Result<Option<i32>>;
+    /// Takes one of `limit` run turns of `function` (its `max_concurrency`) for `invocation`,
+    /// held until `until_ms`: `true` when taken (or held by it already). A turn held past its
+    /// time (its worker stopped) is free again.
+    async fn take_turn(&self, function: &str, limit: u32, invocation: Uuid, now_ms: i64, until_ms: i64)
+        -> Result<bool>;
+    /// Gives `invocation`'s turn of `function` back.
+    async fn give_turn(&self, function: &str, invocation: Uuid) -> Result<()>;
     /// Records a scheduled invocation: `queued`, to run at `run_at_ms`, in one transaction.
     async fn create_scheduled(&self, inv: &NewInvocation, run_at_ms: i64) -> Result<()>;
     /// Cancels an invocation that is not final (queued, waiting for a retry, or running): it

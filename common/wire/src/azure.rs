@@ -295,6 +295,7 @@ fn function(base: &Base, name: &str, text: &str) -> Result<Option<Manifest>, Vec
         auth: AuthLevel::Function,
         azure: None,
         retention: None,
+        max_concurrency: None,
     };
     let mut az = AzureFunction {
         trigger: text_of(tb, "name").unwrap_or("").to_string(),

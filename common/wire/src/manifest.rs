@@ -103,6 +103,10 @@ pub struct Manifest {
     /// How long its finished work is kept (management's defaults where absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<crate::retention::Retention>,
+    /// At most this many of its invocations run at once, across all workers; the others wait
+    /// (in the broker) for a turn. Unlimited where absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
 }
 
 /// `[azure]`: one function of an Azure Functions app, as its `function.json` binds it.
@@ -441,6 +445,9 @@ impl Manifest {
         let h = &self.handler;
         if !(1..=64).contains(&h.processes) || !(1..=1000).contains(&h.concurrency) || h.recycle_after == 0 {
             return bad("handler.processes must be 1-64, handler.concurrency 1-1000, handler.recycle_after > 0".into());
+        }
+        if let Some(n) = self.max_concurrency.filter(|n| !(1..=1000).contains(n)) {
+            return bad(format!("max_concurrency = {n} must be between 1 and 1000 (leave it out for no limit)"));
         }
         let r = &self.retry;
         if r.max_attempts == 0 || r.max_attempts > 100 {

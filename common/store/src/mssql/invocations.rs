@@ -115,6 +115,41 @@ impl InvocationStore for MssqlStore {
         Ok(())
     }
 
+    async fn take_turn(
+        &self,
+        function: &str,
+        limit: u32,
+        invocation: Uuid,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool> {
+        let mut c = self.conn().await?;
+        let id = invocation.to_string();
+        if c.execute(TURN_RENEW, &[&until_ms, &function, &id.as_str()]).await.map_err(unavailable)?.total() > 0 {
+            return Ok(true);
+        }
+        for turn in 0..limit as i32 {
+            let params: [&dyn ToSql; 5] = [&function, &turn, &id.as_str(), &until_ms, &now_ms];
+            if c.execute(TURN_TAKE_OVER, &params).await.map_err(unavailable)?.total() == 1 {
+                return Ok(true);
+            }
+            match c.execute(TURN_INSERT, &params[..4]).await.map(|done| done.total()) {
+                Ok(1) => return Ok(true),
+                Ok(_) => {}
+                Err(e) if is_duplicate(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(false)
+    }
+
+    async fn give_turn(&self, function: &str, invocation: Uuid) -> Result<()> {
+        let mut c = self.conn().await?;
+        let id = invocation.to_string();
+        c.execute(TURN_GIVE, &[&function, &id.as_str()]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn create_scheduled(&self, inv: &NewInvocation, run_at_ms: i64) -> Result<()> {
         let mut c = self.conn().await?;
         let origin = self.origin();

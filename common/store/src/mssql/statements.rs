@@ -188,6 +188,15 @@ pub(super) const SCHEMA: &[(i32, &str)] = &[
     (1001, "ALTER TABLE warren_functions ADD resume_at_ms BIGINT NULL"),
     (1002, "ALTER TABLE warren_functions ADD held_ms BIGINT NULL"),
     (1100, "ALTER TABLE warren_invocations ADD run_at_ms BIGINT NULL"),
+    (
+        1200,
+        "CREATE TABLE warren_turns (
+        function_name NVARCHAR(64) NOT NULL,
+        turn INT NOT NULL,
+        invocation NVARCHAR(36) NOT NULL,
+        until_ms BIGINT NOT NULL,
+        CONSTRAINT pk_warren_turns PRIMARY KEY (function_name, turn))",
+    ),
 ];
 
 pub(super) const SCHEMA_EXISTS: &str = "SELECT CASE WHEN OBJECT_ID(N'warren_schema', N'U') IS NULL THEN 0 ELSE 1 END";
@@ -319,6 +328,16 @@ pub(super) const APPEND_LOG: &str = "INSERT INTO warren_logs (invocation, attemp
 /// An attempt's lines stored while it ran, replaced by all of them with its outcome.
 pub(super) const DELETE_ATTEMPT_LOGS: &str = "DELETE FROM warren_logs WHERE invocation = @P1 AND attempt = @P2";
 pub(super) const INSERT_LOGS_PREFIX: &str = "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES ";
+pub(super) const TURN_RENEW: &str =
+    "UPDATE warren_turns SET until_ms = @P1 WHERE function_name = @P2 AND invocation = @P3";
+/// A lapsed turn taken over.
+pub(super) const TURN_TAKE_OVER: &str = "UPDATE warren_turns SET invocation = @P3, until_ms = @P4
+     WHERE function_name = @P1 AND turn = @P2 AND until_ms < @P5";
+/// A free turn taken (a taker racing for it gets a duplicate key: not taken).
+pub(super) const TURN_INSERT: &str = "INSERT INTO warren_turns (function_name, turn, invocation, until_ms)
+     SELECT @P1, @P2, @P3, @P4 WHERE NOT EXISTS
+       (SELECT 1 FROM warren_turns WITH (UPDLOCK, HOLDLOCK) WHERE function_name = @P1 AND turn = @P2)";
+pub(super) const TURN_GIVE: &str = "DELETE FROM warren_turns WHERE function_name = @P1 AND invocation = @P2";
 /// A scheduled invocation's time, set in the transaction that records it.
 pub(super) const SET_RUN_AT: &str = "UPDATE warren_invocations SET run_at_ms = @P1 WHERE id = @P2";
 pub(super) const CANCEL_INVOCATION: &str = "UPDATE warren_invocations SET status = 'cancelled', finished_ms = @P1,
@@ -544,6 +563,10 @@ pub(super) fn statements() -> Vec<String> {
             DELETE_ATTEMPT_LOGS,
             CANCEL_INVOCATION,
             SET_RUN_AT,
+            TURN_RENEW,
+            TURN_TAKE_OVER,
+            TURN_INSERT,
+            TURN_GIVE,
             INSERT_FUNCTION,
             LIST_FUNCTIONS,
             GET_FUNCTION,

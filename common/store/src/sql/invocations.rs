@@ -352,6 +352,58 @@ impl InvocationStore for SqlxStore {
         Ok(())
     }
 
+    async fn take_turn(
+        &self,
+        function: &str,
+        limit: u32,
+        invocation: Uuid,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool> {
+        let id = invocation.to_string();
+        let held = sqlx::query("UPDATE warren_turns SET until_ms = $1 WHERE function = $2 AND invocation = $3")
+            .bind(until_ms)
+            .bind(function)
+            .bind(&id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        if held.rows_affected() > 0 {
+            return Ok(true);
+        }
+        // Each turn is one row: a free one is inserted, a lapsed one taken over, in one
+        // statement each (two takers of one turn: the row decides).
+        for turn in 0..limit as i64 {
+            let taken = sqlx::query(
+                "INSERT INTO warren_turns (function, turn, invocation, until_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (function, turn) DO UPDATE SET invocation = excluded.invocation, until_ms = excluded.until_ms
+                 WHERE warren_turns.until_ms < $5",
+            )
+            .bind(function)
+            .bind(turn)
+            .bind(&id)
+            .bind(until_ms)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            if taken.rows_affected() == 1 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn give_turn(&self, function: &str, invocation: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM warren_turns WHERE function = $1 AND invocation = $2")
+            .bind(function)
+            .bind(invocation.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn create_scheduled(&self, inv: &NewInvocation, run_at_ms: i64) -> Result<()> {
         let origin = self.origin();
         let mut tx = self.begin().await?;

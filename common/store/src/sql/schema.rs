@@ -181,5 +181,16 @@ pub(super) fn schema(blob: &str) -> Vec<(i32, String)> {
         ),
         // Step 11: scheduled invocations (run at a time of their caller's).
         (10, "ALTER TABLE warren_invocations ADD COLUMN run_at_ms BIGINT;".to_string()),
+        // Step 12: run turns of functions with a max_concurrency.
+        (
+            11,
+            "CREATE TABLE IF NOT EXISTS warren_turns (
+            function TEXT NOT NULL,
+            turn INTEGER NOT NULL,
+            invocation TEXT NOT NULL,
+            until_ms BIGINT NOT NULL,
+            PRIMARY KEY (function, turn));"
+                .to_string(),
+        ),
     ]
 }

@@ -562,16 +562,18 @@
         drawVersions();
         showManifest();
         const desc = (/^description\s*=\s*"(.*)"\s*$/m.exec((data.versions.find((v) => v.version === active) || {}).manifest || '') || [])[1];
+        const limit = (/^\s*max_concurrency\s*=\s*(\d+)/m.exec((data.versions.find((v) => v.version === active) || {}).manifest || '') || [])[1];
         const paused = data.function.paused_ms != null;
         pauseBtn.textContent = paused ? 'Resume' : 'Pause';
         const r = data.retention;
-        update(info, [active, desc, data.function.updated_ms, data.trigger, r, data.function.paused_ms, data.function.resume_at_ms], () => h('div', null,
+        update(info, [active, desc, limit, data.function.updated_ms, data.trigger, r, data.function.paused_ms, data.function.resume_at_ms], () => h('div', null,
           paused ? h('p', { id: 'paused-note' }, badge('paused', 'paused'), ` Paused since ${fmtTime(data.function.paused_ms)}`,
             data.function.resume_at_ms ? `, resumes by itself at ${fmtTime(data.function.resume_at_ms)}` : ', until resumed',
             ': its invocations are accepted and wait; none starts.') : null,
           h('p', { class: 'muted' },
           `Active version ${active}, published ${fmtTime(data.function.updated_ms)}.`, desc ? ` ${desc.replace(/\\"/g, '"')}` : '',
-          data.trigger ? h('span', null, ' Trigger: ', h('code', { class: 'trigger' }, data.trigger), '.') : ''),
+          data.trigger ? h('span', null, ' Trigger: ', h('code', { class: 'trigger' }, data.trigger), '.') : '',
+          limit ? h('span', { id: 'max-concurrency' }, ` At most ${limit} run at once (max_concurrency).`) : ''),
           r ? h('p', { class: 'muted', id: 'retention' }, `Keeps succeeded invocations ${r.succeeded}, failed ones ${r.failed}, `,
             r.versions ? `the newest ${r.versions} versions` : 'every version', ' (', h('a', { href: '#/functions' }, 'retention'), ').') : null));
         update(recent, inv.body, invocationRows);
