@@ -12,9 +12,9 @@
 // version 1 read-only and downloads its package. A screenshot of each step lands in
 // SCREENSHOT_DIR (develop-*.png). Exits 0 when all went well, 1 with the failed step otherwise.
 // tests/tests/portal.rs runs it (through scripts/test), and checks the store afterwards.
-import { mkdirSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { start, waitText as waitTextOn } from './harness.mjs';
 
 const [base, shots, pool, prefix] = process.argv.slice(2);
 if (!base || !shots || !pool || !prefix) {
@@ -22,22 +22,8 @@ if (!base || !shots || !pool || !prefix) {
   process.exit(2);
 }
 const key = process.env.WARREN_API_KEY || '';
-const executablePath = process.env.WARREN_CHROMIUM || '/usr/bin/chromium';
-mkdirSync(shots, { recursive: true });
-const hardStop = setTimeout(() => {
-  console.error('develop.mjs: still running after 240 s; giving up');
-  process.exit(1);
-}, 240_000);
-
-let step = 'launching chromium';
-const log = (s) => { step = s; console.log(`develop.mjs: ${s}`); };
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
-const problems = [];
+const run = await start('develop.mjs', shots, 240);
+const { browser, log, problems, hardStop } = run;
 let page;
 
 /** The API, as a client other than the page: {status, body}. */
@@ -51,21 +37,10 @@ async function api(path, opts = {}) {
 
 try {
   const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, acceptDownloads: true });
-  page = await context.newPage();
-  page.setDefaultTimeout(20_000);
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) problems.push(`console error: ${m.text()}`);
-  });
+  page = run.watch(await context.newPage());
   const shot = (file) => page.screenshot({ path: join(shots, `develop-${file}.png`), fullPage: true });
   const go = async (hash) => { await page.goto(`${base}/${hash}`); };
-  const waitText = (sel, text, timeout = 20_000) => page.waitForFunction(
-    ([s, t]) => { const el = document.querySelector(s); return !!el && el.textContent.includes(t); },
-    [sel, text], { timeout },
-  ).catch(async (e) => {
-    const got = await page.evaluate((s) => document.querySelector(s)?.textContent ?? '(no such element)', sel);
-    throw new Error(`${sel} never showed ${JSON.stringify(text)}; it shows ${JSON.stringify(got.slice(0, 400))} (${e.message.split('\n')[0]})`);
-  });
+  const waitText = (sel, text, timeout) => waitTextOn(page, sel, text, timeout);
   /** The text of the file open in the editor, as CodeMirror shows it. */
   const editorText = () => page.evaluate(() => [...document.querySelectorAll('#editor .cm-line')].map((l) => l.textContent).join('\n'));
   /** Opens `path` from the file tree and replaces its whole text by typing it in. */
@@ -258,7 +233,7 @@ try {
   if (problems.length) throw new Error(`the page reported errors:\n  ${problems.join('\n  ')}`);
   console.log(`develop.mjs: all steps passed; screenshots in ${shots}`);
 } catch (e) {
-  console.error(`develop.mjs: FAILED at step "${step}": ${e.message}`);
+  console.error(`develop.mjs: FAILED at step "${run.step}": ${e.message}`);
   if (problems.length) console.error(`develop.mjs: the page also reported:\n  ${problems.join("\n  ")}`);
   if (page) await page.screenshot({ path: join(shots, 'develop-failure.png'), fullPage: true }).catch(() => {});
   await browser.close();

@@ -7,51 +7,22 @@
 // page and saves a screenshot of each; checks the sign-in box (key kept and sent as a bearer
 // token, shown again on a 401); replays DEAD_INVOCATION_ID's dead letter from the page. Exits 0 when all went well, 1 with the failed step otherwise.
 // tests/tests/portal.rs runs it (through scripts/test).
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { start, waitText as waitTextOn } from './harness.mjs';
 
 const [base, shots, pkgPath, name, deadId] = process.argv.slice(2);
 if (!base || !shots || !pkgPath || !name) {
   console.error('usage: node portal.mjs BASE_URL SCREENSHOT_DIR PACKAGE_PATH FUNCTION_NAME');
   process.exit(2);
 }
-const executablePath = process.env.WARREN_CHROMIUM || '/usr/bin/chromium';
-mkdirSync(shots, { recursive: true });
-const hardStop = setTimeout(() => {
-  console.error('portal.mjs: still running after 180 s; giving up');
-  process.exit(1);
-}, 180_000);
-
-let step = 'launching chromium';
-const log = (s) => { step = s; console.log(`portal.mjs: ${s}`); };
-const browser = await chromium.launch({
-  executablePath,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
-const problems = [];
+const run = await start('portal.mjs', shots, 180);
+const { browser, log, problems, hardStop } = run;
 let page;
 try {
-  page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
-  page.setDefaultTimeout(20_000);
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    // Answers like the 401 faked below, or a 404 from a management without the batch API, are
-    // logged by the browser as failed resources: the page handles those itself.
-    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) problems.push(`console error: ${m.text()}`);
-  });
+  page = run.watch(await browser.newPage({ viewport: { width: 1280, height: 860 } }));
   const shot = (file) => page.screenshot({ path: join(shots, `${file}.png`), fullPage: true });
   const go = async (hash) => { await page.goto(`${base}/${hash}`); };
-  /** Waits until the element `sel` contains `text`. */
-  const waitText = (sel, text, timeout = 20_000) => page.waitForFunction(
-    ([s, t]) => { const el = document.querySelector(s); return !!el && el.textContent.includes(t); },
-    [sel, text], { timeout },
-  ).catch(async (e) => {
-    const got = await page.evaluate((s) => document.querySelector(s)?.textContent ?? '(no such element)', sel);
-    throw new Error(`${sel} never showed ${JSON.stringify(text)}; it shows ${JSON.stringify(got.slice(0, 400))} (${e.message.split('\n')[0]})`);
-  });
+  const waitText = (sel, text, timeout) => waitTextOn(page, sel, text, timeout);
 
   const key = process.env.WARREN_API_KEY || '';
   const signIn = async (k) => {
@@ -248,7 +219,7 @@ try {
   if (problems.length) throw new Error(`the page reported errors:\n  ${problems.join('\n  ')}`);
   console.log(`portal.mjs: all steps passed; screenshots in ${shots}`);
 } catch (e) {
-  console.error(`portal.mjs: FAILED at step "${step}": ${e.message}`);
+  console.error(`portal.mjs: FAILED at step "${run.step}": ${e.message}`);
   if (page) await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true }).catch(() => {});
   await browser.close();
   clearTimeout(hardStop);

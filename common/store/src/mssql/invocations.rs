@@ -105,13 +105,7 @@ impl InvocationStore for MssqlStore {
     async fn create_invocation(&self, inv: &NewInvocation) -> Result<()> {
         let mut c = self.conn().await?;
         let origin = self.origin();
-        insert_invocation(&mut c, inv, origin.as_deref()).await.map_err(|e| {
-            if is_duplicate(&e) {
-                StoreError::Conflict(format!("invocation {} exists already", inv.id))
-            } else {
-                unavailable(e)
-            }
-        })?;
+        insert_invocation(&mut c, inv, origin.as_deref()).await.map_err(not_inserted(inv.id))?;
         Ok(())
     }
 
@@ -155,13 +149,7 @@ impl InvocationStore for MssqlStore {
         let origin = self.origin();
         c.simple_query(BEGIN).await.map_err(unavailable)?.into_results().await.map_err(unavailable)?;
         let result = async {
-            insert_invocation(&mut c, inv, origin.as_deref()).await.map_err(|e| {
-                if is_duplicate(&e) {
-                    StoreError::Conflict(format!("invocation {} exists already", inv.id))
-                } else {
-                    unavailable(e)
-                }
-            })?;
+            insert_invocation(&mut c, inv, origin.as_deref()).await.map_err(not_inserted(inv.id))?;
             let id = inv.id.to_string();
             c.execute(SET_RUN_AT, &[&run_at_ms, &id.as_str()]).await.map_err(unavailable)?;
             Ok(())
@@ -322,5 +310,17 @@ impl InvocationStore for MssqlStore {
 
     async fn count_per_minute(&self, since_ms: i64, until_ms: i64) -> Result<Vec<MinuteCount>> {
         self.rows(COUNT_PER_MINUTE, &[&since_ms, &until_ms]).await?.iter().map(rows::minute_count).collect()
+    }
+}
+
+/// What a refused insert of invocation `id` means: it exists already (a conflict), or the
+/// store is unavailable.
+fn not_inserted(id: Uuid) -> impl FnOnce(tiberius::error::Error) -> StoreError {
+    move |e| {
+        if is_duplicate(&e) {
+            StoreError::Conflict(format!("invocation {id} exists already"))
+        } else {
+            unavailable(e)
+        }
     }
 }

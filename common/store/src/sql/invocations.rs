@@ -111,6 +111,18 @@ async fn end_in(
     Ok(true)
 }
 
+/// What a refused insert of invocation `id` means: it exists already (a conflict), or the
+/// store is unavailable.
+fn not_inserted(id: Uuid) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict(format!("invocation {id} exists already"))
+        } else {
+            unavailable(e)
+        }
+    }
+}
+
 /// Log lines (of one or many invocations) in multi-row inserts, in chunks that stay under
 /// SQLite's parameter limit.
 async fn insert_logs(tx: &mut sqlx::Transaction<'static, sqlx::Any>, lines: &[(&str, &LogLine)]) -> Result<()> {
@@ -340,15 +352,10 @@ impl SqlxStore {
 impl InvocationStore for SqlxStore {
     async fn create_invocation(&self, inv: &NewInvocation) -> Result<()> {
         let origin = self.origin();
-        bind_invocation(sqlx::query(INSERT_INVOCATION), inv, origin.as_deref()).execute(&self.pool).await.map_err(
-            |e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("invocation {} exists already", inv.id))
-                } else {
-                    unavailable(e)
-                }
-            },
-        )?;
+        bind_invocation(sqlx::query(INSERT_INVOCATION), inv, origin.as_deref())
+            .execute(&self.pool)
+            .await
+            .map_err(not_inserted(inv.id))?;
         Ok(())
     }
 
@@ -407,15 +414,10 @@ impl InvocationStore for SqlxStore {
     async fn create_scheduled(&self, inv: &NewInvocation, run_at_ms: i64) -> Result<()> {
         let origin = self.origin();
         let mut tx = self.begin().await?;
-        bind_invocation(sqlx::query(INSERT_INVOCATION), inv, origin.as_deref()).execute(&mut *tx).await.map_err(
-            |e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("invocation {} exists already", inv.id))
-                } else {
-                    unavailable(e)
-                }
-            },
-        )?;
+        bind_invocation(sqlx::query(INSERT_INVOCATION), inv, origin.as_deref())
+            .execute(&mut *tx)
+            .await
+            .map_err(not_inserted(inv.id))?;
         sqlx::query("UPDATE warren_invocations SET run_at_ms = $1 WHERE id = $2")
             .bind(run_at_ms)
             .bind(inv.id.to_string())
