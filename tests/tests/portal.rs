@@ -51,17 +51,46 @@ fn browser_prerequisites() -> PathBuf {
     chromium
 }
 
+/// A management and a worker on a SQLite store of their own (the pages list every function and
+/// pool, and stay small this way), the worker serving a pool of its own: `(m, worker, pool)`.
+async fn mesh_of_its_own(tmp: &Path, tag: &str) -> (Management, Proc, String) {
+    let store = format!("sqlite://{}", tmp.join(format!("{tag}.db")).display());
+    let pool = unique(tag);
+    let m = Management::start(&store).await;
+    let worker = start_worker(&store, &pool, 2, &tmp.join("cache"));
+    wait_consumers(&pool, 1).await;
+    (m, worker, pool)
+}
+
+/// Runs `tests/browser/SCRIPT` with `args` after the base URL and the screenshot folder, signed
+/// in with the admin key; fails with its output (and where its screenshots are) unless it passed.
+async fn run_browser_script(m: &Management, chromium: &Path, script: &str, args: &[&str]) {
+    let shots = screenshot_dir();
+    let mut cmd = Command::new("node");
+    cmd.arg(workspace_root().join("tests/browser").join(script))
+        .args([m.base.as_str(), &shots.display().to_string()])
+        .args(args)
+        .env("WARREN_CHROMIUM", chromium)
+        .env("WARREN_API_KEY", &m.key);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "{script} failed ({}); screenshots (*failure.png) in {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status,
+        shots.display()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_publishes_invokes_and_shows_result_and_logs_in_a_browser() {
     require_services();
     let chromium = browser_prerequisites();
     let tmp = tempfile::tempdir().unwrap();
-    // A store of its own: the pages list every function and pool, and stay small this way.
-    let store = format!("sqlite://{}", tmp.path().join("portal.db").display());
-    let pool = unique("portal");
-    let m = Management::start(&store).await;
-    let _worker = start_worker(&store, &pool, 2, &tmp.path().join("cache"));
-    wait_consumers(&pool, 1).await;
+    let (m, _worker, pool) = mesh_of_its_own(tmp.path(), "portal").await;
 
     // The package the page publishes: a process function that logs a line and answers JSON.
     let name = unique("portal");
@@ -97,23 +126,8 @@ async fn portal_publishes_invokes_and_shows_result_and_logs_in_a_browser() {
     .await;
 
     let shots = screenshot_dir();
-    let script = workspace_root().join("tests/browser/portal.mjs");
-    let mut cmd = Command::new("node");
-    cmd.arg(&script)
-        .args([m.base.as_str(), &shots.display().to_string(), &package.display().to_string(), &name, &dead_id])
-        .env("WARREN_CHROMIUM", &chromium)
-        .env("WARREN_API_KEY", &m.key);
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "the browser test failed ({}); screenshots (failure.png) in {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status,
-        shots.display()
-    );
+    let package = package.display().to_string();
+    run_browser_script(&m, &chromium, "portal.mjs", &[&package, &name, &dead_id]).await;
 
     // The function was rolled back to version 1, then deleted from the page; its history stays.
     assert_eq!(m.get(&format!("/api/functions/{name}")).await.0, 404, "deleted from the page");
@@ -164,30 +178,11 @@ async fn portal_develops_tests_and_publishes_a_function_in_a_browser() {
     require_services();
     let chromium = browser_prerequisites();
     let tmp = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}", tmp.path().join("develop.db").display());
-    let pool = unique("develop");
-    let m = Management::start(&store).await;
-    let _worker = start_worker(&store, &pool, 2, &tmp.path().join("cache"));
-    wait_consumers(&pool, 1).await;
+    let (m, _worker, pool) = mesh_of_its_own(tmp.path(), "develop").await;
 
     let prefix = unique("dev");
     let shots = screenshot_dir();
-    let mut cmd = Command::new("node");
-    cmd.arg(workspace_root().join("tests/browser/develop.mjs"))
-        .args([m.base.as_str(), &shots.display().to_string(), &pool, &prefix])
-        .env("WARREN_CHROMIUM", &chromium)
-        .env("WARREN_API_KEY", &m.key);
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "the browser test failed ({}); screenshots (develop-failure.png) in {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status,
-        shots.display()
-    );
+    run_browser_script(&m, &chromium, "develop.mjs", &[&pool, &prefix]).await;
 
     // Every template made a function (the batch ones with their follow-up), on the pool given.
     let made = [
