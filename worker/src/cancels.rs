@@ -1,8 +1,8 @@
 //! Cancelled invocations, as management tells this worker (a notice on the worker's own notice
 //! queue, `{"cancel": "<id>"}`, sent to every worker the store lists as running). A cancelled
 //! invocation delivered afterwards is acked without running (its record says `cancelled`, so a
-//! claim would find it final, but a fresh first delivery is not claimed); one running now is
-//! stopped (its process tree killed). Both lists are bounded.
+//! claim would find it final, but a fresh first delivery is not claimed); a process run of it
+//! going on now is stopped (its process tree killed). Both lists are bounded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +53,10 @@ impl Cancels {
             token.cancel();
         }
         self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id, token.clone());
+        // A cancel that came between the look above and the insert found no run to stop.
+        if self.is_cancelled(id) {
+            token.cancel();
+        }
         Tracked { cancels: self, id, token }
     }
 

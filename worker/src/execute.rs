@@ -62,23 +62,13 @@ impl Worker {
         let warm = || {
             self.handlers.pool(&loaded.manifest, msg.version, dir.to_path_buf(), settings.vars.clone(), self.cfg.limits)
         };
-        // A cancel of this invocation while it runs here stops it.
-        let tracked = self.cancels.track(msg.id);
-        let stop = tracked.token.clone();
-        let stopped = || RunOutput {
-            status: Status::Cancelled,
-            result: None,
-            error: Some("cancelled while it ran; its warm handler's answer is not awaited".into()),
-            logs: Vec::new(),
-        };
+        // A cancel of this invocation while it runs here stops a process run. A warm handler's
+        // call goes on to its end (the handler counts it until it answers; abandoning it would
+        // leave the handler busy for ever): its outcome is not stored over the cancel.
         match (loaded.manifest.runtime, loaded.manifest.azure.as_ref()) {
             (Runtime::Azure, Some(az)) => {
-                let handlers = warm();
-                let call = handlers.call(&env, Call::Http(azure::request(az, msg)), timeout, attempt);
-                tokio::select! {
-                    out = call => azure::outcome(az, out, attempt, self.cfg.limits.max_log_lines),
-                    _ = stop.cancelled() => stopped(),
-                }
+                let out = warm().call(&env, Call::Http(azure::request(az, msg)), timeout, attempt).await;
+                azure::outcome(az, out, attempt, self.cfg.limits.max_log_lines)
             }
             (Runtime::Azure, None) => RunOutput {
                 status: Status::Failed,
@@ -86,14 +76,9 @@ impl Worker {
                 error: Some("runtime \"azure\" without its [azure] section".into()),
                 logs: Vec::new(),
             },
-            _ if loaded.manifest.mode == Mode::Persistent => {
-                let handlers = warm();
-                tokio::select! {
-                    out = handlers.invoke(&env, &msg.payload, timeout, attempt) => out,
-                    _ = stop.cancelled() => stopped(),
-                }
-            }
+            _ if loaded.manifest.mode == Mode::Persistent => warm().invoke(&env, &msg.payload, timeout, attempt).await,
             _ => {
+                let tracked = self.cancels.track(msg.id);
                 let (tx, rx) = mpsc::channel(LIVE_LINES);
                 let run = process::run(
                     &loaded.manifest.command,
@@ -104,12 +89,12 @@ impl Worker {
                     &settings.vars,
                     attempt,
                     &self.cfg.limits,
-                    process::Watch { live: Some(tx), cancel: Some(stop) },
+                    process::Watch { live: Some(tx), cancel: Some(tracked.token.clone()) },
                 );
                 tokio::select! {
                     biased;
                     out = run => out,
-                    never = self.store_lines_while_running(msg.id, rx) => match never {},
+                    never = self.store_lines_while_running(msg.id, rx, settings) => match never {},
                 }
             }
         }
@@ -123,6 +108,7 @@ impl Worker {
         &self,
         id: uuid::Uuid,
         mut rx: mpsc::Receiver<LogLine>,
+        settings: &Settings,
     ) -> std::convert::Infallible {
         let first = tokio::time::Instant::now() + LIVE_AFTER;
         let mut lines = Vec::new();
@@ -135,6 +121,12 @@ impl Worker {
             // What came meanwhile: at most the channel's room.
             while let Ok(l) = rx.try_recv() {
                 lines.push(l);
+            }
+            // Secret setting values never reach the store, as with the outcome's lines.
+            if !settings.secrets.is_empty() {
+                for l in &mut lines {
+                    l.line = settings.redact(&l.line);
+                }
             }
             if let Err(e) = self.store.append_logs(id, &lines).await {
                 tracing::debug!(error = %e, "cannot store log lines of a running invocation now; they come with its outcome");

@@ -123,6 +123,21 @@ impl Drop for RunSlot<'_> {
     }
 }
 
+/// A fresh first delivery runs unclaimed only this soon after it was published: a cancel of
+/// it reaches the workers as a notice, which a worker that started or reconnected since may
+/// have missed; an older one is claimed, and the claim finds a cancel in the store.
+const FRESH_FOR_MS: i64 = 15_000;
+
+/// The delivery's message without its `fresh` mark, for a copy published before the delivery
+/// is acked.
+fn unfresh(msg: &InvocationMessage, d: &Delivery) -> bytes::Bytes {
+    if msg.fresh {
+        InvocationMessage { fresh: false, ..msg.clone() }.encode().into()
+    } else {
+        d.body.clone()
+    }
+}
+
 /// How long an invocation whose function has every run turn taken waits (in the broker's hop
 /// queue) before it tries again.
 const TURN_WAIT: Duration = Duration::from_millis(256);
@@ -225,9 +240,7 @@ impl Worker {
     /// drain) leaves two copies, so it is claimed when it comes back.
     fn hold_verdict(&self, msg: &InvocationMessage, d: &Delivery) -> Verdict {
         tracing::debug!("function paused: setting the invocation aside until it resumes");
-        let body =
-            if msg.fresh { InvocationMessage { fresh: false, ..msg.clone() }.encode().into() } else { d.body.clone() };
-        Verdict::Hold { function: msg.function.clone(), body }
+        Verdict::Hold { function: msg.function.clone(), body: unfresh(msg, d) }
     }
 
     /// Puts a message in its paused function's hold, confirmed. First (at most every
@@ -311,7 +324,9 @@ impl Worker {
         let until = now + loaded.manifest.timeout_secs as i64 * 1000 + 60_000;
         match self.store.take_turn(&attempt.msg.function, limit, attempt.msg.id, now, until).await {
             Ok(true) => Ok(true),
-            Ok(false) => match self.transport.publish_later(pool, d.body.clone(), TURN_WAIT).await {
+            // Without its fresh mark: if this ack is lost after the confirmed publish, the copy
+            // that comes back is claimed like the redelivered original (one of them runs).
+            Ok(false) => match self.transport.publish_later(pool, unfresh(attempt.msg, d), TURN_WAIT).await {
                 Ok(()) => {
                     tracing::debug!(limit, "every run turn of the function is taken; waiting for one");
                     Err(Verdict::Ack)
@@ -548,7 +563,7 @@ impl<'a> Attempt<'a> {
                 created_ms: msg.created_ms,
             }),
             number,
-            claimed: !(msg.fresh && !redelivered && number == 1),
+            claimed: !(msg.fresh && !redelivered && number == 1 && now_ms() - msg.created_ms < FRESH_FOR_MS),
             started: Instant::now(),
             started_ms: now_ms(),
         }

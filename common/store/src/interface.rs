@@ -238,6 +238,8 @@ pub trait BatchStore: Send + Sync {
     /// (running ones finish). Returns how many were cancelled; `None` if the batch is not
     /// there; `Conflict` if it ended already.
     async fn cancel_batch(&self, batch: Uuid, now_ms: i64) -> Result<Option<u64>>;
+    /// Ids of up to `limit` items of a batch running now.
+    async fn batch_running(&self, batch: Uuid, limit: u32) -> Result<Vec<Uuid>>;
     /// Items' outcomes in id order, after `after`, up to `limit`.
     async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>>;
     /// Moves a `running` batch to `finishing` and records its fan-in invocation (`queued`), in one

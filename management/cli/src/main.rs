@@ -141,9 +141,9 @@ enum Command {
         /// The invocation id.
         id: String,
     },
-    /// Cancel an invocation that is queued or running: it never runs, or its process tree is
-    /// killed (a warm handler's answer is not awaited); it is recorded `cancelled`. An
-    /// invocation that has ended already is refused (409), saying how it ended.
+    /// Cancel an invocation that is queued, scheduled or running: it never runs, or its process
+    /// tree is killed (a warm handler's call goes on to its end); it is recorded `cancelled` and
+    /// no outcome is stored over it. An invocation that has ended is refused (409), saying how.
     Cancel {
         /// The invocation id.
         id: String,

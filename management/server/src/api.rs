@@ -458,7 +458,7 @@ fn scheduled_at(q: &InvokeQuery) -> ApiResult<Option<i64>> {
             })?,
         },
     };
-    if at - now > MAX_SCHEDULE_MS {
+    if at.saturating_sub(now) > MAX_SCHEDULE_MS {
         return Err(bad_request("a scheduled invocation runs within 90 days; schedule it later, or use a timer"));
     }
     Ok(Some(at))

@@ -71,7 +71,8 @@ fn classify(method: &Method, route: Option<&str>, path: &str, params: &HashMap<S
 
 /// Whether a query names a `version` (an invoke of a version other than the active one).
 fn pins_version(query: Option<&str>) -> bool {
-    query.is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some("version")))
+    // Decoded as the handler decodes it: `versio%6E=2` names `version` too.
+    query.is_some_and(|q| url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "version"))
 }
 
 /// Where a request carried its key.
@@ -256,6 +257,15 @@ mod tests {
 
     fn params(kv: &[(&str, &str)]) -> HashMap<String, String> {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_version_is_found_however_its_name_is_encoded() {
+        assert!(pins_version(Some("mode=async&version=2")));
+        assert!(pins_version(Some("versio%6E=2")));
+        assert!(pins_version(Some("%76ersion")));
+        assert!(!pins_version(Some("mode=async&versions=2")));
+        assert!(!pins_version(None));
     }
 
     #[test]

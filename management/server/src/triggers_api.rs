@@ -24,7 +24,6 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
-use warren_store::Status;
 use warren_wire::time::now_ms;
 
 use crate::batch::{self, Format};
@@ -147,17 +146,20 @@ async fn cancel(
     let b = m.batches.cancel_batch(id).await?;
     let mut v = batch::to_json(&b);
     if q.running.unwrap_or(false) {
-        // Its queued items are cancelled; the running ones, found page by page, are cancelled
-        // one by one and their workers told.
-        let (mut stopped, mut after) = (Vec::new(), None);
+        // Its queued items are cancelled; the running ones (no more than the workers' run
+        // slots) are cancelled one by one, then their workers told.
+        let mut stopped = Vec::new();
         loop {
-            let page = m.store.batch_results(id, after, 10_000).await?;
-            let Some(last) = page.last().map(|r| r.id) else { break };
-            after = Some(last);
-            for item in page.iter().filter(|r| r.status == Status::Running) {
-                if m.store.cancel_invocation(item.id, now_ms()).await? == Some(true) {
-                    stopped.push(item.id);
+            let running = m.store.batch_running(id, 1000).await?;
+            let mut cancelled = 0;
+            for item in &running {
+                if m.store.cancel_invocation(*item, now_ms()).await? == Some(true) {
+                    stopped.push(*item);
+                    cancelled += 1;
                 }
+            }
+            if running.len() < 1000 || cancelled == 0 {
+                break;
             }
         }
         if !stopped.is_empty() {

@@ -128,6 +128,12 @@ impl BatchStore for MssqlStore {
         result
     }
 
+    async fn batch_running(&self, batch: Uuid, limit: u32) -> Result<Vec<Uuid>> {
+        let limit = limit.clamp(1, 100_000) as i64;
+        let id = batch.to_string();
+        self.rows(BATCH_RUNNING, &[&limit, &id.as_str()]).await?.iter().map(|r| rows::uuid(&r.text(0)?)).collect()
+    }
+
     async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>> {
         let limit = limit.clamp(1, 100_000) as i64;
         let id = batch.to_string();

@@ -464,6 +464,8 @@ pub(super) const CANCEL_BATCH: &str =
 pub(super) const CANCEL_ITEMS: &str = "UPDATE warren_invocations SET status = 'cancelled', finished_ms = @P1,
        error = 'not run: its batch was cancelled'
      WHERE batch = @P2 AND status = 'queued'";
+pub(super) const BATCH_RUNNING: &str =
+    "SELECT TOP (@P1) id FROM warren_invocations WHERE batch = @P2 AND status = 'running'";
 pub(super) const BATCH_RESULTS: &str = "SELECT TOP (@P1) id, status, result, error FROM warren_invocations
      WHERE batch = @P2 AND id > @P3 ORDER BY id";
 pub(super) const BEGIN_FANIN: &str =
@@ -614,6 +616,7 @@ pub(super) fn statements() -> Vec<String> {
             CANCEL_BATCH,
             CANCEL_ITEMS,
             BATCH_RESULTS,
+            BATCH_RUNNING,
             BEGIN_FANIN,
             END_BATCH,
             INSERT_TICK,

@@ -184,6 +184,16 @@ impl BatchStore for SqlxStore {
         Ok(Some(n))
     }
 
+    async fn batch_running(&self, batch: Uuid, limit: u32) -> Result<Vec<Uuid>> {
+        let rows = sqlx::query("SELECT id FROM warren_invocations WHERE batch = $1 AND status = 'running' LIMIT $2")
+            .bind(batch.to_string())
+            .bind(limit.clamp(1, 100_000) as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(|r| rows::uuid(&r.try_get::<String, _>(0).map_err(unavailable)?)).collect()
+    }
+
     async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>> {
         let rows = sqlx::query(
             "SELECT id, status, result, error FROM warren_invocations WHERE batch = $1 AND id > $2 ORDER BY id LIMIT $3",

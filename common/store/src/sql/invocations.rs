@@ -124,11 +124,13 @@ fn not_inserted(id: Uuid) -> impl FnOnce(sqlx::Error) -> StoreError {
 }
 
 /// Log lines (of one or many invocations) in multi-row inserts, in chunks that stay under
-/// SQLite's parameter limit.
+/// SQLite's parameter limit. A line stored already (while its run went on) takes the outcome's
+/// text: the outcome's lines are the ones kept.
 async fn insert_logs(tx: &mut sqlx::Transaction<'static, sqlx::Any>, lines: &[(&str, &LogLine)]) -> Result<()> {
     for chunk in lines.chunks(200) {
         let sql = format!(
-            "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES {} ON CONFLICT DO NOTHING",
+            "INSERT INTO warren_logs (invocation, attempt, seq, ts_ms, line) VALUES {}
+             ON CONFLICT (invocation, attempt, seq) DO UPDATE SET ts_ms = excluded.ts_ms, line = excluded.line",
             value_rows(1, chunk.len(), &["?", "?", "?", "?", "?"])
         );
         let mut q = sqlx::query(&sql);

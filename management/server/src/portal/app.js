@@ -640,7 +640,7 @@
   function invocationPage(root, id) {
     const box = h('div', { class: 'card' }, h('p', { class: 'muted' }, 'Loading…'));
     const cancel = h('button', { type: 'button', class: 'danger', id: 'cancel-invocation', hidden: true, onclick: async () => {
-      if (!confirm('Cancel this invocation? A queued one never runs; a running one is stopped (its processes killed). It is recorded cancelled.')) return;
+      if (!confirm('Cancel this invocation? A queued one never runs; a running process is stopped (a warm handler finishes its call). It is recorded cancelled.')) return;
       try {
         await api(`/api/invocations/${enc(id)}/cancel`, { method: 'POST' });
         banner('The invocation is cancelled.', 'info');
