@@ -552,3 +552,77 @@ async fn a_concurrency_limit_holds_across_workers_and_nothing_fails_for_it() {
     }
     drop(workers);
 }
+
+/// Per-input idempotency keys on a bulk invoke (`?keyed=true`): a repeated key with its input
+/// gets the first invocation's id and runs nothing; a key reused with another input refuses the
+/// whole request and takes no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_bulk_invoke_runs_each_key_once() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("keyed"));
+    let m = Management::start(&pg_url()).await;
+    let manifest = format!("name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\n");
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[])).await;
+    let _w = start_worker(&pg_url(), &pool, 4, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+    let bulk = |body: &'static str| {
+        let m = &m;
+        let name = &name;
+        async move {
+            let r = m.http.post(format!("{}/api/functions/{name}/invocations?keyed=true", m.base)).body(body);
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()).collect()
+    };
+
+    let first = "{\"key\": \"k1\", \"input\": 1}\n{\"key\": \"k2\", \"input\": {\"n\": 2}}\n{\"key\": \"k3\", \"input\": \"three\"}\n";
+    let (status, v) = bulk(first).await;
+    assert_eq!((status, v["accepted"].as_u64(), v["repeated"].as_u64()), (202, Some(3), Some(0)), "{v}");
+    let made = ids(&v);
+    // The same request again: the same ids, nothing new.
+    let (status, v) = bulk(first).await;
+    assert_eq!((status, v["repeated"].as_u64()), (202, Some(3)), "{v}");
+    assert_eq!(ids(&v), made);
+    // A repeat beside a new key: the repeat's first id, in its place.
+    let (status, v) = bulk("{\"key\": \"k4\", \"input\": 4}\n{\"key\": \"k1\", \"input\": 1}\n").await;
+    assert_eq!((status, v["repeated"].as_u64()), (202, Some(1)), "{v}");
+    let again = ids(&v);
+    assert_eq!(again[1], made[0]);
+    // A key with another input: 409 naming it, and the new key beside it is not taken.
+    let (status, v) = bulk("{\"key\": \"k5\", \"input\": 5}\n{\"key\": \"k2\", \"input\": 22}\n").await;
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("input 2"), "{v}");
+    let (status, v) = bulk("{\"key\": \"k5\", \"input\": 55}\n").await;
+    assert_eq!((status, v["repeated"].as_u64()), (202, Some(0)), "k5 was freed: {v}");
+    // Malformed: a line without a key, a key twice.
+    assert_eq!(bulk("{\"input\": 1}\n").await.0, 400);
+    assert_eq!(bulk("{\"key\": \"k9\", \"input\": 1}\n{\"key\": \"k9\", \"input\": 1}\n").await.0, 400);
+
+    // With the CLI: a file of keyed lines, twice: the same ids, and nothing runs again.
+    let file = tmp.path().join("keyed.ndjson");
+    std::fs::write(&file, "{\"key\": \"k1\", \"input\": 1}\n{\"key\": \"k6\", \"input\": 6}\n").unwrap();
+    let run = || {
+        let out = m.cli().args(["invoke", &name, "--each-line", file.to_str().unwrap(), "--keyed"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let by_cli = run();
+    assert_eq!(by_cli.len(), 2);
+    assert_eq!(by_cli[0], made[0], "k1 was taken by the first request");
+    assert_eq!(run(), by_cli, "the same ids again");
+
+    // Each key ran once: 6 invocations (k1 to k6), each with its input.
+    for id in made.iter().chain(&again).chain(&by_cli) {
+        m.wait_status(id, "succeeded").await;
+    }
+    let (_, list) = m.get(&format!("/api/invocations?function={name}&limit=50")).await;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 6, "{list:?}");
+    let (_, k2) = m.get(&format!("/api/invocations/{}", made[1])).await;
+    assert_eq!(k2["result"], serde_json::json!({"n": 2}));
+}

@@ -181,11 +181,10 @@ impl Client {
 
     /// `POST /api/functions/{name}/invocations`: NDJSON, one asynchronous invocation per line.
     /// Any answer comes back (a 503 lists what was queued and what was not).
-    pub(crate) async fn invoke_lines(&self, name: &str, ndjson: Vec<u8>) -> anyhow::Result<Answer> {
-        let req = self
-            .post(&["api", "functions", name, "invocations"])
-            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
-            .body(ndjson);
+    pub(crate) async fn invoke_lines(&self, name: &str, ndjson: Vec<u8>, keyed: bool) -> anyhow::Result<Answer> {
+        let req = self.post(&["api", "functions", name, "invocations"]);
+        let req = if keyed { req.query(&[("keyed", "true")]) } else { req };
+        let req = req.header(reqwest::header::CONTENT_TYPE, "application/x-ndjson").body(ndjson);
         self.answer(req).await
     }
 

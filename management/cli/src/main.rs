@@ -119,6 +119,11 @@ enum Command {
         /// 1,000; prints one id per line, in file order.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["data", "data_file"])]
         each_line: Option<PathBuf>,
+        /// With --each-line: each line is {"key": "...", "input": ...}, an idempotency key per
+        /// input. A key used before (within the window) with the same input prints the first
+        /// invocation's id and runs nothing; with another input the request is refused.
+        #[arg(long, requires = "each_line")]
+        keyed: bool,
         /// Seconds to wait for the result (sync only).
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -441,8 +446,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Invoke { name, each_line: Some(path), .. } => invoke_each_line(&api, &name, &path).await,
-        Command::Invoke { name, data, data_file, asynchronous, timeout, each_line: None, idempotency_key, in_, at } => {
+        Command::Invoke { name, each_line: Some(path), keyed, .. } => invoke_each_line(&api, &name, &path, keyed).await,
+        Command::Invoke {
+            name,
+            data,
+            data_file,
+            asynchronous,
+            timeout,
+            each_line: None,
+            idempotency_key,
+            in_,
+            at,
+            ..
+        } => {
             let input = match (data, data_file) {
                 (Some(d), _) => d.into_bytes(),
                 (None, Some(p)) if p.as_os_str() == "-" => {
@@ -829,7 +845,7 @@ fn show(v: &Value) -> String {
 
 /// `warren invoke NAME --each-line FILE`: one asynchronous invocation per non-blank line,
 /// sent in bulk requests (`POST /api/functions/{name}/invocations`); the ids on stdout.
-async fn invoke_each_line(api: &Client, name: &str, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn invoke_each_line(api: &Client, name: &str, path: &std::path::Path, keyed: bool) -> anyhow::Result<ExitCode> {
     use std::io::BufRead;
     const LINES: usize = 1000;
     const BYTES: usize = 8 << 20;
@@ -855,12 +871,12 @@ async fn invoke_each_line(api: &Client, name: &str, path: &std::path::Path) -> a
         body.push(b'\n');
         lines += usize::from(!blank);
         if lines == LINES || body.len() >= BYTES {
-            queued += send_lines(api, name, std::mem::take(&mut body), (first, n + 1), queued).await?;
+            queued += send_lines(api, name, std::mem::take(&mut body), (first, n + 1), queued, keyed).await?;
             lines = 0;
         }
     }
     if lines > 0 {
-        queued += send_lines(api, name, body, (first, usize::MAX), queued).await?;
+        queued += send_lines(api, name, body, (first, usize::MAX), queued, keyed).await?;
     }
     eprintln!("{queued} invocations of {name} queued");
     Ok(ExitCode::SUCCESS)
@@ -874,12 +890,13 @@ async fn send_lines(
     body: Vec<u8>,
     lines: (usize, usize),
     before: usize,
+    keyed: bool,
 ) -> anyhow::Result<usize> {
     let which = match lines.1 {
         usize::MAX => format!("lines {} to the end", lines.0),
         last => format!("lines {}-{last}", lines.0),
     };
-    let Answer { status, body: v } = api.invoke_lines(name, body).await?;
+    let Answer { status, body: v } = api.invoke_lines(name, body, keyed).await?;
     let ids = v["ids"].as_array().cloned().unwrap_or_default();
     for id in &ids {
         println!("{}", id.as_str().unwrap_or("?"));

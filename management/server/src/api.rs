@@ -564,6 +564,39 @@ fn bulk_body_limit(payload_limit: usize) -> usize {
     (16usize << 20).max(payload_limit + 2)
 }
 
+/// The lines of a keyed bulk invoke, `{"key": "...", "input": ...}`: the keys (1 to 255
+/// printable ASCII characters, each once) and the inputs (as JSON text).
+fn keyed_inputs(lines: Vec<Bytes>) -> ApiResult<(Vec<String>, Vec<Bytes>)> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        key: String,
+        input: Value,
+    }
+    let (mut keys, mut inputs) = (Vec::with_capacity(lines.len()), Vec::with_capacity(lines.len()));
+    let mut seen = std::collections::HashSet::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let no = i + 1;
+        let l: Line = serde_json::from_slice(line).map_err(|e| {
+            bad_request(format!("input {no} is not {{\"key\": \"...\", \"input\": ...}} ({e}); with keyed=true each line is one; nothing was accepted"))
+        })?;
+        if l.key.is_empty() || l.key.len() > 255 || !l.key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(bad_request(format!(
+                "input {no}: a key is 1 to 255 printable ASCII characters; nothing was accepted"
+            )));
+        }
+        if !seen.insert(l.key.clone()) {
+            return Err(bad_request(format!(
+                "input {no} repeats the key {:?} of an earlier line; nothing was accepted",
+                l.key
+            )));
+        }
+        keys.push(l.key);
+        inputs.push(Bytes::from(serde_json::to_vec(&l.input).unwrap_or_default()));
+    }
+    Ok((keys, inputs))
+}
+
 /// The inputs of a bulk invoke's body: one JSON value per line, blank lines skipped. The
 /// first bad line refuses the whole request (nothing is recorded), naming the line.
 fn bulk_inputs(body: &Bytes, max_input: usize) -> ApiResult<Vec<Bytes>> {
@@ -602,15 +635,25 @@ fn bulk_inputs(body: &Bytes, max_input: usize) -> ApiResult<Vec<Bytes>> {
     Ok(inputs)
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BulkQuery {
+    /// Each line is `{"key": "...", "input": ...}`: an idempotency key per input.
+    keyed: Option<bool>,
+}
+
 /// `POST /api/functions/{name}/invocations`: NDJSON, one input per line, each an independent
 /// asynchronous invocation (as `invoke?mode=async`, without a batch's bookkeeping). 202 with
-/// the ids in input order once every one is recorded and confirmed by the broker.
+/// the ids in input order once every one is recorded and confirmed by the broker. With
+/// `keyed=true` each line carries an idempotency key (`keyed_inputs`).
 async fn invoke_many(
     State(m): State<Arc<Management>>,
     name: Result<Path<String>, PathRejection>,
+    q: Result<Query<BulkQuery>, QueryRejection>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     let name = name_from(name)?;
+    let keyed = query(q)?.keyed.unwrap_or(false);
     // The body is read only once this request has its turn: waiting requests hold no body.
     let _turn = m.invoker.bulk_turn().await.ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "management is stopping; nothing was accepted")
@@ -642,10 +685,18 @@ async fn invoke_many(
     }
     // Safe to cancel: a client that goes away mid-way does not stop it between the records
     // and their publishes (see `Invoker::invoke_many`).
-    let out = m.invoker.invoke_many(&name, inputs).await?;
+    let (out, repeated) = if keyed {
+        let (keys, inputs) = keyed_inputs(inputs)?;
+        m.invoker.invoke_many_keyed(&name, keys, inputs).await?
+    } else {
+        (m.invoker.invoke_many(&name, inputs).await?, 0)
+    };
     if out.not_queued.is_empty() {
-        return Ok((StatusCode::ACCEPTED, Json(json!({"function": name, "accepted": out.ids.len(), "ids": out.ids})))
-            .into_response());
+        let mut v = json!({"function": name, "accepted": out.ids.len(), "ids": out.ids});
+        if keyed {
+            v["repeated"] = json!(repeated);
+        }
+        return Ok((StatusCode::ACCEPTED, Json(v)).into_response());
     }
     // Some were recorded but the broker did not take them: they are recorded failed, never
     // run; the others are queued and will run.

@@ -526,12 +526,104 @@ impl Invoker {
     pub async fn invoke_many(self: &Arc<Self>, function: &str, inputs: Vec<Bytes>) -> Result<BulkAccepted, Error> {
         let (me, function) = (self.clone(), function.to_string());
         self.tasks
-            .spawn(async move { me.record_and_publish_many(&function, inputs).await })
+            .spawn(async move { me.record_and_publish_many(&function, inputs, Vec::new()).await })
             .await
             .map_err(|e| Error::Internal(format!("the bulk invoke stopped: {e}")))?
     }
 
-    async fn record_and_publish_many(&self, function: &str, inputs: Vec<Bytes>) -> Result<BulkAccepted, Error> {
+    /// A bulk invoke whose inputs each come with an idempotency key (`keys[i]` for
+    /// `inputs[i]`, distinct): an input whose key was taken within the window with the same
+    /// input is answered with that first invocation's id and not run again; one taken with
+    /// another input refuses the whole request (409, naming its place), freeing the keys this
+    /// request took. The others run as a bulk invoke's. Returns the ids in input order and
+    /// how many were repeats.
+    ///
+    /// Safe to cancel: it runs on a task of its own.
+    pub async fn invoke_many_keyed(
+        self: &Arc<Self>,
+        function: &str,
+        keys: Vec<String>,
+        inputs: Vec<Bytes>,
+    ) -> Result<(BulkAccepted, usize), Error> {
+        let (me, function) = (self.clone(), function.to_string());
+        self.tasks
+            .spawn(async move { me.keyed_many(&function, keys, inputs).await })
+            .await
+            .map_err(|e| Error::Internal(format!("the bulk invoke stopped: {e}")))?
+    }
+
+    async fn keyed_many(
+        &self,
+        function: &str,
+        keys: Vec<String>,
+        inputs: Vec<Bytes>,
+    ) -> Result<(BulkAccepted, usize), Error> {
+        self.catalog.active_manifest(function).await?;
+        let (now, since) = (now_ms(), now_ms() - self.idempotency_window.as_millis() as i64);
+        let mut ids = Vec::with_capacity(inputs.len());
+        let mut fresh = Vec::new(); // places of the inputs that run
+        for (i, (key, input)) in keys.iter().zip(&inputs).enumerate() {
+            let (id, digest) = (Uuid::now_v7(), warren_wire::package::sha256_hex(input));
+            match self.store.take_idempotency_key(function, key, &digest, id, now, since).await {
+                Ok(None) => {
+                    fresh.push(i);
+                    ids.push(id);
+                }
+                Ok(Some((first, other))) if other == digest => ids.push(first),
+                taken => {
+                    // Another input under the key, or the store failed: nothing of this request runs.
+                    self.forget_keys(function, &keys, &ids, &fresh).await;
+                    return Err(match taken {
+                        Err(e) => e.into(),
+                        _ => Error::Store(StoreError::Conflict(format!(
+                            "input {} has the idempotency key {key:?}, used for {function} with another input within the last {} s; nothing was accepted",
+                            i + 1,
+                            self.idempotency_window.as_secs()
+                        ))),
+                    });
+                }
+            }
+        }
+        let repeats = inputs.len() - fresh.len();
+        if fresh.is_empty() {
+            return Ok((BulkAccepted { ids, not_queued: Vec::new() }, repeats));
+        }
+        let run: Vec<Bytes> = fresh.iter().map(|&i| inputs[i].clone()).collect();
+        let run_ids: Vec<Uuid> = fresh.iter().map(|&i| ids[i]).collect();
+        match self.record_and_publish_many(function, run, run_ids).await {
+            Ok(out) => {
+                // In input order: the repeats' first ids and the new ones; not_queued as it was.
+                let accepted: std::collections::HashSet<Uuid> = out.ids.iter().copied().collect();
+                let repeated: std::collections::HashSet<usize> =
+                    (0..inputs.len()).filter(|i| !fresh.contains(i)).collect();
+                let ids = ids.into_iter().enumerate().filter(|(i, id)| repeated.contains(i) || accepted.contains(id));
+                Ok((BulkAccepted { ids: ids.map(|(_, id)| id).collect(), not_queued: out.not_queued }, repeats))
+            }
+            Err(e) => {
+                // Nothing was recorded: the keys taken here name nothing.
+                self.forget_keys(function, &keys, &ids, &fresh).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Frees the keys taken for the inputs at `fresh` (ids at the same places).
+    async fn forget_keys(&self, function: &str, keys: &[String], ids: &[Uuid], fresh: &[usize]) {
+        for &i in fresh.iter().filter(|&&i| i < ids.len()) {
+            if let Err(e) = self.store.forget_idempotency_key(function, &keys[i], ids[i]).await {
+                tracing::warn!(id = %ids[i], error = %e, "cannot free the idempotency key of a refused bulk invoke");
+            }
+        }
+    }
+
+    /// Records and publishes each input as an invocation (with `ids[i]`, or new ids when `ids`
+    /// is empty).
+    async fn record_and_publish_many(
+        &self,
+        function: &str,
+        inputs: Vec<Bytes>,
+        ids: Vec<Uuid>,
+    ) -> Result<BulkAccepted, Error> {
         if let Some((n, big)) = inputs.iter().enumerate().find(|(_, b)| b.len() > self.max_payload_bytes) {
             return Err(Error::TooLarge(format!(
                 "input {} is {} bytes, over the limit of {} bytes",
@@ -544,7 +636,10 @@ impl Invoker {
         self.ensure_pool(&manifest.pool).await?;
         // Open until every input is published or recorded failed (see `lease`).
         let _held = self.lease.hold()?;
-        let records = new_records(function, version, &inputs);
+        let mut records = new_records(function, version, &inputs);
+        for (r, id) in records.iter_mut().zip(ids) {
+            r.id = id;
+        }
         let recorded = self
             .metrics
             .store
