@@ -326,16 +326,10 @@ impl Worker {
             Ok(true) => Ok(true),
             // Without its fresh mark: if this ack is lost after the confirmed publish, the copy
             // that comes back is claimed like the redelivered original (one of them runs).
-            Ok(false) => match self.transport.publish_later(pool, unfresh(attempt.msg, d), TURN_WAIT).await {
-                Ok(()) => {
-                    tracing::debug!(limit, "every run turn of the function is taken; waiting for one");
-                    Err(Verdict::Ack)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot send an invocation waiting for a run turn back; returning it");
-                    Err(Verdict::REQUEUE)
-                }
-            },
+            Ok(false) => {
+                tracing::debug!(limit, "every run turn of the function is taken; waiting for one");
+                Err(self.send_later(pool, unfresh(attempt.msg, d), TURN_WAIT).await)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take a run turn in the store; returning the message");
                 Err(Verdict::REQUEUE)
@@ -350,13 +344,17 @@ impl Worker {
             tracing::info!("a scheduled invocation was cancelled; not sending it on");
             return Verdict::Ack;
         }
-        match self.transport.publish_later(pool, d.body.clone(), hop).await {
-            Ok(()) => {
-                tracing::debug!(hop_ms = hop.as_millis() as u64, "scheduled invocation sent on its next hop");
-                Verdict::Ack
-            }
+        tracing::debug!(hop_ms = hop.as_millis() as u64, "scheduled invocation sent on its next hop");
+        self.send_later(pool, d.body.clone(), hop).await
+    }
+
+    /// A delivery that comes back after `wait` (a hop queue): acked once its copy is confirmed
+    /// there, returned if the broker did not take the copy.
+    async fn send_later(&self, pool: &str, body: bytes::Bytes, wait: Duration) -> Verdict {
+        match self.transport.publish_later(pool, body, wait).await {
+            Ok(()) => Verdict::Ack,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot send a scheduled invocation on its next hop; returning it");
+                tracing::warn!(error = %e, "cannot send the invocation on to wait in the broker; returning it");
                 Verdict::REQUEUE
             }
         }

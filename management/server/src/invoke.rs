@@ -559,7 +559,8 @@ impl Invoker {
         inputs: Vec<Bytes>,
     ) -> Result<(BulkAccepted, usize), Error> {
         self.catalog.active_manifest(function).await?;
-        let (now, since) = (now_ms(), now_ms() - self.idempotency_window.as_millis() as i64);
+        let now = now_ms();
+        let since = now - self.idempotency_window.as_millis() as i64;
         let mut ids = Vec::with_capacity(inputs.len());
         let mut fresh = Vec::new(); // places of the inputs that run
         for (i, (key, input)) in keys.iter().zip(&inputs).enumerate() {
@@ -591,13 +592,12 @@ impl Invoker {
         let run: Vec<Bytes> = fresh.iter().map(|&i| inputs[i].clone()).collect();
         let run_ids: Vec<Uuid> = fresh.iter().map(|&i| ids[i]).collect();
         match self.record_and_publish_many(function, run, run_ids).await {
-            Ok(out) => {
-                // In input order: the repeats' first ids and the new ones; not_queued as it was.
-                let accepted: std::collections::HashSet<Uuid> = out.ids.iter().copied().collect();
-                let repeated: std::collections::HashSet<usize> =
-                    (0..inputs.len()).filter(|i| !fresh.contains(i)).collect();
-                let ids = ids.into_iter().enumerate().filter(|(i, id)| repeated.contains(i) || accepted.contains(id));
-                Ok((BulkAccepted { ids: ids.map(|(_, id)| id).collect(), not_queued: out.not_queued }, repeats))
+            Ok(mut out) => {
+                // In input order: the repeats' first ids and the new ones queued (those not
+                // queued are listed apart, as in any bulk invoke).
+                let refused: std::collections::HashSet<Uuid> = out.not_queued.iter().map(|(id, _)| *id).collect();
+                out.ids = ids.into_iter().filter(|id| !refused.contains(id)).collect();
+                Ok((out, repeats))
             }
             Err(e) => {
                 // Nothing was recorded: the keys taken here name nothing.
