@@ -5,16 +5,23 @@
 const send = (header, body = Buffer.alloc(0)) =>
   process.stdout.write(Buffer.concat([Buffer.from(JSON.stringify(header) + '\n'), body]));
 
-// The function itself: bytes in, bytes out (a promise); `log` writes a log line.
-async function handle(data, log) {
+// The function itself: bytes in, bytes out (a promise). `log` writes a log line; `signal`
+// aborts when the invocation is cancelled (long work should listen to it).
+async function handle(data, log, signal) {
   const req = data.length ? JSON.parse(data.toString('utf8')) : {};
-  if (req.sleep_ms) await new Promise((r) => setTimeout(r, req.sleep_ms));
+  if (req.sleep_ms) {
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(resolve, req.sleep_ms);
+      signal.addEventListener('abort', () => { clearTimeout(timer); reject(new Error('stopped while it slept')); });
+    });
+  }
   const text = req.text || '';
   log(`counting ${text.length} characters`);
   const words = text.split(/\s+/).filter(Boolean).length;
   return Buffer.from(JSON.stringify({ words, pid: process.pid }));
 }
 
+const running = new Map(); // invocation id -> AbortController
 let buf = Buffer.alloc(0);
 let pending = null; // a header waiting for its body
 
@@ -32,13 +39,21 @@ function pump() {
     const body = buf.subarray(0, len);
     buf = buf.subarray(len);
     pending = null;
+    if (frame.type === 'cancel') {
+      const c = running.get(frame.id);
+      if (c) c.abort();
+      continue;
+    }
     // Several invocations may be in flight (handler.concurrency); answers carry their id.
-    handle(body, (line) => send({ type: 'log', id: frame.id, line }))
+    const controller = new AbortController();
+    running.set(frame.id, controller);
+    handle(body, (line) => send({ type: 'log', id: frame.id, line }), controller.signal)
       .then((result) => send({ type: 'result', id: frame.id, len: result.length }, result))
-      .catch((e) => send({ type: 'error', id: frame.id, message: String(e && e.message || e) }));
+      .catch((e) => send({ type: 'error', id: frame.id, message: String(e && e.message || e) }))
+      .finally(() => running.delete(frame.id));
   }
 }
 
 process.stdin.on('data', (chunk) => { buf = Buffer.concat([buf, chunk]); pump(); });
 process.stdin.on('end', () => process.exit(0));
-send({ type: 'ready' });
+send({ type: 'ready', cancel: true });

@@ -1,5 +1,5 @@
 //! Warm (persistent) handlers: the reference Python and Node.js handlers of `examples/` under a
-//! real worker, and a handler killed mid-invocation.
+//! real worker, a handler killed mid-invocation, and cancels of warm calls.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -146,6 +146,97 @@ async fn a_handler_killed_mid_invocation_is_replaced_and_its_invocation_recorded
     assert_eq!((after["status"].as_str(), after["result"]["words"].as_u64()), (Some("succeeded"), Some(3)), "{after}");
     let new_pid = after["result"]["pid"].as_i64().unwrap() as i32;
     assert!(!handlers.contains(&new_pid), "a fresh handler took over");
+}
+
+/// Rewrites lines of a copied example: each `(from, to)` replaces the line starting `from`.
+fn edit_lines(file: &Path, edits: &[(&str, &str)]) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut edited = 0;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| match edits.iter().find(|(from, _)| l.starts_with(from)) {
+            Some((_, to)) => {
+                edited += 1;
+                to.to_string()
+            }
+            None => l.to_string(),
+        })
+        .collect();
+    assert_eq!(edited, edits.len(), "every edit of {} found its line", file.display());
+    std::fs::write(file, out.join("\n") + "\n").unwrap();
+}
+
+/// Cancel of a warm handler's call: a handler that takes cancel frames (both reference
+/// handlers) ends the call and lives on; one that does not is killed after the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_warm_call_is_ended_by_its_handler_or_the_handler_is_killed() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = unique("p");
+    let m = Management::start(&pg_url()).await;
+    // One handler each, with a timeout far beyond the test: only the cancel can end a call.
+    let one_handler = [("processes = ", "processes = 1"), ("timeout_secs = ", "timeout_secs = 300")];
+    let (py, node, deaf) = (unique("cpy"), unique("cnode"), unique("cdeaf"));
+    for (example, name) in [("warm-python", &py), ("warm-node", &node)] {
+        let dir = example_as(example, tmp.path(), name, &pool);
+        edit_lines(&dir.join("function.toml"), &one_handler);
+        m.publish_dir(&dir).await;
+    }
+    // The Python handler as one written before cancel frames: it never says it takes them.
+    let dir = example_as("warm-python", tmp.path(), &deaf, &pool);
+    edit_lines(
+        &dir.join("function.toml"),
+        &[one_handler[0], one_handler[1], ("recycle_after", "cancel_grace_secs = 1")],
+    );
+    edit_lines(&dir.join("handler.py"), &[("send({\"type\": \"ready\"", "send({\"type\": \"ready\"})")]);
+    m.publish_dir(&dir).await;
+    let w = start_worker(&pg_url(), &pool, 4, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let pid_of = |v: &serde_json::Value| v["result"]["pid"].as_i64().unwrap_or_else(|| panic!("a pid: {v}"));
+    let running_call = |name: String| {
+        let m = &m;
+        async move {
+            let (_, v) = m.invoke(&name, "async", br#"{"sleep_ms": 600000}"#).await;
+            let id = v["id"].as_str().unwrap().to_string();
+            eventually(Duration::from_secs(20), "the long call to run", || async {
+                let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+                (v["status"] == "running").then_some(())
+            })
+            .await;
+            let out = m.cli().args(["cancel", &id]).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            id
+        }
+    };
+    for name in [&py, &node] {
+        let (_, first) = m.invoke(name, "sync", br#"{"text": "warm up"}"#).await;
+        let pid = pid_of(&first);
+        let id = running_call(name.clone()).await;
+        // The single handler is free again only once it has answered the cancelled call.
+        let (_, after) = m.invoke(name, "sync", br#"{"text": "one two three"}"#).await;
+        assert_eq!(
+            (after["status"].as_str(), after["result"]["words"].as_u64()),
+            (Some("succeeded"), Some(3)),
+            "{after}"
+        );
+        assert_eq!(pid_of(&after), pid, "{name}: the handler ended the cancelled call and lives on");
+        let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+        assert_eq!(v["status"], "cancelled", "{v}");
+    }
+
+    let (_, first) = m.invoke(&deaf, "sync", br#"{"text": "warm up"}"#).await;
+    let deaf_pid = pid_of(&first) as i32;
+    assert!(children_running(w.pid(), "handler.py").contains(&deaf_pid));
+    running_call(deaf.clone()).await;
+    eventually(Duration::from_secs(20), "the handler deaf to cancels to be killed", || async {
+        // SAFETY: kill(2) with signal 0 only checks that the process exists.
+        (unsafe { libc::kill(deaf_pid, 0) } != 0).then_some(())
+    })
+    .await;
+    let (_, after) = m.invoke(&deaf, "sync", br#"{"text": "one two"}"#).await;
+    assert_eq!(after["result"]["words"].as_u64(), Some(2), "{after}");
+    assert_ne!(pid_of(&after) as i32, deaf_pid, "a fresh handler took over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,9 @@
 //! Cancelled invocations, as management tells this worker (a notice on the worker's own notice
 //! queue, `{"cancel": "<id>"}`, sent to every worker the store lists as running). A cancelled
 //! invocation delivered afterwards is acked without running (its record says `cancelled`, so a
-//! claim would find it final, but a fresh first delivery is not claimed); a process run of it
-//! going on now is stopped (its process tree killed). Both lists are bounded.
+//! claim would find it final, but a fresh first delivery is not claimed); a run of it going on
+//! now is stopped (a process run's tree killed; a warm handler's call told by a cancel frame,
+//! the handler killed after its grace period, see `handler`). Both lists are bounded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

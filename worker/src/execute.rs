@@ -62,12 +62,14 @@ impl Worker {
         let warm = || {
             self.handlers.pool(&loaded.manifest, msg.version, dir.to_path_buf(), settings.vars.clone(), self.cfg.limits)
         };
-        // A cancel of this invocation while it runs here stops a process run. A warm handler's
-        // call goes on to its end (the handler counts it until it answers; abandoning it would
-        // leave the handler busy for ever): its outcome is not stored over the cancel.
+        // A cancel of this invocation while it runs here stops it: a process run's tree is
+        // killed; a warm handler's call has its grace period to end (told by a cancel frame),
+        // then the handler is killed. Its outcome is not stored over the cancel.
+        let tracked = self.cancels.track(msg.id);
+        let cancel = Some(&tracked.token);
         match (loaded.manifest.runtime, loaded.manifest.azure.as_ref()) {
             (Runtime::Azure, Some(az)) => {
-                let out = warm().call(&env, Call::Http(azure::request(az, msg)), timeout, attempt).await;
+                let out = warm().call(&env, Call::Http(azure::request(az, msg)), timeout, attempt, cancel).await;
                 azure::outcome(az, out, attempt, self.cfg.limits.max_log_lines)
             }
             (Runtime::Azure, None) => RunOutput {
@@ -76,9 +78,10 @@ impl Worker {
                 error: Some("runtime \"azure\" without its [azure] section".into()),
                 logs: Vec::new(),
             },
-            _ if loaded.manifest.mode == Mode::Persistent => warm().invoke(&env, &msg.payload, timeout, attempt).await,
+            _ if loaded.manifest.mode == Mode::Persistent => {
+                warm().invoke(&env, &msg.payload, timeout, attempt, cancel).await
+            }
             _ => {
-                let tracked = self.cancels.track(msg.id);
                 let (tx, rx) = mpsc::channel(LIVE_LINES);
                 let run = process::run(
                     &loaded.manifest.command,

@@ -6,20 +6,26 @@
 //! Every frame is one line of JSON (a header, ending in `\n`; a `\r` before it is tolerated),
 //! followed by exactly `len` raw bytes when the header has a `len`.
 //!
-//! - handler → worker, once at start: `{"type":"ready"}`
+//! - handler → worker, once at start: `{"type":"ready"}`, or `{"type":"ready","cancel":true}` from
+//!   a handler that takes cancel frames
 //! - worker → handler: `{"type":"invoke","id":"<uuid>","function":"f","version":3,"attempt":1,"timeout_ms":30000,"len":N}` + N input bytes
 //! - handler → worker, any number, before the answer: `{"type":"log","id":"<uuid>","line":"text"}`
 //! - handler → worker, the answer: `{"type":"result","id":"<uuid>","len":N}` + N result bytes,
 //!   or `{"type":"error","id":"<uuid>","message":"why"}`
+//! - worker → handler, to one that said it takes them: `{"type":"cancel","id":"<uuid>"}`: the
+//!   invocation was cancelled; the handler should stop it and answer it (any answer; it is not
+//!   stored over the cancel)
 //!
 //! Answers may come in any order when a handler takes several invocations at once
 //! (`handler.concurrency`). Nothing else may be written to stdout; stderr lines are kept as log
 //! lines of the invocation in flight when there is exactly one, else as worker logs. The
 //! handler's stdin closes when it should exit.
 //!
-//! A handler that exits, breaks the protocol, or holds an invocation past its timeout is killed
-//! (with its process tree) and replaced on the next invocation; the invocations it held end
-//! `failed` (or `timed_out` for the one that timed out). Handlers are recycled after
+//! A handler that exits, breaks the protocol, holds an invocation past its timeout, or has not
+//! answered a cancelled one within `handler.cancel_grace_secs` is killed (with its process tree)
+//! and replaced on the next invocation; the invocations it held end `failed` (or `timed_out` for
+//! the one that timed out, `cancelled` for the one cancelled). A custom handler (HTTP) has no
+//! cancel frame: its cancelled call has the grace period to end, then the handler is killed. Handlers are recycled after
 //! `handler.recycle_after` invocations, and shut down when a newer version of their function
 //! arrives or the worker stops.
 
@@ -32,6 +38,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
 use warren_wire::invocation::{LogLine, Status};
 use warren_wire::manifest::Manifest;
 use warren_wire::time::now_ms;
@@ -71,6 +78,9 @@ struct HandlerFrame {
     message: Option<String>,
     #[serde(default)]
     len: Option<usize>,
+    /// On `ready`: the handler takes `cancel` frames.
+    #[serde(default)]
+    cancel: bool,
 }
 
 /// What an invocation sends its handler.
@@ -118,6 +128,8 @@ struct Proc {
     served: AtomicU64,
     dead: AtomicBool,
     retired: AtomicBool,
+    /// The handler said (in its `ready` frame) that it takes `cancel` frames.
+    takes_cancel: AtomicBool,
     kill: Arc<Notify>,
     /// The handler's stdout and stderr as their line readers see them (custom handlers only).
     outputs: Vec<Output>,
@@ -269,8 +281,9 @@ impl Pool {
         input: &[u8],
         timeout: Duration,
         log_attempt: i32,
+        cancel: Option<&CancellationToken>,
     ) -> RunOutput {
-        let out = self.call(env, Call::Frame(input), timeout, log_attempt).await;
+        let out = self.call(env, Call::Frame(input), timeout, log_attempt, cancel).await;
         match out.answer {
             Ok(Answer::Bytes(bytes)) => {
                 RunOutput { status: Status::Succeeded, result: Some(bytes), error: None, logs: out.logs }
@@ -281,14 +294,18 @@ impl Pool {
     }
 
     /// Runs one invocation on a warm handler: a frame on its stdin, or an HTTP request to its
-    /// port (custom handlers).
+    /// port (custom handlers). Once `cancel` fires, the call has `handler.cancel_grace_secs` to
+    /// end (a handler that takes cancel frames is sent one), then the handler is killed; either
+    /// way the outcome is `cancelled`.
     pub(crate) async fn call(
         self: &Arc<Self>,
         env: &process::InvocationEnv<'_>,
         input: Call<'_>,
         timeout: Duration,
         log_attempt: i32,
+        cancel: Option<&CancellationToken>,
     ) -> Outcome {
+        let grace = Duration::from_secs(self.manifest.handler.cancel_grace_secs);
         let id = env.id;
         let failed = |status, error: String, logs| Outcome { answer: Err((status, error)), logs };
         let Ok(_slot) = self.slots.clone().acquire_owned().await else {
@@ -343,7 +360,8 @@ impl Pool {
                         logs,
                     ))
                 };
-                tokio::time::timeout(timeout, exchange).await
+                // HTTP has no cancel frame: the call is given the grace period as it is.
+                tokio::time::timeout(timeout, unless_cancelled(exchange, cancel, grace, || {})).await
             }
             (Call::Frame(input), None) => {
                 let header = InvokeFrame {
@@ -374,7 +392,17 @@ impl Pool {
                         Vec::new(),
                     );
                 }
-                tokio::time::timeout(timeout, rx).await
+                let tell = || {
+                    if !proc.takes_cancel.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let frame = format!("{{\"type\":\"cancel\",\"id\":\"{id}\"}}\n").into_bytes();
+                    // A full pipe (the handler reads nothing) is met by the kill after the grace.
+                    if let Some(s) = proc.to_stdin.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                        let _ = s.try_send(frame);
+                    }
+                };
+                tokio::time::timeout(timeout, unless_cancelled(rx, cancel, grace, tell)).await
             }
             _ => {
                 proc.lock_pending().remove(id);
@@ -384,17 +412,48 @@ impl Pool {
             }
         };
         let out = match answered {
-            Ok(Ok((Reply::Result(bytes), logs))) => Outcome { answer: Ok(Answer::Bytes(bytes)), logs },
-            Ok(Ok((Reply::Http(r), logs))) => Outcome { answer: Ok(Answer::Http(r)), logs },
-            Ok(Ok((Reply::Error(msg), logs))) => failed(Status::Failed, format!("the handler reported: {msg}"), logs),
-            Ok(Ok((Reply::Lost(why), logs))) => {
+            Ok(Waited::Ended(Ok((Reply::Result(bytes), logs)))) => Outcome { answer: Ok(Answer::Bytes(bytes)), logs },
+            Ok(Waited::Ended(Ok((Reply::Http(r), logs)))) => Outcome { answer: Ok(Answer::Http(r)), logs },
+            Ok(Waited::Ended(Ok((Reply::Error(msg), logs)))) => {
+                failed(Status::Failed, format!("the handler reported: {msg}"), logs)
+            }
+            Ok(Waited::Ended(Ok((Reply::Lost(why), logs)))) => {
                 // A custom handler that cannot be talked to is replaced, like one that died.
                 if proc.port.is_some() {
                     proc.fail_all(&why);
                 }
                 failed(Status::Failed, why, logs)
             }
-            Ok(Err(_)) => failed(Status::Failed, "the handler went away".into(), Vec::new()),
+            Ok(Waited::Ended(Err(_))) => failed(Status::Failed, "the handler went away".into(), Vec::new()),
+            Ok(Waited::CancelledEnded(ended)) => {
+                let logs = match ended {
+                    Ok((Reply::Lost(why), logs)) => {
+                        if proc.port.is_some() {
+                            proc.fail_all(&why);
+                        }
+                        logs
+                    }
+                    Ok((_, logs)) => logs,
+                    Err(_) => Vec::new(),
+                };
+                failed(Status::Cancelled, "cancelled while it ran; the handler ended it".into(), logs)
+            }
+            Ok(Waited::CancelledHeld) => {
+                let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
+                proc.fail_all(&format!(
+                    "the handler was killed: invocation {id} was cancelled and not ended within {} s",
+                    grace.as_secs()
+                ));
+                self.retire(&proc);
+                failed(
+                    Status::Cancelled,
+                    format!(
+                        "cancelled while it ran; the handler did not end it within {} s and was killed with its process tree",
+                        grace.as_secs()
+                    ),
+                    logs,
+                )
+            }
             Err(_) => {
                 let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
                 proc.fail_all(&format!("the handler was killed: invocation {id} timed out on it"));
@@ -529,6 +588,7 @@ impl Pool {
             served: AtomicU64::new(0),
             dead: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            takes_cancel: AtomicBool::new(false),
             kill: Arc::new(Notify::new()),
             outputs,
         });
@@ -604,6 +664,37 @@ impl Pool {
     }
 }
 
+/// How a call's wait for its answer ended.
+enum Waited<T> {
+    /// It ended (answered, or the handler was lost) with no cancel.
+    Ended(T),
+    /// It was cancelled, and ended within the grace period.
+    CancelledEnded(T),
+    /// It was cancelled and had not ended when the grace period was over.
+    CancelledHeld,
+}
+
+/// Waits for `answer`; once `cancel` fires, calls `tell` (to pass the cancel on to the handler)
+/// and waits at most `grace` more.
+async fn unless_cancelled<T>(
+    answer: impl std::future::Future<Output = T>,
+    cancel: Option<&CancellationToken>,
+    grace: Duration,
+    tell: impl FnOnce(),
+) -> Waited<T> {
+    let mut answer = std::pin::pin!(answer);
+    let Some(cancel) = cancel else { return Waited::Ended(answer.await) };
+    tokio::select! {
+        out = answer.as_mut() => return Waited::Ended(out),
+        _ = cancel.cancelled() => {}
+    }
+    tell();
+    match tokio::time::timeout(grace, answer).await {
+        Ok(out) => Waited::CancelledEnded(out),
+        Err(_) => Waited::CancelledHeld,
+    }
+}
+
 fn protocol_error(proc: &Proc, what: String) {
     tracing::warn!(pid = ?proc.pid, "handler broke the protocol: {what}");
     proc.fail_all(&format!("the handler broke the protocol: {what}"));
@@ -646,6 +737,7 @@ async fn read_frames(proc: Arc<Proc>, stdout: tokio::process::ChildStdout, ready
         let id = frame.id.unwrap_or_default();
         match frame.kind.as_str() {
             "ready" => {
+                proc.takes_cancel.store(frame.cancel, Ordering::SeqCst);
                 if let Some(tx) = ready.take() {
                     let _ = tx.send(());
                 }

@@ -288,6 +288,7 @@ fn function(base: &Base, name: &str, text: &str) -> Result<Option<Manifest>, Vec
             concurrency: 16,
             recycle_after: 1_000_000_000,
             start_timeout_secs: base.timeout_secs.min(MAX_START_SECS),
+            cancel_grace_secs: HandlerConfig::default().cancel_grace_secs,
         },
         timer: None,
         source: None,

@@ -14,6 +14,7 @@
 //! processes = 2              # warm handler processes per version on each worker
 //! concurrency = 1            # invocations given to one handler at once
 //! recycle_after = 10000      # invocations before a handler is replaced
+//! cancel_grace_secs = 5      # a cancelled call not ended by then: the handler is killed
 //!
 //! [timer]                    # optional: invoke on a schedule (see crate::schedule)
 //! schedule = "0 */5 * * * *" # six fields with seconds, or the usual five
@@ -332,11 +333,20 @@ pub struct HandlerConfig {
     pub recycle_after: u64,
     /// Seconds a new handler has to say it is ready.
     pub start_timeout_secs: u64,
+    /// Seconds a cancelled invocation's call has to end (the handler is told with a `cancel`
+    /// frame if it takes them) before the handler is killed with its process tree.
+    pub cancel_grace_secs: u64,
 }
 
 impl Default for HandlerConfig {
     fn default() -> Self {
-        HandlerConfig { processes: 2, concurrency: 1, recycle_after: 10_000, start_timeout_secs: 30 }
+        HandlerConfig {
+            processes: 2,
+            concurrency: 1,
+            recycle_after: 10_000,
+            start_timeout_secs: 30,
+            cancel_grace_secs: 5,
+        }
     }
 }
 
@@ -446,6 +456,9 @@ impl Manifest {
         if !(1..=64).contains(&h.processes) || !(1..=1000).contains(&h.concurrency) || h.recycle_after == 0 {
             return bad("handler.processes must be 1-64, handler.concurrency 1-1000, handler.recycle_after > 0".into());
         }
+        if h.cancel_grace_secs > 300 {
+            return bad(format!("handler.cancel_grace_secs = {} must be at most 300", h.cancel_grace_secs));
+        }
         if let Some(n) = self.max_concurrency.filter(|n| !(1..=1000).contains(n)) {
             return bad(format!("max_concurrency = {n} must be between 1 and 1000 (leave it out for no limit)"));
         }
@@ -538,6 +551,15 @@ mod tests {
         let m = Manifest::parse("name = \"a\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\n").unwrap();
         assert_eq!(m.pool, "default");
         assert_eq!(m.timeout_secs, 300);
+    }
+
+    #[test]
+    fn a_warm_handler_has_a_bounded_cancel_grace() {
+        let warm = "name = \"a\"\nruntime = \"process\"\ncommand = [\"sh\"]\nmode = \"persistent\"\n[handler]\n";
+        assert_eq!(Manifest::parse(warm).unwrap().handler.cancel_grace_secs, 5);
+        assert_eq!(Manifest::parse(&format!("{warm}cancel_grace_secs = 0\n")).unwrap().handler.cancel_grace_secs, 0);
+        let e = Manifest::parse(&format!("{warm}cancel_grace_secs = 301\n")).unwrap_err();
+        assert!(e.to_string().contains("cancel_grace_secs = 301 must be at most 300"), "{e}");
     }
 
     #[test]
