@@ -626,3 +626,99 @@ async fn a_keyed_bulk_invoke_runs_each_key_once() {
     let (_, k2) = m.get(&format!("/api/invocations/{}", made[1])).await;
     assert_eq!(k2["result"], serde_json::json!({"n": 2}));
 }
+
+/// Per-item idempotency keys on a batch (`?keyed=true`): an item whose key was used with the
+/// same input is not recorded again (whether the key came from a batch or a bulk invoke), and a
+/// key used with another input stops the submission at that item, keeping those before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_batch_runs_each_key_once() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("kbatch"));
+    let m = Management::start(&pg_url()).await;
+    let manifest = format!("name = \"{name}\"\nruntime = \"echo\"\npool = \"{pool}\"\n");
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[])).await;
+    let _w = start_worker(&pg_url(), &pool, 4, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+    let submit = |body: &'static str| {
+        let m = &m;
+        let name = &name;
+        async move {
+            let r = m.http.post(format!("{}/api/batches?function={name}&keyed=true", m.base)).body(body);
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let item_ids = |batch: String| {
+        let m = &m;
+        async move {
+            eventually(Duration::from_secs(30), "the batch to end", || async {
+                let (_, b) = m.get(&format!("/api/batches/{batch}")).await;
+                (b["state"] == "done").then_some(())
+            })
+            .await;
+            let (_, page) = m.get(&format!("/api/batches/{batch}/results")).await;
+            let items = page["items"].as_array().or(page.as_array()).cloned().unwrap();
+            items.iter().map(|i| i["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+
+    let (status, b1) = submit("{\"key\": \"k1\", \"input\": 1}\n{\"key\":\"k2\",\"input\": { \"n\" : 2 }}\n{\"key\": \"k3\", \"input\": \"three\"}\n").await;
+    assert_eq!((status, b1["total"].as_i64(), b1["repeated"].as_i64()), (201, Some(3), Some(0)), "{b1}");
+    let first = item_ids(b1["id"].as_str().unwrap().to_string()).await;
+
+    // Again, with the CLI, as a JSON array beside a new key: only the new one is recorded.
+    let file = tmp.path().join("again.json");
+    std::fs::write(
+        &file,
+        r#"[{"key": "k2", "input": {"n": 2}}, {"key": "k3", "input": "three"}, {"key": "k4", "input": 4}]"#,
+    )
+    .unwrap();
+    let out = m
+        .cli()
+        .args(["--json", "batch", "submit", file.to_str().unwrap(), "--function", &name, "--keyed", "--no-wait"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let b2: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((b2["total"].as_i64(), b2["repeated"].as_i64()), (Some(1), Some(2)), "{b2}");
+    let second = item_ids(b2["id"].as_str().unwrap().to_string()).await;
+
+    // A key of a batch item answers a keyed bulk invoke with that item's id.
+    let r = m
+        .http
+        .post(format!("{}/api/functions/{name}/invocations?keyed=true", m.base))
+        .body("{\"key\": \"k1\", \"input\": 1}\n");
+    let v: serde_json::Value = r.send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["repeated"], 1, "{v}");
+    assert!(first.contains(&v["ids"][0].as_str().unwrap().to_string()), "{v}");
+
+    // k1 with another input stops the submission at item 2: k5 before it is kept, k6 after it
+    // is neither recorded nor taken.
+    let (status, v) =
+        submit("{\"key\": \"k5\", \"input\": 5}\n{\"key\": \"k1\", \"input\": 111}\n{\"key\": \"k6\", \"input\": 6}\n")
+            .await;
+    assert_eq!((status, v["accepted"].as_i64(), v["repeated"].as_i64()), (409, Some(1), Some(0)), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("item 2 has the idempotency key \"k1\""), "{v}");
+    let third = item_ids(v["batch"].as_str().unwrap().to_string()).await;
+    assert_eq!(third.len(), 1);
+    let (status, b4) = submit("{\"key\": \"k6\", \"input\": 66}\n").await;
+    assert_eq!((status, b4["total"].as_i64(), b4["repeated"].as_i64()), (201, Some(1), Some(0)), "k6 was free: {b4}");
+    let fourth = item_ids(b4["id"].as_str().unwrap().to_string()).await;
+    // A keyed item without a key: 400 naming it.
+    let (status, v) = submit("{\"key\": \"k7\", \"input\": 7}\n{\"input\": 8}\n").await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("line 2 is not {\"key\""), "{v}");
+
+    // Each key was recorded once: k1-k7, one invocation each (k7's, before the bad line,
+    // included), and nothing else.
+    let (_, list) = m.get(&format!("/api/invocations?function={name}&limit=50")).await;
+    let list = list.as_array().unwrap();
+    let mut results: Vec<String> = list.iter().map(|i| i["input"].to_string()).collect();
+    results.sort();
+    let mut want: Vec<String> = ["1", "{\"n\":2}", "\"three\"", "4", "5", "66", "7"].map(String::from).to_vec();
+    want.sort();
+    assert_eq!(results, want, "{list:?}");
+    assert_eq!((first.len(), second.len(), fourth.len()), (3, 1, 1));
+}

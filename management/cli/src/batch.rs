@@ -21,6 +21,7 @@ pub(crate) enum BatchCommand {
     /// array (read whole). Examples:
     ///   warren batch submit items.ndjson --function resize
     ///   warren batch submit items.json --function resize --then report --no-wait
+    ///   warren batch submit orders.ndjson --function ship --keyed
     #[command(verbatim_doc_comment)]
     Submit {
         /// The items ('-' reads NDJSON from stdin).
@@ -34,6 +35,12 @@ pub(crate) enum BatchCommand {
         /// Print the batch id once submitted instead of following its progress.
         #[arg(long)]
         no_wait: bool,
+        /// Each item is {"key": "...", "input": ...}, an idempotency key per item. An item whose
+        /// key was used before (within management's window, 24 h by default) with the same
+        /// input is not run again (counted as repeated); with another input the submission
+        /// stops there. Submitting the same file again after a failure is then safe.
+        #[arg(long)]
+        keyed: bool,
     },
     /// Show a batch: total, items per status, state, follow-up.
     Status {
@@ -147,7 +154,7 @@ async fn follow(api: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> 
 
 pub(crate) async fn run(cmd: BatchCommand, api: &Client, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
-        BatchCommand::Submit { file, function, then, no_wait } => {
+        BatchCommand::Submit { file, function, then, no_wait, keyed } => {
             let sent = Arc::new(AtomicU64::new(0));
             let (body, content_type, size) = if file.as_os_str() == "-" {
                 let stream = tokio_util::io::ReaderStream::new(tokio::io::stdin());
@@ -176,24 +183,31 @@ pub(crate) async fn run(cmd: BatchCommand, api: &Client, json: bool) -> anyhow::
                     }
                 })
             });
-            let submitted = api.submit_batch(&function, then.as_deref(), content_type, body).await;
+            let submitted = api.submit_batch(&function, then.as_deref(), keyed, content_type, body).await;
             if let Some(task) = show {
                 task.abort();
                 eprint!("\r\x1b[2K");
             }
             let b = submitted?;
             let id = b["id"].as_str().unwrap_or_default().to_string();
+            let repeated = match b["repeated"].as_i64() {
+                Some(n) if n > 0 => format!(" ({n} repeated keys used before: not run again)"),
+                _ => String::new(),
+            };
             if no_wait {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&b)?);
                 } else {
                     println!("{id}");
-                    eprintln!("{} items submitted; follow with: warren batch status {id} --follow", b["total"]);
+                    eprintln!(
+                        "{} items submitted{repeated}; follow with: warren batch status {id} --follow",
+                        b["total"]
+                    );
                 }
                 return Ok(ExitCode::SUCCESS);
             }
             if !json {
-                eprintln!("batch {id}: {} items submitted", b["total"]);
+                eprintln!("batch {id}: {} items submitted{repeated}", b["total"]);
             }
             follow(api, &id, json).await
         }

@@ -261,12 +261,16 @@ impl Client {
         &self,
         function: &str,
         then: Option<&str>,
+        keyed: bool,
         content_type: &str,
         items: reqwest::Body,
     ) -> anyhow::Result<Value> {
         let mut req = self.post(&["api", "batches"]).query(&[("function", function)]);
         if let Some(t) = then {
             req = req.query(&[("then", t)]);
+        }
+        if keyed {
+            req = req.query(&[("keyed", "true")]);
         }
         self.json(req.header(reqwest::header::CONTENT_TYPE, content_type).body(items)).await
     }

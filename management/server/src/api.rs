@@ -567,32 +567,20 @@ fn bulk_body_limit(payload_limit: usize) -> usize {
 /// The lines of a keyed bulk invoke, `{"key": "...", "input": ...}`: the keys (1 to 255
 /// printable ASCII characters, each once) and the inputs (as JSON text).
 fn keyed_inputs(lines: Vec<Bytes>) -> ApiResult<(Vec<String>, Vec<Bytes>)> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Line {
-        key: String,
-        input: Value,
-    }
     let (mut keys, mut inputs) = (Vec::with_capacity(lines.len()), Vec::with_capacity(lines.len()));
     let mut seen = std::collections::HashSet::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         let no = i + 1;
-        let l: Line = serde_json::from_slice(line).map_err(|e| {
-            bad_request(format!("input {no} is not {{\"key\": \"...\", \"input\": ...}} ({e}); with keyed=true each line is one; nothing was accepted"))
+        let (key, input) = crate::invoke::keyed_item(line).map_err(|why| {
+            bad_request(format!("input {no} {why}; with keyed=true each line is one; nothing was accepted"))
         })?;
-        if l.key.is_empty() || l.key.len() > 255 || !l.key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        if !seen.insert(key.clone()) {
             return Err(bad_request(format!(
-                "input {no}: a key is 1 to 255 printable ASCII characters; nothing was accepted"
+                "input {no} repeats the key {key:?} of an earlier line; nothing was accepted"
             )));
         }
-        if !seen.insert(l.key.clone()) {
-            return Err(bad_request(format!(
-                "input {no} repeats the key {:?} of an earlier line; nothing was accepted",
-                l.key
-            )));
-        }
-        keys.push(l.key);
-        inputs.push(Bytes::from(serde_json::to_vec(&l.input).unwrap_or_default()));
+        keys.push(key);
+        inputs.push(input);
     }
     Ok((keys, inputs))
 }

@@ -60,22 +60,54 @@ pub enum Format {
     JsonArray,
 }
 
+/// A batch as submitted.
+#[derive(Debug)]
+pub struct Submitted {
+    pub batch: Batch,
+    /// Items of a keyed batch not recorded in it: their key was used within the window with
+    /// the same input, by the invocation that runs them.
+    pub repeated: i64,
+}
+
 /// Why a submission stopped; the items before the failure stay submitted.
 #[derive(Debug)]
 pub struct SubmitError {
     pub batch: Option<Uuid>,
     pub accepted: i64,
+    /// Items before the failure that were repeats of keys used earlier (keyed batches).
+    pub repeated: i64,
     pub error: Error,
 }
 
 /// The chunk being filled while a submission's body is read; full chunks go to the task that
 /// records and publishes them (`Batches::feed`).
 struct Submission<'a> {
-    tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
-    chunk: Vec<Bytes>,
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+    chunk: Chunk,
     chunk_bytes: usize,
+    /// Items pushed so far.
+    pushed: usize,
     /// Set once a chunk failed: no further chunk is started.
     stop: &'a AtomicBool,
+}
+
+/// Items cut from the body, with their idempotency keys when the batch is keyed (`keys[i]` for
+/// `items[i]`; empty otherwise).
+#[derive(Default)]
+struct Chunk {
+    items: Vec<Bytes>,
+    keys: Vec<String>,
+    /// The first item's place in the batch, from 0.
+    start: usize,
+}
+
+/// What [`Batches::take_keys`] did with a chunk's keys.
+struct KeysTaken {
+    repeated: i64,
+    /// The keys taken, with the ids of their items.
+    taken: Vec<(String, Uuid)>,
+    /// Why the chunk was cut short, if it was.
+    refused: Option<Error>,
 }
 
 /// Whose turn it is to record its items: chunk numbers in the order they were cut.
@@ -109,11 +141,14 @@ impl Turn {
 const STOPPED: &str = "the submission stopped";
 
 impl Submission<'_> {
-    /// Adds one item; a full chunk is handed over (after waiting for room).
-    async fn push(&mut self, item: Bytes) -> Result<(), Error> {
+    /// Adds one item (with its key, in a keyed batch); a full chunk is handed over (after
+    /// waiting for room).
+    async fn push(&mut self, item: Bytes, key: Option<String>) -> Result<(), Error> {
         self.chunk_bytes += item.len();
-        self.chunk.push(item);
-        if self.chunk.len() >= CHUNK || self.chunk_bytes >= CHUNK_BYTES {
+        self.chunk.items.push(item);
+        self.chunk.keys.extend(key);
+        self.pushed += 1;
+        if self.chunk.items.len() >= CHUNK || self.chunk_bytes >= CHUNK_BYTES {
             self.cut().await?;
         }
         Ok(())
@@ -124,12 +159,12 @@ impl Submission<'_> {
         if self.stop.load(Ordering::Acquire) {
             return Err(Error::BadRequest(STOPPED.into()));
         }
-        if self.chunk.is_empty() {
+        if self.chunk.items.is_empty() {
             return Ok(());
         }
-        let items = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        let chunk = std::mem::replace(&mut self.chunk, Chunk { start: self.pushed, ..Chunk::default() });
         self.chunk_bytes = 0;
-        self.tx.send(items).await.map_err(|_| Error::BadRequest(STOPPED.into()))
+        self.tx.send(chunk).await.map_err(|_| Error::BadRequest(STOPPED.into()))
     }
 }
 
@@ -141,6 +176,8 @@ pub struct Batches {
     lease: Arc<Lease>,
     /// Largest item, in bytes.
     max_payload_bytes: usize,
+    /// How long an item's idempotency key answers for it (keyed batches).
+    idempotency_window: Duration,
     /// Largest fan-in input with the results inline; past it the follow-up gets a reference.
     max_fanin_inline_bytes: usize,
     /// Where submissions run (owned by management's stop).
@@ -162,6 +199,7 @@ impl Batches {
             invoker,
             lease,
             max_payload_bytes: config.max_payload_bytes,
+            idempotency_window: config.idempotency_window,
             max_fanin_inline_bytes: config.max_fanin_inline_bytes,
             tasks,
         }
@@ -173,34 +211,40 @@ impl Batches {
         self: &Arc<Self>,
         function: String,
         then: Option<String>,
-        format: Format,
+        (format, keyed): (Format, bool),
         body: S,
-    ) -> Result<Result<Batch, SubmitError>, Error>
+    ) -> Result<Result<Submitted, SubmitError>, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
         E: std::fmt::Display + Send + 'static,
     {
         let me = self.clone();
         self.tasks
-            .spawn(async move { me.submit_batch(&function, then.as_deref(), format, body).await })
+            .spawn(async move { me.submit_batch(&function, then.as_deref(), (format, keyed), body).await })
             .await
             .map_err(|e| Error::Internal(format!("the submission failed: {e}")))
     }
 
     /// Submits a batch: one invocation of `function` per item; `then` is invoked once with the
     /// results when every item is final. Returns the batch as recorded.
+    ///
+    /// In a keyed batch each item is `{"key": "...", "input": ...}`: an item whose key was used
+    /// for `function` within the idempotency window with the same input is a repeat, not
+    /// recorded in this batch (the invocation that took the key runs it, in its own batch or
+    /// alone); one used with another input stops the submission there (409), as a malformed
+    /// item does. Keys are taken one by one, in item order.
     pub async fn submit_batch<S, E>(
         &self,
         function: &str,
         then: Option<&str>,
-        format: Format,
+        (format, keyed): (Format, bool),
         body: S,
-    ) -> Result<Batch, SubmitError>
+    ) -> Result<Submitted, SubmitError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
     {
-        let early = |error| SubmitError { batch: None, accepted: 0, error };
+        let early = |error| SubmitError { batch: None, accepted: 0, repeated: 0, error };
         let (version, manifest) = self.catalog.active_manifest(function).await.map_err(early)?;
         if let Some(then) = then {
             if self.store.get_function(then).await.map_err(|e| early(e.into()))?.is_none() {
@@ -225,26 +269,20 @@ impl Batches {
         };
         self.store.create_batch(&batch).await.map_err(|e| early(e.into()))?;
 
-        let mut total: i64 = 0;
-        let outcome = self.feed(&batch, &manifest.pool, format, body, lapses, &mut total).await;
+        let (mut total, mut repeated) = (0i64, 0i64);
+        let outcome =
+            self.feed(&batch, &manifest.pool, (format, keyed), body, lapses, (&mut total, &mut repeated)).await;
         let stopped = outcome.as_ref().err().map(|e| format!("submission stopped after {total} items: {e}"));
-        self.store.seal_batch(id, total, stopped.as_deref()).await.map_err(|e| SubmitError {
-            batch: Some(id),
-            accepted: total,
-            error: e.into(),
-        })?;
+        let failed = |error| SubmitError { batch: Some(id), accepted: total, repeated, error };
+        self.store.seal_batch(id, total, stopped.as_deref()).await.map_err(|e| failed(e.into()))?;
         if let Err(error) = outcome {
-            return Err(SubmitError { batch: Some(id), accepted: total, error });
+            return Err(failed(error));
         }
-        tracing::info!(batch = %id, function, total, "batch submitted");
+        tracing::info!(batch = %id, function, total, repeated, "batch submitted");
         match self.store.get_batch(id).await {
-            Ok(Some(b)) => Ok(b),
-            Ok(None) => Err(SubmitError {
-                batch: Some(id),
-                accepted: total,
-                error: Error::NotFound("the batch vanished".into()),
-            }),
-            Err(e) => Err(SubmitError { batch: Some(id), accepted: total, error: e.into() }),
+            Ok(Some(batch)) => Ok(Submitted { batch, repeated }),
+            Ok(None) => Err(failed(Error::NotFound("the batch vanished".into()))),
+            Err(e) => Err(failed(e.into())),
         }
     }
 
@@ -257,10 +295,10 @@ impl Batches {
         &self,
         batch: &NewBatch,
         pool: &str,
-        format: Format,
+        (format, keyed): (Format, bool),
         body: S,
         lapses: u64,
-        total: &mut i64,
+        (total, repeated): (&mut i64, &mut i64),
     ) -> Result<(), Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
@@ -268,12 +306,12 @@ impl Batches {
     {
         let stop = AtomicBool::new(false);
         // One chunk waits while CHUNKS_IN_FLIGHT run and the reader fills the next.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
         let reader = async {
-            let mut sub = Submission { tx, chunk: Vec::with_capacity(CHUNK), chunk_bytes: 0, stop: &stop };
+            let mut sub = Submission { tx, chunk: Chunk::default(), chunk_bytes: 0, pushed: 0, stop: &stop };
             // A body that ended well has its last chunk submitted; one that failed loses only
             // the items of the chunk being filled (never recorded), as the answer's count says.
-            match self.read_items(format, body, &mut sub).await {
+            match self.read_items((format, keyed), body, &mut sub).await {
                 Ok(()) => sub.cut().await,
                 Err(e) => Err(e),
             }
@@ -284,25 +322,26 @@ impl Batches {
             let turn = Turn::default();
             let runs = chunks
                 .enumerate()
-                .map(|(i, items)| {
+                .map(|(i, chunk)| {
                     let (stop, turn) = (&stop, &turn);
-                    async move { self.submit_chunk(batch, pool, items, (i, turn), (stop, lapses)).await }
+                    async move { self.submit_chunk(batch, pool, chunk, (i, turn), (stop, lapses)).await }
                 })
                 .buffer_unordered(CHUNKS_IN_FLIGHT);
             let mut runs = std::pin::pin!(runs);
-            let (mut recorded, mut first) = (0i64, None);
-            while let Some((n, result)) = runs.next().await {
+            let (mut recorded, mut repeats, mut first) = (0i64, 0i64, None);
+            while let Some(((n, r), result)) = runs.next().await {
                 recorded += n;
+                repeats += r;
                 if let Err(e) = result {
                     stop.store(true, Ordering::Release);
                     first.get_or_insert(e);
                 }
             }
-            (recorded, first)
+            (recorded, repeats, first)
         };
         // Both in this task: the chunks progress while the body is read.
-        let (read, (recorded, failed)) = tokio::join!(reader, runner);
-        *total = recorded;
+        let (read, (recorded, repeats, failed)) = tokio::join!(reader, runner);
+        (*total, *repeated) = (recorded, repeats);
         match failed {
             Some(e) => Err(e),
             None => read,
@@ -310,7 +349,12 @@ impl Batches {
     }
 
     /// Parses the body's items into `sub`, which submits them a chunk at a time.
-    async fn read_items<S, E>(&self, format: Format, mut body: S, sub: &mut Submission<'_>) -> Result<(), Error>
+    async fn read_items<S, E>(
+        &self,
+        (format, keyed): (Format, bool),
+        mut body: S,
+        sub: &mut Submission<'_>,
+    ) -> Result<(), Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -342,7 +386,18 @@ impl Batches {
                             item.get().len()
                         )));
                     }
-                    sub.push(Bytes::copy_from_slice(item.get().as_bytes())).await?;
+                    let item = item.get().as_bytes();
+                    match keyed.then(|| crate::invoke::keyed_item(item)) {
+                        None => sub.push(Bytes::copy_from_slice(item), None).await?,
+                        Some(Ok((key, input))) => sub.push(input, Some(key)).await?,
+                        Some(Err(why)) => {
+                            sub.cut().await?;
+                            return Err(Error::BadRequest(format!(
+                                "item {} {why}; with keyed=true each item is one",
+                                n + 1
+                            )));
+                        }
+                    }
                 }
             }
             Format::Ndjson => {
@@ -375,6 +430,16 @@ impl Batches {
                                 "line {line_no} is {} bytes, over the item limit of {max_item} bytes",
                                 line.len()
                             )))
+                        } else if keyed {
+                            match crate::invoke::keyed_item(line) {
+                                Ok((key, input)) => {
+                                    sub.push(input, Some(key)).await?;
+                                    continue;
+                                }
+                                Err(why) => Some(Error::BadRequest(format!(
+                                    "line {line_no} {why}; with keyed=true each line is one"
+                                ))),
+                            }
                         } else if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
                             Some(Error::BadRequest(format!(
                                 "line {line_no} is not a JSON value ({e}); each line must hold one item"
@@ -387,7 +452,7 @@ impl Batches {
                             sub.cut().await?;
                             return Err(bad);
                         }
-                        sub.push(Bytes::copy_from_slice(line)).await?;
+                        sub.push(Bytes::copy_from_slice(line), None).await?;
                     }
                     buf.drain(..start);
                     if buf.len() > max_item + 2 {
@@ -403,20 +468,22 @@ impl Batches {
     }
 
     /// Records one chunk's items `queued`, then publishes them. Answers how many it recorded
-    /// (all or none), and why it stopped, if it did: recorded items are then published,
-    /// recorded failed, or cancelled, never left queued with no message.
+    /// and how many were repeats of keys used before (keyed batches), and why it stopped, if it
+    /// did: recorded items are then published, recorded failed, or cancelled, never left
+    /// queued with no message.
     ///
-    /// Chunks record their items in the order they were cut (chunk `i` waits for its turn), and
-    /// none records once `stop` is set: the items recorded are always the first ones of the
-    /// body, so "the N items before it were submitted" stays true however the chunks overlap.
+    /// Chunks take their keys and record their items in the order they were cut (chunk `i`
+    /// waits for its turn), and none does once `stop` is set: the items recorded are always the
+    /// first ones of the body, so "the N items before it were submitted" stays true however
+    /// the chunks overlap.
     async fn submit_chunk(
         &self,
         batch: &NewBatch,
         pool: &str,
-        items: Vec<Bytes>,
+        chunk: Chunk,
         (i, turn): (usize, &Turn),
         (stop, lapses): (&AtomicBool, u64),
-    ) -> (i64, Result<(), Error>) {
+    ) -> ((i64, i64), Result<(), Error>) {
         // Open until every item is published or recorded failed (see `lease`).
         let _held = match self.lease.hold() {
             Ok(h) => h,
@@ -424,31 +491,53 @@ impl Batches {
                 stop.store(true, Ordering::Release);
                 turn.wait(i).await;
                 turn.advance();
-                return (0, Err(e));
+                return ((0, 0), Err(e));
             }
         };
-        let records = new_records(&batch.function, batch.version, &items);
+        let Chunk { mut items, keys, start } = chunk;
+        let mut records = new_records(&batch.function, batch.version, &items);
         turn.wait(i).await;
         if stop.load(Ordering::Acquire) {
             // An earlier chunk failed: this one is never recorded, not counted.
             turn.advance();
-            return (0, Ok(()));
+            return ((0, 0), Ok(()));
         }
         // Checked at the last moment, after the turn: the lease may have lapsed while it waited.
         if let Err(e) = self.lease.still_current(lapses) {
             stop.store(true, Ordering::Release);
             turn.advance();
-            return (0, Err(e));
+            return ((0, 0), Err(e));
         }
-        let inserted = self.store.add_batch_items(batch.id, &records).await;
+        let (mut repeated, mut taken, mut refused) = (0i64, Vec::new(), None);
+        if !keys.is_empty() {
+            let t = self.take_keys(&batch.function, &keys, start, &mut records, &mut items).await;
+            (repeated, taken, refused) = (t.repeated, t.taken, t.refused);
+            if refused.is_some() {
+                stop.store(true, Ordering::Release);
+            }
+        }
+        let inserted = match records.is_empty() {
+            true => Ok(()),
+            false => self.store.add_batch_items(batch.id, &records).await,
+        };
         if inserted.is_err() {
             stop.store(true, Ordering::Release);
         }
         turn.advance();
         if let Err(e) = inserted {
-            return (0, Err(e.into()));
+            // Nothing of this chunk was recorded: the keys it took name nothing.
+            self.forget_keys(&batch.function, &taken).await;
+            return ((0, 0), Err(e.into()));
         }
         let recorded = records.len() as i64;
+        let counts = (recorded, repeated);
+        let ended = |result: Result<(), Error>| match refused {
+            Some(e) => Err(e),
+            None => result,
+        };
+        if records.is_empty() {
+            return (counts, ended(Ok(())));
+        }
         // Cancelled meanwhile (here or on another instance): these items are not to run. Checked
         // after the insert, so a cancel that comes later still finds them queued and cancels them.
         // If the state cannot be read, they are published: the worker claims each item before
@@ -460,7 +549,7 @@ impl Batches {
                     Ok(_) => "the batch was cancelled while it was being submitted".to_string(),
                     Err(e) => format!("the batch was cancelled while it was being submitted (and its last items could not be marked cancelled: {e})"),
                 };
-                return (recorded, Err(Error::BadRequest(why)));
+                return (counts, Err(Error::BadRequest(why)));
             }
         }
         // Not fresh: a cancel may turn an item `cancelled` before it runs; the worker claims it first.
@@ -472,13 +561,64 @@ impl Batches {
         let failed = published.iter().filter(|r| r.is_err()).count();
         if let Some(Err(e)) = published.into_iter().find(|r| r.is_err()) {
             return (
-                recorded,
+                counts,
                 Err(Error::Transport(warren_transport::TransportError::Unavailable(format!(
                     "{failed} of a chunk of {recorded} items could not be queued (recorded failed): {e}"
                 )))),
             );
         }
-        (recorded, Ok(()))
+        (counts, ended(Ok(())))
+    }
+
+    /// Takes the keys of a keyed chunk's items, in order (`start` is the first item's place in
+    /// the batch, from 0). A repeat (the key used with the same input) is taken out of
+    /// `records` and `items`; a key used with another input, or a store error, cuts the chunk
+    /// before that item and says why. The keys taken stay with the items left.
+    async fn take_keys(
+        &self,
+        function: &str,
+        keys: &[String],
+        start: usize,
+        records: &mut Vec<NewInvocation>,
+        items: &mut Vec<Bytes>,
+    ) -> KeysTaken {
+        let now = now_ms();
+        let since = now - self.idempotency_window.as_millis() as i64;
+        let mut out = KeysTaken { repeated: 0, taken: Vec::new(), refused: None };
+        let (mut kept_records, mut kept_items) = (Vec::with_capacity(records.len()), Vec::with_capacity(items.len()));
+        for ((key, record), item) in keys.iter().zip(records.drain(..)).zip(items.drain(..)) {
+            let digest = warren_wire::package::sha256_hex(&item);
+            match self.store.take_idempotency_key(function, key, &digest, record.id, now, since).await {
+                Ok(None) => {
+                    out.taken.push((key.clone(), record.id));
+                    kept_records.push(record);
+                    kept_items.push(item);
+                }
+                Ok(Some((_, other))) if other == digest => out.repeated += 1,
+                taken => {
+                    let no = start + kept_records.len() + out.repeated as usize + 1;
+                    out.refused = Some(match taken {
+                        Err(e) => Error::from(e),
+                        _ => Error::Store(warren_store::StoreError::Conflict(format!(
+                            "item {no} has the idempotency key {key:?}, used for {function} with another input within the last {} s",
+                            self.idempotency_window.as_secs()
+                        ))),
+                    });
+                    break;
+                }
+            }
+        }
+        (*records, *items) = (kept_records, kept_items);
+        out
+    }
+
+    /// Frees keys taken for items that were never recorded.
+    async fn forget_keys(&self, function: &str, taken: &[(String, Uuid)]) {
+        for (key, id) in taken {
+            if let Err(e) = self.store.forget_idempotency_key(function, key, *id).await {
+                tracing::warn!(%id, error = %e, "cannot free the idempotency key of an item not recorded");
+            }
+        }
     }
 
     /// Cancels a batch: its queued items are not run.

@@ -833,3 +833,23 @@ pub(crate) fn first_message(r: &NewInvocation, payload: Bytes, fresh: bool) -> I
         not_before_ms: None,
     }
 }
+
+/// One keyed input, `{"key": "...", "input": ...}` (a line of a keyed bulk invoke or batch):
+/// its key (1 to 255 printable ASCII characters) and its input as compact JSON text, the form
+/// its digest is taken of, so that the same input under the same key matches however it was
+/// spaced. The error says what is wrong, to follow "input N" or "line N".
+pub(crate) fn keyed_item(text: &[u8]) -> Result<(String, Bytes), String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Keyed {
+        key: String,
+        input: serde_json::Value,
+    }
+    let k: Keyed =
+        serde_json::from_slice(text).map_err(|e| format!("is not {{\"key\": \"...\", \"input\": ...}} ({e})"))?;
+    if k.key.is_empty() || k.key.len() > 255 || !k.key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err("has a key that is not 1 to 255 printable ASCII characters".into());
+    }
+    let input = serde_json::to_vec(&k.input).map_err(|e| format!("has an input that cannot be written back ({e})"))?;
+    Ok((k.key, Bytes::from(input)))
+}

@@ -49,6 +49,8 @@ pub fn routes() -> Router<Arc<Management>> {
 struct SubmitQuery {
     function: Option<String>,
     then: Option<String>,
+    /// Each item is `{"key": "...", "input": ...}`.
+    keyed: Option<bool>,
 }
 
 async fn submit(
@@ -82,9 +84,16 @@ async fn submit(
     // The submission runs on its own task: a client that goes away ends it between two chunks
     // (its body stops), never in the middle of one.
     let then = q.then.filter(|t| !t.is_empty());
-    let submitted = m.batches.submit(function, then, format, stream).await?;
+    let keyed = q.keyed.unwrap_or(false);
+    let submitted = m.batches.submit(function, then, (format, keyed), stream).await?;
     match submitted {
-        Ok(b) => Ok((StatusCode::CREATED, Json(batch::to_json(&b))).into_response()),
+        Ok(s) => {
+            let mut v = batch::to_json(&s.batch);
+            if keyed {
+                v["repeated"] = json!(s.repeated);
+            }
+            Ok((StatusCode::CREATED, Json(v)).into_response())
+        }
         Err(e) => {
             let Some(id) = e.batch else { return Err(ApiError::from(e.error)) };
             // Say why, and what was kept: the items before the failure are submitted and run,
@@ -92,8 +101,14 @@ async fn submit(
             // text, without the generic "nothing was accepted, retry later" of a 503).
             let reason = e.error.to_string();
             let (status, code, _) = ApiError::from(e.error).parts();
-            let n = e.accepted;
-            let message = if n > 0 {
+            let (n, r) = (e.accepted, e.repeated);
+            let message = if keyed {
+                // Keys make a resubmission safe: the items already taken are not run twice.
+                format!(
+                    "{reason}; the {} items before it were taken ({n} submitted as batch {id}, {r} repeats of keys used before): send the whole batch again once that is mended; its keys keep those items from running twice",
+                    n + r
+                )
+            } else if n > 0 {
                 format!(
                     "{reason}; the first {n} items were submitted as batch {id} and will run (see GET /api/batches/{id}; cancel them with POST /api/batches/{id}/cancel): send only the items after them again, as a new batch"
                 )
@@ -102,7 +117,7 @@ async fn submit(
             };
             Ok((
                 status,
-                Json(json!({"error": {"code": code, "message": message}, "batch": id, "accepted": e.accepted})),
+                Json(json!({"error": {"code": code, "message": message}, "batch": id, "accepted": e.accepted, "repeated": e.repeated})),
             )
                 .into_response())
         }
