@@ -11,8 +11,10 @@ async function handle(data, log, signal) {
   const req = data.length ? JSON.parse(data.toString('utf8')) : {};
   if (req.sleep_ms) {
     await new Promise((resolve, reject) => {
+      const stop = () => { clearTimeout(timer); reject(new Error('stopped while it slept')); };
       const timer = setTimeout(resolve, req.sleep_ms);
-      signal.addEventListener('abort', () => { clearTimeout(timer); reject(new Error('stopped while it slept')); });
+      if (signal.aborted) stop();
+      else signal.addEventListener('abort', stop, { once: true });
     });
   }
   const text = req.text || '';

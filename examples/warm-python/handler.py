@@ -52,8 +52,9 @@ while True:
     frame = json.loads(line)
     body = inp.read(frame.get("len", 0))
     if frame["type"] == "cancel":
-        if frame["id"] in running:
-            running[frame["id"]].set()
+        cancelled = running.get(frame["id"])  # gone if it has just answered
+        if cancelled:
+            cancelled.set()
         continue
     running[frame["id"]] = threading.Event()
     threading.Thread(target=run, args=(frame["id"], body, running[frame["id"]])).start()

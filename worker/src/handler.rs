@@ -308,13 +308,38 @@ impl Pool {
         let grace = Duration::from_secs(self.manifest.handler.cancel_grace_secs);
         let id = env.id;
         let failed = |status, error: String, logs| Outcome { answer: Err((status, error)), logs };
-        let Ok(_slot) = self.slots.clone().acquire_owned().await else {
-            return failed(Status::Failed, "the worker is shutting down this function's handlers".into(), Vec::new());
+        let unsent = || failed(Status::Cancelled, "cancelled before its handler was given it".into(), Vec::new());
+        let is_cancelled = || cancel.is_some_and(|c| c.is_cancelled());
+        let slot = async {
+            match cancel {
+                Some(c) => tokio::select! {
+                    slot = self.slots.clone().acquire_owned() => Some(slot),
+                    _ = c.cancelled() => None,
+                },
+                None => Some(self.slots.clone().acquire_owned().await),
+            }
         };
+        let _slot = match slot.await {
+            None => return unsent(),
+            Some(Ok(slot)) => slot,
+            Some(Err(_)) => {
+                return failed(
+                    Status::Failed,
+                    "the worker is shutting down this function's handlers".into(),
+                    Vec::new(),
+                )
+            }
+        };
+        // Not raced with the cancel: `pick` may be starting a handler, which must complete.
         let proc = match self.pick().await {
             Ok(p) => p,
             Err(e) => return failed(Status::Failed, e, Vec::new()),
         };
+        if is_cancelled() {
+            proc.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.changed.notify_waiters();
+            return unsent();
+        }
         let (tx, mut rx) = oneshot::channel();
         proc.lock_pending().insert(id.to_string(), Pending { tx, logs: Vec::new(), attempt: log_attempt });
         // `fail_all` marks the process dead before it drains `pending`: if it died in between,
@@ -458,14 +483,25 @@ impl Pool {
                 let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
                 proc.fail_all(&format!("the handler was killed: invocation {id} timed out on it"));
                 self.retire(&proc);
-                failed(
-                    Status::TimedOut,
-                    format!(
-                        "timed out after {} s; the handler and its process tree were killed",
-                        timeout.as_secs_f64()
-                    ),
-                    logs,
-                )
+                // Cancelled and then out of time within the grace period: a cancel, not a
+                // failure to retry.
+                if is_cancelled() {
+                    failed(
+                        Status::Cancelled,
+                        "cancelled while it ran; its timeout came within the grace period and the handler was killed"
+                            .into(),
+                        logs,
+                    )
+                } else {
+                    failed(
+                        Status::TimedOut,
+                        format!(
+                            "timed out after {} s; the handler and its process tree were killed",
+                            timeout.as_secs_f64()
+                        ),
+                        logs,
+                    )
+                }
             }
         };
         let served = proc.served.fetch_add(1, Ordering::SeqCst) + 1;

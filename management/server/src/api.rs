@@ -564,25 +564,24 @@ fn bulk_body_limit(payload_limit: usize) -> usize {
     (16usize << 20).max(payload_limit + 2)
 }
 
-/// The lines of a keyed bulk invoke, `{"key": "...", "input": ...}`: the keys (1 to 255
-/// printable ASCII characters, each once) and the inputs (as JSON text).
-fn keyed_inputs(lines: Vec<Bytes>) -> ApiResult<(Vec<String>, Vec<Bytes>)> {
-    let (mut keys, mut inputs) = (Vec::with_capacity(lines.len()), Vec::with_capacity(lines.len()));
+/// The lines of a keyed bulk invoke, `{"key": "...", "input": ...}`, each key once.
+fn keyed_inputs(lines: Vec<Bytes>) -> ApiResult<Vec<crate::invoke::KeyedInput>> {
+    let mut items = Vec::with_capacity(lines.len());
     let mut seen = std::collections::HashSet::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         let no = i + 1;
-        let (key, input) = crate::invoke::keyed_item(line).map_err(|why| {
+        let item = crate::invoke::keyed_item(line).map_err(|why| {
             bad_request(format!("input {no} {why}; with keyed=true each line is one; nothing was accepted"))
         })?;
-        if !seen.insert(key.clone()) {
+        if !seen.insert(item.key.clone()) {
             return Err(bad_request(format!(
-                "input {no} repeats the key {key:?} of an earlier line; nothing was accepted"
+                "input {no} repeats the key {:?} of an earlier line; nothing was accepted",
+                item.key
             )));
         }
-        keys.push(key);
-        inputs.push(input);
+        items.push(item);
     }
-    Ok((keys, inputs))
+    Ok(items)
 }
 
 /// The inputs of a bulk invoke's body: one JSON value per line, blank lines skipped. The
@@ -674,8 +673,7 @@ async fn invoke_many(
     // Safe to cancel: a client that goes away mid-way does not stop it between the records
     // and their publishes (see `Invoker::invoke_many`).
     let (out, repeated) = if keyed {
-        let (keys, inputs) = keyed_inputs(inputs)?;
-        m.invoker.invoke_many_keyed(&name, keys, inputs).await?
+        m.invoker.invoke_many_keyed(&name, keyed_inputs(inputs)?).await?
     } else {
         (m.invoker.invoke_many(&name, inputs).await?, 0)
     };

@@ -34,7 +34,7 @@ use warren_wire::time::now_ms;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::Error;
-use crate::invoke::{first_message, new_records, Invoker};
+use crate::invoke::{first_message, new_records, Invoker, KeyTaken};
 use crate::lease::Lease;
 
 /// Items recorded and published together, at most.
@@ -91,12 +91,12 @@ struct Submission<'a> {
     stop: &'a AtomicBool,
 }
 
-/// Items cut from the body, with their idempotency keys when the batch is keyed (`keys[i]` for
-/// `items[i]`; empty otherwise).
+/// Items cut from the body, with their idempotency keys and the digests they are compared by
+/// when the batch is keyed (`keys[i]` for `items[i]`; empty otherwise).
 #[derive(Default)]
 struct Chunk {
     items: Vec<Bytes>,
-    keys: Vec<String>,
+    keys: Vec<(String, String)>,
     /// The first item's place in the batch, from 0.
     start: usize,
 }
@@ -143,7 +143,7 @@ const STOPPED: &str = "the submission stopped";
 impl Submission<'_> {
     /// Adds one item (with its key, in a keyed batch); a full chunk is handed over (after
     /// waiting for room).
-    async fn push(&mut self, item: Bytes, key: Option<String>) -> Result<(), Error> {
+    async fn push(&mut self, item: Bytes, key: Option<(String, String)>) -> Result<(), Error> {
         self.chunk_bytes += item.len();
         self.chunk.items.push(item);
         self.chunk.keys.extend(key);
@@ -176,8 +176,6 @@ pub struct Batches {
     lease: Arc<Lease>,
     /// Largest item, in bytes.
     max_payload_bytes: usize,
-    /// How long an item's idempotency key answers for it (keyed batches).
-    idempotency_window: Duration,
     /// Largest fan-in input with the results inline; past it the follow-up gets a reference.
     max_fanin_inline_bytes: usize,
     /// Where submissions run (owned by management's stop).
@@ -199,7 +197,6 @@ impl Batches {
             invoker,
             lease,
             max_payload_bytes: config.max_payload_bytes,
-            idempotency_window: config.idempotency_window,
             max_fanin_inline_bytes: config.max_fanin_inline_bytes,
             tasks,
         }
@@ -272,7 +269,10 @@ impl Batches {
         let (mut total, mut repeated) = (0i64, 0i64);
         let outcome =
             self.feed(&batch, &manifest.pool, (format, keyed), body, lapses, (&mut total, &mut repeated)).await;
-        let stopped = outcome.as_ref().err().map(|e| format!("submission stopped after {total} items: {e}"));
+        let stopped = outcome.as_ref().err().map(|e| match repeated {
+            0 => format!("submission stopped after {total} items: {e}"),
+            r => format!("submission stopped after {total} items (and {r} repeats of keys used before): {e}"),
+        });
         let failed = |error| SubmitError { batch: Some(id), accepted: total, repeated, error };
         self.store.seal_batch(id, total, stopped.as_deref()).await.map_err(|e| failed(e.into()))?;
         if let Err(error) = outcome {
@@ -368,36 +368,45 @@ impl Batches {
                     all.extend_from_slice(&part.map_err(|e| Error::BadRequest(format!("cannot read the body: {e}")))?);
                 }
                 // Parsing up to the route's limit is CPU work: keep it off the async threads.
+                // The items up to the first bad one, and why that one is bad.
                 let parsed = tokio::task::spawn_blocking(move || {
-                    serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&all)
+                    let items = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&all).map_err(|e| {
+                        Error::BadRequest(format!(
+                            "the body is not a JSON array of items ({e}); send a JSON array, or NDJSON (one item per line) with Content-Type: application/x-ndjson"
+                        ))
+                    })?;
+                    let mut good = Vec::with_capacity(items.len());
+                    for (n, item) in items.iter().map(|i| i.get().as_bytes()).enumerate() {
+                        let bad = if item.len() > max_item {
+                            Error::TooLarge(format!("item {} is {} bytes, over the limit of {max_item} bytes", n + 1, item.len()))
+                        } else if !keyed {
+                            good.push((Bytes::copy_from_slice(item), None));
+                            continue;
+                        } else {
+                            match crate::invoke::keyed_item(item) {
+                                Ok(k) => {
+                                    good.push((k.input, Some((k.key, k.digest))));
+                                    continue;
+                                }
+                                Err(why) => {
+                                    Error::BadRequest(format!("item {} {why}; with keyed=true each item is one", n + 1))
+                                }
+                            }
+                        };
+                        return Ok((good, Some(bad)));
+                    }
+                    Ok::<_, Error>((good, None))
                 })
                 .await
                 .map_err(|e| Error::BadRequest(format!("cannot parse the body: {e}")))?;
-                let items = parsed.map_err(|e| {
-                    Error::BadRequest(format!(
-                        "the body is not a JSON array of items ({e}); send a JSON array, or NDJSON (one item per line) with Content-Type: application/x-ndjson"
-                    ))
-                })?;
-                for (n, item) in items.iter().enumerate() {
-                    if item.get().len() > max_item {
-                        return Err(Error::TooLarge(format!(
-                            "item {} is {} bytes, over the limit of {max_item} bytes",
-                            n + 1,
-                            item.get().len()
-                        )));
-                    }
-                    let item = item.get().as_bytes();
-                    match keyed.then(|| crate::invoke::keyed_item(item)) {
-                        None => sub.push(Bytes::copy_from_slice(item), None).await?,
-                        Some(Ok((key, input))) => sub.push(input, Some(key)).await?,
-                        Some(Err(why)) => {
-                            sub.cut().await?;
-                            return Err(Error::BadRequest(format!(
-                                "item {} {why}; with keyed=true each item is one",
-                                n + 1
-                            )));
-                        }
-                    }
+                let (items, bad) = parsed?;
+                for (item, key) in items {
+                    sub.push(item, key).await?;
+                }
+                if let Some(bad) = bad {
+                    // The items before the bad one are submitted, as the answer says.
+                    sub.cut().await?;
+                    return Err(bad);
                 }
             }
             Format::Ndjson => {
@@ -432,8 +441,8 @@ impl Batches {
                             )))
                         } else if keyed {
                             match crate::invoke::keyed_item(line) {
-                                Ok((key, input)) => {
-                                    sub.push(input, Some(key)).await?;
+                                Ok(k) => {
+                                    sub.push(k.input, Some((k.key, k.digest))).await?;
                                     continue;
                                 }
                                 Err(why) => Some(Error::BadRequest(format!(
@@ -515,6 +524,13 @@ impl Batches {
             if refused.is_some() {
                 stop.store(true, Ordering::Release);
             }
+            // Taking the keys took a while: the lease may have lapsed meanwhile.
+            if let Err(e) = self.lease.still_current(lapses) {
+                stop.store(true, Ordering::Release);
+                turn.advance();
+                self.forget_keys(&batch.function, &taken).await;
+                return ((0, 0), Err(e));
+            }
         }
         let inserted = match records.is_empty() {
             true => Ok(()),
@@ -577,31 +593,29 @@ impl Batches {
     async fn take_keys(
         &self,
         function: &str,
-        keys: &[String],
+        keys: &[(String, String)],
         start: usize,
         records: &mut Vec<NewInvocation>,
         items: &mut Vec<Bytes>,
     ) -> KeysTaken {
         let now = now_ms();
-        let since = now - self.idempotency_window.as_millis() as i64;
         let mut out = KeysTaken { repeated: 0, taken: Vec::new(), refused: None };
         let (mut kept_records, mut kept_items) = (Vec::with_capacity(records.len()), Vec::with_capacity(items.len()));
-        for ((key, record), item) in keys.iter().zip(records.drain(..)).zip(items.drain(..)) {
-            let digest = warren_wire::package::sha256_hex(&item);
-            match self.store.take_idempotency_key(function, key, &digest, record.id, now, since).await {
-                Ok(None) => {
+        for (((key, digest), record), item) in keys.iter().zip(records.drain(..)).zip(items.drain(..)) {
+            match self.invoker.take_key(function, key, digest, record.id, now).await {
+                Ok(KeyTaken::Fresh) => {
                     out.taken.push((key.clone(), record.id));
                     kept_records.push(record);
                     kept_items.push(item);
                 }
-                Ok(Some((_, other))) if other == digest => out.repeated += 1,
+                Ok(KeyTaken::Repeat(_)) => out.repeated += 1,
                 taken => {
                     let no = start + kept_records.len() + out.repeated as usize + 1;
                     out.refused = Some(match taken {
-                        Err(e) => Error::from(e),
+                        Err(e) => e,
                         _ => Error::Store(warren_store::StoreError::Conflict(format!(
                             "item {no} has the idempotency key {key:?}, used for {function} with another input within the last {} s",
-                            self.idempotency_window.as_secs()
+                            self.invoker.idempotency_window().as_secs()
                         ))),
                     });
                     break;

@@ -211,28 +211,18 @@ impl Invoker {
         self.input_fits(&payload)?;
         self.catalog.active_manifest(function).await?;
         let digest = warren_wire::package::sha256_hex(&payload);
-        let (id, now) = (Uuid::now_v7(), now_ms());
-        let since = now - self.idempotency_window.as_millis() as i64;
-        let first = match self.store.take_idempotency_key(function, key, &digest, id, now, since).await? {
-            None => return self.run_keyed(id, function, key, payload, wait).await,
-            Some((_, other)) if other != digest => {
+        let id = Uuid::now_v7();
+        let first = match self.take_key(function, key, &digest, id, now_ms()).await? {
+            KeyTaken::Fresh => return self.run_keyed(id, function, key, payload, wait).await,
+            KeyTaken::Other => {
                 return Err(Error::Store(StoreError::Conflict(format!(
                     "Idempotency-Key {key:?} of {function} was used with another input within the last {} s; \
                      use a new key for a new input",
                     self.idempotency_window.as_secs()
                 ))))
             }
-            Some((first, _)) => first,
+            KeyTaken::Repeat(first) => first,
         };
-        // A key whose invocation was never recorded, long after any wait for it could have
-        // ended (its instance stopped between taking the key and publishing): taken anew.
-        if self.store.get_invocation(first).await?.is_none() {
-            let orphaned = now - (self.max_sync_timeout + KEY_ORPHANED_AFTER).as_millis() as i64;
-            if self.store.take_idempotency_key(function, key, &digest, id, now, orphaned).await?.is_none() {
-                tracing::info!(%first, "idempotency key named an invocation never recorded; taken anew");
-                return self.run_keyed(id, function, key, payload, wait).await;
-            }
-        }
         // The first invocation as it is now; a waiting caller waits for its end (a synchronous
         // first one is recorded only once it ends or its own wait does).
         let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
@@ -244,6 +234,39 @@ impl Invoker {
             }
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + KEYED_REPEAT_POLL)).await;
         }
+    }
+
+    /// Takes `key` of `function` for the input of digest `digest`, to name invocation `id`.
+    /// A key whose invocation was never recorded, long after any wait for it could have ended
+    /// (its instance stopped, or its store failed, between taking the key and recording), is
+    /// taken anew.
+    pub(crate) async fn take_key(
+        &self,
+        function: &str,
+        key: &str,
+        digest: &str,
+        id: Uuid,
+        now: i64,
+    ) -> Result<KeyTaken, Error> {
+        let since = now - self.idempotency_window.as_millis() as i64;
+        let first = match self.store.take_idempotency_key(function, key, digest, id, now, since).await? {
+            None => return Ok(KeyTaken::Fresh),
+            Some((_, other)) if other != digest => return Ok(KeyTaken::Other),
+            Some((first, _)) => first,
+        };
+        if self.store.get_invocation(first).await?.is_none() {
+            let orphaned = now - (self.max_sync_timeout + KEY_ORPHANED_AFTER).as_millis() as i64;
+            if self.store.take_idempotency_key(function, key, digest, id, now, orphaned).await?.is_none() {
+                tracing::info!(%first, "idempotency key named an invocation never recorded; taken anew");
+                return Ok(KeyTaken::Fresh);
+            }
+        }
+        Ok(KeyTaken::Repeat(first))
+    }
+
+    /// How long an idempotency key names its invocation.
+    pub(crate) fn idempotency_window(&self) -> Duration {
+        self.idempotency_window
     }
 
     /// The first invoke under a key just taken. A refusal before anything was published (no
@@ -539,38 +562,38 @@ impl Invoker {
     /// how many were repeats.
     ///
     /// Safe to cancel: it runs on a task of its own.
-    pub async fn invoke_many_keyed(
+    pub(crate) async fn invoke_many_keyed(
         self: &Arc<Self>,
         function: &str,
-        keys: Vec<String>,
-        inputs: Vec<Bytes>,
+        items: Vec<KeyedInput>,
     ) -> Result<(BulkAccepted, usize), Error> {
         let (me, function) = (self.clone(), function.to_string());
         self.tasks
-            .spawn(async move { me.keyed_many(&function, keys, inputs).await })
+            .spawn(async move { me.keyed_many(&function, items).await })
             .await
             .map_err(|e| Error::Internal(format!("the bulk invoke stopped: {e}")))?
     }
 
-    async fn keyed_many(
-        &self,
-        function: &str,
-        keys: Vec<String>,
-        inputs: Vec<Bytes>,
-    ) -> Result<(BulkAccepted, usize), Error> {
+    async fn keyed_many(&self, function: &str, items: Vec<KeyedInput>) -> Result<(BulkAccepted, usize), Error> {
+        let (mut keys, mut inputs, mut digests) =
+            (Vec::with_capacity(items.len()), Vec::with_capacity(items.len()), Vec::with_capacity(items.len()));
+        for KeyedInput { key, input, digest } in items {
+            keys.push(key);
+            inputs.push(input);
+            digests.push(digest);
+        }
         self.catalog.active_manifest(function).await?;
         let now = now_ms();
-        let since = now - self.idempotency_window.as_millis() as i64;
         let mut ids = Vec::with_capacity(inputs.len());
         let mut fresh = Vec::new(); // places of the inputs that run
-        for (i, (key, input)) in keys.iter().zip(&inputs).enumerate() {
-            let (id, digest) = (Uuid::now_v7(), warren_wire::package::sha256_hex(input));
-            match self.store.take_idempotency_key(function, key, &digest, id, now, since).await {
-                Ok(None) => {
+        for (i, (key, digest)) in keys.iter().zip(&digests).enumerate() {
+            let id = Uuid::now_v7();
+            match self.take_key(function, key, digest, id, now).await {
+                Ok(KeyTaken::Fresh) => {
                     fresh.push(i);
                     ids.push(id);
                 }
-                Ok(Some((first, other))) if other == digest => ids.push(first),
+                Ok(KeyTaken::Repeat(first)) => ids.push(first),
                 taken => {
                     // Another input under the key, or the store failed: nothing of this request runs.
                     self.forget_keys(function, &keys, &ids, &fresh).await;
@@ -834,22 +857,61 @@ pub(crate) fn first_message(r: &NewInvocation, payload: Bytes, fresh: bool) -> I
     }
 }
 
-/// One keyed input, `{"key": "...", "input": ...}` (a line of a keyed bulk invoke or batch):
-/// its key (1 to 255 printable ASCII characters) and its input as compact JSON text, the form
-/// its digest is taken of, so that the same input under the same key matches however it was
-/// spaced. The error says what is wrong, to follow "input N" or "line N".
-pub(crate) fn keyed_item(text: &[u8]) -> Result<(String, Bytes), String> {
+/// What taking an idempotency key found ([`Invoker::take_key`]).
+pub(crate) enum KeyTaken {
+    /// The key is the new invocation's now.
+    Fresh,
+    /// The key names an earlier invocation of the same input.
+    Repeat(Uuid),
+    /// The key names an invocation of another input.
+    Other,
+}
+
+/// One keyed input, `{"key": "...", "input": ...}` (a line of a keyed bulk invoke or batch).
+pub(crate) struct KeyedInput {
+    /// 1 to 255 printable ASCII characters.
+    pub key: String,
+    /// The input's JSON text as sent: what the function gets.
+    pub input: Bytes,
+    /// The digest the key is compared by: of the input written compactly, so that the same
+    /// input under the same key matches however it was spaced.
+    pub digest: String,
+}
+
+/// Reads a [`KeyedInput`]; the error says what is wrong, to follow "input N" or "line N".
+pub(crate) fn keyed_item(text: &[u8]) -> Result<KeyedInput, String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct Keyed {
+    struct Keyed<'a> {
         key: String,
-        input: serde_json::Value,
+        #[serde(borrow)]
+        input: &'a serde_json::value::RawValue,
     }
     let k: Keyed =
         serde_json::from_slice(text).map_err(|e| format!("is not {{\"key\": \"...\", \"input\": ...}} ({e})"))?;
     if k.key.is_empty() || k.key.len() > 255 || !k.key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err("has a key that is not 1 to 255 printable ASCII characters".into());
     }
-    let input = serde_json::to_vec(&k.input).map_err(|e| format!("has an input that cannot be written back ({e})"))?;
-    Ok((k.key, Bytes::from(input)))
+    let compact: serde_json::Value =
+        serde_json::from_str(k.input.get()).map_err(|e| format!("has an input that is not JSON ({e})"))?;
+    let digest = warren_wire::package::sha256_hex(&serde_json::to_vec(&compact).unwrap_or_default());
+    Ok(KeyedInput { key: k.key, input: Bytes::copy_from_slice(k.input.get().as_bytes()), digest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keyed_item;
+
+    #[test]
+    fn a_keyed_input_is_kept_as_sent_and_compared_however_spaced() {
+        let a = keyed_item(br#"{"key": "k", "input": {"b": 1,  "a": 18446744073709551617}}"#).unwrap();
+        assert_eq!((a.key.as_str(), &a.input[..]), ("k", &br#"{"b": 1,  "a": 18446744073709551617}"#[..]));
+        let b = keyed_item(br#"{"input":{"b":1,"a":18446744073709551617},"key":"k"}"#).unwrap();
+        assert_eq!(a.digest, b.digest, "spacing does not change the digest");
+        let c = keyed_item(br#"{"key": "k", "input": {"b": 2, "a": 18446744073709551617}}"#).unwrap();
+        assert_ne!(a.digest, c.digest);
+        for bad in [&br#"{"input": 1}"#[..], br#"{"key": "", "input": 1}"#, br#"{"key": "k", "input": 1, "x": 2}"#] {
+            assert!(keyed_item(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }
