@@ -598,7 +598,7 @@ impl Invoker {
                     // Another input under the key, or the store failed: nothing of this request runs.
                     self.forget_keys(function, &keys, &ids, &fresh).await;
                     return Err(match taken {
-                        Err(e) => e.into(),
+                        Err(e) => e,
                         _ => Error::Store(StoreError::Conflict(format!(
                             "input {} has the idempotency key {key:?}, used for {function} with another input within the last {} s; nothing was accepted",
                             i + 1,
