@@ -130,7 +130,10 @@ impl Worker {
                     Some(_) = running.join_next(), if !running.is_empty() => {}
                     next = consumer.next() => match next {
                         Some(Ok(d)) => {
-                            running.spawn(self.clone().take(pool.clone(), d, gate.clone(), generation));
+                            // Boxed: a delivery's stages are a future of tens of kilobytes, which
+                            // the task would otherwise copy at its spawn and at each change of
+                            // state (most of the worker's instructions per invocation, measured).
+                            running.spawn(Box::pin(self.clone().take(pool.clone(), d, gate.clone(), generation)));
                         }
                         Some(Err(e)) => {
                             tracing::warn!(%pool, error = %e, "consumer failed; reopening");

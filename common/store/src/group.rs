@@ -88,7 +88,9 @@ impl<I: Send + 'static, O: Send + 'static> Grouped<I, O> {
                 running.fetch_add(1, Ordering::AcqRel);
                 let ending = Ending { running: running.clone(), ended: ended.clone() };
                 let run = run.clone();
-                tokio::spawn(async move {
+                // Boxed: a statement's future is large, and a task copies its future when it
+                // is spawned and when it ends.
+                tokio::spawn(Box::pin(async move {
                     let _ending = ending;
                     let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
                     let n = items.len();
@@ -110,7 +112,7 @@ impl<I: Send + 'static, O: Send + 'static> Grouped<I, O> {
                             }
                         }
                     }
-                });
+                }));
             }
         });
         Grouped { tx }
