@@ -711,13 +711,26 @@ async fn a_keyed_batch_runs_each_key_once() {
     assert_eq!(status, 400, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("line 2 is not {\"key\""), "{v}");
 
-    // Each key was recorded once: k1-k7, one invocation each (k7's, before the bad line,
-    // included), and nothing else.
+    // A keyed JSON array with a bad second item: 400 naming it, the first one submitted.
+    let r = m
+        .http
+        .post(format!("{}/api/batches?function={name}&keyed=true", m.base))
+        .header("content-type", "application/json")
+        .body(r#"[{"key": "k8", "input": [8, "eight"]}, {"key": "k9"}]"#);
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["accepted"], 1, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("item 2 is not {\"key\""), "{v}");
+
+    // Each key was recorded once: k1-k8, one invocation each (k7's and k8's, before the bad
+    // items, included), and nothing else.
     let (_, list) = m.get(&format!("/api/invocations?function={name}&limit=50")).await;
     let list = list.as_array().unwrap();
     let mut results: Vec<String> = list.iter().map(|i| i["input"].to_string()).collect();
     results.sort();
-    let mut want: Vec<String> = ["1", "{\"n\":2}", "\"three\"", "4", "5", "66", "7"].map(String::from).to_vec();
+    let mut want: Vec<String> =
+        ["1", "{\"n\":2}", "\"three\"", "4", "5", "66", "7", "[8,\"eight\"]"].map(String::from).to_vec();
     want.sort();
     assert_eq!(results, want, "{list:?}");
     assert_eq!((first.len(), second.len(), fourth.len()), (3, 1, 1));

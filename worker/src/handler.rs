@@ -25,9 +25,9 @@
 //! answered a cancelled one within `handler.cancel_grace_secs` is killed (with its process tree)
 //! and replaced on the next invocation; the invocations it held end `failed` (or `timed_out` for
 //! the one that timed out, `cancelled` for the one cancelled). A custom handler (HTTP) has no
-//! cancel frame: its cancelled call has the grace period to end, then the handler is killed. Handlers are recycled after
-//! `handler.recycle_after` invocations, and shut down when a newer version of their function
-//! arrives or the worker stops.
+//! cancel frame: its cancelled call has the grace period to end, then the handler is killed.
+//! Handlers are recycled after `handler.recycle_after` invocations, and shut down when a newer
+//! version of their function arrives or the worker stops.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -336,7 +336,11 @@ impl Pool {
             Err(e) => return failed(Status::Failed, e, Vec::new()),
         };
         if is_cancelled() {
-            proc.in_flight.fetch_sub(1, Ordering::SeqCst);
+            // As after a call: a handler retired meanwhile closes with its last call.
+            let left = proc.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+            if left == 0 && proc.retired.load(Ordering::SeqCst) {
+                proc.close();
+            }
             self.changed.notify_waiters();
             return unsent();
         }

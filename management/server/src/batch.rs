@@ -368,40 +368,47 @@ impl Batches {
                     all.extend_from_slice(&part.map_err(|e| Error::BadRequest(format!("cannot read the body: {e}")))?);
                 }
                 // Parsing up to the route's limit is CPU work: keep it off the async threads.
-                // The items up to the first bad one, and why that one is bad.
+                // It finds where each item (a keyed item's input) lies in the body, up to the
+                // first bad one, and why that one is bad; the items are then slices of the body,
+                // not copies.
                 let parsed = tokio::task::spawn_blocking(move || {
                     let items = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&all).map_err(|e| {
                         Error::BadRequest(format!(
                             "the body is not a JSON array of items ({e}); send a JSON array, or NDJSON (one item per line) with Content-Type: application/x-ndjson"
                         ))
                     })?;
+                    let at = |part: &[u8]| {
+                        let from = part.as_ptr() as usize - all.as_ptr() as usize;
+                        from..from + part.len()
+                    };
                     let mut good = Vec::with_capacity(items.len());
+                    let mut bad = None;
                     for (n, item) in items.iter().map(|i| i.get().as_bytes()).enumerate() {
-                        let bad = if item.len() > max_item {
-                            Error::TooLarge(format!("item {} is {} bytes, over the limit of {max_item} bytes", n + 1, item.len()))
-                        } else if !keyed {
-                            good.push((Bytes::copy_from_slice(item), None));
+                        if item.len() > max_item {
+                            let why = format!("item {} is {} bytes, over the limit of {max_item} bytes", n + 1, item.len());
+                            bad = Some(Error::TooLarge(why));
+                            break;
+                        }
+                        if !keyed {
+                            good.push((at(item), None));
                             continue;
-                        } else {
-                            match crate::invoke::keyed_item(item) {
-                                Ok(k) => {
-                                    good.push((k.input, Some((k.key, k.digest))));
-                                    continue;
-                                }
-                                Err(why) => {
-                                    Error::BadRequest(format!("item {} {why}; with keyed=true each item is one", n + 1))
-                                }
+                        }
+                        match crate::invoke::keyed_parts(item) {
+                            Ok((key, input, digest)) => good.push((at(input.as_bytes()), Some((key, digest)))),
+                            Err(why) => {
+                                bad = Some(Error::BadRequest(format!("item {} {why}; with keyed=true each item is one", n + 1)));
+                                break;
                             }
-                        };
-                        return Ok((good, Some(bad)));
+                        }
                     }
-                    Ok::<_, Error>((good, None))
+                    drop(items);
+                    Ok::<_, Error>((Bytes::from(all), good, bad))
                 })
                 .await
                 .map_err(|e| Error::BadRequest(format!("cannot parse the body: {e}")))?;
-                let (items, bad) = parsed?;
-                for (item, key) in items {
-                    sub.push(item, key).await?;
+                let (all, items, bad) = parsed?;
+                for (range, key) in items {
+                    sub.push(all.slice(range), key).await?;
                 }
                 if let Some(bad) = bad {
                     // The items before the bad one are submitted, as the answer says.

@@ -880,6 +880,13 @@ pub(crate) struct KeyedInput {
 
 /// Reads a [`KeyedInput`]; the error says what is wrong, to follow "input N" or "line N".
 pub(crate) fn keyed_item(text: &[u8]) -> Result<KeyedInput, String> {
+    let (key, input, digest) = keyed_parts(text)?;
+    Ok(KeyedInput { key, input: Bytes::copy_from_slice(input.as_bytes()), digest })
+}
+
+/// A keyed input's key, its input as the text it is within `text`, and its digest (see
+/// [`KeyedInput`]).
+pub(crate) fn keyed_parts(text: &[u8]) -> Result<(String, &str, String), String> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Keyed<'a> {
@@ -895,7 +902,7 @@ pub(crate) fn keyed_item(text: &[u8]) -> Result<KeyedInput, String> {
     let compact: serde_json::Value =
         serde_json::from_str(k.input.get()).map_err(|e| format!("has an input that is not JSON ({e})"))?;
     let digest = warren_wire::package::sha256_hex(&serde_json::to_vec(&compact).unwrap_or_default());
-    Ok(KeyedInput { key: k.key, input: Bytes::copy_from_slice(k.input.get().as_bytes()), digest })
+    Ok((k.key, k.input.get(), digest))
 }
 
 #[cfg(test)]
