@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, MatchedPath, Path, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
@@ -85,7 +85,10 @@ pub(crate) enum KeyFrom {
 
 /// The key a request carries, if any, and where.
 fn presented_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<(KeyFrom, std::borrow::Cow<'a, str>)> {
-    for name in ["x-warren-key", "x-functions-key"] {
+    // Header names made once: a name given as text is parsed and checked on every lookup.
+    const NAMES: [HeaderName; 2] =
+        [HeaderName::from_static("x-warren-key"), HeaderName::from_static("x-functions-key")];
+    for name in &NAMES {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
             return Some((KeyFrom::Header, v.trim().into()));
         }
