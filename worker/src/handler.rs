@@ -468,12 +468,11 @@ impl Pool {
                 failed(Status::Cancelled, "cancelled while it ran; the handler ended it".into(), logs)
             }
             Ok(Waited::CancelledHeld) => {
-                let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
-                proc.fail_all(&format!(
+                let why = format!(
                     "the handler was killed: invocation {id} was cancelled and not ended within {} s",
                     grace.as_secs()
-                ));
-                self.retire(&proc);
+                );
+                let logs = self.kill_over(&proc, id, &why);
                 failed(
                     Status::Cancelled,
                     format!(
@@ -484,9 +483,8 @@ impl Pool {
                 )
             }
             Err(_) => {
-                let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
-                proc.fail_all(&format!("the handler was killed: invocation {id} timed out on it"));
-                self.retire(&proc);
+                let logs =
+                    self.kill_over(&proc, id, &format!("the handler was killed: invocation {id} timed out on it"));
                 // Cancelled and then out of time within the grace period: a cancel, not a
                 // failure to retry.
                 if is_cancelled() {
@@ -517,6 +515,15 @@ impl Pool {
         }
         self.changed.notify_waiters();
         out
+    }
+
+    /// Kills a handler (with its process tree) over invocation `id`, which it held too long:
+    /// what else it held ends with `why`, and it is replaced. Answers `id`'s log lines.
+    fn kill_over(&self, proc: &Arc<Proc>, id: &str, why: &str) -> Vec<LogLine> {
+        let logs = proc.lock_pending().remove(id).map(|p| p.logs).unwrap_or_default();
+        proc.fail_all(why);
+        self.retire(proc);
+        logs
     }
 
     /// Takes a handler out of service: no new invocations; it exits once it has answered.

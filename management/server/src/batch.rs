@@ -535,7 +535,7 @@ impl Batches {
             if let Err(e) = self.lease.still_current(lapses) {
                 stop.store(true, Ordering::Release);
                 turn.advance();
-                self.forget_keys(&batch.function, &taken).await;
+                self.invoker.forget_keys(&batch.function, &taken).await;
                 return ((0, 0), Err(e));
             }
         }
@@ -549,7 +549,7 @@ impl Batches {
         turn.advance();
         if let Err(e) = inserted {
             // Nothing of this chunk was recorded: the keys it took name nothing.
-            self.forget_keys(&batch.function, &taken).await;
+            self.invoker.forget_keys(&batch.function, &taken).await;
             return ((0, 0), Err(e.into()));
         }
         let recorded = records.len() as i64;
@@ -631,15 +631,6 @@ impl Batches {
         }
         (*records, *items) = (kept_records, kept_items);
         out
-    }
-
-    /// Frees keys taken for items that were never recorded.
-    async fn forget_keys(&self, function: &str, taken: &[(String, Uuid)]) {
-        for (key, id) in taken {
-            if let Err(e) = self.store.forget_idempotency_key(function, key, *id).await {
-                tracing::warn!(%id, error = %e, "cannot free the idempotency key of an item not recorded");
-            }
-        }
     }
 
     /// Cancels a batch: its queued items are not run.

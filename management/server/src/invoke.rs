@@ -598,7 +598,8 @@ impl Invoker {
                 Ok(KeyTaken::Repeat(first)) => ids.push(first),
                 taken => {
                     // Another input under the key, or the store failed: nothing of this request runs.
-                    self.forget_keys(function, &keys, &ids, &fresh).await;
+                    let took: Vec<(String, Uuid)> = fresh.iter().map(|&i| (keys[i].clone(), ids[i])).collect();
+                    self.forget_keys(function, &took).await;
                     return Err(match taken {
                         Err(e) => e,
                         _ => Error::Store(StoreError::Conflict(format!(
@@ -626,17 +627,18 @@ impl Invoker {
             }
             Err(e) => {
                 // Nothing was recorded: the keys taken here name nothing.
-                self.forget_keys(function, &keys, &ids, &fresh).await;
+                let took: Vec<(String, Uuid)> = fresh.iter().map(|&i| (keys[i].clone(), ids[i])).collect();
+                self.forget_keys(function, &took).await;
                 Err(e)
             }
         }
     }
 
-    /// Frees the keys taken for the inputs at `fresh` (ids at the same places).
-    async fn forget_keys(&self, function: &str, keys: &[String], ids: &[Uuid], fresh: &[usize]) {
-        for &i in fresh.iter().filter(|&&i| i < ids.len()) {
-            if let Err(e) = self.store.forget_idempotency_key(function, &keys[i], ids[i]).await {
-                tracing::warn!(id = %ids[i], error = %e, "cannot free the idempotency key of a refused bulk invoke");
+    /// Frees keys taken for inputs that were never recorded (each with the id it names).
+    pub(crate) async fn forget_keys(&self, function: &str, taken: &[(String, Uuid)]) {
+        for (key, id) in taken {
+            if let Err(e) = self.store.forget_idempotency_key(function, key, *id).await {
+                tracing::warn!(%id, error = %e, "cannot free the idempotency key of an input never recorded");
             }
         }
     }
