@@ -601,7 +601,10 @@ async fn run(args: Args) -> Result<bool> {
                 let mut r = m.latency(rate, latency_secs).await.map_err(|e| format!("{e:#}"));
                 match &mut r {
                     Ok(l) => {
-                        eprintln!("    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms);
+                        eprintln!(
+                            "    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; waits ended by their deadline {} (notices late {}, unsent {})",
+                            l.p50_ms, l.p99_ms, l.max_ms, l.notices.deadline, l.notices.late, l.notices.unsent
+                        );
                         l.basis = basis;
                         eprintln!("[4] baseline: the raw broker round trip at {rate:.0}/s for {latency_secs} s");
                         let b = broker::round_trip(&args.amqp, rate, latency_secs, args.payload_bytes)

@@ -239,6 +239,19 @@ pub(crate) struct LatencyResult {
     pub worker_rss_after: u64,
     /// The broker's own round trip at the same rate (lapin, no Warren code).
     pub broker: Option<Result<crate::broker::RoundTrip, String>>,
+    pub notices: NoticeCounts,
+}
+
+/// What became of a latency run's completion notices, from management's and the worker's
+/// metrics: a wait ended by its deadline is one whose notice was not there in time.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct NoticeCounts {
+    /// Waits that ended at their deadline (then answered from the store).
+    pub deadline: u64,
+    /// Notices that came after their wait had ended.
+    pub late: u64,
+    /// Notices the worker could not hand to the broker.
+    pub unsent: u64,
 }
 
 pub(crate) async fn open_db(url: &str) -> Result<AnyPool> {
@@ -350,37 +363,67 @@ impl Mesh {
     }
 
     pub(crate) fn start_workers(&self, pool: &str, count: usize) -> Result<Vec<Child>> {
+        self.start_workers_with(pool, count, &[])
+    }
+
+    /// Workers as [`Mesh::start_workers`] starts them, with `extra` arguments.
+    fn start_workers_with(&self, pool: &str, count: usize, extra: &[String]) -> Result<Vec<Child>> {
         let s = &self.settings;
         (0..count)
             .map(|i| {
                 let id = format!("{pool}-w{i}");
+                let mut args = vec![
+                    "--amqp".into(),
+                    s.amqp_url.clone(),
+                    "--queue-type".into(),
+                    s.queue_type.to_string(),
+                    "--store".into(),
+                    self.store_url.clone(),
+                    "--pool".into(),
+                    pool.into(),
+                    "--concurrency".into(),
+                    s.concurrency.to_string(),
+                    "--prefetch-multiplier".into(),
+                    s.prefetch_multiplier.to_string(),
+                    "--cache-dir".into(),
+                    s.work_dir.join("cache").join(&id).display().to_string(),
+                    "--id".into(),
+                    id.clone(),
+                    "--grace-secs".into(),
+                    "5".into(),
+                ];
+                args.extend_from_slice(extra);
                 Child::spawn(
                     &format!("warren-worker {id}"),
                     &s.bin_dir.join("warren-worker"),
-                    &[
-                        "--amqp".into(),
-                        s.amqp_url.clone(),
-                        "--queue-type".into(),
-                        s.queue_type.to_string(),
-                        "--store".into(),
-                        self.store_url.clone(),
-                        "--pool".into(),
-                        pool.into(),
-                        "--concurrency".into(),
-                        s.concurrency.to_string(),
-                        "--prefetch-multiplier".into(),
-                        s.prefetch_multiplier.to_string(),
-                        "--cache-dir".into(),
-                        s.work_dir.join("cache").join(&id).display().to_string(),
-                        "--id".into(),
-                        id.clone(),
-                        "--grace-secs".into(),
-                        "5".into(),
-                    ],
+                    &args,
                     s.work_dir.join(format!("{id}.log")),
                 )
             })
             .collect()
+    }
+
+    /// The sum of the samples of `metric` whose labels contain `label` on the page at `url`
+    /// (0 when it has none yet).
+    async fn scrape(&self, url: &str, metric: &str, label: &str) -> Result<u64> {
+        let page = self.http.get(url).send().await?.error_for_status()?.text().await?;
+        Ok(page
+            .lines()
+            .filter(|l| l.starts_with(metric) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
+    /// What became of the completion notices of a latency run so far: (waits that ended at
+    /// their deadline, notices that came after their wait ended, notices workers could not
+    /// send).
+    async fn notice_counts(&self, worker_metrics: &str) -> Result<[u64; 3]> {
+        let mgmt = format!("{}/metrics", self.base);
+        Ok([
+            self.scrape(&mgmt, "warren_sync_waits_total", "ended=\"deadline\"").await?,
+            self.scrape(&mgmt, "warren_completion_notices_total", "result=\"late\"").await?,
+            self.scrape(worker_metrics, "warren_worker_completion_notices_total", "sent=\"false\"").await?,
+        ])
     }
 
     /// (ready messages, consumers) of a pool's queue; (0, 0) while it does not exist.
@@ -1011,16 +1054,21 @@ impl Mesh {
     pub(crate) async fn latency(&mut self, rate: f64, secs: f64) -> Result<LatencyResult> {
         let pool = format!("bench-{}", short_id());
         let name = self.deploy_echo(&pool).await?;
-        let mut procs = self.start_workers(&pool, 1)?;
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let worker_metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+        let mut procs =
+            self.start_workers_with(&pool, 1, &["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")])?;
         let r = async {
             self.wait_consumers(&pool, &mut procs).await?;
             self.warm_up(&name, 16).await?;
             let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
+            let notices_before = self.notice_counts(&worker_metrics).await?;
             let cpu_before = cpu_snap(self.mgmt.pid(), &pids);
             let out =
                 open_loop(self.http.clone(), self.invoke_url(&name, "sync"), rate, secs, self.settings.input_bytes)
                     .await;
             let cpu = cpu_use(&cpu_before, &cpu_snap(self.mgmt.pid(), &pids));
+            let notices_after = self.notice_counts(&worker_metrics).await?;
             for p in procs.iter_mut() {
                 p.check_alive()?;
             }
@@ -1028,6 +1076,8 @@ impl Mesh {
             let mut out = out?;
             out.cpu = cpu;
             out.worker_rss_after = procs::rss_bytes(procs[0].pid()).unwrap_or(0);
+            let [deadline, late, unsent] = std::array::from_fn(|i| notices_after[i] - notices_before[i]);
+            out.notices = NoticeCounts { deadline, late, unsent };
             Ok::<_, anyhow::Error>(out)
         }
         .await;
@@ -1270,5 +1320,6 @@ async fn open_loop(
         lag_p99_ms: percentile(&lags, 99.0),
         cpu: CpuUse::default(),
         worker_rss_after: 0,
+        notices: NoticeCounts::default(),
     })
 }

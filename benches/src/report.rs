@@ -531,8 +531,16 @@ pub(crate) fn print_tables(c: &Context, f: &Figures) {
                     ms(l.p99_ms),
                     ms(l.max_ms),
                     {
-                        let lag =
-                            format!("{}; sent late by p50 {} / p99 {} ms", l.basis, ms(l.lag_p50_ms), ms(l.lag_p99_ms));
+                        let n = &l.notices;
+                        let lag = format!(
+                            "{}; sent late by p50 {} / p99 {} ms; waits ended by their deadline: {} (notices late {}, unsent {})",
+                            l.basis,
+                            ms(l.lag_p50_ms),
+                            ms(l.lag_p99_ms),
+                            n.deadline,
+                            n.late,
+                            n.unsent
+                        );
                         if l.errors > 0 {
                             format!(
                                 "{lag}; {} errors: {}",
@@ -984,6 +992,9 @@ pub(crate) fn to_json(c: &Context, f: &Figures, took: Duration) -> Value {
                 "max_ms": l.max_ms,
                 "send_lag_p50_ms": l.lag_p50_ms,
                 "send_lag_p99_ms": l.lag_p99_ms,
+                "waits_ended_by_deadline": l.notices.deadline,
+                "notices_late": l.notices.late,
+                "notices_unsent": l.notices.unsent,
                 "cpu_secs": cpu_json(&l.cpu),
                 "worker_rss_after_bytes": l.worker_rss_after,
                 "raw_broker_round_trip": match &l.broker {

@@ -79,6 +79,10 @@ async fn both_roles_count_invocations_on_their_metrics_pages() {
     // all six were published and confirmed.
     assert!(sample(&page, "warren_store_latency_seconds_count{op=\"create_invocation\"}").unwrap_or(0.0) >= 1.0);
     assert!(sample(&page, "warren_broker_publish_seconds_count").unwrap_or(0.0) >= 6.0, "{page}");
+    // Each sync invoke was answered by its worker's notice, none by its deadline.
+    assert_eq!(sample(&page, "warren_sync_waits_total{ended=\"notice\"}"), Some(5.0), "{page}");
+    assert_eq!(sample(&page, "warren_sync_waits_total{ended=\"deadline\"}"), None, "{page}");
+    assert_eq!(sample(&page, "warren_completion_notices_total{result=\"woke\"}"), Some(5.0), "{page}");
 
     let page = scrape(&format!("http://{metrics_addr}/metrics")).await;
     let worker = |series: String| sample(&page, &series);
@@ -96,5 +100,6 @@ async fn both_roles_count_invocations_on_their_metrics_pages() {
     assert_eq!(worker(format!("warren_worker_invocation_duration_seconds_count{{function=\"{echo}\"}}")), Some(5.0));
     assert_eq!(worker(format!("warren_worker_invocation_duration_seconds_count{{function=\"{broken}\"}}")), Some(2.0));
     assert_eq!(worker("warren_worker_in_flight".into()), Some(0.0), "{page}");
+    assert_eq!(worker("warren_worker_completion_notices_total{sent=\"true\"}".into()), Some(5.0), "{page}");
     assert!(worker("warren_store_latency_seconds_count{op=\"complete\"}".into()).unwrap_or(0.0) >= 6.0, "{page}");
 }

@@ -273,7 +273,7 @@ async fn a_management_stopped_cleanly_hands_its_lease_back() {
 }
 
 /// Clients cannot hold the API open without bound: past `--max-connections` a new connection
-/// waits (in the kernel's backlog) until one closes, and a client that owes bytes and sends none
+/// waits (in the kernel's backlog) until one closes (an idle one is closed for it), and a client that owes bytes and sends none
 /// for `--client-timeout-secs` (a head that never ends, a body cut short, an idle keep-alive
 /// connection) loses its connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,6 +327,71 @@ async fn slow_and_idle_connections_are_capped_and_closed() {
     }
     // The API still serves.
     assert_eq!(m.get("/healthz").await.0, 200);
+}
+
+/// A client's pool of keep-alive connections at `--max-connections` does not stall a new
+/// connection until the idle ones time out: at the cap, the connections idle between requests
+/// are closed, and the one serving a request is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_make_room_at_the_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    require_services();
+    // The client timeout is far longer than the test's wait, so only the cap's reclaim frees a slot.
+    let m = Management::start_with(&pg_url(), &["--max-connections", "2", "--client-timeout-secs", "600"]).await;
+    let addr = m.base.trim_start_matches("http://").to_string();
+    /// One keep-alive response read whole (its Content-Length), the connection left open.
+    async fn response(s: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        loop {
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before a whole response: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+        }
+    }
+    // Two connections take both slots: one answered and left idle, one in the middle of a
+    // request (its body half sent).
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\n\r\n").await.unwrap();
+    assert!(response(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let mut busy = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/functions/none/invoke HTTP/1.1\r\nHost: warren\r\nAuthorization: Bearer {}\r\nContent-Length: 10\r\n\r\n",
+        m.key
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    busy.write_all(b"{\"a\":").await.unwrap();
+    // (The readiness check's pooled connection, idle too, may hold a slot: it is closed the same way.)
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    third.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), third.read_to_end(&mut answer))
+        .await
+        .expect("a new connection at the cap is served once an idle one is closed, not after the client timeout")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(60), idle.read(&mut buf))
+        .await
+        .expect("the idle connection was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection is closed without an answer: {:?}", String::from_utf8_lossy(&buf[..n]));
+    // The connection in the middle of a request was left alone: the rest of its body gets its answer.
+    busy.write_all(b"\"b\"} ").await.unwrap();
+    let answer = response(&mut busy).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "the busy connection's request is answered: {answer:?}");
 }
 
 /// A management instance paused (SIGSTOP) for longer than its lease while it reads a batch:

@@ -32,6 +32,11 @@ struct DeadLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SentLabel {
+    sent: &'static str,
+}
+
 pub struct WorkerMetrics {
     registry: Registry,
     /// Final outcomes stored by this worker, by function and status.
@@ -44,6 +49,8 @@ pub struct WorkerMetrics {
     dead_letters: Family<DeadLabels, Counter>,
     pub store: StoreLatency,
     in_flight: Gauge,
+    /// Completion notices to waiting synchronous invokes, by whether the broker took them.
+    notices: Family<SentLabel, Counter>,
 }
 
 impl Default for WorkerMetrics {
@@ -75,8 +82,14 @@ impl Default for WorkerMetrics {
         );
         let in_flight = Gauge::default();
         registry.register("warren_worker_in_flight", "Invocations running now (holding a run slot)", in_flight.clone());
+        let notices = Family::default();
+        registry.register(
+            "warren_worker_completion_notices",
+            "Completion notices to waiting synchronous invokes, by sent: true, or false (the broker was unreachable; the waiter reads the outcome at its deadline)",
+            notices.clone(),
+        );
         let store = StoreLatency::registered(&mut registry);
-        WorkerMetrics { registry, invocations, duration, retries, dead_letters, store, in_flight }
+        WorkerMetrics { registry, invocations, duration, retries, dead_letters, store, in_flight, notices }
     }
 }
 
@@ -94,6 +107,11 @@ impl WorkerMetrics {
     /// A failed attempt given another.
     pub fn retried(&self, function: &str) {
         self.retries.get_or_create(&FunctionLabel { function: function.to_string() }).inc();
+    }
+
+    /// A completion notice, sent or not.
+    pub fn notice(&self, sent: bool) {
+        self.notices.get_or_create(&SentLabel { sent: if sent { "true" } else { "false" } }).inc();
     }
 
     /// A message sent to a pool's dead-letter queue, and why.

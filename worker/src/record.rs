@@ -128,7 +128,9 @@ impl Worker {
                 })
                 .filter(|o| o.size() <= NOTICE_OUTCOME_MAX_BYTES);
             let notice = CompletionNotice { v: PROTOCOL_VERSION, id: msg.id, outcome };
-            if let Err(e) = self.transport.notify(q, notice.encode().into()).await {
+            let sent = self.transport.notify(q, notice.encode().into()).await;
+            self.metrics.notice(sent.is_ok());
+            if let Err(e) = sent {
                 tracing::debug!(error = %e, "completion notice not sent");
             }
         }

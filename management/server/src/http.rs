@@ -1,9 +1,11 @@
 //! Serving the API over HTTP/1.1: the accept loop, with its two bounds on what clients can
 //! hold.
 //!
-//! - **Open connections** are capped (`Config::max_connections`). At the cap the loop stops
-//!   accepting: new connections wait in the kernel's backlog until one closes, instead of
-//!   each taking a file descriptor and a task until the process runs out of either.
+//! - **Open connections** are capped (`Config::max_connections`). A connection accepted at the
+//!   cap waits for a slot, and meanwhile the connections idle between keep-alive requests are
+//!   closed (a client's pool can hold hundreds, which would otherwise keep their slots until
+//!   `client_timeout` ends them); the connections after it wait in the kernel's backlog,
+//!   instead of each taking a file descriptor and a task until the process runs out of either.
 //! - **A client that owes bytes and sends none** for `Config::client_timeout` loses its
 //!   connection: one that sends its headers byte by byte (slowloris), one left idle between
 //!   keep-alive requests, and one that stops in the middle of a request body (the body read
@@ -17,6 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,11 +28,12 @@ use axum::body::Body;
 use axum::extract::Request;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
 
 use crate::api;
 use crate::management::Management;
@@ -60,28 +64,11 @@ pub async fn serve(
     // Each connection holds a receiver: `stop` tells them to close, and its `closed()` says
     // when the last one has.
     let (stop, stopping) = watch::channel(false);
+    // Bumped at the cap: every connection idle between requests then closes.
+    let reclaim = watch::Sender::new(0u64);
     tokio::pin!(shutdown);
     let mut at_cap_told = false;
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                at_cap_told = false;
-                slot
-            }
-            Err(_) => {
-                if !at_cap_told {
-                    tracing::warn!(
-                        max_connections = max,
-                        "at the connection limit: new connections wait until one closes (--max-connections)"
-                    );
-                    at_cap_told = true;
-                }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-                    _ = &mut shutdown => break,
-                }
-            }
-        };
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
@@ -92,25 +79,77 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                at_cap_told = false;
+                slot
+            }
+            Err(_) => {
+                if !at_cap_told {
+                    tracing::warn!(
+                        max_connections = max,
+                        "at the connection limit: closing idle keep-alive connections; new connections wait until one closes (--max-connections)"
+                    );
+                    at_cap_told = true;
+                }
+                // This connection waits for a slot (the next ones in the kernel's backlog);
+                // connections that turn idle meanwhile are closed too.
+                let waited = loop {
+                    reclaim.send_modify(|n| *n += 1);
+                    tokio::select! {
+                        slot = slots.clone().acquire_owned() => break Some(slot.expect("the semaphore is never closed")),
+                        _ = tokio::time::sleep(RECLAIM_EVERY) => {}
+                        _ = &mut shutdown => break None,
+                    }
+                };
+                match waited {
+                    Some(slot) => slot,
+                    None => break,
+                }
+            }
+        };
         // Answers go out at once: without TCP_NODELAY a response written in two segments
         // waits for the client's delayed ACK (up to 40 ms on Linux) behind Nagle's algorithm.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an API connection");
         }
-        let service = TowerToHyperService::new(router.clone());
+        let busy = Arc::new(AtomicUsize::new(0));
+        let service = {
+            let (router, busy) = (router.clone(), busy.clone());
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let answering = Answering::new(&busy);
+                let call = router.clone().oneshot(req.map(Body::new));
+                async move {
+                    let response = call.await;
+                    drop(answering);
+                    response
+                }
+            })
+        };
         let mut stopping = stopping.clone();
+        let mut reclaimed = reclaim.subscribe();
         tokio::spawn(async move {
             let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new()).header_read_timeout(client_timeout);
             let conn = http.serve_connection(TokioIo::new(tcp), service);
             tokio::pin!(conn);
-            let served = tokio::select! {
-                served = conn.as_mut() => served,
-                // The value only ever changes to `true`.
-                _ = stopping.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let served = loop {
+                tokio::select! {
+                    served = conn.as_mut() => break served,
+                    // The value only ever changes to `true`.
+                    _ = stopping.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                    // Closed between requests (a request that is being answered finishes
+                    // first): the client opens another when it needs one.
+                    Ok(()) = reclaimed.changed() => {
+                        if busy.load(Ordering::Acquire) == 0 {
+                            conn.as_mut().graceful_shutdown();
+                            break conn.await;
+                        }
+                    }
                 }
             };
             if let Err(e) = served {
@@ -126,6 +165,26 @@ pub async fn serve(
     let _ = stop.send(true);
     stop.closed().await;
     Ok(())
+}
+
+/// How often a connection waiting at the cap closes the connections that have turned idle.
+const RECLAIM_EVERY: Duration = Duration::from_millis(50);
+
+/// A request being answered on a connection, counted while it lasts: a connection that
+/// counts none is idle between keep-alive requests.
+struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    fn new(busy: &Arc<AtomicUsize>) -> Answering {
+        busy.fetch_add(1, Ordering::AcqRel);
+        Answering(busy.clone())
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Raises this process's soft limit of open files to its hard limit (as a server that holds

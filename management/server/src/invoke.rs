@@ -427,12 +427,20 @@ impl Invoker {
             notice = &mut rx => Ok(notice),
             published = publish => match published {
                 Ok(Ok(())) => tokio::time::timeout_at(deadline, rx).await,
-                Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(Error::Transport(TransportError::Other(format!("the publish was interrupted: {e}")))),
+                Ok(Err(e)) => {
+                    self.metrics.sync_wait("publish_failed");
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    self.metrics.sync_wait("publish_failed");
+                    return Err(Error::Transport(TransportError::Other(format!("the publish was interrupted: {e}"))));
+                }
             },
         };
         self.metrics.accepted(&new.function, 1);
         drop(waiting);
+        let noticed_in_time = matches!(noticed, Ok(Ok(_)));
+        self.metrics.sync_wait(if noticed_in_time { "notice" } else { "deadline" });
         // The first attempt's outcome, as the worker stored it, came with the notice: the
         // record, its log lines and its one attempt are known without reading them back.
         if let Ok(Ok(Some(o))) = noticed {
@@ -465,6 +473,13 @@ impl Invoker {
         // Read once: after a notice without the outcome, or at the deadline in case a notice
         // was lost.
         let inv = self.metrics.store.time("get_invocation", self.store.get_invocation(id)).await?;
+        if !noticed_in_time {
+            if let Some(i) = inv.as_ref().filter(|i| i.status.is_final()) {
+                // Its worker stored the outcome but its notice did not come: sent to a broker
+                // that lost it (an outage), or by a worker that stopped right after storing.
+                tracing::warn!(%id, status = %i.status, worker = ?i.worker, "a finished invocation's completion notice never came; answered at the wait's end");
+            }
+        }
         if inv.is_none() {
             // Not run yet (a backlog): recorded `queued` now, so that the id answered with the
             // 202 can be looked up. If the worker recorded it meanwhile, that record stays.

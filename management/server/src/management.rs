@@ -110,7 +110,14 @@ impl Management {
         // The lease is handed back once the source consumers are done with what they hold.
         let sources_idle = Arc::new(AtomicBool::new(!config.triggers));
         tasks.spawn(lease.clone().keep(stop.clone(), sources_idle.clone()));
-        tasks.spawn(notices::listen(waiters, transport.clone(), instance.clone(), notice_consumer, stop.clone()));
+        tasks.spawn(notices::listen(
+            waiters,
+            transport.clone(),
+            metrics.clone(),
+            instance.clone(),
+            notice_consumer,
+            stop.clone(),
+        ));
         tasks.spawn(invoker.clone().sweep_keys(stop.clone()));
         if config.triggers {
             tasks.spawn(batches.clone().sweep(stop.clone()));

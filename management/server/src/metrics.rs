@@ -32,6 +32,16 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndedLabel {
+    ended: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabel {
     pool: String,
 }
@@ -52,6 +62,10 @@ pub struct Metrics {
     /// Rows retention's cleanup removed, by kind.
     retention_removed: Family<KindLabel, Counter>,
     retention_runs: Counter,
+    /// Completion notices received, by what became of them.
+    notices: Family<ResultLabel, Counter>,
+    /// Synchronous waits, by how they ended.
+    sync_waits: Family<EndedLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -108,10 +122,24 @@ impl Default for Metrics {
         );
         let retention_runs = Counter::default();
         registry.register("warren_retention_runs", "Cleanups this instance ran", retention_runs.clone());
+        let notices = Family::default();
+        registry.register(
+            "warren_completion_notices",
+            "Workers' completion notices received, by result: woke (a waiting synchronous invoke), late (nobody waits for it any more), undecodable",
+            notices.clone(),
+        );
+        let sync_waits = Family::default();
+        registry.register(
+            "warren_sync_waits",
+            "Synchronous invokes' waits, by how they ended: notice (the worker's), deadline (none came in time), publish_failed",
+            sync_waits.clone(),
+        );
         Metrics {
             registry,
             retention_removed,
             retention_runs,
+            notices,
+            sync_waits,
             invocations_accepted,
             http_requests,
             http_duration,
@@ -136,6 +164,16 @@ impl Metrics {
         for &(kind, n) in removed {
             self.retention_removed.get_or_create(&KindLabel { kind }).inc_by(n);
         }
+    }
+
+    /// Counts one completion notice received: `woke`, `late` or `undecodable`.
+    pub fn notice(&self, result: &'static str) {
+        self.notices.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts one synchronous wait ended: `notice`, `deadline` or `publish_failed`.
+    pub fn sync_wait(&self, ended: &'static str) {
+        self.sync_waits.get_or_create(&EndedLabel { ended }).inc();
     }
 
     /// Counts one answered request. Unmatched paths share one route label, so that scans of

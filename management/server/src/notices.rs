@@ -12,6 +12,8 @@ use warren_service::retry::Backoff;
 use warren_transport::{Consumer, Transport};
 use warren_wire::message::{CompletionNotice, NoticeOutcome};
 
+use crate::metrics::Metrics;
+
 /// The synchronous invokes waiting here, each for its invocation's notice.
 #[derive(Default)]
 pub(crate) struct Waiters {
@@ -39,9 +41,12 @@ impl Waiters {
         (Waiting { waiters: self, id }, rx)
     }
 
-    fn wake(&self, notice: CompletionNotice) {
-        if let Some((_, tx)) = self.map.remove(&notice.id) {
-            let _ = tx.send(notice.outcome);
+    /// Wakes the waiter of `notice`'s invocation; false when nobody waits for it (its wait
+    /// ended first, or it waits on another instance).
+    fn wake(&self, notice: CompletionNotice) -> bool {
+        match self.map.remove(&notice.id) {
+            Some((_, tx)) => tx.send(notice.outcome).is_ok(),
+            None => false,
         }
     }
 }
@@ -52,6 +57,7 @@ impl Waiters {
 pub(crate) async fn listen(
     waiters: Arc<Waiters>,
     transport: Arc<dyn Transport>,
+    metrics: Arc<Metrics>,
     instance: String,
     mut notices: Box<dyn Consumer>,
     stop: CancellationToken,
@@ -65,8 +71,11 @@ pub(crate) async fn listen(
             };
             match next {
                 Some(Ok(d)) => match CompletionNotice::decode(&d.body) {
-                    Ok(notice) => waiters.wake(notice),
-                    Err(e) => tracing::warn!(error = %e, "ignoring an undecodable completion notice"),
+                    Ok(notice) => metrics.notice(if waiters.wake(notice) { "woke" } else { "late" }),
+                    Err(e) => {
+                        metrics.notice("undecodable");
+                        tracing::warn!(error = %e, "ignoring an undecodable completion notice");
+                    }
                 },
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "completion notices interrupted; reopening");
