@@ -1068,7 +1068,6 @@ impl Mesh {
                 open_loop(self.http.clone(), self.invoke_url(&name, "sync"), rate, secs, self.settings.input_bytes)
                     .await;
             let cpu = cpu_use(&cpu_before, &cpu_snap(self.mgmt.pid(), &pids));
-            let notices_after = self.notice_counts(&worker_metrics).await?;
             for p in procs.iter_mut() {
                 p.check_alive()?;
             }
@@ -1076,6 +1075,8 @@ impl Mesh {
             let mut out = out?;
             out.cpu = cpu;
             out.worker_rss_after = procs::rss_bytes(procs[0].pid()).unwrap_or(0);
+            // Read once the last answer is in: a notice still on its way is not counted as late.
+            let notices_after = self.notice_counts(&worker_metrics).await?;
             let [deadline, late, unsent] = std::array::from_fn(|i| notices_after[i] - notices_before[i]);
             out.notices = NoticeCounts { deadline, late, unsent };
             Ok::<_, anyhow::Error>(out)

@@ -361,11 +361,8 @@ async fn idle_keep_alive_connections_make_room_at_the_cap() {
             }
         }
     }
-    // Two connections take both slots: one answered and left idle, one in the middle of a
-    // request (its body half sent).
-    let mut idle = TcpStream::connect(&addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\n\r\n").await.unwrap();
-    assert!(response(&mut idle).await.starts_with("HTTP/1.1 200"));
+    // Two connections take both slots: one in the middle of a request (its body half sent),
+    // then one answered and left idle.
     let mut busy = TcpStream::connect(&addr).await.unwrap();
     let head = format!(
         "POST /api/functions/none/invoke HTTP/1.1\r\nHost: warren\r\nAuthorization: Bearer {}\r\nContent-Length: 10\r\n\r\n",
@@ -373,6 +370,9 @@ async fn idle_keep_alive_connections_make_room_at_the_cap() {
     );
     busy.write_all(head.as_bytes()).await.unwrap();
     busy.write_all(b"{\"a\":").await.unwrap();
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\n\r\n").await.unwrap();
+    assert!(response(&mut idle).await.starts_with("HTTP/1.1 200"));
     // (The readiness check's pooled connection, idle too, may hold a slot: it is closed the same way.)
     let mut third = TcpStream::connect(&addr).await.unwrap();
     third.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\nConnection: close\r\n\r\n").await.unwrap();
@@ -392,6 +392,9 @@ async fn idle_keep_alive_connections_make_room_at_the_cap() {
     busy.write_all(b"\"b\"} ").await.unwrap();
     let answer = response(&mut busy).await;
     assert!(answer.starts_with("HTTP/1.1 404"), "the busy connection's request is answered: {answer:?}");
+    assert!(!answer.to_ascii_lowercase().contains("connection: close"), "and its keep-alive is untouched: {answer:?}");
+    busy.write_all(b"GET /healthz HTTP/1.1\r\nHost: warren\r\n\r\n").await.unwrap();
+    assert!(response(&mut busy).await.starts_with("HTTP/1.1 200"), "the busy connection serves its next request");
 }
 
 /// A management instance paused (SIGSTOP) for longer than its lease while it reads a batch:

@@ -2,10 +2,11 @@
 //! hold.
 //!
 //! - **Open connections** are capped (`Config::max_connections`). A connection accepted at the
-//!   cap waits for a slot, and meanwhile the connections idle between keep-alive requests are
-//!   closed (a client's pool can hold hundreds, which would otherwise keep their slots until
-//!   `client_timeout` ends them); the connections after it wait in the kernel's backlog,
-//!   instead of each taking a file descriptor and a task until the process runs out of either.
+//!   cap waits for a slot, and meanwhile the connections idle between keep-alive requests for
+//!   `RECLAIM_IDLE` or more are closed (a client's pool can hold hundreds, which would
+//!   otherwise keep their slots until `client_timeout` ends them); the connections after it
+//!   wait in the kernel's backlog, instead of each taking a file descriptor and a task until
+//!   the process runs out of either.
 //! - **A client that owes bytes and sends none** for `Config::client_timeout` loses its
 //!   connection: one that sends its headers byte by byte (slowloris), one left idle between
 //!   keep-alive requests, and one that stops in the middle of a request body (the body read
@@ -19,7 +20,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -64,8 +65,9 @@ pub async fn serve(
     // Each connection holds a receiver: `stop` tells them to close, and its `closed()` says
     // when the last one has.
     let (stop, stopping) = watch::channel(false);
-    // Bumped at the cap: every connection idle between requests then closes.
+    // Bumped at the cap: every connection idle for `RECLAIM_IDLE` or more then closes.
     let reclaim = watch::Sender::new(0u64);
+    let epoch = std::time::Instant::now();
     tokio::pin!(shutdown);
     let mut at_cap_told = false;
     loop {
@@ -113,11 +115,11 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an API connection");
         }
-        let busy = Arc::new(AtomicUsize::new(0));
+        let activity = Arc::new(Activity::new(epoch));
         let service = {
-            let (router, busy) = (router.clone(), busy.clone());
+            let (router, activity) = (router.clone(), activity.clone());
             hyper::service::service_fn(move |req: Request<Incoming>| {
-                let answering = Answering::new(&busy);
+                let answering = Answering::new(&activity);
                 let call = router.clone().oneshot(req.map(Body::new));
                 async move {
                     let response = call.await;
@@ -136,6 +138,9 @@ pub async fn serve(
             tokio::pin!(conn);
             let served = loop {
                 tokio::select! {
+                    // The connection first: a request already in its socket is read (and
+                    // counted) before a reclaim could find the connection idle.
+                    biased;
                     served = conn.as_mut() => break served,
                     // The value only ever changes to `true`.
                     _ = stopping.changed() => {
@@ -145,7 +150,7 @@ pub async fn serve(
                     // Closed between requests (a request that is being answered finishes
                     // first): the client opens another when it needs one.
                     Ok(()) = reclaimed.changed() => {
-                        if busy.load(Ordering::Acquire) == 0 {
+                        if activity.idle_for() >= RECLAIM_IDLE {
                             conn.as_mut().graceful_shutdown();
                             break conn.await;
                         }
@@ -167,23 +172,55 @@ pub async fn serve(
     Ok(())
 }
 
-/// How often a connection waiting at the cap closes the connections that have turned idle.
-const RECLAIM_EVERY: Duration = Duration::from_millis(50);
+/// How often a connection waiting at the cap asks again for idle connections to close.
+const RECLAIM_EVERY: Duration = Duration::from_millis(100);
 
-/// A request being answered on a connection, counted while it lasts: a connection that
-/// counts none is idle between keep-alive requests.
-struct Answering(Arc<AtomicUsize>);
+/// How long a connection must have been idle to be closed for one waiting at the cap: one
+/// its client is still reusing is left to it (closing it could cross a request already on
+/// its way, and the client would only open another).
+const RECLAIM_IDLE: Duration = Duration::from_millis(200);
+
+/// What a connection is doing: the requests being answered on it, and since when (ms from
+/// `epoch`) it has answered none.
+struct Activity {
+    epoch: std::time::Instant,
+    busy: AtomicUsize,
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new(epoch: std::time::Instant) -> Activity {
+        Activity { epoch, busy: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(Activity::ms(epoch)) }
+    }
+
+    fn ms(epoch: std::time::Instant) -> u64 {
+        epoch.elapsed().as_millis() as u64
+    }
+
+    /// How long the connection has been idle between requests (zero while one is answered).
+    fn idle_for(&self) -> Duration {
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = self.idle_since_ms.load(Ordering::Acquire);
+        Duration::from_millis(Activity::ms(self.epoch).saturating_sub(since))
+    }
+}
+
+/// A request being answered on a connection, counted while it lasts.
+struct Answering(Arc<Activity>);
 
 impl Answering {
-    fn new(busy: &Arc<AtomicUsize>) -> Answering {
-        busy.fetch_add(1, Ordering::AcqRel);
-        Answering(busy.clone())
+    fn new(activity: &Arc<Activity>) -> Answering {
+        activity.busy.fetch_add(1, Ordering::AcqRel);
+        Answering(activity.clone())
     }
 }
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.idle_since_ms.store(Activity::ms(self.0.epoch), Ordering::Release);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -475,9 +475,10 @@ impl Invoker {
         let inv = self.metrics.store.time("get_invocation", self.store.get_invocation(id)).await?;
         if !noticed_in_time {
             if let Some(i) = inv.as_ref().filter(|i| i.status.is_final()) {
-                // Its worker stored the outcome but its notice did not come: sent to a broker
-                // that lost it (an outage), or by a worker that stopped right after storing.
-                tracing::warn!(%id, status = %i.status, worker = ?i.worker, "a finished invocation's completion notice never came; answered at the wait's end");
+                // Its worker stored the outcome but its notice was not here in time: the run
+                // ended just at the deadline, or the notice was lost (a broker outage, a worker
+                // that stopped right after storing).
+                tracing::info!(%id, status = %i.status, worker = ?i.worker, "a finished invocation's completion notice did not come in time; answered from the store at the wait's end");
             }
         }
         if inv.is_none() {

@@ -131,7 +131,7 @@ impl Default for Metrics {
         let sync_waits = Family::default();
         registry.register(
             "warren_sync_waits",
-            "Synchronous invokes' waits, by how they ended: notice (the worker's), deadline (none came in time), publish_failed",
+            "Synchronous invokes' waits, by how they ended: notice (the worker's), deadline (none came in time), publish_failed; a client that leaves first is not counted",
             sync_waits.clone(),
         );
         Metrics {

@@ -77,9 +77,9 @@ struct Args {
     #[arg(long, env = "WARREN_INSTANCE_LEASE_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     instance_lease_secs: u64,
-    /// API connections open at once. At the limit the connections idle between keep-alive
-    /// requests are closed, and new connections wait in the kernel's backlog until one closes
-    /// (a warning says so). The process raises its open-file limit to
+    /// API connections open at once. At the limit the connections idle for 200 ms or more
+    /// between keep-alive requests are closed, and new connections wait until one closes (a
+    /// warning says so). The process raises its open-file limit to
     /// the hard one (`ulimit -Hn`) at start; keep this under it, less the store's and broker's
     /// connections.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 1024,
