@@ -336,12 +336,7 @@ impl Pool {
             Err(e) => return failed(Status::Failed, e, Vec::new()),
         };
         if is_cancelled() {
-            // As after a call: a handler retired meanwhile closes with its last call.
-            let left = proc.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
-            if left == 0 && proc.retired.load(Ordering::SeqCst) {
-                proc.close();
-            }
-            self.changed.notify_waiters();
+            self.give_back(&proc);
             return unsent();
         }
         let (tx, mut rx) = oneshot::channel();
@@ -350,8 +345,7 @@ impl Pool {
         // this entry may never be answered.
         if proc.dead.load(Ordering::SeqCst) {
             proc.lock_pending().remove(id);
-            proc.in_flight.fetch_sub(1, Ordering::SeqCst);
-            self.changed.notify_waiters();
+            self.give_back(&proc);
             return failed(Status::Failed, "the handler died as it was given the invocation".into(), Vec::new());
         }
         let answered = match (input, proc.port) {
@@ -413,8 +407,7 @@ impl Pool {
                 };
                 if !sent {
                     proc.lock_pending().remove(id);
-                    proc.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    self.changed.notify_waiters();
+                    self.give_back(&proc);
                     return failed(
                         Status::Failed,
                         "the handler stopped before it took the invocation".into(),
@@ -435,8 +428,7 @@ impl Pool {
             }
             _ => {
                 proc.lock_pending().remove(id);
-                proc.in_flight.fetch_sub(1, Ordering::SeqCst);
-                self.changed.notify_waiters();
+                self.give_back(&proc);
                 return failed(Status::Failed, "this handler does not speak that protocol".into(), Vec::new());
             }
         };
@@ -515,6 +507,16 @@ impl Pool {
         }
         self.changed.notify_waiters();
         out
+    }
+
+    /// A call given back unanswered (not sent, or the handler could not take it): its slot is
+    /// freed, and a handler retired meanwhile closes with its last call, as after an answer.
+    fn give_back(&self, proc: &Proc) {
+        let left = proc.in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && proc.retired.load(Ordering::SeqCst) {
+            proc.close();
+        }
+        self.changed.notify_waiters();
     }
 
     /// Kills a handler (with its process tree) over invocation `id`, which it held too long:

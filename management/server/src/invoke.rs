@@ -604,17 +604,18 @@ impl Invoker {
         let now = now_ms();
         let mut ids = Vec::with_capacity(inputs.len());
         let mut fresh = Vec::new(); // places of the inputs that run
+        let mut took = Vec::new(); // their keys, with the ids they name
         for (i, (key, digest)) in keys.iter().zip(&digests).enumerate() {
             let id = Uuid::now_v7();
             match self.take_key(function, key, digest, id, now).await {
                 Ok(KeyTaken::Fresh) => {
                     fresh.push(i);
+                    took.push((key.clone(), id));
                     ids.push(id);
                 }
                 Ok(KeyTaken::Repeat(first)) => ids.push(first),
                 taken => {
                     // Another input under the key, or the store failed: nothing of this request runs.
-                    let took: Vec<(String, Uuid)> = fresh.iter().map(|&i| (keys[i].clone(), ids[i])).collect();
                     self.forget_keys(function, &took).await;
                     return Err(match taken {
                         Err(e) => e,
@@ -632,7 +633,7 @@ impl Invoker {
             return Ok((BulkAccepted { ids, not_queued: Vec::new() }, repeats));
         }
         let run: Vec<Bytes> = fresh.iter().map(|&i| inputs[i].clone()).collect();
-        let run_ids: Vec<Uuid> = fresh.iter().map(|&i| ids[i]).collect();
+        let run_ids: Vec<Uuid> = took.iter().map(|(_, id)| *id).collect();
         match self.record_and_publish_many(function, run, run_ids).await {
             Ok(mut out) => {
                 // In input order: the repeats' first ids and the new ones queued (those not
@@ -643,7 +644,6 @@ impl Invoker {
             }
             Err(e) => {
                 // Nothing was recorded: the keys taken here name nothing.
-                let took: Vec<(String, Uuid)> = fresh.iter().map(|&i| (keys[i].clone(), ids[i])).collect();
                 self.forget_keys(function, &took).await;
                 Err(e)
             }
