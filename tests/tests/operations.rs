@@ -489,8 +489,17 @@ async fn a_scheduled_invocation_runs_at_its_time_and_can_be_cancelled_before() {
     assert!(!marks.join(&x).exists(), "the cancelled scheduled invocation ran");
     assert_eq!(m.get(&format!("/api/invocations/{x}")).await.1["status"], "cancelled");
 
-    // Refused: a scheduled sync invoke, both delay_ms and run_at, a time that is not one, too far.
-    for query in ["mode=sync&delay_ms=1000", "delay_ms=1&run_at=1", "run_at=tomorrow", "delay_ms=8640000000"] {
+    // Refused: a scheduled sync invoke, both delay_ms and run_at, a time that is not one, too
+    // far, before 1970 (the most negative time would overflow a hop's arithmetic).
+    let refused = [
+        "mode=sync&delay_ms=1000",
+        "delay_ms=1&run_at=1",
+        "run_at=tomorrow",
+        "delay_ms=8640000000",
+        "run_at=-1",
+        "run_at=-9223372036854775808",
+    ];
+    for query in refused {
         let (status, v) = post(query.into(), "z").await;
         assert_eq!(status, 400, "{query}: {v}");
     }

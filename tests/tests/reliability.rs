@@ -329,6 +329,80 @@ async fn slow_and_idle_connections_are_capped_and_closed() {
     assert_eq!(m.get("/healthz").await.0, 200);
 }
 
+/// Bulk invokes that trickle their bodies (a byte every 300 ms: never idle for the client
+/// timeout) hold the four bulk turns only for twice the client timeout: meanwhile another bulk
+/// invoke waits the client timeout for a turn and is answered 503; then each trickler is
+/// answered 408, and the next bulk invoke gets a turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_invokes_sending_their_bodies_a_byte_at_a_time_give_their_turns_back() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    require_services();
+    let m = Management::start_with(&pg_url(), &["--client-timeout-secs", "1"]).await;
+    let addr = m.base.trim_start_matches("http://").to_string();
+    let name = unique("none");
+    let head = format!(
+        "POST /api/functions/{name}/invocations HTTP/1.1\r\nHost: warren\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 1000\r\n\r\n",
+        m.key
+    );
+    // Management reads and runs four bulk invokes at once (`invoke::MAX_BULK_IN_FLIGHT`).
+    let tricklers: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, head) = (addr.clone(), head.clone());
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(&addr).await.unwrap();
+                s.write_all(head.as_bytes()).await.unwrap();
+                let started = std::time::Instant::now();
+                let mut got = Vec::new();
+                // Up to 30 s: far beyond the 2 s the body may take once it has its turn.
+                while started.elapsed() < Duration::from_secs(30) {
+                    if s.write_all(b" ").await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let mut buf = [0u8; 1024];
+                    match s.try_read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => break,
+                    }
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+            })
+        })
+        .collect();
+    let bulk = || async {
+        let r = m.http.post(format!("{}/api/functions/{name}/invocations", m.base)).body("{}\n").send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    // The tricklers' turns are taken as soon as their heads are in; until then a bulk invoke
+    // may still get one (and a 404: the function does not exist).
+    let waited = eventually(Duration::from_secs(20), "a bulk invoke refused while the turns are held", || async {
+        match bulk().await {
+            (503, body) => Some(body),
+            (404, _) => None,
+            other => panic!("a bulk invoke while the tricklers hold the turns: {other:?}"),
+        }
+    })
+    .await;
+    assert!(waited.contains("bulk invokes were being read or run"), "{waited}");
+    for t in tricklers {
+        let (answer, after) = t.await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "a trickled body is refused after twice the client timeout: {answer:?} after {after:?}"
+        );
+        assert!(answer.contains("did not arrive within 2 s"), "{answer}");
+    }
+    let (status, body) = bulk().await;
+    assert_eq!(status, 404, "the turns are free again: {body}");
+}
+
 /// A client's pool of keep-alive connections at `--max-connections` does not stall a new
 /// connection until the idle ones time out: at the cap, the connections idle between requests
 /// are closed, and the one serving a request is not.

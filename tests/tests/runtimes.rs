@@ -273,3 +273,45 @@ async fn output_and_log_volume_over_the_limits_fail_clearly() {
     assert_eq!(logs.len(), 11, "10 lines and a note: {v}");
     assert!(logs[10]["line"].as_str().unwrap().contains("40 more log lines dropped"), "{v}");
 }
+
+/// What a function writes to stderr is stored whatever it is: a NUL character (which
+/// PostgreSQL's text refuses) becomes U+FFFD, and a 200 MB line without a newline is cut at
+/// the line limit (8 KiB) as it is read, so the worker never holds it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_and_endless_lines_in_a_log_are_stored_cut_and_cleaned() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, name) = (unique("p"), unique("odd"));
+    let m = Management::start(&pg_url()).await;
+    let script = "printf 'before\\000after\\n' >&2\n\
+                  head -c 200000000 /dev/zero | tr '\\000' x >&2\n\
+                  printf '\\nlast\\n' >&2\n\
+                  echo ok\n";
+    let manifest =
+        format!("name = \"{name}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n");
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", script)])).await;
+    let w = start_worker(&pg_url(), &pool, 1, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let (status, v) = m.invoke(&name, "sync", b"").await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("succeeded")),
+        "{}",
+        &v.to_string()[..v.to_string().len().min(2000)]
+    );
+    let lines: Vec<&str> = v["logs"].as_array().unwrap().iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{:?}", lines.iter().map(|l| &l[..l.len().min(80)]).collect::<Vec<_>>());
+    assert_eq!(lines[0], "before\u{FFFD}after");
+    assert!(lines[1].starts_with("xxxx") && lines[1].ends_with(" [line truncated]"), "{}", &lines[1][..80]);
+    assert!(lines[1].len() <= (8 << 10) + " [line truncated]".len(), "cut at 8 KiB: {} bytes", lines[1].len());
+    assert_eq!(lines[2], "last");
+    // The worker's peak memory: the 200 MB line was never in it.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    assert!(peak_kib < 150 << 10, "the worker's peak resident memory is {peak_kib} KiB");
+}

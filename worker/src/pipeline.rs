@@ -73,6 +73,9 @@ pub(crate) enum Verdict {
 
 impl Verdict {
     pub(crate) const REQUEUE: Verdict = Verdict::Requeue { after: Duration::ZERO };
+    /// Returned after a second: the store, the disk or the broker failed it here, and at once
+    /// it would come straight back to fail the same way at the broker's pace.
+    pub(crate) const REQUEUE_AFTER_TROUBLE: Verdict = Verdict::Requeue { after: Duration::from_secs(1) };
 }
 
 /// What an attempt's end calls for, carried out by the `store` stage.
@@ -187,7 +190,7 @@ impl Worker {
         gate: &Gate,
         generation: u64,
     ) -> Result<Verdict, Verdict> {
-        if let Some(hop) = msg.not_before_ms.and_then(|at| topology::schedule_hop(at - now_ms())) {
+        if let Some(hop) = msg.not_before_ms.and_then(|at| topology::schedule_hop(at.saturating_sub(now_ms()))) {
             return Err(self.next_hop(pool, msg, d, hop).await);
         }
         if self.paused.contains(&msg.function) {
@@ -332,7 +335,7 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot take a run turn in the store; returning the message");
-                Err(Verdict::REQUEUE)
+                Err(Verdict::REQUEUE_AFTER_TROUBLE)
             }
         }
     }
@@ -355,7 +358,7 @@ impl Worker {
             Ok(()) => Verdict::Ack,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot send the invocation on to wait in the broker; returning it");
-                Verdict::REQUEUE
+                Verdict::REQUEUE_AFTER_TROUBLE
             }
         }
     }
@@ -391,7 +394,7 @@ impl Worker {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the function's settings; returning the message");
-                return Err(Verdict::REQUEUE);
+                return Err(Verdict::REQUEUE_AFTER_TROUBLE);
             }
         };
         match self.versions.load(&msg.function, msg.version).await {
@@ -403,7 +406,7 @@ impl Worker {
             Err(LoadError::Broken(reason)) => Ok(Loadout::Unrunnable(reason)),
             Err(LoadError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "cannot load the function version; returning the message");
-                Err(Verdict::REQUEUE)
+                Err(Verdict::REQUEUE_AFTER_TROUBLE)
             }
         }
     }
@@ -414,6 +417,13 @@ impl Worker {
         let run = self.execute(loaded, attempt.msg, attempt.number, settings);
         let mut out =
             if attempt.claimed { run.await } else { self.run_marked_if_long(run, &attempt.inv, attempt.number).await };
+        // Whatever the runtime, no NUL reaches the store's text columns (`process::storable`).
+        for l in &mut out.logs {
+            if l.line.contains('\0') {
+                l.line = crate::process::storable(std::mem::take(&mut l.line));
+            }
+        }
+        out.error = out.error.map(crate::process::storable);
         if !settings.secrets.is_empty() {
             for l in &mut out.logs {
                 l.line = settings.redact(&l.line);

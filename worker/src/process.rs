@@ -232,15 +232,28 @@ pub async fn run(
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            match lines.read_until(b'\n', &mut buf).await {
+            // At most one byte over the line limit is kept (so a line without a newline cannot
+            // fill the worker's memory); the rest of a longer line is read and dropped.
+            match (&mut lines).take(lim.max_log_line_bytes as u64 + 1).read_until(b'\n', &mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
+            }
+            if !buf.ends_with(b"\n") && buf.len() > lim.max_log_line_bytes {
+                let mut rest = Vec::new();
+                loop {
+                    rest.clear();
+                    match (&mut lines).take(64 << 10).read_until(b'\n', &mut rest).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if rest.ends_with(b"\n") => break,
+                        Ok(_) => {}
+                    }
+                }
             }
             if logs.len() >= lim.max_log_lines {
                 dropped += 1;
                 continue;
             }
-            let mut line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+            let mut line = storable(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string());
             if line.len() > lim.max_log_line_bytes {
                 let mut cut = lim.max_log_line_bytes;
                 while !line.is_char_boundary(cut) {
@@ -463,5 +476,16 @@ mod windows_tests {
         let out = run_in(dir.path(), &["./greet", "world"], &[], Duration::from_secs(20)).await;
         assert_eq!(out.status, Status::Succeeded, "{out:?}");
         assert_eq!(String::from_utf8_lossy(out.result.as_deref().unwrap_or_default()).trim(), "hello world");
+    }
+}
+
+/// `line` as a store can hold it: PostgreSQL's text refuses the NUL character (a statement
+/// with one fails, and with it every outcome of its group commit), so each becomes U+FFFD, as
+/// bytes that are not UTF-8 already do.
+pub(crate) fn storable(line: String) -> String {
+    if line.contains('\0') {
+        line.replace('\0', "\u{FFFD}")
+    } else {
+        line
     }
 }

@@ -458,6 +458,11 @@ fn scheduled_at(q: &InvokeQuery) -> ApiResult<Option<i64>> {
             })?,
         },
     };
+    // A time already past runs at once; one before the epoch is a mistake (and would overflow
+    // the arithmetic of its hops).
+    if at < 0 {
+        return Err(bad_request(format!("run_at={at} is before 1970: give a time in milliseconds since the epoch")));
+    }
     if at.saturating_sub(now) > MAX_SCHEDULE_MS {
         return Err(bad_request("a scheduled invocation runs within 90 days; schedule it later, or use a timer"));
     }
@@ -564,6 +569,12 @@ fn bulk_body_limit(payload_limit: usize) -> usize {
     (16usize << 20).max(payload_limit + 2)
 }
 
+/// A bulk invoke's inputs, checked.
+enum BulkInputs {
+    Plain(Vec<Bytes>),
+    Keyed(Vec<crate::invoke::KeyedInput>),
+}
+
 /// The lines of a keyed bulk invoke, `{"key": "...", "input": ...}`, each key once.
 fn keyed_inputs(lines: Vec<Bytes>) -> ApiResult<Vec<crate::invoke::KeyedInput>> {
     let mut items = Vec::with_capacity(lines.len());
@@ -642,11 +653,33 @@ async fn invoke_many(
     let name = name_from(name)?;
     let keyed = query(q)?.keyed.unwrap_or(false);
     // The body is read only once this request has its turn: waiting requests hold no body.
-    let _turn = m.invoker.bulk_turn().await.ok_or_else(|| {
+    // A request waits for its turn at most the client timeout, and its body must be in within
+    // twice that once it has one: a client trickling its body a byte at a time (never idle
+    // long enough for the client timeout) holds one of the few turns only that long.
+    let (turn_wait, body_within) = (m.config.client_timeout, m.config.client_timeout * 2);
+    let turn = tokio::time::timeout(turn_wait, m.invoker.bulk_turn()).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "{} bulk invokes were being read or run for the last {} s; nothing was accepted: retry later",
+                crate::invoke::MAX_BULK_IN_FLIGHT,
+                turn_wait.as_secs()
+            ),
+        )
+    })?;
+    let _turn = turn.ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "management is stopping; nothing was accepted")
     })?;
     let limit = bulk_body_limit(m.config.max_payload_bytes);
-    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(body_within, axum::body::to_bytes(body, limit)).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the body did not arrive within {} s of its turn; nothing was accepted", body_within.as_secs()),
+        )
+    })?;
+    let body = read.map_err(|e| {
         let e = e.into_inner();
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             ApiError::new(
@@ -658,24 +691,29 @@ async fn invoke_many(
             bad_request(format!("cannot read the body: {e}"))
         }
     })?;
+    let big = body.len() > 64 << 10;
     let max_input = m.config.max_payload_bytes;
-    // Checking megabytes of JSON is CPU work: off the async threads when the body is large.
-    let inputs = if body.len() > 64 << 10 {
-        tokio::task::spawn_blocking(move || bulk_inputs(&body, max_input)).await.map_err(|e| {
+    let check = move || -> ApiResult<BulkInputs> {
+        let inputs = bulk_inputs(&body, max_input)?;
+        if inputs.is_empty() {
+            return Err(bad_request("the body holds no input: send NDJSON, one JSON input per line"));
+        }
+        Ok(if keyed { BulkInputs::Keyed(keyed_inputs(inputs)?) } else { BulkInputs::Plain(inputs) })
+    };
+    // Checking megabytes of JSON (and digesting each keyed line) is CPU work: off the async
+    // threads when the body is large.
+    let inputs = if big {
+        tokio::task::spawn_blocking(check).await.map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the body check failed: {e}"))
         })??
     } else {
-        bulk_inputs(&body, max_input)?
+        check()?
     };
-    if inputs.is_empty() {
-        return Err(bad_request("the body holds no input: send NDJSON, one JSON input per line"));
-    }
     // Safe to cancel: a client that goes away mid-way does not stop it between the records
     // and their publishes (see `Invoker::invoke_many`).
-    let (out, repeated) = if keyed {
-        m.invoker.invoke_many_keyed(&name, keyed_inputs(inputs)?).await?
-    } else {
-        (m.invoker.invoke_many(&name, inputs).await?, 0)
+    let (out, repeated) = match inputs {
+        BulkInputs::Keyed(items) => m.invoker.invoke_many_keyed(&name, items).await?,
+        BulkInputs::Plain(inputs) => (m.invoker.invoke_many(&name, inputs).await?, 0),
     };
     if out.not_queued.is_empty() {
         let mut v = json!({"function": name, "accepted": out.ids.len(), "ids": out.ids});

@@ -780,7 +780,7 @@ impl Invoker {
             Ok(()) => {
                 let started = std::time::Instant::now();
                 // A scheduled one takes its first hop toward its time.
-                let hop = msg.not_before_ms.and_then(|at| topology::schedule_hop(at - now_ms()));
+                let hop = msg.not_before_ms.and_then(|at| topology::schedule_hop(at.saturating_sub(now_ms())));
                 let body = msg.encode().into();
                 let published = match hop {
                     Some(hop) => self.transport.publish_later(pool, body, hop).await,

@@ -88,7 +88,8 @@ struct Args {
     /// Seconds a client may send nothing while the server waits for it: the request's
     /// headers, the next request on a keep-alive connection, the rest of a request body. Past
     /// it the connection is closed (a body cut short fails its request). Never counted while a
-    /// request is being answered.
+    /// request is being answered. A bulk invoke also waits at most this long for its turn
+    /// (503 after it), and its body must be in within twice this once it has one (408).
     #[arg(long, env = "WARREN_CLIENT_TIMEOUT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
     client_timeout_secs: u64,
