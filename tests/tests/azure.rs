@@ -141,6 +141,15 @@ async fn a_python_custom_handler_app_serves_http_timers_and_queues_unchanged() {
     let info = &ticked["result"]["ReturnValue"];
     assert_eq!(info["Schedule"]["AdjustForDST"], true, "{ticked}");
     assert!(info["IsPastDue"].is_boolean() && info["ScheduleStatus"]["Next"].is_string(), "{ticked}");
+    // The timer list shows the schedule in force; a secret setting's value stays `%NAME%`.
+    let tick_timer =
+        |list: Value| list["timers"].as_array().unwrap().iter().find(|t| t["function"] == "tick").cloned().unwrap();
+    let listed = tick_timer(m.get("/api/timers").await.1);
+    assert_eq!(listed["schedule"], "*/1 * * * * *", "{listed}");
+    set_setting(&m, "tick", "TICK_SCHEDULE", "*/1 * * * * *", true);
+    let listed = tick_timer(m.get("/api/timers").await.1);
+    assert_eq!(listed["schedule"], "%TICK_SCHEDULE%", "a secret is not shown: {listed}");
+    assert!(listed["next_tick"].is_string(), "the secret schedule is still in force: {listed}");
 
     // A RabbitMQ trigger feeding a RabbitMQ output, the broker and queue from settings.
     let (input, output) = (unique("az-in"), "azure-relay-out");

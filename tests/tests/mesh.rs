@@ -396,6 +396,19 @@ async fn a_bulk_invoke_makes_one_invocation_per_input_and_refuses_a_bad_body_who
     assert!(e["error"]["message"].as_str().unwrap().contains("over the limit"), "{e}");
     let (status, e) = post("1\n".repeat(10_001)).await;
     assert_eq!(status, 413, "more than 10,000 inputs are refused: {e}");
+    // Other JSON bodies are bounded at 1 MiB: over it, a 413 that says so (not a 400).
+    let big = format!("{{\"value\": \"{}\", \"secret\": false}}", "x".repeat(2 << 20));
+    let r = m
+        .http
+        .put(format!("{}/api/functions/{name}/settings/BIG", m.base))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "a setting over 1 MiB");
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "too_large", "{e}");
     let (_, listed) = m.get(&format!("/api/invocations?function={name}&limit=10")).await;
     assert_eq!(listed.as_array().unwrap().len(), 0, "a refused request records nothing: {listed}");
 

@@ -53,7 +53,9 @@ use crate::cancel::{self, LOST_AFTER_MS};
 use crate::error::Error;
 use crate::keys::{generate_key, hash_key};
 use crate::management::Management;
-use crate::reply::{bad_request, body_or_error, id_from, name_from, not_found, query, ApiError, ApiResult};
+use crate::reply::{
+    bad_request, body_or_error, id_from, json_rejected, name_from, not_found, query, ApiError, ApiResult,
+};
 use crate::views::view;
 use crate::{auth, azure_http, portal, triggers_api};
 
@@ -175,7 +177,7 @@ async fn create_key(
     body: Result<Json<NewKeyBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let bad = |msg: String| bad_request(msg);
-    let Json(b) = body.map_err(|e| bad(format!("{}; {KEY_BODY_HELP}", e.body_text())))?;
+    let Json(b) = body.map_err(|e| json_rejected(e, KEY_BODY_HELP))?;
     let name = b.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(bad(format!("a key needs a name of 1 to 200 characters (who or what uses it); {KEY_BODY_HELP}")));
@@ -352,7 +354,7 @@ async fn activate_function(
     body: Result<Json<ActivateBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let name = name_from(name)?;
-    let Json(b) = body.map_err(|e| bad_request(format!("{}; send {{\"version\": N}}", e.body_text())))?;
+    let Json(b) = body.map_err(|e| json_rejected(e, "send {\"version\": N}"))?;
     let v = m.catalog.activate(&name, b.version).await?;
     Ok(Json(json!({"name": name, "active_version": v.version, "version": v})))
 }
@@ -375,7 +377,7 @@ async fn pause_function(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let name = name_from(name)?;
-    let body = body.map_err(|e| bad_request(e.body_text()))?;
+    let body = body_or_error(body, 1 << 20, "body")?;
     let how = "send nothing, {\"for_secs\": N} or {\"resume_at_ms\": MS}";
     let b: PauseBody = if body.iter().all(u8::is_ascii_whitespace) {
         PauseBody::default()
@@ -834,8 +836,7 @@ async fn put_setting(
     body: Result<Json<SettingBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Path((name, key)) = path.map_err(|e| bad_request(e.body_text()))?;
-    let Json(b) = body
-        .map_err(|e| bad_request(format!("{}; send {{\"value\": \"...\", \"secret\": true|false}}", e.body_text())))?;
+    let Json(b) = body.map_err(|e| json_rejected(e, "send {\"value\": \"...\", \"secret\": true|false}"))?;
     m.catalog.set_setting(&name, &key, &b.value, b.secret).await?;
     Ok(Json(json!({"name": key, "secret": b.secret, "stored": true})))
 }
@@ -989,9 +990,8 @@ async fn replay_dead(
     State(m): State<Arc<Management>>,
     body: Result<Json<ReplayBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Json(b) = body.map_err(|e| {
-        bad_request(format!("{}; send {{\"ids\": [\"<invocation id>\", ...]}} or {{\"all\": true}}", e.body_text()))
-    })?;
+    let Json(b) =
+        body.map_err(|e| json_rejected(e, "send {\"ids\": [\"<invocation id>\", ...]} or {\"all\": true}"))?;
     if b.ids.is_empty() && !b.all {
         return Err(bad_request("say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}"));
     }

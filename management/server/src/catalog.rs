@@ -160,8 +160,23 @@ impl Catalog {
         key.open(&s.value).map_err(|e| Error::BadRequest(format!("cannot unseal setting {name} of {function}: {e}")))
     }
 
+    /// Whether the function's setting `name` is secret (false when it has none by that name).
+    async fn is_secret(&self, function: &str, name: &str) -> Result<bool, Error> {
+        Ok(self.store.list_settings(function).await?.iter().any(|s| s.name == name && s.secret))
+    }
+
     /// A text with each `%NAME%` replaced by the function's setting NAME (`%%` is a `%`).
     pub async fn expand(&self, function: &str, text: &str) -> Result<String, Error> {
+        self.expand_with(function, text, true).await
+    }
+
+    /// [`Catalog::expand`] for showing: a secret setting stays `%NAME%` (its value is never
+    /// answered, as `GET /api/functions/{name}/settings` promises).
+    pub async fn expand_shown(&self, function: &str, text: &str) -> Result<String, Error> {
+        self.expand_with(function, text, false).await
+    }
+
+    async fn expand_with(&self, function: &str, text: &str, reveal: bool) -> Result<String, Error> {
         if !text.contains('%') {
             return Ok(text.to_string());
         }
@@ -176,6 +191,10 @@ impl Catalog {
             };
             let name = &after[..end];
             if name.is_empty() {
+                out.push('%');
+            } else if !reveal && self.is_secret(function, name).await? {
+                out.push('%');
+                out.push_str(name);
                 out.push('%');
             } else {
                 out.push_str(&self.setting_value(function, name).await?);

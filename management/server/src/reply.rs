@@ -108,6 +108,16 @@ pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>, limit: u64, wha
     })
 }
 
+/// A JSON body that could not be taken: a 413 when it is over the body limit, else a 400 with
+/// `help` (what to send).
+pub(crate) fn json_rejected(e: axum::extract::rejection::JsonRejection, help: &str) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is over the limit; {help}"))
+    } else {
+        bad_request(format!("{}; {help}", e.body_text()))
+    }
+}
+
 /// A path parameter, or a 400.
 pub(crate) fn name_from(p: Result<Path<String>, PathRejection>) -> ApiResult<String> {
     p.map(|Path(n)| n).map_err(|e| bad_request(e.body_text()))

@@ -85,8 +85,10 @@ impl Timers {
         for (name, version, manifest) in self.catalog.active_manifests().await? {
             let Some(t) = &manifest.timer else { continue };
             // A `%NAME%` schedule as it is in force; one whose setting is missing has no next tick.
-            let schedule = self.catalog.expand(&name, &t.schedule).await.unwrap_or_else(|_| t.schedule.clone());
-            let next_tick = Schedule::parse(&schedule, t.timezone.as_deref()).ok().and_then(|s| s.next_after(now_ms()));
+            // Shown with its secret settings still `%NAME%`.
+            let in_force = self.catalog.expand(&name, &t.schedule).await.unwrap_or_else(|_| t.schedule.clone());
+            let next_tick = Schedule::parse(&in_force, t.timezone.as_deref()).ok().and_then(|s| s.next_after(now_ms()));
+            let schedule = self.catalog.expand_shown(&name, &t.schedule).await.unwrap_or_else(|_| t.schedule.clone());
             out.push(TimerInfo {
                 function: name.clone(),
                 version,
