@@ -211,6 +211,12 @@ async fn a_node_app_gets_its_requests_forwarded_as_they_came() {
     let r = anyone.put(format!("{}/api/echo/z", m.base)).body("raw body").send().await.unwrap();
     let body: Value = r.json().await.unwrap();
     assert_eq!((body["method"].as_str(), body["body"].as_str()), (Some("PUT"), Some("raw body")));
+    // A body under --max-payload-bytes (1 MiB) that is not UTF-8 goes as base64 (4/3 as long):
+    // over the limit as the handler would get it, refused saying so.
+    let r = anyone.post(format!("{}/api/echo/big", m.base)).body(vec![0xffu8; 900_000]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"]["message"].as_str().unwrap().contains("900000-byte body as base64"), "{e}");
 
     let greet = format!("{}/api/greet", m.base);
     assert_eq!(anyone.get(&greet).send().await.unwrap().status(), 401);

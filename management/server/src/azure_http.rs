@@ -16,7 +16,7 @@ use warren_wire::manifest::AzureFunction;
 
 use crate::auth::KeyFrom;
 use crate::management::Management;
-use crate::reply::{not_found, ApiError};
+use crate::reply::{bad_request, not_found, ApiError};
 
 /// Set on every answer of an app: a unique origin, as if served from a host of its own.
 const APP_CSP: &str = "sandbox allow-scripts allow-forms allow-popups allow-downloads";
@@ -44,12 +44,17 @@ async fn answer(m: &Management, req: Request) -> Result<Response, ApiError> {
         Err(_) => return Err(not_found("no such endpoint; the API lives under /api (see README)")),
     };
     let limit = m.config.max_payload_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the request body is over the limit of {limit} bytes (or was cut short)"),
-        )
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is over the limit of {limit} bytes"),
+            )
+        } else {
+            bad_request(format!("cannot read the request body: {e}"))
+        }
     })?;
     let host = parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     // Keys presented to Warren are not the function's business: `code` (Azure's key in the
@@ -96,6 +101,20 @@ async fn answer(m: &Management, req: Request) -> Result<Response, ApiError> {
         request["BodyBase64"] = json!(true);
     }
     let payload = serde_json::to_vec(&request).unwrap_or_default();
+    // The function's input is the whole request object: the body escaped as JSON text (or
+    // base64), with the headers, can be over the limit when the body alone is not.
+    if payload.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the request as the function gets it (headers, and the {}-byte body as {}) is {} bytes, over the limit of {limit} bytes",
+                body.len(),
+                if base64 { "base64" } else { "JSON text" },
+                payload.len()
+            ),
+        ));
+    }
     let wait = m.invoker.clamp_wait(Some(u64::MAX));
     let accepted = m.invoker.invoke(&found.function, payload.into(), Some(wait)).await?;
     match accepted.invocation {
