@@ -181,15 +181,17 @@ async fn publish_slow(m: &Management, dir: &std::path::Path, secs: u32) -> (Stri
 }
 
 /// With concurrency 1 the worker holds 4 messages (prefetch = 4 x concurrency) but runs one:
-/// at SIGTERM it finishes that one and returns the other three unstarted.
+/// at SIGTERM it cancels its consumer and returns the other three unstarted at once (ready in
+/// the queue for other workers while its run goes on), then finishes that one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_returns_the_messages_it_had_not_started() {
+    use warren_transport::Transport;
     require_services();
     let tmp = tempfile::tempdir().unwrap();
     let m = Management::start(&pg_url()).await;
-    // Long enough that the first run is still going when SIGTERM comes, on a busy machine too
-    // (with 1 s, a run that ended first let the second start: a flaky failure under load).
-    let (pool, name) = publish_slow(&m, tmp.path(), 3).await;
+    // Long enough that the first run is still going when SIGTERM comes and the queue is read,
+    // on a busy machine too (with 1 s, a run that ended first let the second start).
+    let (pool, name) = publish_slow(&m, tmp.path(), 5).await;
     let mut w = start_worker(&pg_url(), &pool, 1, &tmp.path().join("cache"));
     wait_consumers(&pool, 1).await;
     let mut ids = Vec::new();
@@ -198,6 +200,19 @@ async fn a_stopping_worker_returns_the_messages_it_had_not_started() {
         ids.push(v["id"].as_str().unwrap().to_string());
     }
     m.wait_status(&ids[0], "running").await;
+    let broker = AmqpTransport::connect(&amqp_url(), "warren-tests").await.expect("amqp");
+    unsafe {
+        libc::kill(w.pid() as i32, libc::SIGTERM);
+    }
+    // Without the cancel, the three returned ones came straight back to the stopping worker's
+    // channel (it had room) and stayed there, unready, until it exited.
+    eventually(Duration::from_secs(4), "the three unstarted messages ready in the queue", || {
+        let broker = &broker;
+        let pool = &pool;
+        async move { broker.queue_stats(pool).await.ok().filter(|s| s.messages == 3).map(|_| ()) }
+    })
+    .await;
+    assert!(w.child.try_wait().unwrap().is_none(), "the worker is still finishing its run when they are back");
     let status = w.terminate(Duration::from_secs(20)).expect("the worker exits within its grace period");
     assert!(status.success(), "exit status {status:?}");
     let (_, first) = m.get(&format!("/api/invocations/{}", ids[0])).await;

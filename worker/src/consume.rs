@@ -135,20 +135,38 @@ impl Worker {
                             // state (most of the worker's instructions per invocation, measured).
                             running.spawn(Box::pin(self.clone().take(pool.clone(), d, gate.clone(), generation)));
                         }
+                        // Its deliveries still waiting for a slot are stale from now on (their acks
+                        // cannot reach the broker, which hands them out again), not only once
+                        // another consumer is open.
                         Some(Err(e)) => {
                             tracing::warn!(%pool, error = %e, "consumer failed; reopening");
+                            gate.next_consumer();
                             break;
                         }
                         None => {
                             tracing::warn!(%pool, "consumer closed (broker connection lost?); reopening");
+                            gate.next_consumer();
                             break;
                         }
                     }
                 }
             }
         }
-        // Stopping: what runs finishes (and is stored and acked); what waits for a slot goes
-        // back to the queue instead of starting now.
+        // Stopping: the broker hands over nothing more, and what it had sent on but nobody took
+        // yet goes back at once (not when the channel closes after the last run), so other
+        // workers take it meanwhile.
+        if let Some(c) = last.as_mut() {
+            if c.cancel().await {
+                let drained = async {
+                    while let Some(Ok(d)) = c.next().await {
+                        let _ = d.requeue().await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
+            }
+        }
+        // What runs finishes (and is stored and acked); what waits for a slot goes back to the
+        // queue instead of starting now.
         gate.close();
         while running.join_next().await.is_some() {}
         if let Some(mut c) = last {

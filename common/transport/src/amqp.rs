@@ -493,6 +493,17 @@ impl Consumer for AmqpConsumer {
             batch.flush_all().await;
         }
     }
+
+    async fn cancel(&mut self) -> bool {
+        let tag = self.inner.tag();
+        match self.channel.basic_cancel(tag, lapin::options::BasicCancelOptions::default()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot cancel a consumer (its channel is gone: the broker returns its deliveries)");
+                false
+            }
+        }
+    }
 }
 
 #[async_trait]

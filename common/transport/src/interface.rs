@@ -52,4 +52,11 @@ pub trait Consumer: Send {
     /// Sends now whatever acks of its deliveries are still held back (call it once they are
     /// all settled, before the process ends).
     async fn flush_acks(&mut self) {}
+    /// Asks the broker to hand over no more deliveries (a stop). `true` when it did: `next`
+    /// then yields what had already arrived, then `None`; their settlement works as before.
+    /// `false` when there is nothing to cancel (the in-process queue hands over only what is
+    /// asked for).
+    async fn cancel(&mut self) -> bool {
+        false
+    }
 }
