@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -56,7 +57,12 @@ pub fn routes() -> Router<Arc<Management>> {
         .route("/portal/{file}", get(asset))
 }
 
-async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
+async fn asset(file: Result<Path<String>, PathRejection>, headers: HeaderMap) -> Response {
+    // A path that is not text (`/portal/%FF`) is a JSON 400 like every other refusal.
+    let file = match crate::reply::name_from(file) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
     match ASSETS.iter().find(|a| a.name == file) {
         Some(a) => serve(a, &headers),
         None => ApiError::new(

@@ -122,6 +122,26 @@ async fn every_listed_route_is_served() {
     }
 }
 
+/// A path segment that is not UTF-8 once decoded is refused with the JSON error shape too,
+/// on the portal's files as on the API.
+#[tokio::test]
+async fn a_path_that_is_not_text_is_a_json_400() {
+    let (app, _tmp) = app().await;
+    for uri in ["/portal/%FF", "/api/functions/%FF"] {
+        let req = Request::builder()
+            .uri(uri)
+            .header("authorization", format!("Bearer {ADMIN_KEY}"))
+            .body(Body::empty())
+            .unwrap();
+        let r = app.clone().oneshot(req).await.unwrap();
+        let status = r.status().as_u16();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        assert_eq!(status, 400, "{uri}: {}", String::from_utf8_lossy(&body));
+        assert!(v["error"]["code"].is_string(), "{uri}: {}", String::from_utf8_lossy(&body));
+    }
+}
+
 fn segment() -> impl Strategy<Value = String> {
     prop_oneof![
         Just("api".to_string()),
