@@ -113,6 +113,80 @@ async fn a_ten_thousand_item_batch_fans_in_once_with_every_result() {
     assert_eq!(page["items"].as_array().unwrap().len(), n);
 }
 
+/// Items whose results are megabytes each: a page of results ends after about 8 MiB
+/// whatever its `limit` (a row count alone would let one request read 10,000 results of up to
+/// 16 MiB), `next_after` goes on from there, and the fan-in, over its inline limit, refers to
+/// the results with the batch's counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_of_megabytes_come_in_pages_bounded_by_bytes() {
+    require_services();
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = unique("p");
+    let (big, report) = (unique("big"), unique("report"));
+    let m = Management::start(&pg_url()).await;
+    let manifest =
+        format!("name = \"{big}\"\nruntime = \"process\"\ncommand = [\"sh\", \"run.sh\"]\npool = \"{pool}\"\n");
+    m.publish_dir(&function_dir(tmp.path(), &manifest, &[("run.sh", "head -c 3000000 /dev/zero | tr '\\000' a\n")]))
+        .await;
+    m.publish_dir(&function_dir(
+        tmp.path(),
+        &format!("name = \"{report}\"\nruntime = \"echo\"\npool = \"{pool}\"\n"),
+        &[],
+    ))
+    .await;
+    let _w = start_worker(&pg_url(), &pool, 4, &tmp.path().join("cache"));
+    wait_consumers(&pool, 1).await;
+
+    let n = 7;
+    let items: Vec<Value> = (0..n).map(|i| json!({"n": i})).collect();
+    let r =
+        m.http.post(format!("{}/api/batches?function={big}&then={report}", m.base)).json(&items).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let end = batch_finished(&m, &id, "the batch to finish").await;
+    assert_eq!(end["counts"]["succeeded"], n, "{end}");
+
+    let (mut seen, mut after, mut pages) = (HashSet::new(), String::new(), 0);
+    loop {
+        let (status, page) = m.get(&format!("/api/batches/{id}/results?limit=100{after}")).await;
+        assert_eq!(status, 200);
+        let got = page["items"].as_array().unwrap();
+        let bytes: usize = got.iter().map(|i| i["result"].as_str().map_or(0, str::len)).sum();
+        assert!(
+            bytes < (8 << 20) + 3_000_000,
+            "a page holds about 8 MiB at most: {bytes} bytes in {} items",
+            got.len()
+        );
+        if pages == 0 {
+            assert_eq!(got.len(), 3, "the first page ends after 8 MiB of results, not at its limit of 100");
+        }
+        seen.extend(got.iter().map(|i| i["id"].as_str().unwrap().to_string()));
+        pages += 1;
+        match page["next_after"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), n, "every item once, over {pages} pages");
+
+    let followup = end["followup_invocation"].as_str().expect("a follow-up").to_string();
+    let f = eventually(Duration::from_secs(60), "the follow-up to finish", || {
+        let (m, id) = (&m, followup.clone());
+        async move {
+            let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
+            (v["status"] == "succeeded").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(
+        f["result"]["results_url"],
+        format!("/api/batches/{id}/results"),
+        "over the inline limit: {}",
+        f["result"]
+    );
+    assert_eq!(f["result"]["counts"], json!({"succeeded": n}));
+}
+
 /// A submission runs several chunks at once; a bad line stops it, and every item before the
 /// line, in every chunk already on its way, is recorded, published and run: none is left
 /// recorded `queued` with no message (which would hold the batch open forever).

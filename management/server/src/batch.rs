@@ -168,6 +168,52 @@ impl Submission<'_> {
     }
 }
 
+/// About this many bytes of results are read from the store at a time: a batch's items may
+/// each have a result as large as the workers' output limit (16 MiB by default), so pages are
+/// sized by the largest result seen so far, not by a row count alone.
+pub(crate) const RESULT_PAGE_BYTES: usize = 8 << 20;
+
+/// A batch's item results, read in pages of about [`RESULT_PAGE_BYTES`] (the first page is one
+/// row; then as many as the largest result seen so far allows, at most `max_rows`).
+pub(crate) struct ResultPages {
+    batch: Uuid,
+    after: Option<Uuid>,
+    largest: usize,
+    done: bool,
+}
+
+impl ResultPages {
+    pub(crate) fn new(batch: Uuid, after: Option<Uuid>) -> ResultPages {
+        ResultPages { batch, after, largest: 0, done: false }
+    }
+
+    /// The next page of at most `max_rows` (at least one), or an empty one at the end.
+    pub(crate) async fn next(
+        &mut self,
+        store: &dyn Store,
+        max_rows: u32,
+    ) -> Result<Vec<warren_store::ItemResult>, Error> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let rows = match self.largest {
+            // One row first: nothing is known of the results' sizes yet.
+            0 => 1,
+            largest => (RESULT_PAGE_BYTES / largest).max(1) as u32,
+        }
+        .clamp(1, max_rows.max(1));
+        let page = store.batch_results(self.batch, self.after, rows).await?;
+        self.done = (page.len() as u32) < rows;
+        if let Some(last) = page.last() {
+            self.after = Some(last.id);
+        }
+        let biggest =
+            page.iter().map(|i| i.result.as_ref().map_or(0, Vec::len) + i.error.as_ref().map_or(0, String::len) + 64);
+        self.largest = self.largest.max(biggest.max().unwrap_or(0));
+        Ok(page)
+    }
+}
+
 /// Batches: their submission, cancellation and fan-in.
 pub struct Batches {
     store: Arc<dyn Store>,
@@ -648,20 +694,21 @@ impl Batches {
     /// them when they would be over `max_fanin_inline_bytes`.
     async fn fanin_input(&self, b: &Batch) -> Result<Vec<u8>, Error> {
         let limit = self.max_fanin_inline_bytes;
+        // Every item is final by now: the store's counts are the fan-in's (the statuses present).
+        let fresh = self.store.get_batch(b.id).await?;
+        let counts: std::collections::BTreeMap<String, i64> =
+            fresh.as_ref().unwrap_or(b).counts.iter().filter(|(_, n)| **n > 0).map(|(s, n)| (s.clone(), *n)).collect();
+        // The results are read only while they may still fit inline, in pages sized by bytes.
         let mut results = Vec::new();
         let mut size = 0usize;
-        let mut after = None;
         let mut inline = true;
-        let mut counts = std::collections::BTreeMap::<&'static str, i64>::new();
-        loop {
-            let page = self.store.batch_results(b.id, after, 5000).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id);
+        let mut pages = ResultPages::new(b.id, None);
+        'pages: loop {
+            let page = pages.next(&*self.store, 5000).await?;
+            if page.is_empty() {
+                break;
+            }
             for item in page {
-                *counts.entry(item.status.as_str()).or_default() += 1;
-                if !inline {
-                    continue;
-                }
                 let result = item.result.as_deref().map(|r| {
                     serde_json::from_slice::<Value>(r)
                         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(r).into_owned()))
@@ -671,7 +718,7 @@ impl Batches {
                 if size > limit {
                     inline = false;
                     results = Vec::new();
-                    continue;
+                    break 'pages;
                 }
                 results.push(v);
             }
