@@ -93,14 +93,7 @@ async fn a_ten_thousand_item_batch_fans_in_once_with_every_result() {
     // Exactly one follow-up, final, whose input (echoed) holds the 10,000 results.
     let (_, reports) = m.get(&format!("/api/invocations?function={report}&limit=100")).await;
     assert_eq!(reports.as_array().unwrap().len(), 1, "the follow-up ran once: {reports}");
-    let f = eventually(Duration::from_secs(60), "the follow-up to finish", || {
-        let (m, id) = (&m, followup.clone());
-        async move {
-            let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
-            (v["status"] == "succeeded").then_some(v)
-        }
-    })
-    .await;
+    let f = m.wait_status(&followup, "succeeded").await;
     let results = f["result"]["results"].as_array().expect("results inline");
     assert_eq!(results.len(), n);
     assert_eq!(f["result"]["counts"]["succeeded"], n);
@@ -170,14 +163,7 @@ async fn results_of_megabytes_come_in_pages_bounded_by_bytes() {
     assert_eq!(seen.len(), n, "every item once, over {pages} pages");
 
     let followup = end["followup_invocation"].as_str().expect("a follow-up").to_string();
-    let f = eventually(Duration::from_secs(60), "the follow-up to finish", || {
-        let (m, id) = (&m, followup.clone());
-        async move {
-            let (_, v) = m.get(&format!("/api/invocations/{id}")).await;
-            (v["status"] == "succeeded").then_some(v)
-        }
-    })
-    .await;
+    let f = m.wait_status(&followup, "succeeded").await;
     assert_eq!(
         f["result"]["results_url"],
         format!("/api/batches/{id}/results"),

@@ -54,7 +54,7 @@ use crate::error::Error;
 use crate::keys::{generate_key, hash_key};
 use crate::management::Management;
 use crate::reply::{
-    bad_request, body_or_error, id_from, json_rejected, name_from, not_found, query, ApiError, ApiResult,
+    bad_request, body_or_error, id_from, json_rejected, name_from, not_found, query, unread_body, ApiError, ApiResult,
 };
 use crate::views::view;
 use crate::{auth, azure_http, portal, triggers_api};
@@ -682,16 +682,12 @@ async fn invoke_many(
         )
     })?;
     let body = read.map_err(|e| {
-        let e = e.into_inner();
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body is over the limit of {limit} bytes; send the inputs in several requests (or as a batch: POST /api/batches); nothing was accepted"),
-            )
-        } else {
-            bad_request(format!("cannot read the body: {e}"))
-        }
+        unread_body(
+            e,
+            limit,
+            "body",
+            "; send the inputs in several requests (or as a batch: POST /api/batches); nothing was accepted",
+        )
     })?;
     let big = body.len() > 64 << 10;
     let max_input = m.config.max_payload_bytes;

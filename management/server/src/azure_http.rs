@@ -16,7 +16,7 @@ use warren_wire::manifest::AzureFunction;
 
 use crate::auth::KeyFrom;
 use crate::management::Management;
-use crate::reply::{bad_request, not_found, ApiError};
+use crate::reply::{not_found, unread_body, ApiError};
 
 /// Set on every answer of an app: a unique origin, as if served from a host of its own.
 const APP_CSP: &str = "sandbox allow-scripts allow-forms allow-popups allow-downloads";
@@ -44,18 +44,7 @@ async fn answer(m: &Management, req: Request) -> Result<Response, ApiError> {
         Err(_) => return Err(not_found("no such endpoint; the API lives under /api (see README)")),
     };
     let limit = m.config.max_payload_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let e = e.into_inner();
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the request body is over the limit of {limit} bytes"),
-            )
-        } else {
-            bad_request(format!("cannot read the request body: {e}"))
-        }
-    })?;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| unread_body(e, limit, "request body", ""))?;
     let host = parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     // Keys presented to Warren are not the function's business: `code` (Azure's key in the
     // URL), the key headers, and a bearer token that was a Warren key.

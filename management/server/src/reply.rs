@@ -108,6 +108,21 @@ pub(crate) fn body_or_error(body: Result<Bytes, BytesRejection>, limit: u64, wha
     })
 }
 
+/// A body that could not be read whole (`axum::body::to_bytes`): a 413 when it is over `limit`
+/// (`then` says what to do about it), else a 400 saying why.
+pub(crate) fn unread_body(e: axum::Error, limit: usize, what: &str, then: &str) -> ApiError {
+    let e = e.into_inner();
+    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the {what} is over the limit of {limit} bytes{then}"),
+        )
+    } else {
+        bad_request(format!("cannot read the {what}: {e}"))
+    }
+}
+
 /// A JSON body that could not be taken: a 413 when it is over the body limit, else a 400 with
 /// `help` (what to send).
 pub(crate) fn json_rejected(e: axum::extract::rejection::JsonRejection, help: &str) -> ApiError {
