@@ -994,8 +994,8 @@ async fn batches_ticks_and_deliveries(store: &dyn Store) {
     assert_eq!(store.batch_unfinished(id).await.unwrap(), 1);
     assert!(store.batch_has_unfinished(id).await.unwrap(), "one item left is still unfinished");
     // Results page in id order.
-    let first = store.batch_results(id, None, 300).await.unwrap();
-    let rest = store.batch_results(id, Some(first.last().unwrap().id), 300).await.unwrap();
+    let first = store.batch_results(id, None, 300, u64::MAX).await.unwrap();
+    let rest = store.batch_results(id, Some(first.last().unwrap().id), 300, u64::MAX).await.unwrap();
     assert_eq!(first.len() + rest.len(), 450);
     let mut ids: Vec<_> = first.iter().chain(&rest).map(|r| r.id).collect();
     let sorted = {
@@ -1006,6 +1006,11 @@ async fn batches_ticks_and_deliveries(store: &dyn Store) {
     assert_eq!(ids, sorted);
     ids.dedup();
     assert_eq!(ids.len(), 450);
+    // A page ends before the result that would go past the byte budget (each is
+    // "result-of-w", 11 bytes): 30 bytes take three; the first item always comes.
+    let budget = store.batch_results(id, None, 300, 30).await.unwrap();
+    assert_eq!(budget.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..3].to_vec());
+    assert_eq!(store.batch_results(id, None, 300, 1).await.unwrap().len(), 1, "the first item always comes");
     // Cancel: the one queued item is cancelled, never claimable.
     assert_eq!(store.cancel_batch(id, now_ms()).await.unwrap(), Some(1));
     assert_eq!(store.claim(&items[449], 1, "w", now_ms()).await.unwrap(), Claim::AlreadyFinal(Status::Cancelled));

@@ -155,15 +155,17 @@ impl Worker {
         // Stopping: the broker hands over nothing more, and what it had sent on but nobody took
         // yet goes back at once (not when the channel closes after the last run), so other
         // workers take it meanwhile.
+        // Bounded as a whole: a broker that does not answer the cancel must not keep the slots
+        // open (and runs starting) past it.
         if let Some(c) = last.as_mut() {
-            if c.cancel().await {
-                let drained = async {
+            let cancelled = async {
+                if c.cancel().await {
                     while let Some(Ok(d)) = c.next().await {
                         let _ = d.requeue().await;
                     }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
-            }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), cancelled).await;
         }
         // What runs finishes (and is stored and acked); what waits for a slot goes back to the
         // queue instead of starting now.

@@ -240,8 +240,17 @@ pub trait BatchStore: Send + Sync {
     async fn cancel_batch(&self, batch: Uuid, now_ms: i64) -> Result<Option<u64>>;
     /// Ids of up to `limit` items of a batch running now.
     async fn batch_running(&self, batch: Uuid, limit: u32) -> Result<Vec<Uuid>>;
-    /// Items' outcomes in id order, after `after`, up to `limit`.
-    async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>>;
+    /// Items' outcomes in id order, after `after`, up to `limit` items, and ending before the item
+    /// whose result would take the results read past `max_bytes` (the first item always comes):
+    /// results may be megabytes each, and the store reads no more than that. A page whose
+    /// results come to less than `max_bytes` and that has fewer than `limit` items is the last.
+    async fn batch_results(
+        &self,
+        batch: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<ItemResult>>;
     /// Moves a `running` batch to `finishing` and records its fan-in invocation (`queued`), in one
     /// transaction. `false` when another instance did it first (or the batch is not running).
     async fn begin_fanin(&self, batch: Uuid, followup: &NewInvocation) -> Result<bool>;

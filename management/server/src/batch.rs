@@ -168,51 +168,10 @@ impl Submission<'_> {
     }
 }
 
-/// About this many bytes of results are read from the store at a time: a batch's items may
-/// each have a result as large as the workers' output limit (16 MiB by default), so pages are
-/// sized by the largest result seen so far, not by a row count alone.
-pub(crate) const RESULT_PAGE_BYTES: usize = 8 << 20;
-
-/// A batch's item results, read in pages of about [`RESULT_PAGE_BYTES`] (the first page is one
-/// row; then as many as the largest result seen so far allows, at most `max_rows`).
-pub(crate) struct ResultPages {
-    batch: Uuid,
-    after: Option<Uuid>,
-    largest: usize,
-    done: bool,
-}
-
-impl ResultPages {
-    pub(crate) fn new(batch: Uuid, after: Option<Uuid>) -> ResultPages {
-        ResultPages { batch, after, largest: 0, done: false }
-    }
-
-    /// The next page of at most `max_rows` (at least one), or an empty one at the end.
-    pub(crate) async fn next(
-        &mut self,
-        store: &dyn Store,
-        max_rows: u32,
-    ) -> Result<Vec<warren_store::ItemResult>, Error> {
-        if self.done {
-            return Ok(Vec::new());
-        }
-        let rows = match self.largest {
-            // One row first: nothing is known of the results' sizes yet.
-            0 => 1,
-            largest => (RESULT_PAGE_BYTES / largest).max(1) as u32,
-        }
-        .clamp(1, max_rows.max(1));
-        let page = store.batch_results(self.batch, self.after, rows).await?;
-        self.done = (page.len() as u32) < rows;
-        if let Some(last) = page.last() {
-            self.after = Some(last.id);
-        }
-        let biggest =
-            page.iter().map(|i| i.result.as_ref().map_or(0, Vec::len) + i.error.as_ref().map_or(0, String::len) + 64);
-        self.largest = self.largest.max(biggest.max().unwrap_or(0));
-        Ok(page)
-    }
-}
+/// About this many bytes of results are read from the store at a time (a batch's items may
+/// each have a result as large as the workers' output limit, 16 MiB by default): the results
+/// API's pages and the fan-in's reads end there (`Store::batch_results`).
+pub(crate) const RESULT_PAGE_BYTES: u64 = 8 << 20;
 
 /// Batches: their submission, cancellation and fan-in.
 pub struct Batches {
@@ -702,12 +661,11 @@ impl Batches {
         let mut results = Vec::new();
         let mut size = 0usize;
         let mut inline = true;
-        let mut pages = ResultPages::new(b.id, None);
+        let mut after = None;
         'pages: loop {
-            let page = pages.next(&*self.store, 5000).await?;
-            if page.is_empty() {
-                break;
-            }
+            let page = self.store.batch_results(b.id, after, 5000, RESULT_PAGE_BYTES).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
             for item in page {
                 let result = item.result.as_deref().map(|r| {
                     serde_json::from_slice::<Value>(r)

@@ -204,24 +204,20 @@ async fn results(
     if m.store.get_batch(id).await?.is_none() {
         return Err(not_found(format!("no batch {id}")));
     }
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000) as usize;
-    // A page ends at `limit` items or once it holds about RESULT_PAGE_BYTES of results,
-    // whichever comes first (results may be megabytes each); `next_after` goes on from there.
-    let mut pages = batch::ResultPages::new(id, q.after);
-    let (mut items, mut bytes, mut more) = (Vec::new(), 0usize, true);
-    while items.len() < limit && bytes < batch::RESULT_PAGE_BYTES {
-        let page = pages.next(&*m.store, (limit - items.len()) as u32).await?;
-        if page.is_empty() {
-            more = false;
-            break;
-        }
-        for i in page {
-            bytes += i.result.as_ref().map_or(0, Vec::len);
-            items.push(json!({"id": i.id, "status": i.status,
-                              "result": i.result.as_deref().map(|r| bytes_value(r).0), "error": i.error}));
-        }
-    }
-    let next = if more { items.last().map(|v| v["id"].clone()) } else { None };
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    // A page ends at `limit` items or before the result that would take it past
+    // RESULT_PAGE_BYTES, whichever comes first (results may be megabytes each).
+    let page = m.store.batch_results(id, q.after, limit, batch::RESULT_PAGE_BYTES).await?;
+    let bytes: u64 = page.iter().map(|i| i.result.as_ref().map_or(0, Vec::len) as u64).sum();
+    let more = page.len() as u32 == limit || bytes >= batch::RESULT_PAGE_BYTES;
+    let next = if more { page.last().map(|i| i.id) } else { None };
+    let items: Vec<Value> = page
+        .iter()
+        .map(|i| {
+            json!({"id": i.id, "status": i.status,
+                   "result": i.result.as_deref().map(|r| bytes_value(r).0), "error": i.error})
+        })
+        .collect();
     Ok(Json(json!({"items": items, "next_after": next})))
 }
 

@@ -134,11 +134,18 @@ impl BatchStore for MssqlStore {
         self.rows(BATCH_RUNNING, &[&limit, &id.as_str()]).await?.iter().map(|r| rows::uuid(&r.text(0)?)).collect()
     }
 
-    async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>> {
+    async fn batch_results(
+        &self,
+        batch: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<ItemResult>> {
         let limit = limit.clamp(1, 100_000) as i64;
         let id = batch.to_string();
         let after = after.map(|a| a.to_string()).unwrap_or_default();
-        self.rows(BATCH_RESULTS, &[&limit, &id.as_str(), &after.as_str()])
+        let max_bytes = max_bytes.clamp(1, i64::MAX as u64) as i64;
+        self.rows(BATCH_RESULTS, &[&limit, &id.as_str(), &after.as_str(), &max_bytes])
             .await?
             .iter()
             .map(rows::item_result)

@@ -466,8 +466,12 @@ pub(super) const CANCEL_ITEMS: &str = "UPDATE warren_invocations SET status = 'c
      WHERE batch = @P2 AND status = 'queued'";
 pub(super) const BATCH_RUNNING: &str =
     "SELECT TOP (@P1) id FROM warren_invocations WHERE batch = @P2 AND status = 'running'";
-pub(super) const BATCH_RESULTS: &str = "SELECT TOP (@P1) id, status, result, error FROM warren_invocations
-     WHERE batch = @P2 AND id > @P3 ORDER BY id";
+pub(super) const BATCH_RESULTS: &str = "SELECT id, status, result, error FROM (
+         SELECT TOP (@P1) id, status, result, error,
+                CAST(ISNULL(DATALENGTH(result), 0) AS BIGINT) AS own,
+                SUM(CAST(ISNULL(DATALENGTH(result), 0) AS BIGINT)) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS upto
+         FROM warren_invocations WHERE batch = @P2 AND id > @P3 ORDER BY id
+     ) AS page WHERE upto - own < @P4 ORDER BY id";
 pub(super) const BEGIN_FANIN: &str =
     "UPDATE warren_batches SET state = 'finishing', followup = @P1 WHERE id = @P2 AND state = 'running'";
 pub(super) const END_BATCH: &str = "UPDATE warren_batches SET state = @P1, finished_ms = @P2 WHERE id = @P3";

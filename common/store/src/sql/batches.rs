@@ -194,13 +194,27 @@ impl BatchStore for SqlxStore {
         rows.iter().map(|r| rows::uuid(&r.try_get::<String, _>(0).map_err(unavailable)?)).collect()
     }
 
-    async fn batch_results(&self, batch: Uuid, after: Option<Uuid>, limit: u32) -> Result<Vec<ItemResult>> {
+    async fn batch_results(
+        &self,
+        batch: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<ItemResult>> {
+        // The running total of the sizes (octet_length reads a PostgreSQL value's size without
+        // fetching it) keeps the items whose results start within the budget; only those are read.
         let rows = sqlx::query(
-            "SELECT id, status, result, error FROM warren_invocations WHERE batch = $1 AND id > $2 ORDER BY id LIMIT $3",
+            "SELECT id, status, result, error FROM (
+                 SELECT id, status, result, error,
+                        COALESCE(octet_length(result), 0) AS own,
+                        SUM(COALESCE(octet_length(result), 0)) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS upto
+                 FROM warren_invocations WHERE batch = $1 AND id > $2 ORDER BY id LIMIT $3
+             ) AS page WHERE upto - own < $4 ORDER BY id",
         )
         .bind(batch.to_string())
         .bind(after.map(|a| a.to_string()).unwrap_or_default())
         .bind(limit.clamp(1, 100_000) as i64)
+        .bind(max_bytes.clamp(1, i64::MAX as u64) as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
