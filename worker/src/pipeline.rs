@@ -419,9 +419,7 @@ impl Worker {
             if attempt.claimed { run.await } else { self.run_marked_if_long(run, &attempt.inv, attempt.number).await };
         // Whatever the runtime, no NUL reaches the store's text columns (`process::storable`).
         for l in &mut out.logs {
-            if l.line.contains('\0') {
-                l.line = crate::process::storable(std::mem::take(&mut l.line));
-            }
+            l.line = crate::process::storable(std::mem::take(&mut l.line));
         }
         out.error = out.error.map(crate::process::storable);
         if !settings.secrets.is_empty() {

@@ -145,7 +145,7 @@ pub fn router(m: Arc<Management>) -> Router {
             )
         })
         // Everything else takes small JSON bodies at most.
-        .layer(DefaultBodyLimit::max(1 << 20))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Outermost: no request reaches a handler before its key is checked.
         .layer(axum::middleware::from_fn_with_state(m.clone(), auth::authorize))
         .with_state(m)
@@ -377,7 +377,7 @@ async fn pause_function(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let name = name_from(name)?;
-    let body = body_or_error(body, 1 << 20, "body")?;
+    let body = body_or_error(body, BODY_LIMIT as u64, "body")?;
     let how = "send nothing, {\"for_secs\": N} or {\"resume_at_ms\": MS}";
     let b: PauseBody = if body.iter().all(u8::is_ascii_whitespace) {
         PauseBody::default()
@@ -440,6 +440,9 @@ struct InvokeQuery {
     /// Runs it at this time: RFC 3339 (`2026-12-24T06:00:00Z`) or milliseconds since the epoch.
     run_at: Option<String>,
 }
+
+/// The body limit of every route without one of its own (inputs and packages have theirs).
+const BODY_LIMIT: usize = 1 << 20;
 
 /// The longest a scheduled invocation may wait.
 const MAX_SCHEDULE_MS: i64 = 90 * 24 * 3600 * 1000;

@@ -145,6 +145,11 @@ impl Catalog {
 
     /// The value of one of a function's settings (a secret one unsealed).
     pub async fn setting_value(&self, function: &str, name: &str) -> Result<String, Error> {
+        self.setting_text(function, name, true).await
+    }
+
+    /// A setting's value, or, for a secret one when not `reveal`, its `%NAME%` (one store read).
+    async fn setting_text(&self, function: &str, name: &str, reveal: bool) -> Result<String, Error> {
         let settings = self.store.list_settings(function).await?;
         let s = settings.into_iter().find(|s| s.name == name).ok_or_else(|| {
             Error::BadRequest(format!(
@@ -154,15 +159,13 @@ impl Catalog {
         if !s.secret {
             return Ok(s.value);
         }
+        if !reveal {
+            return Ok(format!("%{name}%"));
+        }
         let key = self.secret_key.as_ref().ok_or_else(|| {
             Error::BadRequest(format!("setting {name} of {function} is secret but management has no WARREN_SECRET_KEY"))
         })?;
         key.open(&s.value).map_err(|e| Error::BadRequest(format!("cannot unseal setting {name} of {function}: {e}")))
-    }
-
-    /// Whether the function's setting `name` is secret (false when it has none by that name).
-    async fn is_secret(&self, function: &str, name: &str) -> Result<bool, Error> {
-        Ok(self.store.list_settings(function).await?.iter().any(|s| s.name == name && s.secret))
     }
 
     /// A text with each `%NAME%` replaced by the function's setting NAME (`%%` is a `%`).
@@ -192,12 +195,8 @@ impl Catalog {
             let name = &after[..end];
             if name.is_empty() {
                 out.push('%');
-            } else if !reveal && self.is_secret(function, name).await? {
-                out.push('%');
-                out.push_str(name);
-                out.push('%');
             } else {
-                out.push_str(&self.setting_value(function, name).await?);
+                out.push_str(&self.setting_text(function, name, reveal).await?);
             }
             rest = &after[end + 1..];
         }

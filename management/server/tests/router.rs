@@ -97,6 +97,19 @@ fn azure_apps_may_not_take_warrens_own_api_paths() {
     }
 }
 
+/// `method uri` with the admin key and no body: the status and the body.
+async fn as_admin(app: &axum::Router, method: &str, uri: &str) -> (u16, axum::body::Bytes) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .body(Body::empty())
+        .unwrap();
+    let r = app.clone().oneshot(req).await.unwrap();
+    let status = r.status().as_u16();
+    (status, axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap())
+}
+
 #[tokio::test]
 async fn every_listed_route_is_served() {
     let (app, _tmp) = app().await;
@@ -105,15 +118,7 @@ async fn every_listed_route_is_served() {
             .replace("{name}", "echo")
             .replace("{key}", "K")
             .replace("{id}", "0190d1a4-0000-7000-8000-000000000000");
-        let req = Request::builder()
-            .method(*method)
-            .uri(&uri)
-            .header("authorization", format!("Bearer {ADMIN_KEY}"))
-            .body(Body::empty())
-            .unwrap();
-        let r = app.clone().oneshot(req).await.unwrap();
-        let status = r.status().as_u16();
-        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let (status, body) = as_admin(&app, method, &uri).await;
         let text = String::from_utf8_lossy(&body);
         assert!(
             status != 405 && status != 503 && !text.contains("no such endpoint"),
@@ -128,14 +133,7 @@ async fn every_listed_route_is_served() {
 async fn a_path_that_is_not_text_is_a_json_400() {
     let (app, _tmp) = app().await;
     for uri in ["/portal/%FF", "/api/functions/%FF"] {
-        let req = Request::builder()
-            .uri(uri)
-            .header("authorization", format!("Bearer {ADMIN_KEY}"))
-            .body(Body::empty())
-            .unwrap();
-        let r = app.clone().oneshot(req).await.unwrap();
-        let status = r.status().as_u16();
-        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let (status, body) = as_admin(&app, "GET", uri).await;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         assert_eq!(status, 400, "{uri}: {}", String::from_utf8_lossy(&body));
         assert!(v["error"]["code"].is_string(), "{uri}: {}", String::from_utf8_lossy(&body));
